@@ -1,0 +1,870 @@
+//! The hub: one per (user, password, vhost) (B1). It owns the upstream connections to the
+//! broker for those credentials and every client that authenticated with them, and it is the
+//! only place where client channels meet upstream channels.
+//!
+//! # Driving a hub
+//!
+//! A `Hub` is a sans-IO state machine. The runtime (or a simulation) calls exactly one
+//! mutator — [`Hub::handle`] or [`Hub::add_client`] — then drains [`Hub::poll_output`] until it
+//! returns `None`, then reads [`Hub::poll_timeout`] and calls `handle(now, Input::Timeout)`
+//! when that instant comes. Time is always passed in; the hub never reads a clock and draws
+//! its only randomness (reconnect jitter) from a generator seeded by the caller, so a run
+//! replays exactly.
+//!
+//! Peer misbehaviour never surfaces as a panic or an `Err`: it becomes outputs — a
+//! `Connection.Close` with the reply code the spec names, then a close instruction.
+
+mod agenda;
+mod backoff;
+mod channels;
+mod client;
+mod liveness;
+mod upstream;
+
+pub use backoff::BackoffConfig;
+
+use crate::credentials::Credentials;
+use crate::frame::{Frame, FrameError, HEARTBEAT};
+use crate::handshake::ClientHello;
+use crate::method::{encode, Close};
+use crate::reply::{self, Reply};
+use agenda::{Agenda, Timer};
+use bytes::Bytes;
+use channels::Slot;
+use liveness::Beat;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use slab::Slab;
+use smallvec::SmallVec;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// A client of a hub: a slab index plus a generation, so events for a slot that has since
+/// been reused are recognised and dropped.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId {
+    pub(crate) idx: u32,
+    pub(crate) gen: u32,
+}
+
+/// An upstream connection of a hub, with the same slab-plus-generation scheme.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamId {
+    pub(crate) idx: u32,
+    pub(crate) gen: u32,
+}
+
+impl ClientId {
+    /// The slab index, for runtimes that keep per-client state in a vector.
+    #[must_use]
+    pub fn index(self) -> usize {
+        self.idx as usize
+    }
+}
+
+impl UpstreamId {
+    /// The slab index, for runtimes that keep per-upstream state in a vector.
+    #[must_use]
+    pub fn index(self) -> usize {
+        self.idx as usize
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.gen)
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.gen)
+    }
+}
+
+impl fmt::Debug for UpstreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "u{}", self.gen)
+    }
+}
+
+impl fmt::Display for UpstreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "u{}", self.gen)
+    }
+}
+
+/// Where a new upstream channel goes when a hub has several upstreams (B3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// The newest upstream that has room, so older ones drain and can be closed.
+    #[default]
+    Fill,
+    /// The upstream with the fewest channels, to spread load across broker connections.
+    Spread,
+}
+
+/// Limits and timeouts of a hub. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubConfig {
+    /// Largest frame warren asks the broker for (the broker's own limit also applies).
+    pub upstream_frame_max: u32,
+    /// Heartbeat interval asked of the broker, in seconds.
+    pub upstream_heartbeat: u16,
+    /// Channels per upstream connection (the broker's channel_max also applies).
+    pub max_channels_per_upstream: u16,
+    /// Upstream connections per hub.
+    pub max_upstreams: usize,
+    /// Where new channels go.
+    pub placement: Placement,
+    /// Time allowed for a dial plus the broker handshake.
+    pub connect_timeout: Duration,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// Largest message body a client may publish (like RabbitMQ's `max_message_size`).
+    pub max_message_size: u64,
+    /// Content bytes a client may have buffered across its channels.
+    pub client_buffer_limit: usize,
+    /// Whether clean channels are recycled (B6).
+    pub recycling: bool,
+    /// Most channels kept in the pool.
+    pub pool_size: usize,
+    /// Pooled channels idle longer than this are closed.
+    pub pool_idle_timeout: Duration,
+    /// An upstream without channels is closed after this long, unless it is the last one of
+    /// a hub that still has clients.
+    pub upstream_idle_timeout: Duration,
+    /// How long a peer has to answer a `Connection.Close` with `CloseOk`.
+    pub close_timeout: Duration,
+    /// Exchange types beyond the four built-in ones that clients may declare (plugins).
+    /// RabbitMQ answers an unknown type with a connection error, so warren checks first.
+    pub extra_exchange_types: Vec<String>,
+    /// Prefix of the upstream `connection_name`, e.g. `warren@host`.
+    pub upstream_name: String,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            upstream_frame_max: 131_072,
+            upstream_heartbeat: 60,
+            max_channels_per_upstream: 65_535,
+            max_upstreams: 16,
+            placement: Placement::Fill,
+            connect_timeout: Duration::from_secs(5),
+            backoff: BackoffConfig::default(),
+            max_message_size: 128 * 1024 * 1024,
+            client_buffer_limit: 256 * 1024 * 1024,
+            recycling: true,
+            pool_size: 64,
+            pool_idle_timeout: Duration::from_secs(30),
+            upstream_idle_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(3),
+            extra_exchange_types: Vec::new(),
+            upstream_name: "warren".into(),
+        }
+    }
+}
+
+/// Something that happened to a hub, for it to act on.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// Whole frames read from a client (after its handshake).
+    ClientFrames {
+        /// Which client.
+        client: ClientId,
+        /// Frames in arrival order.
+        frames: SmallVec<[Frame; 8]>,
+    },
+    /// The client's byte stream broke (bad end octet, oversize, unknown type).
+    ClientFrameError {
+        /// Which client.
+        client: ClientId,
+        /// What the decoder found.
+        error: FrameError,
+    },
+    /// The client's socket closed or failed.
+    ClientClosed {
+        /// Which client.
+        client: ClientId,
+    },
+    /// The client's output queue exceeded its bound: it is not reading (B9).
+    ClientSlow {
+        /// Which client.
+        client: ClientId,
+    },
+    /// A dial requested with [`Output::Dial`] connected (TCP and TLS are up).
+    UpstreamConnected {
+        /// Which upstream.
+        upstream: UpstreamId,
+    },
+    /// Whole frames read from an upstream.
+    UpstreamFrames {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// Frames in arrival order.
+        frames: SmallVec<[Frame; 8]>,
+    },
+    /// The upstream's byte stream broke.
+    UpstreamFrameError {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// What the decoder found.
+        error: FrameError,
+    },
+    /// The dial failed or the upstream socket closed; `reason` is for humans.
+    UpstreamClosed {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// Why, e.g. `connection refused (127.0.0.1:5672)`.
+        reason: String,
+    },
+    /// A deadline from [`Hub::poll_timeout`] passed. Spurious timeouts are harmless.
+    Timeout,
+    /// Graceful shutdown (B14): stop taking work, let clients finish until `deadline`, then
+    /// close the rest with 320 and close the upstreams.
+    Drain {
+        /// When remaining clients are closed.
+        deadline: Instant,
+    },
+}
+
+/// An instruction from a hub to its driver.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Output {
+    /// Queue bytes for a client.
+    ToClient {
+        /// Which client.
+        client: ClientId,
+        /// Whole frames (or frame pieces of a re-chunked body, in order).
+        data: Bytes,
+    },
+    /// Flush what is queued for the client, then close its socket. The id is dead after this.
+    CloseClient {
+        /// Which client.
+        client: ClientId,
+    },
+    /// Open a connection (TCP, then TLS if configured) to the broker, then report
+    /// [`Input::UpstreamConnected`] or [`Input::UpstreamClosed`].
+    Dial {
+        /// The id the connection will carry.
+        upstream: UpstreamId,
+    },
+    /// Queue bytes for an upstream.
+    ToUpstream {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// Whole frames (or pieces of a re-chunked body, in order).
+        data: Bytes,
+    },
+    /// Flush what is queued for the upstream, then close its socket. The id is dead after this.
+    CloseUpstream {
+        /// Which upstream.
+        upstream: UpstreamId,
+    },
+    /// Something worth logging or counting.
+    Event(HubEvent),
+}
+
+/// Which side of the proxy a peer is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// An application connected to warren.
+    Client(ClientId),
+    /// A broker connection of warren's.
+    Upstream(UpstreamId),
+}
+
+/// Notable things a hub did, for logs and metrics.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum HubEvent {
+    /// The client received `Connection.OpenOk`.
+    ClientAdmitted {
+        /// Which client.
+        client: ClientId,
+    },
+    /// The hub closed the client with this reply (protocol violation, broker loss, drain,
+    /// refused login...).
+    ClientClosed {
+        /// Which client.
+        client: ClientId,
+        /// What it was told.
+        reply: Reply,
+    },
+    /// The client went away (its close or its socket); its channels were released.
+    ClientLeft {
+        /// Which client.
+        client: ClientId,
+    },
+    /// The client was disconnected for not reading its output (B9).
+    SlowClient {
+        /// Which client.
+        client: ClientId,
+    },
+    /// An upstream finished its handshake.
+    UpstreamOpen {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// Negotiated channel_max.
+        channel_max: u16,
+        /// Negotiated frame_max.
+        frame_max: u32,
+        /// Negotiated heartbeat in seconds.
+        heartbeat: u16,
+    },
+    /// A dial or handshake failed.
+    UpstreamFailed {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// Why.
+        reply: Reply,
+    },
+    /// An open upstream was lost.
+    UpstreamLost {
+        /// Which upstream.
+        upstream: UpstreamId,
+        /// Why.
+        reply: Reply,
+    },
+    /// The broker refused these credentials or this vhost; new clients with the same
+    /// credentials can be refused without a dial for a while (B2 negative cache).
+    AuthRejected {
+        /// The broker's reply.
+        reply: Reply,
+    },
+    /// A peer was silent for two heartbeat intervals.
+    HeartbeatMissed {
+        /// Which peer.
+        peer: Peer,
+    },
+    /// The hub is waiting before redialling.
+    ReconnectScheduled {
+        /// When the next dial happens.
+        at: Instant,
+        /// Failed attempts so far.
+        failures: u32,
+    },
+}
+
+/// Counters and gauges of one hub, read by the runtime for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Channels opened with a broker round trip.
+    pub opens_from_broker: u64,
+    /// Channels handed out from the recycling pool.
+    pub opens_from_pool: u64,
+    /// Channels returned to the pool after a successful fence.
+    pub channels_recycled: u64,
+    /// Messages forwarded to the broker.
+    pub publishes: u64,
+    /// Content-carrying methods forwarded to clients (deliver, get-ok, return).
+    pub deliveries: u64,
+    /// Frames received from clients.
+    pub client_frames: u64,
+    /// Frames received from upstreams.
+    pub upstream_frames: u64,
+    /// Bytes received from clients.
+    pub client_bytes: u64,
+    /// Bytes received from upstreams.
+    pub upstream_bytes: u64,
+    /// Buffers queued for clients (frames, or pieces of re-chunked bodies).
+    pub frames_to_clients: u64,
+    /// Buffers queued for upstreams.
+    pub frames_to_upstreams: u64,
+    /// Bytes queued for clients.
+    pub bytes_to_clients: u64,
+    /// Bytes queued for upstreams.
+    pub bytes_to_upstreams: u64,
+    /// Upstream handshakes completed.
+    pub upstream_connects: u64,
+    /// Dials or handshakes that failed.
+    pub upstream_failures: u64,
+    /// Open upstreams lost.
+    pub upstream_losses: u64,
+    /// Peers declared dead by heartbeat.
+    pub heartbeat_misses: u64,
+    /// Clients disconnected for not reading.
+    pub slow_clients: u64,
+    /// Clients closed by the hub, by reply code.
+    pub client_closes: BTreeMap<u16, u64>,
+}
+
+/// A channel on an upstream: which connection, which number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UpRef {
+    pub(crate) up: UpstreamId,
+    pub(crate) ch: u16,
+}
+
+/// The per-credential state machine. See the module documentation for how to drive it.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    credentials: Credentials,
+    clients: Slab<client::Client>,
+    upstreams: Slab<upstream::Upstream>,
+    next_gen: u32,
+    out: VecDeque<Output>,
+    agenda: Agenda,
+    rng: ChaCha8Rng,
+    /// Client channels waiting for an upstream with room.
+    waiting_opens: VecDeque<(ClientId, u16)>,
+    /// Frames clients sent on channels still in `waiting_opens`, in arrival order.
+    held_frames: Vec<(ClientId, Frame)>,
+    /// Channels whose fence round trip is in flight (they count against the pool size).
+    fencing: usize,
+    /// Pooled channels, most recently pooled last (so the first is the oldest).
+    pool: Vec<UpRef>,
+    pool_timer: Option<Instant>,
+    reconnect: Reconnect,
+    drain: Option<Instant>,
+    /// When the drain began: upstreams serving no client close from then on.
+    drain_started: Option<Instant>,
+    stats: HubStats,
+}
+
+/// Reconnect state of a hub (B11).
+#[derive(Debug, Default)]
+struct Reconnect {
+    /// Consecutive failed dials since the last successful handshake.
+    failures: u32,
+    /// When the next dial is allowed; while set, new clients are refused at once.
+    at: Option<Instant>,
+    /// Why the last dial failed, told to refused clients.
+    last_error: Option<Reply>,
+}
+
+impl Hub {
+    /// A hub for `credentials`. `seed` feeds the reconnect jitter.
+    #[must_use]
+    pub fn new(config: HubConfig, credentials: Credentials, seed: u64) -> Self {
+        Hub {
+            config,
+            credentials,
+            clients: Slab::new(),
+            upstreams: Slab::new(),
+            next_gen: 0,
+            out: VecDeque::new(),
+            agenda: Agenda::default(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            waiting_opens: VecDeque::new(),
+            held_frames: Vec::new(),
+            fencing: 0,
+            pool: Vec::new(),
+            pool_timer: None,
+            reconnect: Reconnect::default(),
+            drain: None,
+            drain_started: None,
+            stats: HubStats::default(),
+        }
+    }
+
+    /// The credentials this hub serves.
+    #[must_use]
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Counters for metrics.
+    #[must_use]
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// Connected clients (including ones waiting for admission or closing).
+    #[must_use]
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Upstream connections in any state.
+    #[must_use]
+    pub fn upstream_count(&self) -> usize {
+        self.upstreams.len()
+    }
+
+    /// Upstream channels in use (any state but free), across all upstreams.
+    #[must_use]
+    pub fn channels_in_use(&self) -> usize {
+        self.upstreams.iter().map(|(_, u)| u.table.in_use()).sum()
+    }
+
+    /// Channels waiting in the recycling pool.
+    #[must_use]
+    pub fn pooled_channels(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// True when the hub holds nothing and waits for nothing: the registry can drop it.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.clients.is_empty() && self.upstreams.is_empty() && self.reconnect.at.is_none()
+    }
+
+    /// Whether at least one upstream is open, for readiness reporting.
+    #[must_use]
+    pub fn has_open_upstream(&self) -> bool {
+        self.upstreams.iter().any(|(_, u)| u.is_open())
+    }
+
+    /// Admits a client that finished its handshake. It gets `Connection.OpenOk` once an
+    /// upstream with these credentials is open (B2), at once if one already is.
+    pub fn add_client(&mut self, now: Instant, hello: ClientHello) -> ClientId {
+        let id = ClientId {
+            idx: self.clients.vacant_key() as u32,
+            gen: self.gen(),
+        };
+        self.clients.insert(client::Client::new(id, now, &hello));
+        tracing::debug!(client = %id, name = ?hello.connection_name, "client joined hub");
+        if self.drain.is_some() {
+            self.refuse_client(
+                now,
+                id,
+                Reply::new(reply::CONNECTION_FORCED, "warren is shutting down"),
+            );
+        } else if self.has_open_upstream() {
+            self.admit(now, id);
+        } else if self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
+            // Admitted when the connecting upstream opens.
+        } else if self.reconnect.at.is_some() {
+            let why = self.reconnect.last_error.clone().unwrap_or_else(|| {
+                Reply::new(reply::CONNECTION_FORCED, "broker unreachable; retrying")
+            });
+            self.refuse_client(now, id, why);
+        } else {
+            self.dial(now);
+        }
+        self.schedule_client(id);
+        id
+    }
+
+    /// Feeds one event into the hub. Drain [`Hub::poll_output`] afterwards.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::ClientFrames { client, frames } => {
+                for frame in frames {
+                    if !self.client_frame(now, client, frame) {
+                        break;
+                    }
+                }
+            }
+            Input::ClientFrameError { client, error } => {
+                if self.client(client).is_some() {
+                    let text = error.to_string();
+                    let detail = text.trim_start_matches("FRAME_ERROR - ");
+                    self.close_client(now, client, Reply::new(error.reply_code(), detail));
+                }
+            }
+            Input::ClientClosed { client } => self.client_gone(now, client),
+            Input::ClientSlow { client } => {
+                if self.client(client).is_some() {
+                    self.stats.slow_clients += 1;
+                    self.event(HubEvent::SlowClient { client });
+                    self.release_client(now, client);
+                    self.remove_client(client);
+                }
+            }
+            Input::UpstreamConnected { upstream } => self.upstream_connected(now, upstream),
+            Input::UpstreamFrames { upstream, frames } => {
+                for frame in frames {
+                    if !self.upstream_frame(now, upstream, frame) {
+                        break;
+                    }
+                }
+            }
+            Input::UpstreamFrameError { upstream, error } => {
+                if self.upstream(upstream).is_some() {
+                    let reply = Reply::new(reply::FRAME_ERROR, error);
+                    self.send_upstream(now, upstream, encode::close(0, &Close::from(&reply)));
+                    self.upstream_failed(now, upstream, reply);
+                }
+            }
+            Input::UpstreamClosed { upstream, reason } => {
+                self.upstream_socket_closed(now, upstream, reason)
+            }
+            Input::Timeout => self.fire_timers(now),
+            Input::Drain { deadline } => self.start_drain(now, deadline),
+        }
+    }
+
+    /// The next instruction. Call until `None` after every mutation.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When to call `handle(now, Input::Timeout)` next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.agenda.next()
+    }
+
+    // ----- shared helpers -------------------------------------------------------------
+
+    fn gen(&mut self) -> u32 {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        self.next_gen
+    }
+
+    fn event(&mut self, e: HubEvent) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn client(&self, id: ClientId) -> Option<&client::Client> {
+        self.clients.get(id.index()).filter(|c| c.id == id)
+    }
+
+    fn client_mut(&mut self, id: ClientId) -> Option<&mut client::Client> {
+        self.clients.get_mut(id.index()).filter(|c| c.id == id)
+    }
+
+    fn upstream(&self, id: UpstreamId) -> Option<&upstream::Upstream> {
+        self.upstreams.get(id.index()).filter(|u| u.id == id)
+    }
+
+    fn upstream_mut(&mut self, id: UpstreamId) -> Option<&mut upstream::Upstream> {
+        self.upstreams.get_mut(id.index()).filter(|u| u.id == id)
+    }
+
+    fn slot(&self, r: UpRef) -> Slot {
+        self.upstream(r.up).map_or(Slot::Free, |u| u.table.get(r.ch))
+    }
+
+    fn set_slot(&mut self, now: Instant, r: UpRef, slot: Slot) {
+        if let Some(u) = self.upstream_mut(r.up) {
+            u.table.set(r.ch, slot);
+            if u.table.in_use() == 0 {
+                u.idle_since = Some(now);
+                self.schedule_upstream(r.up);
+            }
+        }
+    }
+
+    fn is_pooled(&self, r: UpRef) -> bool {
+        matches!(self.slot(r), Slot::Pooled { .. })
+    }
+
+    /// Queues bytes for a client and counts them as liveness towards it.
+    fn send_client(&mut self, now: Instant, id: ClientId, data: Bytes) {
+        if let Some(c) = self.client_mut(id) {
+            c.liveness.sent(now);
+            self.stats.frames_to_clients += 1;
+            self.stats.bytes_to_clients += data.len() as u64;
+            self.out.push_back(Output::ToClient { client: id, data });
+        }
+    }
+
+    /// Queues bytes for an upstream and counts them as liveness towards it.
+    fn send_upstream(&mut self, now: Instant, id: UpstreamId, data: Bytes) {
+        if let Some(u) = self.upstream_mut(id) {
+            u.liveness.sent(now);
+            self.stats.frames_to_upstreams += 1;
+            self.stats.bytes_to_upstreams += data.len() as u64;
+            self.out.push_back(Output::ToUpstream { upstream: id, data });
+        }
+    }
+
+    // ----- timers ---------------------------------------------------------------------
+
+    fn schedule_client(&mut self, id: ClientId) {
+        let Some(c) = self.clients.get(id.index()).filter(|c| c.id == id) else {
+            return;
+        };
+        let want = c.deadline();
+        let old = c.timer_at;
+        let at = self.agenda.reschedule(Timer::Client(id), old, want);
+        if let Some(c) = self.client_mut(id) {
+            c.timer_at = at;
+        }
+    }
+
+    fn schedule_upstream(&mut self, id: UpstreamId) {
+        let Some(u) = self.upstreams.get(id.index()).filter(|u| u.id == id) else {
+            return;
+        };
+        let want = self.upstream_deadline(u);
+        let old = u.timer_at;
+        let at = self.agenda.reschedule(Timer::Upstream(id), old, want);
+        if let Some(u) = self.upstream_mut(id) {
+            u.timer_at = at;
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(timer) = self.agenda.pop_due(now) {
+            match timer {
+                Timer::Client(id) => {
+                    if let Some(c) = self.client_mut(id) {
+                        c.timer_at = None;
+                        self.client_timer(now, id);
+                    }
+                }
+                Timer::Upstream(id) => {
+                    if let Some(u) = self.upstream_mut(id) {
+                        u.timer_at = None;
+                        self.upstream_timer(now, id);
+                    }
+                }
+                Timer::Reconnect => self.reconnect_timer(now),
+                Timer::PoolIdle => {
+                    self.pool_timer = None;
+                    self.expire_pool(now);
+                }
+                Timer::Drain => self.drain_deadline(now),
+            }
+        }
+    }
+
+    fn client_timer(&mut self, now: Instant, id: ClientId) {
+        let Some(c) = self.client(id) else { return };
+        if let client::Phase::Closing { until } = c.phase {
+            if now >= until {
+                self.remove_client(id);
+                return;
+            }
+        }
+        match c.liveness.check(now) {
+            Beat::Dead => {
+                self.stats.heartbeat_misses += 1;
+                self.event(HubEvent::HeartbeatMissed {
+                    peer: Peer::Client(id),
+                });
+                let reply = Reply::new(
+                    reply::CONNECTION_FORCED,
+                    "missed heartbeats from client, timeout",
+                );
+                self.close_client(now, id, reply);
+            }
+            Beat::Send => self.send_client(now, id, Bytes::from_static(HEARTBEAT)),
+            Beat::Idle => {}
+        }
+        self.schedule_client(id);
+    }
+
+    // ----- reconnect ------------------------------------------------------------------
+
+    /// Opens a new upstream connection.
+    fn dial(&mut self, now: Instant) -> UpstreamId {
+        let id = UpstreamId {
+            idx: self.upstreams.vacant_key() as u32,
+            gen: self.gen(),
+        };
+        self.upstreams.insert(upstream::Upstream::new(
+            id,
+            now,
+            now + self.config.connect_timeout,
+        ));
+        self.out.push_back(Output::Dial { upstream: id });
+        self.schedule_upstream(id);
+        id
+    }
+
+    /// Decides what follows a failed dial or a lost upstream.
+    fn after_upstream_gone(&mut self, now: Instant, failed_dial: Option<Reply>) {
+        if let Some(reply) = failed_dial {
+            self.reconnect.failures = self.reconnect.failures.saturating_add(1);
+            self.reconnect.last_error = Some(reply);
+        }
+        let have_upstream = self
+            .upstreams
+            .iter()
+            .any(|(_, u)| u.is_open() || u.is_connecting());
+        let needed = !self.clients.is_empty() && self.drain.is_none();
+        if have_upstream || !needed && self.reconnect.failures == 0 {
+            return;
+        }
+        if self.reconnect.at.is_none() {
+            let delay = self
+                .config
+                .backoff
+                .delay(self.reconnect.failures.saturating_sub(1), &mut self.rng);
+            let at = now + delay;
+            self.reconnect.at = self.agenda.reschedule(Timer::Reconnect, None, Some(at));
+            self.event(HubEvent::ReconnectScheduled {
+                at,
+                failures: self.reconnect.failures,
+            });
+        }
+    }
+
+    fn reconnect_timer(&mut self, now: Instant) {
+        self.reconnect.at = None;
+        let needed = !self.clients.is_empty() && self.drain.is_none();
+        let have_upstream = self
+            .upstreams
+            .iter()
+            .any(|(_, u)| u.is_open() || u.is_connecting());
+        if needed && !have_upstream {
+            self.dial(now);
+        }
+    }
+
+    // ----- drain ----------------------------------------------------------------------
+
+    fn start_drain(&mut self, now: Instant, deadline: Instant) {
+        if self.drain.is_some() {
+            return;
+        }
+        self.drain = Some(deadline);
+        self.drain_started = Some(now);
+        self.agenda.reschedule(Timer::Drain, None, Some(deadline));
+        if let Some(at) = self.reconnect.at.take() {
+            self.agenda.reschedule(Timer::Reconnect, Some(at), None);
+        }
+        self.expire_pool_all(now);
+        let ids: Vec<UpstreamId> = self.upstreams.iter().map(|(_, u)| u.id).collect();
+        for id in ids {
+            self.schedule_upstream(id);
+        }
+        // Clients still waiting for admission cannot finish anything: refuse them now.
+        let waiting: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.phase == client::Phase::AwaitingUpstream)
+            .map(|(_, c)| c.id)
+            .collect();
+        for id in waiting {
+            self.refuse_client(
+                now,
+                id,
+                Reply::new(reply::CONNECTION_FORCED, "warren is shutting down"),
+            );
+        }
+    }
+
+    fn drain_deadline(&mut self, now: Instant) {
+        let ids: Vec<ClientId> = self.clients.iter().map(|(_, c)| c.id).collect();
+        for id in ids {
+            self.close_client(
+                now,
+                id,
+                Reply::new(reply::CONNECTION_FORCED, "warren is shutting down"),
+            );
+        }
+        let ups: Vec<UpstreamId> = self.upstreams.iter().map(|(_, u)| u.id).collect();
+        for id in ups {
+            self.schedule_upstream(id);
+        }
+    }
+
+    /// Whether `id` is the one upstream kept open for a hub that still has clients.
+    fn keeps_last_upstream(&self, id: UpstreamId) -> bool {
+        if self.clients.is_empty() || self.drain.is_some() {
+            return false;
+        }
+        // The oldest open upstream is the keeper.
+        self.upstreams
+            .iter()
+            .filter(|(_, u)| u.is_open())
+            .map(|(_, u)| u.id)
+            .min_by_key(|u| u.gen)
+            == Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

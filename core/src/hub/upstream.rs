@@ -1,0 +1,765 @@
+//! The upstream side of a hub: warren as a client of the broker. The handshake (PLAIN with
+//! the hub's credentials), routing of broker frames to the owning client channel, broker
+//! channel closes (B4), blocked state (B12), loss and reconnect (B11), idle shutdown, and the
+//! housekeeping channels that delete a departed client's exclusive queues (B5).
+
+use super::channels::{ChannelTable, Slot};
+use super::client::Phase;
+use super::liveness::{Beat, Liveness};
+use super::{ClientId, Hub, HubEvent, Output, Peer, UpRef, UpstreamId};
+use crate::content::rechunk_body;
+use crate::frame::{Frame, FrameType, HEARTBEAT, PROTOCOL_HEADER};
+use crate::method::{self, encode, ids, Close, Method, StartOk, Tune};
+use crate::reply::{self, Reply};
+use crate::table::{longstr, FieldTable, FieldValue};
+use bytes::Bytes;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+/// Where an upstream connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpPhase {
+    /// TCP (and TLS) connect in progress.
+    Dialing,
+    /// Protocol header sent; waiting for `Connection.Start`.
+    AwaitStart,
+    /// `StartOk` sent; waiting for `Tune` (a refused login arrives here as a close).
+    AwaitTune,
+    /// `TuneOk` and `Open` sent; waiting for `OpenOk` (a refused vhost arrives here).
+    AwaitOpenOk,
+    /// Ready for channels.
+    Open,
+    /// `Connection.Close` sent; waiting for `CloseOk`.
+    Closing,
+}
+
+/// One broker connection of a hub.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub(crate) id: UpstreamId,
+    pub(crate) phase: UpPhase,
+    /// Connect or close deadline, depending on the phase.
+    deadline: Instant,
+    pub(crate) tune: Tune,
+    pub(crate) table: ChannelTable,
+    pub(crate) liveness: Liveness,
+    /// The broker's reason while it blocks publishers (B12).
+    pub(crate) blocked: Option<String>,
+    /// Since when no channel number has been in use.
+    pub(crate) idle_since: Option<Instant>,
+    pub(crate) timer_at: Option<Instant>,
+}
+
+impl Upstream {
+    pub(crate) fn new(id: UpstreamId, now: Instant, connect_deadline: Instant) -> Self {
+        Upstream {
+            id,
+            phase: UpPhase::Dialing,
+            deadline: connect_deadline,
+            tune: Tune {
+                channel_max: 0,
+                frame_max: crate::frame::FRAME_MIN_SIZE,
+                heartbeat: 0,
+            },
+            table: ChannelTable::new(0),
+            liveness: Liveness::new(now, 0),
+            blocked: None,
+            idle_since: Some(now),
+            timer_at: None,
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.phase == UpPhase::Open
+    }
+
+    pub(crate) fn is_connecting(&self) -> bool {
+        matches!(
+            self.phase,
+            UpPhase::Dialing | UpPhase::AwaitStart | UpPhase::AwaitTune | UpPhase::AwaitOpenOk
+        )
+    }
+
+    /// Whether a client channel still lives on this connection.
+    fn serves_clients(&self) -> bool {
+        self.table.iter().any(|(_, s)| s.owner().is_some())
+    }
+}
+
+impl Hub {
+    /// When an open upstream may be closed: once idle for the idle timeout (unless it is the
+    /// one kept for a hub that still has clients), or as soon as it serves no client while
+    /// draining.
+    fn upstream_close_at(&self, u: &Upstream) -> Option<Instant> {
+        if let Some(drain) = self.drain {
+            (!u.serves_clients()).then_some(self.drain_started.unwrap_or(drain))
+        } else if self.keeps_last_upstream(u.id) {
+            None
+        } else {
+            u.idle_since
+                .map(|since| since + self.config.upstream_idle_timeout)
+        }
+    }
+
+    /// When the upstream's timer must next fire: connect or close deadline, heartbeat, or
+    /// the moment it may be closed.
+    pub(super) fn upstream_deadline(&self, u: &Upstream) -> Option<Instant> {
+        if u.is_connecting() || u.phase == UpPhase::Closing {
+            return Some(u.deadline);
+        }
+        match (u.liveness.deadline(), self.upstream_close_at(u)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(super) fn upstream_timer(&mut self, now: Instant, id: UpstreamId) {
+        let Some(u) = self.upstream(id) else { return };
+        let phase = u.phase;
+        if u.is_connecting() && now >= u.deadline {
+            let reply = Reply::new(
+                reply::CONNECTION_FORCED,
+                "broker unreachable: timed out connecting",
+            );
+            self.upstream_failed(now, id, reply);
+            return;
+        }
+        if phase == UpPhase::Closing {
+            if now >= u.deadline {
+                self.remove_upstream(id);
+            } else {
+                self.schedule_upstream(id);
+            }
+            return;
+        }
+        if phase != UpPhase::Open {
+            self.schedule_upstream(id);
+            return;
+        }
+        match u.liveness.check(now) {
+            Beat::Dead => {
+                self.stats.heartbeat_misses += 1;
+                self.event(HubEvent::HeartbeatMissed {
+                    peer: Peer::Upstream(id),
+                });
+                let reply = Reply::new(
+                    reply::CONNECTION_FORCED,
+                    "broker connection lost: missed heartbeats from the broker",
+                );
+                self.upstream_lost(now, id, reply);
+                return;
+            }
+            Beat::Send => self.send_upstream(now, id, Bytes::from_static(HEARTBEAT)),
+            Beat::Idle => {}
+        }
+        let close_at = self.upstream(id).and_then(|u| self.upstream_close_at(u));
+        if close_at.is_some_and(|at| at <= now) {
+            let why = if self.drain.is_some() {
+                "warren is shutting down"
+            } else {
+                "idle"
+            };
+            self.close_upstream_gracefully(now, id, why);
+            return;
+        }
+        self.schedule_upstream(id);
+    }
+
+    /// Ends an upstream with `Connection.Close 200` and waits a bounded time for `CloseOk`.
+    fn close_upstream_gracefully(&mut self, now: Instant, id: UpstreamId, why: &str) {
+        let until = now + self.config.close_timeout;
+        let Some(u) = self.upstream_mut(id) else { return };
+        u.phase = UpPhase::Closing;
+        u.deadline = until;
+        let close = Close::from(&Reply::verbatim(reply::REPLY_SUCCESS, why));
+        self.send_upstream(now, id, encode::close(0, &close));
+        self.drop_pool_entries(id);
+        self.schedule_upstream(id);
+    }
+
+    /// Forgets an upstream and tells the driver to close its socket.
+    fn remove_upstream(&mut self, id: UpstreamId) {
+        let Some(u) = self.upstream(id) else { return };
+        let timer = u.timer_at;
+        let fencing = u.table.iter().filter(|(_, s)| *s == Slot::Fencing).count();
+        self.fencing -= fencing;
+        self.agenda
+            .reschedule(super::agenda::Timer::Upstream(id), timer, None);
+        self.drop_pool_entries(id);
+        self.upstreams.remove(id.index());
+        self.out.push_back(Output::CloseUpstream { upstream: id });
+    }
+
+    /// TCP (and TLS) is up: start the AMQP handshake.
+    pub(super) fn upstream_connected(&mut self, now: Instant, id: UpstreamId) {
+        let Some(u) = self.upstream_mut(id) else { return };
+        if u.phase != UpPhase::Dialing {
+            return;
+        }
+        u.phase = UpPhase::AwaitStart;
+        self.send_upstream(now, id, Bytes::from_static(PROTOCOL_HEADER));
+    }
+
+    /// The upstream socket closed or the dial failed.
+    pub(super) fn upstream_socket_closed(&mut self, now: Instant, id: UpstreamId, reason: String) {
+        let Some(u) = self.upstream(id) else { return };
+        match u.phase {
+            UpPhase::Dialing | UpPhase::AwaitStart => {
+                let reply = Reply::new(
+                    reply::CONNECTION_FORCED,
+                    format!("broker unreachable: {reason}"),
+                );
+                self.upstream_failed(now, id, reply);
+            }
+            UpPhase::AwaitTune | UpPhase::AwaitOpenOk => {
+                // RabbitMQ without authentication_failure_close drops the socket on a bad login.
+                let reply = Reply::new(
+                    reply::ACCESS_REFUSED,
+                    format!("the broker closed the connection during login ({reason})"),
+                );
+                self.upstream_failed(now, id, reply);
+            }
+            UpPhase::Open => {
+                let reply = Reply::new(
+                    reply::CONNECTION_FORCED,
+                    format!("broker connection lost: {reason}"),
+                );
+                self.upstream_lost(now, id, reply);
+            }
+            UpPhase::Closing => self.remove_upstream(id),
+        }
+    }
+
+    /// A dial or handshake failed: waiting clients are refused (B2, B11) and a reconnect is
+    /// scheduled if anyone still needs the broker.
+    pub(super) fn upstream_failed(&mut self, now: Instant, id: UpstreamId, reply: Reply) {
+        if self.upstream(id).is_none() {
+            return;
+        }
+        tracing::debug!(upstream = %id, code = reply.code, text = %reply.text, "upstream failed");
+        self.remove_upstream(id);
+        self.stats.upstream_failures += 1;
+        self.event(HubEvent::UpstreamFailed {
+            upstream: id,
+            reply: reply.clone(),
+        });
+        let refused_login = matches!(reply.code, reply::ACCESS_REFUSED | reply::NOT_ALLOWED);
+        if refused_login {
+            self.event(HubEvent::AuthRejected {
+                reply: reply.clone(),
+            });
+        }
+        if !self.upstreams.iter().any(|(_, u)| u.is_connecting() || u.is_open()) {
+            let waiting: Vec<ClientId> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::AwaitingUpstream)
+                .map(|(_, c)| c.id)
+                .collect();
+            for c in waiting {
+                self.refuse_client(now, c, reply.clone());
+            }
+            let channel_reply = Reply::new(reply::RESOURCE_ERROR, &reply.text);
+            self.fail_waiting_opens(now, &channel_reply);
+        }
+        self.after_upstream_gone(now, Some(reply));
+    }
+
+    /// An open upstream died: every client with a channel on it is closed with the broker's
+    /// reply (B11); other clients keep their connection.
+    pub(super) fn upstream_lost(&mut self, now: Instant, id: UpstreamId, reply: Reply) {
+        let Some(u) = self.upstream(id) else { return };
+        tracing::debug!(upstream = %id, code = reply.code, text = %reply.text, "upstream lost");
+        let affected: BTreeSet<ClientId> =
+            u.table.iter().filter_map(|(_, s)| s.owner()).map(|(c, _)| c).collect();
+        self.remove_upstream(id);
+        self.stats.upstream_losses += 1;
+        self.event(HubEvent::UpstreamLost {
+            upstream: id,
+            reply: reply.clone(),
+        });
+        for c in affected {
+            self.close_client(now, c, reply.clone());
+        }
+        let unblock: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.blocked_by.contains(&id))
+            .map(|(_, c)| c.id)
+            .collect();
+        for c in unblock {
+            self.tell_unblocked(now, c, id);
+        }
+        self.after_upstream_gone(now, None);
+        if self.upstreams.iter().any(|(_, u)| u.is_open()) {
+            self.serve_waiting_opens(now);
+        }
+    }
+
+    /// Handles one frame from an upstream. Returns false once the upstream is gone.
+    pub(super) fn upstream_frame(&mut self, now: Instant, id: UpstreamId, frame: Frame) -> bool {
+        let Some(u) = self.upstream_mut(id) else {
+            return false;
+        };
+        u.liveness.received(now);
+        self.stats.upstream_frames += 1;
+        self.stats.upstream_bytes += frame.wire_len() as u64;
+        if frame.kind() == FrameType::Heartbeat {
+            return true;
+        }
+        if frame.channel() == 0 {
+            self.upstream_connection_frame(now, id, &frame);
+            return self.upstream(id).is_some();
+        }
+        if self.upstream(id).map(|u| u.phase) == Some(UpPhase::Open) {
+            self.route_broker_frame(now, id, frame);
+        }
+        true
+    }
+
+    /// Channel-0 frames from the broker: the handshake, closes, blocked state.
+    fn upstream_connection_frame(&mut self, now: Instant, id: UpstreamId, frame: &Frame) {
+        let m = match (frame.kind(), method::decode(frame.payload())) {
+            (FrameType::Method, Ok(m)) => m,
+            _ => {
+                let reply = Reply::new(reply::FRAME_ERROR, "malformed frame on channel 0");
+                self.send_upstream(now, id, encode::close(0, &Close::from(&reply)));
+                return self.upstream_gone(now, id, reply);
+            }
+        };
+        let Some(phase) = self.upstream(id).map(|u| u.phase) else {
+            return;
+        };
+        match (phase, m) {
+            (UpPhase::AwaitStart, Method::Start(start)) => {
+                if !start.mechanisms.split(' ').any(|m| m == "PLAIN") {
+                    let reply = Reply::new(
+                        reply::NOT_IMPLEMENTED,
+                        "the broker does not offer the PLAIN mechanism",
+                    );
+                    return self.upstream_failed(now, id, reply);
+                }
+                let ok = self.start_ok(id);
+                self.send_upstream(now, id, encode::start_ok(&ok));
+                self.set_phase(id, UpPhase::AwaitTune);
+            }
+            (UpPhase::AwaitTune, Method::Tune(t)) => {
+                let tune = self.negotiate(t);
+                self.send_upstream(now, id, encode::tune(tune, true));
+                self.send_upstream(now, id, encode::open(&self.credentials.vhost.clone()));
+                if let Some(u) = self.upstream_mut(id) {
+                    u.tune = tune;
+                    u.table = ChannelTable::new(tune.channel_max);
+                    u.liveness = Liveness::new(now, tune.heartbeat);
+                    u.phase = UpPhase::AwaitOpenOk;
+                }
+            }
+            (UpPhase::AwaitOpenOk, Method::OpenOk) => self.upstream_opened(now, id),
+            (UpPhase::Closing, Method::ConnectionCloseOk) => self.remove_upstream(id),
+            (_, Method::ConnectionClose(close)) => {
+                self.send_upstream(now, id, encode::close_ok(0));
+                self.upstream_gone(now, id, close.reply());
+            }
+            (UpPhase::Open, Method::Blocked { reason }) => {
+                let Some(u) = self.upstream_mut(id) else { return };
+                u.blocked = Some(reason.clone());
+                let owners: BTreeSet<ClientId> =
+                    u.table.iter().filter_map(|(_, s)| s.owner()).map(|(c, _)| c).collect();
+                for c in owners {
+                    self.tell_blocked(now, c, id, &reason);
+                }
+            }
+            (UpPhase::Open, Method::Unblocked) => {
+                if let Some(u) = self.upstream_mut(id) {
+                    u.blocked = None;
+                }
+                let told: Vec<ClientId> = self
+                    .clients
+                    .iter()
+                    .filter(|(_, c)| c.blocked_by.contains(&id))
+                    .map(|(_, c)| c.id)
+                    .collect();
+                for c in told {
+                    self.tell_unblocked(now, c, id);
+                }
+            }
+            (phase, m) => {
+                tracing::debug!(upstream = %id, ?phase, method = ?m, "ignoring broker method");
+            }
+        }
+    }
+
+    /// Ends an upstream for a reason found by the proxy or sent by the broker, whatever its
+    /// phase.
+    fn upstream_gone(&mut self, now: Instant, id: UpstreamId, reply: Reply) {
+        match self.upstream(id).map(|u| u.phase) {
+            Some(UpPhase::Open) => self.upstream_lost(now, id, reply),
+            Some(UpPhase::Closing) => self.remove_upstream(id),
+            Some(_) => self.upstream_failed(now, id, reply),
+            None => {}
+        }
+    }
+
+    fn set_phase(&mut self, id: UpstreamId, phase: UpPhase) {
+        if let Some(u) = self.upstream_mut(id) {
+            u.phase = phase;
+        }
+    }
+
+    /// The `StartOk` warren sends: PLAIN with the hub's credentials and an informative
+    /// `connection_name`.
+    fn start_ok(&self, id: UpstreamId) -> StartOk {
+        let caps = [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "authentication_failure_close",
+            "per_consumer_qos",
+        ]
+        .iter()
+        .fold(FieldTable::default(), |t, c| t.with(c, FieldValue::Bool(true)));
+        let name = format!(
+            "{} {}@{} {}",
+            self.config.upstream_name, self.credentials.user, self.credentials.vhost, id
+        );
+        let user = &self.credentials.user;
+        let pass = self.credentials.password.expose();
+        StartOk {
+            client_properties: FieldTable::default()
+                .with("product", longstr("warren"))
+                .with("version", longstr(env!("CARGO_PKG_VERSION")))
+                .with("platform", longstr("Rust"))
+                .with("connection_name", longstr(&name))
+                .with("capabilities", FieldValue::Table(caps)),
+            mechanism: "PLAIN".into(),
+            response: format!("\0{user}\0{pass}").into_bytes(),
+            locale: "en_US".into(),
+        }
+    }
+
+    /// warren's `TuneOk`: the smaller of the broker's limits and the configured ones.
+    fn negotiate(&self, broker: Tune) -> Tune {
+        let lower = |theirs: u32, ours: u32| if theirs == 0 { ours } else { theirs.min(ours) };
+        Tune {
+            channel_max: lower(
+                u32::from(broker.channel_max),
+                u32::from(self.config.max_channels_per_upstream),
+            ) as u16,
+            frame_max: lower(broker.frame_max, self.config.upstream_frame_max),
+            heartbeat: if self.config.upstream_heartbeat == 0 {
+                broker.heartbeat
+            } else {
+                lower(
+                    u32::from(broker.heartbeat),
+                    u32::from(self.config.upstream_heartbeat),
+                ) as u16
+            },
+        }
+    }
+
+    /// The broker accepted the credentials: admit waiting clients and place waiting channels.
+    fn upstream_opened(&mut self, now: Instant, id: UpstreamId) {
+        let Some(u) = self.upstream_mut(id) else { return };
+        u.phase = UpPhase::Open;
+        u.idle_since = Some(now);
+        let tune = u.tune;
+        self.stats.upstream_connects += 1;
+        self.reconnect.failures = 0;
+        self.reconnect.last_error = None;
+        self.event(HubEvent::UpstreamOpen {
+            upstream: id,
+            channel_max: tune.channel_max,
+            frame_max: tune.frame_max,
+            heartbeat: tune.heartbeat,
+        });
+        let waiting: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::AwaitingUpstream)
+            .map(|(_, c)| c.id)
+            .collect();
+        for c in waiting {
+            self.admit(now, c);
+        }
+        self.serve_waiting_opens(now);
+        self.schedule_upstream(id);
+    }
+
+    /// Routes a broker frame on a numbered channel by the state of its slot.
+    fn route_broker_frame(&mut self, now: Instant, id: UpstreamId, frame: Frame) {
+        let ch = frame.channel();
+        let Some(slot) = self.upstream(id).map(|u| u.table.get(ch)) else {
+            return;
+        };
+        let r = UpRef { up: id, ch };
+        let mid = frame.method_id();
+        match slot {
+            Slot::Opening { client, ch: cch } => match mid {
+                Some(ids::CHANNEL_OPEN_OK) => {
+                    self.set_slot(now, r, Slot::Owned { client, ch: cch });
+                    self.forward_to_client(now, client, cch, frame);
+                }
+                Some(ids::CHANNEL_CLOSE) => {
+                    self.broker_closed_channel(now, client, cch, r, renumbered(frame, cch))
+                }
+                _ => tracing::debug!(upstream = %id, ch, "dropping frame on an opening channel"),
+            },
+            Slot::Owned { client, ch: cch } => self.owned_frame(now, r, client, cch, frame),
+            Slot::ClosingForClient { client, ch: cch } => match mid {
+                Some(ids::CHANNEL_CLOSE_OK) => {
+                    self.set_slot(now, r, Slot::Free);
+                    if let Some(c) = self.client_mut(client) {
+                        c.channels.remove(&cch);
+                    }
+                    self.forward_to_client(now, client, cch, frame);
+                }
+                Some(ids::CHANNEL_CLOSE) => self.send_upstream(now, id, encode::close_ok(ch)),
+                _ => self.forward_to_client(now, client, cch, frame),
+            },
+            Slot::Closing | Slot::Housekeeping => match mid {
+                Some(ids::CHANNEL_CLOSE_OK) => self.set_slot(now, r, Slot::Free),
+                // Crossing closes: RabbitMQ answers ours as well, so keep waiting for it.
+                Some(ids::CHANNEL_CLOSE) => self.send_upstream(now, id, encode::close_ok(ch)),
+                _ => {}
+            },
+            Slot::Fencing => match mid {
+                Some(ids::CHANNEL_FLOW_OK) => {
+                    self.fencing -= 1;
+                    self.pool_channel(now, r);
+                }
+                Some(ids::CHANNEL_CLOSE) => {
+                    // An error meant for the previous client: the channel is not reused.
+                    self.fencing -= 1;
+                    self.send_upstream(now, id, encode::close_ok(ch));
+                    self.set_slot(now, r, Slot::Free);
+                }
+                _ => {}
+            },
+            Slot::Pooled { .. } => {
+                if mid == Some(ids::CHANNEL_CLOSE) {
+                    self.send_upstream(now, id, encode::close_ok(ch));
+                    self.set_slot(now, r, Slot::Free);
+                    self.pool.retain(|p| *p != r);
+                    self.schedule_pool();
+                }
+            }
+            Slot::Quarantined | Slot::Free => {
+                tracing::debug!(upstream = %id, ch, ?slot, "dropping broker frame on unused channel");
+            }
+        }
+    }
+
+    /// A broker frame on a channel a client owns: bookkeeping, then forward.
+    fn owned_frame(&mut self, now: Instant, r: UpRef, client: ClientId, cch: u16, frame: Frame) {
+        if frame.kind() != FrameType::Method {
+            return self.forward_to_client(now, client, cch, frame);
+        }
+        let Some(mid) = frame.method_id() else { return };
+        match mid {
+            ids::BASIC_DELIVER | ids::BASIC_GET_OK | ids::BASIC_RETURN => {
+                self.stats.deliveries += 1;
+                return self.forward_to_client(now, client, cch, frame);
+            }
+            ids::CHANNEL_CLOSE => {
+                return self.broker_closed_channel(now, client, cch, r, renumbered(frame, cch));
+            }
+            _ => {}
+        }
+        let Ok(m) = method::decode(frame.payload()) else {
+            return self.forward_to_client(now, client, cch, frame);
+        };
+        self.note_reply(client, cch, r.up, &m, mid);
+        let notify = self
+            .client(client)
+            .is_some_and(|c| c.caps.consumer_cancel_notify);
+        if matches!(m, Method::Cancel { .. }) && !notify {
+            // RabbitMQ sends server-side cancels only to clients that asked for them.
+            return;
+        }
+        self.forward_to_client(now, client, cch, frame);
+    }
+
+    /// Sends a broker frame to a client channel, renumbered, re-chunking a body that is
+    /// larger than the client's frame_max (B9).
+    fn forward_to_client(&mut self, now: Instant, client: ClientId, cch: u16, mut frame: Frame) {
+        let Some(c) = self.client(client) else { return };
+        if matches!(c.phase, Phase::Closing { .. }) {
+            return;
+        }
+        if frame.kind() == FrameType::Body && frame.wire_len() > c.frame_max as usize {
+            let max = c.frame_max;
+            let raw = frame.freeze();
+            let payload = raw.slice(7..raw.len() - 1);
+            let mut parts = Vec::new();
+            rechunk_body(cch, payload, max, &mut |b| parts.push(b));
+            for part in parts {
+                self.send_client(now, client, part);
+            }
+            return;
+        }
+        frame.set_channel(cch);
+        self.send_client(now, client, frame.freeze());
+    }
+
+    // ----- placement and growth (B3) ----------------------------------------------------
+
+    /// The open upstream that should take a new channel, by the placement policy.
+    pub(super) fn place(&self) -> Option<UpstreamId> {
+        let candidates = self
+            .upstreams
+            .iter()
+            .map(|(_, u)| u)
+            .filter(|u| u.is_open() && u.table.has_room());
+        match self.config.placement {
+            super::Placement::Fill => candidates.max_by_key(|u| u.id.gen).map(|u| u.id),
+            super::Placement::Spread => candidates
+                .min_by_key(|u| (u.table.in_use(), u.id.gen))
+                .map(|u| u.id),
+        }
+    }
+
+    /// Every open upstream is full (or none is open): dial another if allowed, otherwise
+    /// refuse the waiting channels.
+    pub(super) fn grow(&mut self, now: Instant) {
+        if self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
+            return;
+        }
+        if self.reconnect.at.is_some() {
+            let why = self.reconnect.last_error.as_ref().map_or_else(
+                || "broker unreachable; retrying".to_owned(),
+                |r| r.text.clone(),
+            );
+            return self.fail_waiting_opens(now, &Reply::new(reply::RESOURCE_ERROR, why));
+        }
+        if self.upstreams.len() < self.config.max_upstreams {
+            self.dial(now);
+            return;
+        }
+        let reply = Reply::new(
+            reply::RESOURCE_ERROR,
+            format!(
+                "no channel available: all {} upstream connections are full",
+                self.config.max_upstreams
+            ),
+        );
+        self.fail_waiting_opens(now, &reply);
+    }
+
+    // ----- exclusive queue clean-up (B5) ----------------------------------------------
+
+    /// Deletes a departed client's exclusive queues on the connections that own them, each
+    /// through a short-lived housekeeping channel.
+    pub(super) fn delete_exclusive_queues(&mut self, now: Instant, queues: Vec<(UpstreamId, Vec<u8>)>) {
+        let mut by_upstream: Vec<(UpstreamId, Vec<Vec<u8>>)> = Vec::new();
+        for (up, q) in queues {
+            match by_upstream.iter_mut().find(|(u, _)| *u == up) {
+                Some((_, list)) => list.push(q),
+                None => by_upstream.push((up, vec![q])),
+            }
+        }
+        for (up, names) in by_upstream {
+            let Some(u) = self.upstream_mut(up).filter(|u| u.is_open()) else {
+                continue;
+            };
+            let Some(ch) = u.table.allocate(Slot::Housekeeping) else {
+                tracing::warn!(upstream = %up, "no channel free to delete exclusive queues");
+                continue;
+            };
+            u.idle_since = None;
+            self.send_upstream(now, up, encode::channel_open(ch));
+            for q in &names {
+                self.send_upstream(now, up, encode::queue_delete(ch, q));
+            }
+            let close = Close::from(&Reply::verbatim(reply::REPLY_SUCCESS, "exclusive queue cleanup"));
+            self.send_upstream(now, up, encode::close(ch, &close));
+        }
+    }
+
+    // ----- recycling (B6) -------------------------------------------------------------
+
+    /// Whether another channel may enter the pool.
+    pub(super) fn pool_has_room(&self) -> bool {
+        self.config.recycling && self.drain.is_none() && self.pool.len() + self.fencing < self.config.pool_size
+    }
+
+    /// Starts the fence round trip on a clean channel whose client let go.
+    pub(super) fn fence(&mut self, now: Instant, r: UpRef) {
+        self.set_slot(now, r, Slot::Fencing);
+        self.fencing += 1;
+        self.send_upstream(now, r.up, encode::flow(r.ch, true, false));
+    }
+
+    /// The fence came back clean: the channel joins the pool, or is closed if there is no
+    /// longer room.
+    fn pool_channel(&mut self, now: Instant, r: UpRef) {
+        if !self.pool_has_room() {
+            return self.close_upstream_channel(now, r, "pool full");
+        }
+        self.set_slot(now, r, Slot::Pooled { since: now });
+        self.pool.push(r);
+        self.stats.channels_recycled += 1;
+        self.schedule_pool();
+    }
+
+    /// Takes the most recently pooled channel.
+    pub(super) fn take_pooled(&mut self) -> Option<UpRef> {
+        let r = self.pool.pop()?;
+        self.schedule_pool();
+        if let Some(u) = self.upstream_mut(r.up) {
+            u.idle_since = None;
+        }
+        Some(r)
+    }
+
+    /// Closes pooled channels that have been idle for the pool timeout.
+    pub(super) fn expire_pool(&mut self, now: Instant) {
+        let timeout = self.config.pool_idle_timeout;
+        while let Some(&r) = self.pool.first() {
+            match self.slot(r) {
+                Slot::Pooled { since } if since + timeout <= now => {
+                    self.pool.remove(0);
+                    self.close_upstream_channel(now, r, "idle in pool");
+                }
+                Slot::Pooled { .. } => break,
+                _ => {
+                    self.pool.remove(0);
+                }
+            }
+        }
+        self.schedule_pool();
+    }
+
+    /// Closes every pooled channel (drain).
+    pub(super) fn expire_pool_all(&mut self, now: Instant) {
+        for r in std::mem::take(&mut self.pool) {
+            if self.is_pooled(r) {
+                self.close_upstream_channel(now, r, "warren is shutting down");
+            }
+        }
+        self.schedule_pool();
+    }
+
+    fn drop_pool_entries(&mut self, up: UpstreamId) {
+        self.pool.retain(|r| r.up != up);
+        self.schedule_pool();
+    }
+
+    fn schedule_pool(&mut self) {
+        let want = self.pool.first().and_then(|r| match self.slot(*r) {
+            Slot::Pooled { since } => Some(since + self.config.pool_idle_timeout),
+            _ => None,
+        });
+        self.pool_timer = self
+            .agenda
+            .reschedule(super::agenda::Timer::PoolIdle, self.pool_timer, want);
+    }
+}
+
+/// A broker frame renumbered for the client, as bytes.
+fn renumbered(mut frame: Frame, ch: u16) -> Bytes {
+    frame.set_channel(ch);
+    frame.freeze()
+}
+

@@ -1,0 +1,35 @@
+//! warren-core: the sans-IO heart of warren, an AMQP 0-9-1 multiplexing proxy.
+//!
+//! Nothing here touches a socket, a clock or a global random generator. The runtime reads
+//! bytes, splits them into [`frame::Frame`]s, feeds them to a [`handshake::ClientHandshake`]
+//! or a [`hub::Hub`] together with the current time, and carries out the outputs those
+//! machines produce. The same machines run unchanged in the deterministic simulation.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`wire`], [`table`] | AMQP primitive types and field tables |
+//! | [`frame`] | the zero-copy frame decoder and frame encoder |
+//! | [`method`] | method ids, argument layouts and the methods the proxy reads or writes |
+//! | [`content`] | content headers and body re-chunking |
+//! | [`credentials`] | the pool key and SASL responses |
+//! | [`handshake`] | the client leg of the connection handshake |
+//! | [`hub`] | the per-credential multiplexer: clients, upstreams, channels |
+//! | [`auth_cache`] | the short negative cache of refused logins |
+//! | [`reply`] | AMQP reply codes |
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod auth_cache;
+pub mod content;
+pub mod credentials;
+pub mod frame;
+pub mod handshake;
+pub mod hub;
+pub mod method;
+pub mod reply;
+pub mod table;
+pub mod wire;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;

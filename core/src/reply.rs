@@ -1,0 +1,104 @@
+//! AMQP reply codes and the (code, text) pair carried by `Connection.Close` and
+//! `Channel.Close`.
+
+use std::fmt;
+
+/// Normal close.
+pub const REPLY_SUCCESS: u16 = 200;
+/// The connection was closed by an operator or by the proxy on behalf of the broker.
+pub const CONNECTION_FORCED: u16 = 320;
+/// Login refused.
+pub const ACCESS_REFUSED: u16 = 403;
+/// Entity missing (channel-level).
+pub const NOT_FOUND: u16 = 404;
+/// Entity locked by another connection (channel-level).
+pub const RESOURCE_LOCKED: u16 = 405;
+/// Precondition failed (channel-level), also used for oversized messages.
+pub const PRECONDITION_FAILED: u16 = 406;
+/// Malformed frame.
+pub const FRAME_ERROR: u16 = 501;
+/// Malformed method arguments.
+pub const SYNTAX_ERROR: u16 = 502;
+/// A method that is not valid here.
+pub const COMMAND_INVALID: u16 = 503;
+/// A frame on a channel that is not open, or a second open.
+pub const CHANNEL_ERROR: u16 = 504;
+/// A frame out of sequence (content without a method, a method inside content).
+pub const UNEXPECTED_FRAME: u16 = 505;
+/// Out of resources.
+pub const RESOURCE_ERROR: u16 = 506;
+/// Not allowed (vhost access, limits).
+pub const NOT_ALLOWED: u16 = 530;
+/// Not implemented.
+pub const NOT_IMPLEMENTED: u16 = 540;
+/// Internal error.
+pub const INTERNAL_ERROR: u16 = 541;
+
+/// The name AMQP gives a reply code, as RabbitMQ prints it in reply texts.
+#[must_use]
+pub fn code_name(code: u16) -> &'static str {
+    match code {
+        REPLY_SUCCESS => "OK",
+        CONNECTION_FORCED => "CONNECTION_FORCED",
+        ACCESS_REFUSED => "ACCESS_REFUSED",
+        NOT_FOUND => "NOT_FOUND",
+        RESOURCE_LOCKED => "RESOURCE_LOCKED",
+        PRECONDITION_FAILED => "PRECONDITION_FAILED",
+        FRAME_ERROR => "FRAME_ERROR",
+        SYNTAX_ERROR => "SYNTAX_ERROR",
+        COMMAND_INVALID => "COMMAND_INVALID",
+        CHANNEL_ERROR => "CHANNEL_ERROR",
+        UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
+        RESOURCE_ERROR => "RESOURCE_ERROR",
+        NOT_ALLOWED => "NOT_ALLOWED",
+        NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
+        INTERNAL_ERROR => "INTERNAL_ERROR",
+        _ => "UNKNOWN",
+    }
+}
+
+/// A reply code with its text, as sent in a close method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The AMQP reply code.
+    pub code: u16,
+    /// Human-readable text; RabbitMQ style is `"NAME - detail"`.
+    pub text: String,
+    /// The method that caused the error, `(0, 0)` when none.
+    pub class_method: (u16, u16),
+}
+
+impl Reply {
+    /// A reply whose text is `"NAME - detail"`, RabbitMQ's format.
+    #[must_use]
+    pub fn new(code: u16, detail: impl fmt::Display) -> Reply {
+        Reply {
+            code,
+            text: format!("{} - {}", code_name(code), detail),
+            class_method: (0, 0),
+        }
+    }
+
+    /// A reply with a text used verbatim (for example one received from the broker).
+    #[must_use]
+    pub fn verbatim(code: u16, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            text: text.into(),
+            class_method: (0, 0),
+        }
+    }
+
+    /// Records the method that caused the error.
+    #[must_use]
+    pub fn caused_by(mut self, id: crate::method::MethodId) -> Reply {
+        self.class_method = (id.class, id.method);
+        self
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.text)
+    }
+}

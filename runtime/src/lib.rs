@@ -1,0 +1,45 @@
+//! warren-runtime: the thin driver around `warren-core`.
+//!
+//! It owns the sockets, TLS, timers and tasks; all protocol decisions are made by the core
+//! state machines it drives. Per client socket there is a reader task and a writer task, per
+//! hub one task that owns the core `Hub`, and per upstream socket a reader and a writer. The
+//! code is generic over [`net::Network`], so the simulation runs it under turmoil unchanged.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod admin;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod net;
+pub mod tls;
+
+mod conn;
+mod hub_task;
+mod registry;
+mod server;
+
+pub use server::{Server, Shutdown};
+
+/// Errors the runtime reports to its caller (configuration and start-up problems; everything
+/// that happens to a connection is handled inside).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A socket could not be bound.
+    Bind(std::net::SocketAddr, std::io::Error),
+    /// TLS material could not be loaded.
+    Tls(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            Error::Tls(e) => write!(f, "TLS: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
