@@ -45,7 +45,9 @@ impl AuthCache {
         }
         self.expire(now);
         while self.entries.len() >= self.capacity {
-            let Some((at, k)) = self.order.pop_front() else { break };
+            let Some((at, k)) = self.order.pop_front() else {
+                break;
+            };
             if self.entries.get(&k).is_some_and(|(e, _)| *e == at) {
                 self.entries.remove(&k);
             }
@@ -72,7 +74,9 @@ impl AuthCache {
             if *at > now {
                 break;
             }
-            let Some((at, k)) = self.order.pop_front() else { break };
+            let Some((at, k)) = self.order.pop_front() else {
+                break;
+            };
             if self.entries.get(&k).is_some_and(|(e, _)| *e == at) {
                 self.entries.remove(&k);
             }
@@ -96,7 +100,7 @@ mod tests {
 
     #[test]
     fn remembers_until_expiry() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut c = AuthCache::new(Duration::from_secs(5), 10);
         let r = Reply::new(reply::ACCESS_REFUSED, "login refused");
         c.insert(t0, key("a"), r.clone());
@@ -109,7 +113,7 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut c = AuthCache::new(Duration::from_secs(5), 2);
         let r = Reply::new(reply::ACCESS_REFUSED, "x");
         for u in ["a", "b", "c"] {

@@ -125,11 +125,20 @@ mod tests {
     #[test]
     fn rejects_malformed_property_lists() {
         // Flag for content-type set, string missing.
-        assert_eq!(parse_header(&header(0x8000, b"")), Err(WireError::Truncated));
+        assert_eq!(
+            parse_header(&header(0x8000, b"")),
+            Err(WireError::Truncated)
+        );
         // Continuation flag.
-        assert_eq!(parse_header(&header(0x0001, b"")), Err(WireError::BadLength));
+        assert_eq!(
+            parse_header(&header(0x0001, b"")),
+            Err(WireError::BadLength)
+        );
         // Property bytes left over.
-        assert_eq!(parse_header(&header(0, b"x")), Err(WireError::TrailingBytes));
+        assert_eq!(
+            parse_header(&header(0, b"x")),
+            Err(WireError::TrailingBytes)
+        );
         // A headers table RabbitMQ cannot parse.
         assert_eq!(
             parse_header(&header(0x2000, b"\0\0\0\x03\x01kZ")),

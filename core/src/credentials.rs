@@ -75,7 +75,11 @@ pub fn parse_sasl(mechanism: &str, response: &[u8]) -> Result<(String, Secret), 
             let mut parts = response.split(|&b| b == 0);
             let (_authzid, user, pass) = match (parts.next(), parts.next(), parts.next()) {
                 (Some(a), Some(u), Some(p)) if parts.next().is_none() => (a, u, p),
-                _ => return Err(SaslError::Malformed("PLAIN response is not authzid\\0user\\0password")),
+                _ => {
+                    return Err(SaslError::Malformed(
+                        "PLAIN response is not authzid\\0user\\0password",
+                    ))
+                }
             };
             Ok((
                 String::from_utf8_lossy(user).into_owned(),
@@ -88,7 +92,9 @@ pub fn parse_sasl(mechanism: &str, response: &[u8]) -> Result<(String, Secret), 
                 .map_err(|_| SaslError::Malformed("AMQPLAIN response is not a field table"))?;
             match (table.get_str("LOGIN"), table.get_str("PASSWORD")) {
                 (Some(user), Some(pass)) => Ok((user, Secret::new(pass))),
-                _ => Err(SaslError::Malformed("AMQPLAIN response lacks LOGIN or PASSWORD")),
+                _ => Err(SaslError::Malformed(
+                    "AMQPLAIN response lacks LOGIN or PASSWORD",
+                )),
             }
         }
         other => Err(SaslError::UnsupportedMechanism(other.to_owned())),

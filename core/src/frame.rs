@@ -305,7 +305,10 @@ mod tests {
         }
         let mut buf = BytesMut::from(&all[..]);
         let f = d.decode(&mut buf).unwrap().unwrap();
-        assert_eq!((f.kind(), f.channel(), f.payload()), (FrameType::Body, 5, &b"hello"[..]));
+        assert_eq!(
+            (f.kind(), f.channel(), f.payload()),
+            (FrameType::Body, 5, &b"hello"[..])
+        );
         let h = d.decode(&mut buf).unwrap().unwrap();
         assert_eq!(h.kind(), FrameType::Heartbeat);
         assert!(buf.is_empty());
@@ -314,7 +317,10 @@ mod tests {
     #[test]
     fn rejects_a_bad_end_octet() {
         let mut buf = BytesMut::from(&wire(1, 1, b"abcd", 0x00)[..]);
-        assert_eq!(FrameDecoder::new(4096).decode(&mut buf), Err(FrameError::BadEnd(0)));
+        assert_eq!(
+            FrameDecoder::new(4096).decode(&mut buf),
+            Err(FrameError::BadEnd(0))
+        );
     }
 
     #[test]
@@ -340,7 +346,10 @@ mod tests {
     #[test]
     fn rejects_unknown_frame_types_at_once() {
         let mut buf = BytesMut::from(&b"A"[..]);
-        assert_eq!(FrameDecoder::new(4096).decode(&mut buf), Err(FrameError::BadType(b'A')));
+        assert_eq!(
+            FrameDecoder::new(4096).decode(&mut buf),
+            Err(FrameError::BadType(b'A'))
+        );
     }
 
     #[test]

@@ -143,7 +143,9 @@ impl ClientHandshake {
             "direct_reply_to",
         ]
         .iter()
-        .fold(FieldTable::default(), |t, c| t.with(c, FieldValue::Bool(true)));
+        .fold(FieldTable::default(), |t, c| {
+            t.with(c, FieldValue::Bool(true))
+        });
         FieldTable::default()
             .with("product", longstr("warren"))
             .with("version", longstr(env!("CARGO_PKG_VERSION")))
@@ -193,9 +195,10 @@ impl ClientHandshake {
             let id = frame.method_id();
             match method::decode(frame.payload()) {
                 Ok(m) => self.on_method(m, id),
-                Err(e) => {
-                    self.fail(Reply::new(reply::SYNTAX_ERROR, format!("malformed method: {e}")))
-                }
+                Err(e) => self.fail(Reply::new(
+                    reply::SYNTAX_ERROR,
+                    format!("malformed method: {e}"),
+                )),
             }
         }
     }
@@ -235,7 +238,8 @@ impl ClientHandshake {
             mechanisms: "PLAIN AMQPLAIN".into(),
             locales: "en_US".into(),
         };
-        self.out.push_back(HandshakeOutput::Send(encode::start(&start)));
+        self.out
+            .push_back(HandshakeOutput::Send(encode::start(&start)));
         self.stage = Stage::StartOk;
     }
 
@@ -244,27 +248,32 @@ impl ClientHandshake {
             (Stage::StartOk, Method::StartOk(ok)) => self.on_start_ok(ok),
             (Stage::TuneOk(login), Method::TuneOk(t)) => self.on_tune_ok(login, t),
             (Stage::Open(login, tune), Method::Open { vhost }) => {
-                self.out.push_back(HandshakeOutput::Done(Box::new(ClientHello {
-                    credentials: Credentials {
-                        user: login.user,
-                        password: login.password,
-                        vhost,
-                    },
-                    tune,
-                    capabilities: self.capabilities,
-                    connection_name: self.connection_name.take(),
-                    product: self.product.take(),
-                })));
+                self.out
+                    .push_back(HandshakeOutput::Done(Box::new(ClientHello {
+                        credentials: Credentials {
+                            user: login.user,
+                            password: login.password,
+                            vhost,
+                        },
+                        tune,
+                        capabilities: self.capabilities,
+                        connection_name: self.connection_name.take(),
+                        product: self.product.take(),
+                    })));
             }
             (_, Method::ConnectionClose(_)) => {
-                self.out.push_back(HandshakeOutput::Send(encode::close_ok(0)));
+                self.out
+                    .push_back(HandshakeOutput::Send(encode::close_ok(0)));
                 self.out.push_back(HandshakeOutput::Close);
             }
             (stage, _) => {
                 let what = id.map_or_else(|| "method".to_owned(), |id| id.to_string());
                 self.fail(Reply::new(
                     reply::COMMAND_INVALID,
-                    format!("unexpected {what} during handshake stage {:?}", stage.name()),
+                    format!(
+                        "unexpected {what} during handshake stage {:?}",
+                        stage.name()
+                    ),
                 ))
             }
         }
@@ -350,7 +359,10 @@ impl ClientHandshake {
     }
 
     fn fail_frame(&mut self, e: FrameError) {
-        self.fail(Reply::new(e.reply_code(), e.to_string().trim_start_matches("FRAME_ERROR - ")));
+        self.fail(Reply::new(
+            e.reply_code(),
+            e.to_string().trim_start_matches("FRAME_ERROR - "),
+        ));
     }
 
     fn fail(&mut self, r: Reply) {

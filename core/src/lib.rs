@@ -33,3 +33,11 @@ pub mod wire;
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+
+/// An arbitrary epoch for tests: virtual time in tests counts from here, and nothing depends
+/// on its value. The one sanctioned clock read in this crate.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn test_epoch() -> std::time::Instant {
+    std::time::Instant::now()
+}

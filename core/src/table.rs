@@ -319,7 +319,10 @@ mod tests {
         let mut buf = BytesMut::new();
         t.encode(&mut buf);
         let body = &buf[4..];
-        assert_eq!(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize, body.len());
+        assert_eq!(
+            u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize,
+            body.len()
+        );
         validate_table(body, 0).unwrap();
         assert_eq!(FieldTable::decode(body).unwrap(), t);
     }
@@ -331,7 +334,10 @@ mod tests {
             .with("a", longstr("b"))
             .with("n", FieldValue::I64(-7))
             .with("t", FieldValue::Bool(true))
-            .with("f", FieldValue::Table(FieldTable::default().with("x", FieldValue::U8(9))));
+            .with(
+                "f",
+                FieldValue::Table(FieldTable::default().with("x", FieldValue::U8(9))),
+            );
         let mut buf = BytesMut::new();
         ours.encode(&mut buf);
         let (rest, theirs) = parse_field_table(&buf[..]).expect("amq-protocol parses it");
@@ -348,7 +354,10 @@ mod tests {
     #[test]
     fn rejects_what_rabbitmq_cannot_parse() {
         // Unknown type tag.
-        assert_eq!(validate_table(b"\x01kZ", 0), Err(WireError::BadFieldType(b'Z')));
+        assert_eq!(
+            validate_table(b"\x01kZ", 0),
+            Err(WireError::BadFieldType(b'Z'))
+        );
         // NaN float.
         let mut nan = b"\x01kf".to_vec();
         nan.extend_from_slice(&f32::NAN.to_bits().to_be_bytes());

@@ -239,10 +239,7 @@ mod tests {
             .bit(true);
         assert_eq!(&buf[..], &[0b101, 7, 1]);
         let mut r = Reader::new(&buf);
-        assert_eq!(
-            (r.bit(), r.bit(), r.bit()),
-            (Ok(true), Ok(false), Ok(true))
-        );
+        assert_eq!((r.bit(), r.bit(), r.bit()), (Ok(true), Ok(false), Ok(true)));
         assert_eq!(r.u8(), Ok(7));
         assert_eq!(r.bit(), Ok(true));
         assert_eq!(r.finish(), Ok(()));
@@ -260,7 +257,10 @@ mod tests {
 
     #[test]
     fn lying_lengths_fail_instead_of_panicking() {
-        assert_eq!(Reader::new(&[5, b'a']).shortstr(), Err(WireError::Truncated));
+        assert_eq!(
+            Reader::new(&[5, b'a']).shortstr(),
+            Err(WireError::Truncated)
+        );
         assert_eq!(
             Reader::new(&[0xff, 0xff, 0xff, 0xff]).longstr(),
             Err(WireError::Truncated)

@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn pops_in_time_then_timer_order() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let mut a = Agenda::default();
         let c = ClientId { idx: 0, gen: 1 };
         let at = a.reschedule(Timer::Client(c), None, Some(t0 + Duration::from_secs(2)));
@@ -81,7 +81,8 @@ mod tests {
         a.reschedule(Timer::Drain, None, Some(t0 + Duration::from_secs(1)));
         assert_eq!(a.next(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(a.pop_due(t0), None);
-        let due: Vec<Timer> = std::iter::from_fn(|| a.pop_due(t0 + Duration::from_secs(5))).collect();
+        let due: Vec<Timer> =
+            std::iter::from_fn(|| a.pop_due(t0 + Duration::from_secs(5))).collect();
         assert_eq!(due, vec![Timer::Drain, Timer::Reconnect, Timer::Client(c)]);
         // Rescheduling a popped entry does not resurrect the old one.
         a.reschedule(Timer::Client(c), at, Some(t0 + Duration::from_secs(9)));

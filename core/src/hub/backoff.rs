@@ -50,7 +50,10 @@ mod tests {
     fn doubles_then_caps() {
         let b = BackoffConfig::default();
         let steps: Vec<u64> = (0..9).map(|n| b.step(n).as_millis() as u64).collect();
-        assert_eq!(steps, vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(
+            steps,
+            vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
         assert_eq!(b.step(u32::MAX), b.max);
     }
 

@@ -96,7 +96,10 @@ impl ChannelTable {
 
     /// The state of channel `ch` (`Free` for numbers never handed out).
     pub(crate) fn get(&self, ch: u16) -> Slot {
-        self.slots.get(usize::from(ch)).copied().unwrap_or(Slot::Free)
+        self.slots
+            .get(usize::from(ch))
+            .copied()
+            .unwrap_or(Slot::Free)
     }
 
     /// Changes the state of an allocated number. Setting `Free` releases it.

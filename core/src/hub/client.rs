@@ -353,7 +353,10 @@ impl Hub {
         if ch > c.channel_max {
             return Verdict::Fatal(Reply::new(
                 reply::NOT_ALLOWED,
-                format!("channel {ch} exceeds the negotiated channel_max {}", c.channel_max),
+                format!(
+                    "channel {ch} exceeds the negotiated channel_max {}",
+                    c.channel_max
+                ),
             ));
         }
         let Some(chan) = c.channels.get(&ch) else {
@@ -487,9 +490,9 @@ impl Hub {
                 self.send_client(now, id, encode::flow(ch, active, true));
                 Verdict::Done
             }
-            Method::Publish { immediate: true, .. } => {
-                Verdict::Fatal(Reply::new(reply::NOT_IMPLEMENTED, "immediate=true"))
-            }
+            Method::Publish {
+                immediate: true, ..
+            } => Verdict::Fatal(Reply::new(reply::NOT_IMPLEMENTED, "immediate=true")),
             Method::Publish { mandatory, .. } => {
                 if mandatory {
                     chan.recyclable = false;
@@ -595,9 +598,7 @@ impl Hub {
             )));
         };
         if p.remaining.is_some() {
-            return Verdict::Fatal(unexpected(format!(
-                "second content header on channel {ch}"
-            )));
+            return Verdict::Fatal(unexpected(format!("second content header on channel {ch}")));
         }
         let h = match parse_header(frame.payload()) {
             Ok(h) => h,
@@ -659,13 +660,22 @@ impl Hub {
 
     /// Adds a frame to the channel's pending publish, and forwards the publish once its body
     /// is complete. Fails when the client's buffered content exceeds its bound (B8).
-    fn hold_publish_frame(&mut self, now: Instant, id: ClientId, frame: Frame) -> Result<(), Reply> {
+    fn hold_publish_frame(
+        &mut self,
+        now: Instant,
+        id: ClientId,
+        frame: Frame,
+    ) -> Result<(), Reply> {
         let limit = self.config.client_buffer_limit;
         let ch = frame.channel();
         let Some(c) = self.client_mut(id) else {
             return Ok(());
         };
-        let Some(p) = c.channels.get_mut(&ch).and_then(|chan| chan.publish.as_mut()) else {
+        let Some(p) = c
+            .channels
+            .get_mut(&ch)
+            .and_then(|chan| chan.publish.as_mut())
+        else {
             return Ok(());
         };
         let len = frame.wire_len();
@@ -762,7 +772,9 @@ impl Hub {
 
     /// Allocates an upstream number on `up` and sends `Channel.Open` for client channel `ch`.
     pub(super) fn open_on(&mut self, now: Instant, id: ClientId, ch: u16, up: UpstreamId) {
-        let Some(u) = self.upstream_mut(up) else { return };
+        let Some(u) = self.upstream_mut(up) else {
+            return;
+        };
         let Some(uch) = u.table.allocate(Slot::Opening { client: id, ch }) else {
             return;
         };
@@ -816,7 +828,8 @@ impl Hub {
             ChanState::Waiting => {
                 c.channels.remove(&ch);
                 self.waiting_opens.retain(|w| *w != (id, ch));
-                self.held_frames.retain(|(cid, f)| !(*cid == id && f.channel() == ch));
+                self.held_frames
+                    .retain(|(cid, f)| !(*cid == id && f.channel() == ch));
                 self.send_client(now, id, encode::close_ok(ch));
             }
             ChanState::Open(r) => {
@@ -831,13 +844,16 @@ impl Hub {
                         self.fence(now, r);
                     }
                     _ => {
-                        if let Some(chan) = self.client_mut(id).and_then(|c| c.channels.get_mut(&ch)) {
+                        if let Some(chan) =
+                            self.client_mut(id).and_then(|c| c.channels.get_mut(&ch))
+                        {
                             chan.state = ChanState::Closing(r);
                         }
                         if let Slot::Opening { .. } | Slot::Owned { .. } = self.slot(r) {
                             self.set_slot(now, r, Slot::ClosingForClient { client: id, ch });
                         }
-                        let close = Close::from(&Reply::verbatim(reply::REPLY_SUCCESS, "closed by client"));
+                        let close =
+                            Close::from(&Reply::verbatim(reply::REPLY_SUCCESS, "closed by client"));
                         self.send_upstream(now, r.up, encode::close(r.ch, &close));
                     }
                 }
@@ -864,7 +880,8 @@ impl Hub {
         }
         let prev = std::mem::replace(&mut chan.state, ChanState::Closed(None));
         self.waiting_opens.retain(|w| *w != (id, ch));
-        self.held_frames.retain(|(cid, f)| !(*cid == id && f.channel() == ch));
+        self.held_frames
+            .retain(|(cid, f)| !(*cid == id && f.channel() == ch));
         if let ChanState::Open(r) = prev {
             if let Slot::Owned { .. } | Slot::Opening { .. } = self.slot(r) {
                 self.close_upstream_channel(now, r, "closed by warren");
@@ -874,7 +891,13 @@ impl Hub {
     }
 
     /// Tells a client its upstream is blocked, once per upstream (B12).
-    pub(super) fn tell_blocked(&mut self, now: Instant, id: ClientId, up: UpstreamId, reason: &str) {
+    pub(super) fn tell_blocked(
+        &mut self,
+        now: Instant,
+        id: ClientId,
+        up: UpstreamId,
+        reason: &str,
+    ) {
         let Some(c) = self.client_mut(id) else { return };
         if c.blocked_by.contains(&up) {
             return;
@@ -898,21 +921,24 @@ impl Hub {
 
     /// Broker-side bookkeeping for replies routed to a client channel: consumer tags, the
     /// names of exclusive queues, the end of a `tx.commit`.
-    pub(super) fn note_reply(&mut self, id: ClientId, ch: u16, up: UpstreamId, m: &Method, mid: MethodId) {
+    pub(super) fn note_reply(
+        &mut self,
+        id: ClientId,
+        ch: u16,
+        up: UpstreamId,
+        m: &Method,
+        mid: MethodId,
+    ) {
         let Some(c) = self.client_mut(id) else { return };
         let Some(chan) = c.channels.get_mut(&ch) else {
             return;
         };
         match m {
-            Method::QueueDeclareOk { queue } => {
-                if chan.declares.pop_front() == Some(true) {
-                    c.exclusive.push((up, queue.clone()));
-                }
+            Method::QueueDeclareOk { queue } if chan.declares.pop_front() == Some(true) => {
+                c.exclusive.push((up, queue.clone()));
             }
-            Method::ConsumeOk { tag } => {
-                if !chan.consumers.contains(tag) {
-                    chan.consumers.push(tag.clone());
-                }
+            Method::ConsumeOk { tag } if !chan.consumers.contains(tag) => {
+                chan.consumers.push(tag.clone());
             }
             Method::Cancel { tag } | Method::CancelOk { tag } => {
                 chan.consumers.retain(|t| t != tag);
@@ -924,7 +950,14 @@ impl Hub {
 
     /// The client's channel was closed by the broker: forward the close, answer the broker,
     /// quarantine the upstream number until the client acknowledges (B4).
-    pub(super) fn broker_closed_channel(&mut self, now: Instant, id: ClientId, ch: u16, r: UpRef, close: Bytes) {
+    pub(super) fn broker_closed_channel(
+        &mut self,
+        now: Instant,
+        id: ClientId,
+        ch: u16,
+        r: UpRef,
+        close: Bytes,
+    ) {
         self.set_slot(now, r, Slot::Quarantined);
         self.send_upstream(now, r.up, encode::close_ok(r.ch));
         let Some(c) = self.client_mut(id) else { return };
@@ -956,7 +989,6 @@ impl Hub {
             self.close_channel_from_proxy(now, id, ch, reply.clone());
         }
     }
-
 }
 
 /// Splits and validates a method frame from a client: known method, legal from a client,
@@ -976,10 +1008,12 @@ fn checked_method(frame: &Frame) -> Result<(MethodId, Method), Reply> {
             format!("{} may not be sent by a client", spec.name),
         ));
     }
-    method::validate_args(spec, args)
-        .map_err(|e| Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid))?;
-    let m = method::decode(frame.payload())
-        .map_err(|e| Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid))?;
+    method::validate_args(spec, args).map_err(|e| {
+        Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid)
+    })?;
+    let m = method::decode(frame.payload()).map_err(|e| {
+        Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid)
+    })?;
     Ok((mid, m))
 }
 

@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn sends_at_half_interval_and_dies_after_two() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let s = Duration::from_secs;
         let mut l = Liveness::new(t0, 10);
         assert_eq!(l.deadline(), Some(t0 + s(5)));
@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn zero_disables() {
-        let t0 = Instant::now();
+        let t0 = crate::test_epoch();
         let l = Liveness::new(t0, 0);
         assert_eq!(l.deadline(), None);
         assert_eq!(l.check(t0 + Duration::from_secs(1_000_000)), Beat::Idle);

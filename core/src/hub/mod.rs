@@ -505,6 +505,12 @@ impl Hub {
         self.clients.is_empty() && self.upstreams.is_empty() && self.reconnect.at.is_none()
     }
 
+    /// Whether the hub is waiting out a reconnect backoff (the broker was unreachable).
+    #[must_use]
+    pub fn is_reconnecting(&self) -> bool {
+        self.reconnect.at.is_some()
+    }
+
     /// Whether at least one upstream is open, for readiness reporting.
     #[must_use]
     pub fn has_open_upstream(&self) -> bool {
@@ -631,7 +637,8 @@ impl Hub {
     }
 
     fn slot(&self, r: UpRef) -> Slot {
-        self.upstream(r.up).map_or(Slot::Free, |u| u.table.get(r.ch))
+        self.upstream(r.up)
+            .map_or(Slot::Free, |u| u.table.get(r.ch))
     }
 
     fn set_slot(&mut self, now: Instant, r: UpRef, slot: Slot) {
@@ -664,7 +671,8 @@ impl Hub {
             u.liveness.sent(now);
             self.stats.frames_to_upstreams += 1;
             self.stats.bytes_to_upstreams += data.len() as u64;
-            self.out.push_back(Output::ToUpstream { upstream: id, data });
+            self.out
+                .push_back(Output::ToUpstream { upstream: id, data });
         }
     }
 
@@ -763,8 +771,15 @@ impl Hub {
         id
     }
 
-    /// Decides what follows a failed dial or a lost upstream.
+    /// Decides what follows a failed dial or a lost upstream: redial after a backoff when
+    /// clients still need the broker, and also after a network failure with nobody left, so
+    /// that new clients are refused at once until the backoff ends instead of each causing a
+    /// dial (B11). Refused logins are remembered by the runtime's negative cache instead.
     fn after_upstream_gone(&mut self, now: Instant, failed_dial: Option<Reply>) {
+        let login_refused = failed_dial
+            .as_ref()
+            .is_some_and(|r| matches!(r.code, reply::ACCESS_REFUSED | reply::NOT_ALLOWED));
+        let failed = failed_dial.is_some();
         if let Some(reply) = failed_dial {
             self.reconnect.failures = self.reconnect.failures.saturating_add(1);
             self.reconnect.last_error = Some(reply);
@@ -773,27 +788,35 @@ impl Hub {
             .upstreams
             .iter()
             .any(|(_, u)| u.is_open() || u.is_connecting());
-        let needed = !self.clients.is_empty() && self.drain.is_none();
-        if have_upstream || !needed && self.reconnect.failures == 0 {
+        if have_upstream || self.drain.is_some() || self.reconnect.at.is_some() {
             return;
         }
-        if self.reconnect.at.is_none() {
-            let delay = self
-                .config
-                .backoff
-                .delay(self.reconnect.failures.saturating_sub(1), &mut self.rng);
-            let at = now + delay;
-            self.reconnect.at = self.agenda.reschedule(Timer::Reconnect, None, Some(at));
-            self.event(HubEvent::ReconnectScheduled {
-                at,
-                failures: self.reconnect.failures,
-            });
+        let network_failure = failed && !login_refused;
+        if !self.clients_need_broker() && !network_failure {
+            return;
         }
+        let delay = self
+            .config
+            .backoff
+            .delay(self.reconnect.failures.saturating_sub(1), &mut self.rng);
+        let at = now + delay;
+        self.reconnect.at = self.agenda.reschedule(Timer::Reconnect, None, Some(at));
+        self.event(HubEvent::ReconnectScheduled {
+            at,
+            failures: self.reconnect.failures,
+        });
+    }
+
+    /// Whether any client is admitted or waiting for admission (closing ones do not count).
+    fn clients_need_broker(&self) -> bool {
+        self.clients
+            .iter()
+            .any(|(_, c)| !matches!(c.phase, client::Phase::Closing { .. }))
     }
 
     fn reconnect_timer(&mut self, now: Instant) {
         self.reconnect.at = None;
-        let needed = !self.clients.is_empty() && self.drain.is_none();
+        let needed = self.clients_need_broker() && self.drain.is_none();
         let have_upstream = self
             .upstreams
             .iter()

@@ -168,7 +168,9 @@ impl Hub {
     /// Ends an upstream with `Connection.Close 200` and waits a bounded time for `CloseOk`.
     fn close_upstream_gracefully(&mut self, now: Instant, id: UpstreamId, why: &str) {
         let until = now + self.config.close_timeout;
-        let Some(u) = self.upstream_mut(id) else { return };
+        let Some(u) = self.upstream_mut(id) else {
+            return;
+        };
         u.phase = UpPhase::Closing;
         u.deadline = until;
         let close = Close::from(&Reply::verbatim(reply::REPLY_SUCCESS, why));
@@ -192,7 +194,9 @@ impl Hub {
 
     /// TCP (and TLS) is up: start the AMQP handshake.
     pub(super) fn upstream_connected(&mut self, now: Instant, id: UpstreamId) {
-        let Some(u) = self.upstream_mut(id) else { return };
+        let Some(u) = self.upstream_mut(id) else {
+            return;
+        };
         if u.phase != UpPhase::Dialing {
             return;
         }
@@ -249,7 +253,11 @@ impl Hub {
                 reply: reply.clone(),
             });
         }
-        if !self.upstreams.iter().any(|(_, u)| u.is_connecting() || u.is_open()) {
+        if !self
+            .upstreams
+            .iter()
+            .any(|(_, u)| u.is_connecting() || u.is_open())
+        {
             let waiting: Vec<ClientId> = self
                 .clients
                 .iter()
@@ -270,8 +278,12 @@ impl Hub {
     pub(super) fn upstream_lost(&mut self, now: Instant, id: UpstreamId, reply: Reply) {
         let Some(u) = self.upstream(id) else { return };
         tracing::debug!(upstream = %id, code = reply.code, text = %reply.text, "upstream lost");
-        let affected: BTreeSet<ClientId> =
-            u.table.iter().filter_map(|(_, s)| s.owner()).map(|(c, _)| c).collect();
+        let affected: BTreeSet<ClientId> = u
+            .table
+            .iter()
+            .filter_map(|(_, s)| s.owner())
+            .map(|(c, _)| c)
+            .collect();
         self.remove_upstream(id);
         self.stats.upstream_losses += 1;
         self.event(HubEvent::UpstreamLost {
@@ -361,10 +373,16 @@ impl Hub {
                 self.upstream_gone(now, id, close.reply());
             }
             (UpPhase::Open, Method::Blocked { reason }) => {
-                let Some(u) = self.upstream_mut(id) else { return };
+                let Some(u) = self.upstream_mut(id) else {
+                    return;
+                };
                 u.blocked = Some(reason.clone());
-                let owners: BTreeSet<ClientId> =
-                    u.table.iter().filter_map(|(_, s)| s.owner()).map(|(c, _)| c).collect();
+                let owners: BTreeSet<ClientId> = u
+                    .table
+                    .iter()
+                    .filter_map(|(_, s)| s.owner())
+                    .map(|(c, _)| c)
+                    .collect();
                 for c in owners {
                     self.tell_blocked(now, c, id, &reason);
                 }
@@ -419,7 +437,9 @@ impl Hub {
             "per_consumer_qos",
         ]
         .iter()
-        .fold(FieldTable::default(), |t, c| t.with(c, FieldValue::Bool(true)));
+        .fold(FieldTable::default(), |t, c| {
+            t.with(c, FieldValue::Bool(true))
+        });
         let name = format!(
             "{} {}@{} {}",
             self.config.upstream_name, self.credentials.user, self.credentials.vhost, id
@@ -461,7 +481,9 @@ impl Hub {
 
     /// The broker accepted the credentials: admit waiting clients and place waiting channels.
     fn upstream_opened(&mut self, now: Instant, id: UpstreamId) {
-        let Some(u) = self.upstream_mut(id) else { return };
+        let Some(u) = self.upstream_mut(id) else {
+            return;
+        };
         u.phase = UpPhase::Open;
         u.idle_since = Some(now);
         let tune = u.tune;
@@ -651,7 +673,11 @@ impl Hub {
 
     /// Deletes a departed client's exclusive queues on the connections that own them, each
     /// through a short-lived housekeeping channel.
-    pub(super) fn delete_exclusive_queues(&mut self, now: Instant, queues: Vec<(UpstreamId, Vec<u8>)>) {
+    pub(super) fn delete_exclusive_queues(
+        &mut self,
+        now: Instant,
+        queues: Vec<(UpstreamId, Vec<u8>)>,
+    ) {
         let mut by_upstream: Vec<(UpstreamId, Vec<Vec<u8>>)> = Vec::new();
         for (up, q) in queues {
             match by_upstream.iter_mut().find(|(u, _)| *u == up) {
@@ -672,7 +698,10 @@ impl Hub {
             for q in &names {
                 self.send_upstream(now, up, encode::queue_delete(ch, q));
             }
-            let close = Close::from(&Reply::verbatim(reply::REPLY_SUCCESS, "exclusive queue cleanup"));
+            let close = Close::from(&Reply::verbatim(
+                reply::REPLY_SUCCESS,
+                "exclusive queue cleanup",
+            ));
             self.send_upstream(now, up, encode::close(ch, &close));
         }
     }
@@ -681,7 +710,9 @@ impl Hub {
 
     /// Whether another channel may enter the pool.
     pub(super) fn pool_has_room(&self) -> bool {
-        self.config.recycling && self.drain.is_none() && self.pool.len() + self.fencing < self.config.pool_size
+        self.config.recycling
+            && self.drain.is_none()
+            && self.pool.len() + self.fencing < self.config.pool_size
     }
 
     /// Starts the fence round trip on a clean channel whose client let go.
@@ -751,9 +782,9 @@ impl Hub {
             Slot::Pooled { since } => Some(since + self.config.pool_idle_timeout),
             _ => None,
         });
-        self.pool_timer = self
-            .agenda
-            .reschedule(super::agenda::Timer::PoolIdle, self.pool_timer, want);
+        self.pool_timer =
+            self.agenda
+                .reschedule(super::agenda::Timer::PoolIdle, self.pool_timer, want);
     }
 }
 
@@ -762,4 +793,3 @@ fn renumbered(mut frame: Frame, ch: u16) -> Bytes {
     frame.set_channel(ch);
     frame.freeze()
 }
-

@@ -1,0 +1,644 @@
+//! Named scenarios, one per behaviour of DESIGN.md, each with its trace snapshotted and the
+//! properties that matter asserted directly.
+
+use super::harness::*;
+use crate::hub::{HubConfig, HubEvent, Placement, UpstreamId};
+use crate::method::{encode, ids, Tune};
+use crate::reply;
+use insta::assert_snapshot;
+use std::time::Duration;
+
+fn world() -> World {
+    World::new(HubConfig::default())
+}
+
+fn no_recycling() -> World {
+    World::new(HubConfig {
+        recycling: false,
+        ..HubConfig::default()
+    })
+}
+
+/// A world with one admitted client that has channel `ch` open on the upstream.
+fn with_channel(mut w: World, ch: u16) -> (World, crate::hub::ClientId, UpstreamId) {
+    let c = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    w.client_sends(c, &[channel_open(ch)]);
+    let uch = w
+        .take(Peer::U(u))
+        .iter()
+        .rev()
+        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
+        .map(|f| f.channel())
+        .expect("channel.open went upstream");
+    w.broker_sends(u, &[channel_open_ok(uch)]);
+    w.take(Peer::C(c));
+    (w, c, u)
+}
+
+/// B2 and B13: a client's OpenOk waits until the broker has accepted the same credentials.
+#[test]
+fn admission_waits_for_the_broker() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    assert!(
+        w.take(Peer::C(c)).is_empty(),
+        "no OpenOk before the broker answers"
+    );
+    w.accept_dial();
+    let got = w.take(Peer::C(c));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].method_id(), Some(ids::CONNECTION_OPEN_OK));
+    assert_snapshot!(w.trace());
+}
+
+/// B2: a refused login is passed on with the broker's code, and nothing is left behind.
+#[test]
+fn refused_login_closes_waiting_clients() {
+    let mut w = world();
+    let mut h = hello(131_072, 0);
+    let c1 = w.join(h.clone());
+    h.capabilities.authentication_failure_close = false;
+    let c2 = w.join(h);
+    let u = w.dials.pop().unwrap();
+    w.input(
+        "u connected",
+        crate::hub::Input::UpstreamConnected { upstream: u },
+    );
+    w.broker_sends(
+        u,
+        &[encode::start(&crate::method::ConnectionStart {
+            server_properties: Default::default(),
+            mechanisms: "PLAIN".into(),
+            locales: "en_US".into(),
+        })],
+    );
+    w.broker_sends(
+        u,
+        &[encode::close(
+            0,
+            &crate::method::Close {
+                code: 403,
+                text: "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN."
+                    .into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        )],
+    );
+    let c1_got = w.take(Peer::C(c1));
+    assert_eq!(close_code(&c1_got[0]), Some(403));
+    assert!(
+        w.take(Peer::C(c2)).is_empty(),
+        "no Close without authentication_failure_close"
+    );
+    assert!(w.closed.contains(&Peer::C(c2)));
+    assert!(w
+        .events
+        .iter()
+        .any(|e| matches!(e, HubEvent::AuthRejected { reply } if reply.code == 403)));
+    w.client_sends(c1, &[close_ok(0)]);
+    assert!(w.hub.is_finished(), "a failed login leaves no hub state");
+    assert_snapshot!(w.trace());
+}
+
+/// B1, B3: two clients use the same channel number; each lands on its own upstream channel
+/// and gets only its own deliveries.
+#[test]
+fn two_clients_share_an_upstream() {
+    let mut w = world();
+    let c1 = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let c2 = w.join(hello(131_072, 0));
+    w.client_sends(c1, &[channel_open(1)]);
+    w.client_sends(c2, &[channel_open(1)]);
+    w.broker_sends(u, &[channel_open_ok(1), channel_open_ok(2)]);
+    w.broker_sends(u, &[deliver(2, 1), header(2, 3), body(2, b"two")]);
+    w.broker_sends(u, &[deliver(1, 1), header(1, 3), body(1, b"one")]);
+    let got1 = w.take(Peer::C(c1));
+    let got2 = w.take(Peer::C(c2));
+    assert!(got1.iter().all(|f| f.channel() == 1 || f.channel() == 0));
+    assert_eq!(got1.last().unwrap().payload(), b"one");
+    assert_eq!(got2.last().unwrap().payload(), b"two");
+    assert_eq!(w.hub.upstream_count(), 1);
+    assert_snapshot!(w.trace());
+}
+
+/// B4: the broker closes a client's channel; the client's late frames are discarded, the
+/// upstream number stays quarantined until the client's CloseOk.
+#[test]
+fn broker_closes_a_channel() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.client_sends(c, &[queue_declare(1, "missing", false)]);
+    w.broker_sends(
+        u,
+        &[channel_close(1, 404, "NOT_FOUND - no queue 'missing'")],
+    );
+    let to_broker = w.take(Peer::U(u));
+    assert_eq!(
+        to_broker.last().unwrap().method_id(),
+        Some(ids::CHANNEL_CLOSE_OK)
+    );
+    // Late frames from the client, sent before it saw the Close.
+    w.client_sends(c, &[publish(1, "", false), header(1, 1), body(1, b"x")]);
+    assert!(
+        w.take(Peer::U(u)).is_empty(),
+        "late frames never reach the broker"
+    );
+    // Another client's open must not get number 1 while it is quarantined.
+    let c2 = w.join(hello(131_072, 0));
+    w.client_sends(c2, &[channel_open(1)]);
+    let opened = w.take(Peer::U(u));
+    assert_eq!(opened[0].channel(), 2);
+    w.client_sends(c, &[close_ok(1)]);
+    w.client_sends(c, &[channel_open(1)]);
+    let reopened = w.take(Peer::U(u));
+    assert_eq!(reopened[0].channel(), 1, "freed after the client's CloseOk");
+    assert_snapshot!(w.trace());
+}
+
+/// B4: a client closes its channel; the number is freed only after the broker's CloseOk.
+#[test]
+fn client_closes_a_channel() {
+    let (mut w, c, u) = with_channel(no_recycling(), 5);
+    w.client_sends(c, &[channel_close(5, 200, "bye")]);
+    assert_eq!(w.take(Peer::U(u))[0].method_id(), Some(ids::CHANNEL_CLOSE));
+    w.client_sends(c, &[channel_open(6)]);
+    assert_eq!(w.take(Peer::U(u))[0].channel(), 2, "number 1 still closing");
+    w.broker_sends(u, &[close_ok(1)]);
+    let got = w.take(Peer::C(c));
+    assert_eq!(got[0].channel(), 5);
+    assert_eq!(got[0].method_id(), Some(ids::CHANNEL_CLOSE_OK));
+    assert_snapshot!(w.trace());
+}
+
+/// B5: a client that drops its socket has its channels closed upstream (so the broker
+/// requeues its deliveries) and its exclusive queues deleted.
+#[test]
+fn client_leaves_and_is_cleaned_up() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.client_sends(c, &[queue_declare(1, "", true)]);
+    w.broker_sends(u, &[queue_declare_ok(1, "amq.gen-abc")]);
+    w.client_sends(c, &[publish(1, "", false), header(1, 10), body(1, b"half")]);
+    w.client_drops(c);
+    let to_broker = w.take(Peer::U(u));
+    let names: Vec<_> = to_broker.iter().map(describe).collect();
+    assert!(
+        !names.iter().any(|n| n.contains("basic.publish")),
+        "the unfinished publish is never sent: {names:?}"
+    );
+    assert!(names
+        .iter()
+        .any(|n| n.contains("queue.delete \"amq.gen-abc\"")));
+    assert!(names.iter().any(|n| n.starts_with("ch1 channel.close")));
+    assert_snapshot!(w.trace());
+}
+
+/// B8: a publish goes upstream only when whole, and body frames are re-chunked to a smaller
+/// upstream frame_max.
+#[test]
+fn publishes_are_forwarded_whole_and_rechunked() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    let u = w.dials.pop().unwrap();
+    w.broker_accepts(
+        u,
+        Tune {
+            channel_max: 2047,
+            frame_max: 4096,
+            heartbeat: 0,
+        },
+    );
+    w.client_sends(c, &[channel_open(1)]);
+    w.broker_sends(u, &[channel_open_ok(1)]);
+    w.take(Peer::U(u));
+    let big = vec![7u8; 10_000];
+    w.client_sends(
+        c,
+        &[
+            publish(1, "", false),
+            header(1, 10_000),
+            body(1, &big[..6000]),
+        ],
+    );
+    assert!(
+        w.take(Peer::U(u)).is_empty(),
+        "nothing before the body is complete"
+    );
+    w.client_sends(c, &[body(1, &big[6000..])]);
+    let sent = w.take(Peer::U(u));
+    assert_eq!(sent[0].method_id(), Some(ids::BASIC_PUBLISH));
+    let bodies: Vec<usize> = sent[2..].iter().map(|f| f.payload().len()).collect();
+    assert!(bodies.iter().all(|n| *n <= 4096 - 8), "{bodies:?}");
+    assert_eq!(bodies.iter().sum::<usize>(), 10_000);
+    assert_snapshot!(w.trace());
+}
+
+/// B9: deliveries are re-chunked to the client's frame_max.
+#[test]
+fn deliveries_are_rechunked_for_small_clients() {
+    let mut w = world();
+    let c = w.join(hello(4096, 0));
+    let u = w.accept_dial();
+    w.client_sends(c, &[channel_open(1)]);
+    w.broker_sends(u, &[channel_open_ok(1)]);
+    w.take(Peer::C(c));
+    let big = vec![1u8; 10_000];
+    w.broker_sends(u, &[deliver(1, 1), header(1, 10_000), body(1, &big)]);
+    let got = w.take(Peer::C(c));
+    let bodies: Vec<usize> = got[2..].iter().map(|f| f.payload().len()).collect();
+    assert_eq!(bodies, vec![4088, 4088, 1824]);
+    assert!(got.iter().all(|f| f.wire_len() <= 4096));
+}
+
+/// B9: a client that stops reading is disconnected and its channels closed upstream.
+#[test]
+fn slow_client_is_disconnected() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.input("c slow", crate::hub::Input::ClientSlow { client: c });
+    assert!(w.closed.contains(&Peer::C(c)));
+    let to_broker = w.take(Peer::U(u));
+    assert_eq!(to_broker[0].method_id(), Some(ids::CHANNEL_CLOSE));
+    assert_snapshot!(w.trace());
+}
+
+/// B3: when an upstream is full a new one is dialled; placement spreads or fills.
+#[test]
+fn full_upstreams_grow_the_pool() {
+    for placement in [Placement::Fill, Placement::Spread] {
+        let mut w = World::new(HubConfig {
+            max_channels_per_upstream: 2,
+            placement,
+            recycling: false,
+            ..HubConfig::default()
+        });
+        let c = w.join(hello(131_072, 0));
+        let u1 = w.accept_dial();
+        w.client_sends(c, &[channel_open(1), channel_open(2), channel_open(3)]);
+        let u2 = w.accept_dial();
+        assert_ne!(u1, u2);
+        w.broker_sends(u1, &[channel_open_ok(1), channel_open_ok(2)]);
+        w.broker_sends(u2, &[channel_open_ok(1)]);
+        assert_eq!(
+            w.take(Peer::C(c)).len(),
+            4,
+            "OpenOk x3 plus the connection's"
+        );
+        // Free one on u1, then open another: Fill goes to the newest (u2), Spread to u1.
+        w.client_sends(c, &[channel_close(1, 200, "")]);
+        w.broker_sends(u1, &[close_ok(1)]);
+        w.take(Peer::U(u1));
+        w.take(Peer::U(u2));
+        w.client_sends(c, &[channel_open(4)]);
+        let target = if placement == Placement::Fill { u2 } else { u1 };
+        assert_eq!(
+            w.take(Peer::U(target)).len(),
+            1,
+            "{placement:?} put the channel on {target}"
+        );
+    }
+}
+
+/// B3: the per-client channel cap is the channel_max the client negotiated.
+#[test]
+fn channel_beyond_the_client_cap_is_refused() {
+    let mut w = world();
+    let mut h = hello(131_072, 0);
+    h.tune.channel_max = 2;
+    let c = w.join(h);
+    w.accept_dial();
+    w.take(Peer::C(c));
+    w.client_sends(c, &[channel_open(3)]);
+    assert_eq!(close_code(&w.take(Peer::C(c))[0]), Some(reply::NOT_ALLOWED));
+}
+
+/// B11: a lost upstream closes the clients that had channels on it with the broker's reply;
+/// a client without channels keeps its connection; the hub redials with backoff.
+#[test]
+fn upstream_loss_closes_affected_clients_and_redials() {
+    let (mut w, c1, u) = with_channel(no_recycling(), 1);
+    let c2 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c2));
+    w.broker_sends(
+        u,
+        &[encode::close(
+            0,
+            &crate::method::Close {
+                code: 320,
+                text: "CONNECTION_FORCED - Closed via management plugin".into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        )],
+    );
+    let got = w.take(Peer::C(c1));
+    assert_eq!(close_code(&got[0]), Some(320));
+    assert!(w.take(Peer::C(c2)).is_empty(), "c2 had no channel there");
+    // The redial is delayed by the backoff.
+    assert!(w.dials.is_empty());
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.dials.len(), 1, "redialled after the backoff");
+    let u2 = w.dials.pop().unwrap();
+    w.input(
+        "refused",
+        crate::hub::Input::UpstreamClosed {
+            upstream: u2,
+            reason: "connection refused".into(),
+        },
+    );
+    // While waiting, new clients are refused at once.
+    let c3 = w.join(hello(131_072, 0));
+    assert_eq!(close_code(&w.take(Peer::C(c3))[0]), Some(320));
+    assert_snapshot!(w.trace());
+}
+
+/// B10: warren sends heartbeats on write-idleness and declares a silent client dead after
+/// two intervals.
+#[test]
+fn client_heartbeats() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 2));
+    w.accept_dial();
+    w.take(Peer::C(c));
+    w.advance(Duration::from_millis(1500));
+    let got = w.take(Peer::C(c));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].kind(), crate::frame::FrameType::Heartbeat);
+    w.advance(Duration::from_secs(3));
+    let got = w.take(Peer::C(c));
+    assert_eq!(
+        close_code(got.last().unwrap()),
+        Some(reply::CONNECTION_FORCED)
+    );
+    assert_snapshot!(w.trace());
+}
+
+/// B10: a silent broker is detected after two intervals.
+#[test]
+fn upstream_heartbeats() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    let u = w.dials.pop().unwrap();
+    w.broker_accepts(
+        u,
+        Tune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 1,
+        },
+    );
+    w.client_sends(c, &[channel_open(1)]);
+    w.broker_sends(u, &[channel_open_ok(1)]);
+    w.take(Peer::U(u));
+    w.take(Peer::C(c));
+    w.advance(Duration::from_millis(600));
+    assert_eq!(
+        w.take(Peer::U(u))[0].kind(),
+        crate::frame::FrameType::Heartbeat
+    );
+    w.advance(Duration::from_millis(1500));
+    assert!(w
+        .events
+        .iter()
+        .any(|e| matches!(e, HubEvent::UpstreamLost { .. })));
+    assert_eq!(
+        close_code(&w.take(Peer::C(c))[0]),
+        Some(reply::CONNECTION_FORCED)
+    );
+    assert_snapshot!(w.trace());
+}
+
+/// B12: Blocked goes to clients with channels on the upstream and is replayed to a client
+/// that joins it while blocked.
+#[test]
+fn blocked_is_forwarded_and_replayed() {
+    let (mut w, c1, u) = with_channel(no_recycling(), 1);
+    w.broker_sends(u, &[encode::blocked("low on memory")]);
+    assert_eq!(
+        w.take(Peer::C(c1))[0].method_id(),
+        Some(ids::CONNECTION_BLOCKED)
+    );
+    let c2 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c2));
+    w.client_sends(c2, &[channel_open(1)]);
+    assert_eq!(
+        w.take(Peer::C(c2))[0].method_id(),
+        Some(ids::CONNECTION_BLOCKED)
+    );
+    w.broker_sends(u, &[encode::unblocked()]);
+    assert_eq!(
+        w.take(Peer::C(c1))[0].method_id(),
+        Some(ids::CONNECTION_UNBLOCKED)
+    );
+    assert_eq!(
+        w.take(Peer::C(c2))[0].method_id(),
+        Some(ids::CONNECTION_UNBLOCKED)
+    );
+    assert_snapshot!(w.trace());
+}
+
+/// B6: a publish-only channel is fenced and pooled when its client closes it, and the next
+/// Channel.Open is answered from the pool without a broker round trip.
+#[test]
+fn clean_channel_is_recycled() {
+    let (mut w, c1, u) = with_channel(world(), 1);
+    w.client_sends(c1, &[publish(1, "", false), header(1, 2), body(1, b"hi")]);
+    w.client_sends(c1, &[channel_close(1, 200, "")]);
+    assert_eq!(
+        w.take(Peer::C(c1))[0].method_id(),
+        Some(ids::CHANNEL_CLOSE_OK),
+        "answered locally"
+    );
+    let fence = w.take(Peer::U(u));
+    assert_eq!(fence.last().unwrap().method_id(), Some(ids::CHANNEL_FLOW));
+    w.broker_sends(u, &[flow_ok(1)]);
+    assert_eq!(w.hub.pooled_channels(), 1);
+    let c2 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c2));
+    w.client_sends(c2, &[channel_open(3)]);
+    assert_eq!(
+        w.take(Peer::C(c2))[0].method_id(),
+        Some(ids::CHANNEL_OPEN_OK)
+    );
+    assert!(w.take(Peer::U(u)).is_empty(), "no broker round trip");
+    w.client_sends(c2, &[publish(3, "", false), header(3, 1), body(3, b"x")]);
+    assert!(w.take(Peer::U(u)).iter().all(|f| f.channel() == 1));
+    assert_eq!(w.hub.stats().opens_from_pool, 1);
+    assert_snapshot!(w.trace());
+}
+
+/// B6: an error for the previous owner that arrives during the fence closes the channel
+/// instead of pooling it, and never reaches anyone.
+#[test]
+fn failed_fence_is_not_pooled() {
+    let (mut w, c1, u) = with_channel(world(), 1);
+    w.client_sends(
+        c1,
+        &[publish(1, "missing", false), header(1, 1), body(1, b"x")],
+    );
+    w.client_drops(c1);
+    w.take(Peer::U(u));
+    w.broker_sends(
+        u,
+        &[channel_close(1, 404, "NOT_FOUND - no exchange 'missing'")],
+    );
+    assert_eq!(
+        w.take(Peer::U(u))[0].method_id(),
+        Some(ids::CHANNEL_CLOSE_OK)
+    );
+    assert_eq!(w.hub.pooled_channels(), 0);
+    let c2 = w.join(hello(131_072, 0));
+    w.client_sends(c2, &[channel_open(1)]);
+    assert!(w
+        .take(Peer::C(c2))
+        .iter()
+        .all(|f| f.method_id() != Some(ids::CHANNEL_CLOSE)));
+    assert_snapshot!(w.trace());
+}
+
+/// B6: every method outside the clean list makes the channel non-recyclable for good.
+#[test]
+fn dirty_methods_prevent_recycling() {
+    use crate::method::MethodId;
+    let cases: Vec<(&str, bytes::Bytes)> = vec![
+        (
+            "consume",
+            m(1, ids::BASIC_CONSUME, |w| {
+                w.u16(0)
+                    .shortstr(b"q")
+                    .shortstr(b"")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(0);
+            }),
+        ),
+        (
+            "get",
+            m(1, ids::BASIC_GET, |w| {
+                w.u16(0).shortstr(b"q").bit(false);
+            }),
+        ),
+        (
+            "qos",
+            m(1, ids::BASIC_QOS, |w| {
+                w.u32(0).u16(10).bit(false);
+            }),
+        ),
+        (
+            "ack",
+            m(1, ids::BASIC_ACK, |w| {
+                w.u64(1).bit(false);
+            }),
+        ),
+        (
+            "nack",
+            m(1, ids::BASIC_NACK, |w| {
+                w.u64(1).bit(false).bit(true);
+            }),
+        ),
+        (
+            "reject",
+            m(1, ids::BASIC_REJECT, |w| {
+                w.u64(1).bit(true);
+            }),
+        ),
+        (
+            "recover",
+            m(1, ids::BASIC_RECOVER, |w| {
+                w.bit(true);
+            }),
+        ),
+        (
+            "confirm.select",
+            m(1, ids::CONFIRM_SELECT, |w| {
+                w.bit(false);
+            }),
+        ),
+        ("tx.select", m(1, ids::TX_SELECT, |_| {})),
+        ("flow", encode::flow(1, true, false)),
+        ("mandatory publish", publish(1, "", true)),
+        ("exclusive declare", queue_declare(1, "mine", true)),
+    ];
+    let mut summary = String::new();
+    for (name, frame) in cases {
+        let (mut w, c, u) = with_channel(world(), 1);
+        w.client_sends(c, &[frame]);
+        if name == "mandatory publish" {
+            w.client_sends(c, &[header(1, 0)]);
+        }
+        w.take(Peer::U(u));
+        w.client_sends(c, &[channel_close(1, 200, "")]);
+        let sent: Vec<MethodId> = w
+            .take(Peer::U(u))
+            .iter()
+            .filter_map(|f| f.method_id())
+            .collect();
+        assert_eq!(
+            sent,
+            vec![ids::CHANNEL_CLOSE],
+            "{name}: the channel is closed, not fenced"
+        );
+        assert_eq!(w.hub.stats().channels_recycled, 0);
+        summary.push_str(&format!("{name}: closed\n"));
+    }
+    assert_snapshot!(summary);
+}
+
+/// B6: the pool has a size bound and closes channels idle past its timeout.
+#[test]
+fn pool_is_bounded_and_expires() {
+    let mut w = World::new(HubConfig {
+        pool_size: 1,
+        pool_idle_timeout: Duration::from_secs(10),
+        ..HubConfig::default()
+    });
+    let c = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    w.client_sends(c, &[channel_open(1), channel_open(2)]);
+    w.broker_sends(u, &[channel_open_ok(1), channel_open_ok(2)]);
+    w.take(Peer::U(u));
+    w.client_sends(c, &[channel_close(1, 200, ""), channel_close(2, 200, "")]);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        sent,
+        vec![
+            "ch1 channel.flow active=true",
+            "ch2 channel.close 200 \"closed by client\""
+        ],
+        "one fenced, the other closed: the pool holds one"
+    );
+    w.broker_sends(u, &[flow_ok(1), close_ok(2)]);
+    assert_eq!(w.hub.pooled_channels(), 1);
+    w.advance(Duration::from_secs(11));
+    assert_eq!(w.hub.pooled_channels(), 0);
+    assert_eq!(w.take(Peer::U(u))[0].method_id(), Some(ids::CHANNEL_CLOSE));
+    assert_snapshot!(w.trace());
+}
+
+/// B14: drain lets clients finish until the deadline, then closes them with 320 and closes
+/// the upstream cleanly.
+#[test]
+fn drain_closes_the_rest_at_the_deadline() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    let deadline = w.now + Duration::from_secs(5);
+    w.input("drain", crate::hub::Input::Drain { deadline });
+    assert!(w.take(Peer::C(c)).is_empty(), "busy clients keep working");
+    w.advance(Duration::from_secs(5));
+    assert_eq!(close_code(&w.take(Peer::C(c))[0]), Some(320));
+    w.client_sends(c, &[close_ok(0)]);
+    let to_broker: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        to_broker,
+        vec![
+            "ch1 channel.close 200 \"client left\"",
+            "ch0 connection.close 200 \"warren is shutting down\""
+        ],
+        "the upstream closes as soon as it serves no client"
+    );
+    w.broker_sends(u, &[close_ok(1)]);
+    w.broker_sends(u, &[close_ok(0)]);
+    assert!(w.hub.is_finished());
+    assert_snapshot!(w.trace());
+}
