@@ -1,0 +1,390 @@
+//! One task per hub: it owns the core `Hub`, feeds it what client and upstream tasks
+//! report, carries out its outputs, and dials the broker when asked.
+//!
+//! The hub never waits on a socket. Output goes into per-connection queues; a client whose
+//! queue passes its bound is reported slow (B9). When an upstream's queue passes its high
+//! water mark the task stops taking client input until it drains, so publishers feel TCP
+//! backpressure instead of growing warren's memory.
+
+use crate::conn::{read_frames, spawn_writer, BoxStream, ReadEnd, Sink};
+use crate::metrics::HubMetrics;
+use crate::net::Network;
+use crate::registry::Join;
+use crate::server::{now, Ctx};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use warren_core::credentials::Credentials;
+use warren_core::frame::FrameDecoder;
+use warren_core::hub::{ClientId, Hub, HubEvent, HubStats, Input, Output, Peer, UpstreamId};
+
+/// Bytes queued towards one upstream above which client input pauses.
+const UPSTREAM_HIGH_WATER: usize = 16 * 1024 * 1024;
+/// Inputs buffered between connection readers and the hub task.
+const INPUT_QUEUE: usize = 1024;
+/// How often counters are copied into the metrics registry.
+const METRICS_EVERY: Duration = Duration::from_millis(250);
+
+/// What a client gets back when its hub takes it in.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub(crate) client: ClientId,
+    pub(crate) inputs: mpsc::Sender<Input>,
+}
+
+/// Messages from upstream connection tasks.
+enum UpstreamMsg {
+    /// The dial succeeded; frames will follow.
+    Ready { upstream: UpstreamId, sink: Sink },
+    /// Anything else, for the core hub.
+    Input(Input),
+}
+
+struct ClientSlot {
+    id: ClientId,
+    sink: Sink,
+    slow: bool,
+}
+
+struct UpstreamSlot {
+    id: UpstreamId,
+    sink: Option<Sink>,
+    cancel: CancellationToken,
+}
+
+/// Starts the task for the hub of `key`; returns the channel that takes joins.
+pub(crate) fn spawn_hub<N: Network>(
+    ctx: Arc<Ctx<N>>,
+    key: Credentials,
+    id: u64,
+) -> mpsc::UnboundedSender<Join> {
+    let (join_tx, join_rx) = mpsc::unbounded_channel();
+    let seed = ctx.seed ^ id;
+    let hub = Hub::new(ctx.hub_config.clone(), key.clone(), seed);
+    let metrics = ctx.metrics.hub(&key.user, &key.vhost);
+    let (client_tx, client_rx) = mpsc::channel(INPUT_QUEUE);
+    let (upstream_tx, upstream_rx) = mpsc::channel(INPUT_QUEUE);
+    let task = HubTask {
+        ctx: ctx.clone(),
+        hub,
+        key,
+        id,
+        joins: join_rx,
+        client_tx,
+        client_rx,
+        upstream_tx,
+        upstream_rx,
+        clients: Vec::new(),
+        upstreams: Vec::new(),
+        slow: Vec::new(),
+        metrics,
+        last_stats: HubStats::default(),
+        last_record: now(),
+        draining: false,
+        ready_open: false,
+        ready_unreachable: false,
+    };
+    ctx.tracker.spawn(task.run());
+    join_tx
+}
+
+struct HubTask<N: Network> {
+    ctx: Arc<Ctx<N>>,
+    hub: Hub,
+    key: Credentials,
+    id: u64,
+    joins: mpsc::UnboundedReceiver<Join>,
+    client_tx: mpsc::Sender<Input>,
+    client_rx: mpsc::Receiver<Input>,
+    upstream_tx: mpsc::Sender<UpstreamMsg>,
+    upstream_rx: mpsc::Receiver<UpstreamMsg>,
+    clients: Vec<Option<ClientSlot>>,
+    upstreams: Vec<Option<UpstreamSlot>>,
+    slow: Vec<ClientId>,
+    metrics: HubMetrics,
+    last_stats: HubStats,
+    last_record: Instant,
+    draining: bool,
+    ready_open: bool,
+    ready_unreachable: bool,
+}
+
+impl<N: Network> HubTask<N> {
+    async fn run(mut self) {
+        loop {
+            self.apply_outputs();
+            while let Some(client) = self.slow.pop() {
+                self.hub.handle(now(), Input::ClientSlow { client });
+                self.apply_outputs();
+            }
+            self.report(false);
+            if self.hub.is_finished()
+                && self
+                    .ctx
+                    .registry
+                    .retire(&self.key, self.id, &mut self.joins, &self.ctx.metrics)
+            {
+                break;
+            }
+            let timeout = self.hub.poll_timeout().map(tokio::time::Instant::from_std);
+            let congested = self.congested_upstream();
+            let input = tokio::select! {
+                biased;
+                _ = self.ctx.abort.cancelled() => break,
+                _ = self.ctx.drain.cancelled(), if !self.draining => {
+                    self.draining = true;
+                    Input::Drain { deadline: now() + self.ctx.config.drain_timeout }
+                }
+                Some(join) = self.joins.recv() => {
+                    self.join(join);
+                    continue;
+                }
+                Some(msg) = self.upstream_rx.recv() => match msg {
+                    UpstreamMsg::Ready { upstream, sink } => {
+                        match self.upstream_slot(upstream) {
+                            Some(slot) => slot.sink = Some(sink),
+                            None => continue,
+                        }
+                        Input::UpstreamConnected { upstream }
+                    }
+                    UpstreamMsg::Input(i) => i,
+                },
+                Some(input) = self.client_rx.recv(), if congested.is_none() => input,
+                _ = wait_drained(congested.clone()), if congested.is_some() => continue,
+                _ = tokio::time::sleep_until(timeout.unwrap_or_else(tokio::time::Instant::now)), if timeout.is_some() => Input::Timeout,
+            };
+            self.hub.handle(now(), input);
+        }
+        for slot in self.upstreams.iter().flatten() {
+            slot.cancel.cancel();
+        }
+        self.report(true);
+    }
+
+    fn join(&mut self, join: Join) {
+        let Join { hello, sink, reply } = join;
+        let id = self.hub.add_client(now(), *hello);
+        put(&mut self.clients, id.index(), ClientSlot {
+            id,
+            sink,
+            slow: false,
+        });
+        let joined = Joined {
+            client: id,
+            inputs: self.client_tx.clone(),
+        };
+        if reply.send(joined).is_err() {
+            self.hub.handle(now(), Input::ClientClosed { client: id });
+        }
+    }
+
+    fn upstream_slot(&mut self, id: UpstreamId) -> Option<&mut UpstreamSlot> {
+        self.upstreams
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .filter(|s| s.id == id)
+    }
+
+    fn congested_upstream(&self) -> Option<Sink> {
+        self.upstreams
+            .iter()
+            .flatten()
+            .filter_map(|s| s.sink.as_ref())
+            .find(|s| s.queued() > UPSTREAM_HIGH_WATER)
+            .cloned()
+    }
+
+    fn apply_outputs(&mut self) {
+        let limit = self.ctx.config.client_queue_bytes;
+        while let Some(out) = self.hub.poll_output() {
+            match out {
+                Output::ToClient { client, data } => {
+                    let Some(slot) = self
+                        .clients
+                        .get_mut(client.index())
+                        .and_then(Option::as_mut)
+                        .filter(|s| s.id == client)
+                    else {
+                        continue;
+                    };
+                    let queued = slot.sink.send(data);
+                    if queued.is_some_and(|q| q > limit) && !slot.slow {
+                        slot.slow = true;
+                        self.slow.push(client);
+                    }
+                }
+                Output::CloseClient { client } => {
+                    if let Some(s) = self.clients.get_mut(client.index()) {
+                        if s.as_ref().is_some_and(|s| s.id == client) {
+                            // Dropping the sink lets the writer flush, then close the socket.
+                            *s = None;
+                        }
+                    }
+                }
+                Output::ToUpstream { upstream, data } => {
+                    if let Some(sink) = self.upstream_slot(upstream).and_then(|s| s.sink.as_ref()) {
+                        sink.send(data);
+                    }
+                }
+                Output::CloseUpstream { upstream } => {
+                    if let Some(slot) = self.upstreams.get_mut(upstream.index()) {
+                        if slot.as_ref().is_some_and(|s| s.id == upstream) {
+                            if let Some(s) = slot.take() {
+                                if s.sink.is_none() {
+                                    s.cancel.cancel();
+                                }
+                            }
+                        }
+                    }
+                }
+                Output::Dial { upstream } => self.dial(upstream),
+                Output::Event(e) => self.event(e),
+                _ => {}
+            }
+        }
+    }
+
+    fn event(&mut self, e: HubEvent) {
+        let user = &self.key.user;
+        let vhost = &self.key.vhost;
+        match e {
+            HubEvent::UpstreamOpen {
+                upstream,
+                channel_max,
+                frame_max,
+                heartbeat,
+            } => tracing::info!(%upstream, %user, %vhost, channel_max, frame_max, heartbeat, "upstream connected"),
+            HubEvent::UpstreamFailed { upstream, reply } => {
+                tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection failed")
+            }
+            HubEvent::UpstreamLost { upstream, reply } => {
+                tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection lost")
+            }
+            HubEvent::AuthRejected { reply } => {
+                self.ctx
+                    .registry
+                    .auth_rejected(now(), self.key.clone(), reply);
+            }
+            HubEvent::ClientClosed { client, reply } => {
+                tracing::info!(%client, %user, %vhost, code = reply.code, text = %reply.text, "closing client")
+            }
+            HubEvent::SlowClient { client } => {
+                tracing::warn!(%client, %user, %vhost, "client is not reading its deliveries; disconnecting it")
+            }
+            HubEvent::HeartbeatMissed { peer } => match peer {
+                Peer::Client(c) => tracing::info!(client = %c, %user, %vhost, "client missed heartbeats"),
+                Peer::Upstream(u) => tracing::warn!(upstream = %u, %user, %vhost, "broker missed heartbeats"),
+            },
+            HubEvent::ReconnectScheduled { at, failures } => {
+                let delay = at.saturating_duration_since(now());
+                tracing::info!(%user, %vhost, failures, ?delay, "reconnecting to the broker later");
+            }
+            other => tracing::debug!(event = ?other, %user, %vhost, "hub event"),
+        }
+    }
+
+    /// Dials the broker for `id`: TCP, then TLS if configured; then runs the upstream reader.
+    fn dial(&mut self, id: UpstreamId) {
+        let cancel = self.ctx.abort.child_token();
+        put(&mut self.upstreams, id.index(), UpstreamSlot {
+            id,
+            sink: None,
+            cancel: cancel.clone(),
+        });
+        let ctx = self.ctx.clone();
+        let tx = self.upstream_tx.clone();
+        tokio::spawn(async move {
+            let connect = tokio::time::timeout(ctx.config.connect_timeout, ctx.connect_upstream());
+            let stream: Result<BoxStream, String> = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                r = connect => match r {
+                    Ok(Ok(s)) => Ok(s),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err("timed out connecting".into()),
+                },
+            };
+            let stream = match stream {
+                Ok(s) => s,
+                Err(reason) => {
+                    let reason = format!("{reason} ({})", ctx.config.upstream);
+                    let _ = tx
+                        .send(UpstreamMsg::Input(Input::UpstreamClosed { upstream: id, reason }))
+                        .await;
+                    return;
+                }
+            };
+            let (mut r, w) = tokio::io::split(stream);
+            let sink = spawn_writer(w, cancel.clone(), UPSTREAM_HIGH_WATER / 2);
+            if tx.send(UpstreamMsg::Ready { upstream: id, sink }).await.is_err() {
+                return;
+            }
+            let decoder = FrameDecoder::new(ctx.config.frame_max);
+            let end = read_frames(&mut r, bytes::BytesMut::new(), decoder, &cancel, |frames| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(UpstreamMsg::Input(Input::UpstreamFrames { upstream: id, frames }))
+                        .await
+                        .is_ok()
+                }
+            })
+            .await;
+            let input = match end {
+                ReadEnd::Closed(reason) => Input::UpstreamClosed { upstream: id, reason },
+                ReadEnd::Frame(error) => Input::UpstreamFrameError { upstream: id, error },
+                ReadEnd::Cancelled => return,
+            };
+            let _ = tx.send(UpstreamMsg::Input(input)).await;
+        });
+    }
+
+    /// Copies counters into metrics (at most every [`METRICS_EVERY`], or now if `force`)
+    /// and updates readiness.
+    fn report(&mut self, finished: bool) {
+        let t = now();
+        if !finished && t.duration_since(self.last_record) < METRICS_EVERY {
+            return;
+        }
+        self.last_record = t;
+        let stats = self.hub.stats().clone();
+        self.metrics.record(&self.last_stats, &stats);
+        self.last_stats = stats;
+        if finished {
+            self.metrics.set_gauges(0, 0, 0, 0);
+        } else {
+            self.metrics.set_gauges(
+                self.hub.client_count(),
+                self.hub.upstream_count(),
+                self.hub.channels_in_use(),
+                self.hub.pooled_channels(),
+            );
+        }
+        let open = !finished && self.hub.has_open_upstream();
+        let unreachable = !finished && self.hub.is_reconnecting() && !open;
+        let readiness = &self.ctx.admin.readiness;
+        if open != self.ready_open {
+            readiness.add_upstreams_open(if open { 1 } else { -1 });
+            self.ready_open = open;
+        }
+        if unreachable != self.ready_unreachable {
+            readiness.add_hubs_unreachable(if unreachable { 1 } else { -1 });
+            self.ready_unreachable = unreachable;
+        }
+    }
+}
+
+/// Resolves when the congested upstream queue has drained.
+async fn wait_drained(sink: Option<Sink>) {
+    if let Some(s) = sink {
+        s.drained_below(UPSTREAM_HIGH_WATER).await;
+    }
+}
+
+/// Stores `v` at index `i`, growing the vector as needed.
+fn put<T>(v: &mut Vec<Option<T>>, i: usize, x: T) {
+    if v.len() <= i {
+        v.resize_with(i + 1, || None);
+    }
+    v[i] = Some(x);
+}
