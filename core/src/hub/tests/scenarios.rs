@@ -642,3 +642,241 @@ fn drain_closes_the_rest_at_the_deadline() {
     assert!(w.hub.is_finished());
     assert_snapshot!(w.trace());
 }
+
+/// B7: every kind of bad client input closes that client (or only its channel) with the
+/// reply code the spec names, and nothing harmful reaches the shared upstream.
+#[test]
+fn bad_client_input_gets_the_spec_reply_code() {
+    use crate::frame::{Frame, FrameError, FrameType};
+    use crate::hub::Input;
+    let consume = |tag: &[u8]| {
+        m(1, ids::BASIC_CONSUME, |w| {
+            w.u16(0)
+                .shortstr(b"q")
+                .shortstr(tag)
+                .bit(false)
+                .bit(false)
+                .bit(false)
+                .bit(false)
+                .u32(0);
+        })
+    };
+    let cases: Vec<(&str, Vec<bytes::Bytes>)> = vec![
+        ("body frame without a method", vec![body(1, b"x")]),
+        ("header frame without a method", vec![header(1, 1)]),
+        (
+            "body larger than its header declared",
+            vec![publish(1, "", false), header(1, 1), body(1, b"xy")],
+        ),
+        (
+            "method in the middle of content",
+            vec![publish(1, "", false), header(1, 5), publish(1, "", false)],
+        ),
+        (
+            "content header for another class",
+            vec![publish(1, "", false), {
+                let mut p = bytes::BytesMut::new();
+                crate::wire::Writer::new(&mut p)
+                    .u16(50)
+                    .u16(0)
+                    .u64(1)
+                    .u16(0);
+                Frame::new(FrameType::Header, 1, &p).freeze()
+            }],
+        ),
+        ("method on an unopened channel", vec![publish(9, "", false)]),
+        ("second channel.open", vec![channel_open(1)]),
+        ("channel beyond channel_max", vec![channel_open(3000)]),
+        (
+            "heartbeat on channel 1",
+            vec![Frame::new(FrameType::Heartbeat, 1, b"").freeze()],
+        ),
+        ("content header on channel 0", vec![header(0, 1)]),
+        ("channel.open on channel 0", vec![channel_open(0)]),
+        (
+            "connection.tune-ok after the handshake",
+            vec![encode::tune(
+                Tune {
+                    channel_max: 1,
+                    frame_max: 4096,
+                    heartbeat: 0,
+                },
+                true,
+            )],
+        ),
+        (
+            "connection method on channel 1",
+            vec![m(1, ids::CONNECTION_BLOCKED, |w| {
+                w.shortstr(b"x");
+            })],
+        ),
+        (
+            "unknown method",
+            vec![m(1, crate::method::MethodId::new(60, 99), |_| {})],
+        ),
+        ("server-only method (basic.deliver)", vec![deliver(1, 1)]),
+        (
+            "truncated arguments",
+            vec![m(1, ids::BASIC_QOS, |w| {
+                w.u16(1);
+            })],
+        ),
+        (
+            "trailing bytes after arguments",
+            vec![m(1, ids::BASIC_QOS, |w| {
+                w.u32(0).u16(1).bit(false).u8(9);
+            })],
+        ),
+        (
+            "bad field table type",
+            vec![m(1, ids::QUEUE_DECLARE, |w| {
+                w.u16(0)
+                    .shortstr(b"q")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(3)
+                    .u8(1)
+                    .u8(b'k')
+                    .u8(b'Z');
+            })],
+        ),
+        (
+            "basic.publish immediate=true",
+            vec![m(1, ids::BASIC_PUBLISH, |w| {
+                w.u16(0).shortstr(b"").shortstr(b"q").bit(false).bit(true);
+            })],
+        ),
+        (
+            "basic.qos prefetch_size != 0",
+            vec![m(1, ids::BASIC_QOS, |w| {
+                w.u32(10).u16(1).bit(false);
+            })],
+        ),
+        (
+            "basic.recover requeue=false",
+            vec![m(1, ids::BASIC_RECOVER, |w| {
+                w.bit(false);
+            })],
+        ),
+        (
+            "unknown exchange type",
+            vec![m(1, ids::EXCHANGE_DECLARE, |w| {
+                w.u16(0)
+                    .shortstr(b"x")
+                    .shortstr(b"x-nope")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(0);
+            })],
+        ),
+        (
+            "consumer tag reused on a channel",
+            vec![consume(b"t"), consume(b"t")],
+        ),
+        (
+            "method while tx.commit is in flight",
+            vec![
+                m(1, ids::TX_SELECT, |_| {}),
+                m(1, ids::TX_COMMIT, |_| {}),
+                publish(1, "", false),
+            ],
+        ),
+        ("channel.close-ok on an open channel", vec![close_ok(1)]),
+        (
+            "message larger than max_message_size",
+            vec![publish(1, "", false), header(1, 1 << 40)],
+        ),
+    ];
+    let mut table = String::new();
+    for (name, frames) in cases {
+        let (mut w, c, u) = with_channel(no_recycling(), 1);
+        w.take(Peer::U(u));
+        w.client_sends(c, &frames);
+        let got = w.take(Peer::C(c));
+        let close = got
+            .iter()
+            .find(|f| close_code(f).is_some())
+            .unwrap_or_else(|| panic!("{name}: no close"));
+        let level = if close.channel() == 0 {
+            "connection"
+        } else {
+            "channel"
+        };
+        let text = match crate::method::decode(close.payload()) {
+            Ok(
+                crate::method::Method::ConnectionClose(c) | crate::method::Method::ChannelClose(c),
+            ) => c.text,
+            _ => String::new(),
+        };
+        // Nothing but channel clean-up may have reached the broker.
+        for f in w.take(Peer::U(u)) {
+            let id = f.method_id();
+            assert!(
+                matches!(
+                    id,
+                    Some(ids::CHANNEL_CLOSE)
+                        | Some(ids::TX_SELECT)
+                        | Some(ids::TX_COMMIT)
+                        | Some(ids::BASIC_CONSUME)
+                ),
+                "{name}: {} reached the broker",
+                describe(&f)
+            );
+        }
+        table.push_str(&format!(
+            "{name}: {level} {} {text}\n",
+            close_code(close).unwrap()
+        ));
+    }
+    // Frame-level errors come from the runtime's decoder.
+    for (name, error) in [
+        ("bad frame end octet", FrameError::BadEnd(0)),
+        (
+            "frame larger than frame_max",
+            FrameError::TooLarge {
+                size: 200_000,
+                max: 131_072,
+            },
+        ),
+        ("unknown frame type", FrameError::BadType(9)),
+    ] {
+        let (mut w, c, _) = with_channel(no_recycling(), 1);
+        w.input(name, Input::ClientFrameError { client: c, error });
+        let got = w.take(Peer::C(c));
+        table.push_str(&format!(
+            "{name}: connection {}\n",
+            close_code(&got[0]).unwrap()
+        ));
+    }
+    assert_snapshot!(table);
+}
+
+/// B7: Channel.Flow and connection.update-secret from a client are answered by warren and
+/// never forwarded (RabbitMQ answers flow active=false with a connection error).
+#[test]
+fn flow_and_update_secret_are_answered_locally() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.take(Peer::U(u));
+    w.client_sends(c, &[encode::flow(1, false, false)]);
+    w.client_sends(
+        c,
+        &[m(0, ids::CONNECTION_UPDATE_SECRET, |w| {
+            w.longstr(b"new-token").shortstr(b"refresh");
+        })],
+    );
+    let got: Vec<_> = w.take(Peer::C(c)).iter().map(describe).collect();
+    assert_eq!(
+        got,
+        vec![
+            "ch1 channel.flow-ok active=false",
+            "ch0 connection.update-secret-ok"
+        ]
+    );
+    assert!(w.take(Peer::U(u)).is_empty());
+}
