@@ -78,6 +78,9 @@ pub(crate) struct ClientChannel {
     publish: Option<PendingPublish>,
     /// Whether the channel's whole history is in the clean list of B6.
     pub(crate) recyclable: bool,
+    /// The upstream channel came from the pool and this client has not declared a queue on
+    /// it: RabbitMQ's "last declared queue" shortcut would name the previous owner's queue.
+    shortcut_unset: bool,
     /// For each `queue.declare` awaiting its `declare-ok`: was it exclusive?
     declares: VecDeque<bool>,
     /// Consumer tags in use on this channel; RabbitMQ closes the *connection* on reuse.
@@ -472,6 +475,17 @@ impl Hub {
         if !clean {
             chan.recyclable = false;
         }
+        if chan.shortcut_unset {
+            if mid == ids::QUEUE_DECLARE {
+                chan.shortcut_unset = false;
+            } else if uses_queue_shortcut(mid, frame.payload()) {
+                // What RabbitMQ answers on a fresh channel; the recycled one would instead
+                // resolve the empty name to the previous owner's queue.
+                return Verdict::CloseChannel(
+                    Reply::new(reply::NOT_FOUND, "no previously declared queue").caused_by(mid),
+                );
+            }
+        }
         match m {
             Method::ChannelOpen => Verdict::Fatal(Reply::new(
                 reply::CHANNEL_ERROR,
@@ -755,6 +769,9 @@ impl Hub {
             return;
         }
         if let Some(r) = self.take_pooled() {
+            if let Some(chan) = self.client_mut(id).and_then(|c| c.channels.get_mut(&ch)) {
+                chan.shortcut_unset = true;
+            }
             self.stats.opens_from_pool += 1;
             self.set_slot(now, r, Slot::Owned { client: id, ch });
             self.bind_channel(now, id, ch, r);
@@ -1015,6 +1032,22 @@ fn checked_method(frame: &Frame) -> Result<(MethodId, Method), Reply> {
         Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid)
     })?;
     Ok((mid, m))
+}
+
+/// Whether a method names its queue with the empty string, which RabbitMQ resolves to the
+/// last queue declared on the channel.
+fn uses_queue_shortcut(mid: MethodId, payload: &[u8]) -> bool {
+    let names_queue = matches!(
+        mid,
+        ids::QUEUE_BIND
+            | ids::QUEUE_UNBIND
+            | ids::QUEUE_PURGE
+            | ids::QUEUE_DELETE
+            | ids::BASIC_CONSUME
+            | ids::BASIC_GET
+    );
+    // class, method, reserved short, then the queue's length octet.
+    names_queue && payload.get(6) == Some(&0)
 }
 
 /// Exchange types RabbitMQ ships, plus configured plugin types.

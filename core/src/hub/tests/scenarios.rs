@@ -880,3 +880,48 @@ fn flow_and_update_secret_are_answered_locally() {
     );
     assert!(w.take(Peer::U(u)).is_empty());
 }
+
+/// B6: RabbitMQ resolves an empty queue name to the last queue declared on the channel; on a
+/// recycled channel that would be the previous owner's queue, so warren answers like a fresh
+/// channel would (404), and the shortcut works again once the new owner declares.
+#[test]
+fn recycled_channel_forgets_the_last_declared_queue() {
+    let (mut w, c1, u) = with_channel(world(), 1);
+    w.client_sends(c1, &[channel_open(2)]);
+    w.broker_sends(u, &[channel_open_ok(2)]);
+    for ch in [1, 2] {
+        w.client_sends(c1, &[queue_declare(ch, "a-queue", false)]);
+        w.broker_sends(u, &[queue_declare_ok(ch, "a-queue")]);
+        w.client_sends(c1, &[channel_close(ch, 200, "")]);
+        w.broker_sends(u, &[flow_ok(ch)]);
+    }
+    assert_eq!(w.hub.pooled_channels(), 2);
+    w.take(Peer::U(u));
+    let purge_shortcut = |ch| {
+        m(ch, ids::QUEUE_PURGE, |w| {
+            w.u16(0).shortstr(b"").bit(false);
+        })
+    };
+    let c2 = w.join(hello(131_072, 0));
+    w.client_sends(c2, &[channel_open(1), purge_shortcut(1)]);
+    let got = w.take(Peer::C(c2));
+    assert_eq!(close_code(got.last().unwrap()), Some(reply::NOT_FOUND));
+    assert!(
+        w.take(Peer::U(u))
+            .iter()
+            .all(|f| f.method_id() != Some(ids::QUEUE_PURGE)),
+        "the shortcut never reaches the broker"
+    );
+    let c3 = w.join(hello(131_072, 0));
+    w.client_sends(
+        c3,
+        &[
+            channel_open(1),
+            queue_declare(1, "mine", false),
+            purge_shortcut(1),
+        ],
+    );
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(sent, vec!["ch1 queue.declare \"mine\"", "ch1 queue.purge"]);
+    assert_snapshot!(w.trace());
+}
