@@ -124,6 +124,10 @@ pub fn validate_table(raw: &[u8], depth: usize) -> Result<(), WireError> {
 }
 
 fn validate_value(r: &mut Reader<'_>, depth: usize) -> Result<(), WireError> {
+    // Arrays nest without passing through `validate_table`, so the bound is checked here too.
+    if depth > MAX_TABLE_DEPTH {
+        return Err(WireError::TooDeep);
+    }
     let tag = r.u8()?;
     match tag {
         b't' | b'b' | b'B' => {
@@ -182,6 +186,9 @@ fn decode_table(raw: &[u8], depth: usize) -> Result<FieldTable, WireError> {
 }
 
 fn decode_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, WireError> {
+    if depth > MAX_TABLE_DEPTH {
+        return Err(WireError::TooDeep);
+    }
     Ok(match r.u8()? {
         b't' => FieldValue::Bool(r.u8()? != 0),
         b'b' => FieldValue::I8(r.u8()? as i8),

@@ -1,0 +1,652 @@
+//! The seed corpus of the fuzz targets, generated from code so that it stays readable and can
+//! be regenerated when the wire format or the encoders change.
+//!
+//! `cargo test -p warren-core --test fuzz_seeds` runs every seed through its fuzz body.
+//! `WARREN_WRITE_CORPUS=1 cargo test -p warren-core --test fuzz_seeds` also (re)writes them
+//! to `fuzz/corpus/<target>/<name>`; commit the result. Inputs that the fuzzer itself found
+//! are added to the same folders under their hash names and are never overwritten here.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use warren_core::frame::{FrameType, FRAME_END, HEARTBEAT, PROTOCOL_HEADER};
+use warren_core::method::{self, encode, ids, Close, ConnectionStart, MethodId, Tune, METHODS};
+use warren_core::table::{longstr, FieldTable, FieldValue};
+use warren_core::wire::MAX_TABLE_DEPTH;
+
+type Seeds = Vec<(String, Vec<u8>)>;
+
+fn seed(seeds: &mut Seeds, name: &str, bytes: impl AsRef<[u8]>) {
+    assert!(
+        !seeds.iter().any(|(n, _)| n == name),
+        "duplicate seed name {name}"
+    );
+    seeds.push((name.to_owned(), bytes.as_ref().to_vec()));
+}
+
+/// Every frame the proxy's own encoders write, by name.
+fn encoder_frames() -> Vec<(&'static str, Vec<u8>)> {
+    let close = Close {
+        code: 404,
+        text: "NOT_FOUND - no queue 'q'".into(),
+        class_id: 50,
+        method_id: 10,
+    };
+    let tune = Tune {
+        channel_max: 2047,
+        frame_max: 131_072,
+        heartbeat: 60,
+    };
+    let start = ConnectionStart {
+        server_properties: FieldTable::default()
+            .with("product", longstr("warren"))
+            .with(
+                "capabilities",
+                FieldValue::Table(
+                    FieldTable::default().with("publisher_confirms", FieldValue::Bool(true)),
+                ),
+            ),
+        mechanisms: "PLAIN AMQPLAIN".into(),
+        locales: "en_US".into(),
+    };
+    vec![
+        ("connection.start", encode::start(&start).to_vec()),
+        (
+            "connection.start-ok",
+            start_ok_plain(b"\0guest\0guest", true),
+        ),
+        ("connection.tune", encode::tune(tune, false).to_vec()),
+        ("connection.tune-ok", encode::tune(tune, true).to_vec()),
+        ("connection.open", encode::open("/").to_vec()),
+        ("connection.open-ok", encode::open_ok().to_vec()),
+        ("connection.close", encode::close(0, &close).to_vec()),
+        ("connection.close-ok", encode::close_ok(0).to_vec()),
+        (
+            "connection.blocked",
+            encode::blocked("low on memory").to_vec(),
+        ),
+        ("connection.unblocked", encode::unblocked().to_vec()),
+        (
+            "connection.update-secret-ok",
+            encode::update_secret_ok().to_vec(),
+        ),
+        ("channel.open", encode::channel_open(1).to_vec()),
+        ("channel.open-ok", encode::channel_open_ok(1).to_vec()),
+        ("channel.flow", encode::flow(1, false, false).to_vec()),
+        ("channel.flow-ok", encode::flow(1, true, true).to_vec()),
+        ("channel.close", encode::close(3, &close).to_vec()),
+        ("channel.close-ok", encode::close_ok(3).to_vec()),
+        (
+            "queue.delete",
+            encode::queue_delete(2, b"amq.gen-x").to_vec(),
+        ),
+    ]
+}
+
+/// Payloads of the client methods the proxy reads, with interesting flags set.
+fn client_method_payloads() -> Vec<(&'static str, Vec<u8>)> {
+    let args = every_type_table();
+    let p = |id: MethodId, a: Vec<u8>| method_payload(id, &a);
+    vec![
+        (
+            "basic.publish-mandatory",
+            p(ids::BASIC_PUBLISH, publish_args(b"", b"q", true, false)),
+        ),
+        (
+            "basic.publish-immediate",
+            p(ids::BASIC_PUBLISH, publish_args(b"x", b"", false, true)),
+        ),
+        (
+            "queue.declare-exclusive",
+            p(
+                ids::QUEUE_DECLARE,
+                Args::new()
+                    .u16(0)
+                    .short(b"")
+                    .bit(false)
+                    .bit(false)
+                    .bit(true)
+                    .bit(true)
+                    .bit(false)
+                    .table(&FieldTable::default().with("x-expires", FieldValue::I32(60_000)))
+                    .done(),
+            ),
+        ),
+        (
+            "queue.declare-every-type-args",
+            p(
+                ids::QUEUE_DECLARE,
+                Args::new()
+                    .u16(0)
+                    .short(b"q")
+                    .bit(true)
+                    .bit(true)
+                    .bit(false)
+                    .bit(false)
+                    .bit(true)
+                    .table(&args)
+                    .done(),
+            ),
+        ),
+        (
+            "basic.consume-args",
+            p(
+                ids::BASIC_CONSUME,
+                Args::new()
+                    .u16(0)
+                    .short(b"q")
+                    .short(b"ctag-1")
+                    .bit(false)
+                    .bit(true)
+                    .bit(false)
+                    .bit(true)
+                    .table(&FieldTable::default().with("x-priority", FieldValue::I32(5)))
+                    .done(),
+            ),
+        ),
+        (
+            "basic.qos-prefetch-size",
+            p(
+                ids::BASIC_QOS,
+                Args::new().u32(4096).u16(10).bit(true).done(),
+            ),
+        ),
+        (
+            "exchange.declare-bad-kind",
+            p(
+                ids::EXCHANGE_DECLARE,
+                Args::new()
+                    .u16(0)
+                    .short(b"ex")
+                    .short(b"no-such-type")
+                    .bit(false)
+                    .bit(true)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .table(&FieldTable::default())
+                    .done(),
+            ),
+        ),
+        (
+            "basic.cancel-nowait",
+            p(
+                ids::BASIC_CANCEL,
+                Args::new().short(b"ctag-1").bit(true).done(),
+            ),
+        ),
+        (
+            "basic.recover-requeue",
+            p(ids::BASIC_RECOVER, Args::new().bit(true).done()),
+        ),
+        (
+            "basic.nack-multiple",
+            p(
+                ids::BASIC_NACK,
+                Args::new().u64(7).bit(true).bit(true).done(),
+            ),
+        ),
+        (
+            "connection.start-ok-amqplain",
+            payload_of(&start_ok_amqplain("guest", "guest")),
+        ),
+        (
+            "connection.update-secret",
+            p(
+                ids::CONNECTION_UPDATE_SECRET,
+                Args::new().long(b"new-token").short(b"rotation").done(),
+            ),
+        ),
+    ]
+}
+
+/// A field table body nested `depth` levels deep through tables (`F`) or arrays (`A`).
+fn nested(depth: usize, tag: u8) -> Vec<u8> {
+    let mut inner: Vec<u8> = Vec::new();
+    for _ in 0..depth {
+        let mut next = vec![tag];
+        next.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        next.extend_from_slice(&inner);
+        inner = if tag == b'F' {
+            [&[1, b'k'][..], &next].concat()
+        } else {
+            next
+        };
+    }
+    if tag == b'A' {
+        [&[1, b'k'][..], &inner].concat()
+    } else {
+        inner
+    }
+}
+
+fn frame_decoder_seeds() -> Seeds {
+    let mut s = Seeds::new();
+    // A client session after the protocol header: handshake, a channel, a publish, goodbye.
+    let session = [
+        &handshake_plain()[PROTOCOL_HEADER.len()..],
+        &encode::channel_open(1),
+        &publish_frames(1),
+        &HEARTBEAT[..],
+        &encode::close(
+            1,
+            &Close {
+                code: 200,
+                text: "bye".into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        ),
+        &encode::close_ok(0),
+    ]
+    .concat();
+    seed(&mut s, "session-plain", session);
+    seed(
+        &mut s,
+        "session-amqplain",
+        &handshake_amqplain()[PROTOCOL_HEADER.len()..],
+    );
+    for (name, f) in encoder_frames() {
+        seed(&mut s, &format!("enc-{name}"), f);
+    }
+    for (name, p) in client_method_payloads() {
+        seed(
+            &mut s,
+            &format!("client-{name}"),
+            frame(FrameType::Method, 1, &p),
+        );
+    }
+    seed(
+        &mut s,
+        "header-every-property",
+        frame(FrameType::Header, 1, &content_header_every_property(5)),
+    );
+    seed(
+        &mut s,
+        "header-no-property",
+        frame(FrameType::Header, 1, &content_header(60, 0, 0, b"")),
+    );
+    seed(&mut s, "body", frame(FrameType::Body, 1, b"hello"));
+    seed(&mut s, "body-empty", frame(FrameType::Body, 1, b""));
+    seed(&mut s, "heartbeat", HEARTBEAT);
+    seed(
+        &mut s,
+        "heartbeat-with-payload-on-channel",
+        raw_frame(8, 7, b"??", FRAME_END),
+    );
+    seed(&mut s, "bad-end", raw_frame(1, 0, b"\0\x0a\0\x33", 0x00));
+    seed(
+        &mut s,
+        "bad-end-after-good",
+        [&HEARTBEAT[..], &raw_frame(3, 1, b"x", b'E')].concat(),
+    );
+    seed(&mut s, "oversize-header", [3, 0, 1, 0x7f, 0xff, 0xff, 0xff]);
+    seed(
+        &mut s,
+        "max-size-header",
+        [3, 0, 1, 0xff, 0xff, 0xff, 0xff, 0],
+    );
+    seed(&mut s, "exactly-64", frame(FrameType::Body, 1, &[0x55; 56]));
+    seed(
+        &mut s,
+        "one-over-64",
+        frame(FrameType::Body, 1, &[0x55; 57]),
+    );
+    let open = encode::open("/").to_vec();
+    seed(&mut s, "truncated-method", &open[..open.len() - 3]);
+    seed(&mut s, "truncated-header", &open[..5]);
+    seed(&mut s, "unknown-type-4", raw_frame(4, 0, b"", FRAME_END));
+    seed(&mut s, "unknown-type-0", [0u8]);
+    seed(&mut s, "protocol-header", PROTOCOL_HEADER);
+    seed(&mut s, "empty-method", frame(FrameType::Method, 0, b""));
+    s
+}
+
+fn method_decoder_seeds() -> Seeds {
+    let mut s = Seeds::new();
+    for spec in METHODS {
+        seed(
+            &mut s,
+            &format!("spec-{}", spec.name),
+            method_payload(spec.id, &minimal_args(spec)),
+        );
+    }
+    for (name, f) in encoder_frames() {
+        seed(&mut s, &format!("enc-{name}"), payload_of(&f));
+    }
+    for (name, p) in client_method_payloads() {
+        seed(&mut s, &format!("client-{name}"), p);
+    }
+    // Malformed methods.
+    let publish = method_payload(ids::BASIC_PUBLISH, &publish_args(b"", b"rk", false, false));
+    seed(&mut s, "publish-truncated", &publish[..publish.len() - 1]);
+    seed(&mut s, "publish-trailing", [&publish[..], b"\0"].concat());
+    seed(
+        &mut s,
+        "unknown-method",
+        method_payload(MethodId::new(60, 99), b"abc"),
+    );
+    seed(&mut s, "short-id", [0u8, 60, 0]);
+    seed(
+        &mut s,
+        "close-non-utf8-text",
+        method_payload(
+            ids::CONNECTION_CLOSE,
+            &Args::new()
+                .u16(320)
+                .short(&[0xff; 255])
+                .u16(0)
+                .u16(0)
+                .done(),
+        ),
+    );
+    seed(
+        &mut s,
+        "open-non-utf8-vhost",
+        method_payload(
+            ids::CONNECTION_OPEN,
+            &Args::new().short(b"a\xff\xfe").short(b"").bit(false).done(),
+        ),
+    );
+    // Content headers.
+    seed(
+        &mut s,
+        "header-every-property",
+        content_header_every_property(1 << 40),
+    );
+    seed(&mut s, "header-no-property", content_header(60, 11, 0, b""));
+    seed(
+        &mut s,
+        "header-continuation-flag",
+        content_header(60, 11, 0x0001, b""),
+    );
+    seed(
+        &mut s,
+        "header-missing-property",
+        content_header(60, 11, 0x8000, b""),
+    );
+    seed(
+        &mut s,
+        "header-bad-headers-table",
+        content_header(60, 11, 0x2000, b"\0\0\0\x03\x01kZ"),
+    );
+    // Field table bodies.
+    seed(&mut s, "table-every-type", table_body(&every_type_table()));
+    let mut nan32 = b"\x03nanf".to_vec();
+    nan32.extend_from_slice(&f32::NAN.to_bits().to_be_bytes());
+    seed(&mut s, "table-nan-f32", nan32);
+    let mut nan64 = b"\x03nand".to_vec();
+    nan64.extend_from_slice(&f64::NAN.to_bits().to_be_bytes());
+    seed(&mut s, "table-nan-f64", nan64);
+    let mut inf = b"\x03infd".to_vec();
+    inf.extend_from_slice(&f64::INFINITY.to_bits().to_be_bytes());
+    seed(&mut s, "table-inf-f64", inf);
+    seed(&mut s, "table-bad-type", b"\x01kZ");
+    seed(&mut s, "table-lying-length", b"\x01kF\x00\x00\x00\x09ab");
+    seed(&mut s, "table-key-without-value", b"\x01k");
+    seed(
+        &mut s,
+        "table-deep-tables",
+        nested(MAX_TABLE_DEPTH + 2, b'F'),
+    );
+    seed(
+        &mut s,
+        "table-deep-arrays",
+        nested(MAX_TABLE_DEPTH + 2, b'A'),
+    );
+    seed(
+        &mut s,
+        "table-max-depth-arrays",
+        nested(MAX_TABLE_DEPTH, b'A'),
+    );
+    let mut non_utf8_key = vec![255u8];
+    non_utf8_key.extend_from_slice(&[0xff; 255]);
+    non_utf8_key.push(b'V');
+    seed(&mut s, "table-non-utf8-long-key", non_utf8_key);
+    seed(
+        &mut s,
+        "queue.declare-nan-argument",
+        method_payload(
+            ids::QUEUE_DECLARE,
+            &Args::new()
+                .u16(0)
+                .short(b"q")
+                .bit(false)
+                .bit(false)
+                .bit(false)
+                .bit(false)
+                .bit(false)
+                .table_body(&[&b"\x05x-ttlf"[..], &f32::NAN.to_bits().to_be_bytes()].concat())
+                .done(),
+        ),
+    );
+    s
+}
+
+fn client_handshake_seeds() -> Seeds {
+    let mut s = Seeds::new();
+    let header = &PROTOCOL_HEADER[..];
+    let plain = start_ok_plain(b"\0guest\0guest", true);
+    let tune = tune_ok(2047, 131_072, 60);
+    let open = encode::open("/").to_vec();
+    seed(&mut s, "full-plain", handshake_plain());
+    seed(&mut s, "full-amqplain", handshake_amqplain());
+    seed(
+        &mut s,
+        "full-plain-pipelined",
+        [
+            handshake_plain(),
+            encode::channel_open(1).to_vec(),
+            publish_frames(1),
+        ]
+        .concat(),
+    );
+    seed(
+        &mut s,
+        "heartbeats-between",
+        [header, &plain, HEARTBEAT, &tune, HEARTBEAT, &open].concat(),
+    );
+    seed(&mut s, "header-only", header);
+    seed(&mut s, "header-0-9-legacy", b"AMQP\x01\x01\x00\x09");
+    seed(&mut s, "header-0-10", b"AMQP\x00\x00\x0a\x00");
+    seed(&mut s, "header-http", b"GET / HTTP/1.1\r\n\r\n");
+    seed(
+        &mut s,
+        "close-during-handshake",
+        [
+            header,
+            &plain,
+            &encode::close(
+                0,
+                &Close {
+                    code: 200,
+                    text: "bye".into(),
+                    class_id: 0,
+                    method_id: 0,
+                },
+            ),
+        ]
+        .concat(),
+    );
+    let external = method::encode::start_ok(&method::StartOk {
+        client_properties: FieldTable::default(),
+        mechanism: "EXTERNAL".into(),
+        response: vec![],
+        locale: "en_US".into(),
+    });
+    seed(&mut s, "mechanism-external", [header, &external].concat());
+    seed(
+        &mut s,
+        "plain-malformed-close",
+        [header, &start_ok_plain(b"guest", true)].concat(),
+    );
+    seed(
+        &mut s,
+        "plain-malformed-drop",
+        [header, &start_ok_plain(b"guest", false)].concat(),
+    );
+    seed(
+        &mut s,
+        "amqplain-no-password",
+        [
+            header,
+            &method::encode::start_ok(&method::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "AMQPLAIN".into(),
+                response: table_body(&FieldTable::default().with("LOGIN", longstr("guest"))),
+                locale: "en_US".into(),
+            }),
+        ]
+        .concat(),
+    );
+    for (name, t) in [
+        ("tune-frame-max-too-small", tune_ok(0, 1024, 0)),
+        ("tune-frame-max-too-big", tune_ok(0, 1 << 20, 0)),
+        ("tune-channel-max-too-big", tune_ok(65535, 4096, 0)),
+        ("tune-zeros", tune_ok(0, 0, 0)),
+        ("tune-min", tune_ok(1, 4096, 1)),
+    ] {
+        seed(&mut s, name, [header, &plain, &t, &open].concat());
+    }
+    seed(&mut s, "open-before-tune", [header, &plain, &open].concat());
+    seed(&mut s, "tune-before-start-ok", [header, &tune].concat());
+    seed(
+        &mut s,
+        "body-during-handshake",
+        [header, &frame(FrameType::Body, 0, b"x")].concat(),
+    );
+    seed(
+        &mut s,
+        "method-on-channel-1",
+        [header, &encode::channel_open(1)].concat(),
+    );
+    seed(
+        &mut s,
+        "oversize-frame",
+        [header, &[1, 0, 0, 0, 0x01, 0, 0][..]].concat(),
+    );
+    seed(
+        &mut s,
+        "truncated-start-ok",
+        [header, &plain[..plain.len() / 2]].concat(),
+    );
+    let mut bad_end = plain.clone();
+    *bad_end.last_mut().unwrap() = 0;
+    seed(&mut s, "start-ok-bad-end", [header, &bad_end].concat());
+    seed(
+        &mut s,
+        "start-ok-bad-table",
+        [
+            header,
+            &method_frame(
+                0,
+                ids::CONNECTION_START_OK,
+                &Args::new()
+                    .table_body(b"\x01kZ")
+                    .short(b"PLAIN")
+                    .long(b"\0u\0p")
+                    .short(b"en_US")
+                    .done(),
+            ),
+        ]
+        .concat(),
+    );
+    s
+}
+
+/// A fuzz target's corpus folder name, its seeds, and its body.
+type Target = (&'static str, Seeds, fn(&[u8]));
+
+fn all_seeds() -> Vec<Target> {
+    use warren_core::fuzzing;
+    vec![
+        (
+            "frame_decoder",
+            frame_decoder_seeds(),
+            fuzzing::frame_decoder as fn(&[u8]),
+        ),
+        (
+            "method_decoder",
+            method_decoder_seeds(),
+            fuzzing::method_decoder,
+        ),
+        (
+            "client_handshake",
+            client_handshake_seeds(),
+            fuzzing::client_handshake,
+        ),
+    ]
+}
+
+#[test]
+fn seeds_pass_their_fuzz_bodies_and_are_written_on_request() {
+    let write = std::env::var_os("WARREN_WRITE_CORPUS").is_some();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let mut total = 0;
+    for (target, seeds, body) in all_seeds() {
+        assert!(!seeds.is_empty());
+        let dir = root.join(target);
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        for (name, bytes) in seeds {
+            assert!(
+                bytes.len() <= 4096,
+                "{target}/{name} is {} bytes; keep seeds small",
+                bytes.len()
+            );
+            body(&bytes);
+            if write {
+                std::fs::write(dir.join(&name), &bytes).unwrap();
+            }
+            total += 1;
+        }
+    }
+    assert!(total < 500, "{total} seeds; keep the corpus small");
+}
+
+#[test]
+fn seeds_hit_the_paths_they_are_named_for() {
+    // A few spot checks that the seeds are what their names say, so a silent change in a
+    // builder cannot turn the corpus into noise.
+    use warren_core::frame::{FrameDecoder, FrameError};
+    use warren_core::table::validate_table;
+    use warren_core::wire::WireError;
+    let seeds = frame_decoder_seeds();
+    let get = |seeds: &Seeds, n: &str| seeds.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    let mut buf = get(&seeds, "bad-end").as_slice().into();
+    assert_eq!(
+        FrameDecoder::new(4096).decode(&mut buf),
+        Err(FrameError::BadEnd(0))
+    );
+    let mut buf = get(&seeds, "session-plain").as_slice().into();
+    let mut n = 0;
+    while FrameDecoder::new(131_072)
+        .decode(&mut buf)
+        .unwrap()
+        .is_some()
+    {
+        n += 1;
+    }
+    assert_eq!((n, buf.len()), (11, 0));
+    let seeds = method_decoder_seeds();
+    assert_eq!(
+        validate_table(&get(&seeds, "table-deep-arrays"), 0),
+        Err(WireError::TooDeep)
+    );
+    assert_eq!(
+        validate_table(&get(&seeds, "table-max-depth-arrays"), 0),
+        Ok(())
+    );
+    assert_eq!(
+        validate_table(&get(&seeds, "table-nan-f64"), 0),
+        Err(WireError::BadFloat)
+    );
+    assert_eq!(validate_table(&get(&seeds, "table-every-type"), 0), Ok(()));
+    let everything = get(&seeds, "header-every-property");
+    assert_eq!(
+        warren_core::content::parse_header(&everything).map(|h| h.body_size),
+        Ok(1 << 40)
+    );
+}
