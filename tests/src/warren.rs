@@ -31,15 +31,16 @@ impl Warren {
     /// 127.0.0.1, upstream the test broker, everything else default.
     #[must_use]
     pub fn test_config() -> Config {
-        let mut config = Config::default();
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.metrics = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        config.upstream = UpstreamUrl {
-            tls: false,
-            host: crate::BROKER_HOST.to_owned(),
-            port: crate::BROKER_PORT,
-        };
-        config
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            upstream: UpstreamUrl {
+                tls: false,
+                host: crate::BROKER_HOST.to_owned(),
+                port: crate::BROKER_PORT,
+            },
+            ..Config::default()
+        }
     }
 
     /// Starts a warren with [`Warren::test_config`].

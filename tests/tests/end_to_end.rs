@@ -59,10 +59,9 @@ async fn lapin_publish(ch: &lapin::Channel, queue: &str, payload: &[u8]) -> Resu
 /// Gets the next message of `queue` (auto-ack), polling until one is there.
 async fn lapin_get(ch: &lapin::Channel, queue: &str) -> Result<lapin::message::BasicGetMessage> {
     wait_until(LIMIT, &format!("a message in {queue}"), || async move {
-        Ok(ch
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
-            .with_context(|| format!("basic.get on {queue}"))?)
+            .with_context(|| format!("basic.get on {queue}"))
     })
     .await
 }
