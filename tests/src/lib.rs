@@ -20,6 +20,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod http;
 pub mod names;
 pub mod wait;
 pub mod warren;

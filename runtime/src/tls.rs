@@ -1,0 +1,180 @@
+//! TLS on both legs, with rustls and the ring provider installed explicitly (no process-wide
+//! default): [`acceptor`] for the client listener, [`connector`] and [`server_name`] for an
+//! `amqps://` broker.
+
+use crate::config::{ListenerTls, UpstreamTls};
+use crate::Error;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use std::path::Path;
+use std::sync::Arc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Builds the listener's TLS acceptor; with `client_ca`, clients must present a certificate
+/// signed by it.
+pub fn acceptor(cfg: &ListenerTls) -> Result<TlsAcceptor, Error> {
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let builder = match &cfg.client_ca {
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
+                    .build()
+                    .map_err(|e| Error::Tls(format!("client CA {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(certs(&cfg.cert)?, private_key(&cfg.key)?)
+        .map_err(|e| {
+            Error::Tls(format!(
+                "{} with {}: {e}",
+                cfg.cert.display(),
+                cfg.key.display()
+            ))
+        })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Builds the connector towards the broker. Verification needs `ca` (the system's roots are
+/// not read, so that what is trusted is explicit); `verify = false` accepts any certificate
+/// and says so in the log.
+pub fn connector(cfg: &UpstreamTls) -> Result<TlsConnector, Error> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let builder = if cfg.verify {
+        let ca = cfg.ca.as_ref().ok_or_else(|| {
+            Error::Tls(
+                "upstream_ca is required to verify the broker (the system's root certificates \
+                 are not read); or set upstream_verify = false"
+                    .into(),
+            )
+        })?;
+        builder.with_root_certificates(roots(ca)?)
+    } else {
+        tracing::warn!(
+            "upstream_verify is false: the broker's certificate is not checked, so the \
+             connection to it can be intercepted"
+        );
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+    };
+    let config = match (&cfg.cert, &cfg.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(certs(cert)?, private_key(key)?)
+            .map_err(|e| Error::Tls(format!("{} with {}: {e}", cert.display(), key.display())))?,
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(Error::Tls(
+                "upstream_cert and upstream_key must be set together".into(),
+            ))
+        }
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The name to verify the broker as and to send as SNI: `server_name` if set, else the
+/// upstream URL's `host` (a DNS name or an IP address).
+pub fn server_name(cfg: &UpstreamTls, host: &str) -> Result<ServerName<'static>, Error> {
+    let name = cfg.server_name.as_deref().unwrap_or(host);
+    ServerName::try_from(name.to_owned()).map_err(|_| {
+        Error::Tls(format!(
+            "`{name}` is neither a DNS name nor an IP address to verify the broker as"
+        ))
+    })
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in a PEM file (at least one).
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| Error::Tls(format!("certificates in {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "{}: no PEM certificate in the file",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| Error::Tls(format!("private key in {}: {e}", path.display())))
+}
+
+/// The trust anchors in a PEM file.
+fn roots(path: &Path) -> Result<RootCertStore, Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| Error::Tls(format!("CA certificate in {}: {e}", path.display())))?;
+    }
+    Ok(roots)
+}
+
+/// `upstream_verify = false`: any certificate is accepted, but the handshake signatures are
+/// still checked so that the session keys belong to whoever presented it.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
