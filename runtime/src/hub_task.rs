@@ -34,6 +34,7 @@ pub(crate) struct Joined {
 }
 
 /// Messages from upstream connection tasks.
+#[allow(clippy::large_enum_variant)] // Frame batches are the common case; boxing them would allocate per read.
 enum UpstreamMsg {
     /// The dial succeeded; frames will follow.
     Ready { upstream: UpstreamId, sink: Sink },
@@ -165,11 +166,15 @@ impl<N: Network> HubTask<N> {
     fn join(&mut self, join: Join) {
         let Join { hello, sink, reply } = join;
         let id = self.hub.add_client(now(), *hello);
-        put(&mut self.clients, id.index(), ClientSlot {
-            id,
-            sink,
-            slow: false,
-        });
+        put(
+            &mut self.clients,
+            id.index(),
+            ClientSlot {
+                id,
+                sink,
+                slow: false,
+            },
+        );
         let joined = Joined {
             client: id,
             inputs: self.client_tx.clone(),
@@ -254,7 +259,9 @@ impl<N: Network> HubTask<N> {
                 channel_max,
                 frame_max,
                 heartbeat,
-            } => tracing::info!(%upstream, %user, %vhost, channel_max, frame_max, heartbeat, "upstream connected"),
+            } => {
+                tracing::info!(%upstream, %user, %vhost, channel_max, frame_max, heartbeat, "upstream connected")
+            }
             HubEvent::UpstreamFailed { upstream, reply } => {
                 tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection failed")
             }
@@ -273,8 +280,12 @@ impl<N: Network> HubTask<N> {
                 tracing::warn!(%client, %user, %vhost, "client is not reading its deliveries; disconnecting it")
             }
             HubEvent::HeartbeatMissed { peer } => match peer {
-                Peer::Client(c) => tracing::info!(client = %c, %user, %vhost, "client missed heartbeats"),
-                Peer::Upstream(u) => tracing::warn!(upstream = %u, %user, %vhost, "broker missed heartbeats"),
+                Peer::Client(c) => {
+                    tracing::info!(client = %c, %user, %vhost, "client missed heartbeats")
+                }
+                Peer::Upstream(u) => {
+                    tracing::warn!(upstream = %u, %user, %vhost, "broker missed heartbeats")
+                }
             },
             HubEvent::ReconnectScheduled { at, failures } => {
                 let delay = at.saturating_duration_since(now());
@@ -287,11 +298,15 @@ impl<N: Network> HubTask<N> {
     /// Dials the broker for `id`: TCP, then TLS if configured; then runs the upstream reader.
     fn dial(&mut self, id: UpstreamId) {
         let cancel = self.ctx.abort.child_token();
-        put(&mut self.upstreams, id.index(), UpstreamSlot {
-            id,
-            sink: None,
-            cancel: cancel.clone(),
-        });
+        put(
+            &mut self.upstreams,
+            id.index(),
+            UpstreamSlot {
+                id,
+                sink: None,
+                cancel: cancel.clone(),
+            },
+        );
         let ctx = self.ctx.clone();
         let tx = self.upstream_tx.clone();
         tokio::spawn(async move {
@@ -310,29 +325,45 @@ impl<N: Network> HubTask<N> {
                 Err(reason) => {
                     let reason = format!("{reason} ({})", ctx.config.upstream);
                     let _ = tx
-                        .send(UpstreamMsg::Input(Input::UpstreamClosed { upstream: id, reason }))
+                        .send(UpstreamMsg::Input(Input::UpstreamClosed {
+                            upstream: id,
+                            reason,
+                        }))
                         .await;
                     return;
                 }
             };
             let (mut r, w) = tokio::io::split(stream);
             let sink = spawn_writer(w, cancel.clone(), UPSTREAM_HIGH_WATER / 2);
-            if tx.send(UpstreamMsg::Ready { upstream: id, sink }).await.is_err() {
+            if tx
+                .send(UpstreamMsg::Ready { upstream: id, sink })
+                .await
+                .is_err()
+            {
                 return;
             }
             let decoder = FrameDecoder::new(ctx.config.frame_max);
             let end = read_frames(&mut r, bytes::BytesMut::new(), decoder, &cancel, |frames| {
                 let tx = tx.clone();
                 async move {
-                    tx.send(UpstreamMsg::Input(Input::UpstreamFrames { upstream: id, frames }))
-                        .await
-                        .is_ok()
+                    tx.send(UpstreamMsg::Input(Input::UpstreamFrames {
+                        upstream: id,
+                        frames,
+                    }))
+                    .await
+                    .is_ok()
                 }
             })
             .await;
             let input = match end {
-                ReadEnd::Closed(reason) => Input::UpstreamClosed { upstream: id, reason },
-                ReadEnd::Frame(error) => Input::UpstreamFrameError { upstream: id, error },
+                ReadEnd::Closed(reason) => Input::UpstreamClosed {
+                    upstream: id,
+                    reason,
+                },
+                ReadEnd::Frame(error) => Input::UpstreamFrameError {
+                    upstream: id,
+                    error,
+                },
                 ReadEnd::Cancelled => return,
             };
             let _ = tx.send(UpstreamMsg::Input(input)).await;

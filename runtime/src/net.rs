@@ -26,7 +26,11 @@ pub trait Network: Clone + Send + Sync + 'static {
     fn local_addr(&self, listener: &Self::Listener) -> io::Result<SocketAddr>;
 
     /// Connects to `host:port`, resolving the name the way the network does.
-    fn connect(&self, host: &str, port: u16) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    fn connect(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 }
 
 /// The production network: tokio TCP with `TCP_NODELAY` on every socket.

@@ -4,8 +4,8 @@
 
 use crate::conn::Sink;
 use crate::hub_task::{spawn_hub, Joined};
-use crate::server::Ctx;
 use crate::net::Network;
+use crate::server::Ctx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -81,7 +81,13 @@ impl Registry {
         let mut inner = self.lock();
         if inner.closed {
             let reply = Reply::new(reply::CONNECTION_FORCED, "warren is shutting down");
-            return Err((Refusal { reply, reason: "draining" }, join));
+            return Err((
+                Refusal {
+                    reply,
+                    reason: "draining",
+                },
+                join,
+            ));
         }
         let key = &join.hello.credentials;
         if let Some(r) = inner.auth_cache.check(now, key) {

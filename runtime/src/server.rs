@@ -2,8 +2,8 @@
 //! to its hub, and drains on shutdown (B14).
 
 use crate::admin::{AdminState, Readiness};
-use crate::conn::{read_frames, spawn_writer, BoxStream, ReadEnd, MIN_READ_CHUNK};
 use crate::config::Config;
+use crate::conn::{read_frames, spawn_writer, BoxStream, ReadEnd, MIN_READ_CHUNK};
 use crate::metrics::Metrics;
 use crate::net::Network;
 use crate::registry::{Join, Registry};
@@ -45,7 +45,10 @@ pub(crate) struct Ctx<N: Network> {
     pub(crate) config: Config,
     pub(crate) hub_config: HubConfig,
     pub(crate) acceptor: Option<tokio_rustls::TlsAcceptor>,
-    pub(crate) connector: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    pub(crate) connector: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) admin: Arc<AdminState>,
     pub(crate) registry: Registry,
@@ -258,7 +261,10 @@ async fn client_connection<N: Network>(ctx: &Arc<Ctx<N>>, stream: BoxStream, pee
     let done = ctx.abort.child_token();
     let sink = spawn_writer(w, done.clone(), 0);
     let name = hello.connection_name.clone().unwrap_or_default();
-    let (user, vhost) = (hello.credentials.user.clone(), hello.credentials.vhost.clone());
+    let (user, vhost) = (
+        hello.credentials.user.clone(),
+        hello.credentials.vhost.clone(),
+    );
     let frame_max = hello.tune.frame_max;
     let refuse = |refusal_reply: Reply, reason: &'static str, silent: bool| {
         ctx.metrics.refused(reason);
