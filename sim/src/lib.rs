@@ -1,1 +1,27 @@
-//! placeholder
+//! warren-sim: deterministic simulation of warren (DESIGN.md R1).
+//!
+//! Two layers:
+//!
+//! 1. **The pure-core world** ([`world`]): the real `warren_core::hub::Hub` and
+//!    `ClientHandshake` with a sans-IO fake broker ([`broker`]) and scripted fake clients
+//!    ([`client`]), stepped in virtual time with no async at all. Thousands of seeds per
+//!    second in release. Faults come from a [`plan::FaultPlan`] drawn from the seed; the
+//!    invariants of [`check`] are checked after every run.
+//! 2. **The real runtime under turmoil** (see `README.md`): `warren_runtime::Server` as a
+//!    turmoil host, a scripted broker host built on the same [`broker`] logic, client hosts,
+//!    and turmoil's crash, partition and hold faults.
+//!
+//! A seed is everything: `SIM_SEED=n` replays one run exactly, `SIM_SEEDS=N` sweeps many.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod broker;
+pub mod check;
+pub mod client;
+pub mod plan;
+pub mod scenario;
+pub mod seeds;
+pub mod tag;
+pub mod trace;
+pub mod world;

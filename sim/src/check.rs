@@ -1,0 +1,704 @@
+//! The invariants of DESIGN.md R1, checked on every run.
+//!
+//! Some are checked as the run goes (the [`Observer`] watches every hub output and event the
+//! world carries out): heartbeat gaps in warren's sends, false deaths, reconnect spacing.
+//! The clients and the broker check what they receive themselves (routing, order, content
+//! sequencing, connection-level protocol errors). The rest is checked at the end from what
+//! everybody recorded: how every client ended, confirms that never arrived, leaks, drain.
+
+use crate::broker::BrokerLog;
+use crate::client::{End, FakeClient, Misbehaviour};
+use crate::plan::Fault;
+use crate::scenario::Scenario;
+use crate::trace::stamp;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+use warren_core::hub::BackoffConfig;
+use warren_core::reply;
+
+/// Which promise a violation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Invariant {
+    /// A frame reached the wrong client or channel, or arrived out of sequence, as seen by
+    /// the client that got it.
+    Routing,
+    /// Per-channel order of publishes or deliveries was not kept.
+    Order,
+    /// A client neither finished its script nor got a `Connection.Close` with a proper code.
+    ClientOutcome,
+    /// An upstream channel, connection or exclusive queue outlived the clients that used it.
+    ChannelLeak,
+    /// warren's heartbeats were late, or it declared a live peer dead.
+    Heartbeat,
+    /// A reconnect came sooner than the backoff allows.
+    Backoff,
+    /// A drain overran its deadline.
+    Drain,
+    /// A confirm the broker sent never reached the client.
+    ConfirmLost,
+    /// The broker saw something RabbitMQ would close the shared connection for (B7).
+    BrokerProtocol,
+    /// Something never finished.
+    Hang,
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Invariant::Routing => "routing",
+            Invariant::Order => "order",
+            Invariant::ClientOutcome => "client-outcome",
+            Invariant::ChannelLeak => "leak",
+            Invariant::Heartbeat => "heartbeat",
+            Invariant::Backoff => "backoff",
+            Invariant::Drain => "drain",
+            Invariant::ConfirmLost => "confirm-lost",
+            Invariant::BrokerProtocol => "broker-protocol",
+            Invariant::Hang => "hang",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    /// When it was noticed (virtual time since the start).
+    pub at: Duration,
+    /// Which invariant.
+    pub invariant: Invariant,
+    /// What happened.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {} {}", self.invariant, stamp(self.at), self.detail)
+    }
+}
+
+/// Heartbeat bookkeeping of one leg.
+#[derive(Debug, Clone)]
+struct Hb {
+    interval: Option<Duration>,
+    last_send: Instant,
+    last_rx: Instant,
+    active: bool,
+}
+
+impl Hb {
+    fn new(now: Instant) -> Self {
+        Hb {
+            interval: None,
+            last_send: now,
+            last_rx: now,
+            active: false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct HubObs {
+    failures: u32,
+    floor: Option<(Instant, String)>,
+}
+
+/// Lateness tolerated in warren's heartbeat sends (the world fires timers exactly).
+const HB_SLACK: Duration = Duration::from_millis(1);
+
+/// Watches a run and collects violations.
+#[derive(Debug)]
+pub struct Observer {
+    epoch: Instant,
+    backoff: BackoffConfig,
+    violations: Vec<Violation>,
+    clients_hb: BTreeMap<u32, Hb>,
+    ups_hb: BTreeMap<u32, Hb>,
+    hubs: BTreeMap<u32, HubObs>,
+    ended: BTreeSet<u32>,
+    joined: BTreeSet<u32>,
+    slow: BTreeSet<u32>,
+    handshake_closed: BTreeSet<u32>,
+    broken: BTreeSet<u32>,
+    closed_with: BTreeMap<u32, u16>,
+    drain: Option<(Instant, Instant)>,
+    hubs_gone_at: Option<Instant>,
+    disturbances: Vec<(Instant, Option<Instant>)>,
+}
+
+fn is_connection_close(data: &[u8]) -> bool {
+    data.len() >= 12 && data[0] == 1 && data[1..3] == [0, 0] && data[7..11] == [0, 10, 0, 50]
+}
+
+impl Observer {
+    /// An observer for a run of `sc` starting at `epoch`.
+    #[must_use]
+    pub fn new(epoch: Instant, sc: &Scenario) -> Self {
+        Observer {
+            epoch,
+            backoff: sc.hub.backoff,
+            violations: Vec::new(),
+            clients_hb: BTreeMap::new(),
+            ups_hb: BTreeMap::new(),
+            hubs: BTreeMap::new(),
+            ended: BTreeSet::new(),
+            joined: BTreeSet::new(),
+            slow: BTreeSet::new(),
+            handshake_closed: BTreeSet::new(),
+            broken: BTreeSet::new(),
+            closed_with: BTreeMap::new(),
+            drain: None,
+            hubs_gone_at: None,
+            disturbances: Vec::new(),
+        }
+    }
+
+    /// Records a violation.
+    pub fn violation(&mut self, now: Instant, invariant: Invariant, detail: impl Into<String>) {
+        self.violations.push(Violation {
+            at: now.duration_since(self.epoch),
+            invariant,
+            detail: detail.into(),
+        });
+    }
+
+    /// The violations found so far.
+    #[must_use]
+    pub fn take_violations(&mut self) -> Vec<Violation> {
+        std::mem::take(&mut self.violations)
+    }
+
+    fn rel(&self, t: Instant) -> String {
+        stamp(t.duration_since(self.epoch))
+    }
+
+    // ----- clients ----------------------------------------------------------------------
+
+    /// First time the client is seen ended; returns whether this is the first time.
+    pub fn note_client_end(&mut self, cid: u32) -> bool {
+        self.ended.insert(cid)
+    }
+
+    /// The client's handshake machine closed its socket (timeout, bad header, refusal).
+    pub fn handshake_closed(&mut self, cid: u32) {
+        self.handshake_closed.insert(cid);
+    }
+
+    /// The runtime reported the client slow.
+    pub fn slow_reported(&mut self, cid: u32) {
+        self.slow.insert(cid);
+    }
+
+    /// The network broke the client's connection.
+    pub fn client_link_broken(&mut self, cid: u32) {
+        self.broken.insert(cid);
+    }
+
+    /// The client entered a hub with this negotiated heartbeat.
+    pub fn client_joined(&mut self, now: Instant, cid: u32, heartbeat: u16) {
+        self.joined.insert(cid);
+        let mut hb = Hb::new(now);
+        hb.interval = (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat)));
+        hb.active = true;
+        self.clients_hb.insert(cid, hb);
+    }
+
+    /// The hub got frames from the client.
+    pub fn client_sent(&mut self, now: Instant, cid: u32) {
+        if let Some(hb) = self.clients_hb.get_mut(&cid) {
+            hb.last_rx = now;
+        }
+    }
+
+    fn check_gap(&mut self, now: Instant, who: String, hb: &Hb) {
+        if let (true, Some(i)) = (hb.active, hb.interval) {
+            let gap = now.duration_since(hb.last_send);
+            if gap > i / 2 + HB_SLACK {
+                let from = self.rel(hb.last_send);
+                self.violation(
+                    now,
+                    Invariant::Heartbeat,
+                    format!(
+                        "warren sent nothing to {who} for {}ms (from {from}), heartbeat {}s: the limit is half of it",
+                        gap.as_millis(),
+                        i.as_secs()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// warren queued bytes for the client.
+    pub fn proxy_sent_client(&mut self, now: Instant, cid: u32, data: &[u8]) {
+        let Some(hb) = self.clients_hb.get(&cid).cloned() else {
+            return;
+        };
+        self.check_gap(now, format!("c{cid}"), &hb);
+        let hb = self.clients_hb.get_mut(&cid).expect("present");
+        hb.last_send = now;
+        if is_connection_close(data) {
+            hb.active = false;
+        }
+    }
+
+    /// warren closed the client's socket.
+    pub fn proxy_closed_client(&mut self, now: Instant, cid: u32) {
+        if let Some(hb) = self.clients_hb.get(&cid).cloned() {
+            self.check_gap(now, format!("c{cid}"), &hb);
+            self.clients_hb.get_mut(&cid).expect("present").active = false;
+        }
+    }
+
+    /// The hub closed the client with this code.
+    pub fn proxy_closed_client_with(&mut self, cid: u32, code: u16) {
+        self.closed_with.insert(cid, code);
+    }
+
+    /// The hub declared the client dead for missed heartbeats.
+    pub fn client_declared_dead(&mut self, now: Instant, cid: u32) {
+        let Some(hb) = self.clients_hb.get(&cid).cloned() else {
+            return;
+        };
+        if let Some(i) = hb.interval {
+            let silent = now.duration_since(hb.last_rx);
+            if silent < i * 2 {
+                let last = self.rel(hb.last_rx);
+                self.violation(
+                    now,
+                    Invariant::Heartbeat,
+                    format!(
+                        "warren declared c{cid} dead after {}ms of silence (last frame at {last}), heartbeat {}s",
+                        silent.as_millis(),
+                        i.as_secs()
+                    ),
+                );
+            }
+        }
+    }
+
+    // ----- upstreams --------------------------------------------------------------------
+
+    /// A hub dialled the broker.
+    pub fn dialed(&mut self, now: Instant, hid: u32, uid: u32) {
+        self.ups_hb.insert(uid, Hb::new(now));
+        let floor = self.hubs.entry(hid).or_default().floor.take();
+        if let Some((t, why)) = floor {
+            if now < t {
+                let (at, allowed) = (self.rel(now), self.rel(t));
+                self.violation(
+                    now,
+                    Invariant::Backoff,
+                    format!("h{hid} dialled u{uid} at {at}, before {allowed} ({why})"),
+                );
+            }
+        }
+    }
+
+    /// warren queued bytes for the broker on `uid`.
+    pub fn proxy_sent_upstream(&mut self, now: Instant, uid: u32, data: &[u8]) {
+        let Some(hb) = self.ups_hb.get(&uid).cloned() else {
+            return;
+        };
+        self.check_gap(now, format!("u{uid}"), &hb);
+        let hb = self.ups_hb.get_mut(&uid).expect("present");
+        hb.last_send = now;
+        if is_connection_close(data) {
+            hb.active = false;
+        }
+    }
+
+    /// warren closed an upstream socket.
+    pub fn proxy_closed_upstream(&mut self, now: Instant, uid: u32) {
+        if let Some(hb) = self.ups_hb.get(&uid).cloned() {
+            self.check_gap(now, format!("u{uid}"), &hb);
+            self.ups_hb.get_mut(&uid).expect("present").active = false;
+        }
+    }
+
+    /// The hub got frames from the broker on `uid`.
+    pub fn upstream_sent(&mut self, now: Instant, uid: u32) {
+        if let Some(hb) = self.ups_hb.get_mut(&uid) {
+            hb.last_rx = now;
+        }
+    }
+
+    /// An upstream finished its handshake with this heartbeat.
+    pub fn upstream_open(&mut self, _now: Instant, hid: u32, uid: u32, heartbeat: u16) {
+        let h = self.hubs.entry(hid).or_default();
+        h.failures = 0;
+        h.floor = None;
+        if let Some(hb) = self.ups_hb.get_mut(&uid) {
+            hb.interval = (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat)));
+            hb.active = true;
+        }
+    }
+
+    /// A dial or handshake failed; `others` upstreams of the hub are still alive.
+    pub fn upstream_failed(
+        &mut self,
+        now: Instant,
+        hid: u32,
+        uid: Option<u32>,
+        code: u16,
+        others: usize,
+    ) {
+        if let Some(uid) = uid {
+            if let Some(hb) = self.ups_hb.get_mut(&uid) {
+                hb.active = false;
+            }
+        }
+        let backoff = self.backoff;
+        let h = self.hubs.entry(hid).or_default();
+        h.failures += 1;
+        let login = matches!(code, reply::ACCESS_REFUSED | reply::NOT_ALLOWED);
+        if others == 0 && !login && self.drain.is_none() {
+            let lower = backoff.step(h.failures - 1) / 2;
+            let t = now + lower;
+            if h.floor.as_ref().is_none_or(|(f, _)| *f < t) {
+                h.floor = Some((
+                    t,
+                    format!(
+                        "{} consecutive failures, backoff at least {}ms",
+                        h.failures,
+                        lower.as_millis()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// An open upstream was lost.
+    pub fn upstream_lost(&mut self, _now: Instant, _hid: u32, uid: Option<u32>) {
+        if let Some(uid) = uid {
+            if let Some(hb) = self.ups_hb.get_mut(&uid) {
+                hb.active = false;
+            }
+        }
+    }
+
+    /// The hub scheduled a reconnect at `at` after `failures` failures.
+    pub fn reconnect_scheduled(&mut self, now: Instant, hid: u32, at: Instant, failures: u32) {
+        let backoff = self.backoff;
+        let h = self.hubs.entry(hid).or_default();
+        let mine = h.failures;
+        let step = backoff.step(failures.max(1) - 1);
+        let delay = at.duration_since(now);
+        let mut problems = Vec::new();
+        if failures != mine {
+            problems.push(format!(
+                "h{hid} scheduled a reconnect after {failures} failures, but {mine} dials failed in a row"
+            ));
+        }
+        if delay < step / 2 || delay > step {
+            problems.push(format!(
+                "h{hid} reconnect delay {}ms outside [{}ms, {}ms] for {failures} failures",
+                delay.as_millis(),
+                (step / 2).as_millis(),
+                step.as_millis()
+            ));
+        }
+        if h.floor.as_ref().is_none_or(|(f, _)| *f < at) {
+            h.floor = Some((
+                at,
+                format!("the reconnect scheduled after {failures} failures"),
+            ));
+        }
+        for p in problems {
+            self.violation(now, Invariant::Backoff, p);
+        }
+    }
+
+    /// The hub declared an upstream dead for missed heartbeats.
+    pub fn upstream_declared_dead(&mut self, now: Instant, uid: u32) {
+        let Some(hb) = self.ups_hb.get(&uid).cloned() else {
+            return;
+        };
+        if let Some(i) = hb.interval {
+            let silent = now.duration_since(hb.last_rx);
+            if silent < i * 2 {
+                let last = self.rel(hb.last_rx);
+                self.violation(
+                    now,
+                    Invariant::Heartbeat,
+                    format!(
+                        "warren declared u{uid} dead after {}ms of silence (last frame at {last}), heartbeat {}s",
+                        silent.as_millis(),
+                        i.as_secs()
+                    ),
+                );
+            }
+        }
+    }
+
+    // ----- faults and hubs --------------------------------------------------------------
+
+    /// A fault began.
+    pub fn fault_started(&mut self, now: Instant, fault: &Fault) {
+        match fault {
+            Fault::Drain { timeout } => self.drain = Some((now, now + *timeout)),
+            Fault::BrokerCrash { .. }
+            | Fault::BrokerSilentDeath { .. }
+            | Fault::Partition { .. }
+            | Fault::Hold { .. }
+            | Fault::ConnBreaks { .. } => self.disturbances.push((now, None)),
+            _ => {}
+        }
+    }
+
+    /// A fault healed.
+    pub fn fault_ended(&mut self, now: Instant, fault: &Fault) {
+        if matches!(
+            fault,
+            Fault::BrokerCrash { .. }
+                | Fault::BrokerSilentDeath { .. }
+                | Fault::Partition { .. }
+                | Fault::Hold { .. }
+                | Fault::ConnBreaks { .. }
+        ) {
+            if let Some(d) = self.disturbances.iter_mut().find(|d| d.1.is_none()) {
+                d.1 = Some(now);
+            }
+        }
+    }
+
+    /// Some hubs finished and were removed.
+    pub fn hubs_retired(&mut self, now: Instant) {
+        self.hubs_gone_at = Some(now);
+    }
+
+    fn disturbed(&self, t: Instant, margin: Duration) -> bool {
+        self.disturbances
+            .iter()
+            .any(|(a, b)| t >= *a && b.is_none_or(|b| t <= b + margin))
+    }
+
+    // ----- the end ------------------------------------------------------------------------
+
+    /// Checks everything that can only be judged at the end.
+    #[allow(clippy::too_many_lines)]
+    pub fn final_checks(
+        &mut self,
+        now: Instant,
+        clients: &[&FakeClient],
+        log: &BrokerLog,
+        sc: &Scenario,
+        close_timeout: Duration,
+    ) {
+        for (cid, hb) in self.clients_hb.clone() {
+            self.check_gap(now, format!("c{cid}"), &hb);
+        }
+        for (uid, hb) in self.ups_hb.clone() {
+            self.check_gap(now, format!("u{uid}"), &hb);
+        }
+        for v in &log.violations {
+            let at = self.rel(v.at);
+            self.violation(
+                v.at,
+                Invariant::BrokerProtocol,
+                format!(
+                    "the broker got a connection-level error on its connection {} at {at}: {} {}",
+                    v.conn, v.code, v.text
+                ),
+            );
+        }
+        for (t, e) in &log.publish_errors {
+            let inv = if e.contains("order") {
+                Invariant::Order
+            } else {
+                Invariant::Routing
+            };
+            self.violation(*t, inv, e.clone());
+        }
+        for (t, conn) in &log.peer_timeouts {
+            if !self.disturbed(*t, Duration::from_secs(12)) {
+                self.violation(
+                    *t,
+                    Invariant::Heartbeat,
+                    format!("the broker dropped its connection {conn} for missed heartbeats from warren"),
+                );
+            }
+        }
+        let mut by_client: BTreeMap<u32, &FakeClient> = BTreeMap::new();
+        for c in clients {
+            by_client.insert(c.id, c);
+        }
+        for c in clients {
+            self.client_checks(now, c, sc);
+        }
+        // Confirms the broker sent must reach clients that were not closed.
+        let mut lost: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (t, o) in &log.confirmed {
+            let Some(c) = by_client.get(&o.client) else {
+                continue;
+            };
+            if c.acked.contains(&(o.channel, o.seq)) || c.nacked.contains(&(o.channel, o.seq)) {
+                continue;
+            }
+            let excused = !matches!(c.end, Some((_, End::Finished)))
+                || c.channel_closes.iter().any(|(ch, _)| *ch == o.channel);
+            if !excused {
+                lost.entry(o.client).or_default().push(format!(
+                    "#{} (confirmed at {})",
+                    o.seq,
+                    self.rel(*t)
+                ));
+            }
+        }
+        for (cid, seqs) in lost {
+            self.violation(
+                now,
+                Invariant::ConfirmLost,
+                format!(
+                    "c{cid} finished, but never got the confirms the broker sent for {}",
+                    seqs.join(", ")
+                ),
+            );
+        }
+        // Drain within its deadline.
+        if let Some((start, deadline)) = self.drain {
+            let slack = Duration::from_millis(50);
+            let clients_by = deadline + close_timeout + slack;
+            for c in clients {
+                if !self.joined.contains(&c.id) {
+                    continue;
+                }
+                if let Some((t, _)) = &c.end {
+                    if *t > clients_by && *t > start {
+                        let (at, by) = (self.rel(*t), self.rel(clients_by));
+                        self.violation(
+                            *t,
+                            Invariant::Drain,
+                            format!("c{} was still connected at {at}, after the drain deadline plus close timeout ({by})", c.id),
+                        );
+                    }
+                }
+            }
+            let hub_bound = deadline + close_timeout + sc.hub.connect_timeout + slack;
+            match self.hubs_gone_at {
+                Some(t) if t <= hub_bound => {}
+                Some(t) => {
+                    let (at, by) = (self.rel(t), self.rel(hub_bound));
+                    self.violation(
+                        t,
+                        Invariant::Drain,
+                        format!("the last hub finished at {at}, after the drain bound {by}"),
+                    );
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn client_checks(&mut self, now: Instant, c: &FakeClient, sc: &Scenario) {
+        let cid = c.id;
+        for v in &c.violations {
+            let inv = if v.contains("order broken") {
+                Invariant::Order
+            } else {
+                Invariant::Routing
+            };
+            self.violation(now, inv, format!("c{cid} ({}): {v}", c.spec.kind));
+        }
+        let wrong_password = c.spec.password != "guest";
+        let wrong_vhost = c.spec.vhost != "/";
+        let misbehaved = c.misbehaviour();
+        let kind = c.spec.kind;
+        let Some((t, end)) = c.end.clone() else {
+            self.violation(
+                now,
+                Invariant::Hang,
+                format!("c{cid} ({kind}) never finished: {}", c.waiting_for()),
+            );
+            return;
+        };
+        let bad = |s: &mut Self, what: String| {
+            s.violation(
+                t,
+                Invariant::ClientOutcome,
+                format!("c{cid} ({kind}) {what}"),
+            );
+        };
+        match &end {
+            End::Finished | End::Left => {
+                if wrong_password || wrong_vhost {
+                    bad(self, format!("got in with a wrong login: {end}"));
+                }
+            }
+            End::Closed(code, text) => {
+                let code = *code;
+                let valid = code != 0 && reply::code_name(code) != "UNKNOWN";
+                if !valid {
+                    bad(
+                        self,
+                        format!("was closed with an invalid code {code} {text:?}"),
+                    );
+                } else if let Some(m) = misbehaved {
+                    let expect = m.expected_code();
+                    if expect != Some(code) && code != reply::CONNECTION_FORCED {
+                        bad(
+                            self,
+                            format!("misbehaved ({m:?}) and was closed with {code} {text:?}, expected {expect:?}"),
+                        );
+                    }
+                } else if wrong_password {
+                    if code != reply::ACCESS_REFUSED && code != reply::CONNECTION_FORCED {
+                        bad(
+                            self,
+                            format!("had a wrong password and got {code} {text:?}, expected 403"),
+                        );
+                    }
+                } else if wrong_vhost {
+                    if code != reply::NOT_ALLOWED && code != reply::CONNECTION_FORCED {
+                        bad(
+                            self,
+                            format!(
+                                "asked for a missing vhost and got {code} {text:?}, expected 530"
+                            ),
+                        );
+                    }
+                } else if code != reply::CONNECTION_FORCED {
+                    bad(
+                        self,
+                        format!("behaved well but was closed with {code} {text:?}"),
+                    );
+                }
+            }
+            End::Dropped => {
+                // A Close the client never read (it stopped reading or froze) is still a Close.
+                let excused = self.slow.contains(&cid)
+                    || self.closed_with.contains_key(&cid)
+                    || self.handshake_closed.contains(&cid)
+                    || (wrong_password && !c.spec.failure_close);
+                if !excused {
+                    bad(
+                        self,
+                        "lost its connection without a Connection.Close".into(),
+                    );
+                }
+            }
+            End::Broken => {
+                if !self.broken.contains(&cid) {
+                    bad(self, "saw its connection reset without a fault".into());
+                }
+            }
+            End::Refused => {
+                if self.drain.is_none() {
+                    bad(self, "was refused while warren was not draining".into());
+                }
+            }
+        }
+        if misbehaved == Some(Misbehaviour::FlowInactive) && matches!(end, End::Closed(..)) {
+            // Tolerated misbehaviour: closing it is a bug unless something else closed it.
+            if let End::Closed(code, text) = &end {
+                if *code != reply::CONNECTION_FORCED {
+                    bad(
+                        self,
+                        format!("sent channel.flow(false) and was closed: {code} {text:?}"),
+                    );
+                }
+            }
+        }
+        let _ = sc;
+    }
+}

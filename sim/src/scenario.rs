@@ -1,0 +1,569 @@
+//! A scenario: everything one run needs, drawn from its seed — configurations of warren and
+//! of the fake broker, network latencies, the clients and their scripts, and the fault plan.
+
+use crate::broker::BrokerConfig;
+use crate::client::{ClientSpec, Misbehaviour, Step, Target};
+use crate::plan::{Fault, FaultPlan, FaultProfile};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::Duration;
+use warren_core::handshake::HandshakeConfig;
+use warren_core::hub::{BackoffConfig, HubConfig, Placement};
+
+/// Network and driver parameters of the world (what the runtime would decide).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConfig {
+    /// One-way latency between clients and the proxy.
+    pub client_latency: Duration,
+    /// One-way latency between the proxy and the broker.
+    pub upstream_latency: Duration,
+    /// Bytes a client's kernel buffers hold before warren's own queue grows.
+    pub socket_buffer: usize,
+    /// Bytes queued for a client above which it is reported slow (`client_queue_bytes`).
+    pub client_queue_limit: usize,
+    /// How long a refused login is remembered (B2 negative cache).
+    pub auth_cache_ttl: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            client_latency: Duration::from_millis(1),
+            upstream_latency: Duration::from_millis(2),
+            socket_buffer: 16 * 1024,
+            client_queue_limit: 32 * 1024,
+            auth_cache_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One run's worth of configuration, clients and faults.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The seed it was drawn from (also seeds the world's own randomness).
+    pub seed: u64,
+    /// Every hub's configuration.
+    pub hub: HubConfig,
+    /// The client handshake configuration.
+    pub handshake: HandshakeConfig,
+    /// The fake broker.
+    pub broker: BrokerConfig,
+    /// Latencies and driver limits.
+    pub net: NetConfig,
+    /// Board slots: named (`q0`...) and dynamic (server-named).
+    pub board: (usize, usize),
+    /// The clients.
+    pub clients: Vec<ClientSpec>,
+    /// The faults.
+    pub plan: FaultPlan,
+    /// Hard end of the run (virtual time).
+    pub limit: Duration,
+}
+
+fn ms(rng: &mut ChaCha8Rng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.random_range(lo..=hi))
+}
+
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
+    xs[rng.random_range(0..xs.len())]
+}
+
+/// Board layout of random scenarios: named queues `q0..q2`, then dynamic slots.
+const NAMED: u32 = 3;
+const DYNAMIC: u32 = 24;
+
+impl Scenario {
+    /// A small quiet scenario with sane defaults and no clients, for hand-written tests.
+    #[must_use]
+    pub fn empty(seed: u64) -> Self {
+        Scenario {
+            seed,
+            hub: HubConfig {
+                upstream_heartbeat: 0,
+                connect_timeout: Duration::from_secs(2),
+                backoff: BackoffConfig {
+                    initial: Duration::from_millis(500),
+                    max: Duration::from_secs(4),
+                },
+                close_timeout: Duration::from_secs(1),
+                pool_idle_timeout: Duration::from_secs(3),
+                upstream_idle_timeout: Duration::from_secs(4),
+                ..HubConfig::default()
+            },
+            handshake: HandshakeConfig {
+                heartbeat: 2,
+                timeout: Duration::from_secs(3),
+                ..HandshakeConfig::default()
+            },
+            broker: BrokerConfig {
+                heartbeat: 2,
+                ..BrokerConfig::default()
+            },
+            net: NetConfig::default(),
+            board: (NAMED as usize, DYNAMIC as usize),
+            clients: Vec::new(),
+            plan: FaultPlan::none(),
+            limit: Duration::from_secs(120),
+        }
+    }
+
+    /// Draws a whole scenario from `seed`.
+    #[must_use]
+    pub fn random(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut s = Scenario::empty(seed);
+        s.broker = BrokerConfig {
+            channel_max: pick(&mut rng, &[3, 5, 16, 2047, 2047]),
+            frame_max: pick(&mut rng, &[4096, 8192, 131_072]),
+            heartbeat: pick(&mut rng, &[0, 1, 2, 3, 5]),
+            batch_confirms: rng.random_bool(0.5),
+            ..BrokerConfig::default()
+        };
+        s.hub = HubConfig {
+            upstream_frame_max: pick(&mut rng, &[4096, 131_072]),
+            upstream_heartbeat: pick(&mut rng, &[0, 0, 1, 2, 4]),
+            max_channels_per_upstream: pick(&mut rng, &[2, 4, 65_535, 65_535]),
+            max_upstreams: rng.random_range(1..=3),
+            placement: if rng.random_bool(0.5) {
+                Placement::Fill
+            } else {
+                Placement::Spread
+            },
+            connect_timeout: ms(&mut rng, 500, 3000),
+            backoff: BackoffConfig {
+                initial: ms(&mut rng, 100, 600),
+                max: ms(&mut rng, 1000, 4000),
+            },
+            max_message_size: 64 * 1024,
+            client_buffer_limit: 1024 * 1024,
+            recycling: rng.random_bool(0.7),
+            pool_size: rng.random_range(0..=4),
+            pool_idle_timeout: ms(&mut rng, 500, 5000),
+            upstream_idle_timeout: ms(&mut rng, 1000, 6000),
+            close_timeout: ms(&mut rng, 500, 2000),
+            ..HubConfig::default()
+        };
+        s.handshake = HandshakeConfig {
+            frame_max: pick(&mut rng, &[4096, 16_384, 131_072]),
+            channel_max: pick(&mut rng, &[8, 2047]),
+            heartbeat: rng.random_range(1..=5),
+            timeout: Duration::from_secs(3),
+        };
+        s.net.upstream_latency = ms(&mut rng, 1, 5);
+        s.net.client_latency = ms(&mut rng, 1, 3);
+        let plan = FaultPlan::random(&mut rng, &FaultProfile::default());
+        let mut b = Builder {
+            rng: &mut rng,
+            clients: Vec::new(),
+            next_dynamic: NAMED,
+        };
+        let n = b.rng.random_range(3..=9);
+        for _ in 0..n {
+            let start = ms(b.rng, 0, 15_000);
+            b.random_client(start);
+        }
+        for sf in &plan.faults {
+            b.fault_clients(sf.at, &sf.fault);
+        }
+        s.clients = b.clients;
+        s.plan = plan;
+        s
+    }
+}
+
+/// Builds client scripts from a random generator.
+struct Builder<'a> {
+    rng: &'a mut ChaCha8Rng,
+    clients: Vec<ClientSpec>,
+    next_dynamic: u32,
+}
+
+impl Builder<'_> {
+    fn dynamic_slot(&mut self) -> u32 {
+        let s = self.next_dynamic;
+        if self.next_dynamic < NAMED + DYNAMIC - 1 {
+            self.next_dynamic += 1;
+        }
+        s
+    }
+
+    fn named_slot(&mut self) -> u32 {
+        self.rng.random_range(0..NAMED)
+    }
+
+    fn size(&mut self) -> usize {
+        match self.rng.random_range(0..10u32) {
+            0..=6 => self.rng.random_range(18..=400),
+            7..=8 => self.rng.random_range(400..=5000),
+            _ => self.rng.random_range(5000..=40_000),
+        }
+    }
+
+    fn spec(&mut self, kind: &'static str, start: std::time::Duration, script: Vec<Step>) {
+        let mut c = ClientSpec::guest(kind, start, script);
+        c.frame_max = pick(self.rng, &[4096, 8192, 131_072, 131_072]);
+        c.heartbeat = match self.rng.random_range(0..10u32) {
+            0 => Some(0),
+            1..=2 => Some(self.rng.random_range(1..=3)),
+            _ => None,
+        };
+        c.blocked_cap = self.rng.random_bool(0.8);
+        c.failure_close = self.rng.random_bool(0.8);
+        c.amqplain = self.rng.random_bool(0.2);
+        self.clients.push(c);
+    }
+
+    fn ending(&mut self, script: &mut Vec<Step>, ch: u16) {
+        if self.rng.random_bool(0.6) {
+            script.push(Step::CloseChannel(ch));
+        }
+        match self.rng.random_range(0..10u32) {
+            0 => script.push(Step::Drop),
+            _ => script.push(Step::CloseConnection),
+        }
+    }
+
+    fn publisher(&mut self, start: Duration, confirm: bool) {
+        let ch = self.rng.random_range(1..=3);
+        let mut s = vec![Step::Open(ch)];
+        let named = self.rng.random_bool(0.7);
+        let slot = if named {
+            let slot = self.named_slot();
+            s.push(Step::Declare {
+                ch,
+                slot,
+                exclusive: false,
+            });
+            slot
+        } else {
+            // A dynamic slot: some consumer may or may not have posted a queue there.
+            self.rng
+                .random_range(NAMED..self.next_dynamic.max(NAMED + 1))
+        };
+        if confirm {
+            s.push(Step::Confirm(ch));
+        }
+        let n = self.rng.random_range(1..=20);
+        let mandatory = self.rng.random_bool(0.15);
+        for _ in 0..n {
+            let size = self.size();
+            s.push(Step::Publish {
+                ch,
+                to: Target::Slot(slot),
+                size,
+                mandatory,
+            });
+            if self.rng.random_bool(0.5) {
+                let d = ms(self.rng, 0, 400);
+                s.push(Step::Sleep(d));
+            }
+        }
+        if confirm {
+            s.push(Step::WaitConfirms(ch));
+        }
+        self.ending(&mut s, ch);
+        self.spec(
+            if confirm {
+                "confirm-publisher"
+            } else {
+                "publisher"
+            },
+            start,
+            s,
+        );
+    }
+
+    fn consumer(&mut self, start: Duration) {
+        let ch = self.rng.random_range(1..=3);
+        let mut s = vec![Step::Open(ch)];
+        let exclusive = self.rng.random_bool(0.5);
+        let slot = if exclusive {
+            self.dynamic_slot()
+        } else {
+            self.named_slot()
+        };
+        s.push(Step::Declare {
+            ch,
+            slot,
+            exclusive,
+        });
+        let prefetch = self.rng.random_range(0..=10);
+        s.push(Step::Qos(ch, prefetch));
+        s.push(Step::Consume {
+            ch,
+            slot,
+            no_ack: self.rng.random_bool(0.2),
+        });
+        let d = ms(self.rng, 500, 15_000);
+        s.push(Step::Sleep(d));
+        if self.rng.random_bool(0.7) {
+            s.push(Step::Cancel(ch));
+        }
+        self.ending(&mut s, ch);
+        self.spec("consumer", start, s);
+        if exclusive {
+            // Someone publishes to it.
+            let p_start = start + ms(self.rng, 50, 2000);
+            let n = self.rng.random_range(1..=15);
+            let pch = self.rng.random_range(1..=2);
+            let mut p = vec![Step::Open(pch)];
+            let confirm = self.rng.random_bool(0.5);
+            if confirm {
+                p.push(Step::Confirm(pch));
+            }
+            for _ in 0..n {
+                let size = self.size();
+                p.push(Step::Publish {
+                    ch: pch,
+                    to: Target::Slot(slot),
+                    size,
+                    mandatory: false,
+                });
+                let d = ms(self.rng, 0, 300);
+                p.push(Step::Sleep(d));
+            }
+            if confirm {
+                p.push(Step::WaitConfirms(pch));
+            }
+            self.ending(&mut p, pch);
+            self.spec("feeder", p_start, p);
+        }
+    }
+
+    fn getter(&mut self, start: Duration) {
+        let ch = 1;
+        let slot = self.named_slot();
+        let mut s = vec![
+            Step::Open(ch),
+            Step::Declare {
+                ch,
+                slot,
+                exclusive: false,
+            },
+        ];
+        for _ in 0..self.rng.random_range(1..=6) {
+            s.push(Step::Get { ch, slot });
+            let d = ms(self.rng, 0, 500);
+            s.push(Step::Sleep(d));
+        }
+        self.ending(&mut s, ch);
+        self.spec("getter", start, s);
+    }
+
+    fn multi_channel(&mut self, start: Duration) {
+        let k = self.rng.random_range(2..=6);
+        let mut s = Vec::new();
+        let chans: Vec<u16> = (1..=k).collect();
+        for &ch in &chans {
+            s.push(Step::Open(ch));
+        }
+        let slot = self.named_slot();
+        s.push(Step::Declare {
+            ch: 1,
+            slot,
+            exclusive: false,
+        });
+        for round in 0..self.rng.random_range(1..=4) {
+            for &ch in &chans {
+                let size = self.size();
+                s.push(Step::Publish {
+                    ch,
+                    to: Target::Slot(slot),
+                    size,
+                    mandatory: false,
+                });
+            }
+            if round % 2 == 1 {
+                let ch = chans[self.rng.random_range(0..chans.len())];
+                s.push(Step::CloseChannel(ch));
+                s.push(Step::Open(ch));
+            }
+        }
+        for &ch in &chans {
+            if self.rng.random_bool(0.5) {
+                s.push(Step::CloseChannel(ch));
+            }
+        }
+        s.push(Step::CloseConnection);
+        self.spec("multi-channel", start, s);
+    }
+
+    fn channel_error(&mut self, start: Duration) {
+        let slot = self.named_slot();
+        let s = vec![
+            Step::Open(1),
+            Step::Publish {
+                ch: 1,
+                to: Target::Exchange("missing-exchange".into(), "rk".into()),
+                size: 40,
+                mandatory: false,
+            },
+            Step::ExpectChannelClose(1),
+            Step::Open(1),
+            Step::Declare {
+                ch: 1,
+                slot,
+                exclusive: false,
+            },
+            Step::Publish {
+                ch: 1,
+                to: Target::Slot(slot),
+                size: 60,
+                mandatory: false,
+            },
+            Step::CloseConnection,
+        ];
+        self.spec("channel-error", start, s);
+    }
+
+    fn tx_client(&mut self, start: Duration) {
+        let slot = self.named_slot();
+        let s = vec![
+            Step::Open(1),
+            Step::TxSelect(1),
+            Step::Publish {
+                ch: 1,
+                to: Target::Slot(slot),
+                size: 100,
+                mandatory: false,
+            },
+            Step::TxCommit(1),
+            Step::CloseConnection,
+        ];
+        self.spec("tx", start, s);
+    }
+
+    fn exclusive_dropper(&mut self, start: Duration) {
+        let slot = self.dynamic_slot();
+        let s = vec![Step::Open(1), Step::DeclareAndDrop { ch: 1, slot }];
+        self.spec("exclusive-dropper", start, s);
+    }
+
+    fn churner(&mut self, start: Duration) {
+        let slot = self.named_slot();
+        let mut s = vec![Step::Open(1)];
+        if self.rng.random_bool(0.3) {
+            s.push(Step::Declare {
+                ch: 1,
+                slot,
+                exclusive: false,
+            });
+        }
+        s.push(Step::Publish {
+            ch: 1,
+            to: Target::Slot(slot),
+            size: 100,
+            mandatory: false,
+        });
+        if self.rng.random_bool(0.8) {
+            s.push(Step::CloseChannel(1));
+        }
+        s.push(if self.rng.random_bool(0.85) {
+            Step::CloseConnection
+        } else {
+            Step::Drop
+        });
+        self.spec("churner", start, s);
+    }
+
+    fn random_client(&mut self, start: Duration) {
+        match self.rng.random_range(0..100u32) {
+            0..=24 => self.publisher(start, false),
+            25..=44 => self.publisher(start, true),
+            45..=64 => self.consumer(start),
+            65..=72 => self.getter(start),
+            73..=82 => self.multi_channel(start),
+            83..=88 => self.channel_error(start),
+            89..=93 => self.tx_client(start),
+            94..=96 => self.exclusive_dropper(start),
+            _ => self.churner(start),
+        }
+    }
+
+    fn fault_clients(&mut self, at: Duration, fault: &Fault) {
+        match *fault {
+            Fault::ClientChurn { count, over } => {
+                for i in 0..count {
+                    let t = at + over * i / count.max(1);
+                    self.churner(t);
+                }
+            }
+            Fault::SlowClient => {
+                let slot = self.dynamic_slot();
+                let s = vec![
+                    Step::Open(1),
+                    Step::Declare {
+                        ch: 1,
+                        slot,
+                        exclusive: true,
+                    },
+                    Step::Consume {
+                        ch: 1,
+                        slot,
+                        no_ack: true,
+                    },
+                    Step::StopReading,
+                    Step::Sleep(Duration::from_secs(20)),
+                    Step::CloseConnection,
+                ];
+                self.spec("slow-consumer", at, s);
+                let mut p = vec![Step::Open(1)];
+                for _ in 0..80 {
+                    p.push(Step::Publish {
+                        ch: 1,
+                        to: Target::Slot(slot),
+                        size: 2000,
+                        mandatory: false,
+                    });
+                }
+                p.push(Step::CloseConnection);
+                self.spec("flooder", at + Duration::from_millis(500), p);
+            }
+            Fault::StalledClient { duration } => {
+                let slot = self.named_slot();
+                let s = vec![
+                    Step::Open(1),
+                    Step::Declare {
+                        ch: 1,
+                        slot,
+                        exclusive: false,
+                    },
+                    Step::Stall(duration),
+                    Step::Publish {
+                        ch: 1,
+                        to: Target::Slot(slot),
+                        size: 50,
+                        mandatory: false,
+                    },
+                    Step::CloseConnection,
+                ];
+                self.spec("staller", at, s);
+            }
+            Fault::Misbehaving { kind } => {
+                let mut s = vec![Step::Open(1)];
+                if kind == Misbehaviour::ConsumerTagReuse {
+                    s.push(Step::Declare {
+                        ch: 1,
+                        slot: 0,
+                        exclusive: false,
+                    });
+                }
+                s.push(Step::Misbehave(kind));
+                s.push(Step::CloseConnection);
+                self.spec("misbehaving", at, s);
+            }
+            Fault::WrongPassword { failure_close } => {
+                let mut c = ClientSpec::guest("wrong-password", at, vec![Step::CloseConnection]);
+                c.password = "wrong".into();
+                c.failure_close = failure_close;
+                self.clients.push(c);
+            }
+            Fault::WrongVhost => {
+                let mut c = ClientSpec::guest("wrong-vhost", at, vec![Step::CloseConnection]);
+                c.vhost = "nope".into();
+                self.clients.push(c);
+            }
+            _ => {}
+        }
+    }
+}

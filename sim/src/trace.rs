@@ -1,0 +1,227 @@
+//! The readable trace of a run: one line per frame that crosses a link, per hub event and per
+//! fault, with time relative to the world's epoch (`+1.500s`), world-level ids (`c1`, `u2`)
+//! and frames by name (`ch1 basic.publish`), never raw bytes or `Instant`s. Snapshots of
+//! named scenarios and failure reports are made of these lines.
+
+use crate::tag::Origin;
+use bytes::BytesMut;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+use warren_core::content::parse_header;
+use warren_core::frame::{Frame, FrameDecoder, FrameType, PROTOCOL_HEADER};
+use warren_core::method::{self, ids, Method};
+use warren_core::wire::Reader;
+
+/// A growing text trace. When disabled, nothing is formatted, so sweeps stay fast.
+#[derive(Debug)]
+pub struct Trace {
+    epoch: Instant,
+    enabled: bool,
+    text: String,
+}
+
+impl Trace {
+    /// A trace whose times count from `epoch`.
+    #[must_use]
+    pub fn new(epoch: Instant, enabled: bool) -> Self {
+        Trace {
+            epoch,
+            enabled,
+            text: String::new(),
+        }
+    }
+
+    /// Whether lines are being recorded (callers skip building them otherwise).
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Appends one line stamped with `now`.
+    pub fn line(&mut self, now: Instant, what: impl std::fmt::Display) {
+        if self.enabled {
+            let _ = writeln!(
+                self.text,
+                "{} {what}",
+                stamp(now.duration_since(self.epoch))
+            );
+        }
+    }
+
+    /// Everything recorded so far.
+    #[must_use]
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The last `n` lines, for failure reports.
+    #[must_use]
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let from = lines.len().saturating_sub(n);
+        let mut s = String::new();
+        if from > 0 {
+            let _ = writeln!(s, "... ({from} earlier lines)");
+        }
+        for l in &lines[from..] {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// `+1.500s`: a duration since the epoch, millisecond precision.
+#[must_use]
+pub fn stamp(d: Duration) -> String {
+    format!("+{}.{:03}s", d.as_secs(), d.subsec_millis())
+}
+
+/// Splits a byte stream into frames for display only (it never affects the run).
+#[derive(Debug, Default)]
+pub struct Tap {
+    buf: BytesMut,
+    header_done: bool,
+    broken: bool,
+}
+
+impl Tap {
+    /// Feeds bytes; returns descriptions of the frames they completed.
+    pub fn feed(&mut self, data: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.broken {
+            return out;
+        }
+        self.buf.extend_from_slice(data);
+        if !self.header_done {
+            if self.buf.len() < PROTOCOL_HEADER.len() && PROTOCOL_HEADER.starts_with(&self.buf) {
+                return out;
+            }
+            self.header_done = true;
+            if self.buf.starts_with(PROTOCOL_HEADER) {
+                let _ = self.buf.split_to(PROTOCOL_HEADER.len());
+                out.push("protocol header".to_owned());
+            }
+        }
+        loop {
+            match FrameDecoder::new(1 << 26).decode(&mut self.buf) {
+                Ok(Some(f)) => out.push(describe(&f)),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(format!("undecodable bytes ({e})"));
+                    self.broken = true;
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A one-line description of a frame: channel, name, and the arguments worth seeing.
+#[must_use]
+pub fn describe(f: &Frame) -> String {
+    let ch = f.channel();
+    match f.kind() {
+        FrameType::Heartbeat if ch == 0 => "heartbeat".to_owned(),
+        FrameType::Heartbeat => format!("ch{ch} heartbeat"),
+        FrameType::Body => match Origin::parse(f.payload()) {
+            Some(o) => format!("ch{ch} body({}) [{o}]", f.payload().len()),
+            None => format!("ch{ch} body({})", f.payload().len()),
+        },
+        FrameType::Header => match parse_header(f.payload()) {
+            Ok(h) => format!("ch{ch} header(size={})", h.body_size),
+            Err(_) => format!("ch{ch} header(malformed)"),
+        },
+        FrameType::Method => {
+            let Some(id) = f.method_id() else {
+                return format!("ch{ch} malformed method");
+            };
+            format!("ch{ch} {id:?}{}", method_detail(id, f.payload()))
+        }
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The arguments shown for a method, with a leading space, or nothing.
+fn method_detail(id: method::MethodId, payload: &[u8]) -> String {
+    let args = &payload[payload.len().min(4)..];
+    let mut r = Reader::new(args);
+    let detail = match id {
+        ids::BASIC_DELIVER => (|| {
+            let tag = lossy(r.shortstr().ok()?);
+            let dtag = r.u64().ok()?;
+            let redelivered = r.bit().ok()?;
+            Some(format!(
+                " {tag} dtag={dtag}{}",
+                if redelivered { " redelivered" } else { "" }
+            ))
+        })(),
+        ids::BASIC_GET_OK => (|| {
+            let dtag = r.u64().ok()?;
+            Some(format!(" dtag={dtag}"))
+        })(),
+        ids::BASIC_ACK | ids::BASIC_NACK | ids::BASIC_REJECT => (|| {
+            let dtag = r.u64().ok()?;
+            let multiple = r.bit().ok()?;
+            Some(format!(
+                " {dtag}{}",
+                if multiple { " multiple" } else { "" }
+            ))
+        })(),
+        ids::BASIC_RETURN => (|| {
+            let code = r.u16().ok()?;
+            Some(format!(" {code}"))
+        })(),
+        ids::BASIC_PUBLISH => (|| {
+            r.u16().ok()?;
+            let ex = lossy(r.shortstr().ok()?);
+            let rk = lossy(r.shortstr().ok()?);
+            let mandatory = r.bit().ok()?;
+            Some(format!(
+                " {ex:?} {rk:?}{}",
+                if mandatory { " mandatory" } else { "" }
+            ))
+        })(),
+        ids::BASIC_GET => (|| {
+            r.u16().ok()?;
+            Some(format!(" {:?}", lossy(r.shortstr().ok()?)))
+        })(),
+        ids::BASIC_QOS => (|| {
+            r.u32().ok()?;
+            Some(format!(" prefetch={}", r.u16().ok()?))
+        })(),
+        _ => match method::decode(payload) {
+            Ok(Method::ConnectionClose(c)) | Ok(Method::ChannelClose(c)) => {
+                Some(format!(" {} {:?}", c.code, c.text))
+            }
+            Ok(Method::Tune(t)) | Ok(Method::TuneOk(t)) => Some(format!(
+                " channel_max={} frame_max={} heartbeat={}",
+                t.channel_max, t.frame_max, t.heartbeat
+            )),
+            Ok(Method::Open { vhost }) => Some(format!(" {vhost:?}")),
+            Ok(Method::Blocked { reason }) => Some(format!(" {reason:?}")),
+            Ok(Method::Flow { active }) => Some(format!(" active={active}")),
+            Ok(Method::QueueDeclare {
+                queue, exclusive, ..
+            }) => Some(format!(
+                " {:?}{}",
+                lossy(&queue),
+                if exclusive { " exclusive" } else { "" }
+            )),
+            Ok(Method::QueueDeclareOk { queue }) | Ok(Method::QueueDelete { queue }) => {
+                Some(format!(" {:?}", lossy(&queue)))
+            }
+            Ok(Method::Consume { tag, .. })
+            | Ok(Method::ConsumeOk { tag })
+            | Ok(Method::Cancel { tag })
+            | Ok(Method::CancelOk { tag }) => Some(format!(" {:?}", lossy(&tag))),
+            Ok(Method::StartOk(s)) => Some(format!(" {}", s.mechanism)),
+            _ => None,
+        },
+    };
+    detail.unwrap_or_default()
+}

@@ -1,0 +1,1607 @@
+//! Layer 1: the pure-core world. The real [`Hub`]s and [`ClientHandshake`]s of warren-core,
+//! a fake broker and scripted fake clients, connected by simulated links, stepped in virtual
+//! time. No async, no threads, no clock: one `Instant` is read per world as its epoch and
+//! everything else is an offset from it.
+//!
+//! # Stepping
+//!
+//! Each step (1) jumps `now` to the earliest of: a scheduled world event (bytes arriving on a
+//! link, a dial completing, a fault starting or healing, a client connecting), a hub's
+//! `poll_timeout`, a handshake's, the broker's or a client's; (2) handles everything due at
+//! that instant in a fixed order — world events in schedule order, then hub, handshake,
+//! broker and client timers in id order; (3) after every mutation of a machine drains all of
+//! its outputs and routes them onto links (which deliver after their latency). Nothing is
+//! ever iterated out of a hash map, so a seed replays byte for byte.
+//!
+//! # What stands in for the runtime
+//!
+//! The world plays warren's runtime too: it runs each client's handshake, keeps the registry
+//! of hubs by credentials (with the negative login cache), splits bytes into frames with the
+//! negotiated frame_max, reports a client whose queued output passes the bound as slow, and
+//! closes sockets after flushing. It does this the way `runtime/src/server.rs` does, so the
+//! hub sees the same inputs it would in production.
+
+use crate::broker::{Broker, BrokerOutput, ConnId};
+use crate::check::{Invariant, Observer, Violation};
+use crate::client::{Board, ClientOut, End, FakeClient};
+use crate::plan::Fault;
+use crate::scenario::Scenario;
+use crate::trace::{stamp, Tap, Trace};
+use bytes::{Bytes, BytesMut};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use smallvec::SmallVec;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+use warren_core::auth_cache::AuthCache;
+use warren_core::credentials::{Credentials, Secret};
+use warren_core::frame::{Frame, FrameDecoder};
+use warren_core::handshake::{ClientHandshake, ClientHello, HandshakeOutput};
+use warren_core::hub::{ClientId, Hub, HubEvent, Input, Output, Peer, UpstreamId};
+use warren_core::method::{encode, ids, Close};
+use warren_core::reply::{self, Reply};
+
+/// A hook that sees (and may change or drop) every hub output before the world carries it
+/// out. Tests use it to impersonate a buggy proxy and prove the checks notice.
+pub type Tamper = Box<dyn FnMut(Instant, &mut Output) -> bool + Send>;
+
+/// Options of one run.
+pub struct RunOptions {
+    /// Record the readable trace (slower; off for sweeps).
+    pub trace: bool,
+    /// Optional output tampering (see [`Tamper`]).
+    pub tamper: Option<Tamper>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            trace: false,
+            tamper: None,
+        }
+    }
+}
+
+/// The outcome of one run.
+#[derive(Debug)]
+pub struct Report {
+    /// The scenario's seed.
+    pub seed: u64,
+    /// Every broken invariant, in the order found.
+    pub violations: Vec<Violation>,
+    /// The trace, if recorded.
+    pub trace: String,
+    /// Virtual time the run took.
+    pub elapsed: Duration,
+    /// A one-line summary (clients, messages, faults).
+    pub summary: String,
+}
+
+impl Report {
+    /// Whether every invariant held.
+    #[must_use]
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Which way bytes travel on a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dir {
+    /// From the client or broker to warren.
+    ToProxy,
+    /// From warren to the client or broker.
+    FromProxy,
+}
+
+#[derive(Debug)]
+enum Item {
+    Data(Bytes),
+    Fin,
+    Reset,
+}
+
+#[derive(Debug, Default)]
+struct Pipe {
+    items: VecDeque<(Instant, Item)>,
+    /// When the last item arrives (links are FIFO).
+    last: Option<Instant>,
+    tap: Tap,
+    /// The sending side closed or the link broke: later writes vanish.
+    shut: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkKind {
+    Client(u32),
+    Upstream(u32),
+}
+
+#[derive(Debug)]
+struct Link {
+    kind: LinkKind,
+    latency: Duration,
+    to_proxy: Pipe,
+    from_proxy: Pipe,
+    /// Bytes were lost on it during a partition: it is reset when the partition heals.
+    lost: bool,
+}
+
+impl Link {
+    fn pipe(&mut self, dir: Dir) -> &mut Pipe {
+        match dir {
+            Dir::ToProxy => &mut self.to_proxy,
+            Dir::FromProxy => &mut self.from_proxy,
+        }
+    }
+}
+
+/// The proxy's side of a client connection.
+#[derive(Debug)]
+enum ProxyClient {
+    /// Not connected yet.
+    Pending,
+    Handshake {
+        hs: Box<ClientHandshake>,
+        buf: BytesMut,
+    },
+    Joined {
+        hub: u32,
+        id: ClientId,
+        buf: BytesMut,
+        decoder: FrameDecoder,
+        /// A framing error was reported; nothing more is read.
+        dead: bool,
+    },
+    Gone,
+}
+
+struct ClientSlot {
+    client: FakeClient,
+    link: Option<u32>,
+    proxy: ProxyClient,
+    /// Bytes warren queued that are neither delivered nor read yet.
+    in_flight: usize,
+    slow_reported: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpState {
+    Dialing,
+    Connected,
+    Gone,
+}
+
+struct UpSlot {
+    hub: u32,
+    id: UpstreamId,
+    state: UpState,
+    link: Option<u32>,
+    conn: Option<ConnId>,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+struct HubSlot {
+    hid: u32,
+    creds: Credentials,
+    hub: Hub,
+    clients: BTreeMap<ClientId, u32>,
+    ups: BTreeMap<UpstreamId, u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BrokerState {
+    Up,
+    Crashed { until: Instant },
+    Silent { until: Instant },
+}
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Connect(u32),
+    Deliver(u32, Dir),
+    Dial(u32),
+    FaultStart(usize),
+    FaultEnd(usize),
+    Break,
+    /// The leak checks after every client left; retried until the given deadline.
+    Checkpoint(Instant),
+}
+
+/// The world. See the module documentation.
+pub struct World {
+    sc: Scenario,
+    epoch: Instant,
+    now: Instant,
+    rng: ChaCha8Rng,
+    events: BTreeMap<(Instant, u64), Ev>,
+    next_ev: u64,
+    links: BTreeMap<u32, Link>,
+    next_link: u32,
+    clients: Vec<ClientSlot>,
+    ups: BTreeMap<u32, UpSlot>,
+    next_up: u32,
+    hubs: Vec<HubSlot>,
+    next_hub: u32,
+    auth_cache: AuthCache,
+    draining: Option<Instant>,
+    broker: Broker,
+    broker_state: BrokerState,
+    conn_to_up: BTreeMap<ConnId, u32>,
+    partitioned: bool,
+    held_until: Option<Instant>,
+    board: Board,
+    trace: Trace,
+    tamper: Option<Tamper>,
+    pending: Vec<(u32, Input)>,
+    obs: Observer,
+    checkpoint_done: bool,
+    checkpoint_scheduled: bool,
+    leak_passed: std::collections::BTreeSet<String>,
+}
+
+/// Runs a scenario to the end and checks every invariant.
+#[must_use]
+pub fn run(sc: Scenario, opts: RunOptions) -> Report {
+    let mut w = World::new(sc, opts);
+    w.run_to_end();
+    w.finish()
+}
+
+impl World {
+    /// Builds the world at virtual time zero.
+    #[must_use]
+    pub fn new(sc: Scenario, opts: RunOptions) -> World {
+        // The one clock read: an arbitrary epoch every other instant is relative to.
+        #[allow(clippy::disallowed_methods)]
+        let epoch = Instant::now();
+        let mut clients: Vec<_> = sc.clients.clone();
+        clients.sort_by_key(|c| c.start);
+        let board = Board::new(sc.board.0, sc.board.1);
+        let mut w = World {
+            rng: ChaCha8Rng::seed_from_u64(sc.seed ^ 0x5157_5741_5252_454e),
+            epoch,
+            now: epoch,
+            events: BTreeMap::new(),
+            next_ev: 0,
+            links: BTreeMap::new(),
+            next_link: 0,
+            clients: Vec::new(),
+            ups: BTreeMap::new(),
+            next_up: 0,
+            hubs: Vec::new(),
+            next_hub: 0,
+            auth_cache: AuthCache::new(sc.net.auth_cache_ttl, 1000),
+            draining: None,
+            broker: Broker::new(sc.broker.clone()),
+            broker_state: BrokerState::Up,
+            conn_to_up: BTreeMap::new(),
+            partitioned: false,
+            held_until: None,
+            board,
+            trace: Trace::new(epoch, opts.trace),
+            tamper: opts.tamper,
+            pending: Vec::new(),
+            obs: Observer::new(epoch, &sc),
+            checkpoint_done: false,
+            checkpoint_scheduled: false,
+            leak_passed: std::collections::BTreeSet::new(),
+            sc,
+        };
+        for (i, spec) in clients.into_iter().enumerate() {
+            let id = i as u32 + 1;
+            let at = epoch + spec.start;
+            w.clients.push(ClientSlot {
+                client: FakeClient::new(id, spec, at),
+                link: None,
+                proxy: ProxyClient::Pending,
+                in_flight: 0,
+                slow_reported: false,
+            });
+            w.schedule(at, Ev::Connect(id));
+        }
+        for (i, sf) in w.sc.plan.faults.clone().into_iter().enumerate() {
+            if sf.fault.is_client() {
+                continue;
+            }
+            w.schedule(epoch + sf.at, Ev::FaultStart(i));
+            if !sf.fault.duration().is_zero() {
+                w.schedule(epoch + sf.at + sf.fault.duration(), Ev::FaultEnd(i));
+            }
+        }
+        if w.trace.enabled() {
+            let plan = w.sc.plan.to_string();
+            w.line(format!("seed {} plan: {plan}", w.sc.seed));
+        }
+        w
+    }
+
+    fn line(&mut self, s: impl std::fmt::Display) {
+        self.trace.line(self.now, s);
+    }
+
+    fn schedule(&mut self, at: Instant, ev: Ev) {
+        self.next_ev += 1;
+        self.events.insert((at, self.next_ev), ev);
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now.duration_since(self.epoch)
+    }
+
+    // ----- the loop ---------------------------------------------------------------------
+
+    /// Runs until everything is quiet or the scenario's limit.
+    pub fn run_to_end(&mut self) {
+        let limit = self.epoch + self.sc.limit;
+        let mut same_instant = 0u32;
+        loop {
+            let Some(next) = self.next_time() else { break };
+            if next > limit {
+                self.now = limit;
+                break;
+            }
+            if next <= self.now {
+                same_instant += 1;
+                if same_instant > 100_000 {
+                    let what = format!("no progress at {}", stamp(self.elapsed()));
+                    self.obs.violation(self.now, Invariant::Hang, what);
+                    break;
+                }
+            } else {
+                same_instant = 0;
+            }
+            self.now = self.now.max(next);
+            self.step();
+            if self.quiet() {
+                break;
+            }
+        }
+    }
+
+    fn next_time(&self) -> Option<Instant> {
+        let mut t = self.events.keys().next().map(|(at, _)| *at);
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        for h in &self.hubs {
+            consider(h.hub.poll_timeout());
+        }
+        for c in &self.clients {
+            if let ProxyClient::Handshake { hs, .. } = &c.proxy {
+                consider(hs.poll_timeout());
+            }
+            if c.link.is_some() {
+                consider(c.client.poll_timeout());
+            }
+        }
+        if self.broker_state == BrokerState::Up {
+            consider(self.broker.poll_timeout());
+        }
+        t
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        while let Some((&(at, seq), _)) = self.events.iter().next() {
+            if at > now {
+                break;
+            }
+            let ev = self.events.remove(&(at, seq)).expect("present");
+            self.event(ev);
+        }
+        for i in 0..self.hubs.len() {
+            if self.hubs[i].hub.poll_timeout().is_some_and(|t| t <= now) {
+                let hid = self.hubs[i].hid;
+                self.hub_input(hid, Input::Timeout);
+            }
+        }
+        for i in 0..self.clients.len() {
+            let due = match &self.clients[i].proxy {
+                ProxyClient::Handshake { hs, .. } => hs.poll_timeout().is_some_and(|t| t <= now),
+                _ => false,
+            };
+            if due {
+                if let ProxyClient::Handshake { hs, .. } = &mut self.clients[i].proxy {
+                    hs.handle_timeout(now);
+                }
+                self.handshake_outputs(i as u32 + 1);
+            }
+        }
+        if self.broker_state == BrokerState::Up
+            && self.broker.poll_timeout().is_some_and(|t| t <= now)
+        {
+            self.broker.handle_timeout(now);
+            self.broker_outputs();
+        }
+        for i in 0..self.clients.len() {
+            let c = &self.clients[i];
+            if c.link.is_some() && c.client.poll_timeout().is_some_and(|t| t <= now) {
+                let board = &mut self.board;
+                self.clients[i].client.handle_timeout(now, board);
+                self.client_outputs(i as u32 + 1);
+            }
+        }
+        self.retire_hubs();
+        self.maybe_checkpoint();
+    }
+
+    fn all_clients_done(&self) -> bool {
+        self.clients.iter().all(|c| c.client.is_done())
+    }
+
+    fn faults_healed(&self) -> bool {
+        self.elapsed() >= self.sc.plan.healed_by()
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        if !self.checkpoint_scheduled && self.all_clients_done() && self.faults_healed() {
+            self.checkpoint_scheduled = true;
+            let settle = self.sc.hub.close_timeout + Duration::from_millis(500);
+            let at = self.now + settle;
+            self.schedule(at, Ev::Checkpoint(at + settle));
+        }
+    }
+
+    fn quiet(&self) -> bool {
+        self.checkpoint_done
+            && self.hubs.is_empty()
+            && (self.broker.connection_count() == 0 || self.broker_state != BrokerState::Up)
+            && self.links.is_empty()
+    }
+
+    fn retire_hubs(&mut self) {
+        let before = self.hubs.len();
+        self.hubs.retain(|h| !h.hub.is_finished());
+        if self.hubs.len() != before {
+            let now = self.now;
+            self.obs.hubs_retired(now);
+        }
+    }
+
+    // ----- events -----------------------------------------------------------------------
+
+    fn event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Connect(cid) => self.connect(cid),
+            Ev::Deliver(link, dir) => self.deliver(link, dir),
+            Ev::Dial(uid) => self.dial_result(uid),
+            Ev::FaultStart(i) => self.fault_start(i),
+            Ev::FaultEnd(i) => self.fault_end(i),
+            Ev::Break => self.break_random_link(),
+            Ev::Checkpoint(until) => self.checkpoint(until),
+        }
+    }
+
+    fn connect(&mut self, cid: u32) {
+        let now = self.now;
+        let idx = cid as usize - 1;
+        if self.draining.is_some() {
+            self.line(format!("c{cid} connect refused (draining)"));
+            self.clients[idx].client.refused(now);
+            return;
+        }
+        let kind = self.clients[idx].client.spec.kind;
+        self.line(format!("c{cid} connects ({kind})"));
+        let link = self.new_link(LinkKind::Client(cid), self.sc.net.client_latency);
+        let slot = &mut self.clients[idx];
+        slot.link = Some(link);
+        slot.proxy = ProxyClient::Handshake {
+            hs: Box::new(ClientHandshake::new(now, self.sc.handshake)),
+            buf: BytesMut::new(),
+        };
+        self.client_outputs(cid);
+    }
+
+    fn new_link(&mut self, kind: LinkKind, latency: Duration) -> u32 {
+        self.next_link += 1;
+        self.links.insert(
+            self.next_link,
+            Link {
+                kind,
+                latency,
+                to_proxy: Pipe::default(),
+                from_proxy: Pipe::default(),
+                lost: false,
+            },
+        );
+        self.next_link
+    }
+
+    fn is_upstream_link(&self, link: u32) -> bool {
+        matches!(
+            self.links.get(&link).map(|l| l.kind),
+            Some(LinkKind::Upstream(_))
+        )
+    }
+
+    /// Queues an item on a link; it arrives after the link's latency, in order.
+    fn push(&mut self, link: u32, dir: Dir, item: Item) {
+        let now = self.now;
+        let upstream = self.is_upstream_link(link);
+        let silent_broker = matches!(self.broker_state, BrokerState::Silent { .. });
+        let partitioned = self.partitioned;
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if upstream && (partitioned || (silent_broker && dir == Dir::FromProxy)) {
+            l.lost = true;
+            return;
+        }
+        let latency = l.latency;
+        let pipe = l.pipe(dir);
+        if pipe.shut {
+            return;
+        }
+        if matches!(item, Item::Fin | Item::Reset) {
+            pipe.shut = true;
+        }
+        let at = (now + latency).max(pipe.last.unwrap_or(now));
+        pipe.last = Some(at);
+        pipe.items.push_back((at, item));
+        self.schedule(at, Ev::Deliver(link, dir));
+    }
+
+    fn deliver(&mut self, link: u32, dir: Dir) {
+        let now = self.now;
+        let upstream = self.is_upstream_link(link);
+        if upstream {
+            if let Some(until) = self.held_until {
+                if now < until {
+                    self.schedule(until, Ev::Deliver(link, dir));
+                    return;
+                }
+            }
+        }
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let kind = l.kind;
+        let pipe = l.pipe(dir);
+        let mut data = BytesMut::new();
+        let mut end = None;
+        while let Some((at, _)) = pipe.items.front() {
+            if *at > now {
+                break;
+            }
+            let (_, item) = pipe.items.pop_front().expect("present");
+            match item {
+                Item::Data(b) => data.extend_from_slice(&b),
+                Item::Fin | Item::Reset => {
+                    end = Some(item);
+                    pipe.items.clear();
+                    break;
+                }
+            }
+        }
+        if self.trace.enabled() && !data.is_empty() {
+            let l = self.links.get_mut(&link).expect("present");
+            let lines = l.pipe(dir).tap.feed(&data);
+            let (from, to) = match (kind, dir) {
+                (LinkKind::Client(c), Dir::ToProxy) => (format!("c{c}"), "w".to_owned()),
+                (LinkKind::Client(c), Dir::FromProxy) => ("w".to_owned(), format!("c{c}")),
+                (LinkKind::Upstream(u), Dir::ToProxy) => (format!("u{u}"), "w".to_owned()),
+                (LinkKind::Upstream(u), Dir::FromProxy) => ("w".to_owned(), format!("u{u}")),
+            };
+            for s in lines {
+                self.line(format!("{from}→{to} {s}"));
+            }
+        }
+        let data = data.freeze();
+        match (kind, dir) {
+            (LinkKind::Client(cid), Dir::ToProxy) => {
+                if !data.is_empty() {
+                    self.proxy_reads_client(cid, &data);
+                }
+                if let Some(e) = end {
+                    self.proxy_sees_client_close(cid, matches!(e, Item::Reset));
+                }
+            }
+            (LinkKind::Client(cid), Dir::FromProxy) => {
+                if !data.is_empty() {
+                    self.client_reads(cid, &data);
+                }
+                if let Some(e) = end {
+                    self.client_sees_close(cid, matches!(e, Item::Reset));
+                }
+            }
+            (LinkKind::Upstream(uid), Dir::ToProxy) => {
+                if !data.is_empty() {
+                    self.proxy_reads_upstream(uid, &data);
+                }
+                if let Some(e) = end {
+                    self.proxy_sees_upstream_close(uid, matches!(e, Item::Reset));
+                }
+            }
+            (LinkKind::Upstream(uid), Dir::FromProxy) => {
+                if !data.is_empty() {
+                    self.broker_reads(uid, &data);
+                }
+                if end.is_some() {
+                    self.broker_sees_close(uid);
+                }
+            }
+        }
+        self.gc_link(link);
+    }
+
+    /// Forgets a link once both directions are shut and empty.
+    fn gc_link(&mut self, link: u32) {
+        if let Some(l) = self.links.get(&link) {
+            let done = |p: &Pipe| p.shut && p.items.is_empty();
+            if done(&l.to_proxy) && done(&l.from_proxy) {
+                self.links.remove(&link);
+            }
+        }
+    }
+
+    // ----- clients ----------------------------------------------------------------------
+
+    fn client_reads(&mut self, cid: u32, data: &[u8]) {
+        let now = self.now;
+        let idx = cid as usize - 1;
+        let slot = &mut self.clients[idx];
+        slot.in_flight = slot.in_flight.saturating_sub(data.len());
+        let board = &mut self.board;
+        slot.client.handle_bytes(now, data, board);
+        self.client_outputs(cid);
+    }
+
+    fn client_sees_close(&mut self, cid: u32, broken: bool) {
+        let now = self.now;
+        let idx = cid as usize - 1;
+        let slot = &mut self.clients[idx];
+        slot.in_flight = 0;
+        if !slot.client.is_done() {
+            slot.client.handle_closed(now, broken);
+            let end = slot.client.end.clone();
+            if let Some((_, e)) = end {
+                self.line(format!("c{cid} {e}"));
+            }
+        }
+        // The client's side of the socket is closed too.
+        if let Some(link) = self.clients[idx].link {
+            self.push(link, Dir::ToProxy, Item::Fin);
+        }
+        self.client_outputs(cid);
+    }
+
+    fn client_outputs(&mut self, cid: u32) {
+        let idx = cid as usize - 1;
+        let was_done = self.clients[idx].client.is_done();
+        while let Some(o) = self.clients[idx].client.poll_output() {
+            let Some(link) = self.clients[idx].link else {
+                continue;
+            };
+            match o {
+                ClientOut::Send(b) => self.push(link, Dir::ToProxy, Item::Data(b)),
+                ClientOut::Close => self.push(link, Dir::ToProxy, Item::Fin),
+            }
+        }
+        let _ = was_done;
+        let slot = &self.clients[idx];
+        if let Some((at, end)) = slot.client.end.clone() {
+            if at == self.now && self.obs.note_client_end(cid) && self.trace.enabled() {
+                self.line(format!("c{cid} ends: {end}"));
+            }
+        }
+    }
+
+    fn proxy_reads_client(&mut self, cid: u32, data: &[u8]) {
+        let idx = cid as usize - 1;
+        match &mut self.clients[idx].proxy {
+            ProxyClient::Handshake { hs, buf } => {
+                buf.extend_from_slice(data);
+                hs.handle_input(buf);
+                self.handshake_outputs(cid);
+            }
+            ProxyClient::Joined { buf, .. } => {
+                buf.extend_from_slice(data);
+                self.feed_hub_from_client(cid);
+            }
+            ProxyClient::Pending | ProxyClient::Gone => {}
+        }
+    }
+
+    fn handshake_outputs(&mut self, cid: u32) {
+        let idx = cid as usize - 1;
+        let link = self.clients[idx].link;
+        loop {
+            let out = match &mut self.clients[idx].proxy {
+                ProxyClient::Handshake { hs, .. } => hs.poll_output(),
+                _ => None,
+            };
+            let Some(out) = out else { break };
+            match out {
+                HandshakeOutput::Send(b) => {
+                    if let Some(link) = link {
+                        self.push(link, Dir::FromProxy, Item::Data(b));
+                    }
+                }
+                HandshakeOutput::Close => {
+                    self.line(format!("w closes c{cid} (handshake)"));
+                    self.clients[idx].proxy = ProxyClient::Gone;
+                    if let Some(link) = link {
+                        self.push(link, Dir::FromProxy, Item::Fin);
+                    }
+                    self.obs.handshake_closed(cid);
+                    return;
+                }
+                HandshakeOutput::Done(hello) => {
+                    let buf =
+                        match std::mem::replace(&mut self.clients[idx].proxy, ProxyClient::Gone) {
+                            ProxyClient::Handshake { buf, .. } => buf,
+                            _ => BytesMut::new(),
+                        };
+                    self.join(cid, *hello, buf);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The registry: refuse while draining or for a cached login refusal, else hand the
+    /// client to the hub of its credentials (starting one if needed).
+    fn join(&mut self, cid: u32, hello: ClientHello, buf: BytesMut) {
+        let now = self.now;
+        let idx = cid as usize - 1;
+        let link = self.clients[idx].link;
+        let refusal = if self.draining.is_some() {
+            Some(Reply::new(
+                reply::CONNECTION_FORCED,
+                "warren is shutting down",
+            ))
+        } else {
+            self.auth_cache.check(now, &hello.credentials).cloned()
+        };
+        if let Some(r) = refusal {
+            let silent =
+                r.code == reply::ACCESS_REFUSED && !hello.capabilities.authentication_failure_close;
+            self.line(format!("w refuses c{cid}: {} {:?}", r.code, r.text));
+            if let Some(link) = link {
+                if !silent {
+                    let close = encode::close(0, &Close::from(&r));
+                    self.push(link, Dir::FromProxy, Item::Data(close));
+                }
+                self.push(link, Dir::FromProxy, Item::Fin);
+            }
+            self.clients[idx].proxy = ProxyClient::Gone;
+            return;
+        }
+        let hid = match self.hubs.iter().find(|h| h.creds == hello.credentials) {
+            Some(h) => h.hid,
+            None => {
+                self.next_hub += 1;
+                let hid = self.next_hub;
+                let seed = self.sc.seed.wrapping_mul(31).wrapping_add(u64::from(hid));
+                self.hubs.push(HubSlot {
+                    hid,
+                    creds: hello.credentials.clone(),
+                    hub: Hub::new(self.sc.hub.clone(), hello.credentials.clone(), seed),
+                    clients: BTreeMap::new(),
+                    ups: BTreeMap::new(),
+                });
+                hid
+            }
+        };
+        let frame_max = hello.tune.frame_max;
+        let heartbeat = hello.tune.heartbeat;
+        let hi = self.hub_index(hid).expect("just found");
+        let id = self.hubs[hi].hub.add_client(now, hello);
+        self.hubs[hi].clients.insert(id, cid);
+        self.line(format!("c{cid} joins hub h{hid}"));
+        self.obs.client_joined(now, cid, heartbeat);
+        self.clients[idx].proxy = ProxyClient::Joined {
+            hub: hid,
+            id,
+            buf,
+            decoder: FrameDecoder::new(frame_max),
+            dead: false,
+        };
+        self.hub_outputs(hid);
+        self.feed_hub_from_client(cid);
+    }
+
+    fn hub_index(&self, hid: u32) -> Option<usize> {
+        self.hubs.iter().position(|h| h.hid == hid)
+    }
+
+    /// Splits whole frames off the client's buffer and hands them to its hub as one batch.
+    fn feed_hub_from_client(&mut self, cid: u32) {
+        let idx = cid as usize - 1;
+        let ProxyClient::Joined {
+            hub,
+            id,
+            buf,
+            decoder,
+            dead,
+        } = &mut self.clients[idx].proxy
+        else {
+            return;
+        };
+        if *dead {
+            buf.clear();
+            return;
+        }
+        let (hid, id) = (*hub, *id);
+        let mut frames: SmallVec<[Frame; 8]> = SmallVec::new();
+        let mut error = None;
+        loop {
+            match decoder.decode(buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    *dead = true;
+                    buf.clear();
+                    break;
+                }
+            }
+        }
+        if !frames.is_empty() {
+            self.obs.client_sent(self.now, cid);
+            self.hub_input(hid, Input::ClientFrames { client: id, frames });
+        }
+        if let Some(error) = error {
+            self.hub_input(hid, Input::ClientFrameError { client: id, error });
+        }
+    }
+
+    fn proxy_sees_client_close(&mut self, cid: u32, _broken: bool) {
+        let idx = cid as usize - 1;
+        match std::mem::replace(&mut self.clients[idx].proxy, ProxyClient::Gone) {
+            ProxyClient::Joined { hub, id, .. } => {
+                self.hub_input(hub, Input::ClientClosed { client: id });
+            }
+            ProxyClient::Handshake { .. } => {}
+            other => self.clients[idx].proxy = other,
+        }
+        // warren closes its side once it learns the client is gone.
+        if let Some(link) = self.clients[idx].link {
+            self.push(link, Dir::FromProxy, Item::Fin);
+        }
+    }
+
+    // ----- hubs -------------------------------------------------------------------------
+
+    fn hub_input(&mut self, hid: u32, input: Input) {
+        let Some(i) = self.hub_index(hid) else { return };
+        let now = self.now;
+        self.hubs[i].hub.handle(now, input);
+        self.hub_outputs(hid);
+    }
+
+    fn hub_outputs(&mut self, hid: u32) {
+        loop {
+            let Some(i) = self.hub_index(hid) else { return };
+            let Some(mut out) = self.hubs[i].hub.poll_output() else {
+                break;
+            };
+            if let Some(t) = self.tamper.as_mut() {
+                if !t(self.now, &mut out) {
+                    continue;
+                }
+            }
+            self.apply(hid, out);
+        }
+        // Slow clients are reported after the outputs that made them slow (runtime order).
+        let pending = std::mem::take(&mut self.pending);
+        for (hid, input) in pending {
+            self.hub_input(hid, input);
+        }
+    }
+
+    fn apply(&mut self, hid: u32, out: Output) {
+        let now = self.now;
+        let i = self.hub_index(hid).expect("caller checked");
+        match out {
+            Output::ToClient { client, data } => {
+                let Some(&cid) = self.hubs[i].clients.get(&client) else {
+                    return;
+                };
+                self.obs.proxy_sent_client(now, cid, &data);
+                let idx = cid as usize - 1;
+                let Some(link) = self.clients[idx].link else {
+                    return;
+                };
+                self.clients[idx].in_flight += data.len();
+                self.push(link, Dir::FromProxy, Item::Data(data));
+                let slot = &self.clients[idx];
+                let queued = (slot.in_flight + slot.client.unread_bytes())
+                    .saturating_sub(self.sc.net.socket_buffer);
+                if queued > self.sc.net.client_queue_limit && !slot.slow_reported {
+                    self.clients[idx].slow_reported = true;
+                    self.obs.slow_reported(cid);
+                    self.line(format!("w reports c{cid} slow ({queued} bytes queued)"));
+                    self.pending.push((hid, Input::ClientSlow { client }));
+                }
+            }
+            Output::CloseClient { client } => {
+                let Some(cid) = self.hubs[i].clients.remove(&client) else {
+                    return;
+                };
+                self.line(format!("w closes c{cid}"));
+                self.obs.proxy_closed_client(now, cid);
+                let idx = cid as usize - 1;
+                if matches!(self.clients[idx].proxy, ProxyClient::Joined { .. }) {
+                    self.clients[idx].proxy = ProxyClient::Gone;
+                }
+                if let Some(link) = self.clients[idx].link {
+                    self.push(link, Dir::FromProxy, Item::Fin);
+                }
+            }
+            Output::Dial { upstream } => {
+                self.next_up += 1;
+                let uid = self.next_up;
+                self.hubs[i].ups.insert(upstream, uid);
+                self.ups.insert(
+                    uid,
+                    UpSlot {
+                        hub: hid,
+                        id: upstream,
+                        state: UpState::Dialing,
+                        link: None,
+                        conn: None,
+                        buf: BytesMut::new(),
+                        decoder: FrameDecoder::new(1 << 20),
+                    },
+                );
+                self.line(format!("w dials u{uid} (hub h{hid})"));
+                self.obs.dialed(now, hid, uid);
+                // SYN and SYN-ACK.
+                let at = now + self.sc.net.upstream_latency * 2;
+                self.schedule(at, Ev::Dial(uid));
+            }
+            Output::ToUpstream { upstream, data } => {
+                let Some(&uid) = self.hubs[i].ups.get(&upstream) else {
+                    return;
+                };
+                self.obs.proxy_sent_upstream(now, uid, &data);
+                if let Some(link) = self.ups.get(&uid).and_then(|u| u.link) {
+                    self.push(link, Dir::FromProxy, Item::Data(data));
+                }
+            }
+            Output::CloseUpstream { upstream } => {
+                let Some(uid) = self.hubs[i].ups.remove(&upstream) else {
+                    return;
+                };
+                self.line(format!("w closes u{uid}"));
+                self.obs.proxy_closed_upstream(now, uid);
+                if let Some(u) = self.ups.get_mut(&uid) {
+                    u.state = UpState::Gone;
+                    if let Some(link) = u.link {
+                        self.push(link, Dir::FromProxy, Item::Fin);
+                    }
+                }
+            }
+            Output::Event(e) => self.hub_event(hid, e),
+            _ => {}
+        }
+    }
+
+    fn hub_event(&mut self, hid: u32, e: HubEvent) {
+        let now = self.now;
+        let i = self.hub_index(hid).expect("caller checked");
+        let c = |id: &ClientId| {
+            self.hubs[i]
+                .clients
+                .get(id)
+                .map_or_else(|| "c?".to_owned(), |c| format!("c{c}"))
+        };
+        let u = |id: &UpstreamId| {
+            self.hubs[i]
+                .ups
+                .get(id)
+                .map_or_else(|| "u?".to_owned(), |u| format!("u{u}"))
+        };
+        let text = match &e {
+            HubEvent::ClientAdmitted { client } => format!("{} admitted", c(client)),
+            HubEvent::ClientClosed { client, reply } => {
+                format!("{} closed {} {:?}", c(client), reply.code, reply.text)
+            }
+            HubEvent::ClientLeft { client } => format!("{} left", c(client)),
+            HubEvent::SlowClient { client } => format!("{} slow", c(client)),
+            HubEvent::UpstreamOpen {
+                upstream,
+                channel_max,
+                frame_max,
+                heartbeat,
+            } => format!(
+                "{} open channel_max={channel_max} frame_max={frame_max} heartbeat={heartbeat}",
+                u(upstream)
+            ),
+            HubEvent::UpstreamFailed { upstream, reply } => {
+                format!("{} failed {} {:?}", u(upstream), reply.code, reply.text)
+            }
+            HubEvent::UpstreamLost { upstream, reply } => {
+                format!("{} lost {} {:?}", u(upstream), reply.code, reply.text)
+            }
+            HubEvent::AuthRejected { reply } => format!("login rejected {}", reply.code),
+            HubEvent::HeartbeatMissed { peer } => match peer {
+                Peer::Client(id) => format!("heartbeat missed by {}", c(id)),
+                Peer::Upstream(id) => format!("heartbeat missed by {}", u(id)),
+            },
+            HubEvent::ReconnectScheduled { at, failures } => format!(
+                "reconnect in {}ms after {failures} failures",
+                at.duration_since(now).as_millis()
+            ),
+            other => format!("{other:?}"),
+        };
+        let line = format!("h{hid} {text}");
+        self.line(line);
+        match e {
+            HubEvent::AuthRejected { reply } => {
+                let creds = self.hubs[i].creds.clone();
+                self.auth_cache.insert(now, creds, reply);
+            }
+            HubEvent::UpstreamOpen {
+                upstream,
+                heartbeat,
+                ..
+            } => {
+                if let Some(&uid) = self.hubs[i].ups.get(&upstream) {
+                    self.obs.upstream_open(now, hid, uid, heartbeat);
+                }
+            }
+            HubEvent::UpstreamFailed { upstream, reply } => {
+                let uid = self.hubs[i].ups.get(&upstream).copied();
+                let others = self.live_upstreams(hid, uid);
+                self.obs.upstream_failed(now, hid, uid, reply.code, others);
+            }
+            HubEvent::UpstreamLost { upstream, .. } => {
+                let uid = self.hubs[i].ups.get(&upstream).copied();
+                self.obs.upstream_lost(now, hid, uid);
+            }
+            HubEvent::ReconnectScheduled { at, failures } => {
+                self.obs.reconnect_scheduled(now, hid, at, failures);
+            }
+            HubEvent::HeartbeatMissed { peer } => match peer {
+                Peer::Client(id) => {
+                    if let Some(&cid) = self.hubs[i].clients.get(&id) {
+                        self.obs.client_declared_dead(now, cid);
+                    }
+                }
+                Peer::Upstream(id) => {
+                    if let Some(&uid) = self.hubs[i].ups.get(&id) {
+                        self.obs.upstream_declared_dead(now, uid);
+                    }
+                }
+            },
+            HubEvent::ClientClosed { client, reply } => {
+                if let Some(&cid) = self.hubs[i].clients.get(&client) {
+                    self.obs.proxy_closed_client_with(cid, reply.code);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Upstreams of a hub other than `except` that are dialling or connected.
+    fn live_upstreams(&self, hid: u32, except: Option<u32>) -> usize {
+        self.ups
+            .iter()
+            .filter(|(uid, u)| u.hub == hid && Some(**uid) != except && u.state != UpState::Gone)
+            .count()
+    }
+
+    // ----- upstreams and the broker ------------------------------------------------------
+
+    fn dial_result(&mut self, uid: u32) {
+        let now = self.now;
+        let Some(u) = self.ups.get(&uid) else { return };
+        if u.state != UpState::Dialing {
+            return;
+        }
+        if let Some(until) = self.held_until {
+            if now < until {
+                self.schedule(until, Ev::Dial(uid));
+                return;
+            }
+        }
+        let (hid, id) = (u.hub, u.id);
+        match self.broker_state {
+            BrokerState::Crashed { .. } => {
+                self.line(format!("u{uid} connection refused"));
+                if let Some(u) = self.ups.get_mut(&uid) {
+                    u.state = UpState::Gone;
+                }
+                self.hub_input(
+                    hid,
+                    Input::UpstreamClosed {
+                        upstream: id,
+                        reason: "connection refused".into(),
+                    },
+                );
+            }
+            BrokerState::Silent { .. } => {}
+            BrokerState::Up if self.partitioned => {}
+            BrokerState::Up => {
+                let link = self.new_link(LinkKind::Upstream(uid), self.sc.net.upstream_latency);
+                let conn = self.broker.accept(now);
+                self.conn_to_up.insert(conn, uid);
+                if let Some(u) = self.ups.get_mut(&uid) {
+                    u.state = UpState::Connected;
+                    u.link = Some(link);
+                    u.conn = Some(conn);
+                }
+                self.line(format!("u{uid} connected"));
+                self.hub_input(hid, Input::UpstreamConnected { upstream: id });
+            }
+        }
+    }
+
+    fn proxy_reads_upstream(&mut self, uid: u32, data: &[u8]) {
+        let now = self.now;
+        let Some(u) = self.ups.get_mut(&uid) else {
+            return;
+        };
+        if u.state == UpState::Gone {
+            return;
+        }
+        u.buf.extend_from_slice(data);
+        let mut frames: SmallVec<[Frame; 8]> = SmallVec::new();
+        let mut error = None;
+        loop {
+            match u.decoder.decode(&mut u.buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    u.buf.clear();
+                    break;
+                }
+            }
+        }
+        let (hid, id) = (u.hub, u.id);
+        if !frames.is_empty() {
+            self.obs.upstream_sent(now, uid);
+            self.hub_input(
+                hid,
+                Input::UpstreamFrames {
+                    upstream: id,
+                    frames,
+                },
+            );
+        }
+        if let Some(error) = error {
+            self.hub_input(
+                hid,
+                Input::UpstreamFrameError {
+                    upstream: id,
+                    error,
+                },
+            );
+        }
+    }
+
+    fn proxy_sees_upstream_close(&mut self, uid: u32, broken: bool) {
+        let Some(u) = self.ups.get_mut(&uid) else {
+            return;
+        };
+        let link = u.link;
+        if u.state != UpState::Gone {
+            u.state = UpState::Gone;
+            let (hid, id) = (u.hub, u.id);
+            let reason = if broken {
+                "connection reset by peer"
+            } else {
+                "connection closed by peer"
+            };
+            self.hub_input(
+                hid,
+                Input::UpstreamClosed {
+                    upstream: id,
+                    reason: reason.into(),
+                },
+            );
+        }
+        if let Some(link) = link {
+            self.push(link, Dir::FromProxy, Item::Fin);
+        }
+    }
+
+    fn broker_reads(&mut self, uid: u32, data: &[u8]) {
+        if self.broker_state != BrokerState::Up {
+            return;
+        }
+        let Some(conn) = self.ups.get(&uid).and_then(|u| u.conn) else {
+            // The broker host has no such connection (it restarted): TCP answers with RST.
+            if let Some(link) = self.ups.get(&uid).and_then(|u| u.link) {
+                self.line(format!(
+                    "u{uid} reset by the broker host (unknown connection)"
+                ));
+                self.reset_link(link);
+            }
+            return;
+        };
+        self.broker.handle_bytes(self.now, conn, data);
+        self.broker_outputs();
+    }
+
+    fn broker_sees_close(&mut self, uid: u32) {
+        if self.broker_state != BrokerState::Up {
+            return;
+        }
+        let Some(u) = self.ups.get_mut(&uid) else {
+            return;
+        };
+        let (conn, link) = (u.conn.take(), u.link);
+        if let Some(conn) = conn {
+            self.conn_to_up.remove(&conn);
+            self.broker.handle_closed(self.now, conn);
+            self.broker_outputs();
+        }
+        if let Some(link) = link {
+            self.push(link, Dir::ToProxy, Item::Fin);
+        }
+    }
+
+    fn broker_outputs(&mut self) {
+        while let Some(o) = self.broker.poll_output() {
+            match o {
+                BrokerOutput::Send { conn, data } => {
+                    let Some(link) = self
+                        .conn_to_up
+                        .get(&conn)
+                        .and_then(|uid| self.ups.get(uid))
+                        .and_then(|u| u.link)
+                    else {
+                        continue;
+                    };
+                    self.push(link, Dir::ToProxy, Item::Data(data));
+                }
+                BrokerOutput::Close { conn } => {
+                    let Some(uid) = self.conn_to_up.remove(&conn) else {
+                        continue;
+                    };
+                    if let Some(u) = self.ups.get_mut(&uid) {
+                        u.conn = None;
+                        if let Some(link) = u.link {
+                            self.push(link, Dir::ToProxy, Item::Fin);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Breaks a link: both ends see a reset after the latency, in-flight data is lost.
+    fn reset_link(&mut self, link: u32) {
+        let now = self.now;
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let latency = l.latency;
+        for dir in [Dir::ToProxy, Dir::FromProxy] {
+            let p = l.pipe(dir);
+            p.items.clear();
+            p.shut = true;
+            p.last = Some(now + latency);
+            p.items.push_back((now + latency, Item::Reset));
+        }
+        l.lost = false;
+        self.schedule(now + latency, Ev::Deliver(link, Dir::ToProxy));
+        self.schedule(now + latency, Ev::Deliver(link, Dir::FromProxy));
+    }
+
+    fn upstream_links(&self) -> Vec<u32> {
+        self.links
+            .iter()
+            .filter(|(_, l)| matches!(l.kind, LinkKind::Upstream(_)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    // ----- faults -----------------------------------------------------------------------
+
+    fn fault_start(&mut self, i: usize) {
+        let now = self.now;
+        let fault = self.sc.plan.faults[i].fault.clone();
+        self.line(format!("fault: {fault}"));
+        self.obs.fault_started(now, &fault);
+        match fault {
+            Fault::BrokerCrash { downtime } => {
+                self.broker.restart();
+                self.broker_state = BrokerState::Crashed {
+                    until: now + downtime,
+                };
+                let conns: Vec<(ConnId, u32)> =
+                    std::mem::take(&mut self.conn_to_up).into_iter().collect();
+                for (_, uid) in conns {
+                    let Some(u) = self.ups.get_mut(&uid) else {
+                        continue;
+                    };
+                    u.conn = None;
+                    if let Some(link) = u.link {
+                        // Requests in flight to the dead broker are lost; it sends FIN.
+                        if let Some(l) = self.links.get_mut(&link) {
+                            l.from_proxy.items.clear();
+                            l.from_proxy.shut = true;
+                        }
+                        self.push(link, Dir::ToProxy, Item::Fin);
+                    }
+                }
+            }
+            Fault::BrokerSilentDeath { downtime } => {
+                self.broker_state = BrokerState::Silent {
+                    until: now + downtime,
+                };
+                for link in self.upstream_links() {
+                    if let Some(l) = self.links.get_mut(&link) {
+                        l.from_proxy.items.clear();
+                    }
+                }
+            }
+            Fault::Partition { .. } => {
+                self.partitioned = true;
+                for link in self.upstream_links() {
+                    if let Some(l) = self.links.get_mut(&link) {
+                        if !l.to_proxy.items.is_empty() || !l.from_proxy.items.is_empty() {
+                            l.lost = true;
+                        }
+                        l.to_proxy.items.clear();
+                        l.from_proxy.items.clear();
+                    }
+                }
+            }
+            Fault::Hold { duration } => {
+                let until = now + duration;
+                self.held_until = Some(self.held_until.map_or(until, |h| h.max(until)));
+            }
+            Fault::ConnBreaks { count, over } => {
+                for _ in 0..count {
+                    let d = self.rng.random_range(0..=over.as_millis() as u64);
+                    self.schedule(now + Duration::from_millis(d), Ev::Break);
+                }
+            }
+            Fault::Blocked { .. } => {
+                if self.broker_state == BrokerState::Up {
+                    self.broker.set_blocked(now, Some("low on memory"));
+                    self.broker_outputs();
+                }
+            }
+            Fault::Drain { timeout } => {
+                let deadline = now + timeout;
+                self.draining = Some(deadline);
+                let hids: Vec<u32> = self.hubs.iter().map(|h| h.hid).collect();
+                for hid in hids {
+                    self.hub_input(hid, Input::Drain { deadline });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fault_end(&mut self, i: usize) {
+        let now = self.now;
+        let fault = self.sc.plan.faults[i].fault.clone();
+        match fault {
+            Fault::BrokerCrash { .. } => {
+                if matches!(self.broker_state, BrokerState::Crashed { until } if until <= now) {
+                    self.broker_state = BrokerState::Up;
+                    self.line("heal: broker is back");
+                }
+            }
+            Fault::BrokerSilentDeath { .. } => {
+                if matches!(self.broker_state, BrokerState::Silent { until } if until <= now) {
+                    self.broker.restart();
+                    self.broker_state = BrokerState::Up;
+                    self.conn_to_up.clear();
+                    for link in self.upstream_links() {
+                        if let Some(LinkKind::Upstream(uid)) = self.links.get(&link).map(|l| l.kind)
+                        {
+                            if let Some(u) = self.ups.get_mut(&uid) {
+                                u.conn = None;
+                            }
+                        }
+                        self.reset_link(link);
+                    }
+                    self.line("heal: broker is back (old connections reset)");
+                }
+            }
+            Fault::Partition { .. } => {
+                self.partitioned = false;
+                for link in self.upstream_links() {
+                    if self.links.get(&link).is_some_and(|l| l.lost) {
+                        self.reset_link(link);
+                    }
+                }
+                self.line("heal: partition repaired");
+            }
+            Fault::Hold { .. } => {
+                if self.held_until.is_some_and(|h| h <= now) {
+                    self.held_until = None;
+                    self.line("heal: hold released");
+                }
+            }
+            Fault::Blocked { .. } => {
+                if self.broker_state == BrokerState::Up {
+                    self.broker.set_blocked(now, None);
+                    self.broker_outputs();
+                }
+                self.line("heal: broker unblocked");
+            }
+            _ => {}
+        }
+        self.obs.fault_ended(now, &fault);
+    }
+
+    fn break_random_link(&mut self) {
+        let live: Vec<u32> = self
+            .links
+            .iter()
+            .filter(|(_, l)| !l.to_proxy.shut && !l.from_proxy.shut)
+            .map(|(id, _)| *id)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let link = live[self.rng.random_range(0..live.len())];
+        let kind = self.links[&link].kind;
+        let name = match kind {
+            LinkKind::Client(c) => {
+                self.obs.client_link_broken(c);
+                format!("c{c}")
+            }
+            LinkKind::Upstream(u) => format!("u{u}"),
+        };
+        self.line(format!("fault: connection {name} reset"));
+        self.reset_link(link);
+    }
+
+    // ----- checks -----------------------------------------------------------------------
+
+    /// Leaks after every client left: upstream channels in use beyond the pool, exclusive
+    /// queues left on the broker. Transient states (a close or fence in flight) are allowed
+    /// to settle: the check is retried until `until`, and fails only if it never passes.
+    fn checkpoint(&mut self, until: Instant) {
+        let now = self.now;
+        let report = self.leak_report();
+        // Conditions that held once (a hub with no stray channel, no exclusive queue) count
+        // as passed: a later pool expiry in flight is not a leak.
+        let failing: Vec<&String> = report.iter().map(|(k, _, _)| k).collect();
+        for key in ["exclusive".to_owned()]
+            .into_iter()
+            .chain(self.hubs.iter().map(|h| format!("h{}", h.hid)))
+        {
+            if !failing.contains(&&key) {
+                self.leak_passed.insert(key);
+            }
+        }
+        let open: Vec<(String, Invariant, String)> = report
+            .into_iter()
+            .filter(|(k, _, _)| !self.leak_passed.contains(k))
+            .collect();
+        if !open.is_empty() && now < until {
+            self.schedule(now + Duration::from_millis(100), Ev::Checkpoint(until));
+            return;
+        }
+        self.checkpoint_done = true;
+        for (_, inv, what) in open {
+            self.obs.violation(now, inv, what);
+        }
+        self.line("checkpoint: all clients gone");
+    }
+
+    fn leak_report(&self) -> Vec<(String, Invariant, String)> {
+        let mut out = Vec::new();
+        for h in &self.hubs {
+            let in_use = h.hub.channels_in_use();
+            let pooled = h.hub.pooled_channels();
+            if in_use != pooled {
+                out.push((
+                    format!("h{}", h.hid),
+                    Invariant::ChannelLeak,
+                    format!(
+                        "hub h{}: {in_use} upstream channels in use, only {pooled} of them pooled, after every client left",
+                        h.hid
+                    ),
+                ));
+            }
+        }
+        if self.broker_state == BrokerState::Up {
+            let excl = self.broker.exclusive_queues();
+            if !excl.is_empty() {
+                let names: Vec<String> = excl.iter().map(|(n, _)| n.clone()).collect();
+                out.push((
+                    "exclusive".to_owned(),
+                    Invariant::ChannelLeak,
+                    format!(
+                        "exclusive queues {names:?} still exist on the broker after every client left (B5)"
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Final checks; consumes the world.
+    #[must_use]
+    pub fn finish(mut self) -> Report {
+        let now = self.now;
+        if !self.checkpoint_done {
+            self.checkpoint(now);
+        }
+        let mut leftovers = Vec::new();
+        for h in &self.hubs {
+            leftovers.push(format!(
+                "hub h{} not finished at the end: {} clients, {} upstreams, {} channels in use ({} pooled)",
+                h.hid,
+                h.hub.client_count(),
+                h.hub.upstream_count(),
+                h.hub.channels_in_use(),
+                h.hub.pooled_channels()
+            ));
+        }
+        for l in leftovers {
+            self.obs.violation(now, Invariant::ChannelLeak, l);
+        }
+        if self.broker_state == BrokerState::Up && self.broker.connection_count() > 0 {
+            let n = self.broker.connection_count();
+            self.obs.violation(
+                now,
+                Invariant::ChannelLeak,
+                format!("the broker still has {n} connections from warren at the end"),
+            );
+        }
+        let summary = format!(
+            "{} clients, {} publishes, {} deliveries, {} upstream dials; faults: {}",
+            self.clients.len(),
+            self.broker.log.publishes,
+            self.broker.log.deliveries,
+            self.next_up,
+            self.sc.plan
+        );
+        let clients: Vec<&FakeClient> = self.clients.iter().map(|c| &c.client).collect();
+        let hub_close_timeout = self.sc.hub.close_timeout;
+        self.obs
+            .final_checks(now, &clients, &self.broker.log, &self.sc, hub_close_timeout);
+        let violations = self.obs.take_violations();
+        if self.trace.enabled() {
+            for v in &violations {
+                let line = format!("VIOLATION {v}");
+                self.trace.line(now, line);
+            }
+        }
+        Report {
+            seed: self.sc.seed,
+            violations,
+            trace: self.trace.text().to_owned(),
+            elapsed: now.duration_since(self.epoch),
+            summary,
+        }
+    }
+
+    /// Whether the client `cid` has ended.
+    #[must_use]
+    pub fn client_end(&self, cid: u32) -> Option<End> {
+        self.clients
+            .get(cid as usize - 1)
+            .and_then(|c| c.client.end.clone().map(|(_, e)| e))
+    }
+}
+
+/// Builds the credentials a spec logs in with (for tests).
+#[must_use]
+pub fn credentials(user: &str, password: &str, vhost: &str) -> Credentials {
+    Credentials {
+        user: user.into(),
+        password: Secret::new(password),
+        vhost: vhost.into(),
+    }
+}
+
+/// Whether `data` starts with a whole method frame of the given id (used by tampering).
+#[must_use]
+pub fn is_method(data: &[u8], id: warren_core::method::MethodId) -> bool {
+    data.len() >= 12
+        && data[0] == 1
+        && u16::from_be_bytes([data[7], data[8]]) == id.class
+        && u16::from_be_bytes([data[9], data[10]]) == id.method
+}
+
+/// The method id `basic.deliver`, re-exported for tamper hooks.
+pub const BASIC_DELIVER: warren_core::method::MethodId = ids::BASIC_DELIVER;

@@ -1,0 +1,88 @@
+//! Layer 1: the pure-core world over many seeds.
+
+use warren_sim::scenario::Scenario;
+use warren_sim::seeds;
+use warren_sim::world::{run, RunOptions};
+
+/// Seeds swept by default (CI); `SIM_SEEDS=N` overrides, `SIM_SEED=n` replays one.
+const DEFAULT_SEEDS: u64 = 2000;
+
+fn run_seed(seed: u64, trace: bool) -> warren_sim::world::Report {
+    run(
+        Scenario::random(seed),
+        RunOptions {
+            trace,
+            ..RunOptions::default()
+        },
+    )
+}
+
+#[test]
+fn sweep() {
+    let list = seeds::from_env(DEFAULT_SEEDS);
+    let replay = seeds::replaying();
+    let (results, wall) = seeds::sweep(&list, |seed| run_seed(seed, replay));
+    let mut failed = Vec::new();
+    if std::env::var("SIM_SUMMARY").is_ok() {
+        summarize(&results);
+        return;
+    }
+    for (seed, report) in &results {
+        if replay {
+            println!("{}", report.trace);
+            println!("summary: {}", report.summary);
+        }
+        if !report.ok() {
+            failed.push(*seed);
+            let again = if replay {
+                None
+            } else {
+                Some(run_seed(*seed, true))
+            };
+            eprintln!("seed {seed} FAILED ({}):", report.summary);
+            for v in &report.violations {
+                eprintln!("  {v}");
+            }
+            if let Some(r) = again {
+                eprintln!("--- trace tail ---\n{}", tail(&r.trace, 60));
+            }
+            eprintln!("replay: {}", seeds::replay_command(*seed, "layer1 sweep"));
+        }
+    }
+    println!(
+        "layer 1: {} seeds in {:.1}s wall, {} failed",
+        results.len(),
+        wall.as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `SIM_SUMMARY=1`: one line per kind of violation (digits blurred) with a count and the
+/// first seeds showing it, instead of per-seed reports. For hunting, not for CI.
+fn summarize(results: &[(u64, warren_sim::world::Report)]) {
+    let mut kinds: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for (seed, r) in results {
+        for v in &r.violations {
+            let key: String = format!("[{}] {}", v.invariant, v.detail)
+                .chars()
+                .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                .collect();
+            let e = kinds.entry(key).or_default();
+            if e.last() != Some(seed) {
+                e.push(*seed);
+            }
+        }
+    }
+    let failed = results.iter().filter(|(_, r)| !r.ok()).count();
+    println!("{failed}/{} seeds failed", results.len());
+    for (k, seeds) in kinds {
+        let first: Vec<u64> = seeds.iter().take(6).copied().collect();
+        println!("{:5} {k}\n      seeds {first:?}", seeds.len());
+    }
+}
