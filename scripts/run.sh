@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Runs warren (release build). Arguments go to the `warren` binary; without any it listens on
 # 127.0.0.1:5673, forwards to amqp://127.0.0.1:5672 and serves metrics on 127.0.0.1:15673.
-# When no upstream is given and nothing answers on 127.0.0.1:5672, a local RabbitMQ is
+# When the upstream is the default one (no --upstream flag, no WARREN_UPSTREAM, no `upstream`
+# key in the --config file) and nothing answers on 127.0.0.1:5672, a local RabbitMQ is
 # installed and started first (scripts/rabbitmq.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 custom_upstream=false
+config_file="${WARREN_CONFIG:-}"
+prev=""
 for arg in "$@"; do
     case "$arg" in
-        --upstream | --upstream=* | --config | --config=*) custom_upstream=true ;;
+        --upstream | --upstream=*) custom_upstream=true ;;
+        --config=*) config_file="${arg#--config=}" ;;
     esac
+    if [ "$prev" = "--config" ]; then
+        config_file="$arg"
+    fi
+    prev="$arg"
 done
-if [ -n "${WARREN_UPSTREAM:-}" ] || [ -n "${WARREN_CONFIG:-}" ]; then
+if [ -n "${WARREN_UPSTREAM:-}" ]; then
+    custom_upstream=true
+fi
+if [ -n "$config_file" ] && [ -f "$config_file" ] && grep -qE '^[[:space:]]*upstream[[:space:]]*=' "$config_file"; then
     custom_upstream=true
 fi
 
