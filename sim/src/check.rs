@@ -535,7 +535,10 @@ impl Observer {
             if c.acked.contains(&(o.channel, o.seq)) || c.nacked.contains(&(o.channel, o.seq)) {
                 continue;
             }
-            let excused = !matches!(c.end, Some((_, End::Finished)))
+            // Excused: the connection ended some other way than a clean finish (closed with a
+            // code, broken, left mid-way), or the channel was closed under it. A client that
+            // is still waiting (hung) is not excused.
+            let excused = !matches!(c.end, Some((_, End::Finished)) | None)
                 || c.channel_closes.iter().any(|(ch, _)| *ch == o.channel);
             if !excused {
                 lost.entry(o.client).or_default().push(format!(
@@ -550,7 +553,7 @@ impl Observer {
                 now,
                 Invariant::ConfirmLost,
                 format!(
-                    "c{cid} finished, but never got the confirms the broker sent for {}",
+                    "c{cid} never got the confirms the broker sent for {}",
                     seqs.join(", ")
                 ),
             );

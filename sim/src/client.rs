@@ -235,6 +235,8 @@ pub enum Step {
     Stall(Duration),
     /// Commit a protocol violation on channel 1 and wait for the proxy's verdict.
     Misbehave(Misbehaviour),
+    /// `connection.update-secret` (warren answers it itself), wait for the ok.
+    UpdateSecret,
     /// `connection.close`, wait for `close-ok`.
     CloseConnection,
     /// Close the socket without a word.
@@ -264,6 +266,10 @@ pub struct ClientSpec {
     pub heartbeat: Option<u16>,
     /// Use AMQPLAIN instead of PLAIN.
     pub amqplain: bool,
+    /// Nack (with requeue) every n-th first delivery instead of acking it; 0 never.
+    pub nack_every: u32,
+    /// How the connection starts.
+    pub opening: Opening,
     /// The script.
     pub script: Vec<Step>,
 }
@@ -283,9 +289,22 @@ impl ClientSpec {
             frame_max: 131_072,
             heartbeat: None,
             amqplain: false,
+            nack_every: 0,
+            opening: Opening::Normal,
             script,
         }
     }
+}
+
+/// How a client opens its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// The 0-9-1 protocol header, then the handshake.
+    Normal,
+    /// Connects and never says anything (the handshake timeout must drop it).
+    Silent,
+    /// Sends an AMQP 1.0 header (warren answers with its own header and closes, B13).
+    WrongHeader,
 }
 
 /// How a client's connection ended.
@@ -415,6 +434,8 @@ struct Chan {
     outstanding: BTreeMap<u64, u32>,
     /// Highest sequence number seen per origin among first deliveries.
     order: BTreeMap<(u32, u16), u32>,
+    /// First (not redelivered) deliveries so far.
+    firsts: u32,
 }
 
 impl Chan {
@@ -430,6 +451,7 @@ impl Chan {
             next_cno: 0,
             outstanding: BTreeMap::new(),
             order: BTreeMap::new(),
+            firsts: 0,
         }
     }
 }
@@ -444,6 +466,7 @@ enum Wait {
     /// After a misbehaviour: the proxy's close (or, for a tolerated one, a short grace).
     Verdict(Instant),
     ConnectionCloseOk,
+    SecretOk,
     Forever,
 }
 
@@ -548,7 +571,11 @@ impl FakeClient {
             opened_at: None,
             misbehaved_at: None,
         };
-        c.send(now, Bytes::from_static(PROTOCOL_HEADER));
+        match c.spec.opening {
+            Opening::Normal => c.send(now, Bytes::from_static(PROTOCOL_HEADER)),
+            Opening::Silent => {}
+            Opening::WrongHeader => c.send(now, Bytes::from_static(b"AMQP\x00\x01\x00\x00")),
+        }
         c
     }
 
@@ -717,7 +744,9 @@ impl FakeClient {
                 return;
             }
             if self.buf.starts_with(PROTOCOL_HEADER) {
-                self.violation("the proxy refused our protocol header");
+                if self.spec.opening != Opening::WrongHeader {
+                    self.violation("the proxy refused our protocol header");
+                }
                 let _ = self.buf.split_to(8);
                 return;
             }
@@ -860,6 +889,13 @@ impl FakeClient {
                     self.violation("connection.blocked twice without unblocked");
                 }
                 self.blocked = true;
+            }
+            Ok(Method::Other(id)) if id == ids::CONNECTION_UPDATE_SECRET_OK => {
+                if self.wait == Wait::SecretOk {
+                    self.wait = Wait::Nothing;
+                } else {
+                    self.violation("connection.update-secret-ok we did not ask for");
+                }
             }
             Ok(Method::Unblocked) => {
                 if !self.blocked {
@@ -1140,14 +1176,24 @@ impl FakeClient {
                 }
                 let no_ack = consumer.is_some_and(|c| c.2);
                 let state = chan.state;
+                chan.firsts += u32::from(!redelivered);
+                let nack = self.spec.nack_every > 0
+                    && !redelivered
+                    && chan.firsts % self.spec.nack_every == 0;
                 for p in problems {
                     self.violation(p);
                 }
                 if !no_ack && state == ChState::Open && self.reading {
-                    let ack = method_frame(ch, ids::BASIC_ACK, |w| {
-                        w.u64(dtag).bit(false);
-                    });
-                    self.send(now, ack);
+                    let frame = if nack {
+                        method_frame(ch, ids::BASIC_NACK, |w| {
+                            w.u64(dtag).bit(false).bit(true);
+                        })
+                    } else {
+                        method_frame(ch, ids::BASIC_ACK, |w| {
+                            w.u64(dtag).bit(false);
+                        })
+                    };
+                    self.send(now, frame);
                 }
             }
             IncomingKind::GetOk { dtag, slot } => {
@@ -1454,6 +1500,15 @@ impl FakeClient {
                     // Tolerated: give the proxy a moment to (not) react, then carry on.
                     Wait::Verdict(now + Duration::from_millis(200))
                 };
+            }
+            Step::UpdateSecret => {
+                self.send(
+                    now,
+                    method_frame(0, ids::CONNECTION_UPDATE_SECRET, |w| {
+                        w.longstr(b"new-secret").shortstr(b"rotation");
+                    }),
+                );
+                self.wait = Wait::SecretOk;
             }
             Step::CloseConnection => self.close_connection(now),
             Step::Drop => {

@@ -2,7 +2,7 @@
 //! of the fake broker, network latencies, the clients and their scripts, and the fault plan.
 
 use crate::broker::BrokerConfig;
-use crate::client::{ClientSpec, Misbehaviour, Step, Target};
+use crate::client::{ClientSpec, Misbehaviour, Opening, Step, Target};
 use crate::plan::{Fault, FaultPlan, FaultProfile};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -289,6 +289,11 @@ impl Builder<'_> {
         });
         let prefetch = self.rng.random_range(0..=10);
         s.push(Step::Qos(ch, prefetch));
+        let nack_every = if self.rng.random_bool(0.3) {
+            self.rng.random_range(2..=5)
+        } else {
+            0
+        };
         s.push(Step::Consume {
             ch,
             slot,
@@ -301,6 +306,9 @@ impl Builder<'_> {
         }
         self.ending(&mut s, ch);
         self.spec("consumer", start, s);
+        if let Some(c) = self.clients.last_mut() {
+            c.nack_every = nack_every;
+        }
         if exclusive {
             // Someone publishes to it.
             let p_start = start + ms(self.rng, 50, 2000);
@@ -433,6 +441,35 @@ impl Builder<'_> {
         self.spec("tx", start, s);
     }
 
+    /// Publishes to a missing exchange and closes the channel before the 404 arrives: the
+    /// channel looks clean, is fenced for recycling, and the fence must catch the error.
+    fn fence_failure(&mut self, start: Duration) {
+        let s = vec![
+            Step::Open(1),
+            Step::Publish {
+                ch: 1,
+                to: Target::Exchange("missing-exchange".into(), "rk".into()),
+                size: 30,
+                mandatory: false,
+            },
+            Step::CloseChannel(1),
+            Step::UpdateSecret,
+            Step::Open(1),
+            Step::CloseConnection,
+        ];
+        self.spec("fence-failure", start, s);
+    }
+
+    fn odd_opening(&mut self, start: Duration) {
+        let mut c = ClientSpec::guest("odd-opening", start, vec![Step::CloseConnection]);
+        c.opening = if self.rng.random_bool(0.5) {
+            Opening::Silent
+        } else {
+            Opening::WrongHeader
+        };
+        self.clients.push(c);
+    }
+
     fn exclusive_dropper(&mut self, start: Duration) {
         let slot = self.dynamic_slot();
         let s = vec![Step::Open(1), Step::DeclareAndDrop { ch: 1, slot }];
@@ -474,8 +511,10 @@ impl Builder<'_> {
             65..=72 => self.getter(start),
             73..=82 => self.multi_channel(start),
             83..=88 => self.channel_error(start),
-            89..=93 => self.tx_client(start),
-            94..=96 => self.exclusive_dropper(start),
+            89..=91 => self.tx_client(start),
+            92..=93 => self.fence_failure(start),
+            94 => self.odd_opening(start),
+            95..=96 => self.exclusive_dropper(start),
             _ => self.churner(start),
         }
     }

@@ -75,6 +75,9 @@ pub struct Report {
     pub elapsed: Duration,
     /// A one-line summary (clients, messages, faults).
     pub summary: String,
+    /// How often notable things happened (upstream lost, channel recycled, ...), to see
+    /// what a sweep actually exercised.
+    pub coverage: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
@@ -239,6 +242,7 @@ pub struct World {
     checkpoint_done: bool,
     checkpoint_scheduled: bool,
     leak_passed: std::collections::BTreeSet<String>,
+    coverage: BTreeMap<&'static str, u64>,
 }
 
 /// Runs a scenario to the end and checks every invariant.
@@ -287,6 +291,7 @@ impl World {
             checkpoint_done: false,
             checkpoint_scheduled: false,
             leak_passed: std::collections::BTreeSet::new(),
+            coverage: BTreeMap::new(),
             sc,
         };
         for (i, spec) in clients.into_iter().enumerate() {
@@ -315,6 +320,10 @@ impl World {
             w.line(format!("seed {} plan: {plan}", w.sc.seed));
         }
         w
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.coverage.entry(what).or_default() += 1;
     }
 
     fn line(&mut self, s: impl std::fmt::Display) {
@@ -454,6 +463,19 @@ impl World {
     }
 
     fn retire_hubs(&mut self) {
+        let gone: Vec<(u64, u64, u64)> = self
+            .hubs
+            .iter()
+            .filter(|h| h.hub.is_finished())
+            .map(|h| {
+                let st = h.hub.stats();
+                (st.opens_from_pool, st.channels_recycled, st.publishes)
+            })
+            .collect();
+        for (pool, recycled, _) in gone {
+            *self.coverage.entry("channel opened from pool").or_default() += pool;
+            *self.coverage.entry("channel recycled").or_default() += recycled;
+        }
         let before = self.hubs.len();
         self.hubs.retain(|h| !h.hub.is_finished());
         if self.hubs.len() != before {
@@ -881,8 +903,13 @@ impl World {
                 break;
             };
             if let Some(t) = self.tamper.as_mut() {
+                let before = out.clone();
                 if !t(self.now, &mut out) {
+                    self.line(format!("TAMPER dropped {before:?}"));
                     continue;
+                }
+                if out != before {
+                    self.line(format!("TAMPER changed {before:?} into {out:?}"));
                 }
             }
             self.apply(hid, out);
@@ -920,7 +947,8 @@ impl World {
                 }
             }
             Output::CloseClient { client } => {
-                let Some(cid) = self.hubs[i].clients.remove(&client) else {
+                // The mapping stays: later events may still name the client.
+                let Some(&cid) = self.hubs[i].clients.get(&client) else {
                     return;
                 };
                 self.line(format!("w closes c{cid}"));
@@ -965,7 +993,7 @@ impl World {
                 }
             }
             Output::CloseUpstream { upstream } => {
-                let Some(uid) = self.hubs[i].ups.remove(&upstream) else {
+                let Some(&uid) = self.hubs[i].ups.get(&upstream) else {
                     return;
                 };
                 self.line(format!("w closes u{uid}"));
@@ -1032,6 +1060,33 @@ impl World {
         };
         let line = format!("h{hid} {text}");
         self.line(line);
+        let what = match &e {
+            HubEvent::ClientAdmitted { .. } => "client admitted",
+            HubEvent::ClientClosed { reply, .. } => match reply.code {
+                320 => "client closed 320",
+                403 => "client closed 403",
+                530 => "client closed 530",
+                501 => "client closed 501",
+                502 => "client closed 502",
+                503 => "client closed 503",
+                504 => "client closed 504",
+                505 => "client closed 505",
+                540 => "client closed 540",
+                _ => "client closed other",
+            },
+            HubEvent::SlowClient { .. } => "slow client",
+            HubEvent::UpstreamOpen { .. } => "upstream open",
+            HubEvent::UpstreamFailed { .. } => "upstream failed",
+            HubEvent::UpstreamLost { .. } => "upstream lost",
+            HubEvent::AuthRejected { .. } => "auth rejected",
+            HubEvent::HeartbeatMissed { peer } => match peer {
+                Peer::Client(_) => "client heartbeat missed",
+                Peer::Upstream(_) => "upstream heartbeat missed",
+            },
+            HubEvent::ReconnectScheduled { .. } => "reconnect scheduled",
+            _ => "other hub event",
+        };
+        self.count(what);
         match e {
             HubEvent::AuthRejected { reply } => {
                 let creds = self.hubs[i].creds.clone();
@@ -1302,6 +1357,17 @@ impl World {
         let fault = self.sc.plan.faults[i].fault.clone();
         self.line(format!("fault: {fault}"));
         self.obs.fault_started(now, &fault);
+        let what = match fault {
+            Fault::BrokerCrash { .. } => "fault: broker crash",
+            Fault::BrokerSilentDeath { .. } => "fault: silent death",
+            Fault::Partition { .. } => "fault: partition",
+            Fault::Hold { .. } => "fault: hold",
+            Fault::ConnBreaks { .. } => "fault: connection breaks",
+            Fault::Blocked { .. } => "fault: blocked",
+            Fault::Drain { .. } => "fault: drain",
+            _ => "fault: other",
+        };
+        self.count(what);
         match fault {
             Fault::BrokerCrash { downtime } => {
                 self.broker.restart();
@@ -1547,6 +1613,38 @@ impl World {
                 format!("the broker still has {n} connections from warren at the end"),
             );
         }
+        self.count("run");
+        for (k, v) in [
+            ("message published", self.broker.log.publishes),
+            ("message delivered", self.broker.log.deliveries),
+            ("message confirmed", self.broker.log.confirmed.len() as u64),
+        ] {
+            *self.coverage.entry(k).or_default() += v;
+        }
+        for c in &self.clients {
+            let what = match &c.client.end {
+                Some((_, End::Finished)) => "client end: finished",
+                Some((_, End::Left)) => "client end: left",
+                Some((_, End::Closed(..))) => "client end: closed",
+                Some((_, End::Dropped)) => "client end: dropped",
+                Some((_, End::Broken)) => "client end: broken",
+                Some((_, End::Refused)) => "client end: refused",
+                None => "client end: none",
+            };
+            *self.coverage.entry(what).or_default() += 1;
+            if c.client.received.iter().any(|r| r.redelivered) {
+                *self.coverage.entry("client got a redelivery").or_default() += 1;
+            }
+            if !c.client.acked.is_empty() {
+                *self.coverage.entry("client got confirms").or_default() += 1;
+            }
+            if !c.client.channel_closes.is_empty() {
+                *self
+                    .coverage
+                    .entry("client got a channel close")
+                    .or_default() += 1;
+            }
+        }
         let summary = format!(
             "{} clients, {} publishes, {} deliveries, {} upstream dials; faults: {}",
             self.clients.len(),
@@ -1572,6 +1670,7 @@ impl World {
             trace: self.trace.text().to_owned(),
             elapsed: now.duration_since(self.epoch),
             summary,
+            coverage: std::mem::take(&mut self.coverage),
         }
     }
 

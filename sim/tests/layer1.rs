@@ -80,9 +80,60 @@ fn summarize(results: &[(u64, warren_sim::world::Report)]) {
         }
     }
     let failed = results.iter().filter(|(_, r)| !r.ok()).count();
+    let mut cov: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for (_, r) in results {
+        for (k, v) in &r.coverage {
+            let e = cov.entry(k).or_default();
+            e.0 += 1;
+            e.1 += v;
+        }
+    }
+    println!("coverage (seeds with it / total):");
+    for (k, (seeds, total)) in cov {
+        println!("  {k:32} {seeds:6} {total:8}");
+    }
     println!("{failed}/{} seeds failed", results.len());
     for (k, seeds) in kinds {
         let first: Vec<u64> = seeds.iter().take(6).copied().collect();
         println!("{:5} {k}\n      seeds {first:?}", seeds.len());
+    }
+}
+
+/// Every seed that once failed still passes (`sim/regression-seeds.txt`).
+#[test]
+fn regression_seeds() {
+    let text = include_str!("../regression-seeds.txt");
+    let list = seeds::parse_regressions(text);
+    assert!(!list.is_empty());
+    let (results, _) = seeds::sweep(&list, |seed| run_seed(seed, false));
+    let mut failed = Vec::new();
+    for (seed, r) in &results {
+        if !r.ok() {
+            failed.push(*seed);
+            eprintln!("regression seed {seed} fails:");
+            for v in &r.violations {
+                eprintln!("  {v}");
+            }
+            eprintln!("replay: {}", seeds::replay_command(*seed, "layer1 sweep"));
+        }
+    }
+    assert!(failed.is_empty(), "regression seeds failing: {failed:?}");
+}
+
+/// A seed replays byte for byte: same trace, same verdict.
+#[test]
+fn replay_is_deterministic() {
+    let list = if seeds::replaying() {
+        seeds::from_env(0)
+    } else {
+        vec![1, 7, 42, 867]
+    };
+    for seed in list {
+        let a = run_seed(seed, true);
+        let b = run_seed(seed, true);
+        assert!(!a.trace.is_empty());
+        assert_eq!(a.trace, b.trace, "seed {seed} did not replay exactly");
+        assert_eq!(a.violations, b.violations);
+        assert_eq!(a.elapsed, b.elapsed);
     }
 }
