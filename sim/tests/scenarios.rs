@@ -1,0 +1,257 @@
+//! Named layer-1 scenarios with their traces snapshotted: what warren does, frame by frame,
+//! in the situations DESIGN.md R1 names. Each also asserts that every invariant held.
+//!
+//! Trace lines: `+1.500s` virtual time; `c1→w` bytes from client c1 arriving at warren,
+//! `w→u2` bytes from warren arriving at the broker on upstream connection u2; `h1` lines are
+//! hub events; `fault:`/`heal:` lines are the fault plan.
+
+use insta::assert_snapshot;
+use std::time::Duration;
+use warren_sim::client::{ClientSpec, Step, Target};
+use warren_sim::plan::{Fault, FaultPlan};
+use warren_sim::scenario::Scenario;
+use warren_sim::world::{run, Report, RunOptions};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A quiet client: no heartbeats, so traces show only what the scenario is about.
+fn client(kind: &'static str, start: u64, script: Vec<Step>) -> ClientSpec {
+    let mut c = ClientSpec::guest(kind, ms(start), script);
+    c.heartbeat = Some(0);
+    c
+}
+
+fn publish(ch: u16, slot: u32, size: usize) -> Step {
+    Step::Publish {
+        ch,
+        to: Target::Slot(slot),
+        size,
+        mandatory: false,
+    }
+}
+
+/// A scenario with fixed, small settings and no broker heartbeats.
+fn base(seed: u64) -> Scenario {
+    let mut sc = Scenario::empty(seed);
+    sc.broker.heartbeat = 0;
+    sc.handshake.heartbeat = 0;
+    sc.hub.upstream_idle_timeout = Duration::from_secs(2);
+    sc.hub.pool_idle_timeout = Duration::from_secs(1);
+    sc
+}
+
+fn run_named(sc: Scenario) -> Report {
+    let r = run(
+        sc,
+        RunOptions {
+            trace: true,
+            ..RunOptions::default()
+        },
+    );
+    assert!(r.ok(), "violations: {:#?}\n{}", r.violations, r.trace);
+    r
+}
+
+/// B1, B3: two clients both use channel 1; they share one upstream connection on upstream
+/// channels 1 and 2, and each gets only its own replies and deliveries.
+#[test]
+fn two_clients_share_an_upstream() {
+    let mut sc = base(1);
+    sc.hub.recycling = false;
+    sc.clients = vec![
+        client(
+            "consumer",
+            0,
+            vec![
+                Step::Open(1),
+                Step::Declare {
+                    ch: 1,
+                    slot: 0,
+                    exclusive: false,
+                },
+                Step::Consume {
+                    ch: 1,
+                    slot: 0,
+                    no_ack: false,
+                },
+                Step::Sleep(ms(200)),
+                Step::CloseConnection,
+            ],
+        ),
+        client(
+            "publisher",
+            50,
+            vec![
+                Step::Open(1),
+                publish(1, 0, 40),
+                publish(1, 0, 40),
+                Step::CloseChannel(1),
+                Step::CloseConnection,
+            ],
+        ),
+    ];
+    let r = run_named(sc);
+    assert_snapshot!(r.trace);
+}
+
+/// B11, R4: the broker crashes while a confirm-mode publisher is mid-stream. The publisher
+/// is closed with 320 at once; a client arriving during the backoff is refused at once; the
+/// hub redials after the backoff and a later client works again.
+#[test]
+fn crash_mid_publish() {
+    let mut sc = base(2);
+    sc.clients = vec![
+        client(
+            "confirm-publisher",
+            0,
+            vec![
+                Step::Open(1),
+                Step::Declare {
+                    ch: 1,
+                    slot: 0,
+                    exclusive: false,
+                },
+                Step::Confirm(1),
+                publish(1, 0, 30),
+                Step::Sleep(ms(100)),
+                publish(1, 0, 30),
+                Step::Sleep(ms(100)),
+                publish(1, 0, 30),
+                Step::Sleep(ms(100)),
+                publish(1, 0, 30),
+                Step::WaitConfirms(1),
+                Step::CloseConnection,
+            ],
+        ),
+        client(
+            "during-backoff",
+            700,
+            vec![Step::Open(1), Step::CloseConnection],
+        ),
+        client(
+            "after-restart",
+            2500,
+            vec![Step::Open(1), publish(1, 0, 30), Step::CloseConnection],
+        ),
+    ];
+    sc.plan = FaultPlan::none().with(ms(250), Fault::BrokerCrash { downtime: ms(1000) });
+    let r = run_named(sc);
+    assert_snapshot!(r.trace);
+}
+
+/// B10, B11: the broker goes silent without closing anything. Only heartbeats tell: after
+/// two silent intervals warren declares it dead, closes the client that had a channel on it
+/// with 320, and a client arriving after the broker is back gets a fresh upstream.
+#[test]
+fn silent_death_by_heartbeat() {
+    let mut sc = base(3);
+    sc.broker.heartbeat = 1;
+    sc.hub.connect_timeout = ms(800);
+    sc.clients = vec![
+        client(
+            "consumer",
+            0,
+            vec![
+                Step::Open(1),
+                Step::Declare {
+                    ch: 1,
+                    slot: 0,
+                    exclusive: false,
+                },
+                Step::Consume {
+                    ch: 1,
+                    slot: 0,
+                    no_ack: false,
+                },
+                Step::Sleep(Duration::from_secs(10)),
+                Step::CloseConnection,
+            ],
+        ),
+        client("later", 5000, vec![Step::Open(1), Step::CloseConnection]),
+    ];
+    sc.plan = FaultPlan::none().with(ms(1200), Fault::BrokerSilentDeath { downtime: ms(3000) });
+    let r = run_named(sc);
+    assert_snapshot!(r.trace);
+}
+
+/// B11: the broker goes away under a connected client that has no channel, so the client
+/// keeps its connection and the hub keeps redialling: each failed dial doubles the backoff
+/// (500ms, 1s, 2s, capped at 4s, with jitter in the upper half). Clients arriving during a
+/// backoff are refused at once instead of each causing a dial. When the broker is back the
+/// next dial succeeds and the idle client can open a channel again.
+#[test]
+fn reconnect_backoff() {
+    let mut sc = base(4);
+    sc.clients = vec![
+        client(
+            "idle",
+            0,
+            vec![
+                Step::Sleep(Duration::from_secs(9)),
+                Step::Open(1),
+                Step::CloseConnection,
+            ],
+        ),
+        client(
+            "during-outage",
+            1500,
+            vec![Step::Open(1), Step::CloseConnection],
+        ),
+        client(
+            "during-outage",
+            3000,
+            vec![Step::Open(1), Step::CloseConnection],
+        ),
+    ];
+    sc.plan = FaultPlan::none().with(ms(500), Fault::BrokerCrash { downtime: ms(6000) });
+    let r = run_named(sc);
+    assert_snapshot!(r.trace);
+}
+
+/// B14: SIGTERM. Clients that are busy keep working until the drain deadline, new clients
+/// are refused, pooled channels are closed, and at the deadline the rest are closed with 320
+/// and the upstream is closed cleanly.
+#[test]
+fn drain() {
+    let mut sc = base(5);
+    sc.hub.close_timeout = ms(500);
+    sc.clients = vec![
+        client(
+            "consumer",
+            0,
+            vec![
+                Step::Open(1),
+                Step::Declare {
+                    ch: 1,
+                    slot: 0,
+                    exclusive: false,
+                },
+                Step::Consume {
+                    ch: 1,
+                    slot: 0,
+                    no_ack: false,
+                },
+                Step::Sleep(Duration::from_secs(10)),
+                Step::CloseConnection,
+            ],
+        ),
+        client(
+            "publisher",
+            100,
+            vec![
+                Step::Open(1),
+                publish(1, 0, 30),
+                Step::CloseChannel(1),
+                Step::Sleep(ms(1500)),
+                Step::Open(2),
+                Step::CloseConnection,
+            ],
+        ),
+        client("too-late", 1500, vec![Step::Open(1), Step::CloseConnection]),
+    ];
+    sc.plan = FaultPlan::none().with(ms(1000), Fault::Drain { timeout: ms(2000) });
+    let r = run_named(sc);
+    assert_snapshot!(r.trace);
+}
