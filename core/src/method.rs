@@ -424,6 +424,11 @@ pub enum Method {
         /// Whether the peer asks to resume (true) or pause (false).
         active: bool,
     },
+    /// `channel.flow-ok`
+    FlowOk {
+        /// The flow state now in effect.
+        active: bool,
+    },
     /// `channel.close`
     ChannelClose(Close),
     /// `channel.close-ok`
@@ -570,6 +575,7 @@ pub fn decode(payload: &[u8]) -> Result<Method, WireError> {
             Method::ChannelOpenOk
         }
         ids::CHANNEL_FLOW => Method::Flow { active: r.bit()? },
+        ids::CHANNEL_FLOW_OK => Method::FlowOk { active: r.bit()? },
         ids::CHANNEL_CLOSE_OK => Method::ChannelCloseOk,
         ids::BASIC_PUBLISH => {
             r.u16()?;

@@ -288,7 +288,9 @@ pub(super) fn describe(f: &Frame) -> String {
                     t.channel_max, t.frame_max, t.heartbeat
                 ),
                 Ok(Method::Blocked { reason }) => format!(" {reason:?}"),
-                Ok(Method::Flow { active }) => format!(" active={active}"),
+                Ok(Method::Flow { active }) | Ok(Method::FlowOk { active }) => {
+                    format!(" active={active}")
+                }
                 Ok(Method::QueueDeclare {
                     queue, exclusive, ..
                 }) => format!(
