@@ -690,6 +690,17 @@ impl Observer {
                     bad(self, "was refused while warren was not draining".into());
                 }
             }
+            End::TimedOut => {
+                if !self.broken.contains(&cid) {
+                    self.violation(
+                        t,
+                        Invariant::Heartbeat,
+                        format!(
+                            "c{cid} ({kind}) heard nothing from warren for two heartbeat intervals"
+                        ),
+                    );
+                }
+            }
         }
         if misbehaved == Some(Misbehaviour::FlowInactive) && matches!(end, End::Closed(..)) {
             // Tolerated misbehaviour: closing it is a bug unless something else closed it.

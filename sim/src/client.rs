@@ -322,6 +322,8 @@ pub enum End {
     Broken,
     /// The connection was refused (warren not accepting).
     Refused,
+    /// The proxy sent nothing for two heartbeat intervals; the client gave up on it.
+    TimedOut,
 }
 
 impl fmt::Display for End {
@@ -333,6 +335,9 @@ impl fmt::Display for End {
             End::Dropped => f.write_str("dropped by the proxy"),
             End::Broken => f.write_str("broken by the network"),
             End::Refused => f.write_str("refused"),
+            End::TimedOut => {
+                f.write_str("gave up: the proxy was silent for two heartbeat intervals")
+            }
         }
     }
 }
@@ -495,6 +500,7 @@ pub struct FakeClient {
     tune: Tune,
     heartbeat: Option<Duration>,
     last_tx: Instant,
+    last_rx: Instant,
     out: VecDeque<ClientOut>,
     chans: BTreeMap<u16, Chan>,
     /// Publish sequence numbers per channel (continuing across reopenings).
@@ -550,6 +556,7 @@ impl FakeClient {
             },
             heartbeat: None,
             last_tx: now,
+            last_rx: now,
             out: VecDeque::new(),
             chans: BTreeMap::new(),
             seqs: BTreeMap::new(),
@@ -601,6 +608,13 @@ impl FakeClient {
     #[must_use]
     pub fn misbehaviour(&self) -> Option<Misbehaviour> {
         self.misbehaved
+    }
+
+    /// Whether it reads its socket now (not stopped, not frozen). A driver over real
+    /// sockets stops reading while this is false, so the peer feels TCP backpressure.
+    #[must_use]
+    pub fn is_reading(&self) -> bool {
+        self.reading && self.stalled_until.is_none()
     }
 
     /// Whether it was told `Connection.Blocked` and not yet `Unblocked`.
@@ -658,7 +672,14 @@ impl FakeClient {
         let hb = self
             .heartbeat
             .filter(|_| self.phase == Phase::Running || self.phase == Phase::Closing)
-            .map(|h| self.last_tx + h / 2);
+            .map(|h| {
+                let send = self.last_tx + h / 2;
+                if self.reading {
+                    send.min(self.last_rx + h * 2)
+                } else {
+                    send
+                }
+            });
         let wait = match self.wait {
             Wait::Until(t) | Wait::Verdict(t) => Some(t),
             _ => None,
@@ -688,9 +709,15 @@ impl FakeClient {
             }
         }
         if let Some(h) = self.heartbeat {
-            if matches!(self.phase, Phase::Running | Phase::Closing) && now >= self.last_tx + h / 2
-            {
-                self.send(now, Bytes::from_static(HEARTBEAT));
+            if matches!(self.phase, Phase::Running | Phase::Closing) {
+                if self.reading && now >= self.last_rx + h * 2 {
+                    // Like a real client library: a silent peer is a dead peer.
+                    self.out.push_back(ClientOut::Close);
+                    return self.finish(now, End::TimedOut);
+                }
+                if now >= self.last_tx + h / 2 {
+                    self.send(now, Bytes::from_static(HEARTBEAT));
+                }
             }
         }
         self.advance(now, board);
@@ -738,6 +765,7 @@ impl FakeClient {
     }
 
     fn consume_bytes(&mut self, now: Instant, data: &[u8], board: &mut Board) {
+        self.last_rx = now;
         self.buf.extend_from_slice(data);
         if !self.header_seen && self.phase == Phase::Start {
             if self.buf.len() < 8 && PROTOCOL_HEADER.starts_with(&self.buf) && self.buf[0] == b'A' {

@@ -24,4 +24,5 @@ pub mod scenario;
 pub mod seeds;
 pub mod tag;
 pub mod trace;
+pub mod turmoil_net;
 pub mod world;
