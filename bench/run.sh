@@ -1,0 +1,637 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of warren against RabbitMQ directly (DESIGN.md §3, P1–P6).
+#
+#   bench/run.sh               full run: every scenario, direct and through warren, interleaved,
+#                              REPS repetitions (~10 minutes on 2 cores)
+#   QUICK=1 bench/run.sh       smoke run (~1 minute): 1 repetition, small counts
+#   PROFILE=1 bench/run.sh     syscalls per message through warren (strace -c and perf stat on
+#                              syscall tracepoints) and a perf profile of warren during
+#                              `publish` and `churn`; no table
+#
+# Settings (environment):
+#   REPS=3              repetitions of each throughput/latency scenario
+#   IDLE_REPS=1         repetitions of the idle scenario (10,000 connections to RabbitMQ are slow)
+#   SCENARIOS="churn publish publish_confirms consume latency idle"
+#   CHURN_DURATION=6s   length of each churn run
+#   PUBLISH_COUNT=200000  messages per publish run (bounded by count: see bench/README.md)
+#   CONFIRMS_COUNT=150000 messages per publish --confirms run
+#   CONSUME_COUNT=150000  messages per consume run
+#   LATENCY_COUNT=10000 round trips per latency run
+#   IDLE_CLIENTS=10000  connections held by the idle scenario; IDLE_HOLD=5s, IDLE_SETTLE=5s
+#   WARREN_PORT         port of the warren under test (default 5673 if free, else a free one)
+#   WARREN_ARGS         extra flags for warren
+#   SKIP_BUILD=1        use the binaries in target/release as they are
+#   PROFILE_COUNT=150000  messages of the profiled runs (perf record publishes twice as many)
+#
+# Output: a markdown table on stdout (also saved as bench/results/<timestamp>.md), raw JSON lines
+# in bench/results/<timestamp>.jsonl, warren's logs in bench/results/<timestamp>-logs/.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+QUICK="${QUICK:-0}"
+PROFILE="${PROFILE:-0}"
+if [ "$QUICK" = 1 ]; then
+    REPS="${REPS:-1}"
+    CHURN_DURATION="${CHURN_DURATION:-2s}"
+    PUBLISH_COUNT="${PUBLISH_COUNT:-30000}"
+    CONFIRMS_COUNT="${CONFIRMS_COUNT:-20000}"
+    CONSUME_COUNT="${CONSUME_COUNT:-20000}"
+    LATENCY_COUNT="${LATENCY_COUNT:-1000}"
+    IDLE_CLIENTS="${IDLE_CLIENTS:-1000}"
+    IDLE_HOLD="${IDLE_HOLD:-2s}"
+    IDLE_SETTLE="${IDLE_SETTLE:-2s}"
+fi
+REPS="${REPS:-3}"
+IDLE_REPS="${IDLE_REPS:-1}"
+SCENARIOS="${SCENARIOS:-churn publish publish_confirms consume latency idle}"
+CHURN_DURATION="${CHURN_DURATION:-6s}"
+PUBLISH_COUNT="${PUBLISH_COUNT:-200000}"
+CONFIRMS_COUNT="${CONFIRMS_COUNT:-150000}"
+CONSUME_COUNT="${CONSUME_COUNT:-150000}"
+LATENCY_COUNT="${LATENCY_COUNT:-10000}"
+IDLE_CLIENTS="${IDLE_CLIENTS:-10000}"
+IDLE_HOLD="${IDLE_HOLD:-5s}"
+IDLE_SETTLE="${IDLE_SETTLE:-5s}"
+PROFILE_COUNT="${PROFILE_COUNT:-150000}"
+WARREN_ARGS="${WARREN_ARGS:-}"
+
+BROKER_HOST=127.0.0.1
+BROKER_PORT=5672
+DIRECT_URL="amqp://guest:guest@${BROKER_HOST}:${BROKER_PORT}/%2f"
+WARREN_BIN="$ROOT/target/release/warren"
+BENCH_BIN="$ROOT/target/release/warren-bench"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+RESULTS_DIR="$ROOT/bench/results"
+JSONL="$RESULTS_DIR/$STAMP.jsonl"
+LOGS="$RESULTS_DIR/$STAMP-logs"
+
+log() { echo "[bench] $*" >&2; }
+
+# ---------------------------------------------------------------------------------------------
+# Environment: file descriptors, binaries, RabbitMQ.
+
+raise_fd_limit() {
+    local hard
+    hard="$(ulimit -Hn)"
+    if [ "$hard" = unlimited ]; then
+        hard=1048576
+    fi
+    ulimit -Sn "$hard" 2>/dev/null || true
+    log "open files limit: $(ulimit -Sn)"
+}
+
+build() {
+    if [ "${SKIP_BUILD:-0}" = 1 ]; then
+        log "SKIP_BUILD=1: using the binaries in target/release"
+    else
+        log "building warren and warren-bench (release)..."
+        cargo build --release -p warren-runtime -p warren-bench >&2
+    fi
+    [ -x "$WARREN_BIN" ] || { log "missing $WARREN_BIN"; exit 1; }
+    [ -x "$BENCH_BIN" ] || { log "missing $BENCH_BIN"; exit 1; }
+}
+
+broker_pid() { pgrep -x beam.smp | head -n1 || true; }
+
+broker_fd_limit() {
+    local pid="$1"
+    awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null || echo 0
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# Starts RabbitMQ by hand with a raised open-files limit (what scripts/rabbitmq.sh does).
+start_broker_by_hand() {
+    local nofile
+    nofile="$(ulimit -Hn)"
+    [ "$nofile" = unlimited ] && nofile=65536
+    [ "$nofile" -gt 65536 ] && nofile=65536
+    log "starting RabbitMQ with open files limit $nofile..."
+    (
+        cd /var/lib/rabbitmq
+        ulimit -n "$nofile"
+        setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+            env HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmq-server -detached
+    )
+    rabbitmqctl -q await_startup --timeout 120 >/dev/null
+}
+
+ensure_broker() {
+    local need=$((IDLE_CLIENTS + 2000)) pid limit
+    if [ -x "$ROOT/scripts/rabbitmq.sh" ]; then
+        "$ROOT/scripts/rabbitmq.sh" ensure >&2
+    elif ! port_open "$BROKER_HOST" "$BROKER_PORT"; then
+        start_broker_by_hand
+    fi
+    pid="$(broker_pid)"
+    limit="$(broker_fd_limit "$pid")"
+    if [ -z "$pid" ] || [ "$limit" -lt "$need" ]; then
+        log "RabbitMQ (pid ${pid:-none}) may open only ${limit} files, ${need} needed: restarting it"
+        if [ -x "$ROOT/scripts/rabbitmq.sh" ]; then
+            "$ROOT/scripts/rabbitmq.sh" restart >&2
+        else
+            rabbitmqctl -q stop >/dev/null 2>&1 || true
+            start_broker_by_hand
+        fi
+        pid="$(broker_pid)"
+        limit="$(broker_fd_limit "$pid")"
+    fi
+    BROKER_PID="$pid"
+    log "RabbitMQ: pid $BROKER_PID, open files limit $limit"
+}
+
+# Times the broker finished booting, per its log: a change during a run means someone restarted
+# it (other test suites on this machine do), and the run is repeated.
+broker_epoch() {
+    cat /var/log/rabbitmq/rabbit@*.log 2>/dev/null | grep -c 'Server startup complete' || true
+}
+
+# ---------------------------------------------------------------------------------------------
+# warren processes.
+
+declare -A WARREN_PID=() WARREN_URL=() WARREN_LOG=()
+
+free_port() {
+    local p="$1"
+    while port_open 127.0.0.1 "$p" || ss -ltn 2>/dev/null | awk '{print $4}' | grep -q ":$p\$"; do
+        p=$((p + 1))
+    done
+    echo "$p"
+}
+
+# start_warren NAME PORT RECYCLING
+start_warren() {
+    local name="$1" port="$2" recycling="$3" logf pid i
+    logf="$LOGS/warren-$name.log"
+    # shellcheck disable=SC2086
+    "$WARREN_BIN" --listen "127.0.0.1:$port" --upstream "amqp://$BROKER_HOST:$BROKER_PORT" \
+        --metrics off --recycling "$recycling" $WARREN_ARGS >>"$logf" 2>&1 &
+    pid=$!
+    for i in $(seq 1 100); do
+        if port_open 127.0.0.1 "$port"; then
+            break
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "warren ($name) exited at start:"
+            tail -n 20 "$logf" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    WARREN_PID[$name]="$pid"
+    WARREN_URL[$name]="amqp://guest:guest@127.0.0.1:$port/%2f"
+    WARREN_LOG[$name]="$logf"
+    log "warren ($name, recycling $recycling): pid $pid on 127.0.0.1:$port, log $logf"
+}
+
+stop_warren() {
+    local name="$1" pid="${WARREN_PID[$1]:-}"
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "WARREN_PID[$name]"
+}
+
+cleanup() {
+    local name
+    for name in "${!WARREN_PID[@]}"; do
+        stop_warren "$name"
+    done
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------------------------
+# One run of the load generator.
+
+# run_one SCENARIO TARGET REP -- BENCH_ARGS...
+# TARGET is `direct` or the name of a started warren. Appends the JSON line to $JSONL.
+run_one() {
+    local scenario="$1" target="$2" rep="$3"
+    shift 4
+    local url watch=() line epoch attempt rc pid
+    if [ "$target" = direct ]; then
+        url="$DIRECT_URL"
+    else
+        url="${WARREN_URL[$target]}"
+        pid="${WARREN_PID[$target]}"
+        watch=(--watch "warren=$pid")
+    fi
+    [ -n "${BROKER_PID:-}" ] && watch+=(--watch "broker=$BROKER_PID")
+    for attempt in 1 2; do
+        epoch="$(broker_epoch)"
+        rc=0
+        line="$("$BENCH_BIN" "$@" --url "$url" --admin-url "$DIRECT_URL" --target "$target" \
+            "${watch[@]}" --tag "rep=$rep" --tag "variant=$scenario" --tag "attempt=$attempt" \
+            2>>"$LOGS/bench.log")" || rc=$?
+        if [ "$(broker_epoch)" != "$epoch" ]; then
+            log "  $scenario/$target: RabbitMQ was restarted during the run (not by us); repeating"
+            BROKER_PID="$(broker_pid)"
+            sleep 3
+            continue
+        fi
+        break
+    done
+    if [ -z "$line" ]; then
+        line="{\"scenario\":\"$scenario\",\"target\":\"$target\",\"rep\":$rep,\"variant\":\"$scenario\",\"errors\":1,\"fatal\":\"no output (exit $rc)\"}"
+    fi
+    echo "$line" >>"$JSONL"
+    log "  $(summarise "$line")"
+    if [ "$target" != direct ] && ! kill -0 "${WARREN_PID[$target]}" 2>/dev/null; then
+        log "  warren ($target) DIED during $scenario; last log lines:"
+        tail -n 30 "${WARREN_LOG[$target]}" >&2
+        echo "{\"scenario\":\"$scenario\",\"target\":\"$target\",\"rep\":$rep,\"variant\":\"$scenario\",\"errors\":1,\"fatal\":\"warren died\"}" >>"$JSONL"
+        exit 1
+    fi
+}
+
+summarise() {
+    python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+keys = ["variant", "target", "rep", "connections_per_sec", "msgs_per_sec", "p50_us", "p99_us",
+        "opened", "warren_cpu_us_per_op", "warren_bytes_per_client", "errors", "first_error", "fatal"]
+print(" ".join(f"{k}={r[k]}" for k in keys if r.get(k) is not None))
+' "$1"
+}
+
+# interleave SCENARIO REPS TARGETS -- BENCH_ARGS...: runs every target once per repetition,
+# reversing the order on every other repetition (ABBA), so that drift hits all alike.
+interleave() {
+    local scenario="$1" reps="$2" targets="$3"
+    shift 4
+    local rep order t
+    for rep in $(seq 1 "$reps"); do
+        if [ $((rep % 2)) = 1 ]; then
+            order="$targets"
+        else
+            order="$(echo "$targets" | tr ' ' '\n' | tac | tr '\n' ' ')"
+        fi
+        for t in $order; do
+            run_one "$scenario" "$t" "$rep" -- "$@"
+        done
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# The table.
+
+summary_table() {
+    python3 - "$JSONL" <<'PY'
+import json, statistics, sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+
+def runs(variant, target):
+    return [r for r in rows if r.get("variant") == variant and r.get("target") == target]
+
+def med(rs, key):
+    v = [r[key] for r in rs if isinstance(r.get(key), (int, float))]
+    return statistics.median(v) if v else None
+
+def fmt(v, unit="", digits=0):
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}{unit}"
+
+def errs(rs):
+    n = sum(r.get("errors", 0) or 0 for r in rs)
+    return n
+
+def cpu(rs):
+    v = med(rs, "warren_cpu_us_per_op")
+    return fmt(v, " µs", 1)
+
+def rss(rs):
+    v = med(rs, "warren_hwm_kb")
+    return "–" if v is None else f"peak {v / 1024:.1f} MiB"
+
+out = []
+out.append("| scenario | direct | warren | ratio | target | warren CPU µs/msg | RSS |")
+out.append("|---|---|---|---|---|---|---|")
+notes = []
+
+def throughput(variant, label, key, unit, target_text, ok, warren="warren"):
+    d, w = runs(variant, "direct"), runs(variant, warren)
+    if not d and not w:
+        return
+    dv, wv = med(d, key), med(w, key)
+    ratio = wv / dv if dv and wv is not None else None
+    verdict = "" if ratio is None else (" ✅" if ok(ratio) else " ❌")
+    out.append(
+        f"| {label} | {fmt(dv, unit)} | {fmt(wv, unit)} | {fmt(ratio, '×', 2)}{verdict} "
+        f"| {target_text} | {cpu(w)} | {rss(w)} |"
+    )
+    e = errs(d) + errs(w)
+    if e:
+        firsts = {r.get("first_error") or r.get("fatal") for r in d + w if r.get("errors")}
+        notes.append(f"{label}: {e} errors: " + "; ".join(sorted(x for x in firsts if x)))
+    n = max(len(d), len(w))
+    return n
+
+throughput("churn", "P1 churn (recycling on)", "connections_per_sec", " conn/s", "≥ 5×",
+           lambda r: r >= 5)
+throughput("churn", "P1 churn (recycling off)", "connections_per_sec", " conn/s", "(info)",
+           lambda r: True, warren="warren_norecycle")
+throughput("publish", "P2 publish", "msgs_per_sec", " msg/s", "≥ 0.98×", lambda r: r >= 0.98)
+throughput("publish_confirms", "P2 publish + confirms", "msgs_per_sec", " msg/s", "≥ 0.97×",
+           lambda r: r >= 0.97)
+throughput("consume", "P3 consume", "msgs_per_sec", " msg/s", "≥ 0.97×", lambda r: r >= 0.97)
+
+d, w = runs("latency", "direct"), runs("latency", "warren")
+if d or w:
+    for q in ("p50", "p90", "p99"):
+        dv, wv = med(d, f"{q}_us"), med(w, f"{q}_us")
+        delta = None if dv is None or wv is None else wv - dv
+        ratio = wv / dv if dv and wv is not None else None
+        target = "added ≤ 20 µs" if q == "p50" else "(info)"
+        verdict = ""
+        if q == "p50" and delta is not None:
+            verdict = " ✅" if delta <= 20 else " ❌"
+        out.append(
+            f"| P4 latency {q} | {fmt(dv, ' µs', 1)} | {fmt(wv, ' µs', 1)} | "
+            f"{fmt(ratio, '×', 2)} (+{fmt(delta, ' µs', 1)}){verdict} | {target} | "
+            f"{cpu(w) if q == 'p50' else ''} | {rss(w) if q == 'p50' else ''} |"
+        )
+    e = errs(d) + errs(w)
+    if e:
+        notes.append(f"latency: {e} errors")
+
+d, w = runs("idle", "direct"), runs("idle", "warren")
+if d or w:
+    def held(rs):
+        if not rs:
+            return "–"
+        return " / ".join(f"{r.get('still_open_after_hold', 0):,} of {r.get('requested', 0):,}"
+                          f" ({r.get('errors', 0)} err)" for r in rs)
+    per = med(w, "warren_bytes_per_client")
+    base, hold, after = (med(w, k) for k in
+                         ("warren_rss_baseline_kb", "warren_rss_hold_kb", "warren_rss_after_kb"))
+    ok = all(r.get("errors", 1) == 0 and r.get("still_open_after_hold") == r.get("requested")
+             for r in w) and per is not None and per <= 8192
+    rss_text = "–"
+    if per is not None:
+        rss_text = (f"{per / 1024:.2f} KiB/client; {fmt(base and base / 1024, ' MiB', 1)} → "
+                    f"{fmt(hold and hold / 1024, ' MiB', 1)} held → "
+                    f"{fmt(after and after / 1024, ' MiB', 1)} after")
+    broker_per = med(d, "broker_bytes_per_client")
+    out.append(
+        f"| P6 idle clients held | {held(d)} | {held(w)} | "
+        f"{'✅' if ok else '❌'} | 10,000, no error, ≤ 8 KiB/client | {cpu(w)} per conn | {rss_text} |"
+    )
+    if broker_per is not None:
+        notes.append(f"idle: RabbitMQ itself used {broker_per / 1024:.1f} KiB per direct connection")
+    if after is not None and base is not None:
+        notes.append(f"idle: warren RSS after the clients left is {after / base:.2f}× its baseline")
+    for r in d + w:
+        if r.get("errors"):
+            notes.append(f"idle {r.get('target')}: {r.get('first_error') or r.get('fatal')}")
+
+reps = sorted({r.get("rep") for r in rows if r.get("rep") is not None})
+print("\n".join(out))
+print()
+print(f"Medians of {len(reps)} interleaved repetition(s); ratio = warren / direct. "
+      "CPU = warren's user+system time over the measured phase divided by messages "
+      "(connections for churn/idle); RSS = warren's peak (VmHWM) during the run.")
+for n in notes:
+    print(f"- {n}")
+PY
+}
+
+# ---------------------------------------------------------------------------------------------
+# PROFILE=1: syscalls per message, a CPU profile, and where idle memory goes.
+
+# The number of operations in a warren-bench JSON line (messages, or cycles for churn).
+ops_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("msgs", 0))' "$1"; }
+
+# with_tracer NAME TRACER... -- BENCH_ARGS...: runs the tracer on warren during one bench run.
+with_tracer() {
+    local name="$1" tpid
+    shift
+    local tracer=()
+    while [ "$1" != -- ]; do
+        tracer+=("$1")
+        shift
+    done
+    shift
+    "${tracer[@]}" &
+    tpid=$!
+    sleep 1
+    "$BENCH_BIN" "$@" --url "${WARREN_URL[warren]}" --admin-url "$DIRECT_URL" \
+        >"$PROF/$name.json" 2>>"$LOGS/bench.log" || true
+    kill -INT "$tpid" 2>/dev/null || true
+    wait "$tpid" 2>/dev/null || true
+}
+
+profile() {
+    local w="${WARREN_PID[warren]}" n="$PROFILE_COUNT" conf s
+    PROF="$LOGS/profile"
+    mkdir -p "$PROF"
+    command -v strace >/dev/null || { log "installing strace"; apt-get install -y -q strace >&2; }
+    log "warm-up publish through warren"
+    "$BENCH_BIN" publish --url "${WARREN_URL[warren]}" --admin-url "$DIRECT_URL" --count 20000 \
+        >/dev/null 2>>"$LOGS/bench.log"
+
+    echo "## warren profile — $STAMP ($(nproc) cores)"
+    echo
+    for conf in plain confirms; do
+        local extra=()
+        [ "$conf" = confirms ] && extra=(--confirms)
+        log "strace -c -f -p $w during publish ($conf) of $n messages"
+        with_tracer "strace-publish-$conf" strace -c -f -p "$w" -o "$PROF/strace-publish-$conf.txt" -- \
+            publish "${extra[@]}" --count "$n" --duration 120s
+        strace_table "strace -c, publish ($conf)" "$PROF/strace-publish-$conf.txt" \
+            "$(ops_of "$PROF/strace-publish-$conf.json")" message
+    done
+
+    if ! perf stat -e instructions true >/dev/null 2>&1; then
+        log "perf is not usable here: skipping perf stat and perf record"
+        return
+    fi
+    local events
+    events="context-switches,$(for c in writev sendto sendmsg write recvfrom recvmsg read readv \
+        epoll_wait futex accept4 close shutdown setsockopt epoll_ctl mmap munmap madvise mprotect; do
+        printf 'syscalls:sys_enter_%s,' "$c"
+    done)"
+    events="${events%,}"
+    for s in publish publish_confirms consume churn; do
+        local args
+        case "$s" in
+            publish) args=(publish --count "$n" --duration 120s) ;;
+            publish_confirms) args=(publish --confirms --count "$n" --duration 120s) ;;
+            consume) args=(consume --count "$n" --duration 120s) ;;
+            churn) args=(churn --duration 5s) ;;
+        esac
+        log "perf stat (syscall tracepoints, low overhead) during $s"
+        with_tracer "perfstat-$s" perf stat -e "$events" -p "$w" -o "$PROF/perfstat-$s.txt" -- "${args[@]}"
+        perfstat_table "perf stat, $s" "$PROF/perfstat-$s.txt" "$(ops_of "$PROF/perfstat-$s.json")" \
+            "$([ "$s" = churn ] && echo connection || echo message)"
+    done
+
+    for s in publish churn; do
+        local args
+        if [ "$s" = publish ]; then
+            args=(publish --count "$((n * 2))" --duration 120s)
+        else
+            args=(churn --duration 8s)
+        fi
+        log "perf record of warren during $s"
+        with_tracer "perf-$s" perf record -F 1999 -g -p "$w" -o "$PROF/perf-$s.data" -- "${args[@]}" \
+            2>>"$PROF/perf-record.log"
+        echo "### warren's top symbols during $s (self time; perf record -F 1999)"
+        echo
+        echo '```'
+        # (|| true: `head` closing the pipe early is not a failure)
+        perf report -i "$PROF/perf-$s.data" --no-children --sort dso --stdio 2>/dev/null |
+            grep -E '^ +[0-9.]+%' | head -n 5 | sed 's/[ -]*$//' || true
+        echo
+        perf report -i "$PROF/perf-$s.data" --no-children --sort symbol --stdio 2>/dev/null |
+            grep -E '^ +[0-9.]+%' | head -n 30 | cut -c1-140 | sed 's/[ -]*$//' || true
+        echo '```'
+        echo
+    done
+
+    idle_memory_probe
+    log "profile files in $PROF"
+}
+
+# After a wave of idle clients, asks glibc to give free heap pages back (malloc_trim through
+# gdb): if RSS then drops to near the baseline, the memory kept after the clients left was free
+# memory the allocator held on to, not a leak.
+idle_memory_probe() {
+    local w="${WARREN_PID[warren]}" before after clients=$((IDLE_CLIENTS / 2))
+    command -v gdb >/dev/null || { log "no gdb: skipping the idle memory probe"; return; }
+    log "idle memory probe: $clients clients, then malloc_trim(0) in warren"
+    "$BENCH_BIN" idle --url "${WARREN_URL[warren]}" --count "$clients" --concurrency 200 \
+        --hold 2s --settle 3s --watch "warren=$w" >"$PROF/idle-probe.json" 2>>"$LOGS/bench.log" || true
+    before="$(awk '/^VmRSS/ {print $2}' "/proc/$w/status")"
+    timeout 60 gdb -p "$w" -batch -ex 'call (int) malloc_trim(0)' >"$PROF/gdb-trim.log" 2>&1 || true
+    after="$(awk '/^VmRSS/ {print $2}' "/proc/$w/status")"
+    python3 - "$PROF/idle-probe.json" "$before" "$after" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+before, after = int(sys.argv[2]), int(sys.argv[3])
+print("### idle memory probe")
+print()
+print(f"{r.get('opened', 0):,} idle clients: warren RSS {r.get('warren_rss_baseline_kb', 0) / 1024:.1f} MiB before, "
+      f"{r.get('warren_rss_hold_kb', 0) / 1024:.1f} MiB held "
+      f"({r.get('warren_bytes_per_client', 0) / 1024:.2f} KiB/client), {before / 1024:.1f} MiB after they left, "
+      f"{after / 1024:.1f} MiB after malloc_trim(0).")
+print()
+PY
+}
+
+# Per-operation counts from `strace -c` output: strace_table TITLE FILE OPS UNIT
+strace_table() {
+    python3 - "$@" <<'PY'
+import sys
+title, path, n, unit = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+rows = []
+for line in open(path):
+    f = line.split()
+    if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+        try:
+            rows.append((f[-1], int(f[3])))
+        except ValueError:
+            pass
+rows.sort(key=lambda r: -r[1])
+print(f"### syscalls of warren per {unit}: {title}, {n:,} {unit}s")
+print()
+print(f"| syscall | calls | per {unit} |")
+print("|---|---|---|")
+for name, calls in rows[:12]:
+    print(f"| {name} | {calls:,} | {calls / max(n, 1):.3f} |")
+print()
+PY
+}
+
+# Per-operation counts from `perf stat` output: perfstat_table TITLE FILE OPS UNIT
+perfstat_table() {
+    python3 - "$@" <<'PY'
+import re, sys
+title, path, n, unit = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+print(f"### syscalls of warren per {unit}: {title}, {n:,} {unit}s")
+print()
+print(f"| event | count | per {unit} |")
+print("|---|---|---|")
+for line in open(path):
+    m = re.match(r"\s*([\d,]+)\s+(?:syscalls:sys_enter_)?([\w-]+)", line)
+    if m and not line.strip().startswith("#"):
+        count = int(m.group(1).replace(",", ""))
+        if count:
+            print(f"| {m.group(2)} | {count:,} | {count / max(n, 1):.3f} |")
+print()
+PY
+}
+
+# ---------------------------------------------------------------------------------------------
+# Main.
+
+main() {
+    mkdir -p "$RESULTS_DIR" "$LOGS"
+    raise_fd_limit
+    build
+    ensure_broker
+    local port
+    port="${WARREN_PORT:-$(free_port 5673)}"
+    start_warren warren "$port" true
+
+    if [ "$PROFILE" = 1 ]; then
+        profile | tee "$RESULTS_DIR/$STAMP-profile.md"
+        log "saved $RESULTS_DIR/$STAMP-profile.md"
+        return
+    fi
+
+    log "results: $JSONL"
+    local s
+    for s in $SCENARIOS; do
+        log "== $s"
+        case "$s" in
+            churn)
+                start_warren warren_norecycle "$(free_port $((port + 1)))" false
+                interleave churn "$REPS" "direct warren warren_norecycle" -- \
+                    churn --duration "$CHURN_DURATION"
+                stop_warren warren_norecycle
+                ;;
+            publish)
+                interleave publish "$REPS" "direct warren" -- \
+                    publish --count "$PUBLISH_COUNT" --duration 60s
+                ;;
+            publish_confirms)
+                interleave publish_confirms "$REPS" "direct warren" -- \
+                    publish --confirms --count "$CONFIRMS_COUNT" --duration 60s
+                ;;
+            consume)
+                interleave consume "$REPS" "direct warren" -- \
+                    consume --count "$CONSUME_COUNT" --duration 60s
+                ;;
+            latency)
+                interleave latency "$REPS" "direct warren" -- \
+                    latency --count "$LATENCY_COUNT" --duration 30s
+                ;;
+            idle)
+                interleave idle "$IDLE_REPS" "direct warren" -- \
+                    idle --count "$IDLE_CLIENTS" --concurrency 200 --hold "$IDLE_HOLD" \
+                    --settle "$IDLE_SETTLE" --op-timeout 60s
+                ;;
+            *)
+                log "unknown scenario $s"
+                exit 2
+                ;;
+        esac
+    done
+    {
+        echo "## warren vs RabbitMQ direct — $STAMP ($(nproc) cores; REPS=$REPS$([ "$QUICK" = 1 ] && echo ', QUICK'))"
+        echo
+        summary_table
+    } | tee "$RESULTS_DIR/$STAMP.md"
+    log "raw results: $JSONL"
+}
+
+main "$@"
