@@ -75,7 +75,7 @@ pub(crate) fn spawn_writer(
         drained: drained.clone(),
     };
     tokio::spawn(async move {
-        let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+        let mut batch: Vec<Bytes> = Vec::new();
         loop {
             let n = tokio::select! {
                 biased;

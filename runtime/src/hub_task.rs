@@ -11,6 +11,7 @@ use crate::metrics::HubMetrics;
 use crate::net::Network;
 use crate::registry::Join;
 use crate::server::{now, Ctx};
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -25,6 +26,11 @@ const UPSTREAM_HIGH_WATER: usize = 16 * 1024 * 1024;
 const INPUT_QUEUE: usize = 1024;
 /// How often counters are copied into the metrics registry.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
+/// Inputs handled back to back before queued output is handed to the writers.
+const MAX_BURST: usize = 128;
+/// Staged output up to this size is copied into one buffer, so a burst of small frames costs
+/// one queue operation and one iovec; larger output keeps its buffers (no copy of big bodies).
+const COALESCE_MAX: usize = 64 * 1024;
 
 /// What a client gets back when its hub takes it in.
 #[derive(Debug)]
@@ -46,12 +52,62 @@ struct ClientSlot {
     id: ClientId,
     sink: Sink,
     slow: bool,
+    staged: Staged,
 }
 
 struct UpstreamSlot {
     id: UpstreamId,
     sink: Option<Sink>,
     cancel: CancellationToken,
+    staged: Staged,
+}
+
+/// Output produced during a burst of inputs, handed to the writer in one go.
+#[derive(Default)]
+struct Staged {
+    bufs: Vec<Bytes>,
+    len: usize,
+}
+
+impl Staged {
+    /// Adds a buffer; returns true if this made the stage non-empty.
+    fn push(&mut self, b: Bytes) -> bool {
+        self.len += b.len();
+        self.bufs.push(b);
+        self.bufs.len() == 1
+    }
+
+    /// Hands everything to `sink`: small bursts as one coalesced buffer.
+    fn flush_into(&mut self, sink: &Sink) {
+        let len = std::mem::take(&mut self.len);
+        match self.bufs.len() {
+            0 => {}
+            1 => {
+                sink.send(self.bufs.pop().unwrap_or_default());
+            }
+            _ if len <= COALESCE_MAX => {
+                let mut one = BytesMut::with_capacity(len);
+                for b in self.bufs.drain(..) {
+                    one.extend_from_slice(&b);
+                }
+                sink.send(one.freeze());
+            }
+            _ => {
+                for b in self.bufs.drain(..) {
+                    sink.send(b);
+                }
+            }
+        }
+    }
+}
+
+/// What the next ready message turned out to be.
+#[allow(clippy::large_enum_variant)] // Short-lived, on the stack; inputs are the common case.
+enum Step {
+    /// An input for the core hub.
+    Input(Input),
+    /// Something handled by the task itself (a join, a finished dial).
+    Handled,
 }
 
 /// Starts the task for the hub of `key`; returns the channel that takes joins.
@@ -78,6 +134,8 @@ pub(crate) fn spawn_hub<N: Network>(
         upstream_rx,
         clients: Vec::new(),
         upstreams: Vec::new(),
+        dirty_clients: Vec::new(),
+        dirty_upstreams: Vec::new(),
         slow: Vec::new(),
         metrics,
         last_stats: HubStats::default(),
@@ -102,6 +160,9 @@ struct HubTask<N: Network> {
     upstream_rx: mpsc::Receiver<UpstreamMsg>,
     clients: Vec<Option<ClientSlot>>,
     upstreams: Vec<Option<UpstreamSlot>>,
+    /// Slots with staged output, flushed at the end of a burst.
+    dirty_clients: Vec<usize>,
+    dirty_upstreams: Vec<usize>,
     slow: Vec<ClientId>,
     metrics: HubMetrics,
     last_stats: HubStats,
@@ -113,54 +174,121 @@ struct HubTask<N: Network> {
 
 impl<N: Network> HubTask<N> {
     async fn run(mut self) {
+        let mut burst = 0;
         loop {
             self.apply_outputs();
             while let Some(client) = self.slow.pop() {
                 self.hub.handle(now(), Input::ClientSlow { client });
                 self.apply_outputs();
             }
-            self.report(false);
-            if self.hub.is_finished()
-                && self
-                    .ctx
-                    .registry
-                    .retire(&self.key, self.id, &mut self.joins, &self.ctx.metrics)
-            {
-                break;
-            }
-            let timeout = self.hub.poll_timeout().map(tokio::time::Instant::from_std);
-            let congested = self.congested_upstream();
-            let input = tokio::select! {
-                biased;
-                _ = self.ctx.abort.cancelled() => break,
-                _ = self.ctx.drain.cancelled(), if !self.draining => {
-                    self.draining = true;
-                    Input::Drain { deadline: now() + self.ctx.config.drain_timeout }
-                }
-                Some(join) = self.joins.recv() => {
-                    self.join(join);
-                    continue;
-                }
-                Some(msg) = self.upstream_rx.recv() => match msg {
-                    UpstreamMsg::Ready { upstream, sink } => {
-                        match self.upstream_slot(upstream) {
-                            Some(slot) => slot.sink = Some(sink),
-                            None => continue,
-                        }
-                        Input::UpstreamConnected { upstream }
+            burst += 1;
+            let step = match self.next_ready(burst) {
+                Some(step) => step,
+                None => {
+                    burst = 0;
+                    self.flush();
+                    self.report(false);
+                    if self.hub.is_finished()
+                        && self.ctx.registry.retire(
+                            &self.key,
+                            self.id,
+                            &mut self.joins,
+                            &self.ctx.metrics,
+                        )
+                    {
+                        break;
                     }
-                    UpstreamMsg::Input(i) => i,
-                },
-                Some(input) = self.client_rx.recv(), if congested.is_none() => input,
-                _ = wait_drained(congested.clone()), if congested.is_some() => continue,
-                _ = tokio::time::sleep_until(timeout.unwrap_or_else(tokio::time::Instant::now)), if timeout.is_some() => Input::Timeout,
+                    match self.wait().await {
+                        Some(step) => step,
+                        None => break,
+                    }
+                }
             };
-            self.hub.handle(now(), input);
+            match step {
+                Step::Input(input) => self.hub.handle(now(), input),
+                Step::Handled => {}
+            }
         }
+        self.flush();
         for slot in self.upstreams.iter().flatten() {
             slot.cancel.cancel();
         }
         self.report(true);
+    }
+
+    /// The next message that is ready without waiting, unless the burst is over.
+    fn next_ready(&mut self, burst: usize) -> Option<Step> {
+        if burst >= MAX_BURST {
+            return None;
+        }
+        if let Ok(join) = self.joins.try_recv() {
+            self.join(join);
+            return Some(Step::Handled);
+        }
+        if let Ok(msg) = self.upstream_rx.try_recv() {
+            return Some(self.upstream_msg(msg));
+        }
+        if self.congested_upstream().is_none() {
+            if let Ok(input) = self.client_rx.try_recv() {
+                return Some(Step::Input(input));
+            }
+        }
+        let due = self.hub.poll_timeout().is_some_and(|t| t <= now());
+        due.then_some(Step::Input(Input::Timeout))
+    }
+
+    /// Waits for the next message, timer, drain or abort; `None` means stop now.
+    async fn wait(&mut self) -> Option<Step> {
+        let timeout = self.hub.poll_timeout().map(tokio::time::Instant::from_std);
+        let congested = self.congested_upstream();
+        let step = tokio::select! {
+            biased;
+            _ = self.ctx.abort.cancelled() => return None,
+            _ = self.ctx.drain.cancelled(), if !self.draining => {
+                self.draining = true;
+                Step::Input(Input::Drain { deadline: now() + self.ctx.config.drain_timeout })
+            }
+            Some(join) = self.joins.recv() => {
+                self.join(join);
+                Step::Handled
+            }
+            Some(msg) = self.upstream_rx.recv() => self.upstream_msg(msg),
+            Some(input) = self.client_rx.recv(), if congested.is_none() => Step::Input(input),
+            _ = wait_drained(congested.clone()), if congested.is_some() => Step::Handled,
+            _ = tokio::time::sleep_until(timeout.unwrap_or_else(tokio::time::Instant::now)), if timeout.is_some() => {
+                Step::Input(Input::Timeout)
+            }
+        };
+        Some(step)
+    }
+
+    fn upstream_msg(&mut self, msg: UpstreamMsg) -> Step {
+        match msg {
+            UpstreamMsg::Ready { upstream, sink } => match self.upstream_slot(upstream) {
+                Some(slot) => {
+                    slot.sink = Some(sink);
+                    Step::Input(Input::UpstreamConnected { upstream })
+                }
+                None => Step::Handled,
+            },
+            UpstreamMsg::Input(i) => Step::Input(i),
+        }
+    }
+
+    /// Hands staged output to the writers.
+    fn flush(&mut self) {
+        for i in self.dirty_clients.drain(..) {
+            if let Some(slot) = self.clients.get_mut(i).and_then(Option::as_mut) {
+                slot.staged.flush_into(&slot.sink);
+            }
+        }
+        for i in self.dirty_upstreams.drain(..) {
+            if let Some(slot) = self.upstreams.get_mut(i).and_then(Option::as_mut) {
+                if let Some(sink) = &slot.sink {
+                    slot.staged.flush_into(sink);
+                }
+            }
+        }
     }
 
     fn join(&mut self, join: Join) {
@@ -173,6 +301,7 @@ impl<N: Network> HubTask<N> {
                 id,
                 sink,
                 slow: false,
+                staged: Staged::default(),
             },
         );
         let joined = Joined {
@@ -200,45 +329,52 @@ impl<N: Network> HubTask<N> {
             .cloned()
     }
 
+    /// Carries out the hub's outputs. Bytes are staged per connection and handed to the
+    /// writers at the end of the burst; closes flush what is staged first.
     fn apply_outputs(&mut self) {
         let limit = self.ctx.config.client_queue_bytes;
         while let Some(out) = self.hub.poll_output() {
             match out {
                 Output::ToClient { client, data } => {
+                    let i = client.index();
                     let Some(slot) = self
                         .clients
-                        .get_mut(client.index())
+                        .get_mut(i)
                         .and_then(Option::as_mut)
                         .filter(|s| s.id == client)
                     else {
                         continue;
                     };
-                    let queued = slot.sink.send(data);
-                    if queued.is_some_and(|q| q > limit) && !slot.slow {
+                    if slot.staged.push(data) {
+                        self.dirty_clients.push(i);
+                    }
+                    if slot.sink.queued() + slot.staged.len > limit && !slot.slow {
                         slot.slow = true;
                         self.slow.push(client);
                     }
                 }
                 Output::CloseClient { client } => {
                     if let Some(s) = self.clients.get_mut(client.index()) {
-                        if s.as_ref().is_some_and(|s| s.id == client) {
+                        if let Some(mut slot) = s.take_if(|s| s.id == client) {
                             // Dropping the sink lets the writer flush, then close the socket.
-                            *s = None;
+                            slot.staged.flush_into(&slot.sink);
                         }
                     }
                 }
                 Output::ToUpstream { upstream, data } => {
-                    if let Some(sink) = self.upstream_slot(upstream).and_then(|s| s.sink.as_ref()) {
-                        sink.send(data);
+                    let i = upstream.index();
+                    if let Some(slot) = self.upstream_slot(upstream) {
+                        if slot.staged.push(data) {
+                            self.dirty_upstreams.push(i);
+                        }
                     }
                 }
                 Output::CloseUpstream { upstream } => {
-                    if let Some(slot) = self.upstreams.get_mut(upstream.index()) {
-                        if slot.as_ref().is_some_and(|s| s.id == upstream) {
-                            if let Some(s) = slot.take() {
-                                if s.sink.is_none() {
-                                    s.cancel.cancel();
-                                }
+                    if let Some(s) = self.upstreams.get_mut(upstream.index()) {
+                        if let Some(mut slot) = s.take_if(|s| s.id == upstream) {
+                            match &slot.sink {
+                                Some(sink) => slot.staged.flush_into(sink),
+                                None => slot.cancel.cancel(),
                             }
                         }
                     }
@@ -305,6 +441,7 @@ impl<N: Network> HubTask<N> {
                 id,
                 sink: None,
                 cancel: cancel.clone(),
+                staged: Staged::default(),
             },
         );
         let ctx = self.ctx.clone();
