@@ -4,11 +4,12 @@
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use warren_core::frame::{Frame, FrameDecoder, FrameError};
 
@@ -22,42 +23,123 @@ pub(crate) type BoxStream = Box<dyn Stream>;
 /// Buffers read per batch handed to a hub.
 pub(crate) type FrameBatch = SmallVec<[Frame; 8]>;
 
-/// The sending side of a connection's write queue, with its queued byte count.
-#[derive(Debug, Clone)]
+/// A connection's write queue: buffers from the hub, drained by the writer task. Cheaper per
+/// connection than a channel (nothing is allocated until something is queued), which matters
+/// for tens of thousands of idle clients (P6).
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the writer when something is queued or the last sink goes away.
+    wake: Notify,
+    /// Wakes a hub waiting for a congested queue to drain.
+    drained: Notify,
+    queued: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    bufs: VecDeque<Bytes>,
+    /// Live [`Sink`]s; at zero the writer flushes and closes the socket.
+    senders: usize,
+    /// The writer has stopped; sends fail.
+    writer_gone: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Nothing panics while holding this lock; recover anyway rather than spread a panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The sending side of a connection's write queue. When the last clone is dropped the writer
+/// flushes what is queued, shuts the socket down and cancels its token.
+#[derive(Debug)]
 pub(crate) struct Sink {
-    tx: mpsc::UnboundedSender<Bytes>,
-    queued: Arc<AtomicUsize>,
-    drained: Arc<Notify>,
+    q: Arc<Queue>,
+}
+
+impl Clone for Sink {
+    fn clone(&self) -> Self {
+        self.q.lock().senders += 1;
+        Sink { q: self.q.clone() }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let last = {
+            let mut st = self.q.lock();
+            st.senders -= 1;
+            st.senders == 0
+        };
+        if last {
+            self.q.wake.notify_one();
+        }
+    }
 }
 
 impl Sink {
     /// Queues a buffer; returns the bytes now queued, or `None` if the writer is gone.
     pub(crate) fn send(&self, data: Bytes) -> Option<usize> {
         let len = data.len();
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        if self.tx.send(data).is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            return None;
-        }
+        let before = {
+            let mut st = self.q.lock();
+            if st.writer_gone {
+                return None;
+            }
+            // Counted before the writer can see it, so the count never underflows.
+            let before = self.q.queued.fetch_add(len, Ordering::Relaxed);
+            st.bufs.push_back(data);
+            before
+        };
+        self.q.wake.notify_one();
         Some(before + len)
     }
 
     /// Bytes queued and not yet written.
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.q.queued.load(Ordering::Relaxed)
     }
 
-    /// Resolves when the writer has drained below half of `high`.
+    /// Resolves when the writer has drained below half of `high` (or is gone).
     pub(crate) async fn drained_below(&self, high: usize) {
         loop {
-            let notified = self.drained.notified();
-            if self.queued() < high / 2 || self.tx.is_closed() {
+            let notified = self.q.drained.notified();
+            if self.queued() < high / 2 || self.q.lock().writer_gone {
                 return;
             }
             notified.await;
         }
     }
 }
+
+/// What the writer found in its queue. The batch is on the heap only while it is being
+/// written, so an idle writer task stays small.
+enum Next {
+    Write(Vec<Bytes>),
+    Close,
+}
+
+/// Takes up to a batch of buffers, or reports that the last sender is gone.
+fn next_batch(q: &Queue) -> Option<Next> {
+    let mut st = q.lock();
+    if st.bufs.is_empty() {
+        if st.senders == 0 {
+            return Some(Next::Close);
+        }
+        if st.bufs.capacity() > 64 {
+            // A burst is over; give the memory back.
+            st.bufs.shrink_to(8);
+        }
+        return None;
+    }
+    let n = st.bufs.len().min(MAX_IOVECS);
+    Some(Next::Write(st.bufs.drain(..n).collect()))
+}
+
+/// Buffers written per vectored write.
+const MAX_IOVECS: usize = 64;
 
 /// Starts a writer task for `w`: it writes queued buffers in vectored batches, and when the
 /// last [`Sink`] is dropped it flushes, shuts the socket down and cancels `done`.
@@ -66,42 +148,52 @@ pub(crate) fn spawn_writer(
     done: CancellationToken,
     low_water_wake: usize,
 ) -> Sink {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let drained = Arc::new(Notify::new());
-    let sink = Sink {
-        tx,
-        queued: queued.clone(),
-        drained: drained.clone(),
-    };
+    let q = Arc::new(Queue {
+        state: Mutex::new(QueueState {
+            senders: 1,
+            ..QueueState::default()
+        }),
+        wake: Notify::new(),
+        drained: Notify::new(),
+        queued: AtomicUsize::new(0),
+    });
+    let sink = Sink { q: q.clone() };
     tokio::spawn(async move {
-        let mut batch: Vec<Bytes> = Vec::new();
         loop {
-            let n = tokio::select! {
-                biased;
-                _ = done.cancelled() => break,
-                n = rx.recv_many(&mut batch, 64) => n,
+            let batch = match next_batch(&q) {
+                Some(Next::Write(batch)) => batch,
+                Some(Next::Close) => {
+                    let _ = w.shutdown().await;
+                    break;
+                }
+                None => {
+                    tokio::select! {
+                        biased;
+                        _ = done.cancelled() => break,
+                        _ = q.wake.notified() => continue,
+                    }
+                }
             };
-            if n == 0 {
-                let _ = w.shutdown().await;
-                break;
-            }
             let bytes: usize = batch.iter().map(Bytes::len).sum();
             let res = tokio::select! {
                 biased;
                 _ = done.cancelled() => break,
                 r = write_batch(&mut w, &batch) => r,
             };
-            batch.clear();
-            let left = queued.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+            let left = q.queued.fetch_sub(bytes, Ordering::Relaxed) - bytes;
             if left < low_water_wake {
-                drained.notify_waiters();
+                q.drained.notify_waiters();
             }
             if res.is_err() {
                 break;
             }
         }
-        drained.notify_waiters();
+        {
+            let mut st = q.lock();
+            st.writer_gone = true;
+            st.bufs = VecDeque::new();
+        }
+        q.drained.notify_waiters();
         done.cancel();
     });
     sink
@@ -112,7 +204,7 @@ async fn write_batch(w: &mut WriteHalf<BoxStream>, batch: &[Bytes]) -> io::Resul
     let mut idx = 0;
     let mut offset = 0;
     while idx < batch.len() {
-        let slices: SmallVec<[IoSlice<'_>; 64]> = std::iter::once(&batch[idx][offset..])
+        let slices: SmallVec<[IoSlice<'_>; 16]> = std::iter::once(&batch[idx][offset..])
             .chain(batch[idx + 1..].iter().map(|b| &b[..]))
             .map(IoSlice::new)
             .collect();
@@ -200,6 +292,6 @@ where
 
 /// Bytes reserved for the first read of a connection: small, because most clients are idle
 /// most of the time (P6).
-pub(crate) const MIN_READ_CHUNK: usize = 2 * 1024;
+pub(crate) const MIN_READ_CHUNK: usize = 1024;
 /// Largest read buffer growth step for busy connections.
 const MAX_READ_CHUNK: usize = 128 * 1024;

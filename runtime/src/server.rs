@@ -234,27 +234,18 @@ impl<N: Network> Server<N> {
 /// One client connection: TLS, handshake, admission to a hub, then the reader loop.
 async fn client_connection<N: Network>(ctx: &Arc<Ctx<N>>, stream: BoxStream, peer: SocketAddr) {
     let started = now();
+    // The TLS and AMQP handshakes are boxed: their state is large and short-lived, and the
+    // task that outlives them should stay small for idle clients (P6).
     let stream: BoxStream = match &ctx.acceptor {
-        Some(acceptor) => {
-            let tls = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream));
-            match tls.await {
-                Ok(Ok(s)) => Box::new(s),
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    ctx.metrics.refused("tls");
-                    return;
-                }
-                Err(_) => {
-                    ctx.metrics.refused("handshake_timeout");
-                    return;
-                }
-            }
-        }
+        Some(acceptor) => match Box::pin(tls_accept(ctx, acceptor, stream, peer)).await {
+            Some(s) => s,
+            None => return,
+        },
         None => stream,
     };
     let (mut r, mut w) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(MIN_READ_CHUNK);
-    let Some(hello) = handshake(ctx, &mut r, &mut w, &mut buf).await else {
+    let Some(hello) = Box::pin(handshake(ctx, &mut r, &mut w, &mut buf)).await else {
         return;
     };
     ctx.metrics.observe_handshake(now().duration_since(started));
@@ -327,6 +318,28 @@ async fn client_connection<N: Network>(ctx: &Arc<Ctx<N>>, stream: BoxStream, pee
         ReadEnd::Cancelled => {}
     }
     tracing::info!(%peer, name = %name, %user, %vhost, %client, "client disconnected");
+}
+
+/// Accepts TLS within the handshake timeout.
+async fn tls_accept<N: Network>(
+    ctx: &Arc<Ctx<N>>,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: BoxStream,
+    peer: SocketAddr,
+) -> Option<BoxStream> {
+    let tls = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream));
+    match tls.await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            ctx.metrics.refused("tls");
+            None
+        }
+        Err(_) => {
+            ctx.metrics.refused("handshake_timeout");
+            None
+        }
+    }
 }
 
 /// Runs the client handshake until `Connection.Open`. Writes go straight to the socket: no
