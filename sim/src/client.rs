@@ -296,6 +296,10 @@ impl ClientSpec {
     }
 }
 
+/// How long a client waits for `Connection.OpenOk` before giving up (client libraries
+/// have a connection timeout; warren's own handshake timeout is shorter).
+pub const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(15);
+
 /// How a client opens its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opening {
@@ -499,6 +503,7 @@ pub struct FakeClient {
     decoder: FrameDecoder,
     tune: Tune,
     heartbeat: Option<Duration>,
+    connected_at: Instant,
     last_tx: Instant,
     last_rx: Instant,
     out: VecDeque<ClientOut>,
@@ -555,6 +560,7 @@ impl FakeClient {
                 heartbeat: 0,
             },
             heartbeat: None,
+            connected_at: now,
             last_tx: now,
             last_rx: now,
             out: VecDeque::new(),
@@ -669,9 +675,12 @@ impl FakeClient {
         if let Some(until) = self.stalled_until {
             return Some(until);
         }
+        let patience = matches!(self.phase, Phase::Start | Phase::Tune | Phase::OpenOk)
+            .then_some(self.connected_at + HANDSHAKE_PATIENCE);
+        // Heartbeats run from TuneOk on (the spec's rule), not only after OpenOk.
         let hb = self
             .heartbeat
-            .filter(|_| self.phase == Phase::Running || self.phase == Phase::Closing)
+            .filter(|_| matches!(self.phase, Phase::OpenOk | Phase::Running | Phase::Closing))
             .map(|h| {
                 let send = self.last_tx + h / 2;
                 if self.reading {
@@ -684,16 +693,19 @@ impl FakeClient {
             Wait::Until(t) | Wait::Verdict(t) => Some(t),
             _ => None,
         };
-        match (hb, wait) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [patience, hb, wait].into_iter().flatten().min()
     }
 
     /// Timers: heartbeats, sleeps, the end of a stall.
     pub fn handle_timeout(&mut self, now: Instant, board: &mut Board) {
         if self.is_done() {
             return;
+        }
+        if matches!(self.phase, Phase::Start | Phase::Tune | Phase::OpenOk)
+            && now >= self.connected_at + HANDSHAKE_PATIENCE
+        {
+            self.out.push_back(ClientOut::Close);
+            return self.finish(now, End::TimedOut);
         }
         if let Some(until) = self.stalled_until {
             if now < until {
@@ -709,7 +721,7 @@ impl FakeClient {
             }
         }
         if let Some(h) = self.heartbeat {
-            if matches!(self.phase, Phase::Running | Phase::Closing) {
+            if matches!(self.phase, Phase::OpenOk | Phase::Running | Phase::Closing) {
                 if self.reading && now >= self.last_rx + h * 2 {
                     // Like a real client library: a silent peer is a dead peer.
                     self.out.push_back(ClientOut::Close);

@@ -19,6 +19,7 @@
 pub mod broker;
 pub mod check;
 pub mod client;
+pub mod layer2;
 pub mod plan;
 pub mod scenario;
 pub mod seeds;
