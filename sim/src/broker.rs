@@ -58,6 +58,9 @@ pub struct BrokerConfig {
     pub batch_confirms: bool,
     /// How long the broker waits for `CloseOk` after it sent `Connection.Close`.
     pub close_timeout: Duration,
+    /// How long a connection may take to finish the AMQP handshake (RabbitMQ's
+    /// `handshake_timeout`, 10 s by default) before the broker drops it.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -70,6 +73,7 @@ impl Default for BrokerConfig {
             heartbeat: 60,
             batch_confirms: false,
             close_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -140,6 +144,7 @@ enum Phase {
 #[derive(Debug)]
 struct Conn {
     phase: Phase,
+    accepted: Instant,
     buf: BytesMut,
     decoder: FrameDecoder,
     tune: Tune,
@@ -337,6 +342,7 @@ impl Broker {
             id,
             Conn {
                 phase: Phase::Header,
+                accepted: now,
                 buf: BytesMut::new(),
                 decoder: FrameDecoder::new(131_072),
                 tune: Tune {
@@ -392,6 +398,11 @@ impl Broker {
                     self.drop_conn(now, id);
                     self.closing.push(id);
                 }
+                continue;
+            }
+            if c.phase != Phase::Running && now >= c.accepted + self.config.handshake_timeout {
+                self.drop_conn(now, id);
+                self.closing.push(id);
                 continue;
             }
             let Some(hb) = c.heartbeat else { continue };
@@ -458,9 +469,10 @@ impl Broker {
             .values()
             .filter_map(|c| match c.phase {
                 Phase::Closing(until) => Some(until),
-                _ => c
+                Phase::Running => c
                     .heartbeat
                     .map(|hb| (c.last_tx + hb / 2).min(c.last_rx + hb * 2)),
+                _ => Some(c.accepted + self.config.handshake_timeout),
             })
             .min()
     }
@@ -1757,10 +1769,7 @@ impl Broker {
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
-            loop {
-                let Some(q) = self.queues.get(&name) else {
-                    break;
-                };
+            while let Some(q) = self.queues.get(&name) {
                 if q.msgs.is_empty() || q.consumers.is_empty() {
                     break;
                 }

@@ -1219,7 +1219,7 @@ impl FakeClient {
                 chan.firsts += u32::from(!redelivered);
                 let nack = self.spec.nack_every > 0
                     && !redelivered
-                    && chan.firsts % self.spec.nack_every == 0;
+                    && chan.firsts.is_multiple_of(self.spec.nack_every);
                 for p in problems {
                     self.violation(p);
                 }

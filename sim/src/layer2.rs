@@ -178,6 +178,7 @@ pub fn runtime_config(sc: &Scenario, drain_timeout: Duration) -> Config {
 #[must_use]
 pub fn scenario(seed: u64, opts: &L2Options) -> (Scenario, Vec<(Duration, L2Fault)>) {
     let mut sc = Scenario::random(seed);
+    sc.broker.handshake_timeout = Duration::from_secs(5);
     // turmoil loses segments for good in a partition (no retransmission), so only
     // heartbeats can find a dead connection: keep them on everywhere.
     if sc.broker.heartbeat == 0 {
@@ -490,7 +491,14 @@ pub fn run(seed: u64, opts: &L2Options) -> L2Report {
     let mut broker_down = 0u32;
     let mut error = None;
     let mut next = 0;
-    let settle = sc.hub.pool_idle_timeout.max(sc.hub.upstream_idle_timeout)
+    // Long enough for warren's idle timers and for the broker to drop half-open
+    // connections (turmoil loses a FIN sent into a partition for good).
+    let settle = sc
+        .hub
+        .pool_idle_timeout
+        .max(sc.hub.upstream_idle_timeout)
+        .max(sc.broker.handshake_timeout)
+        .max(Duration::from_secs(u64::from(sc.broker.heartbeat) * 2))
         + close_timeout
         + Duration::from_secs(2);
     let mut settle_from: Option<Duration> = None;

@@ -46,20 +46,12 @@ use warren_core::reply::{self, Reply};
 pub type Tamper = Box<dyn FnMut(Instant, &mut Output) -> bool + Send>;
 
 /// Options of one run.
+#[derive(Default)]
 pub struct RunOptions {
     /// Record the readable trace (slower; off for sweeps).
     pub trace: bool,
     /// Optional output tampering (see [`Tamper`]).
     pub tamper: Option<Tamper>,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            trace: false,
-            tamper: None,
-        }
-    }
 }
 
 /// The outcome of one run.
@@ -345,8 +337,7 @@ impl World {
     pub fn run_to_end(&mut self) {
         let limit = self.epoch + self.sc.limit;
         let mut same_instant = 0u32;
-        loop {
-            let Some(next) = self.next_time() else { break };
+        while let Some(next) = self.next_time() {
             if next > limit {
                 self.now = limit;
                 break;
@@ -1423,11 +1414,9 @@ impl World {
                     self.schedule(now + Duration::from_millis(d), Ev::Break);
                 }
             }
-            Fault::Blocked { .. } => {
-                if self.broker_state == BrokerState::Up {
-                    self.broker.set_blocked(now, Some("low on memory"));
-                    self.broker_outputs();
-                }
+            Fault::Blocked { .. } if self.broker_state == BrokerState::Up => {
+                self.broker.set_blocked(now, Some("low on memory"));
+                self.broker_outputs();
             }
             Fault::Drain { timeout } => {
                 let deadline = now + timeout;
@@ -1477,11 +1466,9 @@ impl World {
                 }
                 self.line("heal: partition repaired");
             }
-            Fault::Hold { .. } => {
-                if self.held_until.is_some_and(|h| h <= now) {
-                    self.held_until = None;
-                    self.line("heal: hold released");
-                }
+            Fault::Hold { .. } if self.held_until.is_some_and(|h| h <= now) => {
+                self.held_until = None;
+                self.line("heal: hold released");
             }
             Fault::Blocked { .. } => {
                 if self.broker_state == BrokerState::Up {
