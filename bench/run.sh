@@ -120,24 +120,31 @@ start_broker_by_hand() {
 
 ensure_broker() {
     local need=$((IDLE_CLIENTS + 2000)) pid limit
-    if [ -x "$ROOT/scripts/rabbitmq.sh" ]; then
-        "$ROOT/scripts/rabbitmq.sh" ensure >&2
-    elif ! port_open "$BROKER_HOST" "$BROKER_PORT"; then
-        start_broker_by_hand
+    # A broker that answers is left alone (other people on this machine may be using it), unless
+    # it cannot hold the idle scenario's connections.
+    if ! port_open "$BROKER_HOST" "$BROKER_PORT"; then
+        if [ -x "$ROOT/scripts/rabbitmq.sh" ]; then
+            "$ROOT/scripts/rabbitmq.sh" ensure >&2 || true
+        fi
+        port_open "$BROKER_HOST" "$BROKER_PORT" || start_broker_by_hand
     fi
     pid="$(broker_pid)"
     limit="$(broker_fd_limit "$pid")"
     if [ -z "$pid" ] || [ "$limit" -lt "$need" ]; then
         log "RabbitMQ (pid ${pid:-none}) may open only ${limit} files, ${need} needed: restarting it"
         if [ -x "$ROOT/scripts/rabbitmq.sh" ]; then
-            "$ROOT/scripts/rabbitmq.sh" restart >&2
-        else
-            rabbitmqctl -q stop >/dev/null 2>&1 || true
-            start_broker_by_hand
+            "$ROOT/scripts/rabbitmq.sh" restart >&2 || true
         fi
         pid="$(broker_pid)"
         limit="$(broker_fd_limit "$pid")"
+        if [ -z "$pid" ] || [ "$limit" -lt "$need" ]; then
+            rabbitmqctl -q stop >/dev/null 2>&1 || true
+            start_broker_by_hand
+            pid="$(broker_pid)"
+            limit="$(broker_fd_limit "$pid")"
+        fi
     fi
+    port_open "$BROKER_HOST" "$BROKER_PORT" || { log "RabbitMQ does not answer on $BROKER_PORT"; exit 1; }
     BROKER_PID="$pid"
     log "RabbitMQ: pid $BROKER_PID, open files limit $limit"
 }
@@ -317,28 +324,50 @@ out.append("| scenario | direct | warren | ratio | target | warren CPU µs/msg |
 out.append("|---|---|---|---|---|---|---|")
 notes = []
 
+def rep_ratios(d, w, key):
+    """warren/direct of each repetition (the two ran next to each other)."""
+    dv = {r.get("rep"): r.get(key) for r in d}
+    out = []
+    for r in w:
+        a, b = dv.get(r.get("rep")), r.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a:
+            out.append(b / a)
+    return out
+
+def ratio_text(ratio, per_rep):
+    text = fmt(ratio, "×", 2)
+    if len(per_rep) > 1:
+        text += f" ({min(per_rep):.2f}–{max(per_rep):.2f})"
+    return text
+
 def throughput(variant, label, key, unit, target_text, ok, warren="warren"):
     d, w = runs(variant, "direct"), runs(variant, warren)
     if not d and not w:
         return
     dv, wv = med(d, key), med(w, key)
     ratio = wv / dv if dv and wv is not None else None
-    verdict = "" if ratio is None else (" ✅" if ok(ratio) else " ❌")
+    verdict = "" if ratio is None or ok is None else (" ✅" if ok(ratio) else " ❌")
     out.append(
-        f"| {label} | {fmt(dv, unit)} | {fmt(wv, unit)} | {fmt(ratio, '×', 2)}{verdict} "
+        f"| {label} | {fmt(dv, unit)} | {fmt(wv, unit)} | "
+        f"{ratio_text(ratio, rep_ratios(d, w, key))}{verdict} "
         f"| {target_text} | {cpu(w)} | {rss(w)} |"
     )
     e = errs(d) + errs(w)
     if e:
         firsts = {r.get("first_error") or r.get("fatal") for r in d + w if r.get("errors")}
         notes.append(f"{label}: {e} errors: " + "; ".join(sorted(x for x in firsts if x)))
-    n = max(len(d), len(w))
-    return n
+    bd, bw = med(d, "broker_cpu_us_per_op"), med(w, "broker_cpu_us_per_op")
+    cd, cw = med(d, "client_cpu_s"), med(w, "client_cpu_s")
+    if bd is not None and bw is not None:
+        per = "connection" if key == "connections_per_sec" else "message"
+        notes.append(f"{label}: RabbitMQ CPU per {per} {bd:,.1f} µs direct, {bw:,.1f} µs "
+                     f"through warren; load generator CPU {cd} s direct, {cw} s through warren "
+                     "(medians per run)")
 
 throughput("churn", "P1 churn (recycling on)", "connections_per_sec", " conn/s", "≥ 5×",
            lambda r: r >= 5)
 throughput("churn", "P1 churn (recycling off)", "connections_per_sec", " conn/s", "(info)",
-           lambda r: True, warren="warren_norecycle")
+           None, warren="warren_norecycle")
 throughput("publish", "P2 publish", "msgs_per_sec", " msg/s", "≥ 0.98×", lambda r: r >= 0.98)
 throughput("publish_confirms", "P2 publish + confirms", "msgs_per_sec", " msg/s", "≥ 0.97×",
            lambda r: r >= 0.97)
@@ -354,9 +383,15 @@ if d or w:
         verdict = ""
         if q == "p50" and delta is not None:
             verdict = " ✅" if delta <= 20 else " ❌"
+        pairs = [(r0.get(f"{q}_us"), r1.get(f"{q}_us")) for r0 in d for r1 in w
+                 if r0.get("rep") == r1.get("rep")]
+        deltas = [b - a for a, b in pairs
+                  if isinstance(a, (int, float)) and isinstance(b, (int, float))]
+        spread = f" ({min(deltas):+.1f}…{max(deltas):+.1f})" if len(deltas) > 1 else ""
+        delta_text = "–" if delta is None else f"{delta:+.1f} µs"
         out.append(
             f"| P4 latency {q} | {fmt(dv, ' µs', 1)} | {fmt(wv, ' µs', 1)} | "
-            f"{fmt(ratio, '×', 2)} (+{fmt(delta, ' µs', 1)}){verdict} | {target} | "
+            f"{fmt(ratio, '×', 2)}, {delta_text}{spread}{verdict} | {target} | "
             f"{cpu(w) if q == 'p50' else ''} | {rss(w) if q == 'p50' else ''} |"
         )
     e = errs(d) + errs(w)
@@ -396,7 +431,8 @@ if d or w:
 reps = sorted({r.get("rep") for r in rows if r.get("rep") is not None})
 print("\n".join(out))
 print()
-print(f"Medians of {len(reps)} interleaved repetition(s); ratio = warren / direct. "
+print(f"Medians of {len(reps)} interleaved repetition(s); ratio = warren / direct of the medians, "
+      "in brackets the range of the per-repetition ratios (latency: of the differences). "
       "CPU = warren's user+system time over the measured phase divided by messages "
       "(connections for churn/idle); RSS = warren's peak (VmHWM) during the run.")
 for n in notes:
@@ -438,7 +474,7 @@ profile() {
     "$BENCH_BIN" publish --url "${WARREN_URL[warren]}" --admin-url "$DIRECT_URL" --count 20000 \
         >/dev/null 2>>"$LOGS/bench.log"
 
-    echo "## warren profile — $STAMP ($(nproc) cores)"
+    echo "## warren profile — $STAMP ($(nproc) cores; warren $(revision))"
     echo
     for conf in plain confirms; do
         local extra=()
@@ -501,28 +537,47 @@ profile() {
     log "profile files in $PROF"
 }
 
-# After a wave of idle clients, asks glibc to give free heap pages back (malloc_trim through
-# gdb): if RSS then drops to near the baseline, the memory kept after the clients left was free
-# memory the allocator held on to, not a leak.
+# Where idle memory goes: three waves of idle clients, with warren's RSS after each. If RSS after
+# the clients left stays level from wave to wave, what it keeps is bounded (allocator retention or
+# pools), not a leak that grows with every client. Then glibc is asked to give free heap pages
+# back (malloc_trim(0) through gdb, when gdb can call into the process): a drop to near the
+# baseline shows the memory was free but held by the allocator.
 idle_memory_probe() {
-    local w="${WARREN_PID[warren]}" before after clients=$((IDLE_CLIENTS / 2))
-    command -v gdb >/dev/null || { log "no gdb: skipping the idle memory probe"; return; }
-    log "idle memory probe: $clients clients, then malloc_trim(0) in warren"
-    "$BENCH_BIN" idle --url "${WARREN_URL[warren]}" --count "$clients" --concurrency 200 \
-        --hold 2s --settle 3s --watch "warren=$w" >"$PROF/idle-probe.json" 2>>"$LOGS/bench.log" || true
+    local w="${WARREN_PID[warren]}" clients=$((IDLE_CLIENTS / 2)) wave trimmed before after
+    log "idle memory probe: 3 waves of $clients clients"
+    for wave in 1 2 3; do
+        "$BENCH_BIN" idle --url "${WARREN_URL[warren]}" --count "$clients" --concurrency 200 \
+            --hold 2s --settle 3s --watch "warren=$w" >"$PROF/idle-wave-$wave.json" \
+            2>>"$LOGS/bench.log" || true
+    done
     before="$(awk '/^VmRSS/ {print $2}' "/proc/$w/status")"
-    timeout 60 gdb -p "$w" -batch -ex 'call (int) malloc_trim(0)' >"$PROF/gdb-trim.log" 2>&1 || true
+    trimmed=no
+    if command -v gdb >/dev/null; then
+        timeout 60 gdb -p "$w" -batch -ex 'call (int) malloc_trim(0)' >"$PROF/gdb-trim.log" 2>&1 || true
+        grep -q '^\$1 = ' "$PROF/gdb-trim.log" && trimmed=yes
+    fi
     after="$(awk '/^VmRSS/ {print $2}' "/proc/$w/status")"
-    python3 - "$PROF/idle-probe.json" "$before" "$after" <<'PY'
+    python3 - "$PROF" "$before" "$after" "$trimmed" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1]))
-before, after = int(sys.argv[2]), int(sys.argv[3])
-print("### idle memory probe")
+prof, before, after, trimmed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+print("### idle memory probe (3 waves of idle clients)")
 print()
-print(f"{r.get('opened', 0):,} idle clients: warren RSS {r.get('warren_rss_baseline_kb', 0) / 1024:.1f} MiB before, "
-      f"{r.get('warren_rss_hold_kb', 0) / 1024:.1f} MiB held "
-      f"({r.get('warren_bytes_per_client', 0) / 1024:.2f} KiB/client), {before / 1024:.1f} MiB after they left, "
-      f"{after / 1024:.1f} MiB after malloc_trim(0).")
+print("| wave | clients | RSS before | RSS held | KiB/client | RSS after they left |")
+print("|---|---|---|---|---|---|")
+for wave in (1, 2, 3):
+    try:
+        r = json.load(open(f"{prof}/idle-wave-{wave}.json"))
+    except (OSError, ValueError):
+        continue
+    print(f"| {wave} | {r.get('opened', 0):,} | {r.get('warren_rss_baseline_kb', 0) / 1024:.1f} MiB "
+          f"| {r.get('warren_rss_hold_kb', 0) / 1024:.1f} MiB "
+          f"| {r.get('warren_bytes_per_client', 0) / 1024:.2f} "
+          f"| {r.get('warren_rss_after_kb', 0) / 1024:.1f} MiB |")
+print()
+if trimmed == "yes":
+    print(f"malloc_trim(0) in warren (through gdb): RSS {before / 1024:.1f} MiB → {after / 1024:.1f} MiB.")
+else:
+    print("(gdb could not call malloc_trim(0) in warren here; see gdb-trim.log)")
 print()
 PY
 }
@@ -572,6 +627,19 @@ PY
 
 # ---------------------------------------------------------------------------------------------
 # Main.
+
+# The commit warren was built from, with `+dirty` when core/ or runtime/ had local changes.
+revision() {
+    local rev
+    rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if ! git -C "$ROOT" diff --quiet HEAD -- core runtime 2>/dev/null; then
+        rev="$rev+dirty"
+    fi
+    if [ "${SKIP_BUILD:-0}" = 1 ]; then
+        rev="$rev, binary of $(date -u -r "$WARREN_BIN" +%H:%M:%SZ)"
+    fi
+    echo "$rev"
+}
 
 main() {
     mkdir -p "$RESULTS_DIR" "$LOGS"
@@ -627,7 +695,7 @@ main() {
         esac
     done
     {
-        echo "## warren vs RabbitMQ direct — $STAMP ($(nproc) cores; REPS=$REPS$([ "$QUICK" = 1 ] && echo ', QUICK'))"
+        echo "## warren vs RabbitMQ direct — $STAMP ($(nproc) cores; REPS=$REPS$([ "$QUICK" = 1 ] && echo ', QUICK'); warren $(revision))"
         echo
         summary_table
     } | tee "$RESULTS_DIR/$STAMP.md"
