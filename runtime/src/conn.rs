@@ -178,7 +178,8 @@ pub(crate) fn spawn_writer(
             let res = tokio::select! {
                 biased;
                 _ = done.cancelled() => break,
-                r = write_batch(&mut w, &batch) => r,
+                // Boxed: its iovec array would otherwise enlarge every idle writer.
+                r = Box::pin(write_batch(&mut w, &batch)) => r,
             };
             let left = q.queued.fetch_sub(bytes, Ordering::Relaxed) - bytes;
             if left < low_water_wake {

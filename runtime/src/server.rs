@@ -52,7 +52,8 @@ pub(crate) struct Ctx<N: Network> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) admin: Arc<AdminState>,
     pub(crate) registry: Registry,
-    pub(crate) clients: AtomicUsize,
+    /// Connected clients, for `max_clients`; each connection holds a [`ClientCount`].
+    pub(crate) clients: Arc<AtomicUsize>,
     pub(crate) drain: CancellationToken,
     pub(crate) abort: CancellationToken,
     pub(crate) tracker: TaskTracker,
@@ -137,7 +138,7 @@ impl<N: Network> Server<N> {
             connector,
             metrics,
             admin,
-            clients: AtomicUsize::new(0),
+            clients: Arc::new(AtomicUsize::new(0)),
             drain: CancellationToken::new(),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -193,10 +194,9 @@ impl<N: Network> Server<N> {
             match accepted {
                 Ok((stream, peer)) => {
                     let ctx2 = ctx.clone();
-                    ctx.clients.fetch_add(1, Ordering::Relaxed);
+                    let count = ClientCount::new(&ctx.clients);
                     ctx.tracker.spawn(async move {
-                        client_connection(&ctx2, Box::new(stream), peer).await;
-                        ctx2.clients.fetch_sub(1, Ordering::Relaxed);
+                        client_connection(&ctx2, Box::new(stream), peer, count).await;
                     });
                 }
                 Err(e) => {
@@ -231,8 +231,81 @@ impl<N: Network> Server<N> {
     }
 }
 
-/// One client connection: TLS, handshake, admission to a hub, then the reader loop.
-async fn client_connection<N: Network>(ctx: &Arc<Ctx<N>>, stream: BoxStream, peer: SocketAddr) {
+/// Holds one slot of the connected-clients count for as long as the connection lives.
+pub(crate) struct ClientCount(Arc<AtomicUsize>);
+
+impl ClientCount {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        ClientCount(count.clone())
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Who a connection is, for its log lines.
+struct ConnLog {
+    peer: SocketAddr,
+    name: String,
+    user: String,
+    vhost: String,
+}
+
+/// An admitted client's reader: what the long-lived task needs and nothing more, so an idle
+/// client costs little memory (P6).
+struct Reader {
+    r: tokio::io::ReadHalf<BoxStream>,
+    buf: BytesMut,
+    frame_max: u32,
+    client: warren_core::hub::ClientId,
+    inputs: tokio::sync::mpsc::Sender<Input>,
+    done: CancellationToken,
+    log: Box<ConnLog>,
+    _count: ClientCount,
+}
+
+impl Reader {
+    /// Reads the client's frames into its hub until the socket or the hub ends it.
+    async fn run(mut self) {
+        let (client, inputs) = (self.client, &self.inputs);
+        let decoder = FrameDecoder::new(self.frame_max);
+        let end = read_frames(&mut self.r, self.buf, decoder, &self.done, |frames| {
+            // Boxed so the reader's idle state does not carry a whole batch.
+            Box::pin(async move {
+                inputs
+                    .send(Input::ClientFrames { client, frames })
+                    .await
+                    .is_ok()
+            })
+        })
+        .await;
+        match end {
+            ReadEnd::Closed(_) => {
+                let _ = inputs.send(Input::ClientClosed { client }).await;
+            }
+            ReadEnd::Frame(error) => {
+                let _ = inputs.send(Input::ClientFrameError { client, error }).await;
+                // The hub answers with Connection.Close and closes the socket when done.
+                self.done.cancelled().await;
+            }
+            ReadEnd::Cancelled => {}
+        }
+        let l = &self.log;
+        tracing::info!(peer = %l.peer, name = %l.name, user = %l.user, vhost = %l.vhost, %client, "client disconnected");
+    }
+}
+
+/// One client connection: TLS, handshake and admission to a hub, then a [`Reader`] task.
+async fn client_connection<N: Network>(
+    ctx: &Arc<Ctx<N>>,
+    stream: BoxStream,
+    peer: SocketAddr,
+    count: ClientCount,
+) {
     let started = now();
     // The TLS and AMQP handshakes are boxed: their state is large and short-lived, and the
     // task that outlives them should stay small for idle clients (P6).
@@ -294,30 +367,22 @@ async fn client_connection<N: Network>(ctx: &Arc<Ctx<N>>, stream: BoxStream, pee
         return;
     };
     tracing::info!(%peer, name = %name, %user, %vhost, client = %joined.client, "client connected");
-    let client = joined.client;
-    let inputs = joined.inputs;
-    let end = read_frames(&mut r, buf, FrameDecoder::new(frame_max), &done, |frames| {
-        let inputs = inputs.clone();
-        async move {
-            inputs
-                .send(Input::ClientFrames { client, frames })
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-    match end {
-        ReadEnd::Closed(_) => {
-            let _ = inputs.send(Input::ClientClosed { client }).await;
-        }
-        ReadEnd::Frame(error) => {
-            let _ = inputs.send(Input::ClientFrameError { client, error }).await;
-            // The hub answers with Connection.Close and closes the socket when done.
-            done.cancelled().await;
-        }
-        ReadEnd::Cancelled => {}
-    }
-    tracing::info!(%peer, name = %name, %user, %vhost, %client, "client disconnected");
+    let reader = Reader {
+        r,
+        buf,
+        frame_max,
+        client: joined.client,
+        inputs: joined.inputs,
+        done,
+        log: Box::new(ConnLog {
+            peer,
+            name,
+            user,
+            vhost,
+        }),
+        _count: count,
+    };
+    ctx.tracker.spawn(reader.run());
 }
 
 /// Accepts TLS within the handshake timeout.
