@@ -94,6 +94,10 @@ pub struct L2Options {
     pub max_clients: usize,
     /// Record every frame the clients and the broker see (slower; for replays).
     pub trace: bool,
+    /// The runtime's `client_queue_bytes` (B9 bound).
+    pub client_queue_bytes: usize,
+    /// turmoil's per-socket buffer, in segments (small values give TCP backpressure).
+    pub tcp_capacity: usize,
 }
 
 impl Default for L2Options {
@@ -103,6 +107,10 @@ impl Default for L2Options {
             limit: Duration::from_secs(90),
             max_clients: 8,
             trace: false,
+            // The runtime's bound is on bytes queued at any instant, so one burst of large
+            // deliveries above it disconnects a client that reads fine: keep it realistic.
+            client_queue_bytes: 4 * 1024 * 1024,
+            tcp_capacity: 4096,
         }
     }
 }
@@ -118,6 +126,8 @@ pub struct L2Report {
     pub log: Vec<String>,
     /// Simulated time the run took.
     pub elapsed: Duration,
+    /// Every client's outcome.
+    pub clients: Vec<L2Client>,
 }
 
 impl L2Report {
@@ -134,6 +144,21 @@ struct ClientResult {
     client: FakeClient,
     start: Duration,
     ended_at: Duration,
+    /// When a write first failed (the peer reset the connection).
+    write_failed_at: Option<Duration>,
+}
+
+/// How one layer-2 client fared, for targeted tests.
+#[derive(Debug, Clone)]
+pub struct L2Client {
+    /// World number.
+    pub id: u32,
+    /// Script label.
+    pub kind: &'static str,
+    /// How its connection ended.
+    pub end: Option<End>,
+    /// When one of its writes first failed: warren had closed the socket.
+    pub write_failed_at: Option<Duration>,
 }
 
 /// The runtime configuration for a scenario: the same limits the layer-1 hub had.
@@ -159,9 +184,7 @@ pub fn runtime_config(sc: &Scenario, drain_timeout: Duration) -> Config {
         backoff_initial: hub.backoff.initial,
         backoff_max: hub.backoff.max,
         handshake_timeout: sc.handshake.timeout,
-        // The runtime's bound is on bytes queued at any instant, so one burst of large
-        // deliveries above it disconnects a client that reads fine: keep it realistic.
-        client_queue_bytes: 4 * 1024 * 1024,
+        client_queue_bytes: sc.net.client_queue_limit,
         max_message_size: hub.max_message_size,
         client_buffer_bytes: hub.client_buffer_limit,
         recycling: hub.recycling,
@@ -341,6 +364,7 @@ async fn client_host(
                 client,
                 start,
                 ended_at: turmoil::elapsed(),
+                write_failed_at: None,
             });
             return Ok(());
         }
@@ -349,6 +373,7 @@ async fn client_host(
     let mut buf = vec![0u8; 16 * 1024];
     let mut write_closed = false;
     let mut read_closed = false;
+    let mut write_failed_at = None;
     loop {
         while let Some(o) = client.poll_output() {
             match o {
@@ -356,6 +381,8 @@ async fn client_host(
                     tap(&lines, &mut out_tap, &format!("c{id}→w"), &b);
                     if w.write_all(&b).await.is_err() {
                         write_closed = true;
+                        write_failed_at = Some(turmoil::elapsed());
+                        trace_line(&lines, format!("c{id} write failed: connection reset"));
                     }
                 }
                 ClientOut::Send(_) => {}
@@ -403,6 +430,7 @@ async fn client_host(
         client,
         start,
         ended_at: turmoil::elapsed(),
+        write_failed_at,
     });
     Ok(())
 }
@@ -411,6 +439,13 @@ async fn client_host(
 #[must_use]
 pub fn run(seed: u64, opts: &L2Options) -> L2Report {
     let (sc, faults) = scenario(seed, opts);
+    run_scenario(sc, faults, opts)
+}
+
+/// Runs a given scenario (its seed seeds turmoil) with the given turmoil faults.
+#[must_use]
+pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Options) -> L2Report {
+    let seed = sc.seed;
     let drain_timeout = faults
         .iter()
         .find_map(|(_, f)| match f {
@@ -418,7 +453,8 @@ pub fn run(seed: u64, opts: &L2Options) -> L2Report {
             _ => None,
         })
         .unwrap_or(Duration::from_secs(2));
-    let config = runtime_config(&sc, drain_timeout);
+    let mut config = runtime_config(&sc, drain_timeout);
+    config.client_queue_bytes = opts.client_queue_bytes;
     let close_timeout = config.hub_config(String::new()).close_timeout;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -426,7 +462,7 @@ pub fn run(seed: u64, opts: &L2Options) -> L2Report {
         .tick_duration(opts.tick)
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(3))
-        .tcp_capacity(4096)
+        .tcp_capacity(opts.tcp_capacity)
         .build();
     let broker = Arc::new(Mutex::new(Broker::new(sc.broker.clone())));
     let board = Arc::new(Mutex::new(Board::new(sc.board.0, sc.board.1)));
@@ -803,10 +839,20 @@ pub fn run(seed: u64, opts: &L2Options) -> L2Report {
             ),
         }
     }
+    let clients = results
+        .iter()
+        .map(|r| L2Client {
+            id: r.client.id,
+            kind: r.client.spec.kind,
+            end: r.client.end.clone().map(|(_, e)| e),
+            write_failed_at: r.write_failed_at,
+        })
+        .collect();
     L2Report {
         seed,
         violations,
         log,
         elapsed,
+        clients,
     }
 }
