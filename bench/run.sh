@@ -441,7 +441,7 @@ PY
 }
 
 # ---------------------------------------------------------------------------------------------
-# PROFILE=1: syscalls per message, a CPU profile, and where idle memory goes.
+# PROFILE=1: syscalls per message, a CPU profile, and whether idle memory comes back.
 
 # The number of operations in a warren-bench JSON line (messages, or cycles for churn).
 ops_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("msgs", 0))' "$1"; }
@@ -539,27 +539,18 @@ profile() {
 
 # Where idle memory goes: three waves of idle clients, with warren's RSS after each. If RSS after
 # the clients left stays level from wave to wave, what it keeps is bounded (allocator retention or
-# pools), not a leak that grows with every client. Then glibc is asked to give free heap pages
-# back (malloc_trim(0) through gdb, when gdb can call into the process): a drop to near the
-# baseline shows the memory was free but held by the allocator.
+# pools), not a leak that grows with every client.
 idle_memory_probe() {
-    local w="${WARREN_PID[warren]}" clients=$((IDLE_CLIENTS / 2)) wave trimmed before after
+    local w="${WARREN_PID[warren]}" clients=$((IDLE_CLIENTS / 2)) wave
     log "idle memory probe: 3 waves of $clients clients"
     for wave in 1 2 3; do
         "$BENCH_BIN" idle --url "${WARREN_URL[warren]}" --count "$clients" --concurrency 200 \
             --hold 2s --settle 3s --watch "warren=$w" >"$PROF/idle-wave-$wave.json" \
             2>>"$LOGS/bench.log" || true
     done
-    before="$(awk '/^VmRSS/ {print $2}' "/proc/$w/status")"
-    trimmed=no
-    if command -v gdb >/dev/null; then
-        timeout 60 gdb -p "$w" -batch -ex 'call (int) malloc_trim(0)' >"$PROF/gdb-trim.log" 2>&1 || true
-        grep -q '^\$1 = ' "$PROF/gdb-trim.log" && trimmed=yes
-    fi
-    after="$(awk '/^VmRSS/ {print $2}' "/proc/$w/status")"
-    python3 - "$PROF" "$before" "$after" "$trimmed" <<'PY'
+    python3 - "$PROF" <<'PY'
 import json, sys
-prof, before, after, trimmed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+prof = sys.argv[1]
 print("### idle memory probe (3 waves of idle clients)")
 print()
 print("| wave | clients | RSS before | RSS held | KiB/client | RSS after they left |")
@@ -573,11 +564,6 @@ for wave in (1, 2, 3):
           f"| {r.get('warren_rss_hold_kb', 0) / 1024:.1f} MiB "
           f"| {r.get('warren_bytes_per_client', 0) / 1024:.2f} "
           f"| {r.get('warren_rss_after_kb', 0) / 1024:.1f} MiB |")
-print()
-if trimmed == "yes":
-    print(f"malloc_trim(0) in warren (through gdb): RSS {before / 1024:.1f} MiB → {after / 1024:.1f} MiB.")
-else:
-    print("(gdb could not call malloc_trim(0) in warren here; see gdb-trim.log)")
 print()
 PY
 }
