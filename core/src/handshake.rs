@@ -14,6 +14,7 @@ use crate::reply::{self, Reply};
 use crate::table::{longstr, FieldTable, FieldValue};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Largest frame accepted before the client has authenticated: enough for a JWT in a PLAIN
@@ -152,7 +153,7 @@ impl ClientHandshake {
             .with("platform", longstr("Rust"))
             .with(
                 "information",
-                longstr("AMQP 0-9-1 multiplexing proxy; see https://github.com/warren-amqp"),
+                longstr("warren, an AMQP 0-9-1 multiplexing proxy in front of RabbitMQ"),
             )
             .with("capabilities", FieldValue::Table(caps))
     }
@@ -233,13 +234,16 @@ impl ClientHandshake {
     }
 
     fn send_start(&mut self) {
-        let start = ConnectionStart {
-            server_properties: Self::server_properties(),
-            mechanisms: "PLAIN AMQPLAIN".into(),
-            locales: "en_US".into(),
-        };
-        self.out
-            .push_back(HandshakeOutput::Send(encode::start(&start)));
+        // The same for every client: encoded once per process.
+        static START: OnceLock<Bytes> = OnceLock::new();
+        let frame = START.get_or_init(|| {
+            encode::start(&ConnectionStart {
+                server_properties: Self::server_properties(),
+                mechanisms: "PLAIN AMQPLAIN".into(),
+                locales: "en_US".into(),
+            })
+        });
+        self.out.push_back(HandshakeOutput::Send(frame.clone()));
         self.stage = Stage::StartOk;
     }
 
