@@ -1,0 +1,633 @@
+//! Operating warren (B14, B15): limits with clear refusals, the metrics a scenario leaves
+//! behind, and the `warren` binary as a real process — its configuration layers and its drain
+//! on SIGTERM with real clients connected.
+//!
+//! The binary's own unit-level checks live elsewhere: `runtime/tests/cli.rs` (help,
+//! `check-config`, configuration errors, SIGTERM without clients) and the layering rules in
+//! `runtime/src/config.rs`; `tests/tests/lifecycle.rs` drains an in-process warren. Here the
+//! process is real and so are its clients and its broker.
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use warren_runtime::config::Config;
+use warren_tests::client;
+use warren_tests::lapin_ops::{
+    bounded, lapin_declare, lapin_get, lapin_publish, lapin_round_trip, LIMIT,
+};
+use warren_tests::raw::{build, RawClient, RawOptions};
+use warren_tests::{http, unique, wait_until, within, TestUser, Warren};
+
+// ----- metrics ---------------------------------------------------------------------------
+
+/// The sum of the samples of `name` whose labels include every pair of `labels` (0 when
+/// there is none).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let has_all = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            has_all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum::<f64>() as u64
+}
+
+/// `GET /metrics` of `warren`.
+async fn metrics_text(warren: &Warren) -> Result<String> {
+    let addr = warren.metrics_addr().context("metrics are on in tests")?;
+    let m = http::get(addr, "/metrics").await?;
+    ensure!(m.status == 200, "GET /metrics: {m:?}");
+    Ok(m.body)
+}
+
+/// Waits until `/metrics` satisfies `ok`, and returns the text.
+async fn wait_metrics(warren: &Warren, what: &str, ok: impl Fn(&str) -> bool) -> Result<String> {
+    let last = std::cell::RefCell::new(String::new());
+    let found = wait_until(LIMIT, what, || {
+        let (ok, last) = (&ok, &last);
+        async move {
+            let text = metrics_text(warren).await?;
+            let done = ok(&text);
+            *last.borrow_mut() = text.clone();
+            Ok(done.then_some(text))
+        }
+    })
+    .await;
+    found.with_context(|| format!("last /metrics:\n{}", last.borrow()))
+}
+
+/// warren copies a hub's counters into `/metrics` only when the hub task wakes up; an idle
+/// hub sleeps until its next timer (up to 30 s with the default heartbeat). A 2 s upstream
+/// heartbeat wakes it about every second, so waits on metrics stay short.
+fn fresh_metrics(c: &mut Config) {
+    c.upstream_heartbeat = 2;
+}
+
+// ----- limits ----------------------------------------------------------------------------
+
+/// `max_clients = 2`: with two clients connected, a third finishes its handshake and is
+/// closed with `530 NOT_ALLOWED` and a text that names the limit; the refusal is counted, and
+/// once a client leaves a new one gets in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_refuses_the_third_client_with_a_clear_close() -> Result<()> {
+    bounded(async {
+        let user = TestUser::create("warren-test-max-clients").await?;
+        let warren = Warren::start_configured(|c| c.max_clients = 2)?;
+        let url = warren.amqp_url(&user.name, &user.password, "/");
+        let opts = RawOptions::new(&user.name, &user.password, "/");
+
+        let first = client::lapin_connect(&url).await?;
+        let second = client::lapin_connect(&url).await?;
+        let refused = RawClient::try_connect(warren.addr(), &opts)
+            .await?
+            .err()
+            .context("a third client was let in with max_clients = 2")?;
+        assert_eq!(refused.code, Some(530), "{refused:?}");
+        assert!(
+            refused.text.contains("max_clients") && refused.text.contains('2'),
+            "the text does not name the limit: {refused:?}"
+        );
+        // lapin sees the same refusal as a connection error with the code.
+        let err = client::lapin_try_connect(&url)
+            .await?
+            .err()
+            .context("lapin got in as a third client")?;
+        assert_eq!(client::lapin_reply_code(&err), Some(530), "{err:?}");
+
+        // The two that are in keep working.
+        let ch = first.create_channel().await?;
+        let queue = unique("e2e-max-clients");
+        lapin_declare(&ch, &queue).await?;
+        lapin_round_trip(&ch, &queue, "still in").await?;
+
+        // A leaves, another comes.
+        second.close(200, "bye".into()).await?;
+        let third = wait_until(LIMIT, "a free client slot", || {
+            let opts = opts.clone();
+            let addr = warren.addr();
+            async move { Ok(RawClient::try_connect(addr, &opts).await?.ok()) }
+        })
+        .await?;
+        third.close().await?;
+
+        wait_metrics(&warren, "the max_clients refusals counted", |m| {
+            sample(
+                m,
+                "warren_refused_connections_total",
+                &[("reason", "max_clients")],
+            ) >= 2
+        })
+        .await?;
+        ch.queue_delete(queue.as_str().into(), Default::default())
+            .await?;
+        first.close(200, "bye".into()).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// `max_hubs = 1`: while one credential set has a hub, a client with other credentials is
+/// closed with `530 NOT_ALLOWED` and a text that names the limit; more clients of the first
+/// set still get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_hubs_refuses_other_credentials_with_a_clear_close() -> Result<()> {
+    bounded(async {
+        let owner = TestUser::create("warren-test-max-hubs-a").await?;
+        let other = TestUser::create("warren-test-max-hubs-b").await?;
+        let warren = Warren::start_configured(|c| c.max_hubs = 1)?;
+        let owner_url = warren.amqp_url(&owner.name, &owner.password, "/");
+
+        let a = client::lapin_connect(&owner_url).await?;
+        let refused = RawClient::try_connect(
+            warren.addr(),
+            &RawOptions::new(&other.name, &other.password, "/"),
+        )
+        .await?
+        .err()
+        .context("a second credential set got a hub with max_hubs = 1")?;
+        assert_eq!(refused.code, Some(530), "{refused:?}");
+        assert!(
+            refused.text.contains("max_hubs") && refused.text.contains('1'),
+            "the text does not name the limit: {refused:?}"
+        );
+        assert!(
+            !refused.text.contains(&other.password),
+            "the password is in the text"
+        );
+
+        // The same credentials share the existing hub.
+        let a2 = client::lapin_connect(&owner_url).await?;
+        let ch = a2.create_channel().await?;
+        let queue = unique("e2e-max-hubs");
+        lapin_declare(&ch, &queue).await?;
+        lapin_round_trip(&ch, &queue, "same hub").await?;
+
+        let m = wait_metrics(&warren, "the max_hubs refusal counted", |m| {
+            sample(
+                m,
+                "warren_refused_connections_total",
+                &[("reason", "max_hubs")],
+            ) >= 1
+        })
+        .await?;
+        assert_eq!(sample(&m, "warren_hubs", &[]), 1, "{m}");
+        ch.queue_delete(queue.as_str().into(), Default::default())
+            .await?;
+        a2.close(200, "bye".into()).await?;
+        a.close(200, "bye".into()).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// After a small scenario — one client publishes and consumes, another breaks a rule and is
+/// closed with 540 — `/metrics` has the gauges (hubs, clients, upstreams), the traffic
+/// counters (publishes, deliveries) and the closes by reply code, all labelled by user and
+/// vhost, and the password nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_small_scenario() -> Result<()> {
+    const MESSAGES: u64 = 5;
+    bounded(async {
+        let user = TestUser::create("warren-test-ops-metrics").await?;
+        let warren = Warren::start_configured(fresh_metrics)?;
+        let url = warren.amqp_url(&user.name, &user.password, "/");
+
+        let conn = client::lapin_connect(&url).await?;
+        let ch = conn.create_channel().await?;
+        let queue = unique("e2e-ops-metrics");
+        lapin_declare(&ch, &queue).await?;
+        for i in 0..MESSAGES {
+            lapin_publish(&ch, &queue, format!("m-{i}").as_bytes()).await?;
+        }
+        for _ in 0..MESSAGES {
+            lapin_get(&ch, &queue).await?;
+        }
+
+        // A client that asks for prefetch_size != 0 is closed with 540 NOT_IMPLEMENTED.
+        let mut rude = RawClient::connect(
+            warren.addr(),
+            &RawOptions::new(&user.name, &user.password, "/"),
+        )
+        .await?;
+        rude.open_channel(1).await?;
+        rude.send(&[build::qos(1, 4096, 0)]).await?;
+        let close = rude.expect_close().await?;
+        assert_eq!((close.channel, close.code), (0, 540), "{close:?}");
+        rude.finish_close().await?;
+
+        let hub = [("user", user.name.as_str()), ("vhost", "/")];
+        let m = wait_metrics(&warren, "the scenario in the metrics", |m| {
+            sample(m, "warren_publishes_total", &hub) >= MESSAGES
+                && sample(m, "warren_deliveries_total", &hub) >= MESSAGES
+                && sample(
+                    m,
+                    "warren_client_closes_total",
+                    &[hub[0], hub[1], ("code", "540")],
+                ) == 1
+                && sample(m, "warren_clients", &hub) == 1
+        })
+        .await?;
+        assert_eq!(sample(&m, "warren_hubs", &[]), 1, "{m}");
+        assert_eq!(sample(&m, "warren_upstreams", &hub), 1, "{m}");
+        assert!(sample(&m, "warren_channels_open", &hub) >= 1, "{m}");
+        assert!(
+            sample(
+                &m,
+                "warren_frames_total",
+                &[hub[0], hub[1], ("direction", "client_to_proxy")]
+            ) > 0,
+            "{m}"
+        );
+        assert!(
+            !m.contains(&user.password),
+            "the password appears in the metrics"
+        );
+        // Every series of this user also names the vhost.
+        for line in m.lines().filter(|l| l.contains(&user.name)) {
+            assert!(line.contains("vhost=\"/\""), "no vhost label: {line}");
+        }
+        ch.queue_delete(queue.as_str().into(), Default::default())
+            .await?;
+        conn.close(200, "bye".into()).await?;
+        Ok(())
+    })
+    .await
+}
+
+// ----- the binary --------------------------------------------------------------------------
+
+/// The `warren` binary of this build, freshly built. Cargo builds a package's binaries only
+/// for that package's own integration tests, so this one (`warren-tests`) asks cargo for it
+/// once per test process — a no-op when it is current — in the same target folder and profile
+/// as the test itself.
+fn warren_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| build_warren().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// Builds the binary (see [`warren_binary`]) before a test's own upper bound starts: a
+/// compile, or a wait for cargo's lock held by another build, is not the test's time.
+async fn prepare_binary() -> Result<()> {
+    tokio::task::spawn_blocking(warren_binary).await?.map(drop)
+}
+
+fn build_warren() -> Result<PathBuf> {
+    // target/<profile>/deps/operations-<hash>
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("the test binary is not in <target>/<profile>/deps")?
+        .to_owned();
+    let target_dir = profile_dir.parent().context("no target folder")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+        None => bail!("no profile folder in {}", exe.display()),
+    };
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "warren-runtime",
+            "--bin",
+            "warren",
+        ])
+        .arg("--profile")
+        .arg(&profile)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cargo:?} build"))?;
+    ensure!(
+        out.status.success(),
+        "cargo build of the warren binary failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = profile_dir.join("warren");
+    ensure!(bin.is_file(), "{} was not built", bin.display());
+    Ok(bin)
+}
+
+/// A port of 127.0.0.1 that was free a moment ago.
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+/// A `warren` process of this test: killed (SIGKILL) if the test ends without it having
+/// exited; its standard error goes to a file that [`Process::stderr`] reads.
+struct Process {
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl Process {
+    /// Starts the binary with `args` and exactly the `WARREN_*` variables in `env` (the test's
+    /// own environment does not leak settings in).
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Process> {
+        let bin = warren_binary()?;
+        let stderr_path = std::env::temp_dir().join(format!("{}.log", unique("warren-process")));
+        let stderr = std::fs::File::create(&stderr_path)?;
+        let mut cmd = Command::new(bin);
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("WARREN_") {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let child = cmd.spawn().context("starting warren")?;
+        Ok(Process { child, stderr_path })
+    }
+
+    /// What the process wrote to standard error so far.
+    fn stderr(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.stderr_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until it accepts connections on `port`; fails if it exits first.
+    async fn wait_listening(&mut self, port: u16) -> Result<()> {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "warren exited with {status} before listening on {port}: {}",
+                    self.stderr()
+                );
+            }
+            if listening(port) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "warren did not listen on {port} within {LIMIT:?}: {}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed: {status}");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `limit` (an upper bound, not a measure).
+    async fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("warren did not exit within {limit:?}: {}", self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn stop(mut self) -> Result<ExitStatus> {
+        self.terminate()?;
+        self.wait_exit(LIMIT).await
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Connects through warren on `port` as `user` and opens a channel: it is a working warren
+/// in front of the broker.
+async fn works_through(port: u16, user: &TestUser) -> Result<()> {
+    let mut c = RawClient::connect(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &RawOptions::new(&user.name, &user.password, "/"),
+    )
+    .await?;
+    c.open_channel(1).await?;
+    c.close().await
+}
+
+/// One start of the binary: its flags, its variables and the port it must listen on.
+struct Layers<'a> {
+    case: &'static str,
+    args: Vec<&'a str>,
+    env: Vec<(&'static str, &'a str)>,
+    want: u16,
+}
+
+/// B15: one setting given by the file, a variable and a flag: the flag wins; without the flag
+/// the variable wins; with the file alone (named by `WARREN_CONFIG` this time) the file's
+/// value holds. Observed on the real process: which port it listens on and serves AMQP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_beat_variables_beat_the_file_in_the_real_binary() -> Result<()> {
+    prepare_binary().await?;
+    bounded(async {
+        let user = TestUser::create("warren-test-layers").await?;
+        let (file_port, env_port, flag_port) = (free_port()?, free_port()?, free_port()?);
+        let file = std::env::temp_dir().join(format!("{}.toml", unique("warren-layers")));
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"127.0.0.1:{file_port}\"\nmetrics = \"off\"\ndrain_timeout = \"2s\"\n"
+            ),
+        )?;
+        let file_arg = file.to_string_lossy().into_owned();
+        let env_listen = format!("127.0.0.1:{env_port}");
+        let flag_listen = format!("127.0.0.1:{flag_port}");
+
+        // check-config accepts the file.
+        let out = Command::new(warren_binary()?)
+            .args(["check-config", &file_arg])
+            .output()?;
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).as_ref()
+            ),
+            (Some(0), "ok\n"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let cases = [
+            Layers {
+                case: "flag > variable > file",
+                args: vec!["--config", &file_arg, "--listen", &flag_listen],
+                env: vec![("WARREN_LISTEN", &env_listen)],
+                want: flag_port,
+            },
+            Layers {
+                case: "variable > file",
+                args: vec!["--config", &file_arg],
+                env: vec![("WARREN_LISTEN", &env_listen)],
+                want: env_port,
+            },
+            Layers {
+                case: "file (from WARREN_CONFIG)",
+                args: vec![],
+                env: vec![("WARREN_CONFIG", &file_arg)],
+                want: file_port,
+            },
+        ];
+        for Layers {
+            case,
+            args,
+            env,
+            want,
+        } in cases
+        {
+            let mut p = Process::spawn(&args, &env)?;
+            p.wait_listening(want).await.context(case)?;
+            works_through(want, &user).await.context(case)?;
+            for port in [file_port, env_port, flag_port] {
+                if port != want {
+                    assert!(!listening(port), "{case}: also listening on {port}");
+                }
+            }
+            let log = p.stderr();
+            assert!(
+                log.contains(&format!("127.0.0.1:{want}")),
+                "{case}: the log does not show the listen address: {log}"
+            );
+            let status = p.stop().await.context(case)?;
+            assert_eq!(status.code(), Some(0), "{case}");
+        }
+        let _ = std::fs::remove_file(&file);
+        Ok(())
+    })
+    .await
+}
+
+/// B14 with a real process and real clients: on SIGTERM warren stops accepting, a busy client
+/// finishes its work and leaves, the idle ones are closed with `320 CONNECTION_FORCED` at the
+/// drain deadline, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_real_process_with_real_clients() -> Result<()> {
+    /// The drain timeout: long enough for the busy client's work on a loaded machine.
+    const DRAIN: Duration = Duration::from_secs(8);
+    prepare_binary().await?;
+    bounded(async {
+        let user = TestUser::create("warren-test-sigterm").await?;
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let mut p = Process::spawn(
+            &["--listen", &listen, "--metrics", "off"],
+            &[("WARREN_DRAIN_TIMEOUT", &format!("{}s", DRAIN.as_secs()))],
+        )?;
+        p.wait_listening(port).await?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let url = client::amqp_url(addr, &user.name, &user.password, "/");
+
+        let busy = client::lapin_connect(&url).await?;
+        let ch = busy.create_channel().await?;
+        let queue = unique("e2e-sigterm");
+        lapin_declare(&ch, &queue).await?;
+        let idle = client::amqprs_connect(addr, &user.name, &user.password, "/").await?;
+        let mut idle_closes = client::amqprs_watch_connection_close(&idle).await?;
+        let _idle_channel = idle.open_channel(None).await?;
+        let mut raw_idle =
+            RawClient::connect(addr, &RawOptions::new(&user.name, &user.password, "/")).await?;
+        raw_idle.open_channel(1).await?;
+
+        let signalled = Instant::now();
+        p.terminate()?;
+
+        // Stops accepting.
+        wait_until(LIMIT, "the listener to close", || async move {
+            Ok((!listening(port)).then_some(()))
+        })
+        .await?;
+        // The busy client finishes its work and leaves on its own terms.
+        lapin_round_trip(&ch, &queue, "during the drain").await?;
+        ch.queue_delete(queue.as_str().into(), Default::default())
+            .await?;
+        busy.close(200, "done".into()).await?;
+
+        // The idle ones are closed with 320 at the deadline.
+        let close = raw_idle.expect_close().await?;
+        assert_eq!((close.channel, close.code), (0, 320), "{close:?}");
+        assert!(
+            // warren's deadline starts after `signalled`, so this holds on any machine.
+            signalled.elapsed() >= DRAIN,
+            "closed before the drain timeout: {close:?} after {:?}",
+            signalled.elapsed()
+        );
+        raw_idle.finish_close().await?;
+        let close = within(LIMIT, "the amqprs client's close", idle_closes.recv())
+            .await?
+            .context("amqprs' connection ended without a Connection.Close")?;
+        assert_eq!(close.code, 320, "{close:?}");
+
+        let status = p.wait_exit(LIMIT).await?;
+        let log = p.stderr();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(log.contains("SIGTERM"), "{log}");
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn samples_are_matched_by_name_and_labels() {
+    let text = "# TYPE warren_client_closes counter\n\
+        warren_client_closes_total{user=\"u\",vhost=\"/\",code=\"540\"} 1\n\
+        warren_client_closes_total{user=\"u\",vhost=\"/\",code=\"320\"} 4\n\
+        warren_hubs 2\n";
+    let closes = "warren_client_closes_total";
+    assert_eq!(sample(text, closes, &[("code", "540")]), 1);
+    assert_eq!(sample(text, closes, &[("user", "u")]), 5);
+    assert_eq!(sample(text, "warren_hubs", &[]), 2);
+    assert_eq!(sample(text, closes, &[("code", "404")]), 0);
+}
