@@ -140,6 +140,7 @@ pub(crate) fn spawn_hub<N: Network>(
         metrics,
         last_stats: HubStats::default(),
         last_record: now(),
+        report_pending: false,
         draining: false,
         ready_open: false,
         ready_unreachable: false,
@@ -167,6 +168,8 @@ struct HubTask<N: Network> {
     metrics: HubMetrics,
     last_stats: HubStats,
     last_record: Instant,
+    /// Counters changed since the last copy into metrics, which was too recent to repeat.
+    report_pending: bool,
     draining: bool,
     ready_open: bool,
     ready_unreachable: bool,
@@ -240,6 +243,9 @@ impl<N: Network> HubTask<N> {
     /// Waits for the next message, timer, drain or abort; `None` means stop now.
     async fn wait(&mut self) -> Option<Step> {
         let timeout = self.hub.poll_timeout().map(tokio::time::Instant::from_std);
+        let report_at = self
+            .report_pending
+            .then(|| tokio::time::Instant::from_std(self.last_record + METRICS_EVERY));
         let congested = self.congested_upstream();
         let step = tokio::select! {
             biased;
@@ -257,6 +263,9 @@ impl<N: Network> HubTask<N> {
             _ = wait_drained(congested.clone()), if congested.is_some() => Step::Handled,
             _ = tokio::time::sleep_until(timeout.unwrap_or_else(tokio::time::Instant::now)), if timeout.is_some() => {
                 Step::Input(Input::Timeout)
+            }
+            _ = tokio::time::sleep_until(report_at.unwrap_or_else(tokio::time::Instant::now)), if report_at.is_some() => {
+                Step::Handled
             }
         };
         Some(step)
@@ -512,8 +521,11 @@ impl<N: Network> HubTask<N> {
     fn report(&mut self, finished: bool) {
         let t = now();
         if !finished && t.duration_since(self.last_record) < METRICS_EVERY {
+            // Copied when `wait` wakes for it, so an idle hub's metrics are not stale.
+            self.report_pending = self.hub.stats() != &self.last_stats;
             return;
         }
+        self.report_pending = false;
         self.last_record = t;
         let stats = self.hub.stats().clone();
         self.metrics.record(&self.last_stats, &stats);
