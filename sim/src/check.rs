@@ -603,7 +603,7 @@ impl Observer {
             };
             self.violation(now, inv, format!("c{cid} ({}): {v}", c.spec.kind));
         }
-        let wrong_password = c.spec.password != "guest";
+        let wrong_password = c.spec.password == "wrong";
         let wrong_vhost = c.spec.vhost != "/";
         let misbehaved = c.misbehaviour();
         let kind = c.spec.kind;

@@ -235,6 +235,31 @@ pub enum Step {
     Stall(Duration),
     /// Commit a protocol violation on channel 1 and wait for the proxy's verdict.
     Misbehave(Misbehaviour),
+    /// `exchange.declare`.
+    ExchangeDeclare {
+        /// Channel.
+        ch: u16,
+        /// Exchange name.
+        name: String,
+        /// `direct`, `fanout`, ...
+        kind: String,
+    },
+    /// `queue.bind` of the queue in a board slot to an exchange.
+    Bind {
+        /// Channel.
+        ch: u16,
+        /// Board slot of the queue.
+        slot: u32,
+        /// Exchange name.
+        exchange: String,
+        /// Routing key.
+        rk: String,
+    },
+    /// `basic.recover` (requeue): unacked deliveries come back, marked redelivered.
+    Recover(u16),
+    /// Sends a publish's method, header and part of its body, then drops the socket: warren
+    /// must not forward the half message (B8).
+    PartialPublishAndDrop(u16),
     /// `connection.update-secret` (warren answers it itself), wait for the ok.
     UpdateSecret,
     /// `connection.close`, wait for `close-ok`.
@@ -379,6 +404,9 @@ enum Reply {
     TxCommitOk,
     Get(u32),
     FlowOk,
+    ExchangeDeclareOk,
+    BindOk,
+    RecoverOk,
 }
 
 impl Reply {
@@ -395,6 +423,9 @@ impl Reply {
             Reply::TxCommitOk => mid == ids::TX_COMMIT_OK,
             Reply::Get(_) => mid == ids::BASIC_GET_OK || mid == MethodId::new(60, 72),
             Reply::FlowOk => mid == ids::CHANNEL_FLOW_OK,
+            Reply::ExchangeDeclareOk => mid == ids::EXCHANGE_DECLARE_OK,
+            Reply::BindOk => mid == MethodId::new(50, 21),
+            Reply::RecoverOk => mid == MethodId::new(60, 111),
         }
     }
 }
@@ -971,9 +1002,16 @@ impl FakeClient {
         match mid {
             ids::CHANNEL_CLOSE => {
                 let code = r.u16().unwrap_or(0);
+                let crossing = chan.state == ChState::Closing;
+                chan.content = None;
                 self.channel_closes.push((ch, code));
-                self.chans.remove(&ch);
                 self.send(now, encode::close_ok(ch));
+                if crossing {
+                    // Both sides closed at once: each answers the other's close, and ours
+                    // still gets its close-ok.
+                    return;
+                }
+                self.chans.remove(&ch);
                 match self.wait.clone() {
                     Wait::ChannelClose(c) if c == ch => self.wait = Wait::Nothing,
                     Wait::Reply(c) | Wait::Confirms(c) if c == ch => {
@@ -1540,6 +1578,81 @@ impl FakeClient {
                     // Tolerated: give the proxy a moment to (not) react, then carry on.
                     Wait::Verdict(now + Duration::from_millis(200))
                 };
+            }
+            Step::ExchangeDeclare { ch, name, kind } => {
+                if self.expect(ch, Reply::ExchangeDeclareOk) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::EXCHANGE_DECLARE, |w| {
+                            w.u16(0)
+                                .shortstr(name.as_bytes())
+                                .shortstr(kind.as_bytes())
+                                .bit(false)
+                                .bit(false)
+                                .bit(false)
+                                .bit(false)
+                                .bit(false)
+                                .u32(0);
+                        }),
+                    );
+                }
+            }
+            Step::Bind {
+                ch,
+                slot,
+                exchange,
+                rk,
+            } => {
+                let Some(name) = board.name(slot).map(str::to_owned) else {
+                    return;
+                };
+                if self.expect(ch, Reply::BindOk) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::QUEUE_BIND, |w| {
+                            w.u16(0)
+                                .shortstr(name.as_bytes())
+                                .shortstr(exchange.as_bytes())
+                                .shortstr(rk.as_bytes())
+                                .bit(false)
+                                .u32(0);
+                        }),
+                    );
+                }
+            }
+            Step::Recover(ch) => {
+                if self.expect(ch, Reply::RecoverOk) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::BASIC_RECOVER, |w| {
+                            w.bit(true);
+                        }),
+                    );
+                }
+            }
+            Step::PartialPublishAndDrop(ch) => {
+                if self
+                    .chans
+                    .get(&ch)
+                    .is_some_and(|c| c.state == ChState::Open)
+                {
+                    let seq = self.seqs.entry(ch).or_insert(0);
+                    *seq += 1;
+                    let origin = Origin {
+                        client: self.id,
+                        channel: ch,
+                        seq: *seq,
+                        queue: NO_QUEUE,
+                    };
+                    let body = origin.body(100);
+                    let mut data = BytesMut::new();
+                    data.extend_from_slice(&publish(ch, "", "half", false, false));
+                    data.extend_from_slice(&header(ch, body.len() as u64));
+                    data.extend_from_slice(&Frame::new(FrameType::Body, ch, &body[..40]).freeze());
+                    self.send(now, data.freeze());
+                }
+                self.out.push_back(ClientOut::Close);
+                self.finish(now, End::Left);
             }
             Step::UpdateSecret => {
                 self.send(

@@ -713,7 +713,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             crate::trace::stamp(r.ended_at),
             c.id
         ));
-        let wrong_login = c.spec.password != "guest" || c.spec.vhost != "/";
+        let wrong_login = c.spec.password == "wrong" || c.spec.vhost != "/";
         let misbehaved = c.misbehaviour();
         let shaky = disturbed(r.start, r.ended_at);
         let ok = match end {
@@ -733,7 +733,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             }
             End::Dropped => {
                 shaky
-                    || (c.spec.password != "guest" && !c.spec.failure_close)
+                    || (c.spec.password == "wrong" && !c.spec.failure_close)
                     || c.spec.opening != crate::client::Opening::Normal
             }
             End::Broken | End::TimedOut => shaky,

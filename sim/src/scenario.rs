@@ -113,6 +113,10 @@ impl Scenario {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut s = Scenario::empty(seed);
         s.broker = BrokerConfig {
+            users: vec![
+                ("guest".into(), "guest".into()),
+                ("alice".into(), "wonderland".into()),
+            ],
             channel_max: pick(&mut rng, &[3, 5, 16, 2047, 2047]),
             frame_max: pick(&mut rng, &[4096, 8192, 131_072]),
             heartbeat: pick(&mut rng, &[0, 1, 2, 3, 5]),
@@ -192,10 +196,12 @@ impl Builder<'_> {
     }
 
     fn size(&mut self) -> usize {
-        match self.rng.random_range(0..10u32) {
-            0..=6 => self.rng.random_range(18..=400),
-            7..=8 => self.rng.random_range(400..=5000),
-            _ => self.rng.random_range(5000..=40_000),
+        match self.rng.random_range(0..100u32) {
+            0..=69 => self.rng.random_range(18..=400),
+            70..=89 => self.rng.random_range(400..=5000),
+            90..=98 => self.rng.random_range(5000..=40_000),
+            // Above the 64 KiB max_message_size: warren closes the channel with 406.
+            _ => 70_000,
         }
     }
 
@@ -210,6 +216,11 @@ impl Builder<'_> {
         c.blocked_cap = self.rng.random_bool(0.8);
         c.failure_close = self.rng.random_bool(0.8);
         c.amqplain = self.rng.random_bool(0.2);
+        if self.rng.random_bool(0.2) {
+            // A second tenant: its own hub and upstreams, the same queues.
+            c.user = "alice".into();
+            c.password = "wonderland".into();
+        }
         self.clients.push(c);
     }
 
@@ -301,6 +312,11 @@ impl Builder<'_> {
         });
         let d = ms(self.rng, 500, 15_000);
         s.push(Step::Sleep(d));
+        if self.rng.random_bool(0.2) {
+            s.push(Step::Recover(ch));
+            let d = ms(self.rng, 100, 2000);
+            s.push(Step::Sleep(d));
+        }
         if self.rng.random_bool(0.7) {
             s.push(Step::Cancel(ch));
         }
@@ -460,6 +476,78 @@ impl Builder<'_> {
         self.spec("fence-failure", start, s);
     }
 
+    /// Several consumers bind their own exclusive queues to one fanout exchange; a publisher
+    /// publishes to the exchange, so every consumer gets a copy.
+    fn fanout(&mut self, start: Duration) {
+        let n = self.rng.random_range(1..=3);
+        let exchange = "fx".to_owned();
+        for i in 0..n {
+            let slot = self.dynamic_slot();
+            let s = vec![
+                Step::Open(1),
+                Step::ExchangeDeclare {
+                    ch: 1,
+                    name: exchange.clone(),
+                    kind: "fanout".into(),
+                },
+                Step::Declare {
+                    ch: 1,
+                    slot,
+                    exclusive: true,
+                },
+                Step::Bind {
+                    ch: 1,
+                    slot,
+                    exchange: exchange.clone(),
+                    rk: String::new(),
+                },
+                Step::Consume {
+                    ch: 1,
+                    slot,
+                    no_ack: false,
+                },
+                Step::Sleep(Duration::from_secs(4)),
+                Step::CloseConnection,
+            ];
+            self.spec("fanout-consumer", start + Duration::from_millis(50 * i), s);
+        }
+        let mut p = vec![
+            Step::Open(2),
+            Step::ExchangeDeclare {
+                ch: 2,
+                name: exchange.clone(),
+                kind: "fanout".into(),
+            },
+        ];
+        for _ in 0..self.rng.random_range(1..=10) {
+            let size = self.size();
+            p.push(Step::Publish {
+                ch: 2,
+                to: Target::Exchange(exchange.clone(), String::new()),
+                size,
+                mandatory: false,
+            });
+        }
+        p.push(Step::CloseConnection);
+        self.spec("fanout-publisher", start + Duration::from_millis(500), p);
+    }
+
+    /// Drops its socket in the middle of a publish (B8: nothing half-sent goes upstream).
+    fn half_publisher(&mut self, start: Duration) {
+        let slot = self.named_slot();
+        let s = vec![
+            Step::Open(1),
+            Step::Publish {
+                ch: 1,
+                to: Target::Slot(slot),
+                size: 50,
+                mandatory: false,
+            },
+            Step::PartialPublishAndDrop(1),
+        ];
+        self.spec("half-publisher", start, s);
+    }
+
     fn odd_opening(&mut self, start: Duration) {
         let mut c = ClientSpec::guest("odd-opening", start, vec![Step::CloseConnection]);
         c.opening = if self.rng.random_bool(0.5) {
@@ -509,9 +597,11 @@ impl Builder<'_> {
             25..=44 => self.publisher(start, true),
             45..=64 => self.consumer(start),
             65..=72 => self.getter(start),
-            73..=82 => self.multi_channel(start),
+            73..=78 => self.multi_channel(start),
+            79..=82 => self.fanout(start),
             83..=88 => self.channel_error(start),
-            89..=91 => self.tx_client(start),
+            89..=90 => self.tx_client(start),
+            91 => self.half_publisher(start),
             92..=93 => self.fence_failure(start),
             94 => self.odd_opening(start),
             95..=96 => self.exclusive_dropper(start),
