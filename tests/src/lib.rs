@@ -48,4 +48,6 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+pub mod lapin_ops;
+pub mod raw;
 pub mod tls;

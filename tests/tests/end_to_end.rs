@@ -4,91 +4,21 @@
 //! connections also have their own broker user, because upstream connections are per
 //! (user, password, vhost) and so attributable to that test alone.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use futures_lite::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use warren_tests::broker::{self, BrokerConnection};
 use warren_tests::client::{self, assert_same_bytes, lapin_reply_code, pattern};
+use warren_tests::lapin_ops::{
+    bounded, lapin_declare, lapin_get, lapin_publish, lapin_round_trip, the_upstream_of, LIMIT,
+};
 use warren_tests::{unique, wait_until, within, TestUser, Warren, GUEST};
-
-/// Upper bound for one wait inside a test.
-const LIMIT: Duration = Duration::from_secs(30);
-/// Upper bound for a whole test, below nextest's slow-timeout, so a hang fails with a message.
-const TEST_LIMIT: Duration = Duration::from_secs(100);
-
-/// Runs a test body with [`TEST_LIMIT`] as its upper bound.
-async fn bounded(body: impl Future<Output = Result<()>>) -> Result<()> {
-    within(TEST_LIMIT, "the test", body).await?
-}
-
-/// Queue arguments for lapin: unused queues expire, so a failed run leaves nothing behind.
-fn expiring() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
-    args
-}
-
-async fn lapin_declare(ch: &lapin::Channel, queue: &str) -> Result<()> {
-    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), expiring())
-        .await
-        .with_context(|| format!("declaring {queue}"))?;
-    Ok(())
-}
-
-async fn lapin_publish(ch: &lapin::Channel, queue: &str, payload: &[u8]) -> Result<()> {
-    ch.basic_publish(
-        "".into(),
-        queue.into(),
-        BasicPublishOptions::default(),
-        payload,
-        BasicProperties::default(),
-    )
-    .await
-    .with_context(|| format!("publishing to {queue}"))?;
-    Ok(())
-}
-
-/// Gets the next message of `queue` (auto-ack), polling until one is there.
-async fn lapin_get(ch: &lapin::Channel, queue: &str) -> Result<lapin::message::BasicGetMessage> {
-    wait_until(LIMIT, &format!("a message in {queue}"), || async move {
-        ch.basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .with_context(|| format!("basic.get on {queue}"))
-    })
-    .await
-}
-
-/// Publishes `payload` to `queue` on `ch` and gets it back on `ch`.
-async fn lapin_round_trip(ch: &lapin::Channel, queue: &str, payload: &str) -> Result<()> {
-    lapin_publish(ch, queue, payload.as_bytes()).await?;
-    let got = lapin_get(ch, queue).await?;
-    ensure!(
-        got.delivery.data == payload.as_bytes(),
-        "expected {payload:?} from {queue}, got {:?}",
-        String::from_utf8_lossy(&got.delivery.data)
-    );
-    Ok(())
-}
-
-/// The only broker connection warren holds for `user`; fails if there are none or several.
-async fn the_upstream_of(user: &TestUser) -> Result<BrokerConnection> {
-    let ups = broker::warren_connections_of(&user.name).await?;
-    ensure!(
-        ups.len() == 1,
-        "expected exactly one broker connection from warren for {}, found {}: {ups:#?}",
-        user.name,
-        ups.len()
-    );
-    Ok(ups.into_iter().next().expect("one"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lapin_publish_then_get() -> Result<()> {
@@ -252,55 +182,6 @@ async fn lapin_consume_with_manual_acks() -> Result<()> {
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
         conn.close(200, "bye".into()).await?;
-        Ok(())
-    })
-    .await
-}
-
-/// B5: a client that leaves with unacknowledged deliveries gets them requeued for others.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unacked_deliveries_are_requeued_when_the_client_leaves() -> Result<()> {
-    bounded(async {
-        let warren = Warren::start()?;
-        let url = warren.amqp_url(GUEST, GUEST, "/");
-        let queue = unique("e2e-requeue");
-
-        let leaver = client::lapin_connect(&url).await?;
-        let ch = leaver.create_channel().await?;
-        lapin_declare(&ch, &queue).await?;
-        for i in 0..3 {
-            lapin_publish(&ch, &queue, format!("r-{i}").as_bytes()).await?;
-        }
-        let mut consumer = ch
-            .basic_consume(
-                queue.as_str().into(),
-                "leaver".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        for i in 0..3 {
-            let d = within(LIMIT, "a delivery", consumer.next())
-                .await?
-                .context("the consumer stream ended")??;
-            assert_eq!(d.data, format!("r-{i}").as_bytes());
-        }
-        // Leave without acking.
-        leaver.close(200, "leaving".into()).await?;
-
-        let other = client::lapin_connect(&url).await?;
-        let ch = other.create_channel().await?;
-        for i in 0..3 {
-            let got = lapin_get(&ch, &queue).await?;
-            assert_eq!(got.delivery.data, format!("r-{i}").as_bytes());
-            assert!(
-                got.delivery.redelivered,
-                "a requeued message is redelivered"
-            );
-        }
-        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-        other.close(200, "bye".into()).await?;
         Ok(())
     })
     .await
