@@ -138,6 +138,9 @@ fn next_batch(q: &Queue) -> Option<Next> {
     Some(Next::Write(st.bufs.drain(..n).collect()))
 }
 
+/// How long a closing connection may take to write what is still queued.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Buffers written per vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -159,11 +162,13 @@ pub(crate) fn spawn_writer(
     });
     let sink = Sink { q: q.clone() };
     tokio::spawn(async move {
+        // Set once the last sink is gone: what is still queued gets this long to be written.
+        let mut give_up: Option<tokio::time::Instant> = None;
         loop {
             let batch = match next_batch(&q) {
                 Some(Next::Write(batch)) => batch,
                 Some(Next::Close) => {
-                    let _ = w.shutdown().await;
+                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, w.shutdown()).await;
                     break;
                 }
                 None => {
@@ -175,12 +180,25 @@ pub(crate) fn spawn_writer(
                 }
             };
             let bytes: usize = batch.iter().map(Bytes::len).sum();
-            let res = tokio::select! {
-                biased;
-                _ = done.cancelled() => break,
-                // Boxed: its iovec array would otherwise enlarge every idle writer.
-                r = Box::pin(write_batch(&mut w, &batch)) => r,
+            // Boxed: its iovec array would otherwise enlarge every idle writer.
+            let mut write = Box::pin(write_batch(&mut w, &batch));
+            let res = loop {
+                tokio::select! {
+                    biased;
+                    _ = done.cancelled() => break None,
+                    r = &mut write => break Some(r),
+                    _ = q.wake.notified(), if give_up.is_none() => {
+                        if q.lock().senders == 0 {
+                            give_up = Some(tokio::time::Instant::now() + FLUSH_TIMEOUT);
+                        }
+                    }
+                    _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
+                        // A peer that does not read while being closed is not waited for.
+                        break None;
+                    }
+                }
             };
+            let Some(res) = res else { break };
             let left = q.queued.fetch_sub(bytes, Ordering::Relaxed) - bytes;
             if left < low_water_wake {
                 q.drained.notify_waiters();

@@ -51,6 +51,7 @@ enum UpstreamMsg {
 struct ClientSlot {
     id: ClientId,
     sink: Sink,
+    done: CancellationToken,
     slow: bool,
     staged: Staged,
 }
@@ -301,7 +302,12 @@ impl<N: Network> HubTask<N> {
     }
 
     fn join(&mut self, join: Join) {
-        let Join { hello, sink, reply } = join;
+        let Join {
+            hello,
+            sink,
+            done,
+            reply,
+        } = join;
         let id = self.hub.add_client(now(), *hello);
         put(
             &mut self.clients,
@@ -309,6 +315,7 @@ impl<N: Network> HubTask<N> {
             ClientSlot {
                 id,
                 sink,
+                done,
                 slow: false,
                 staged: Staged::default(),
             },
@@ -365,8 +372,13 @@ impl<N: Network> HubTask<N> {
                 Output::CloseClient { client } => {
                     if let Some(s) = self.clients.get_mut(client.index()) {
                         if let Some(mut slot) = s.take_if(|s| s.id == client) {
-                            // Dropping the sink lets the writer flush, then close the socket.
-                            slot.staged.flush_into(&slot.sink);
+                            if slot.slow {
+                                // It does not read: waiting for a flush would wait forever.
+                                slot.done.cancel();
+                            } else {
+                                // Dropping the sink lets the writer flush, then close the socket.
+                                slot.staged.flush_into(&slot.sink);
+                            }
                         }
                     }
                 }
@@ -541,7 +553,7 @@ impl<N: Network> HubTask<N> {
             );
         }
         let open = !finished && self.hub.has_open_upstream();
-        let unreachable = !finished && self.hub.is_reconnecting() && !open;
+        let unreachable = !finished && self.hub.is_unreachable() && !open;
         let readiness = &self.ctx.admin.readiness;
         if open != self.ready_open {
             readiness.add_upstreams_open(if open { 1 } else { -1 });

@@ -20,6 +20,8 @@ use warren_core::reply::{self, Reply};
 pub(crate) struct Join {
     pub(crate) hello: Box<ClientHello>,
     pub(crate) sink: Sink,
+    /// Ends the connection's tasks at once, for a client that is not reading (B9).
+    pub(crate) done: tokio_util::sync::CancellationToken,
     pub(crate) reply: oneshot::Sender<Joined>,
 }
 

@@ -354,6 +354,7 @@ async fn client_connection<N: Network>(
     let join = Join {
         hello: Box::new(hello),
         sink: sink.clone(),
+        done: done.clone(),
         reply: tx,
     };
     if let Err((refusal, _join)) = ctx.registry.join(ctx, now(), join) {

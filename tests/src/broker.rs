@@ -229,8 +229,17 @@ pub async fn delete_queue(vhost: &str, name: &str) -> Result<()> {
 }
 
 /// Closes the broker connection named `name` (as in [`BrokerConnection::name`]) with `reason`.
+/// `rabbitmqctl close_connection` takes the connection's Erlang pid, so it is looked up first;
+/// the JSON formatter prints pids in a form the command does not take, the table form it does.
 pub async fn close_connection(name: &str, reason: &str) -> Result<()> {
-    rabbitmqctl(&["close_connection", name, reason])
+    let out = rabbitmqctl(&["list_connections", "--no-table-headers", "pid", "name"]).await?;
+    let pid = out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(_, n)| n.trim() == name)
+        .map(|(pid, _)| pid.trim().to_owned())
+        .with_context(|| format!("no broker connection named {name:?}: {out}"))?;
+    rabbitmqctl(&["close_connection", &pid, reason])
         .await
         .map(drop)
 }

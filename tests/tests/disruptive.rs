@@ -274,7 +274,7 @@ async fn broker_disturbing_close_connection_closes_clients_with_channels_only() 
 
         let reason = format!("warren test {}", unique("forced"));
         let forced_at = Instant::now();
-        force_close(&before.name, &reason).await?;
+        broker::close_connection(&before.name, &reason).await?;
         let closed = with_channel.expect_close_within(CLOSE_LIMIT).await?;
         eprintln!(
             "forced close reached the client {:?} after issuing it (two rabbitmqctl runs \
@@ -318,23 +318,6 @@ async fn broker_disturbing_close_connection_closes_clients_with_channels_only() 
         Ok(())
     })
     .await?
-}
-
-/// `rabbitmqctl close_connection` for the connection named `name` (as listed by
-/// `list_connections name`): the command takes the connection's Erlang pid, so look it up.
-async fn force_close(name: &str, reason: &str) -> Result<()> {
-    // The JSON formatter prints pids in a form close_connection does not take; the table
-    // form (`<rabbit@host.1.2.3>`) it does.
-    let out = rabbitmqctl(&["list_connections", "--no-table-headers", "pid", "name"]).await?;
-    let pid = out
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .find(|(_, n)| n.trim() == name)
-        .map(|(pid, _)| pid.trim().to_owned())
-        .with_context(|| format!("no broker connection named {name:?}: {out}"))?;
-    rabbitmqctl(&["close_connection", &pid, reason])
-        .await
-        .map(drop)
 }
 
 /// How one load client ended.

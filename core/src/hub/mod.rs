@@ -505,10 +505,18 @@ impl Hub {
         self.clients.is_empty() && self.upstreams.is_empty() && self.reconnect.at.is_none()
     }
 
-    /// Whether the hub is waiting out a reconnect backoff (the broker was unreachable).
+    /// Whether the last dial failed and the hub is waiting out its backoff: new clients are
+    /// refused at once meanwhile (B11), and readiness reports the broker unreachable.
     #[must_use]
-    pub fn is_reconnecting(&self) -> bool {
-        self.reconnect.at.is_some()
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable().is_some()
+    }
+
+    /// Why the broker is unreachable, while a failed dial's backoff runs. A reconnect that is
+    /// merely scheduled after a loss, with no failed dial yet, does not count: clients wait for
+    /// it instead of being refused.
+    fn unreachable(&self) -> Option<&Reply> {
+        self.reconnect.at.and(self.reconnect.last_error.as_ref())
     }
 
     /// Whether at least one upstream is open, for readiness reporting.
@@ -536,11 +544,10 @@ impl Hub {
             self.admit(now, id);
         } else if self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
             // Admitted when the connecting upstream opens.
-        } else if self.reconnect.at.is_some() {
-            let why = self.reconnect.last_error.clone().unwrap_or_else(|| {
-                Reply::new(reply::CONNECTION_FORCED, "broker unreachable; retrying")
-            });
+        } else if let Some(why) = self.unreachable().cloned() {
             self.refuse_client(now, id, why);
+        } else if self.reconnect.at.is_some() {
+            // Admitted when the scheduled reconnect opens.
         } else {
             self.dial(now);
         }

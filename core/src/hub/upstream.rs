@@ -648,12 +648,13 @@ impl Hub {
         if self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
             return;
         }
+        if let Some(why) = self.unreachable() {
+            let reply = Reply::new(reply::RESOURCE_ERROR, &why.text);
+            return self.fail_waiting_opens(now, &reply);
+        }
         if self.reconnect.at.is_some() {
-            let why = self.reconnect.last_error.as_ref().map_or_else(
-                || "broker unreachable; retrying".to_owned(),
-                |r| r.text.clone(),
-            );
-            return self.fail_waiting_opens(now, &Reply::new(reply::RESOURCE_ERROR, why));
+            // Served when the scheduled reconnect opens.
+            return;
         }
         if self.upstreams.len() < self.config.max_upstreams {
             self.dial(now);

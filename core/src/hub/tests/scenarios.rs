@@ -925,3 +925,34 @@ fn recycled_channel_forgets_the_last_declared_queue() {
     assert_eq!(sent, vec!["ch1 queue.declare \"mine\"", "ch1 queue.purge"]);
     assert_snapshot!(w.trace());
 }
+
+/// B11: right after an upstream is lost, before any redial has failed, a new client is not
+/// refused: it waits for the scheduled reconnect and is admitted when it opens.
+#[test]
+fn new_client_waits_for_the_reconnect_after_a_loss() {
+    let (mut w, c1, u) = with_channel(no_recycling(), 1);
+    // A client without channels stays connected, so the hub schedules a reconnect.
+    let idle = w.join(hello(131_072, 0));
+    w.take(Peer::C(idle));
+    w.input(
+        "u socket closed",
+        crate::hub::Input::UpstreamClosed {
+            upstream: u,
+            reason: "connection reset".into(),
+        },
+    );
+    assert_eq!(close_code(&w.take(Peer::C(c1))[0]), Some(320));
+    let c2 = w.join(hello(131_072, 0));
+    assert!(
+        w.take(Peer::C(c2)).is_empty(),
+        "neither refused nor admitted yet"
+    );
+    assert!(w.dials.is_empty(), "the redial waits for the backoff");
+    w.advance(Duration::from_secs(1));
+    w.accept_dial();
+    assert_eq!(
+        w.take(Peer::C(c2))[0].method_id(),
+        Some(ids::CONNECTION_OPEN_OK)
+    );
+    assert_snapshot!(w.trace());
+}
