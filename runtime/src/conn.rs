@@ -6,9 +6,11 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use warren_core::frame::{Frame, FrameDecoder, FrameError};
@@ -19,6 +21,73 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 /// A connection's stream, boxed so plain and TLS sockets share the code.
 pub(crate) type BoxStream = Box<dyn Stream>;
+
+/// A socket that can be told, while its halves are spread over tasks, to reset instead of
+/// lingering when it is finally dropped (see [`crate::net::Network::reset_on_close`]).
+pub(crate) struct Resettable<S> {
+    inner: S,
+    reset: Arc<AtomicBool>,
+    on_reset: fn(&S),
+}
+
+impl<S> Resettable<S> {
+    /// Wraps `inner`; setting `reset` before the drop makes the drop call `on_reset` first.
+    pub(crate) fn new(inner: S, reset: Arc<AtomicBool>, on_reset: fn(&S)) -> Self {
+        Resettable {
+            inner,
+            reset,
+            on_reset,
+        }
+    }
+}
+
+impl<S> Drop for Resettable<S> {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::Relaxed) {
+            (self.on_reset)(&self.inner);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Resettable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Resettable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// Buffers read per batch handed to a hub.
 pub(crate) type FrameBatch = SmallVec<[Frame; 8]>;
@@ -145,10 +214,13 @@ const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const MAX_IOVECS: usize = 64;
 
 /// Starts a writer task for `w`: it writes queued buffers in vectored batches, and when the
-/// last [`Sink`] is dropped it flushes, shuts the socket down and cancels `done`.
+/// last [`Sink`] is dropped it flushes, shuts the socket down and cancels `done`. If it has to
+/// stop with bytes still unwritten (cancelled, or the peer does not read while it closes), it
+/// sets `reset`, so the socket is reset rather than left lingering.
 pub(crate) fn spawn_writer(
     mut w: WriteHalf<BoxStream>,
     done: CancellationToken,
+    reset: Option<Arc<AtomicBool>>,
     low_water_wake: usize,
 ) -> Sink {
     let q = Arc::new(Queue {
@@ -198,7 +270,12 @@ pub(crate) fn spawn_writer(
                     }
                 }
             };
-            let Some(res) = res else { break };
+            let Some(res) = res else {
+                if let Some(reset) = &reset {
+                    reset.store(true, Ordering::Relaxed);
+                }
+                break;
+            };
             let left = q.queued.fetch_sub(bytes, Ordering::Relaxed) - bytes;
             if left < low_water_wake {
                 q.drained.notify_waiters();

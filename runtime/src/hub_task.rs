@@ -492,7 +492,7 @@ impl<N: Network> HubTask<N> {
                 }
             };
             let (mut r, w) = tokio::io::split(stream);
-            let sink = spawn_writer(w, cancel.clone(), UPSTREAM_HIGH_WATER / 2);
+            let sink = spawn_writer(w, cancel.clone(), None, UPSTREAM_HIGH_WATER / 2);
             if tx
                 .send(UpstreamMsg::Ready { upstream: id, sink })
                 .await

@@ -25,6 +25,13 @@ pub trait Network: Clone + Send + Sync + 'static {
     /// The address a listener is bound to (useful after binding port 0).
     fn local_addr(&self, listener: &Self::Listener) -> io::Result<SocketAddr>;
 
+    /// Makes closing `stream` reset the connection at once instead of first sending what is
+    /// still queued in the kernel; used for peers that stopped reading, whose zero receive
+    /// window would otherwise hold the close back for as long as they live (B9).
+    fn reset_on_close(stream: &Self::Stream) {
+        let _ = stream;
+    }
+
     /// Connects to `host:port`, resolving the name the way the network does.
     fn connect(
         &self,
@@ -53,6 +60,11 @@ impl Network for TokioNetwork {
 
     fn local_addr(&self, listener: &Self::Listener) -> io::Result<SocketAddr> {
         listener.local_addr()
+    }
+
+    fn reset_on_close(stream: &Self::Stream) {
+        // SO_LINGER 0: close() sends RST and drops unsent data.
+        let _ = stream.set_zero_linger();
     }
 
     async fn connect(&self, host: &str, port: u16) -> io::Result<Self::Stream> {

@@ -3,14 +3,14 @@
 
 use crate::admin::{AdminState, Readiness};
 use crate::config::Config;
-use crate::conn::{read_frames, spawn_writer, BoxStream, ReadEnd, MIN_READ_CHUNK};
+use crate::conn::{read_frames, spawn_writer, BoxStream, ReadEnd, Resettable, MIN_READ_CHUNK};
 use crate::metrics::Metrics;
 use crate::net::Network;
 use crate::registry::{Join, Registry};
 use crate::Error;
 use bytes::BytesMut;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -195,8 +195,10 @@ impl<N: Network> Server<N> {
                 Ok((stream, peer)) => {
                     let ctx2 = ctx.clone();
                     let count = ClientCount::new(&ctx.clients);
+                    let reset = Arc::new(AtomicBool::new(false));
+                    let stream = Resettable::new(stream, reset.clone(), N::reset_on_close);
                     ctx.tracker.spawn(async move {
-                        client_connection(&ctx2, Box::new(stream), peer, count).await;
+                        client_connection(&ctx2, Box::new(stream), peer, count, reset).await;
                     });
                 }
                 Err(e) => {
@@ -305,6 +307,7 @@ async fn client_connection<N: Network>(
     stream: BoxStream,
     peer: SocketAddr,
     count: ClientCount,
+    reset: Arc<AtomicBool>,
 ) {
     let started = now();
     // The TLS and AMQP handshakes are boxed: their state is large and short-lived, and the
@@ -323,7 +326,7 @@ async fn client_connection<N: Network>(
     };
     ctx.metrics.observe_handshake(now().duration_since(started));
     let done = ctx.abort.child_token();
-    let sink = spawn_writer(w, done.clone(), 0);
+    let sink = spawn_writer(w, done.clone(), Some(reset), 0);
     let name = hello.connection_name.clone().unwrap_or_default();
     let (user, vhost) = (
         hello.credentials.user.clone(),

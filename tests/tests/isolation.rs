@@ -852,9 +852,6 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_its_neighbour_keeps_receiv
 /// has cut it off — otherwise its socket, its tasks and the bytes queued for it stay in
 /// warren for as long as the peer lives, and it keeps counting against `max_clients`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "warren bug: a slow client's socket is never closed while the client does not \
-            read (the writer task keeps flushing to a zero window; CloseClient only drops \
-            the sink)"]
 async fn a_consumer_that_never_reads_again_has_its_socket_closed() -> Result<()> {
     bounded(async {
         let scene = Scene::start_configured("never-reads", |c| {
