@@ -1396,11 +1396,15 @@ impl World {
                 self.partitioned = true;
                 for link in self.upstream_links() {
                     if let Some(l) = self.links.get_mut(&link) {
-                        if !l.to_proxy.items.is_empty() || !l.from_proxy.items.is_empty() {
-                            l.lost = true;
+                        // Data in flight is lost. A reset or FIN already on its way stays:
+                        // in reality the next write after the partition would draw an RST.
+                        for p in [&mut l.to_proxy, &mut l.from_proxy] {
+                            let before = p.items.len();
+                            p.items.retain(|(_, it)| !matches!(it, Item::Data(_)));
+                            if p.items.len() != before {
+                                l.lost = true;
+                            }
                         }
-                        l.to_proxy.items.clear();
-                        l.from_proxy.items.clear();
                     }
                 }
             }
