@@ -31,7 +31,7 @@ impl Default for NetConfig {
             client_latency: Duration::from_millis(1),
             upstream_latency: Duration::from_millis(2),
             socket_buffer: 16 * 1024,
-            client_queue_limit: 32 * 1024,
+            client_queue_limit: 128 * 1024,
             auth_cache_ttl: Duration::from_secs(2),
         }
     }
@@ -637,7 +637,7 @@ impl Builder<'_> {
                 ];
                 self.spec("slow-consumer", at, s);
                 let mut p = vec![Step::Open(1)];
-                for _ in 0..80 {
+                for _ in 0..200 {
                     p.push(Step::Publish {
                         ch: 1,
                         to: Target::Slot(slot),

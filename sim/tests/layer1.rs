@@ -34,6 +34,10 @@ fn sweep() {
         }
         if !report.ok() {
             failed.push(*seed);
+            // Full reports for the first few failures; the rest are listed at the end.
+            if failed.len() > 5 {
+                continue;
+            }
             let again = if replay {
                 None
             } else {
@@ -55,6 +59,19 @@ fn sweep() {
         wall.as_secs_f64(),
         failed.len()
     );
+    for seed in failed.iter().skip(5) {
+        let r = &results.iter().find(|(s, _)| s == seed).expect("ran").1;
+        let first = r
+            .violations
+            .first()
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        eprintln!(
+            "seed {seed} FAILED: {first} ({} violations)",
+            r.violations.len()
+        );
+        eprintln!("  replay: {}", seeds::replay_command(*seed, "layer1 sweep"));
+    }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
 
