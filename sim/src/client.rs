@@ -325,6 +325,9 @@ impl ClientSpec {
 /// have a connection timeout; warren's own handshake timeout is shorter).
 pub const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(15);
 
+/// How long a client waits for `close-ok` after its `Connection.Close`.
+pub const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
+
 /// How a client opens its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opening {
@@ -535,6 +538,7 @@ pub struct FakeClient {
     tune: Tune,
     heartbeat: Option<Duration>,
     connected_at: Instant,
+    closing_since: Option<Instant>,
     last_tx: Instant,
     last_rx: Instant,
     out: VecDeque<ClientOut>,
@@ -592,6 +596,7 @@ impl FakeClient {
             },
             heartbeat: None,
             connected_at: now,
+            closing_since: None,
             last_tx: now,
             last_rx: now,
             out: VecDeque::new(),
@@ -706,8 +711,13 @@ impl FakeClient {
         if let Some(until) = self.stalled_until {
             return Some(until);
         }
-        let patience = matches!(self.phase, Phase::Start | Phase::Tune | Phase::OpenOk)
-            .then_some(self.connected_at + HANDSHAKE_PATIENCE);
+        let patience = match self.phase {
+            Phase::Start | Phase::Tune | Phase::OpenOk => {
+                Some(self.connected_at + HANDSHAKE_PATIENCE)
+            }
+            Phase::Closing => self.closing_since.map(|t| t + CLOSE_PATIENCE),
+            _ => None,
+        };
         // Heartbeats run from TuneOk on (the spec's rule), not only after OpenOk.
         let hb = self
             .heartbeat
@@ -737,6 +747,20 @@ impl FakeClient {
         {
             self.out.push_back(ClientOut::Close);
             return self.finish(now, End::TimedOut);
+        }
+        if self.phase == Phase::Closing
+            && self
+                .closing_since
+                .is_some_and(|t| now >= t + CLOSE_PATIENCE)
+        {
+            self.out.push_back(ClientOut::Close);
+            // Not reading, it could not have seen the close-ok: it is done all the same.
+            let end = if self.reading {
+                End::TimedOut
+            } else {
+                End::Finished
+            };
+            return self.finish(now, end);
         }
         if let Some(until) = self.stalled_until {
             if now < until {
@@ -1336,6 +1360,7 @@ impl FakeClient {
         };
         self.send(now, encode::close(0, &close));
         self.phase = Phase::Closing;
+        self.closing_since = Some(now);
         self.wait = Wait::ConnectionCloseOk;
     }
 

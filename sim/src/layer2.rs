@@ -15,7 +15,7 @@
 
 use crate::broker::{Broker, BrokerOutput, ConnId};
 use crate::check::{Invariant, Violation};
-use crate::client::{Board, ClientOut, End, FakeClient};
+use crate::client::{Board, ClientOut, End, FakeClient, Step};
 use crate::plan::Fault;
 use crate::scenario::Scenario;
 use crate::turmoil_net::TurmoilNetwork;
@@ -209,10 +209,6 @@ pub fn scenario(seed: u64, opts: &L2Options) -> (Scenario, Vec<(Duration, L2Faul
     }
     sc.broker.heartbeat = sc.broker.heartbeat.min(3);
     sc.handshake.heartbeat = sc.handshake.heartbeat.min(3);
-    // Slow and stalled clients need read-side pauses that hold up the simulated socket for
-    // long stretches; they stay in layer 1.
-    sc.clients
-        .retain(|c| !matches!(c.kind, "slow-consumer" | "flooder" | "staller"));
     for c in &mut sc.clients {
         if c.heartbeat == Some(0) {
             c.heartbeat = None;
@@ -383,6 +379,10 @@ async fn client_host(
                         write_closed = true;
                         write_failed_at = Some(turmoil::elapsed());
                         trace_line(&lines, format!("c{id} write failed: connection reset"));
+                        // A client that does not read learns of a reset from its writes.
+                        if !client.is_reading() {
+                            client.handle_closed(now(), true);
+                        }
                     }
                 }
                 ClientOut::Send(_) => {}
@@ -716,6 +716,11 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
         let wrong_login = c.spec.password == "wrong" || c.spec.vhost != "/";
         let misbehaved = c.misbehaviour();
         let shaky = disturbed(r.start, r.ended_at);
+        let paused = c
+            .spec
+            .script
+            .iter()
+            .any(|st| matches!(st, Step::StopReading | Step::Stall(_)));
         let ok = match end {
             End::Finished | End::Left => !wrong_login,
             End::Closed(code, _) => {
@@ -733,10 +738,12 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             }
             End::Dropped => {
                 shaky
+                    || paused
                     || (c.spec.password == "wrong" && !c.spec.failure_close)
                     || c.spec.opening != crate::client::Opening::Normal
             }
-            End::Broken | End::TimedOut => shaky,
+            // A client that stopped reading or froze is cut off (B9) or times out (B10).
+            End::Broken | End::TimedOut => shaky || paused,
             End::Refused => drained_at.is_some(),
         };
         if !ok {
@@ -752,6 +759,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             && r.start > healed + reconnect_margin
             && !wrong_login
             && misbehaved.is_none()
+            && !paused
             && c.spec.opening == crate::client::Opening::Normal;
         if late && !matches!(end, End::Finished | End::Left) {
             v(
