@@ -791,6 +791,19 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
     for (_, e) in &b.log.publish_errors {
         v(Duration::ZERO, Invariant::Order, e.clone());
     }
+    // Without network faults between them, warren must keep the broker's heartbeat monitor
+    // fed (B10).
+    let network_faults = faults.iter().any(|(_, f)| !matches!(f, L2Fault::Drain(_)));
+    if !network_faults && !b.log.peer_timeouts.is_empty() {
+        v(
+            elapsed,
+            Invariant::Heartbeat,
+            format!(
+                "the broker dropped {} connection(s) for missed heartbeats from warren",
+                b.log.peer_timeouts.len()
+            ),
+        );
+    }
     for (_, o) in &b.log.confirmed {
         let Some(r) = results.iter().find(|r| r.client.id == o.client) else {
             continue;

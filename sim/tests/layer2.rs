@@ -152,3 +152,26 @@ fn slow_client_is_disconnected() {
         "warren never closed the slow client's socket (its writes kept succeeding until it left at +30s): {slow:?}"
     );
 }
+
+/// Every turmoil seed that once failed still passes (`sim/regression-seeds-turmoil.txt`).
+#[test]
+fn turmoil_regression_seeds() {
+    let list = seeds::parse_regressions(include_str!("../regression-seeds-turmoil.txt"));
+    let opts = L2Options::default();
+    let (results, _) = seeds::sweep(&list, |seed| run(seed, &opts));
+    let failed: Vec<u64> = results
+        .iter()
+        .filter(|(_, r)| !r.ok())
+        .map(|(seed, r)| {
+            eprintln!("turmoil regression seed {seed} fails:");
+            for v in &r.violations {
+                eprintln!("  {v}");
+            }
+            *seed
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "turmoil regression seeds failing: {failed:?}"
+    );
+}
