@@ -13,6 +13,16 @@
 //!
 //! Inputs are processed deterministically: the chunkings are derived from the input bytes, and
 //! time is a fixed origin plus offsets, so a crashing input replays exactly.
+//!
+//! The `hub_client` target, a whole hub with a scripted broker and a canary neighbour, lives
+//! in its own submodule with the checker of RabbitMQ's connection-level rules it relies on.
+
+mod hub;
+
+pub use hub::{
+    hub_client, hub_client_stats, hub_client_trace, Build, ChannelState, HubInput, HubOp, Rule,
+    UpstreamChecker, Violation,
+};
 
 use crate::content;
 use crate::frame::{

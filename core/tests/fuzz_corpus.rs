@@ -64,6 +64,11 @@ fn client_handshake_corpus() {
 }
 
 #[test]
+fn hub_client_corpus() {
+    replay("hub_client", fuzzing::hub_client);
+}
+
+#[test]
 #[should_panic(expected = "is missing")]
 fn a_missing_corpus_fails() {
     replay("no_such_target", fuzzing::frame_decoder);

@@ -555,6 +555,699 @@ fn client_handshake_seeds() -> Seeds {
     s
 }
 
+/// Byte 0 of a `hub_client` configuration: recycling off.
+const NO_RECYCLING: u8 = 0x01;
+/// Byte 0: spread placement.
+const SPREAD: u8 = 0x02;
+/// Byte 0: a pool of one channel.
+const POOL_1: u8 = 0x04;
+/// Byte 0: one upstream at most.
+const ONE_UPSTREAM: u8 = 0x10;
+/// Byte 0: three upstreams at most.
+const THREE_UPSTREAMS: u8 = 0x20;
+/// Byte 0: max_message_size 4096.
+const SMALL_MESSAGES: u8 = 0x40;
+/// Byte 0: client_buffer_limit 8192.
+const SMALL_BUFFER: u8 = 0x80;
+/// Byte 1: the broker allows one channel per connection.
+const BROKER_ONE_CHANNEL: u8 = 6;
+/// Byte 1: the broker allows two channels per connection.
+const BROKER_TWO_CHANNELS: u8 = 2;
+/// Byte 1: the broker offers frame_max 4096.
+const BROKER_SMALL_FRAMES: u8 = 0x08;
+/// Byte 1: the broker offers a 5 s heartbeat.
+const BROKER_HEARTBEAT_5: u8 = 0x20;
+/// Byte 2: fuzzed clients negotiated frame_max 4096.
+const CLIENT_SMALL_FRAMES: u8 = 0x01;
+/// Byte 2: fuzzed clients negotiated channel_max 1.
+const CLIENT_ONE_CHANNEL: u8 = 0x04;
+/// Byte 2: fuzzed clients negotiated a 5 s heartbeat.
+const CLIENT_HEARTBEAT_5: u8 = 0x20;
+/// Byte 2: fuzzed clients did not ask for broker-side cancels.
+const CLIENT_NO_CANCEL_NOTIFY: u8 = 0x40;
+
+fn hub_client_seeds() -> Seeds {
+    use warren_core::fuzzing::{Build, HubInput, HubOp};
+    let mut s = Seeds::new();
+    let cfg = |c: [u8; 4]| HubInput::new(c);
+    // A fuzzed client with channel 1 open and answered.
+    let opened = |c: [u8; 4]| {
+        HubInput::new(c)
+            .raw(0, &encode::channel_open(1))
+            .op(HubOp::Settle, &[])
+    };
+    let close = |ch: u16| {
+        encode::close(
+            ch,
+            &Close {
+                code: 200,
+                text: "bye".into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        )
+    };
+    let settle = |i: HubInput| i.op(HubOp::Settle, &[]);
+    let publish = |i: HubInput, flags: u8, size: u8, chunk: u8| {
+        i.build(0, 0, Build::Publish, &[flags, size, chunk])
+    };
+    let add = |s: &mut Seeds, name: &str, i: HubInput| seed(s, name, i.into_bytes());
+
+    add(&mut s, "admitted", cfg([0; 4]));
+    add(
+        &mut s,
+        "open-publish-close",
+        settle(opened([0; 4]).raw(0, &publish_frames(1)).raw(0, &close(1))),
+    );
+    add(
+        &mut s,
+        "pipelined-session",
+        settle(
+            cfg([0; 4]).raw(
+                0,
+                &[
+                    encode::channel_open(1).to_vec(),
+                    publish_frames(1),
+                    close(1).to_vec(),
+                ]
+                .concat(),
+            ),
+        ),
+    );
+    add(
+        &mut s,
+        "publish-rechunked-upstream",
+        settle(publish(opened([0, 0x80, 0, 0]), 0, 6, 2)),
+    );
+    add(
+        &mut s,
+        "recycle-to-next-client",
+        settle(publish(opened([0; 4]), 0, 3, 0).build(0, 0, Build::Close, &[]))
+            .op(HubOp::Join, &[])
+            .raw(1, &encode::channel_open(1))
+            .raw(1, &publish_frames(1)),
+    );
+    add(
+        &mut s,
+        "recycle-same-client",
+        settle(opened([0; 4]).raw(0, &close(1))).raw(0, &encode::channel_open(2)),
+    );
+    add(
+        &mut s,
+        "recycled-channel-queue-shortcut",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::QueueDeclare, &[0x20])
+                .raw(0, &close(1)),
+        )
+        .op(HubOp::Join, &[])
+        .raw(1, &encode::channel_open(1))
+        .build(1, 0, Build::QueueOther, &[0]),
+    );
+    add(
+        &mut s,
+        "pool-of-one",
+        settle(
+            opened([POOL_1, 0, 0, 0])
+                .raw(0, &encode::channel_open(2))
+                .op(HubOp::Settle, &[])
+                .raw(0, &close(1))
+                .raw(0, &close(2)),
+        ),
+    );
+    add(
+        &mut s,
+        "no-recycling",
+        settle(opened([NO_RECYCLING, 0, 0, 0]).raw(0, &close(1))),
+    );
+    add(
+        &mut s,
+        "broker-closes-channel-late-frames",
+        settle(
+            opened([0; 4])
+                .op(HubOp::Broker, &[0, 0, 0, 0])
+                .raw(0, &publish_frames(1))
+                .raw(0, &close(1))
+                .raw(0, &encode::close_ok(1))
+                .raw(0, &encode::channel_open(1)),
+        ),
+    );
+    add(
+        &mut s,
+        "broker-closes-channel-client-drops",
+        settle(
+            opened([0; 4])
+                .op(HubOp::Broker, &[0, 1, 0, 0])
+                .op(HubOp::Drop, &[0]),
+        ),
+    );
+    add(
+        &mut s,
+        "crossing-closes",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Consume, &[0x10])
+                .raw(0, &close(1))
+                .op(HubOp::Broker, &[0, 0, 0, 0]),
+        ),
+    );
+    add(
+        &mut s,
+        "broker-closes-fencing-channel",
+        settle(
+            opened([0; 4])
+                .raw(0, &close(1))
+                .op(HubOp::Broker, &[0, 0, 0, 0]),
+        ),
+    );
+    add(
+        &mut s,
+        "exclusive-queue-then-drop",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::QueueDeclare, &[0x04])
+                .op(HubOp::Settle, &[])
+                .op(HubOp::Drop, &[0]),
+        ),
+    );
+    add(
+        &mut s,
+        "exclusive-nowait-then-delete-then-drop",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::QueueDeclare, &[0x34])
+                .build(0, 0, Build::QueueDelete, &[0x20])
+                .op(HubOp::Drop, &[0]),
+        ),
+    );
+    add(
+        &mut s,
+        "exclusive-queue-connection-close",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::QueueDeclare, &[0x04])
+                .op(HubOp::Settle, &[])
+                .build(0, 192, Build::Connection, &[0]),
+        ),
+    );
+    add(
+        &mut s,
+        "consume-cancel-consume",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Consume, &[0x10])
+                .op(HubOp::Settle, &[])
+                .build(0, 0, Build::Cancel, &[0x10])
+                .build(0, 0, Build::Consume, &[0x10])
+                .build(0, 0, Build::Consume, &[0x10]),
+        ),
+    );
+    add(
+        &mut s,
+        "server-named-consumers",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Consume, &[0])
+                .build(0, 0, Build::Consume, &[0])
+                .op(HubOp::Settle, &[])
+                .build(0, 0, Build::Consume, &[0x30]),
+        ),
+    );
+    add(
+        &mut s,
+        "server-cancel",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Consume, &[0x10])
+                .op(HubOp::Settle, &[])
+                .op(HubOp::Broker, &[0, 4, 0, 0])
+                .build(0, 0, Build::Consume, &[0x10]),
+        ),
+    );
+    add(
+        &mut s,
+        "server-cancel-without-notify",
+        settle(
+            opened([0, 0, CLIENT_NO_CANCEL_NOTIFY, 0])
+                .build(0, 0, Build::Consume, &[0x10])
+                .op(HubOp::Settle, &[])
+                .op(HubOp::Broker, &[0, 4, 0, 0]),
+        ),
+    );
+    add(
+        &mut s,
+        "tx-commit-then-publish",
+        opened([0; 4])
+            .build(0, 0, Build::Tx, &[0])
+            .build(0, 0, Build::Tx, &[1])
+            .build(0, 0, Build::PublishMethod, &[0]),
+    );
+    add(
+        &mut s,
+        "tx-commit-ok-then-publish",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Tx, &[0])
+                .build(0, 0, Build::Tx, &[1])
+                .op(HubOp::Settle, &[])
+                .build(0, 0, Build::Publish, &[0, 2, 0])
+                .build(0, 0, Build::Tx, &[2]),
+        ),
+    );
+    add(
+        &mut s,
+        "tx-commit-then-close",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Tx, &[0])
+                .build(0, 0, Build::Tx, &[1])
+                .raw(0, &close(1)),
+        ),
+    );
+    add(
+        &mut s,
+        "confirms-acked",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Confirm, &[0])
+                .build(0, 0, Build::Publish, &[0, 2, 0])
+                .build(0, 0, Build::Publish, &[0, 0, 0]),
+        ),
+    );
+    add(
+        &mut s,
+        "mandatory-returned",
+        settle(publish(opened([0; 4]), 0x41, 2, 0)),
+    );
+    add(
+        &mut s,
+        "acks-nacks-rejects",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Ack, &[0, 1])
+                .build(0, 0, Build::Ack, &[5, 2])
+                .build(0, 0, Build::Ack, &[10, 3]),
+        ),
+    );
+    add(
+        &mut s,
+        "get-ok-and-get-empty",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Get, &[0x20])
+                .build(0, 0, Build::Get, &[0]),
+        ),
+    );
+    add(
+        &mut s,
+        "qos-recover-flow",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::Qos, &[0, 10])
+                .build(0, 0, Build::Recover, &[2])
+                .build(0, 0, Build::Recover, &[3])
+                .build(0, 0, Build::Flow, &[1]),
+        ),
+    );
+    add(
+        &mut s,
+        "exchanges-and-bindings",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::ExchangeDeclare, &[0, 0x20])
+                .build(0, 0, Build::ExchangeDeclare, &[4, 0x02])
+                .build(0, 0, Build::ExchangeDeclare, &[5, 0x01])
+                .build(0, 0, Build::ExchangeOther, &[1])
+                .build(0, 0, Build::ExchangeOther, &[2])
+                .build(0, 0, Build::ExchangeOther, &[0])
+                .build(0, 0, Build::QueueOther, &[0x20])
+                .build(0, 0, Build::QueueOther, &[0x21])
+                .build(0, 0, Build::QueueOther, &[0x26])
+                .build(0, 0, Build::ExchangeOther, &[3]),
+        ),
+    );
+    // Everything the proxy refuses or answers itself instead of letting RabbitMQ close the
+    // shared connection.
+    for (name, kind, args) in [
+        ("flow-inactive", Build::Flow, &[0u8][..]),
+        ("publish-immediate", Build::PublishMethod, &[0x0e]),
+        ("qos-prefetch-size", Build::Qos, &[3, 1]),
+        ("recover-no-requeue", Build::Recover, &[0]),
+        ("recover-async-no-requeue", Build::Recover, &[1]),
+        ("exchange-unknown-type", Build::ExchangeDeclare, &[5, 0]),
+        ("exchange-empty-type", Build::ExchangeDeclare, &[6, 0]),
+        ("second-open", Build::Open, &[]),
+        ("close-ok-on-open-channel", Build::CloseOk, &[]),
+        ("header-without-publish", Build::Header, &[0, 2]),
+        ("body-without-publish", Build::Body, &[2]),
+        ("big-method-fits", Build::BigMethod, &[0]),
+    ] {
+        add(&mut s, name, settle(opened([0; 4]).build(0, 0, kind, args)));
+    }
+    for (name, ch, which) in [
+        ("connection-close", 192u8, 0u8),
+        ("connection-close-ok-unasked", 192, 1),
+        ("update-secret", 192, 2),
+        ("heartbeat", 192, 3),
+        ("tune-ok-after-open", 192, 4),
+        ("connection-open-again", 192, 5),
+        ("connection-close-on-channel", 0, 0),
+        ("heartbeat-on-channel", 0, 3),
+    ] {
+        add(
+            &mut s,
+            name,
+            settle(opened([0; 4]).build(0, ch, Build::Connection, &[which])),
+        );
+    }
+    add(
+        &mut s,
+        "frame-on-unopened-channel",
+        cfg([0; 4]).raw(0, &publish_frames(3)),
+    );
+    add(
+        &mut s,
+        "channel-over-channel-max",
+        cfg([0, 0, CLIENT_ONE_CHANNEL, 0]).build(0, 224, Build::Open, &[]),
+    );
+    add(
+        &mut s,
+        "channel-65535",
+        cfg([0; 4]).build(0, 255, Build::Open, &[0xff, 0xff]),
+    );
+    add(
+        &mut s,
+        "content-body-before-header",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::PublishMethod, &[0])
+                .build(0, 0, Build::Body, &[2]),
+        ),
+    );
+    add(
+        &mut s,
+        "content-method-inside-publish",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::PublishMethod, &[0])
+                .build(0, 0, Build::Header, &[0, 3])
+                .build(0, 0, Build::Qos, &[0, 1]),
+        ),
+    );
+    add(
+        &mut s,
+        "content-body-too-long",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::PublishMethod, &[0])
+                .build(0, 0, Build::Header, &[0, 2])
+                .build(0, 0, Build::Body, &[3]),
+        ),
+    );
+    add(
+        &mut s,
+        "content-header-wrong-class",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::PublishMethod, &[0])
+                .build(0, 0, Build::Header, &[7, 2]),
+        ),
+    );
+    add(
+        &mut s,
+        "content-header-malformed",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::PublishMethod, &[0])
+                .build(0, 0, Build::Header, &[0x10, 2]),
+        ),
+    );
+    add(
+        &mut s,
+        "content-split-across-reads",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::PublishMethod, &[0])
+                .op(HubOp::Settle, &[])
+                .build(0, 0, Build::Header, &[0, 4])
+                .op(HubOp::CanaryPublish, &[])
+                .build(0, 0, Build::Body, &[3])
+                .build(0, 0, Build::Body, &[4]),
+        ),
+    );
+    add(
+        &mut s,
+        "message-over-max-size",
+        settle(publish(opened([SMALL_MESSAGES, 0, 0, 0]), 0, 6, 0)),
+    );
+    add(
+        &mut s,
+        "unfinished-publish-over-buffer-limit",
+        opened([SMALL_BUFFER, 0, 0, 0])
+            .build(0, 0, Build::PublishMethod, &[0])
+            .build(0, 0, Build::Header, &[0, 7])
+            .build(0, 0, Build::Body, &[4])
+            .build(0, 0, Build::Body, &[4])
+            .build(0, 0, Build::Body, &[4]),
+    );
+    add(
+        &mut s,
+        "unfinished-publish-then-drop",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::PublishMethod, &[0])
+                .build(0, 0, Build::Header, &[0, 3])
+                .op(HubOp::Drop, &[0]),
+        ),
+    );
+    add(
+        &mut s,
+        "client-frame-too-large",
+        publish(opened([0, 0, CLIENT_SMALL_FRAMES, 0]), 0, 6, 2),
+    );
+    add(
+        &mut s,
+        "client-frame-bad-end",
+        opened([0; 4]).raw(0, &raw_frame(1, 1, &[0, 60, 0, 80], 0)),
+    );
+    add(
+        &mut s,
+        "client-frame-unknown-type",
+        opened([0; 4]).raw(0, &raw_frame(4, 1, b"", FRAME_END)),
+    );
+    add(
+        &mut s,
+        "partial-frame-then-drop",
+        opened([0; 4])
+            .raw(0, &publish_frames(1)[..9])
+            .op(HubOp::Drop, &[0]),
+    );
+    add(
+        &mut s,
+        "method-too-short",
+        opened([0; 4]).raw(0, &frame(FrameType::Method, 1, &[0, 60])),
+    );
+    add(
+        &mut s,
+        "method-bad-table",
+        opened([0; 4]).raw(
+            0,
+            &method_frame(
+                1,
+                ids::QUEUE_DECLARE,
+                &Args::new()
+                    .u16(0)
+                    .short(b"q")
+                    .bit(false)
+                    .table_body(b"\x01kZ")
+                    .done(),
+            ),
+        ),
+    );
+    add(
+        &mut s,
+        "waiting-open-dials-second-upstream",
+        settle(
+            cfg([0, BROKER_ONE_CHANNEL, 0, 0])
+                .raw(
+                    0,
+                    &[encode::channel_open(1).to_vec(), publish_frames(1)].concat(),
+                )
+                .raw(0, &encode::channel_open(2)),
+        ),
+    );
+    add(
+        &mut s,
+        "all-upstreams-full",
+        settle(
+            cfg([ONE_UPSTREAM, BROKER_ONE_CHANNEL, 0, 0])
+                .raw(0, &encode::channel_open(1))
+                .raw(0, &publish_frames(1)),
+        ),
+    );
+    add(
+        &mut s,
+        "waiting-open-closed-before-placement",
+        settle(
+            cfg([ONE_UPSTREAM, BROKER_TWO_CHANNELS, 0, 0])
+                .raw(0, &encode::channel_open(1))
+                .raw(0, &encode::channel_open(2))
+                .raw(0, &close(2))
+                .raw(0, &close(1)),
+        ),
+    );
+    add(
+        &mut s,
+        "spread-over-three-upstreams",
+        settle(
+            cfg([SPREAD | THREE_UPSTREAMS, BROKER_TWO_CHANNELS, 0, 0])
+                .raw(0, &encode::channel_open(1))
+                .raw(0, &encode::channel_open(2))
+                .raw(0, &encode::channel_open(3))
+                .op(HubOp::Join, &[])
+                .raw(1, &encode::channel_open(1)),
+        ),
+    );
+    add(
+        &mut s,
+        "upstream-idle-close",
+        settle(
+            cfg([0, BROKER_ONE_CHANNEL, 0, 0])
+                .raw(0, &encode::channel_open(1))
+                .op(HubOp::Settle, &[])
+                .raw(0, &close(1)),
+        )
+        .op(HubOp::Advance, &[8])
+        .op(HubOp::Settle, &[])
+        .op(HubOp::Advance, &[8]),
+    );
+    add(
+        &mut s,
+        "pool-idle-expiry",
+        settle(opened([0; 4]).raw(0, &close(1)))
+            .op(HubOp::Advance, &[7])
+            .op(HubOp::Settle, &[]),
+    );
+    add(
+        &mut s,
+        "client-heartbeat-timeout",
+        opened([0, 0, CLIENT_HEARTBEAT_5, 0])
+            .op(HubOp::Advance, &[6])
+            .op(HubOp::Advance, &[6]),
+    );
+    add(
+        &mut s,
+        "client-heartbeats-kept",
+        opened([0, BROKER_HEARTBEAT_5, CLIENT_HEARTBEAT_5, 0])
+            .op(HubOp::Advance, &[4])
+            .build(0, 192, Build::Connection, &[3])
+            .op(HubOp::Advance, &[4])
+            .build(0, 192, Build::Connection, &[3])
+            .op(HubOp::Advance, &[5]),
+    );
+    add(
+        &mut s,
+        "close-timeout-without-close-ok",
+        opened([0; 4])
+            .build(0, 0, Build::Open, &[])
+            .op(HubOp::Advance, &[5]),
+    );
+    add(
+        &mut s,
+        "close-ok-after-proxy-close",
+        opened([0; 4])
+            .build(0, 0, Build::Open, &[])
+            .build(0, 192, Build::Connection, &[1])
+            .raw(0, &publish_frames(1)),
+    );
+    add(
+        &mut s,
+        "slow-client",
+        settle(opened([0; 4]).build(0, 0, Build::Consume, &[0x10]))
+            .op(HubOp::Slow, &[0])
+            .op(HubOp::Settle, &[]),
+    );
+    add(
+        &mut s,
+        "drop-with-everything",
+        settle(
+            opened([0; 4])
+                .raw(0, &encode::channel_open(2))
+                .raw(0, &encode::channel_open(3))
+                .build(0, 1, Build::QueueDeclare, &[0x04])
+                .build(0, 2, Build::Consume, &[0x20])
+                .build(0, 0, Build::PublishMethod, &[0]),
+        )
+        .op(HubOp::Drop, &[0])
+        .op(HubOp::Settle, &[]),
+    );
+    add(
+        &mut s,
+        "late-events-for-gone-client",
+        settle(opened([0; 4]).op(HubOp::Drop, &[0]))
+            .raw(0, &publish_frames(1))
+            .op(HubOp::Slow, &[0])
+            .op(HubOp::Drop, &[0])
+            .op(HubOp::Join, &[])
+            .raw(1, &encode::channel_open(1)),
+    );
+    add(
+        &mut s,
+        "deliveries-rechunked-to-client",
+        opened([0, 0, CLIENT_SMALL_FRAMES, 0])
+            .op(HubOp::Broker, &[0, 2, 0, 6])
+            .op(HubOp::Broker, &[0, 3, 0, 0])
+            .op(HubOp::CanaryDelivery, &[]),
+    );
+    add(
+        &mut s,
+        "deliveries-from-small-frame-broker",
+        opened([0, BROKER_SMALL_FRAMES, 0, 0]).op(HubOp::Broker, &[0, 2, 0, 6]),
+    );
+    add(
+        &mut s,
+        "blocked-and-unblocked",
+        opened([0; 4])
+            .op(HubOp::Broker, &[0, 5, 1, 0])
+            .op(HubOp::Join, &[])
+            .raw(1, &encode::channel_open(1))
+            .op(HubOp::Settle, &[])
+            .op(HubOp::Broker, &[0, 5, 0, 0]),
+    );
+    add(
+        &mut s,
+        "replies-in-pieces",
+        opened([0; 4])
+            .build(0, 0, Build::QueueDeclare, &[0x04])
+            .build(0, 0, Build::Consume, &[0])
+            .build(0, 0, Build::Confirm, &[0])
+            .op(HubOp::Replies, &[0, 1])
+            .op(HubOp::CanaryPublish, &[])
+            .op(HubOp::Replies, &[0, 1])
+            .raw(0, &close(1))
+            .op(HubOp::Replies, &[0, 2]),
+    );
+    add(
+        &mut s,
+        "timers-and-spurious-timeouts",
+        opened([0; 4])
+            .op(HubOp::Advance, &[0])
+            .op(HubOp::Advance, &[1])
+            .op(HubOp::Advance, &[2])
+            .op(HubOp::CanaryDelivery, &[])
+            .op(HubOp::Advance, &[3]),
+    );
+    // Every method of the protocol, with zeroed arguments, on an open channel.
+    for (i, spec) in METHODS.iter().enumerate() {
+        add(
+            &mut s,
+            &format!("any-{}", spec.name),
+            settle(opened([0; 4]).build(0, 0, Build::AnyMethod, &[i as u8])),
+        );
+    }
+    s
+}
+
 /// A fuzz target's corpus folder name, its seeds, and its body.
 type Target = (&'static str, Seeds, fn(&[u8]));
 
@@ -576,6 +1269,7 @@ fn all_seeds() -> Vec<Target> {
             client_handshake_seeds(),
             fuzzing::client_handshake,
         ),
+        ("hub_client", hub_client_seeds(), fuzzing::hub_client),
     ]
 }
 
@@ -649,4 +1343,38 @@ fn seeds_hit_the_paths_they_are_named_for() {
         warren_core::content::parse_header(&everything).map(|h| h.body_size),
         Ok(1 << 40)
     );
+}
+
+#[test]
+fn hub_seeds_reach_what_they_are_named_for() {
+    use warren_core::fuzzing::hub_client_stats;
+    let seeds = hub_client_seeds();
+    let stats = |n: &str| {
+        let bytes = &seeds.iter().find(|(k, _)| k == n).unwrap().1;
+        hub_client_stats(bytes)
+    };
+    let closed_with = |n: &str, code: u16| {
+        let s = stats(n);
+        assert!(
+            s.client_closes.contains_key(&code),
+            "{n}: no close with {code}: {s:?}"
+        );
+    };
+    // The canary publishes twice in every run; the fuzzed client once more here.
+    assert!(stats("open-publish-close").publishes >= 3);
+    let recycled = stats("recycle-to-next-client");
+    assert!(recycled.channels_recycled >= 1 && recycled.opens_from_pool >= 1);
+    assert!(stats("waiting-open-dials-second-upstream").upstream_connects >= 2);
+    assert!(stats("client-heartbeat-timeout").heartbeat_misses >= 1);
+    assert_eq!(stats("slow-client").slow_clients, 1);
+    assert!(stats("deliveries-rechunked-to-client").deliveries >= 4);
+    closed_with("second-open", 504);
+    closed_with("frame-on-unopened-channel", 504);
+    closed_with("publish-immediate", 540);
+    closed_with("qos-prefetch-size", 540);
+    closed_with("exchange-unknown-type", 503);
+    closed_with("client-frame-too-large", 501);
+    closed_with("tx-commit-then-publish", 504);
+    closed_with("unfinished-publish-over-buffer-limit", 506);
+    closed_with("channel-over-channel-max", 530);
 }
