@@ -249,6 +249,8 @@ impl Hub {
         let channels = std::mem::take(&mut c.channels);
         let exclusive = std::mem::take(&mut c.exclusive);
         c.buffered = 0;
+        self.waiting_opens.retain(|(c, _)| *c != id);
+        self.held_frames.retain(|(c, _)| *c != id);
         for (_, chan) in channels {
             self.let_go(now, chan);
         }
@@ -257,10 +259,16 @@ impl Hub {
 
     /// The client no longer holds `chan`: recycle it if clean, close it upstream otherwise.
     fn let_go(&mut self, now: Instant, chan: ClientChannel) {
-        match chan.state {
+        let ClientChannel {
+            state,
+            recyclable,
+            declares,
+            ..
+        } = chan;
+        match state {
             ChanState::Waiting => {}
             ChanState::Open(r) => match self.slot(r) {
-                Slot::Owned { .. } if chan.recyclable && self.pool_has_room() => {
+                Slot::Owned { .. } if recyclable && self.pool_has_room() => {
                     self.fence(now, r);
                 }
                 Slot::Owned { .. } | Slot::Opening { .. } => {
@@ -279,6 +287,31 @@ impl Hub {
                 }
             }
             ChanState::Closed(None) => {}
+        }
+        // An exclusive declare still in flight: its declare-ok will name a queue that must
+        // be deleted although nobody is left to receive it (B5).
+        if let ChanState::Open(r) | ChanState::Closing(r) = state {
+            if declares.contains(&true) {
+                self.orphan_declares.push((r, declares));
+            }
+        }
+    }
+
+    /// A declare-ok arrived on a channel whose client left: if the declare was exclusive,
+    /// the queue it names is deleted.
+    pub(super) fn orphan_declare_ok(&mut self, now: Instant, r: UpRef, m: &Method) {
+        let Method::QueueDeclareOk { queue } = m else {
+            return;
+        };
+        let Some(i) = self.orphan_declares.iter().position(|(o, _)| *o == r) else {
+            return;
+        };
+        let exclusive = self.orphan_declares[i].1.pop_front() == Some(true);
+        if !self.orphan_declares[i].1.contains(&true) {
+            self.orphan_declares.swap_remove(i);
+        }
+        if exclusive {
+            self.delete_exclusive_queues(now, vec![(r.up, queue.clone())]);
         }
     }
 

@@ -415,6 +415,11 @@ pub struct Hub {
     waiting_opens: VecDeque<(ClientId, u16)>,
     /// Frames clients sent on channels still in `waiting_opens`, in arrival order.
     held_frames: Vec<(ClientId, Frame)>,
+    /// Upstream channels closed for departed clients with queue declares still in flight
+    /// (exclusive or not, in order), so an exclusive queue's name can still be learnt.
+    orphan_declares: Vec<(UpRef, VecDeque<bool>)>,
+    /// Exclusive queues of departed clients waiting for a free channel to be deleted on.
+    pending_deletes: Vec<(UpstreamId, Vec<u8>)>,
     /// Channels whose fence round trip is in flight (they count against the pool size).
     fencing: usize,
     /// Pooled channels, most recently pooled last (so the first is the oldest).
@@ -453,6 +458,8 @@ impl Hub {
             rng: ChaCha8Rng::seed_from_u64(seed),
             waiting_opens: VecDeque::new(),
             held_frames: Vec::new(),
+            orphan_declares: Vec::new(),
+            pending_deletes: Vec::new(),
             fencing: 0,
             pool: Vec::new(),
             pool_timer: None,
@@ -655,6 +662,13 @@ impl Hub {
                 u.idle_since = Some(now);
                 self.schedule_upstream(r.up);
             }
+        }
+        if slot == Slot::Free && self.pending_deletes.iter().any(|(u, _)| *u == r.up) {
+            let (due, rest) = std::mem::take(&mut self.pending_deletes)
+                .into_iter()
+                .partition(|(u, _)| *u == r.up);
+            self.pending_deletes = rest;
+            self.delete_exclusive_queues(now, due);
         }
     }
 

@@ -104,6 +104,13 @@ impl Hub {
     /// When the upstream's timer must next fire: connect or close deadline, heartbeat, or
     /// the moment it may be closed.
     pub(super) fn upstream_deadline(&self, u: &Upstream) -> Option<Instant> {
+        if u.phase == UpPhase::AwaitOpenOk {
+            // The broker watches heartbeats from TuneOk on.
+            return u
+                .liveness
+                .deadline()
+                .map_or(Some(u.deadline), |hb| Some(hb.min(u.deadline)));
+        }
         if u.is_connecting() || u.phase == UpPhase::Closing {
             return Some(u.deadline);
         }
@@ -132,11 +139,15 @@ impl Hub {
             }
             return;
         }
+        let beat = u.liveness.check(now);
+        if phase == UpPhase::AwaitOpenOk && beat == Beat::Send {
+            self.send_upstream(now, id, Bytes::from_static(HEARTBEAT));
+        }
         if phase != UpPhase::Open {
             self.schedule_upstream(id);
             return;
         }
-        match u.liveness.check(now) {
+        match beat {
             Beat::Dead => {
                 self.stats.heartbeat_misses += 1;
                 self.event(HubEvent::HeartbeatMissed {
@@ -188,6 +199,8 @@ impl Hub {
         self.agenda
             .reschedule(super::agenda::Timer::Upstream(id), timer, None);
         self.drop_pool_entries(id);
+        self.orphan_declares.retain(|(r, _)| r.up != id);
+        self.pending_deletes.retain(|(u, _)| *u != id);
         self.upstreams.remove(id.index());
         self.out.push_back(Output::CloseUpstream { upstream: id });
     }
@@ -216,10 +229,12 @@ impl Hub {
                 self.upstream_failed(now, id, reply);
             }
             UpPhase::AwaitTune | UpPhase::AwaitOpenOk => {
-                // RabbitMQ without authentication_failure_close drops the socket on a bad login.
+                // warren advertises authentication_failure_close, so a refused login arrives
+                // as Connection.Close 403; a bare socket close here is the broker going away,
+                // and must not land in the negative login cache.
                 let reply = Reply::new(
-                    reply::ACCESS_REFUSED,
-                    format!("the broker closed the connection during login ({reason})"),
+                    reply::CONNECTION_FORCED,
+                    format!("the broker closed the connection during the handshake ({reason})"),
                 );
                 self.upstream_failed(now, id, reply);
             }
@@ -267,6 +282,9 @@ impl Hub {
             for c in waiting {
                 self.refuse_client(now, c, reply.clone());
             }
+        }
+        if !self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
+            // No dial left that could make room for channels waiting on one.
             let channel_reply = Reply::new(reply::RESOURCE_ERROR, &reply.text);
             self.fail_waiting_opens(now, &channel_reply);
         }
@@ -365,6 +383,7 @@ impl Hub {
                     u.liveness = Liveness::new(now, tune.heartbeat);
                     u.phase = UpPhase::AwaitOpenOk;
                 }
+                self.schedule_upstream(id);
             }
             (UpPhase::AwaitOpenOk, Method::OpenOk) => self.upstream_opened(now, id),
             (UpPhase::Closing, Method::ConnectionCloseOk) => self.remove_upstream(id),
@@ -538,12 +557,28 @@ impl Hub {
                     self.forward_to_client(now, client, cch, frame);
                 }
                 Some(ids::CHANNEL_CLOSE) => self.send_upstream(now, id, encode::close_ok(ch)),
-                _ => self.forward_to_client(now, client, cch, frame),
+                Some(mid) => {
+                    // Replies to what the client sent before its Close still matter, e.g.
+                    // the name of an exclusive queue to delete when it leaves.
+                    if let Ok(m) = method::decode(frame.payload()) {
+                        self.note_reply(client, cch, id, &m, mid);
+                    }
+                    self.forward_to_client(now, client, cch, frame);
+                }
+                None => self.forward_to_client(now, client, cch, frame),
             },
             Slot::Closing | Slot::Housekeeping => match mid {
-                Some(ids::CHANNEL_CLOSE_OK) => self.set_slot(now, r, Slot::Free),
+                Some(ids::CHANNEL_CLOSE_OK) => {
+                    self.set_slot(now, r, Slot::Free);
+                    self.orphan_declares.retain(|(o, _)| *o != r);
+                }
                 // Crossing closes: RabbitMQ answers ours as well, so keep waiting for it.
                 Some(ids::CHANNEL_CLOSE) => self.send_upstream(now, id, encode::close_ok(ch)),
+                Some(ids::QUEUE_DECLARE_OK) => {
+                    if let Ok(m) = method::decode(frame.payload()) {
+                        self.orphan_declare_ok(now, r, &m);
+                    }
+                }
                 _ => {}
             },
             Slot::Fencing => match mid {
@@ -691,7 +726,9 @@ impl Hub {
                 continue;
             };
             let Some(ch) = u.table.allocate(Slot::Housekeeping) else {
-                tracing::warn!(upstream = %up, "no channel free to delete exclusive queues");
+                // Every channel is taken: delete them as soon as one is free.
+                self.pending_deletes
+                    .extend(names.into_iter().map(|q| (up, q)));
                 continue;
             };
             u.idle_since = None;

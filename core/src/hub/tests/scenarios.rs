@@ -956,3 +956,157 @@ fn new_client_waits_for_the_reconnect_after_a_loss() {
     );
     assert_snapshot!(w.trace());
 }
+
+/// B5 (found by the simulation, seeds 0 and 97): a client that leaves while its exclusive,
+/// server-named queue.declare is in flight still gets the queue deleted once the broker's
+/// declare-ok names it.
+#[test]
+fn exclusive_queue_declared_in_flight_is_deleted_after_its_client_left() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.client_sends(c, &[queue_declare(1, "", true)]);
+    w.client_drops(c);
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[queue_declare_ok(1, "amq.gen-late"), close_ok(1)]);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert!(
+        sent.iter()
+            .any(|d| d == "ch2 queue.delete \"amq.gen-late\""),
+        "{sent:?}"
+    );
+}
+
+/// B3/B11 (simulation seeds 604, 1448): when the dial for a new upstream fails while the
+/// only open one is full, the channels waiting for room are refused instead of hanging.
+#[test]
+fn failed_growth_dial_refuses_waiting_channels() {
+    let mut w = World::new(HubConfig {
+        max_channels_per_upstream: 1,
+        recycling: false,
+        ..HubConfig::default()
+    });
+    let c = w.join(hello(131_072, 0));
+    w.accept_dial();
+    w.client_sends(c, &[channel_open(1), channel_open(2)]);
+    let u2 = w.dials.pop().expect("growth dial");
+    w.take(Peer::C(c));
+    w.input(
+        "growth dial refused",
+        crate::hub::Input::UpstreamClosed {
+            upstream: u2,
+            reason: "connection refused".into(),
+        },
+    );
+    let got = w.take(Peer::C(c));
+    assert_eq!(got[0].channel(), 2);
+    assert_eq!(close_code(&got[0]), Some(reply::RESOURCE_ERROR));
+}
+
+/// B2/B11 (simulation seeds 58, 143): a broker socket that closes during the login is the
+/// broker going away, not a refused login: 320, and nothing for the negative cache.
+#[test]
+fn socket_closed_during_login_is_not_a_refused_login() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    let u = w.dials.pop().unwrap();
+    w.input(
+        "connected",
+        crate::hub::Input::UpstreamConnected { upstream: u },
+    );
+    w.broker_sends(
+        u,
+        &[encode::start(&crate::method::ConnectionStart {
+            server_properties: Default::default(),
+            mechanisms: "PLAIN".into(),
+            locales: "en_US".into(),
+        })],
+    );
+    w.input(
+        "broker resets",
+        crate::hub::Input::UpstreamClosed {
+            upstream: u,
+            reason: "connection reset by peer".into(),
+        },
+    );
+    assert_eq!(
+        close_code(&w.take(Peer::C(c))[0]),
+        Some(reply::CONNECTION_FORCED)
+    );
+    assert!(!w
+        .events
+        .iter()
+        .any(|e| matches!(e, HubEvent::AuthRejected { .. })));
+}
+
+/// B3/B5 (simulation seed 17227): a client closed by the hub while one of its channel opens
+/// waits for another upstream does not get that open served later for nobody.
+#[test]
+fn waiting_open_of_a_closed_client_is_dropped() {
+    let mut w = World::new(HubConfig {
+        max_channels_per_upstream: 1,
+        recycling: false,
+        ..HubConfig::default()
+    });
+    let c = w.join(hello(131_072, 0));
+    let u1 = w.accept_dial();
+    w.client_sends(c, &[channel_open(1), channel_open(2)]);
+    w.broker_sends(u1, &[channel_open_ok(1)]);
+    // u1 is lost: c is closed (it had a channel there) while channel 2 waits for u2.
+    w.input(
+        "u1 reset",
+        crate::hub::Input::UpstreamClosed {
+            upstream: u1,
+            reason: "reset".into(),
+        },
+    );
+    let u2 = w.dials.pop().expect("growth dial still pending");
+    w.broker_accepts(
+        u2,
+        Tune {
+            channel_max: 1,
+            frame_max: 131_072,
+            heartbeat: 0,
+        },
+    );
+    assert!(
+        w.take(Peer::U(u2))
+            .iter()
+            .all(|f| f.method_id() != Some(ids::CHANNEL_OPEN)),
+        "no channel opened for a client that is gone"
+    );
+}
+
+/// B10 (simulation seed 86577): heartbeats towards the broker start with TuneOk, not OpenOk.
+#[test]
+fn upstream_heartbeats_start_at_tune_ok() {
+    let mut w = world();
+    w.join(hello(131_072, 0));
+    let u = w.dials.pop().unwrap();
+    w.input(
+        "connected",
+        crate::hub::Input::UpstreamConnected { upstream: u },
+    );
+    w.broker_sends(
+        u,
+        &[encode::start(&crate::method::ConnectionStart {
+            server_properties: Default::default(),
+            mechanisms: "PLAIN".into(),
+            locales: "en_US".into(),
+        })],
+    );
+    w.broker_sends(
+        u,
+        &[encode::tune(
+            Tune {
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat: 2,
+            },
+            false,
+        )],
+    );
+    w.take(Peer::U(u));
+    w.advance(Duration::from_millis(1100));
+    let got = w.take(Peer::U(u));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].kind(), crate::frame::FrameType::Heartbeat);
+}
