@@ -145,6 +145,12 @@ impl Frame {
         &self.raw[7..self.raw.len() - 1]
     }
 
+    /// The payload, writable: for the rare argument the proxy rewrites in place.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let end = self.raw.len() - 1;
+        &mut self.raw[7..end]
+    }
+
     /// Length of the whole frame on the wire.
     #[must_use]
     pub fn wire_len(&self) -> usize {

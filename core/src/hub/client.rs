@@ -70,6 +70,18 @@ impl Client {
     }
 }
 
+/// A `queue.declare` whose `declare-ok` is on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Declare {
+    /// Nothing to remember.
+    Plain,
+    /// Exclusive: the name in the reply is deleted when the client leaves (B5).
+    Exclusive,
+    /// Exclusive and sent by the client with nowait: warren asked for the reply to learn the
+    /// queue's name, and does not forward it.
+    ExclusiveUnasked,
+}
+
 /// A client's channels by number: a sorted vector, because most clients have one or two
 /// channels and a tree node would cost more than a kilobyte per idle client (P6).
 #[derive(Debug, Default)]
@@ -120,9 +132,12 @@ pub(crate) struct ClientChannel {
     /// The upstream channel came from the pool and this client has not declared a queue on
     /// it: RabbitMQ's "last declared queue" shortcut would name the previous owner's queue.
     shortcut_unset: bool,
-    /// For each `queue.declare` awaiting its `declare-ok`: was it exclusive?
-    declares: VecDeque<bool>,
-    /// Consumer tags in use on this channel; RabbitMQ closes the *connection* on reuse.
+    /// The `queue.declare`s awaiting their `declare-ok`, in order.
+    declares: VecDeque<Declare>,
+    /// For each `basic.consume` awaiting its `consume-ok`: was the tag left to the broker?
+    consumes: VecDeque<bool>,
+    /// Consumer tags in use on this channel, as the broker will see them when it processes
+    /// the client's next method: RabbitMQ closes the *connection* on a reused tag.
     consumers: Vec<Vec<u8>>,
     /// A `tx.commit` is in flight; RabbitMQ closes the connection on any method meanwhile.
     committing: bool,
@@ -159,6 +174,9 @@ struct PendingPublish {
 enum Verdict {
     /// Forward the frame (or park it while its channel waits for an upstream).
     Forward,
+    /// Forward an exclusive `queue.declare` with its nowait flag cleared, so the broker's reply
+    /// names the queue (the reply is not forwarded).
+    ForwardAskingForReply,
     /// Part of a publish: keep it until the message is complete (B8).
     Hold,
     /// Handled or discarded here.
@@ -291,7 +309,7 @@ impl Hub {
         // An exclusive declare still in flight: its declare-ok will name a queue that must
         // be deleted although nobody is left to receive it (B5).
         if let ChanState::Open(r) | ChanState::Closing(r) = state {
-            if declares.contains(&true) {
+            if declares.iter().any(|d| *d != Declare::Plain) {
                 self.orphan_declares.push((r, declares));
             }
         }
@@ -306,8 +324,15 @@ impl Hub {
         let Some(i) = self.orphan_declares.iter().position(|(o, _)| *o == r) else {
             return;
         };
-        let exclusive = self.orphan_declares[i].1.pop_front() == Some(true);
-        if !self.orphan_declares[i].1.contains(&true) {
+        let exclusive = matches!(
+            self.orphan_declares[i].1.pop_front(),
+            Some(Declare::Exclusive | Declare::ExclusiveUnasked)
+        );
+        if self.orphan_declares[i]
+            .1
+            .iter()
+            .all(|d| *d == Declare::Plain)
+        {
             self.orphan_declares.swap_remove(i);
         }
         if exclusive {
@@ -352,6 +377,12 @@ impl Hub {
         };
         match verdict {
             Verdict::Forward => {
+                self.forward_client_frame(now, id, frame);
+                true
+            }
+            Verdict::ForwardAskingForReply => {
+                let mut frame = frame;
+                clear_declare_nowait(&mut frame);
                 self.forward_client_frame(now, id, frame);
                 true
             }
@@ -604,9 +635,11 @@ impl Hub {
                         ),
                     ));
                 }
-                // A server-named consumer's tag is learnt from consume-ok; with nowait it is
+                // A server-named consumer's tag is learnt from its consume-ok; with nowait it is
                 // never learnt, and cannot collide with a client-chosen one.
-                let _ = nowait;
+                if !nowait {
+                    chan.consumes.push_back(tag.is_empty());
+                }
                 if !tag.is_empty() {
                     chan.consumers.push(tag);
                 }
@@ -627,25 +660,30 @@ impl Hub {
                 format!("unknown exchange type '{}'", String::from_utf8_lossy(&kind)),
             )),
             Method::QueueDeclare {
-                queue,
                 exclusive,
                 nowait,
                 passive,
+                ..
             } => {
                 let exclusive = exclusive && !passive;
                 if exclusive {
                     chan.recyclable = false;
                 }
-                if !nowait {
-                    chan.declares.push_back(exclusive);
-                } else if exclusive && !queue.is_empty() {
-                    if let ChanState::Open(r) = chan.state {
-                        if let Some(c) = self.client_mut(id) {
-                            c.exclusive.push((r.up, queue));
-                        }
+                match (exclusive, nowait) {
+                    (false, true) => Verdict::Forward,
+                    (false, false) => {
+                        chan.declares.push_back(Declare::Plain);
+                        Verdict::Forward
+                    }
+                    (true, false) => {
+                        chan.declares.push_back(Declare::Exclusive);
+                        Verdict::Forward
+                    }
+                    (true, true) => {
+                        chan.declares.push_back(Declare::ExclusiveUnasked);
+                        Verdict::ForwardAskingForReply
                     }
                 }
-                Verdict::Forward
             }
             Method::QueueDelete { queue } => {
                 if let Some(c) = self.client_mut(id) {
@@ -702,7 +740,10 @@ impl Hub {
             )));
         }
         if h.body_size > max {
-            chan.publish = None;
+            let held = chan.publish.take().map_or(0, |p| p.bytes);
+            if let Some(c) = self.clients.get_mut(id.index()) {
+                c.buffered -= held;
+            }
             return Verdict::CloseChannel(Reply::new(
                 reply::PRECONDITION_FAILED,
                 format!(
@@ -810,6 +851,18 @@ impl Hub {
         let Some(up_frame_max) = self.upstream(r.up).map(|u| u.tune.frame_max) else {
             return;
         };
+        if frame.kind() != FrameType::Body && frame.wire_len() > up_frame_max as usize {
+            // Methods and headers cannot be split; the broker would close the shared
+            // connection for a frame over its frame_max.
+            let reply = Reply::new(
+                reply::FRAME_ERROR,
+                format!(
+                    "a {}-byte frame on channel {ch} exceeds the broker's frame_max {up_frame_max}",
+                    frame.wire_len()
+                ),
+            );
+            return self.close_client(now, id, reply);
+        }
         if frame.kind() == FrameType::Body && frame.wire_len() > up_frame_max as usize {
             let payload = frame.freeze().slice(7..);
             let payload = payload.slice(..payload.len() - 1);
@@ -1009,7 +1062,8 @@ impl Hub {
     }
 
     /// Broker-side bookkeeping for replies routed to a client channel: consumer tags, the
-    /// names of exclusive queues, the end of a `tx.commit`.
+    /// names of exclusive queues, the end of a `tx.commit`. Returns whether the reply goes on
+    /// to the client (not when warren asked for it itself).
     pub(super) fn note_reply(
         &mut self,
         id: ClientId,
@@ -1017,24 +1071,33 @@ impl Hub {
         up: UpstreamId,
         m: &Method,
         mid: MethodId,
-    ) {
-        let Some(c) = self.client_mut(id) else { return };
+    ) -> bool {
+        let Some(c) = self.client_mut(id) else {
+            return true;
+        };
         let Some(chan) = c.channels.get_mut(&ch) else {
-            return;
+            return true;
         };
         match m {
-            Method::QueueDeclareOk { queue } if chan.declares.pop_front() == Some(true) => {
-                c.exclusive.push((up, queue.clone()));
+            Method::QueueDeclareOk { queue } => match chan.declares.pop_front() {
+                Some(Declare::Exclusive) => c.exclusive.push((up, queue.clone())),
+                Some(Declare::ExclusiveUnasked) => {
+                    c.exclusive.push((up, queue.clone()));
+                    return false;
+                }
+                _ => {}
+            },
+            Method::ConsumeOk { tag } => {
+                if chan.consumes.pop_front() == Some(true) && !chan.consumers.contains(tag) {
+                    chan.consumers.push(tag.clone());
+                }
             }
-            Method::ConsumeOk { tag } if !chan.consumers.contains(tag) => {
-                chan.consumers.push(tag.clone());
-            }
-            Method::Cancel { tag } | Method::CancelOk { tag } => {
-                chan.consumers.retain(|t| t != tag);
-            }
+            // The broker cancelled a consumer (queue deleted, ...): the tag is free again.
+            Method::Cancel { tag } => chan.consumers.retain(|t| t != tag),
             _ if mid == ids::TX_COMMIT_OK => chan.committing = false,
             _ => {}
         }
+        true
     }
 
     /// The client's channel was closed by the broker: forward the close, answer the broker,
@@ -1104,6 +1167,16 @@ fn checked_method(frame: &Frame) -> Result<(MethodId, Method), Reply> {
         Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid)
     })?;
     Ok((mid, m))
+}
+
+/// Clears the nowait flag of a `queue.declare` in place: the flags octet follows the reserved
+/// short and the queue name; nowait is its fifth bit.
+fn clear_declare_nowait(frame: &mut Frame) {
+    let p = frame.payload_mut();
+    let Some(&name_len) = p.get(6) else { return };
+    if let Some(flags) = p.get_mut(7 + usize::from(name_len)) {
+        *flags &= !(1 << 4);
+    }
 }
 
 /// Whether a method names its queue with the empty string, which RabbitMQ resolves to the

@@ -417,7 +417,7 @@ pub struct Hub {
     held_frames: Vec<(ClientId, Frame)>,
     /// Upstream channels closed for departed clients with queue declares still in flight
     /// (exclusive or not, in order), so an exclusive queue's name can still be learnt.
-    orphan_declares: Vec<(UpRef, VecDeque<bool>)>,
+    orphan_declares: Vec<(UpRef, VecDeque<client::Declare>)>,
     /// Exclusive queues of departed clients waiting for a free channel to be deleted on.
     pending_deletes: Vec<(UpstreamId, Vec<u8>)>,
     /// Channels whose fence round trip is in flight (they count against the pool size).

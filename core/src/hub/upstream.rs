@@ -560,10 +560,13 @@ impl Hub {
                 Some(mid) => {
                     // Replies to what the client sent before its Close still matter, e.g.
                     // the name of an exclusive queue to delete when it leaves.
-                    if let Ok(m) = method::decode(frame.payload()) {
-                        self.note_reply(client, cch, id, &m, mid);
+                    let forward = match method::decode(frame.payload()) {
+                        Ok(m) => self.note_reply(client, cch, id, &m, mid),
+                        Err(_) => true,
+                    };
+                    if forward {
+                        self.forward_to_client(now, client, cch, frame);
                     }
-                    self.forward_to_client(now, client, cch, frame);
                 }
                 None => self.forward_to_client(now, client, cch, frame),
             },
@@ -627,7 +630,9 @@ impl Hub {
         let Ok(m) = method::decode(frame.payload()) else {
             return self.forward_to_client(now, client, cch, frame);
         };
-        self.note_reply(client, cch, r.up, &m, mid);
+        if !self.note_reply(client, cch, r.up, &m, mid) {
+            return;
+        }
         let notify = self
             .client(client)
             .is_some_and(|c| c.caps.consumer_cancel_notify);
