@@ -1087,10 +1087,11 @@ impl Hub {
                 }
                 _ => {}
             },
-            Method::ConsumeOk { tag } => {
-                if chan.consumes.pop_front() == Some(true) && !chan.consumers.contains(tag) {
-                    chan.consumers.push(tag.clone());
-                }
+            // Every consume-ok answers one consume; only a broker-chosen tag is news.
+            Method::ConsumeOk { tag }
+                if chan.consumes.pop_front() == Some(true) && !chan.consumers.contains(tag) =>
+            {
+                chan.consumers.push(tag.clone());
             }
             // The broker cancelled a consumer (queue deleted, ...): the tag is free again.
             Method::Cancel { tag } => chan.consumers.retain(|t| t != tag),
