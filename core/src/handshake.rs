@@ -391,3 +391,249 @@ impl Stage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::Secret;
+    use crate::frame::Frame;
+    use crate::method::{encode, StartOk};
+    use crate::table::FieldTable;
+    use std::fmt::Write as _;
+
+    /// A client's bytes in, a readable trace of what warren answers out.
+    struct Run {
+        hs: ClientHandshake,
+        buf: BytesMut,
+        t0: Instant,
+        trace: String,
+        done: Option<ClientHello>,
+        closed: bool,
+    }
+
+    impl Run {
+        fn new(config: HandshakeConfig) -> Run {
+            let t0 = crate::test_epoch();
+            Run {
+                hs: ClientHandshake::new(t0, config),
+                buf: BytesMut::new(),
+                t0,
+                trace: String::new(),
+                done: None,
+                closed: false,
+            }
+        }
+
+        fn feed(&mut self, bytes: &[u8]) {
+            self.buf.extend_from_slice(bytes);
+            self.hs.handle_input(&mut self.buf);
+            self.drain();
+        }
+
+        fn at(&mut self, d: Duration) {
+            self.hs.handle_timeout(self.t0 + d);
+            self.drain();
+        }
+
+        fn drain(&mut self) {
+            while let Some(o) = self.hs.poll_output() {
+                match o {
+                    HandshakeOutput::Send(b) if b[..] == PROTOCOL_HEADER[..] => {
+                        let _ = writeln!(self.trace, "<- protocol header");
+                    }
+                    HandshakeOutput::Send(b) => {
+                        let mut buf = BytesMut::from(&b[..]);
+                        let f: Frame = FrameDecoder::new(1 << 20)
+                            .decode(&mut buf)
+                            .expect("valid")
+                            .expect("whole");
+                        let line = match method::decode(f.payload()).expect("decodes") {
+                            Method::ConnectionClose(c) => format!("close {} {:?}", c.code, c.text),
+                            Method::Tune(t) => format!(
+                                "tune channel_max={} frame_max={} heartbeat={}",
+                                t.channel_max, t.frame_max, t.heartbeat
+                            ),
+                            _ => f.method_id().map(|id| id.to_string()).unwrap_or_default(),
+                        };
+                        let _ = writeln!(self.trace, "<- {line}");
+                    }
+                    HandshakeOutput::Close => {
+                        self.closed = true;
+                        let _ = writeln!(self.trace, "close socket");
+                    }
+                    HandshakeOutput::Done(h) => {
+                        let _ = writeln!(
+                            self.trace,
+                            "done {} tune={:?} caps={:?} name={:?}",
+                            h.credentials, h.tune, h.capabilities, h.connection_name
+                        );
+                        self.done = Some(*h);
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_ok(mechanism: &str, response: &[u8], failure_close: bool) -> Bytes {
+        let caps = FieldTable::default()
+            .with(
+                "authentication_failure_close",
+                FieldValue::Bool(failure_close),
+            )
+            .with("connection.blocked", FieldValue::Bool(true));
+        encode::start_ok(&StartOk {
+            client_properties: FieldTable::default()
+                .with("connection_name", longstr("orders-worker-7"))
+                .with("capabilities", FieldValue::Table(caps)),
+            mechanism: mechanism.into(),
+            response: response.to_vec(),
+            locale: "en_US".into(),
+        })
+    }
+
+    fn tune_ok(channel_max: u16, frame_max: u32, heartbeat: u16) -> Bytes {
+        encode::tune(
+            Tune {
+                channel_max,
+                frame_max,
+                heartbeat,
+            },
+            true,
+        )
+    }
+
+    #[test]
+    fn a_full_handshake_ends_at_open_without_open_ok() {
+        let mut r = Run::new(HandshakeConfig::default());
+        r.feed(PROTOCOL_HEADER);
+        r.feed(&start_ok("PLAIN", b"\0app\0secret", true));
+        r.feed(&tune_ok(0, 65_536, 30));
+        // Open and a pipelined Channel.Open in one read: the latter stays for the hub.
+        let mut open_and_more = encode::open("/prod").to_vec();
+        open_and_more.extend_from_slice(&encode::channel_open(1));
+        r.feed(&open_and_more);
+        let hello = r.done.take().expect("done");
+        assert_eq!(hello.credentials.password, Secret::new("secret"));
+        assert_eq!(
+            r.buf.len(),
+            encode::channel_open(1).len(),
+            "pipelined bytes kept"
+        );
+        assert!(r.hs.poll_timeout().is_none());
+        insta::assert_snapshot!(r.trace);
+    }
+
+    #[test]
+    fn refusals_follow_rabbitmq() {
+        let mut table = String::new();
+        let cases: Vec<(&str, Vec<Bytes>)> = vec![
+            (
+                "wrong protocol header",
+                vec![Bytes::from_static(b"AMQP\x00\x00\x09\x00")],
+            ),
+            (
+                "HTTP instead of AMQP",
+                vec![Bytes::from_static(b"GET / HTTP/1.1\r\n")],
+            ),
+            (
+                "unknown mechanism",
+                vec![
+                    Bytes::from_static(PROTOCOL_HEADER),
+                    start_ok("EXTERNAL", b"", true),
+                ],
+            ),
+            (
+                "malformed PLAIN, with authentication_failure_close",
+                vec![
+                    Bytes::from_static(PROTOCOL_HEADER),
+                    start_ok("PLAIN", b"nobody", true),
+                ],
+            ),
+            (
+                "malformed PLAIN, without authentication_failure_close",
+                vec![
+                    Bytes::from_static(PROTOCOL_HEADER),
+                    start_ok("PLAIN", b"nobody", false),
+                ],
+            ),
+            (
+                "frame_max below the minimum",
+                vec![
+                    Bytes::from_static(PROTOCOL_HEADER),
+                    start_ok("PLAIN", b"\0u\0p", true),
+                    tune_ok(0, 1024, 0),
+                ],
+            ),
+            (
+                "frame_max above the offer",
+                vec![
+                    Bytes::from_static(PROTOCOL_HEADER),
+                    start_ok("PLAIN", b"\0u\0p", true),
+                    tune_ok(0, 1 << 20, 0),
+                ],
+            ),
+            (
+                "channel_max above the offer",
+                vec![
+                    Bytes::from_static(PROTOCOL_HEADER),
+                    start_ok("PLAIN", b"\0u\0p", true),
+                    tune_ok(4000, 4096, 0),
+                ],
+            ),
+            (
+                "Open before TuneOk",
+                vec![
+                    Bytes::from_static(PROTOCOL_HEADER),
+                    start_ok("PLAIN", b"\0u\0p", true),
+                    encode::open("/"),
+                ],
+            ),
+            (
+                "a frame larger than the pre-login bound",
+                vec![
+                    Bytes::from_static(PROTOCOL_HEADER),
+                    Frame::new(FrameType::Method, 0, &vec![0u8; 40_000]).freeze(),
+                ],
+            ),
+            (
+                "content on channel 1 during the handshake",
+                vec![
+                    Bytes::from_static(PROTOCOL_HEADER),
+                    Frame::new(FrameType::Body, 1, b"x").freeze(),
+                ],
+            ),
+        ];
+        for (name, inputs) in cases {
+            let mut r = Run::new(HandshakeConfig::default());
+            for i in &inputs {
+                r.feed(i);
+            }
+            assert!(r.closed, "{name}: closed");
+            assert!(r.done.is_none(), "{name}: not done");
+            let last: Vec<&str> = r
+                .trace
+                .lines()
+                .filter(|l| !l.contains("connection.start"))
+                .collect();
+            let _ = writeln!(table, "{name}: {}", last.join(" | "));
+        }
+        insta::assert_snapshot!(table);
+    }
+
+    #[test]
+    fn a_client_that_stalls_is_dropped_at_the_timeout() {
+        let config = HandshakeConfig {
+            timeout: Duration::from_secs(10),
+            ..HandshakeConfig::default()
+        };
+        let mut r = Run::new(config);
+        r.feed(PROTOCOL_HEADER);
+        assert_eq!(r.hs.poll_timeout(), Some(r.t0 + Duration::from_secs(10)));
+        r.at(Duration::from_secs(9));
+        assert!(!r.closed, "a spurious early timeout does nothing");
+        r.at(Duration::from_secs(10));
+        assert!(r.closed);
+        assert!(r.hs.poll_timeout().is_none());
+        insta::assert_snapshot!(r.trace);
+    }
+}
