@@ -631,3 +631,83 @@ fn samples_are_matched_by_name_and_labels() {
     assert_eq!(sample(text, "warren_hubs", &[]), 2);
     assert_eq!(sample(text, closes, &[("code", "404")]), 0);
 }
+
+/// B15 logs: with `--log-format json` every line on standard error is one JSON object; a
+/// client's connect and disconnect lines carry its connection name and address; nothing is
+/// logged per frame at the default level; the password appears nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_each_client_and_never_log_frames() -> Result<()> {
+    prepare_binary().await?;
+    bounded(async {
+        let user = TestUser::create("warren-test-logs").await?;
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let mut p = Process::spawn(
+            &[
+                "--listen",
+                &listen,
+                "--metrics",
+                "off",
+                "--log-format",
+                "json",
+            ],
+            &[],
+        )?;
+        p.wait_listening(port).await?;
+        let url = client::amqp_url(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &user.name,
+            &user.password,
+            "/",
+        );
+        let props =
+            lapin::ConnectionProperties::default().with_connection_name("orders-worker-7".into());
+        let conn = lapin::Connection::connect(&url, props).await?;
+        let ch = conn.create_channel().await?;
+        let queue = unique("logs");
+        lapin_declare(&ch, &queue).await?;
+        for i in 0..50 {
+            lapin_publish(&ch, &queue, format!("m{i}").as_bytes()).await?;
+        }
+        lapin_get(&ch, &queue).await?;
+        conn.close(200, "bye".into()).await?;
+        let log = wait_until(LIMIT, "the disconnect line", || {
+            let log = p.stderr();
+            async move { Ok(log.contains("client disconnected").then_some(log)) }
+        })
+        .await?;
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+            .collect::<Result<_>>()?;
+        let client_lines: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|v| v["fields"]["user"] == user.name.as_str())
+            .collect();
+        for what in ["client connected", "client disconnected"] {
+            let line = client_lines
+                .iter()
+                .find(|v| v["fields"]["message"] == what)
+                .with_context(|| format!("no {what:?} line in {log}"))?;
+            ensure!(
+                line["fields"]["name"] == "orders-worker-7",
+                "{what}: no connection name: {line}"
+            );
+            let peer = line["fields"]["peer"].as_str().unwrap_or_default();
+            ensure!(
+                peer.starts_with("127.0.0.1:"),
+                "{what}: no client address: {line}"
+            );
+        }
+        ensure!(
+            lines.len() < 20,
+            "{} lines for one client and 50 publishes: something logs per frame: {log}",
+            lines.len()
+        );
+        ensure!(!log.contains(&user.password), "the password was logged");
+        let status = p.stop().await?;
+        ensure!(status.code() == Some(0), "exit {status:?}");
+        Ok(())
+    })
+    .await
+}
