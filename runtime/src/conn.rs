@@ -236,11 +236,15 @@ pub(crate) fn spawn_writer(
     tokio::spawn(async move {
         // Set once the last sink is gone: what is still queued gets this long to be written.
         let mut give_up: Option<tokio::time::Instant> = None;
+        // Whether everything queued was written and the socket shut down in order.
+        let mut clean = false;
         loop {
             let batch = match next_batch(&q) {
                 Some(Next::Write(batch)) => batch,
                 Some(Next::Close) => {
-                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, w.shutdown()).await;
+                    clean = tokio::time::timeout(FLUSH_TIMEOUT, w.shutdown())
+                        .await
+                        .is_ok();
                     break;
                 }
                 None => {
@@ -270,18 +274,20 @@ pub(crate) fn spawn_writer(
                     }
                 }
             };
-            let Some(res) = res else {
-                if let Some(reset) = &reset {
-                    reset.store(true, Ordering::Relaxed);
-                }
-                break;
-            };
+            let Some(res) = res else { break };
             let left = q.queued.fetch_sub(bytes, Ordering::Relaxed) - bytes;
             if left < low_water_wake {
                 q.drained.notify_waiters();
             }
             if res.is_err() {
                 break;
+            }
+        }
+        if !clean {
+            // Cancelled, given up on, or broken: the kernel may still hold bytes the peer is
+            // not reading, and an orderly close would wait behind them.
+            if let Some(reset) = &reset {
+                reset.store(true, Ordering::Relaxed);
             }
         }
         {
