@@ -187,6 +187,9 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     /// Grace time for clients on SIGTERM.
     pub drain_timeout: Duration,
+    /// Threads that run connections and hubs; 0 picks half the CPUs (at least one), leaving
+    /// the rest to the broker and applications that usually share the machine.
+    pub worker_threads: usize,
     /// Exchange types beyond direct/fanout/topic/headers that clients may declare.
     pub extra_exchange_types: Vec<String>,
     /// `tracing` filter, e.g. `info` or `warren=debug`.
@@ -229,6 +232,7 @@ impl Default for Config {
             upstream_idle_timeout: Duration::from_secs(60),
             auth_cache_ttl: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            worker_threads: 0,
             extra_exchange_types: Vec::new(),
             log_level: "info".into(),
             log_format: LogFormat::Human,
@@ -237,6 +241,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The number of runtime threads to start: the setting, or half the CPUs (at least one).
+    #[must_use]
+    pub fn runtime_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        cpus.div_ceil(2)
+    }
+
     /// The settings of each hub.
     #[must_use]
     pub fn hub_config(&self, upstream_name: String) -> HubConfig {
@@ -749,6 +763,9 @@ settings! {
     #[arg(value_name = "DURATION", help_heading = "Shutdown and logs")]
     #[serde(default, deserialize_with = "text")]
     drain_timeout: humantime::Duration,
+    /// Threads running connections and hubs (0: half the CPUs, at least one).
+    #[arg(value_name = "N", help_heading = "Shutdown and logs")]
+    worker_threads: usize,
     /// Log filter, e.g. `info` or `warren_runtime=debug` (RUST_LOG overrides it).
     #[arg(value_name = "FILTER", help_heading = "Shutdown and logs")]
     log_level: String,
@@ -857,6 +874,7 @@ impl Settings {
                 .map_or(d.upstream_idle_timeout, Into::into),
             auth_cache_ttl: self.auth_cache_ttl.map_or(d.auth_cache_ttl, Into::into),
             drain_timeout: self.drain_timeout.map_or(d.drain_timeout, Into::into),
+            worker_threads: self.worker_threads.unwrap_or(d.worker_threads),
             extra_exchange_types: self
                 .extra_exchange_types
                 .map_or(d.extra_exchange_types, |n| n.0),
@@ -898,6 +916,7 @@ impl Settings {
             pool_idle_timeout: Some(c.pool_idle_timeout.into()),
             extra_exchange_types: Some(Names(c.extra_exchange_types.clone())),
             drain_timeout: Some(c.drain_timeout.into()),
+            worker_threads: Some(c.worker_threads),
             log_level: Some(c.log_level.clone()),
             log_format: Some(c.log_format),
             tls_cert: listener.map(|t| path(&t.cert)),
@@ -1073,6 +1092,7 @@ mod tests {
             upstream_idle_timeout: Duration::from_secs(120),
             auth_cache_ttl: Duration::ZERO,
             drain_timeout: Duration::from_secs(45),
+            worker_threads: 3,
             extra_exchange_types: vec!["x-delayed-message".into(), "x-consistent-hash".into()],
             log_level: "warren_runtime=debug".into(),
             log_format: LogFormat::Json,
@@ -1106,6 +1126,7 @@ pool_size = 8
 pool_idle_timeout = "1m 30s"
 extra_exchange_types = ["x-delayed-message", "x-consistent-hash"]
 drain_timeout = "45s"
+worker_threads = 3
 log_level = "warren_runtime=debug"
 log_format = "json"
 tls_cert = "/tls/cert.pem"

@@ -76,6 +76,7 @@ fn run(config: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_threads())
         .enable_all()
         .build()
     {
