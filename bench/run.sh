@@ -11,7 +11,7 @@
 # Settings (environment):
 #   REPS=3              repetitions of each throughput/latency scenario
 #   IDLE_REPS=1         repetitions of the idle scenario (10,000 connections to RabbitMQ are slow)
-#   SCENARIOS="churn publish publish_confirms consume latency idle"
+#   SCENARIOS="churn churn_amqprs publish publish_confirms consume latency idle"
 #   CHURN_DURATION=6s   length of each churn run
 #   PUBLISH_COUNT=200000  messages per publish run (bounded by count: see bench/README.md)
 #   CONFIRMS_COUNT=150000 messages per publish --confirms run
@@ -45,7 +45,7 @@ if [ "$QUICK" = 1 ]; then
 fi
 REPS="${REPS:-3}"
 IDLE_REPS="${IDLE_REPS:-1}"
-SCENARIOS="${SCENARIOS:-churn publish publish_confirms consume latency idle}"
+SCENARIOS="${SCENARIOS:-churn churn_amqprs publish publish_confirms consume latency idle}"
 CHURN_DURATION="${CHURN_DURATION:-6s}"
 PUBLISH_COUNT="${PUBLISH_COUNT:-200000}"
 CONFIRMS_COUNT="${CONFIRMS_COUNT:-150000}"
@@ -368,6 +368,8 @@ throughput("churn", "P1 churn (recycling on)", "connections_per_sec", " conn/s",
            lambda r: r >= 5)
 throughput("churn", "P1 churn (recycling off)", "connections_per_sec", " conn/s", "(info)",
            None, warren="warren_norecycle")
+throughput("churn_amqprs", "P1 churn, amqprs client", "connections_per_sec", " conn/s",
+           "(info)", None)
 throughput("publish", "P2 publish", "msgs_per_sec", " msg/s", "≥ 0.98×", lambda r: r >= 0.98)
 throughput("publish_confirms", "P2 publish + confirms", "msgs_per_sec", " msg/s", "≥ 0.97×",
            lambda r: r >= 0.97)
@@ -652,6 +654,10 @@ main() {
                 interleave churn "$REPS" "direct warren warren_norecycle" -- \
                     churn --duration "$CHURN_DURATION"
                 stop_warren warren_norecycle
+                ;;
+            churn_amqprs)
+                interleave churn_amqprs "$REPS" "direct warren" -- \
+                    churn --client amqprs --duration "$CHURN_DURATION"
                 ;;
             publish)
                 interleave publish "$REPS" "direct warren" -- \

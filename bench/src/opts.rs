@@ -143,6 +143,11 @@ pub struct ChurnOpts {
     /// clients do.
     #[arg(long)]
     pub no_channel_close: bool,
+    /// Which client runs the cycles: `raw`, a minimal synchronous AMQP client like the
+    /// php-amqplib that short-lived workers use (so the server's cost is what is measured), or
+    /// `amqprs`, whose own per-connection latency (about 1.3 ms here) dominates through warren.
+    #[arg(long, default_value = "raw", value_parser = ["raw", "amqprs"])]
+    pub client: String,
 }
 
 /// `publish` options.

@@ -67,11 +67,17 @@ async fn measure(
         let queue = queue.to_owned();
         let size = common.size;
         let close_channel = !opts.no_channel_close;
+        let raw = opts.client == "raw";
         tasks.push(tokio::spawn(async move {
             let body = vec![b'x'; size];
             while Instant::now() < deadline && tally.started.fetch_add(1, Ordering::Relaxed) < count
             {
-                match cycle(&endpoint, &queue, &body, close_channel, limit).await {
+                let result = if raw {
+                    raw_cycle(&endpoint, &queue, &body, close_channel, limit).await
+                } else {
+                    cycle(&endpoint, &queue, &body, close_channel, limit).await
+                };
+                match result {
                     Ok(()) => {
                         tally.done.fetch_add(1, Ordering::Relaxed);
                     }
@@ -115,6 +121,7 @@ async fn measure(
     report.set("connections", done);
     report.set("msgs", done);
     report.set("channel_close", !opts.no_channel_close);
+    report.set("client", opts.client.as_str());
     report.set_f("elapsed_s", elapsed, 3);
     report.set_f("connections_per_sec", rate, 1);
     match settled_depth(&admin_ch, queue, done, limit).await {
@@ -160,5 +167,143 @@ async fn cycle(
         let closed = amqp::close(conn, None, limit).await;
         drop(ch);
         closed
+    }
+}
+
+/// One cycle with a minimal client that does what a synchronous client library does on the
+/// wire and nothing else: each step waits for its reply, and every reply is checked.
+async fn raw_cycle(
+    endpoint: &Endpoint,
+    queue: &str,
+    body: &[u8],
+    close_channel: bool,
+    limit: Duration,
+) -> Result<()> {
+    tokio::time::timeout(limit, raw_cycle_inner(endpoint, queue, body, close_channel))
+        .await
+        .map_err(|_| anyhow!("raw cycle timed out after {limit:?}"))?
+}
+
+async fn raw_cycle_inner(
+    endpoint: &Endpoint,
+    queue: &str,
+    body: &[u8],
+    close_channel: bool,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    use warren_core::frame::{Frame, FrameType, PROTOCOL_HEADER};
+    use warren_core::method::{encode, ids, Close, StartOk, Tune};
+    use warren_core::table::FieldTable;
+
+    let mut s = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+    s.set_nodelay(true)?;
+    let mut raw = RawConn::new();
+    s.write_all(PROTOCOL_HEADER).await?;
+    raw.expect(&mut s, ids::CONNECTION_START).await?;
+    let response = format!("\0{}\0{}", endpoint.user, endpoint.password).into_bytes();
+    let start_ok = encode::start_ok(&StartOk {
+        client_properties: FieldTable::default(),
+        mechanism: "PLAIN".into(),
+        response,
+        locale: "en_US".into(),
+    });
+    s.write_all(&start_ok).await?;
+    let tune = raw.expect(&mut s, ids::CONNECTION_TUNE).await?;
+    let frame_max = match warren_core::method::decode(tune.payload()) {
+        Ok(warren_core::method::Method::Tune(t)) => t.frame_max,
+        _ => return Err(anyhow!("malformed connection.tune")),
+    };
+    let mut out = encode::tune(
+        Tune {
+            channel_max: 1,
+            frame_max,
+            heartbeat: 0,
+        },
+        true,
+    )
+    .to_vec();
+    out.extend_from_slice(&encode::open(&endpoint.vhost));
+    s.write_all(&out).await?;
+    raw.expect(&mut s, ids::CONNECTION_OPEN_OK).await?;
+    s.write_all(&encode::channel_open(1)).await?;
+    raw.expect(&mut s, ids::CHANNEL_OPEN_OK).await?;
+    let mut out = warren_core::frame::method_frame(1, ids::BASIC_PUBLISH, |w| {
+        w.u16(0)
+            .shortstr(b"")
+            .shortstr(queue.as_bytes())
+            .bit(false)
+            .bit(false);
+    })
+    .to_vec();
+    let mut header = bytes::BytesMut::new();
+    warren_core::wire::Writer::new(&mut header)
+        .u16(60)
+        .u16(0)
+        .u64(body.len() as u64)
+        .u16(0);
+    out.extend_from_slice(&Frame::new(FrameType::Header, 1, &header).freeze());
+    out.extend_from_slice(&Frame::new(FrameType::Body, 1, body).freeze());
+    let bye = Close {
+        code: 200,
+        text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    };
+    if close_channel {
+        out.extend_from_slice(&encode::close(1, &bye));
+        s.write_all(&out).await?;
+        raw.expect(&mut s, ids::CHANNEL_CLOSE_OK).await?;
+        out = Vec::new();
+    }
+    out.extend_from_slice(&encode::close(0, &bye));
+    s.write_all(&out).await?;
+    raw.expect(&mut s, ids::CONNECTION_CLOSE_OK).await?;
+    Ok(())
+}
+
+/// The read side of the minimal client: whole frames off the socket, heartbeats skipped.
+struct RawConn {
+    buf: bytes::BytesMut,
+    decoder: warren_core::frame::FrameDecoder,
+}
+
+impl RawConn {
+    fn new() -> Self {
+        RawConn {
+            buf: bytes::BytesMut::with_capacity(4096),
+            decoder: warren_core::frame::FrameDecoder::new(1 << 20),
+        }
+    }
+
+    /// Reads until a method arrives; fails unless it is `want` (a close carries its text).
+    async fn expect(
+        &mut self,
+        s: &mut tokio::net::TcpStream,
+        want: warren_core::method::MethodId,
+    ) -> Result<warren_core::frame::Frame> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            while let Some(f) = self
+                .decoder
+                .decode(&mut self.buf)
+                .map_err(|e| anyhow!("bad frame from the server: {e}"))?
+            {
+                if f.kind() != warren_core::frame::FrameType::Method {
+                    continue;
+                }
+                if f.method_id() == Some(want) {
+                    return Ok(f);
+                }
+                return Err(anyhow!(
+                    "expected {want}, got {:?}",
+                    warren_core::method::decode(f.payload())
+                ));
+            }
+            if s.read_buf(&mut self.buf).await? == 0 {
+                return Err(anyhow!(
+                    "the server closed the connection, expecting {want}"
+                ));
+            }
+        }
     }
 }
