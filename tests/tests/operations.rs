@@ -636,7 +636,7 @@ fn samples_are_matched_by_name_and_labels() {
 /// client's connect and disconnect lines carry its connection name and address; nothing is
 /// logged per frame at the default level; the password appears nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_name_each_client_and_never_log_frames() -> Result<()> {
+async fn json_logs_of_the_real_binary_name_each_client_and_never_log_frames() -> Result<()> {
     prepare_binary().await?;
     bounded(async {
         let user = TestUser::create("warren-test-logs").await?;
