@@ -744,7 +744,8 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             }
             // A client that stopped reading or froze is cut off (B9) or times out (B10).
             End::Broken | End::TimedOut => shaky || paused,
-            End::Refused => drained_at.is_some(),
+            // A draining warren refuses; so does a link that turmoil fails mid-connect.
+            End::Refused => drained_at.is_some() || shaky,
         };
         if !ok {
             v(

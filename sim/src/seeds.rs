@@ -1,7 +1,12 @@
 //! Seeds: replaying one (`SIM_SEED=n`), sweeping many (`SIM_SEEDS=N`), and the committed list
 //! of seeds that once failed (`sim/regression-seeds.txt`).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
+
+/// Wall time one seed may take before the sweep's watchdog calls it a livelock. Generous:
+/// the slowest seeds take well under a second in debug.
+const WATCHDOG_MS: u64 = 60_000;
 
 /// The seeds a sweep runs: `SIM_SEED` alone if set, else `SIM_SEEDS` seeds from
 /// `SIM_SEED_START` (default 0), else `default_count` seeds from 0.
@@ -47,26 +52,79 @@ pub fn sweep<T: Send>(
     seeds: &[u64],
     f: impl Fn(u64) -> T + Sync,
 ) -> (Vec<(u64, T)>, std::time::Duration) {
-    // Wall time is reported, never used for logic.
-    #[allow(clippy::disallowed_methods)]
-    let started = Instant::now();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 16);
+    sweep_on(threads, seeds, f)
+}
+
+/// Like [`sweep`] on a given number of threads. Layer 2 sweeps on one: two turmoil
+/// simulations running at once in one process perturb each other through process-wide
+/// counters (tokio task ids), so a seed found failing on a busy sweep might not replay
+/// alone.
+pub fn sweep_on<T: Send>(
+    threads: usize,
+    seeds: &[u64],
+    f: impl Fn(u64) -> T + Sync,
+) -> (Vec<(u64, T)>, std::time::Duration) {
+    // Wall time is reported, never used for logic.
+    #[allow(clippy::disallowed_methods)]
+    let started = Instant::now();
+    let threads = threads.max(1);
     let chunk = seeds.len().div_ceil(threads).max(1);
+    let parts: Vec<&[u64]> = seeds.chunks(chunk).collect();
+    // Per worker: the seed it runs (u64::MAX: none) and since when (ms of wall time).
+    let running: Vec<(AtomicU64, AtomicU64)> = parts
+        .iter()
+        .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0)))
+        .collect();
+    let done = AtomicBool::new(false);
     let mut results: Vec<(u64, T)> = std::thread::scope(|s| {
-        let handles: Vec<_> = seeds
-            .chunks(chunk)
-            .map(|part| {
+        // A livelock inside a state machine never returns to the world, so nothing inside
+        // the run can notice it: a watchdog names the seed and stops the process.
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let now = started.elapsed().as_millis() as u64;
+                for (seed, since) in &running {
+                    let seed = seed.load(Ordering::Relaxed);
+                    let took = now.saturating_sub(since.load(Ordering::Relaxed));
+                    if seed != u64::MAX && took > WATCHDOG_MS {
+                        eprintln!(
+                            "seed {seed} has run for {}s of wall time: a livelock (a timer that never stops firing?)",
+                            took / 1000
+                        );
+                        eprintln!("replay: SIM_SEED={seed} cargo test -p warren-sim ... -- --nocapture");
+                        std::process::exit(101);
+                    }
+                }
+            }
+        });
+        let handles: Vec<_> = parts
+            .iter()
+            .zip(&running)
+            .map(|(part, slot)| {
                 let f = &f;
-                s.spawn(move || part.iter().map(|&seed| (seed, f(seed))).collect::<Vec<_>>())
+                s.spawn(move || {
+                    let mut out = Vec::with_capacity(part.len());
+                    for &seed in *part {
+                        slot.1
+                            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        slot.0.store(seed, Ordering::Relaxed);
+                        out.push((seed, f(seed)));
+                        slot.0.store(u64::MAX, Ordering::Relaxed);
+                    }
+                    out
+                })
             })
             .collect();
-        handles
+        let all: Vec<(u64, T)> = handles
             .into_iter()
             .flat_map(|h| h.join().expect("a sweep thread panicked"))
-            .collect()
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        all
     });
     results.sort_by_key(|(s, _)| *s);
     (results, started.elapsed())

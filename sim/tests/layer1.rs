@@ -154,3 +154,45 @@ fn replay_is_deterministic() {
         assert_eq!(a.elapsed, b.elapsed);
     }
 }
+
+/// B10/B11 regression (found by layer 2, turmoil seed 570): the broker goes silent after
+/// `Connection.Tune`, before `OpenOk`, and stays silent for two heartbeat intervals while
+/// the connect timeout is longer still. The hub must give the upstream up (or keep
+/// waiting) without spinning: a timer that keeps rescheduling itself in the past would hang
+/// its task. Runs on a thread with a wall-clock bound so a livelock fails instead of hangs.
+#[test]
+fn silent_broker_between_tune_and_open_ok() {
+    use std::time::Duration;
+    use warren_sim::client::{ClientSpec, Step};
+    use warren_sim::plan::{Fault, FaultPlan};
+
+    let mut sc = Scenario::empty(570);
+    sc.broker.heartbeat = 1;
+    sc.hub.connect_timeout = Duration::from_secs(3);
+    sc.handshake.heartbeat = 0;
+    let mut c = ClientSpec::guest(
+        "publisher",
+        Duration::ZERO,
+        vec![Step::Open(1), Step::CloseConnection],
+    );
+    c.heartbeat = Some(0);
+    sc.clients = vec![c];
+    // The hub reads Tune at +0.017s; from +0.018s nothing more arrives for 3s.
+    sc.plan = FaultPlan::none().with(
+        Duration::from_millis(18),
+        Fault::Hold {
+            duration: Duration::from_secs(3),
+        },
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run(sc, RunOptions::default()));
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(report) => assert!(report.ok(), "{:#?}", report.violations),
+        Err(_) => panic!(
+            "the run did not return within 30s of wall time: the hub spins inside \
+             handle(Timeout) (an upstream timer rescheduled in the past)"
+        ),
+    }
+}

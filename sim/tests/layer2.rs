@@ -26,7 +26,13 @@ fn turmoil_sweep() {
         trace: seeds::replaying(),
         ..L2Options::default()
     };
-    let (results, wall) = seeds::sweep(&list, |seed| run(seed, &opts));
+    let progress = std::env::var("SIM_PROGRESS").is_ok();
+    let (results, wall) = seeds::sweep_on(1, &list, |seed| {
+        if progress {
+            eprintln!("turmoil seed {seed}...");
+        }
+        run(seed, &opts)
+    });
     let mut failed = Vec::new();
     for (seed, r) in &results {
         if seeds::replaying() {
@@ -158,7 +164,7 @@ fn slow_client_is_disconnected() {
 fn turmoil_regression_seeds() {
     let list = seeds::parse_regressions(include_str!("../regression-seeds-turmoil.txt"));
     let opts = L2Options::default();
-    let (results, _) = seeds::sweep(&list, |seed| run(seed, &opts));
+    let (results, _) = seeds::sweep_on(1, &list, |seed| run(seed, &opts));
     let failed: Vec<u64> = results
         .iter()
         .filter(|(_, r)| !r.ok())

@@ -140,8 +140,21 @@ impl Hub {
             return;
         }
         let beat = u.liveness.check(now);
-        if phase == UpPhase::AwaitOpenOk && beat == Beat::Send {
-            self.send_upstream(now, id, Bytes::from_static(HEARTBEAT));
+        if phase == UpPhase::AwaitOpenOk {
+            match beat {
+                Beat::Send => self.send_upstream(now, id, Bytes::from_static(HEARTBEAT)),
+                // Heartbeats run from TuneOk on; a broker silent for two intervals before
+                // OpenOk is as dead as one that never answered the dial.
+                Beat::Dead => {
+                    let reply = Reply::new(
+                        reply::CONNECTION_FORCED,
+                        "broker unreachable: missed heartbeats during login",
+                    );
+                    self.upstream_failed(now, id, reply);
+                    return;
+                }
+                Beat::Idle => {}
+            }
         }
         if phase != UpPhase::Open {
             self.schedule_upstream(id);
