@@ -409,10 +409,15 @@ impl Process {
 
     /// Sends SIGTERM.
     fn terminate(&self) -> Result<()> {
+        self.signal("TERM")
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`, ...).
+    fn signal(&self, name: &str) -> Result<()> {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()?;
-        ensure!(status.success(), "kill -TERM failed: {status}");
+        ensure!(status.success(), "kill -{name} failed: {status}");
         Ok(())
     }
 
@@ -614,6 +619,56 @@ async fn sigterm_drains_a_real_process_with_real_clients() -> Result<()> {
         let log = p.stderr();
         assert_eq!(status.code(), Some(0), "{log}");
         assert!(log.contains("SIGTERM"), "{log}");
+        Ok(())
+    })
+    .await
+}
+
+/// B14: a second signal (SIGINT after SIGTERM) ends a draining process at once, although a
+/// client still holds a channel and the drain timeout is ten minutes away; the exit status
+/// says it did not drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_a_draining_real_process_at_once() -> Result<()> {
+    prepare_binary().await?;
+    bounded(async {
+        let user = TestUser::create("warren-test-second-signal").await?;
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let mut p = Process::spawn(
+            &["--listen", &listen, "--metrics", "off"],
+            &[("WARREN_DRAIN_TIMEOUT", "600s")],
+        )?;
+        p.wait_listening(port).await?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut held =
+            RawClient::connect(addr, &RawOptions::new(&user.name, &user.password, "/")).await?;
+        held.open_channel(1).await?;
+
+        p.terminate()?;
+        wait_until(LIMIT, "the listener to close", || async move {
+            Ok((!listening(port)).then_some(()))
+        })
+        .await?;
+        assert!(
+            p.child.try_wait()?.is_none(),
+            "warren exited on the first signal although a client holds a channel: {}",
+            p.stderr()
+        );
+
+        p.signal("INT")?;
+        // LIMIT is a small fraction of the drain timeout: exiting within it is not draining.
+        let status = p.wait_exit(LIMIT).await?;
+        let log = p.stderr();
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(log.contains("exiting without finishing the drain"), "{log}");
+        // The held client's socket ends with the process (a FIN or a reset), it is not left
+        // hanging.
+        if let Err(e) = held.expect_eof(LIMIT).await {
+            ensure!(
+                !e.to_string().contains("did not close"),
+                "the held client's socket outlived the process: {e}"
+            );
+        }
         Ok(())
     })
     .await
