@@ -82,6 +82,89 @@ impl fmt::Display for UpstreamUrl {
     }
 }
 
+/// The broker's nodes, in order of preference: a dial tries them in turn, starting with the
+/// last one that answered, so a cluster keeps serving when a node is down. Comma-separated in
+/// flags and variables; a string or an array of strings in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstreams(Vec<UpstreamUrl>);
+
+impl Upstreams {
+    /// A list of one or more URLs.
+    ///
+    /// # Panics
+    /// If `urls` is empty: there is always a broker to dial.
+    #[must_use]
+    pub fn new(urls: Vec<UpstreamUrl>) -> Upstreams {
+        assert!(!urls.is_empty(), "an upstream list needs at least one URL");
+        Upstreams(urls)
+    }
+
+    /// The URLs in order of preference.
+    #[must_use]
+    pub fn urls(&self) -> &[UpstreamUrl] {
+        &self.0
+    }
+
+    /// Whether any node is reached over TLS.
+    #[must_use]
+    pub fn any_tls(&self) -> bool {
+        self.0.iter().any(|u| u.tls)
+    }
+}
+
+impl From<UpstreamUrl> for Upstreams {
+    fn from(url: UpstreamUrl) -> Upstreams {
+        Upstreams(vec![url])
+    }
+}
+
+impl FromStr for Upstreams {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let urls = s
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(UpstreamUrl::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err("needs at least one amqp:// or amqps:// URL".into());
+        }
+        Ok(Upstreams(urls))
+    }
+}
+
+impl fmt::Display for Upstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, u) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{u}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `upstream` in the file: one string (which may hold a comma-separated list) or an array.
+fn upstreams<'de, D>(d: D) -> Result<Option<Upstreams>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let text = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s,
+        OneOrMany::Many(v) => v.join(","),
+    };
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
 /// TLS on the client-facing listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTls {
@@ -135,8 +218,8 @@ pub enum LogFormat {
 pub struct Config {
     /// Client-facing listener.
     pub listen: SocketAddr,
-    /// The broker.
-    pub upstream: UpstreamUrl,
+    /// The broker's nodes.
+    pub upstream: Upstreams,
     /// Metrics and health HTTP listener; `None` disables it.
     pub metrics: Option<SocketAddr>,
     /// TLS on the listener, if any.
@@ -206,7 +289,8 @@ impl Default for Config {
                 tls: false,
                 host: "127.0.0.1".into(),
                 port: 5672,
-            },
+            }
+            .into(),
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 15673))),
             listener_tls: None,
             upstream_tls: UpstreamTls::default(),
@@ -403,7 +487,7 @@ impl Config {
             }
             _ => {}
         }
-        if !self.upstream.tls {
+        if !self.upstream.any_tls() {
             let set = [
                 ("upstream_ca", t.ca.is_some()),
                 ("upstream_cert", t.cert.is_some()),
@@ -432,10 +516,12 @@ impl Config {
         } else {
             "upstream"
         };
-        crate::tls::server_name(t, &self.upstream.host).map_err(|e| match e {
-            crate::Error::Tls(message) => invalid(key, message),
-            e => invalid(key, e.to_string()),
-        })?;
+        for url in self.upstream.urls().iter().filter(|u| u.tls) {
+            crate::tls::server_name(t, &url.host).map_err(|e| match e {
+                crate::Error::Tls(message) => invalid(key, message),
+                e => invalid(key, e.to_string()),
+            })?;
+        }
         Ok(())
     }
 }
@@ -673,10 +759,10 @@ settings! {
     /// Address clients connect to.
     #[arg(value_name = "ADDR:PORT", help_heading = "Network")]
     listen: SocketAddr,
-    /// The broker: amqp://host[:port] or amqps://host[:port] (credentials and vhost come from clients).
-    #[arg(value_name = "URL", help_heading = "Network")]
-    #[serde(default, deserialize_with = "text")]
-    upstream: UpstreamUrl,
+    /// The broker: amqp://host[:port] or amqps://host[:port], or several nodes of a cluster comma-separated (a list in the file), tried in turn (credentials and vhost come from clients).
+    #[arg(value_name = "URL,...", help_heading = "Network")]
+    #[serde(default, deserialize_with = "upstreams")]
+    upstream: Upstreams,
     /// Address of the HTTP endpoint for /metrics, /healthz and /readyz, or `off`.
     #[arg(value_name = "ADDR:PORT|off", help_heading = "Network")]
     #[serde(default, deserialize_with = "text")]
@@ -1056,7 +1142,9 @@ mod tests {
     fn sample() -> Config {
         Config {
             listen: "0.0.0.0:6000".parse().unwrap(),
-            upstream: UpstreamUrl::parse("amqps://broker.internal:5999").unwrap(),
+            upstream: "amqps://broker.internal:5999,amqp://[fd00::2]:5672"
+                .parse()
+                .unwrap(),
             metrics: None,
             listener_tls: Some(ListenerTls {
                 cert: "/tls/cert.pem".into(),
@@ -1101,7 +1189,7 @@ mod tests {
 
     const SAMPLE_TOML: &str = r#"
 listen = "0.0.0.0:6000"
-upstream = "amqps://broker.internal:5999"
+upstream = ["amqps://broker.internal:5999", "amqp://[fd00::2]:5672"]
 metrics = "off"
 client_heartbeat = 15
 frame_max = 65536
@@ -1221,6 +1309,22 @@ upstream_server_name = "rabbit.internal"
         let config = run(load_from(args, no_env));
         assert_eq!(config.metrics, None);
         assert_eq!(config.extra_exchange_types, ["a", "b"]);
+
+        let args = ["warren", "--upstream", "amqp://r1, amqp://r2:5673,"];
+        let config = run(load_from(args, no_env));
+        let nodes: Vec<String> = config
+            .upstream
+            .urls()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nodes, ["amqp://r1:5672", "amqp://r2:5673"]);
+        // In the file, one string may hold the list too.
+        let file = temp_file(
+            "one_string.toml",
+            "upstream = \"amqp://r1,amqp://r2:5673\"\n",
+        );
+        assert_eq!(from_file(&file).unwrap().upstream, config.upstream);
     }
 
     #[test]
@@ -1293,6 +1397,9 @@ upstream_server_name = "rabbit.internal"
             ("upstream_ca_without_amqps", file("t6", "upstream_ca = \"ca.pem\"\n")),
             ("amqps_without_ca", file("t7", "upstream = \"amqps://rabbit:5671\"\n")),
             ("amqps_bad_server_name", file("t8", "upstream = \"amqps://rabbit\"\nupstream_ca = \"ca.pem\"\nupstream_server_name = \"not a name\"\n")),
+            ("upstream_list_empty", file("u1", "upstream = []\n")),
+            ("upstream_list_bad_node", file("u2", "upstream = [\"amqp://r1\", \"http://r2\"]\n")),
+            ("upstream_list_amqps_node_without_ca", file("u3", "upstream = [\"amqp://r1\", \"amqps://r2\"]\n")),
         ];
         let report: String = cases
             .iter()

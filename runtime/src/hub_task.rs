@@ -468,20 +468,14 @@ impl<N: Network> HubTask<N> {
         let ctx = self.ctx.clone();
         let tx = self.upstream_tx.clone();
         tokio::spawn(async move {
-            let connect = tokio::time::timeout(ctx.config.connect_timeout, ctx.connect_upstream());
             let stream: Result<BoxStream, String> = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                r = connect => match r {
-                    Ok(Ok(s)) => Ok(s),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err("timed out connecting".into()),
-                },
+                r = ctx.connect_upstream() => r,
             };
             let stream = match stream {
                 Ok(s) => s,
                 Err(reason) => {
-                    let reason = format!("{reason} ({})", ctx.config.upstream);
                     let _ = tx
                         .send(UpstreamMsg::Input(Input::UpstreamClosed {
                             upstream: id,

@@ -64,7 +64,7 @@ fn check_tls(config: &Config) -> Result<(), warren_runtime::Error> {
     if let Some(listener) = &config.listener_tls {
         tls::acceptor(listener)?;
     }
-    if config.upstream.tls {
+    if config.upstream.any_tls() {
         tls::connector(&config.upstream_tls)?;
     }
     Ok(())

@@ -45,10 +45,12 @@ pub(crate) struct Ctx<N: Network> {
     pub(crate) config: Config,
     pub(crate) hub_config: HubConfig,
     pub(crate) acceptor: Option<tokio_rustls::TlsAcceptor>,
-    pub(crate) connector: Option<(
-        tokio_rustls::TlsConnector,
-        rustls_pki_types::ServerName<'static>,
-    )>,
+    /// TLS towards the broker, when any of its nodes is `amqps://`.
+    pub(crate) connector: Option<tokio_rustls::TlsConnector>,
+    /// Per node of `config.upstream`: the name its certificate is verified against (TLS only).
+    pub(crate) server_names: Vec<Option<rustls_pki_types::ServerName<'static>>>,
+    /// The node the last successful dial reached; the next dial tries it first.
+    pub(crate) preferred_node: AtomicUsize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) admin: Arc<AdminState>,
     pub(crate) registry: Registry,
@@ -62,23 +64,45 @@ pub(crate) struct Ctx<N: Network> {
 }
 
 impl<N: Network> Ctx<N> {
-    /// TCP to the broker, then TLS when the upstream is `amqps://`.
+    /// A connection to the broker: its nodes in turn, starting with the one that answered
+    /// last, each given an equal share of the connect timeout. The error names every node
+    /// and why it failed.
     pub(crate) async fn connect_upstream(&self) -> Result<BoxStream, String> {
-        let u = &self.config.upstream;
+        let urls = self.config.upstream.urls();
+        let n = urls.len();
+        let start = self.preferred_node.load(Ordering::Relaxed) % n;
+        let share = self.config.connect_timeout / u32::try_from(n).unwrap_or(u32::MAX);
+        let mut failures = Vec::with_capacity(n);
+        for i in (start..n).chain(0..start) {
+            match tokio::time::timeout(share, self.connect_node(i)).await {
+                Ok(Ok(stream)) => {
+                    self.preferred_node.store(i, Ordering::Relaxed);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => failures.push(format!("{e} ({})", urls[i])),
+                Err(_) => failures.push(format!("timed out connecting ({})", urls[i])),
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    /// TCP to node `i` of the upstream list, then TLS when it is `amqps://`.
+    async fn connect_node(&self, i: usize) -> Result<BoxStream, String> {
+        let u = &self.config.upstream.urls()[i];
         let tcp = self
             .net
             .connect(&u.host, u.port)
             .await
             .map_err(|e| e.to_string())?;
-        match &self.connector {
-            Some((connector, name)) => {
+        match (&self.connector, &self.server_names[i]) {
+            (Some(connector), Some(name)) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| format!("TLS handshake with the broker failed: {e}"))?;
                 Ok(Box::new(tls))
             }
-            None => Ok(Box::new(tcp)),
+            _ => Ok(Box::new(tcp)),
         }
     }
 }
@@ -99,13 +123,21 @@ impl<N: Network> Server<N> {
             .as_ref()
             .map(crate::tls::acceptor)
             .transpose()?;
-        let connector = if config.upstream.tls {
-            let c = crate::tls::connector(&config.upstream_tls)?;
-            let name = crate::tls::server_name(&config.upstream_tls, &config.upstream.host)?;
-            Some((c, name))
+        let connector = if config.upstream.any_tls() {
+            Some(crate::tls::connector(&config.upstream_tls)?)
         } else {
             None
         };
+        let server_names = config
+            .upstream
+            .urls()
+            .iter()
+            .map(|u| {
+                u.tls
+                    .then(|| crate::tls::server_name(&config.upstream_tls, &u.host))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let listener = net
             .bind(config.listen)
             .await
@@ -136,6 +168,8 @@ impl<N: Network> Server<N> {
             net,
             acceptor,
             connector,
+            server_names,
+            preferred_node: AtomicUsize::new(0),
             metrics,
             admin,
             clients: Arc::new(AtomicUsize::new(0)),

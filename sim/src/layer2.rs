@@ -171,7 +171,8 @@ pub fn runtime_config(sc: &Scenario, drain_timeout: Duration) -> Config {
             tls: false,
             host: "broker".into(),
             port: BROKER_PORT,
-        },
+        }
+        .into(),
         metrics: None,
         client_heartbeat: sc.handshake.heartbeat,
         frame_max: sc.handshake.frame_max,

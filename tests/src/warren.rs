@@ -38,7 +38,8 @@ impl Warren {
                 tls: false,
                 host: crate::BROKER_HOST.to_owned(),
                 port: crate::BROKER_PORT,
-            },
+            }
+            .into(),
             ..Config::default()
         }
     }

@@ -496,7 +496,9 @@ async fn a_silent_broker_is_detected_by_missed_heartbeats() -> Result<()> {
         let relay = Relay::start(broker_addr()).await?;
         let user = TestUser::create("warren-live-silent").await?;
         let warren = Warren::start_configured(|c| {
-            c.upstream.port = relay.addr.port();
+            c.upstream = format!("amqp://{}", relay.addr)
+                .parse()
+                .expect("the relay's URL");
             c.upstream_heartbeat = 1;
             c.backoff_initial = Duration::from_millis(100);
         })?;

@@ -28,7 +28,8 @@ fn amqps_upstream(c: &mut Config, ca: PathBuf) {
         tls: true,
         host: "localhost".into(),
         port: BROKER_TLS_PORT,
-    };
+    }
+    .into();
     c.upstream_tls = UpstreamTls {
         ca: Some(ca),
         ..UpstreamTls::default()
