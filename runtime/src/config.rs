@@ -810,7 +810,7 @@ settings! {
     /// Heartbeat interval asked of the broker, in seconds.
     #[arg(value_name = "SECONDS", help_heading = "Upstreams")]
     upstream_heartbeat: u16,
-    /// Time allowed for dialling the broker and its handshake.
+    /// Time allowed for dialling the broker and its handshake (shared equally by the nodes of an upstream list).
     #[arg(value_name = "DURATION", help_heading = "Upstreams")]
     #[serde(default, deserialize_with = "text")]
     connect_timeout: humantime::Duration,
