@@ -6,7 +6,7 @@
 //! water mark the task stops taking client input until it drains, so publishers feel TCP
 //! backpressure instead of growing warren's memory.
 
-use crate::conn::{read_frames, spawn_writer, BoxStream, ReadEnd, Sink};
+use crate::conn::{read_frames, spawn_writer, ReadEnd, Sink};
 use crate::metrics::HubMetrics;
 use crate::net::Network;
 use crate::registry::Join;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use warren_core::credentials::Credentials;
 use warren_core::frame::FrameDecoder;
 use warren_core::hub::{ClientId, Hub, HubEvent, HubStats, Input, Output, Peer, UpstreamId};
+use warren_core::reply;
 
 /// Bytes queued towards one upstream above which client input pauses.
 const UPSTREAM_HIGH_WATER: usize = 16 * 1024 * 1024;
@@ -43,7 +44,12 @@ pub(crate) struct Joined {
 #[allow(clippy::large_enum_variant)] // Frame batches are the common case; boxing them would allocate per read.
 enum UpstreamMsg {
     /// The dial succeeded; frames will follow.
-    Ready { upstream: UpstreamId, sink: Sink },
+    Ready {
+        upstream: UpstreamId,
+        /// The node of the upstream list it reached.
+        node: usize,
+        sink: Sink,
+    },
     /// Anything else, for the core hub.
     Input(Input),
 }
@@ -137,6 +143,7 @@ pub(crate) fn spawn_hub<N: Network>(
         upstreams: Vec::new(),
         dirty_clients: Vec::new(),
         dirty_upstreams: Vec::new(),
+        upstream_nodes: Vec::new(),
         slow: Vec::new(),
         metrics,
         last_stats: HubStats::default(),
@@ -165,6 +172,9 @@ struct HubTask<N: Network> {
     /// Slots with staged output, flushed at the end of a burst.
     dirty_clients: Vec<usize>,
     dirty_upstreams: Vec<usize>,
+    /// Which node of the upstream list each connected upstream reached; outlives the slot,
+    /// so that a failure reported after the close still names its node.
+    upstream_nodes: Vec<Option<(UpstreamId, usize)>>,
     slow: Vec<ClientId>,
     metrics: HubMetrics,
     last_stats: HubStats,
@@ -274,9 +284,14 @@ impl<N: Network> HubTask<N> {
 
     fn upstream_msg(&mut self, msg: UpstreamMsg) -> Step {
         match msg {
-            UpstreamMsg::Ready { upstream, sink } => match self.upstream_slot(upstream) {
+            UpstreamMsg::Ready {
+                upstream,
+                node,
+                sink,
+            } => match self.upstream_slot(upstream) {
                 Some(slot) => {
                     slot.sink = Some(sink);
+                    put(&mut self.upstream_nodes, upstream.index(), (upstream, node));
                     Step::Input(Input::UpstreamConnected { upstream })
                 }
                 None => Step::Handled,
@@ -420,7 +435,18 @@ impl<N: Network> HubTask<N> {
                 tracing::info!(%upstream, %user, %vhost, channel_max, frame_max, heartbeat, "upstream connected")
             }
             HubEvent::UpstreamFailed { upstream, reply } => {
-                tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection failed")
+                tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection failed");
+                let refused = matches!(reply.code, reply::ACCESS_REFUSED | reply::NOT_ALLOWED);
+                let node = self
+                    .upstream_nodes
+                    .get(upstream.index())
+                    .copied()
+                    .flatten()
+                    .filter(|(id, _)| *id == upstream)
+                    .map(|(_, node)| node);
+                if let (Some(node), false) = (node, refused) {
+                    self.ctx.node_failed(node);
+                }
             }
             HubEvent::UpstreamLost { upstream, reply } => {
                 tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection lost")
@@ -468,13 +494,13 @@ impl<N: Network> HubTask<N> {
         let ctx = self.ctx.clone();
         let tx = self.upstream_tx.clone();
         tokio::spawn(async move {
-            let stream: Result<BoxStream, String> = tokio::select! {
+            let stream = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
                 r = ctx.connect_upstream() => r,
             };
-            let stream = match stream {
-                Ok(s) => s,
+            let (stream, node) = match stream {
+                Ok(connected) => connected,
                 Err(reason) => {
                     let _ = tx
                         .send(UpstreamMsg::Input(Input::UpstreamClosed {
@@ -488,7 +514,11 @@ impl<N: Network> HubTask<N> {
             let (mut r, w) = tokio::io::split(stream);
             let sink = spawn_writer(w, cancel.clone(), None, UPSTREAM_HIGH_WATER / 2);
             if tx
-                .send(UpstreamMsg::Ready { upstream: id, sink })
+                .send(UpstreamMsg::Ready {
+                    upstream: id,
+                    node,
+                    sink,
+                })
                 .await
                 .is_err()
             {

@@ -64,10 +64,10 @@ pub(crate) struct Ctx<N: Network> {
 }
 
 impl<N: Network> Ctx<N> {
-    /// A connection to the broker: its nodes in turn, starting with the one that answered
-    /// last, each given an equal share of the connect timeout. The error names every node
-    /// and why it failed.
-    pub(crate) async fn connect_upstream(&self) -> Result<BoxStream, String> {
+    /// A connection to the broker and the index of the node it reached: the nodes in turn,
+    /// starting with the one that answered last, each given an equal share of the connect
+    /// timeout. The error names every node and why it failed.
+    pub(crate) async fn connect_upstream(&self) -> Result<(BoxStream, usize), String> {
         let urls = self.config.upstream.urls();
         let n = urls.len();
         let start = self.preferred_node.load(Ordering::Relaxed) % n;
@@ -77,13 +77,23 @@ impl<N: Network> Ctx<N> {
             match tokio::time::timeout(share, self.connect_node(i)).await {
                 Ok(Ok(stream)) => {
                     self.preferred_node.store(i, Ordering::Relaxed);
-                    return Ok(stream);
+                    return Ok((stream, i));
                 }
                 Ok(Err(e)) => failures.push(format!("{e} ({})", urls[i])),
                 Err(_) => failures.push(format!("timed out connecting ({})", urls[i])),
             }
         }
         Err(failures.join("; "))
+    }
+
+    /// Node `node` accepted a connection but failed the AMQP login for another reason than
+    /// the credentials (it closed the socket, timed out, went silent): the next dial starts
+    /// with the node after it, unless another dial has already moved on.
+    pub(crate) fn node_failed(&self, node: usize) {
+        let next = (node + 1) % self.config.upstream.urls().len();
+        let _ =
+            self.preferred_node
+                .compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// TCP to node `i` of the upstream list, then TLS when it is `amqps://`.

@@ -3,19 +3,21 @@
 //! clients are served through the next node, without waiting for the dead one.
 //!
 //! The "nodes" are two TCP relays in front of the one test broker: killing a relay is, from
-//! warren's side, a node that dies (its connections end, new ones are refused).
+//! warren's side, a node that dies (its connections end, new ones are refused). A node that
+//! accepts connections but closes them during the login stands for one that is half alive.
 
 use anyhow::{ensure, Result};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use warren_runtime::config::Upstreams;
 use warren_tests::lapin_ops::{bounded, LIMIT};
 use warren_tests::raw::{RawClient, RawOptions};
-use warren_tests::{unique, TestUser, Warren, BROKER_HOST, BROKER_PORT};
+use warren_tests::{unique, wait_until, TestUser, Warren, BROKER_HOST, BROKER_PORT};
 
 /// A relay standing in for one broker node: it forwards every connection to the test broker
 /// and counts them; [`Node::kill`] ends them all and stops listening.
@@ -63,6 +65,23 @@ impl Node {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// A node that accepts connections and closes each one after the protocol header: it is
+/// reachable, but no login through it ever succeeds. Counts the connections it took.
+async fn half_alive_node() -> Result<(SocketAddr, Arc<AtomicUsize>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let taken = Arc::new(AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut header = [0u8; 8];
+            let _ = s.read_exact(&mut header).await;
+        }
+    });
+    Ok((addr, taken))
 }
 
 /// Connects through warren, opens a channel, publishes to and gets from a fresh queue.
@@ -118,6 +137,59 @@ async fn when_a_node_dies_the_next_clients_are_served_by_the_next_node() -> Resu
         );
         after.close().await?;
         second.kill().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fails_logins_is_passed_over_for_the_next() -> Result<()> {
+    bounded(async {
+        let user = TestUser::create("warren-failover-half").await?;
+        let (half, taken) = half_alive_node().await?;
+        let good = Node::start().await?;
+        let nodes: Upstreams = format!("amqp://{half},amqp://{}", good.addr)
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        let warren = Warren::start_configured(|c| {
+            c.upstream = nodes;
+            c.backoff_initial = Duration::from_millis(100);
+        })?;
+        let opts = RawOptions::new(&user.name, &user.password, "/");
+
+        // The first clients may be refused while warren learns that the first node fails
+        // logins; then clients are served through the second, whatever the first does.
+        let refusals = std::sync::Mutex::new(Vec::new());
+        let client = wait_until(LIMIT, "a client served through the second node", || async {
+            match RawClient::try_connect(warren.addr(), &opts).await? {
+                Ok(c) => Ok(Some(c)),
+                Err(refused) => {
+                    refusals
+                        .lock()
+                        .expect("refusals")
+                        .push(format!("{refused:?}"));
+                    Ok(None)
+                }
+            }
+        })
+        .await;
+        let refusals = refusals.into_inner().expect("refusals");
+        let mut client = client.map_err(|e| e.context(format!("refusals: {refusals:?}")))?;
+        eprintln!(
+            "{} refusal(s) before the second node served: {refusals:?}",
+            refusals.len()
+        );
+        ensure!(
+            taken.load(Ordering::SeqCst) >= 1,
+            "the first node in the list was never tried"
+        );
+        ensure!(
+            good.accepted() >= 1,
+            "no broker connection went through the second node"
+        );
+        client.open_channel(1).await?;
+        client.close().await?;
+        good.kill().await;
         Ok(())
     })
     .await
