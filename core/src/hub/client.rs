@@ -270,13 +270,13 @@ impl Hub {
         self.waiting_opens.retain(|(c, _)| *c != id);
         self.held_frames.retain(|(c, _)| *c != id);
         for (_, chan) in channels {
-            self.let_go(now, chan);
+            self.let_go(now, id, chan);
         }
         self.delete_exclusive_queues(now, exclusive);
     }
 
-    /// The client no longer holds `chan`: recycle it if clean, close it upstream otherwise.
-    fn let_go(&mut self, now: Instant, chan: ClientChannel) {
+    /// Client `id` no longer holds `chan`: recycle it if clean, close it upstream otherwise.
+    fn let_go(&mut self, now: Instant, id: ClientId, chan: ClientChannel) {
         let ClientChannel {
             state,
             recyclable,
@@ -309,34 +309,46 @@ impl Hub {
         // An exclusive declare still in flight: its declare-ok will name a queue that must
         // be deleted although nobody is left to receive it (B5).
         if let ChanState::Open(r) | ChanState::Closing(r) = state {
-            if declares.iter().any(|d| *d != Declare::Plain) {
-                self.orphan_declares.push((r, declares));
-            }
+            self.await_orphan_declares(r, id, declares);
         }
     }
 
-    /// A declare-ok arrived on a channel whose client left: if the declare was exclusive,
-    /// the queue it names is deleted.
+    /// Remembers the declares still in flight on upstream channel `r`, which is being closed
+    /// under client `owner`, if any of them is exclusive.
+    fn await_orphan_declares(&mut self, r: UpRef, owner: ClientId, declares: VecDeque<Declare>) {
+        if declares.iter().any(|d| *d != Declare::Plain) {
+            self.orphan_declares.push((r, owner, declares));
+        }
+    }
+
+    /// A declare-ok arrived on a channel closed under its client: an exclusive queue it
+    /// names belongs to that client, deleted when it leaves, or at once if it is leaving or
+    /// gone (its queues were released already).
     pub(super) fn orphan_declare_ok(&mut self, now: Instant, r: UpRef, m: &Method) {
         let Method::QueueDeclareOk { queue } = m else {
             return;
         };
-        let Some(i) = self.orphan_declares.iter().position(|(o, _)| *o == r) else {
+        let Some(i) = self.orphan_declares.iter().position(|(o, _, _)| *o == r) else {
             return;
         };
+        let (_, owner, declares) = &mut self.orphan_declares[i];
+        let owner = *owner;
         let exclusive = matches!(
-            self.orphan_declares[i].1.pop_front(),
+            declares.pop_front(),
             Some(Declare::Exclusive | Declare::ExclusiveUnasked)
         );
-        if self.orphan_declares[i]
-            .1
-            .iter()
-            .all(|d| *d == Declare::Plain)
-        {
+        if declares.iter().all(|d| *d == Declare::Plain) {
             self.orphan_declares.swap_remove(i);
         }
-        if exclusive {
-            self.delete_exclusive_queues(now, vec![(r.up, queue.clone())]);
+        if !exclusive {
+            return;
+        }
+        match self
+            .client_mut(owner)
+            .filter(|c| !matches!(c.phase, Phase::Closing { .. }))
+        {
+            Some(c) => c.exclusive.push((r.up, queue.clone())),
+            None => self.delete_exclusive_queues(now, vec![(r.up, queue.clone())]),
         }
     }
 
@@ -1021,12 +1033,16 @@ impl Hub {
             c.buffered -= p.bytes;
         }
         let prev = std::mem::replace(&mut chan.state, ChanState::Closed(None));
+        let declares = std::mem::take(&mut chan.declares);
         self.waiting_opens.retain(|w| *w != (id, ch));
         self.held_frames
             .retain(|(cid, f)| !(*cid == id && f.channel() == ch));
         if let ChanState::Open(r) = prev {
             if let Slot::Owned { .. } | Slot::Opening { .. } = self.slot(r) {
                 self.close_upstream_channel(now, r, "closed by warren");
+                // Declares in flight still create their queues; the replies now arrive on a
+                // closing channel, where only the orphan list can learn exclusive names.
+                self.await_orphan_declares(r, id, declares);
             }
         }
         self.send_client(now, id, encode::close(ch, &Close::from(&reply)));

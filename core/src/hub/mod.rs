@@ -415,9 +415,11 @@ pub struct Hub {
     waiting_opens: VecDeque<(ClientId, u16)>,
     /// Frames clients sent on channels still in `waiting_opens`, in arrival order.
     held_frames: Vec<(ClientId, Frame)>,
-    /// Upstream channels closed for departed clients with queue declares still in flight
-    /// (exclusive or not, in order), so an exclusive queue's name can still be learnt.
-    orphan_declares: Vec<(UpRef, VecDeque<client::Declare>)>,
+    /// Upstream channels closed with queue declares still in flight (exclusive or not, in
+    /// order), by whose client: a departed client's or one whose channel warren closed. An
+    /// exclusive queue named by a late declare-ok goes to its client if it is still here,
+    /// else is deleted (B5).
+    orphan_declares: Vec<(UpRef, ClientId, VecDeque<client::Declare>)>,
     /// Exclusive queues of departed clients waiting for a free channel to be deleted on.
     pending_deletes: Vec<(UpstreamId, Vec<u8>)>,
     /// Channels whose fence round trip is in flight (they count against the pool size).

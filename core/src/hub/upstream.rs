@@ -212,7 +212,7 @@ impl Hub {
         self.agenda
             .reschedule(super::agenda::Timer::Upstream(id), timer, None);
         self.drop_pool_entries(id);
-        self.orphan_declares.retain(|(r, _)| r.up != id);
+        self.orphan_declares.retain(|(r, _, _)| r.up != id);
         self.pending_deletes.retain(|(u, _)| *u != id);
         self.upstreams.remove(id.index());
         self.out.push_back(Output::CloseUpstream { upstream: id });
@@ -586,7 +586,7 @@ impl Hub {
             Slot::Closing | Slot::Housekeeping => match mid {
                 Some(ids::CHANNEL_CLOSE_OK) => {
                     self.set_slot(now, r, Slot::Free);
-                    self.orphan_declares.retain(|(o, _)| *o != r);
+                    self.orphan_declares.retain(|(o, _, _)| *o != r);
                 }
                 // Crossing closes: RabbitMQ answers ours as well, so keep waiting for it.
                 Some(ids::CHANNEL_CLOSE) => self.send_upstream(now, id, encode::close_ok(ch)),
