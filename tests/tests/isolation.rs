@@ -729,6 +729,47 @@ async fn exclusive_queues_are_deleted_when_their_client_leaves() -> Result<()> {
     .await
 }
 
+/// B5 with B8: an exclusive declare is still in flight when warren itself closes the channel
+/// (here: the next publish announces a message above max_message_size, 406). The broker
+/// creates the queue anyway; it stays the client's while it is connected, as it would on
+/// RabbitMQ, and is deleted when the client leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_declare_in_flight_when_warren_closes_the_channel_is_cleaned_up() -> Result<()>
+{
+    bounded(async {
+        let mut scene = Scene::start("exclusive-in-flight").await?;
+        let mut raw = scene.raw_on_channel_1().await?;
+        let queue = unique("iso-exclusive-in-flight");
+        raw.send(&[
+            build::queue_declare(1, &queue, true),
+            build::publish(1, "", &queue, false, false),
+            build::header(1, 1 << 40),
+        ])
+        .await?;
+        let closed = raw.expect_close().await?;
+        ensure!(
+            (closed.channel, closed.code) == (1, 406),
+            "expected Channel.Close 406 for the oversize message, got {closed:?}"
+        );
+        wait_until(LIMIT, "the broker to create the queue", || async {
+            Ok(broker::queue_counts("/", &queue).await?.map(|_| ()))
+        })
+        .await?;
+        // The client is still here, so its queue stays.
+        raw.open_channel(2).await?;
+        raw.publish(2, &queue, b"still mine").await?;
+        let got = raw.get_within(2, &queue, LIMIT).await?.body;
+        ensure!(got == b"still mine", "got {got:?}");
+        raw.close().await?;
+        wait_for_queue_gone(&queue).await?;
+        scene
+            .assert_unharmed("an exclusive declare in flight under a proxy channel close")
+            .await?;
+        scene.finish().await
+    })
+    .await
+}
+
 async fn wait_for_queue_gone(queue: &str) -> Result<()> {
     wait_until(
         LIMIT,
