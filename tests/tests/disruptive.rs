@@ -472,7 +472,18 @@ async fn broker_disturbing_stop_app_closes_clients_and_warren_recovers() -> Resu
 
     // The client is told, promptly, with a Connection.Close.
     let close = within(CLOSE_LIMIT, "the client's Connection.Close", closes.recv())
-        .await?
+        .await
+        .with_context(|| {
+            // For diagnosis: did the socket end without a close, or is it still open?
+            format!(
+                "stop_app took {stopped_in:?}; amqprs reports the connection {}",
+                if conn.is_open() {
+                    "still open"
+                } else {
+                    "closed"
+                }
+            )
+        })?
         .context("the connection ended without a Connection.Close")?;
     assert_eq!(
         close.code, 320,
