@@ -546,7 +546,12 @@ impl<N: Network> HubTask<N> {
                     upstream: id,
                     error,
                 },
-                ReadEnd::Cancelled => return,
+                // The writer ended first: a write failed because the broker went away, or
+                // the hub closed this upstream (then it ignores the news).
+                ReadEnd::Cancelled => Input::UpstreamClosed {
+                    upstream: id,
+                    reason: "the connection broke while warren was writing to it".into(),
+                },
             };
             let _ = tx.send(UpstreamMsg::Input(input)).await;
         });

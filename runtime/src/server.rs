@@ -338,7 +338,11 @@ impl Reader {
                 // The hub answers with Connection.Close and closes the socket when done.
                 self.done.cancelled().await;
             }
-            ReadEnd::Cancelled => {}
+            // The writer ended first: a write failed (the peer vanished), or warren closed
+            // the connection. The hub must hear of the first; it ignores the second.
+            ReadEnd::Cancelled => {
+                let _ = inputs.send(Input::ClientClosed { client }).await;
+            }
         }
         let l = &self.log;
         tracing::info!(peer = %l.peer, name = %l.name, user = %l.user, vhost = %l.vhost, %client, "client disconnected");
