@@ -60,6 +60,24 @@ pub async fn rabbitmqctl(args: &[&str]) -> Result<String> {
     .context("rabbitmqctl task")?
 }
 
+/// The rows of a `rabbitmqctl list_*` command (`args`: the command, its options and the
+/// columns), read with the JSON formatter.
+pub async fn list(args: &[&str]) -> Result<Vec<Value>> {
+    let mut args = args.to_vec();
+    args.extend(["--formatter", "json"]);
+    let out = rabbitmqctl(&args).await?;
+    parse_rows(args[0], &out)
+}
+
+/// A JSON formatter's output: no rows when empty.
+fn parse_rows(command: &str, out: &str) -> Result<Vec<Value>> {
+    let out = out.trim();
+    if out.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(out).with_context(|| format!("parsing {command} output: {out}"))
+}
+
 /// One AMQP connection as the broker lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConnection {
@@ -77,17 +95,15 @@ pub struct BrokerConnection {
 
 /// Every AMQP connection the broker has now.
 pub async fn all_connections() -> Result<Vec<BrokerConnection>> {
-    let out = rabbitmqctl(&[
+    let rows = list(&[
         "list_connections",
         "name",
         "user",
         "vhost",
         "client_properties",
-        "--formatter",
-        "json",
     ])
     .await?;
-    parse_connections(&out)
+    to_connections(rows)
 }
 
 /// The broker connections opened by a warren (their `connection_name` starts with `warren`).
@@ -113,13 +129,8 @@ pub async fn warren_connections_of(user: &str) -> Result<Vec<BrokerConnection>> 
         .collect())
 }
 
-fn parse_connections(json: &str) -> Result<Vec<BrokerConnection>> {
-    let json = json.trim();
-    if json.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<Value> = serde_json::from_str(json)
-        .with_context(|| format!("parsing list_connections output: {json}"))?;
+/// Connections from `list_connections` rows.
+fn to_connections(rows: Vec<Value>) -> Result<Vec<BrokerConnection>> {
     rows.into_iter()
         .map(|row| {
             let field = |k: &str| {
@@ -188,7 +199,7 @@ pub struct QueueCounts {
 
 /// The counts of queue `name` in `vhost`, or `None` if there is no such queue.
 pub async fn queue_counts(vhost: &str, name: &str) -> Result<Option<QueueCounts>> {
-    let out = rabbitmqctl(&[
+    let rows = list(&[
         "list_queues",
         "-p",
         vhost,
@@ -196,16 +207,8 @@ pub async fn queue_counts(vhost: &str, name: &str) -> Result<Option<QueueCounts>
         "messages",
         "messages_ready",
         "messages_unacknowledged",
-        "--formatter",
-        "json",
     ])
     .await?;
-    let out = out.trim();
-    if out.is_empty() {
-        return Ok(None);
-    }
-    let rows: Vec<Value> =
-        serde_json::from_str(out).with_context(|| format!("parsing list_queues output: {out}"))?;
     let num = |row: &Value, k: &str| row.get(k).and_then(Value::as_u64).unwrap_or(0);
     Ok(rows
         .iter()
@@ -331,7 +334,7 @@ mod tests {
           {"name":"127.0.0.1:40001 -> 127.0.0.1:5672","user":"guest","vhost":"/",
            "client_properties":[]}
         ]"#;
-        let conns = parse_connections(json).unwrap();
+        let conns = to_connections(parse_rows("list_connections", json).unwrap()).unwrap();
         assert_eq!(conns.len(), 2);
         assert_eq!(conns[0].connection_name.as_deref(), Some("warren@h u@/ u1"));
         assert_eq!(
@@ -339,6 +342,6 @@ mod tests {
             Value::Bool(true)
         );
         assert_eq!(conns[1].connection_name, None);
-        assert!(parse_connections("").unwrap().is_empty());
+        assert!(parse_rows("list_connections", "").unwrap().is_empty());
     }
 }

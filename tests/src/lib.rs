@@ -21,6 +21,7 @@
 pub mod broker;
 pub mod client;
 pub mod http;
+pub mod metrics;
 pub mod names;
 pub mod wait;
 pub mod warren;

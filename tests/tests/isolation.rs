@@ -23,9 +23,9 @@ use warren_runtime::config::Config;
 use warren_tests::broker::{self, BrokerConnection};
 use warren_tests::client;
 use warren_tests::lapin_ops::{
-    bounded, lapin_declare, lapin_get, lapin_publish, lapin_round_trip, metric, the_upstream_of,
-    LIMIT,
+    bounded, lapin_declare, lapin_get, lapin_publish, lapin_round_trip, the_upstream_of, LIMIT,
 };
+use warren_tests::metrics::metric;
 use warren_tests::raw::{build, decode_method, describe, RawClient, RawOptions};
 use warren_tests::{unique, wait_until, within, TestUser, Warren};
 

@@ -15,11 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use warren_tests::broker::{self, rabbitmqctl};
+use warren_tests::broker;
 use warren_tests::client::{self, lapin_reply_code};
-use warren_tests::lapin_ops::{
-    bounded, lapin_declare, lapin_round_trip, metric, the_upstream_of, LIMIT,
-};
+use warren_tests::lapin_ops::{bounded, lapin_declare, lapin_round_trip, the_upstream_of, LIMIT};
+use warren_tests::metrics::metric;
 use warren_tests::raw::{as_close, describe, Incoming, RawClient, RawOptions};
 use warren_tests::{
     unique, wait_until, TestUser, TestVhost, Warren, BROKER_HOST, BROKER_PORT, GUEST,
@@ -348,16 +347,7 @@ async fn a_busy_publisher_that_never_reads_is_kept_alive() -> Result<()> {
 
 /// The heartbeat (`timeout`) RabbitMQ negotiated on warren's broker connections for `user`.
 async fn broker_heartbeats_of(user: &str) -> Result<Vec<u64>> {
-    let out = rabbitmqctl(&[
-        "list_connections",
-        "user",
-        "timeout",
-        "client_properties",
-        "--formatter",
-        "json",
-    ])
-    .await?;
-    let rows: Vec<Value> = serde_json::from_str(out.trim()).unwrap_or_default();
+    let rows = broker::list(&["list_connections", "user", "timeout", "client_properties"]).await?;
     Ok(rows
         .iter()
         .filter(|r| r.get("user").and_then(Value::as_str) == Some(user))

@@ -19,40 +19,11 @@ use warren_tests::client;
 use warren_tests::lapin_ops::{
     bounded, lapin_declare, lapin_get, lapin_publish, lapin_round_trip, LIMIT,
 };
+use warren_tests::metrics::{count, metrics_text};
 use warren_tests::raw::{build, RawClient, RawOptions};
-use warren_tests::{http, unique, wait_until, within, TestUser, Warren};
+use warren_tests::{unique, wait_until, within, TestUser, Warren};
 
 // ----- metrics ---------------------------------------------------------------------------
-
-/// The sum of the samples of `name` whose labels include every pair of `labels` (0 when
-/// there is none).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let has_all = labels
-                .iter()
-                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-            has_all.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum::<f64>() as u64
-}
-
-/// `GET /metrics` of `warren`.
-async fn metrics_text(warren: &Warren) -> Result<String> {
-    let addr = warren.metrics_addr().context("metrics are on in tests")?;
-    let m = http::get(addr, "/metrics").await?;
-    ensure!(m.status == 200, "GET /metrics: {m:?}");
-    Ok(m.body)
-}
 
 /// Waits until `/metrics` satisfies `ok`, and returns the text.
 async fn wait_metrics(warren: &Warren, what: &str, ok: impl Fn(&str) -> bool) -> Result<String> {
@@ -125,7 +96,7 @@ async fn max_clients_refuses_the_third_client_with_a_clear_close() -> Result<()>
         third.close().await?;
 
         wait_metrics(&warren, "the max_clients refusals counted", |m| {
-            sample(
+            count(
                 m,
                 "warren_refused_connections_total",
                 &[("reason", "max_clients")],
@@ -177,14 +148,14 @@ async fn max_hubs_refuses_other_credentials_with_a_clear_close() -> Result<()> {
         lapin_round_trip(&ch, &queue, "same hub").await?;
 
         let m = wait_metrics(&warren, "the max_hubs refusal counted", |m| {
-            sample(
+            count(
                 m,
                 "warren_refused_connections_total",
                 &[("reason", "max_hubs")],
             ) >= 1
         })
         .await?;
-        assert_eq!(sample(&m, "warren_hubs", &[]), 1, "{m}");
+        assert_eq!(count(&m, "warren_hubs", &[]), 1, "{m}");
         ch.queue_delete(queue.as_str().into(), Default::default())
             .await?;
         a2.close(200, "bye".into()).await?;
@@ -231,21 +202,21 @@ async fn metrics_after_a_small_scenario() -> Result<()> {
 
         let hub = [("user", user.name.as_str()), ("vhost", "/")];
         let m = wait_metrics(&warren, "the scenario in the metrics", |m| {
-            sample(m, "warren_publishes_total", &hub) >= MESSAGES
-                && sample(m, "warren_deliveries_total", &hub) >= MESSAGES
-                && sample(
+            count(m, "warren_publishes_total", &hub) >= MESSAGES
+                && count(m, "warren_deliveries_total", &hub) >= MESSAGES
+                && count(
                     m,
                     "warren_client_closes_total",
                     &[hub[0], hub[1], ("code", "540")],
                 ) == 1
-                && sample(m, "warren_clients", &hub) == 1
+                && count(m, "warren_clients", &hub) == 1
         })
         .await?;
-        assert_eq!(sample(&m, "warren_hubs", &[]), 1, "{m}");
-        assert_eq!(sample(&m, "warren_upstreams", &hub), 1, "{m}");
-        assert!(sample(&m, "warren_channels_open", &hub) >= 1, "{m}");
+        assert_eq!(count(&m, "warren_hubs", &[]), 1, "{m}");
+        assert_eq!(count(&m, "warren_upstreams", &hub), 1, "{m}");
+        assert!(count(&m, "warren_channels_open", &hub) >= 1, "{m}");
         assert!(
-            sample(
+            count(
                 &m,
                 "warren_frames_total",
                 &[hub[0], hub[1], ("direction", "client_to_proxy")]
@@ -672,19 +643,6 @@ async fn a_second_signal_ends_a_draining_real_process_at_once() -> Result<()> {
         Ok(())
     })
     .await
-}
-
-#[test]
-fn samples_are_matched_by_name_and_labels() {
-    let text = "# TYPE warren_client_closes counter\n\
-        warren_client_closes_total{user=\"u\",vhost=\"/\",code=\"540\"} 1\n\
-        warren_client_closes_total{user=\"u\",vhost=\"/\",code=\"320\"} 4\n\
-        warren_hubs 2\n";
-    let closes = "warren_client_closes_total";
-    assert_eq!(sample(text, closes, &[("code", "540")]), 1);
-    assert_eq!(sample(text, closes, &[("user", "u")]), 5);
-    assert_eq!(sample(text, "warren_hubs", &[]), 2);
-    assert_eq!(sample(text, closes, &[("code", "404")]), 0);
 }
 
 /// B15 logs: with `--log-format json` every line on standard error is one JSON object; a

@@ -19,13 +19,14 @@ use serde_json::Value;
 use std::time::Duration;
 use warren_core::method::ids;
 use warren_runtime::config::Config;
-use warren_tests::broker::{self, rabbitmqctl};
+use warren_tests::broker;
 use warren_tests::client;
 use warren_tests::lapin_ops::{
     bounded, lapin_declare, lapin_get, lapin_publish, lapin_round_trip, the_upstream_of, LIMIT,
 };
+use warren_tests::metrics::{count, metrics_text};
 use warren_tests::raw::{self, as_confirm_ack, build, Incoming, RawClient, RawOptions};
-use warren_tests::{http, unique, wait_until, within, TestUser, Warren};
+use warren_tests::{unique, wait_until, within, TestUser, Warren};
 
 /// The configuration of these tests: the defaults (recycling on), plus a short upstream
 /// heartbeat.
@@ -53,49 +54,25 @@ struct HubSeries {
     upstreams: u64,
 }
 
-/// The sum of the samples of `name` whose labels include every pair of `labels` (0 when
-/// there is none).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let has_all = labels
-                .iter()
-                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-            has_all.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum::<f64>() as u64
-}
-
 /// Reads `user`'s hub series from `warren`'s `/metrics`.
 async fn hub_series(warren: &Warren, user: &str) -> Result<HubSeries> {
-    let addr = warren.metrics_addr().context("metrics are on in tests")?;
-    let m = http::get(addr, "/metrics").await?;
-    ensure!(m.status == 200, "GET /metrics: {m:?}");
+    let text = metrics_text(warren).await?;
     let hub = [("user", user), ("vhost", "/")];
     let with = |extra: (&'static str, &'static str)| [hub[0], hub[1], extra];
     Ok(HubSeries {
-        opens_from_pool: sample(
-            &m.body,
+        opens_from_pool: count(
+            &text,
             "warren_channel_opens_total",
             &with(("source", "pool")),
         ),
-        opens_from_broker: sample(
-            &m.body,
+        opens_from_broker: count(
+            &text,
             "warren_channel_opens_total",
             &with(("source", "broker")),
         ),
-        recycled: sample(&m.body, "warren_channels_recycled_total", &hub),
-        pooled: sample(&m.body, "warren_channels_pooled", &hub),
-        upstreams: sample(&m.body, "warren_upstreams", &hub),
+        recycled: count(&text, "warren_channels_recycled_total", &hub),
+        pooled: count(&text, "warren_channels_pooled", &hub),
+        upstreams: count(&text, "warren_upstreams", &hub),
     })
 }
 
@@ -133,22 +110,7 @@ struct BrokerChannel {
 
 /// Every channel the broker has for `user`.
 async fn channels_of(user: &str) -> Result<Vec<BrokerChannel>> {
-    let out = rabbitmqctl(&[
-        "list_channels",
-        "pid",
-        "connection",
-        "number",
-        "user",
-        "--formatter",
-        "json",
-    ])
-    .await?;
-    let out = out.trim();
-    if out.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<Value> = serde_json::from_str(out)
-        .with_context(|| format!("parsing list_channels output: {out}"))?;
+    let rows = broker::list(&["list_channels", "pid", "connection", "number", "user"]).await?;
     let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
     Ok(rows
         .iter()
@@ -625,19 +587,4 @@ async fn connect_churn_reuses_one_broker_connection_and_pooled_channels() -> Res
         delete_queues(&[&queue]).await
     })
     .await
-}
-
-#[test]
-fn samples_are_matched_by_name_and_labels() {
-    let text = "# TYPE warren_channel_opens counter\n\
-        warren_channel_opens_total{user=\"u\",vhost=\"/\",source=\"pool\"} 7\n\
-        warren_channel_opens_total{user=\"u\",vhost=\"/\",source=\"broker\"} 2\n\
-        warren_channel_opens_total{user=\"v\",vhost=\"/\",source=\"pool\"} 5\n\
-        warren_hubs 3\n";
-    let opens = "warren_channel_opens_total";
-    assert_eq!(sample(text, opens, &[("user", "u"), ("source", "pool")]), 7);
-    assert_eq!(sample(text, opens, &[("user", "u")]), 9);
-    assert_eq!(sample(text, opens, &[("source", "pool")]), 12);
-    assert_eq!(sample(text, "warren_hubs", &[]), 3);
-    assert_eq!(sample(text, opens, &[("user", "w")]), 0);
 }

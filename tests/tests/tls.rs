@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use warren_runtime::config::{Config, ListenerTls, UpstreamTls, UpstreamUrl};
-use warren_tests::broker::{self, rabbitmqctl};
+use warren_tests::broker;
 use warren_tests::client;
 use warren_tests::lapin_ops::{bounded, lapin_declare, lapin_get, lapin_round_trip, LIMIT};
 use warren_tests::raw::{RawClient, RawOptions};
@@ -49,22 +49,14 @@ struct TlsConnection {
 
 /// The broker connections of `user`, with their TLS details.
 async fn tls_connections_of(user: &str) -> Result<Vec<TlsConnection>> {
-    let out = rabbitmqctl(&[
+    let rows = broker::list(&[
         "list_connections",
         "user",
         "ssl",
         "ssl_protocol",
         "peer_cert_subject",
-        "--formatter",
-        "json",
     ])
     .await?;
-    let out = out.trim();
-    if out.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<Value> = serde_json::from_str(out)
-        .with_context(|| format!("parsing list_connections output: {out}"))?;
     let text = |v: &Value| match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
