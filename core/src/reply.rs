@@ -95,10 +95,31 @@ impl Reply {
         self.class_method = (id.class, id.method);
         self
     }
+
+    /// Whether the broker refused the login itself (bad credentials, or a vhost the user may
+    /// not open), as opposed to the broker being unreachable or going away: only the first
+    /// says something about the credentials, and nothing about the node that answered.
+    #[must_use]
+    pub fn refuses_login(&self) -> bool {
+        matches!(self.code, ACCESS_REFUSED | NOT_ALLOWED)
+    }
 }
 
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.code, self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_credential_and_vhost_refusals_refuse_the_login() {
+        assert!(Reply::new(ACCESS_REFUSED, "bad password").refuses_login());
+        assert!(Reply::new(NOT_ALLOWED, "vhost not found").refuses_login());
+        assert!(!Reply::new(CONNECTION_FORCED, "broker unreachable").refuses_login());
+        assert!(!Reply::new(FRAME_ERROR, "bad frame").refuses_login());
     }
 }

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use warren_core::credentials::Credentials;
 use warren_core::frame::FrameDecoder;
 use warren_core::hub::{ClientId, Hub, HubEvent, HubStats, Input, Output, Peer, UpstreamId};
-use warren_core::reply;
 
 /// Bytes queued towards one upstream above which client input pauses.
 const UPSTREAM_HIGH_WATER: usize = 16 * 1024 * 1024;
@@ -436,7 +435,7 @@ impl<N: Network> HubTask<N> {
             }
             HubEvent::UpstreamFailed { upstream, reply } => {
                 tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection failed");
-                let refused = matches!(reply.code, reply::ACCESS_REFUSED | reply::NOT_ALLOWED);
+                let refused = reply.refuses_login();
                 let node = self
                     .upstream_nodes
                     .get(upstream.index())

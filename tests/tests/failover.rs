@@ -95,19 +95,24 @@ async fn round_trip(warren: &Warren, opts: &RawOptions) -> Result<RawClient> {
     Ok(c)
 }
 
+/// A warren in front of `nodes` (in that order) that redials quickly.
+fn warren_in_front_of(nodes: [SocketAddr; 2]) -> Result<Warren> {
+    let upstream: Upstreams = format!("amqp://{},amqp://{}", nodes[0], nodes[1])
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    Warren::start_configured(|c| {
+        c.upstream = upstream;
+        c.backoff_initial = Duration::from_millis(100);
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_a_node_dies_the_next_clients_are_served_by_the_next_node() -> Result<()> {
     bounded(async {
         let user = TestUser::create("warren-failover").await?;
         let first = Node::start().await?;
         let second = Node::start().await?;
-        let nodes: Upstreams = format!("amqp://{},amqp://{}", first.addr, second.addr)
-            .parse()
-            .map_err(anyhow::Error::msg)?;
-        let warren = Warren::start_configured(|c| {
-            c.upstream = nodes;
-            c.backoff_initial = Duration::from_millis(100);
-        })?;
+        let warren = warren_in_front_of([first.addr, second.addr])?;
         let opts = RawOptions::new(&user.name, &user.password, "/");
 
         // The first node in the list is used while it lives.
@@ -148,13 +153,7 @@ async fn a_node_that_fails_logins_is_passed_over_for_the_next() -> Result<()> {
         let user = TestUser::create("warren-failover-half").await?;
         let (half, taken) = half_alive_node().await?;
         let good = Node::start().await?;
-        let nodes: Upstreams = format!("amqp://{half},amqp://{}", good.addr)
-            .parse()
-            .map_err(anyhow::Error::msg)?;
-        let warren = Warren::start_configured(|c| {
-            c.upstream = nodes;
-            c.backoff_initial = Duration::from_millis(100);
-        })?;
+        let warren = warren_in_front_of([half, good.addr])?;
         let opts = RawOptions::new(&user.name, &user.password, "/");
 
         // The first clients may be refused while warren learns that the first node fails

@@ -799,9 +799,7 @@ impl Hub {
     /// that new clients are refused at once until the backoff ends instead of each causing a
     /// dial (B11). Refused logins are remembered by the runtime's negative cache instead.
     fn after_upstream_gone(&mut self, now: Instant, failed_dial: Option<Reply>) {
-        let login_refused = failed_dial
-            .as_ref()
-            .is_some_and(|r| matches!(r.code, reply::ACCESS_REFUSED | reply::NOT_ALLOWED));
+        let login_refused = failed_dial.as_ref().is_some_and(Reply::refuses_login);
         let failed = failed_dial.is_some();
         if let Some(reply) = failed_dial {
             self.reconnect.failures = self.reconnect.failures.saturating_add(1);

@@ -275,7 +275,7 @@ impl Hub {
             upstream: id,
             reply: reply.clone(),
         });
-        let refused_login = matches!(reply.code, reply::ACCESS_REFUSED | reply::NOT_ALLOWED);
+        let refused_login = reply.refuses_login();
         if refused_login {
             self.event(HubEvent::AuthRejected {
                 reply: reply.clone(),
