@@ -163,6 +163,13 @@ impl Frame {
         self.raw.freeze()
     }
 
+    /// The payload as shared bytes, without copying: for re-chunking a body (B8, B9).
+    #[must_use]
+    pub fn into_payload(self) -> Bytes {
+        let end = self.raw.len() - 1;
+        self.raw.freeze().slice(7..end)
+    }
+
     /// For method frames, the (class, method) pair; `None` for other types or a short payload.
     #[must_use]
     pub fn method_id(&self) -> Option<crate::method::MethodId> {
@@ -318,6 +325,13 @@ mod tests {
         let h = d.decode(&mut buf).unwrap().unwrap();
         assert_eq!(h.kind(), FrameType::Heartbeat);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn the_payload_comes_out_without_header_or_end_octet() {
+        let f = Frame::new(FrameType::Body, 3, b"abc");
+        assert_eq!(f.payload(), b"abc");
+        assert_eq!(&f.into_payload()[..], b"abc");
     }
 
     #[test]

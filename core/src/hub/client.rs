@@ -863,26 +863,22 @@ impl Hub {
         let Some(up_frame_max) = self.upstream(r.up).map(|u| u.tune.frame_max) else {
             return;
         };
-        if frame.kind() != FrameType::Body && frame.wire_len() > up_frame_max as usize {
-            // Methods and headers cannot be split; the broker would close the shared
-            // connection for a frame over its frame_max.
-            let reply = Reply::new(
-                reply::FRAME_ERROR,
-                format!(
-                    "a {}-byte frame on channel {ch} exceeds the broker's frame_max {up_frame_max}",
-                    frame.wire_len()
-                ),
-            );
-            return self.close_client(now, id, reply);
-        }
-        if frame.kind() == FrameType::Body && frame.wire_len() > up_frame_max as usize {
-            let payload = frame.freeze().slice(7..);
-            let payload = payload.slice(..payload.len() - 1);
-            let mut parts = Vec::new();
-            rechunk_body(r.ch, payload, up_frame_max, &mut |b| parts.push(b));
-            for part in parts {
-                self.send_upstream(now, r.up, part);
+        if frame.wire_len() > up_frame_max as usize {
+            if frame.kind() != FrameType::Body {
+                // Methods and headers cannot be split; the broker would close the shared
+                // connection for a frame over its frame_max.
+                let reply = Reply::new(
+                    reply::FRAME_ERROR,
+                    format!(
+                        "a {}-byte frame on channel {ch} exceeds the broker's frame_max {up_frame_max}",
+                        frame.wire_len()
+                    ),
+                );
+                return self.close_client(now, id, reply);
             }
+            rechunk_body(r.ch, frame.into_payload(), up_frame_max, &mut |b| {
+                self.send_upstream(now, r.up, b);
+            });
             return;
         }
         frame.set_channel(r.ch);

@@ -665,13 +665,9 @@ impl Hub {
         }
         if frame.kind() == FrameType::Body && frame.wire_len() > c.frame_max as usize {
             let max = c.frame_max;
-            let raw = frame.freeze();
-            let payload = raw.slice(7..raw.len() - 1);
-            let mut parts = Vec::new();
-            rechunk_body(cch, payload, max, &mut |b| parts.push(b));
-            for part in parts {
-                self.send_client(now, client, part);
-            }
+            rechunk_body(cch, frame.into_payload(), max, &mut |b| {
+                self.send_client(now, client, b);
+            });
             return;
         }
         frame.set_channel(cch);
