@@ -145,8 +145,8 @@ impl World {
         self.pump();
     }
 
-    /// The dial for `u` succeeds and the broker completes the handshake with the given tune.
-    pub(super) fn broker_accepts(&mut self, u: UpstreamId, tune: Tune) {
+    /// The dial for `u` succeeds and the broker sends `Connection.Start`.
+    pub(super) fn broker_starts(&mut self, u: UpstreamId) {
         self.input(
             &format!("{u} connected"),
             Input::UpstreamConnected { upstream: u },
@@ -157,6 +157,11 @@ impl World {
             locales: "en_US".into(),
         });
         self.broker_sends(u, &[start]);
+    }
+
+    /// The dial for `u` succeeds and the broker completes the handshake with the given tune.
+    pub(super) fn broker_accepts(&mut self, u: UpstreamId, tune: Tune) {
+        self.broker_starts(u);
         self.broker_sends(u, &[encode::tune(tune, false)]);
         self.broker_sends(
             u,

@@ -61,18 +61,7 @@ fn refused_login_closes_waiting_clients() {
     h.capabilities.authentication_failure_close = false;
     let c2 = w.join(h);
     let u = w.dials.pop().unwrap();
-    w.input(
-        "u connected",
-        crate::hub::Input::UpstreamConnected { upstream: u },
-    );
-    w.broker_sends(
-        u,
-        &[encode::start(&crate::method::ConnectionStart {
-            server_properties: Default::default(),
-            mechanisms: "PLAIN".into(),
-            locales: "en_US".into(),
-        })],
-    );
+    w.broker_starts(u);
     w.broker_sends(
         u,
         &[encode::close(
@@ -1008,18 +997,7 @@ fn socket_closed_during_login_is_not_a_refused_login() {
     let mut w = world();
     let c = w.join(hello(131_072, 0));
     let u = w.dials.pop().unwrap();
-    w.input(
-        "connected",
-        crate::hub::Input::UpstreamConnected { upstream: u },
-    );
-    w.broker_sends(
-        u,
-        &[encode::start(&crate::method::ConnectionStart {
-            server_properties: Default::default(),
-            mechanisms: "PLAIN".into(),
-            locales: "en_US".into(),
-        })],
-    );
+    w.broker_starts(u);
     w.input(
         "broker resets",
         crate::hub::Input::UpstreamClosed {
@@ -1081,18 +1059,7 @@ fn upstream_heartbeats_start_at_tune_ok() {
     let mut w = world();
     w.join(hello(131_072, 0));
     let u = w.dials.pop().unwrap();
-    w.input(
-        "connected",
-        crate::hub::Input::UpstreamConnected { upstream: u },
-    );
-    w.broker_sends(
-        u,
-        &[encode::start(&crate::method::ConnectionStart {
-            server_properties: Default::default(),
-            mechanisms: "PLAIN".into(),
-            locales: "en_US".into(),
-        })],
-    );
+    w.broker_starts(u);
     w.broker_sends(
         u,
         &[encode::tune(
