@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use warren_runtime::config::{Config, UpstreamUrl};
+use warren_runtime::net::{Network, TokioNetwork};
 
 /// How long [`Warren::start`] waits for the server to bind (an upper bound, not a measure).
 const BIND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,6 +59,12 @@ impl Warren {
 
     /// Starts a warren with exactly `config`, and returns once it listens.
     pub fn start_with(config: Config) -> Result<Warren> {
+        Warren::start_on(TokioNetwork, config)
+    }
+
+    /// Starts a warren with exactly `config` on the network `net` (for example one that
+    /// injects socket faults), and returns once it listens.
+    pub fn start_on<N: Network>(net: N, config: Config) -> Result<Warren> {
         crate::init_tracing();
         let drain = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -76,12 +83,7 @@ impl Warren {
                     .build()
                     .context("building warren's tokio runtime")?;
                 runtime.block_on(async move {
-                    let server = match warren_runtime::Server::bind(
-                        warren_runtime::net::TokioNetwork,
-                        config,
-                    )
-                    .await
-                    {
+                    let server = match warren_runtime::Server::bind(net, config).await {
                         Ok(server) => server,
                         Err(e) => {
                             let msg = format!("warren failed to bind: {e}");

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use warren_tests::broker;
 use warren_tests::client::{self, lapin_reply_code};
+use warren_tests::faulty_net::BreakableNetwork;
 use warren_tests::lapin_ops::{bounded, lapin_declare, lapin_round_trip, the_upstream_of, LIMIT};
 use warren_tests::metrics::metric;
 use warren_tests::raw::{as_close, describe, Incoming, RawClient, RawOptions};
@@ -536,6 +537,77 @@ async fn a_silent_broker_is_detected_by_missed_heartbeats() -> Result<()> {
         eprintln!("warren reconnected: {} → {}", before.name, after.name);
         without_channel.close().await?;
         broker::delete_queue("/", &queue).await?;
+        Ok(())
+    })
+    .await
+}
+
+// ----- writes that fail before the read side sees the end (B5, B11) ---------------------------
+
+/// B11: when warren's write to the broker fails before its read side has seen the
+/// connection end (a reset that reaches the busy writer first), the clients on that
+/// connection still get `Connection.Close 320` at once, not after two missed heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_connection_that_fails_on_write_closes_its_clients() -> Result<()> {
+    bounded(async {
+        let user = TestUser::create("warren-live-upstream-write").await?;
+        let net = BreakableNetwork::default();
+        let warren = Warren::start_on(net.clone(), Warren::test_config())?;
+        let opts = RawOptions::new(&user.name, &user.password, "/");
+        let mut raw = RawClient::connect(warren.addr(), &opts).await?;
+        raw.open_channel(1).await?;
+
+        net.break_upstreams();
+        // The publish is the write that fails; the broker's side never says anything again.
+        raw.publish(1, &unique("live-upstream-write"), b"into a broken socket")
+            .await?;
+        let closed = raw.expect_close().await?;
+        ensure!(
+            (closed.channel, closed.code) == (0, 320),
+            "expected Connection.Close 320, got {closed:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// B5: when warren's write to a client fails before its read side has seen the end, the
+/// client is released at once — its exclusive queue deleted, its channel closed upstream —
+/// not kept until a heartbeat timeout, or forever without heartbeats (as here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_socket_fails_on_write_is_released() -> Result<()> {
+    bounded(async {
+        let user = TestUser::create("warren-live-client-write").await?;
+        let net = BreakableNetwork::default();
+        let warren = Warren::start_on(net.clone(), Warren::test_config())?;
+        let opts = RawOptions::new(&user.name, &user.password, "/");
+        let mut victim = RawClient::connect(warren.addr(), &opts).await?;
+        victim.open_channel(1).await?;
+        let queue = victim
+            .declare_queue(1, &unique("live-client-write"), true)
+            .await?;
+        victim.consume(1, &queue, "victim", false).await?;
+        ensure!(
+            net.break_client(victim.local_addr()?),
+            "warren never accepted the victim's connection"
+        );
+
+        // A neighbour's publish becomes a delivery to the victim: the write that fails.
+        let mut neighbour = RawClient::connect(warren.addr(), &opts).await?;
+        neighbour.open_channel(1).await?;
+        neighbour.publish(1, &queue, b"for the victim").await?;
+        wait_until(LIMIT, "the victim's exclusive queue to be deleted", || {
+            let queue = queue.clone();
+            async move {
+                Ok(broker::queue_counts("/", &queue)
+                    .await?
+                    .is_none()
+                    .then_some(()))
+            }
+        })
+        .await?;
+        neighbour.close().await?;
+        drop(victim);
         Ok(())
     })
     .await
