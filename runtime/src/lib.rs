@@ -27,8 +27,8 @@ pub use server::{Server, Shutdown};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// A socket could not be bound.
-    Bind(std::net::SocketAddr, std::io::Error),
+    /// A socket could not be bound: the address, the setting that names it, and why.
+    Bind(std::net::SocketAddr, &'static str, std::io::Error),
     /// TLS material could not be loaded.
     Tls(String),
 }
@@ -36,7 +36,13 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            Error::Bind(addr, setting, e) if e.kind() == std::io::ErrorKind::AddrInUse => write!(
+                f,
+                "cannot listen on {addr} ({setting}): port {} is in use, by another warren \
+                 or another program; stop it, or choose another address with --{setting}",
+                addr.port()
+            ),
+            Error::Bind(addr, setting, e) => write!(f, "cannot listen on {addr} ({setting}): {e}"),
             Error::Tls(e) => write!(f, "TLS: {e}"),
         }
     }

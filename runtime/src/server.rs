@@ -151,14 +151,19 @@ impl<N: Network> Server<N> {
         let listener = net
             .bind(config.listen)
             .await
-            .map_err(|e| Error::Bind(config.listen, e))?;
+            .map_err(|e| Error::Bind(config.listen, "listen", e))?;
         let local_addr = net
             .local_addr(&listener)
-            .map_err(|e| Error::Bind(config.listen, e))?;
+            .map_err(|e| Error::Bind(config.listen, "listen", e))?;
         let metrics_listener = match config.metrics {
             Some(addr) => {
-                let l = net.bind(addr).await.map_err(|e| Error::Bind(addr, e))?;
-                let a = net.local_addr(&l).map_err(|e| Error::Bind(addr, e))?;
+                let l = net
+                    .bind(addr)
+                    .await
+                    .map_err(|e| Error::Bind(addr, "metrics", e))?;
+                let a = net
+                    .local_addr(&l)
+                    .map_err(|e| Error::Bind(addr, "metrics", e))?;
                 Some((l, a))
             }
             None => None,

@@ -156,3 +156,27 @@ fn sigterm_drains_and_exits_zero() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
+
+#[test]
+fn a_port_in_use_is_named_with_its_setting() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, _, stderr) = output(
+        warren()
+            .args(["--listen", &addr.to_string(), "--metrics", "off"])
+            .args(["--log-format", "human"]),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let want = format!(
+        "cannot listen on {addr} (listen): port {} is in use",
+        addr.port()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line, not a stack: {stderr}");
+
+    let (code, _, stderr) =
+        output(warren().args(["--listen", "127.0.0.1:0", "--metrics", &addr.to_string()]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("(metrics): port"), "{stderr}");
+    assert!(stderr.contains("--metrics"), "{stderr}");
+}

@@ -11,8 +11,8 @@
 //!   can run in parallel;
 //! - timeouts are upper bounds that turn a hang into a failure ([`wait`]), never performance
 //!   assertions;
-//! - tests that disturb the broker itself (restart, stop_app) live in `tests/disruptive.rs`
-//!   (or have `broker_disturbing` in their name) and run alone, after the others
+//! - tests that disturb the broker itself (restart, stop_app, alarms) have `broker_disturbing`
+//!   in their name (most live in `tests/disruptive.rs`) and run alone, after the others
 //!   (`scripts/test.sh`, `.config/nextest.toml`).
 
 #![forbid(unsafe_code)]
