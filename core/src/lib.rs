@@ -14,6 +14,7 @@
 //! | [`credentials`] | the pool key and SASL responses |
 //! | [`handshake`] | the client leg of the connection handshake |
 //! | [`hub`] | the per-credential multiplexer: clients, upstreams, channels |
+//! | [`login`] | warren's side of a broker connection's handshake |
 //! | [`auth_cache`] | the short negative cache of refused logins |
 //! | [`reply`] | AMQP reply codes |
 
@@ -26,6 +27,7 @@ pub mod credentials;
 pub mod frame;
 pub mod handshake;
 pub mod hub;
+pub mod login;
 pub mod method;
 pub mod reply;
 pub mod table;

@@ -18,7 +18,7 @@ mod agenda;
 mod backoff;
 mod channels;
 mod client;
-mod liveness;
+pub(crate) mod liveness;
 mod upstream;
 
 pub use backoff::BackoffConfig;
@@ -26,6 +26,7 @@ pub use backoff::BackoffConfig;
 use crate::credentials::Credentials;
 use crate::frame::{Frame, FrameError, HEARTBEAT};
 use crate::handshake::ClientHello;
+use crate::login::Login;
 use crate::method::{encode, Close};
 use crate::reply::{self, Reply};
 use agenda::{Agenda, Timer};
@@ -142,6 +143,11 @@ pub struct HubConfig {
     pub extra_exchange_types: Vec<String>,
     /// Prefix of the upstream `connection_name`, e.g. `warren@host`.
     pub upstream_name: String,
+    /// How long the broker's acceptance of these credentials and this vhost (an upstream
+    /// opening) vouches for new clients. After that a joining client waits for a fresh
+    /// upstream login, so that a revoked permission refuses new clients as RabbitMQ would
+    /// (B2). `None` when revocations arrive as events from the broker instead.
+    pub proof_ttl: Option<Duration>,
 }
 
 impl Default for HubConfig {
@@ -163,6 +169,7 @@ impl Default for HubConfig {
             close_timeout: Duration::from_secs(3),
             extra_exchange_types: Vec::new(),
             upstream_name: "warren".into(),
+            proof_ttl: None,
         }
     }
 }
@@ -431,6 +438,9 @@ pub struct Hub {
     drain: Option<Instant>,
     /// When the drain began: upstreams serving no client close from then on.
     drain_started: Option<Instant>,
+    /// When an upstream last opened: the broker's latest word on these credentials and this
+    /// vhost (see [`HubConfig::proof_ttl`]).
+    last_proof: Option<Instant>,
     stats: HubStats,
 }
 
@@ -468,6 +478,7 @@ impl Hub {
             reconnect: Reconnect::default(),
             drain: None,
             drain_started: None,
+            last_proof: None,
             stats: HubStats::default(),
         }
     }
@@ -549,7 +560,7 @@ impl Hub {
                 id,
                 Reply::new(reply::CONNECTION_FORCED, "warren is shutting down"),
             );
-        } else if self.has_open_upstream() {
+        } else if self.has_open_upstream() && !self.needs_fresh_proof(now) {
             self.admit(now, id);
         } else if self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
             // Admitted when the connecting upstream opens.
@@ -562,6 +573,17 @@ impl Hub {
         }
         self.schedule_client(id);
         id
+    }
+
+    /// Whether the last upstream login is too old to vouch for a new client: it then waits
+    /// for a fresh one (unless the hub may not dial another upstream).
+    fn needs_fresh_proof(&self, now: Instant) -> bool {
+        let stale = match (self.config.proof_ttl, self.last_proof) {
+            (Some(ttl), Some(at)) => now >= at + ttl,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        stale && self.upstreams.len() < self.config.max_upstreams
     }
 
     /// Feeds one event into the hub. Drain [`Hub::poll_output`] afterwards.
@@ -691,7 +713,7 @@ impl Hub {
     /// Queues bytes for an upstream and counts them as liveness towards it.
     fn send_upstream(&mut self, now: Instant, id: UpstreamId, data: Bytes) {
         if let Some(u) = self.upstream_mut(id) {
-            u.liveness.sent(now);
+            u.liveness_mut().sent(now);
             self.stats.frames_to_upstreams += 1;
             self.stats.bytes_to_upstreams += data.len() as u64;
             self.out
@@ -784,11 +806,18 @@ impl Hub {
             idx: self.upstreams.vacant_key() as u32,
             gen: self.gen(),
         };
-        self.upstreams.insert(upstream::Upstream::new(
-            id,
+        let c = &self.credentials;
+        let name = format!("{} {}@{} {id}", self.config.upstream_name, c.user, c.vhost);
+        let login = Login::new(
             now,
-            now + self.config.connect_timeout,
-        ));
+            &self.config,
+            &c.user,
+            &c.password,
+            Some(&c.vhost),
+            name,
+        );
+        self.upstreams
+            .insert(upstream::Upstream::new(id, now, login));
         self.out.push_back(Output::Dial { upstream: id });
         self.schedule_upstream(id);
         id

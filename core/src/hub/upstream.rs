@@ -8,29 +8,23 @@ use super::client::Phase;
 use super::liveness::{Beat, Liveness};
 use super::{ClientId, Hub, HubEvent, Output, Peer, UpRef, UpstreamId};
 use crate::content::rechunk_body;
-use crate::frame::{Frame, FrameType, HEARTBEAT, PROTOCOL_HEADER};
-use crate::method::{self, encode, ids, Close, Method, StartOk, Tune};
+use crate::frame::{Frame, FrameType, HEARTBEAT};
+use crate::login::{Login, LoginEvent, LoginStep};
+use crate::method::{self, encode, ids, Close, Method, Tune};
 use crate::reply::{self, Reply};
-use crate::table::{longstr, FieldTable, FieldValue};
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
 /// Where an upstream connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum UpPhase {
-    /// TCP (and TLS) connect in progress.
-    Dialing,
-    /// Protocol header sent; waiting for `Connection.Start`.
-    AwaitStart,
-    /// `StartOk` sent; waiting for `Tune` (a refused login arrives here as a close).
-    AwaitTune,
-    /// `TuneOk` and `Open` sent; waiting for `OpenOk` (a refused vhost arrives here).
-    AwaitOpenOk,
+    /// Dialling and logging in.
+    Connecting(Box<Login>),
     /// Ready for channels.
     Open,
-    /// `Connection.Close` sent; waiting for `CloseOk`.
-    Closing,
+    /// `Connection.Close` sent; waiting for `CloseOk` until the given time.
+    Closing { until: Instant },
 }
 
 /// One broker connection of a hub.
@@ -38,11 +32,11 @@ pub(crate) enum UpPhase {
 pub(crate) struct Upstream {
     pub(crate) id: UpstreamId,
     pub(crate) phase: UpPhase,
-    /// Connect or close deadline, depending on the phase.
-    deadline: Instant,
+    /// Negotiated limits (valid once open).
     pub(crate) tune: Tune,
     pub(crate) table: ChannelTable,
-    pub(crate) liveness: Liveness,
+    /// Heartbeats once open (the login keeps its own until then).
+    liveness: Liveness,
     /// The broker's reason while it blocks publishers (B12).
     pub(crate) blocked: Option<String>,
     /// Since when no channel number has been in use.
@@ -51,11 +45,10 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub(crate) fn new(id: UpstreamId, now: Instant, connect_deadline: Instant) -> Self {
+    pub(crate) fn new(id: UpstreamId, now: Instant, login: Login) -> Self {
         Upstream {
             id,
-            phase: UpPhase::Dialing,
-            deadline: connect_deadline,
+            phase: UpPhase::Connecting(Box::new(login)),
             tune: Tune {
                 channel_max: 0,
                 frame_max: crate::frame::FRAME_MIN_SIZE,
@@ -70,14 +63,19 @@ impl Upstream {
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.phase == UpPhase::Open
+        matches!(self.phase, UpPhase::Open)
     }
 
     pub(crate) fn is_connecting(&self) -> bool {
-        matches!(
-            self.phase,
-            UpPhase::Dialing | UpPhase::AwaitStart | UpPhase::AwaitTune | UpPhase::AwaitOpenOk
-        )
+        matches!(self.phase, UpPhase::Connecting(_))
+    }
+
+    /// The heartbeat bookkeeping in effect: the login's until the connection is open.
+    pub(crate) fn liveness_mut(&mut self) -> &mut Liveness {
+        match &mut self.phase {
+            UpPhase::Connecting(login) => login.liveness_mut(),
+            _ => &mut self.liveness,
+        }
     }
 
     /// Whether a client channel still lives on this connection.
@@ -101,66 +99,39 @@ impl Hub {
         }
     }
 
-    /// When the upstream's timer must next fire: connect or close deadline, heartbeat, or
-    /// the moment it may be closed.
+    /// When the upstream's timer must next fire: login deadline or heartbeat, close deadline,
+    /// heartbeat, or the moment it may be closed.
     pub(super) fn upstream_deadline(&self, u: &Upstream) -> Option<Instant> {
-        if u.phase == UpPhase::AwaitOpenOk {
-            // The broker watches heartbeats from TuneOk on.
-            return u
-                .liveness
-                .deadline()
-                .map_or(Some(u.deadline), |hb| Some(hb.min(u.deadline)));
-        }
-        if u.is_connecting() || u.phase == UpPhase::Closing {
-            return Some(u.deadline);
-        }
-        match (u.liveness.deadline(), self.upstream_close_at(u)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        match &u.phase {
+            UpPhase::Connecting(login) => login.deadline(),
+            UpPhase::Closing { until } => Some(*until),
+            UpPhase::Open => match (u.liveness.deadline(), self.upstream_close_at(u)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
         }
     }
 
     pub(super) fn upstream_timer(&mut self, now: Instant, id: UpstreamId) {
-        let Some(u) = self.upstream(id) else { return };
-        let phase = u.phase;
-        if u.is_connecting() && now >= u.deadline {
-            let reply = Reply::new(
-                reply::CONNECTION_FORCED,
-                "broker unreachable: timed out connecting",
-            );
-            self.upstream_failed(now, id, reply);
+        let Some(u) = self.upstream_mut(id) else {
             return;
-        }
-        if phase == UpPhase::Closing {
-            if now >= u.deadline {
-                self.remove_upstream(id);
-            } else {
-                self.schedule_upstream(id);
+        };
+        match &mut u.phase {
+            UpPhase::Connecting(login) => {
+                let step = login.on_timer(now);
+                return self.login_step(now, id, step);
             }
-            return;
-        }
-        let beat = u.liveness.check(now);
-        if phase == UpPhase::AwaitOpenOk {
-            match beat {
-                Beat::Send => self.send_upstream(now, id, Bytes::from_static(HEARTBEAT)),
-                // Heartbeats run from TuneOk on; a broker silent for two intervals before
-                // OpenOk is as dead as one that never answered the dial.
-                Beat::Dead => {
-                    let reply = Reply::new(
-                        reply::CONNECTION_FORCED,
-                        "broker unreachable: missed heartbeats during login",
-                    );
-                    self.upstream_failed(now, id, reply);
-                    return;
+            UpPhase::Closing { until } => {
+                if now >= *until {
+                    self.remove_upstream(id);
+                } else {
+                    self.schedule_upstream(id);
                 }
-                Beat::Idle => {}
+                return;
             }
+            UpPhase::Open => {}
         }
-        if phase != UpPhase::Open {
-            self.schedule_upstream(id);
-            return;
-        }
-        match beat {
+        match u.liveness.check(now) {
             Beat::Dead => {
                 self.stats.heartbeat_misses += 1;
                 self.event(HubEvent::HeartbeatMissed {
@@ -189,14 +160,25 @@ impl Hub {
         self.schedule_upstream(id);
     }
 
+    /// Carries out what the login of a connecting upstream asked for.
+    fn login_step(&mut self, now: Instant, id: UpstreamId, step: LoginStep) {
+        for data in step.send {
+            self.send_upstream(now, id, data);
+        }
+        match step.event {
+            LoginEvent::Nothing | LoginEvent::Accepted => self.schedule_upstream(id),
+            LoginEvent::Opened => self.upstream_opened(now, id),
+            LoginEvent::Failed(reply) => self.upstream_failed(now, id, reply),
+        }
+    }
+
     /// Ends an upstream with `Connection.Close 200` and waits a bounded time for `CloseOk`.
     fn close_upstream_gracefully(&mut self, now: Instant, id: UpstreamId, why: &str) {
         let until = now + self.config.close_timeout;
         let Some(u) = self.upstream_mut(id) else {
             return;
         };
-        u.phase = UpPhase::Closing;
-        u.deadline = until;
+        u.phase = UpPhase::Closing { until };
         let close = Close::from(&Reply::verbatim(reply::REPLY_SUCCESS, why));
         self.send_upstream(now, id, encode::close(0, &close));
         self.drop_pool_entries(id);
@@ -220,35 +202,19 @@ impl Hub {
 
     /// TCP (and TLS) is up: start the AMQP handshake.
     pub(super) fn upstream_connected(&mut self, now: Instant, id: UpstreamId) {
-        let Some(u) = self.upstream_mut(id) else {
+        let Some(UpPhase::Connecting(login)) = self.upstream_mut(id).map(|u| &mut u.phase) else {
             return;
         };
-        if u.phase != UpPhase::Dialing {
-            return;
-        }
-        u.phase = UpPhase::AwaitStart;
-        self.send_upstream(now, id, Bytes::from_static(PROTOCOL_HEADER));
+        let step = login.on_connected(now);
+        self.login_step(now, id, step);
     }
 
     /// The upstream socket closed or the dial failed.
     pub(super) fn upstream_socket_closed(&mut self, now: Instant, id: UpstreamId, reason: String) {
         let Some(u) = self.upstream(id) else { return };
-        match u.phase {
-            UpPhase::Dialing | UpPhase::AwaitStart => {
-                let reply = Reply::new(
-                    reply::CONNECTION_FORCED,
-                    format!("broker unreachable: {reason}"),
-                );
-                self.upstream_failed(now, id, reply);
-            }
-            UpPhase::AwaitTune | UpPhase::AwaitOpenOk => {
-                // warren advertises authentication_failure_close, so a refused login arrives
-                // as Connection.Close 403; a bare socket close here is the broker going away,
-                // and must not land in the negative login cache.
-                let reply = Reply::new(
-                    reply::CONNECTION_FORCED,
-                    format!("the broker closed the connection during the handshake ({reason})"),
-                );
+        match &u.phase {
+            UpPhase::Connecting(login) => {
+                let reply = login.on_socket_closed(&reason);
                 self.upstream_failed(now, id, reply);
             }
             UpPhase::Open => {
@@ -258,7 +224,7 @@ impl Hub {
                 );
                 self.upstream_lost(now, id, reply);
             }
-            UpPhase::Closing => self.remove_upstream(id),
+            UpPhase::Closing { .. } => self.remove_upstream(id),
         }
     }
 
@@ -341,12 +307,17 @@ impl Hub {
 
     /// Handles one frame from an upstream. Returns false once the upstream is gone.
     pub(super) fn upstream_frame(&mut self, now: Instant, id: UpstreamId, frame: Frame) -> bool {
+        self.stats.upstream_frames += 1;
+        self.stats.upstream_bytes += frame.wire_len() as u64;
         let Some(u) = self.upstream_mut(id) else {
             return false;
         };
-        u.liveness.received(now);
-        self.stats.upstream_frames += 1;
-        self.stats.upstream_bytes += frame.wire_len() as u64;
+        u.liveness_mut().received(now);
+        if let UpPhase::Connecting(login) = &mut u.phase {
+            let step = login.on_frame(now, &frame);
+            self.login_step(now, id, step);
+            return self.upstream(id).is_some();
+        }
         if frame.kind() == FrameType::Heartbeat {
             return true;
         }
@@ -354,13 +325,14 @@ impl Hub {
             self.upstream_connection_frame(now, id, &frame);
             return self.upstream(id).is_some();
         }
-        if self.upstream(id).map(|u| u.phase) == Some(UpPhase::Open) {
+        if self.upstream(id).is_some_and(Upstream::is_open) {
             self.route_broker_frame(now, id, frame);
         }
         true
     }
 
-    /// Channel-0 frames from the broker: the handshake, closes, blocked state.
+    /// Channel-0 frames from the broker on an open (or closing) connection: closes and the
+    /// blocked state.
     fn upstream_connection_frame(&mut self, now: Instant, id: UpstreamId, frame: &Frame) {
         let m = match (frame.kind(), method::decode(frame.payload())) {
             (FrameType::Method, Ok(m)) => m,
@@ -370,41 +342,16 @@ impl Hub {
                 return self.upstream_gone(now, id, reply);
             }
         };
-        let Some(phase) = self.upstream(id).map(|u| u.phase) else {
+        let Some(open) = self.upstream(id).map(Upstream::is_open) else {
             return;
         };
-        match (phase, m) {
-            (UpPhase::AwaitStart, Method::Start(start)) => {
-                if !start.mechanisms.split(' ').any(|m| m == "PLAIN") {
-                    let reply = Reply::new(
-                        reply::NOT_IMPLEMENTED,
-                        "the broker does not offer the PLAIN mechanism",
-                    );
-                    return self.upstream_failed(now, id, reply);
-                }
-                let ok = self.start_ok(id);
-                self.send_upstream(now, id, encode::start_ok(&ok));
-                self.set_phase(id, UpPhase::AwaitTune);
-            }
-            (UpPhase::AwaitTune, Method::Tune(t)) => {
-                let tune = self.negotiate(t);
-                self.send_upstream(now, id, encode::tune(tune, true));
-                self.send_upstream(now, id, encode::open(&self.credentials.vhost.clone()));
-                if let Some(u) = self.upstream_mut(id) {
-                    u.tune = tune;
-                    u.table = ChannelTable::new(tune.channel_max);
-                    u.liveness = Liveness::new(now, tune.heartbeat);
-                    u.phase = UpPhase::AwaitOpenOk;
-                }
-                self.schedule_upstream(id);
-            }
-            (UpPhase::AwaitOpenOk, Method::OpenOk) => self.upstream_opened(now, id),
-            (UpPhase::Closing, Method::ConnectionCloseOk) => self.remove_upstream(id),
+        match (open, m) {
+            (false, Method::ConnectionCloseOk) => self.remove_upstream(id),
             (_, Method::ConnectionClose(close)) => {
                 self.send_upstream(now, id, encode::close_ok(0));
                 self.upstream_gone(now, id, close.reply());
             }
-            (UpPhase::Open, Method::Blocked { reason }) => {
+            (true, Method::Blocked { reason }) => {
                 let Some(u) = self.upstream_mut(id) else {
                     return;
                 };
@@ -419,7 +366,7 @@ impl Hub {
                     self.tell_blocked(now, c, id, &reason);
                 }
             }
-            (UpPhase::Open, Method::Unblocked) => {
+            (true, Method::Unblocked) => {
                 if let Some(u) = self.upstream_mut(id) {
                     u.blocked = None;
                 }
@@ -433,8 +380,8 @@ impl Hub {
                     self.tell_unblocked(now, c, id);
                 }
             }
-            (phase, m) => {
-                tracing::debug!(upstream = %id, ?phase, method = ?m, "ignoring broker method");
+            (_, m) => {
+                tracing::debug!(upstream = %id, method = ?m, "ignoring broker method");
             }
         }
     }
@@ -442,83 +389,29 @@ impl Hub {
     /// Ends an upstream for a reason found by the proxy or sent by the broker, whatever its
     /// phase.
     fn upstream_gone(&mut self, now: Instant, id: UpstreamId, reply: Reply) {
-        match self.upstream(id).map(|u| u.phase) {
+        match self.upstream(id).map(|u| &u.phase) {
             Some(UpPhase::Open) => self.upstream_lost(now, id, reply),
-            Some(UpPhase::Closing) => self.remove_upstream(id),
-            Some(_) => self.upstream_failed(now, id, reply),
+            Some(UpPhase::Closing { .. }) => self.remove_upstream(id),
+            Some(UpPhase::Connecting(_)) => self.upstream_failed(now, id, reply),
             None => {}
         }
     }
 
-    fn set_phase(&mut self, id: UpstreamId, phase: UpPhase) {
-        if let Some(u) = self.upstream_mut(id) {
-            u.phase = phase;
-        }
-    }
-
-    /// The `StartOk` warren sends: PLAIN with the hub's credentials and an informative
-    /// `connection_name`.
-    fn start_ok(&self, id: UpstreamId) -> StartOk {
-        let caps = [
-            "publisher_confirms",
-            "exchange_exchange_bindings",
-            "basic.nack",
-            "consumer_cancel_notify",
-            "connection.blocked",
-            "authentication_failure_close",
-            "per_consumer_qos",
-        ]
-        .iter()
-        .fold(FieldTable::default(), |t, c| {
-            t.with(c, FieldValue::Bool(true))
-        });
-        let name = format!(
-            "{} {}@{} {}",
-            self.config.upstream_name, self.credentials.user, self.credentials.vhost, id
-        );
-        let user = &self.credentials.user;
-        let pass = self.credentials.password.expose();
-        StartOk {
-            client_properties: FieldTable::default()
-                .with("product", longstr("warren"))
-                .with("version", longstr(env!("CARGO_PKG_VERSION")))
-                .with("platform", longstr("Rust"))
-                .with("connection_name", longstr(&name))
-                .with("capabilities", FieldValue::Table(caps)),
-            mechanism: "PLAIN".into(),
-            response: format!("\0{user}\0{pass}").into_bytes(),
-            locale: "en_US".into(),
-        }
-    }
-
-    /// warren's `TuneOk`: the smaller of the broker's limits and the configured ones.
-    fn negotiate(&self, broker: Tune) -> Tune {
-        let lower = |theirs: u32, ours: u32| if theirs == 0 { ours } else { theirs.min(ours) };
-        Tune {
-            channel_max: lower(
-                u32::from(broker.channel_max),
-                u32::from(self.config.max_channels_per_upstream),
-            ) as u16,
-            frame_max: lower(broker.frame_max, self.config.upstream_frame_max),
-            heartbeat: if self.config.upstream_heartbeat == 0 {
-                broker.heartbeat
-            } else {
-                lower(
-                    u32::from(broker.heartbeat),
-                    u32::from(self.config.upstream_heartbeat),
-                ) as u16
-            },
-        }
-    }
-
-    /// The broker accepted the credentials: admit waiting clients and place waiting channels.
+    /// The broker accepted the credentials and the vhost: admit waiting clients and place
+    /// waiting channels.
     fn upstream_opened(&mut self, now: Instant, id: UpstreamId) {
         let Some(u) = self.upstream_mut(id) else {
             return;
         };
-        u.phase = UpPhase::Open;
+        let UpPhase::Connecting(login) = std::mem::replace(&mut u.phase, UpPhase::Open) else {
+            return;
+        };
+        let (tune, liveness) = login.into_open();
+        u.tune = tune;
+        u.table = ChannelTable::new(tune.channel_max);
+        u.liveness = liveness;
         u.idle_since = Some(now);
-        let tune = u.tune;
+        self.last_proof = Some(now);
         self.stats.upstream_connects += 1;
         self.reconnect.failures = 0;
         self.reconnect.last_error = None;
