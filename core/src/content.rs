@@ -5,6 +5,7 @@
 //! re-chunks body frames when the two sides negotiated different frame sizes.
 
 use crate::frame::{frame_end, frame_header, FrameType, FRAME_OVERHEAD};
+use crate::table::FieldTable;
 use crate::wire::{Reader, WireError};
 use bytes::Bytes;
 
@@ -79,6 +80,26 @@ pub fn parse_header(payload: &[u8]) -> Result<ContentHeader, WireError> {
         class_id,
         body_size,
     })
+}
+
+/// The body size and the `headers` property of a basic content header (the broker's event
+/// exchange carries its events' subjects there).
+pub fn basic_headers(payload: &[u8]) -> Result<(u64, Option<FieldTable>), WireError> {
+    let h = parse_header(payload)?;
+    let mut r = Reader::new(payload);
+    r.bytes(12)?; // class, weight, body size
+    let flags = r.u16()?;
+    for bit in [15, 14] {
+        if flags & (1 << bit) != 0 {
+            r.shortstr()?;
+        }
+    }
+    let headers = if flags & (1 << 13) != 0 {
+        Some(FieldTable::decode(r.table()?)?)
+    } else {
+        None
+    };
+    Ok((h.body_size, headers))
 }
 
 /// Splits one body payload into wire buffers whose frames fit `frame_max`, pushing them to

@@ -35,6 +35,27 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A user and password: what the broker checks at `StartOk`, before any vhost is named.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Account {
+    /// User name.
+    pub user: String,
+    /// Password (never printed).
+    pub password: Secret,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.user)
+    }
+}
+
+impl fmt::Display for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.user)
+    }
+}
+
 /// The pool key of B1: clients with equal credentials share a hub and its upstreams.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Credentials {
@@ -44,6 +65,23 @@ pub struct Credentials {
     pub password: Secret,
     /// Virtual host.
     pub vhost: String,
+}
+
+impl Credentials {
+    /// The user and password, without the vhost.
+    #[must_use]
+    pub fn account(&self) -> Account {
+        Account {
+            user: self.user.clone(),
+            password: self.password.clone(),
+        }
+    }
+
+    /// Whether these credentials belong to `account`.
+    #[must_use]
+    pub fn is_of(&self, account: &Account) -> bool {
+        self.user == account.user && self.password == account.password
+    }
 }
 
 impl fmt::Debug for Credentials {

@@ -1,7 +1,9 @@
 //! The client leg of the connection handshake (B13): warren plays the broker up to
-//! `Connection.Open`, then hands a [`ClientHello`] to the hub that owns the client's
-//! credentials. `Connection.OpenOk` is *not* sent here: the hub sends it once the broker has
-//! accepted the same credentials (B2).
+//! `Connection.Open`. It stops twice for a verdict from [`crate::admission`]: after
+//! `StartOk` ([`HandshakeOutput::Login`]: the password is checked as RabbitMQ checks it, before
+//! `Tune`), and at `Open` ([`HandshakeOutput::Done`]: the vhost is checked and the client joins
+//! its hub). `Connection.OpenOk` is *not* sent here: the hub sends it once the broker has
+//! accepted the same credentials and vhost (B2).
 //!
 //! Sans-IO like the rest of `core`: feed bytes with [`ClientHandshake::handle_input`] or the
 //! deadline with [`ClientHandshake::handle_timeout`], then drain
@@ -78,9 +80,39 @@ pub enum HandshakeOutput {
     Send(Bytes),
     /// Flush what was sent, then close the socket. Nothing follows.
     Close,
+    /// The client sent `StartOk` with these credentials: answer with
+    /// [`ClientHandshake::accept_login`] or [`ClientHandshake::refuse`]. Input waits until then.
+    Login {
+        /// User name.
+        user: String,
+        /// Password.
+        password: Secret,
+    },
     /// The handshake reached `Connection.Open`; hand the client to its hub. Bytes the client
     /// pipelined after `Open` stay in the read buffer.
     Done(Box<ClientHello>),
+}
+
+/// Capabilities warren announces to clients: the ones that hold through the proxy.
+pub const SERVER_CAPABILITIES: [&str; 9] = [
+    "publisher_confirms",
+    "exchange_exchange_bindings",
+    "basic.nack",
+    "consumer_cancel_notify",
+    "connection.blocked",
+    "consumer_priorities",
+    "authentication_failure_close",
+    "per_consumer_qos",
+    "direct_reply_to",
+];
+
+/// What a client refused with `reply` is sent before its socket closes, as RabbitMQ does it:
+/// a refused login (403) to a client that did not advertise `authentication_failure_close`
+/// gets no `Connection.Close`, only a closed socket. The one place this rule is written.
+#[must_use]
+pub fn refusal(reply: &Reply, caps: ClientCapabilities) -> Option<Bytes> {
+    (reply.code != reply::ACCESS_REFUSED || caps.authentication_failure_close)
+        .then(|| encode::close(0, &method::Close::from(reply)))
 }
 
 /// The user and password from `StartOk`, kept until `Open` names the vhost.
@@ -94,6 +126,8 @@ struct Login {
 enum Stage {
     Header,
     StartOk,
+    /// `StartOk` arrived; waiting for the verdict on the credentials.
+    Verdict(Login),
     TuneOk(Login),
     Open(Login, Tune),
     Finished,
@@ -128,25 +162,14 @@ impl ClientHandshake {
         }
     }
 
-    /// The properties warren announces in `Connection.Start`. Capabilities are the ones that
-    /// hold through the proxy.
+    /// The properties warren announces in `Connection.Start`.
     #[must_use]
     pub fn server_properties() -> FieldTable {
-        let caps = [
-            "publisher_confirms",
-            "exchange_exchange_bindings",
-            "basic.nack",
-            "consumer_cancel_notify",
-            "connection.blocked",
-            "consumer_priorities",
-            "authentication_failure_close",
-            "per_consumer_qos",
-            "direct_reply_to",
-        ]
-        .iter()
-        .fold(FieldTable::default(), |t, c| {
-            t.with(c, FieldValue::Bool(true))
-        });
+        let caps = SERVER_CAPABILITIES
+            .iter()
+            .fold(FieldTable::default(), |t, c| {
+                t.with(c, FieldValue::Bool(true))
+            });
         FieldTable::default()
             .with("product", longstr("warren"))
             .with("version", longstr(env!("CARGO_PKG_VERSION")))
@@ -158,10 +181,50 @@ impl ClientHandshake {
             .with("capabilities", FieldValue::Table(caps))
     }
 
-    /// Consumes what it can from the client's read buffer. Bytes after `Connection.Open` are
-    /// left in `buf` for the hub.
+    /// The capabilities the client advertised (known from `StartOk` on).
+    #[must_use]
+    pub fn capabilities(&self) -> ClientCapabilities {
+        self.capabilities
+    }
+
+    /// Whether the client has sent the protocol header (and been sent `Connection.Start`).
+    #[must_use]
+    pub fn started(&self) -> bool {
+        self.stage != Stage::Header
+    }
+
+    /// The credentials are good: `Tune` goes out. Call [`ClientHandshake::handle_input`]
+    /// again for bytes that arrived meanwhile.
+    pub fn accept_login(&mut self) {
+        let Stage::Verdict(login) = std::mem::replace(&mut self.stage, Stage::Finished) else {
+            return;
+        };
+        let tune = Tune {
+            channel_max: self.config.channel_max,
+            frame_max: self.config.frame_max,
+            heartbeat: self.config.heartbeat,
+        };
+        self.out
+            .push_back(HandshakeOutput::Send(encode::tune(tune, false)));
+        self.stage = Stage::TuneOk(login);
+    }
+
+    /// Ends the handshake with `reply` (see [`refusal`]) and closes the socket.
+    pub fn refuse(&mut self, reply: &Reply) {
+        tracing::debug!(code = reply.code, text = %reply.text, "client refused");
+        if self.stage != Stage::Header {
+            if let Some(close) = refusal(reply, self.capabilities) {
+                self.out.push_back(HandshakeOutput::Send(close));
+            }
+        }
+        self.out.push_back(HandshakeOutput::Close);
+        self.stage = Stage::Finished;
+    }
+
+    /// Consumes what it can from the client's read buffer. Bytes after `Connection.Open`, and
+    /// bytes that arrive while a verdict is awaited, are left in `buf`.
     pub fn handle_input(&mut self, buf: &mut BytesMut) {
-        while self.stage != Stage::Finished {
+        while !matches!(self.stage, Stage::Finished | Stage::Verdict(_)) {
             if self.stage == Stage::Header {
                 if buf.len() < PROTOCOL_HEADER.len() {
                     // A wrong first byte can be answered before the rest arrives.
@@ -204,7 +267,8 @@ impl ClientHandshake {
         }
     }
 
-    /// Drops a client that did not reach `Connection.Open` in time. Spurious calls are no-ops.
+    /// Drops a client that did not reach `Connection.Open` in time (waiting for a verdict
+    /// counts). Spurious calls are no-ops.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.stage != Stage::Finished && now >= self.deadline {
             tracing::debug!(stage = self.stage.name(), "handshake timeout");
@@ -296,22 +360,17 @@ impl ClientHandshake {
         self.product = props.get_str("product");
         match parse_sasl(&ok.mechanism, &ok.response) {
             Ok((user, password)) => {
-                let tune = Tune {
-                    channel_max: self.config.channel_max,
-                    frame_max: self.config.frame_max,
-                    heartbeat: self.config.heartbeat,
-                };
-                self.out
-                    .push_back(HandshakeOutput::Send(encode::tune(tune, false)));
-                self.stage = Stage::TuneOk(Login { user, password });
+                self.out.push_back(HandshakeOutput::Login {
+                    user: user.clone(),
+                    password: password.clone(),
+                });
+                self.stage = Stage::Verdict(Login { user, password });
             }
             Err(SaslError::UnsupportedMechanism(m)) => self.fail(Reply::new(
                 reply::COMMAND_INVALID,
                 format!("unknown authentication mechanism '{m}'"),
             )),
-            Err(SaslError::Malformed(why)) => {
-                self.refuse_login(Reply::new(reply::ACCESS_REFUSED, why))
-            }
+            Err(SaslError::Malformed(why)) => self.refuse(&Reply::new(reply::ACCESS_REFUSED, why)),
         }
     }
 
@@ -353,15 +412,6 @@ impl ClientHandshake {
         self.stage = Stage::Open(login, tune);
     }
 
-    fn refuse_login(&mut self, r: Reply) {
-        if self.capabilities.authentication_failure_close {
-            self.fail(r);
-        } else {
-            self.stage = Stage::Finished;
-            self.out.push_back(HandshakeOutput::Close);
-        }
-    }
-
     fn fail_frame(&mut self, e: FrameError) {
         self.fail(Reply::new(
             e.reply_code(),
@@ -385,6 +435,7 @@ impl Stage {
         match self {
             Stage::Header => "protocol header",
             Stage::StartOk => "start-ok",
+            Stage::Verdict(_) => "login",
             Stage::TuneOk(_) => "tune-ok",
             Stage::Open(..) => "open",
             Stage::Finished => "finished",
@@ -460,6 +511,13 @@ mod tests {
                     HandshakeOutput::Close => {
                         self.closed = true;
                         let _ = writeln!(self.trace, "close socket");
+                    }
+                    HandshakeOutput::Login { user, password } => {
+                        // The credentials are good in these tests; admission's own tests
+                        // cover the verdicts.
+                        let _ = writeln!(self.trace, "login {user} {password}: accepted");
+                        self.hs.accept_login();
+                        self.hs.handle_input(&mut self.buf);
                     }
                     HandshakeOutput::Done(h) => {
                         let _ = writeln!(

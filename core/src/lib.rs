@@ -15,13 +15,14 @@
 //! | [`handshake`] | the client leg of the connection handshake |
 //! | [`hub`] | the per-credential multiplexer: clients, upstreams, channels |
 //! | [`login`] | warren's side of a broker connection's handshake |
-//! | [`auth_cache`] | the short negative cache of refused logins |
+//! | [`admission`] | handshakes, login proofs, the credential cache, limits, the hub registry |
 //! | [`reply`] | AMQP reply codes |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod auth_cache;
+pub mod admission;
+mod agenda;
 pub mod content;
 pub mod credentials;
 pub mod frame;

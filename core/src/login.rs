@@ -193,6 +193,12 @@ impl Login {
         (self.tune, self.liveness)
     }
 
+    /// Whether the login's deadline has passed without the connection opening.
+    #[must_use]
+    pub fn timed_out(&self, now: Instant) -> bool {
+        self.phase != LoginPhase::Open && now >= self.deadline
+    }
+
     /// When [`Login::on_timer`] must run next.
     #[must_use]
     pub fn deadline(&self) -> Option<Instant> {

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+use warren_core::admission::AdmissionConfig;
+use warren_core::credentials::{Credentials, Secret};
 use warren_core::frame::FRAME_MIN_SIZE;
 use warren_core::handshake::HandshakeConfig;
 use warren_core::hub::{BackoffConfig, HubConfig, Placement};
@@ -268,6 +270,12 @@ pub struct Config {
     pub upstream_idle_timeout: Duration,
     /// How long refused logins are remembered (B2); zero disables.
     pub auth_cache_ttl: Duration,
+    /// How long credentials the broker accepted are trusted for new clients without a new
+    /// broker login, while the event feed is not up (B2).
+    pub credentials_ttl: Duration,
+    /// The account (and vhost) whose view of the broker's event exchange revokes cached
+    /// credentials as they change; `None`: `credentials_ttl` alone bounds them.
+    pub events: Option<Credentials>,
     /// Grace time for clients on SIGTERM.
     pub drain_timeout: Duration,
     /// Threads that run connections and hubs; 0 picks half the CPUs (at least one), leaving
@@ -315,6 +323,8 @@ impl Default for Config {
             pool_idle_timeout: Duration::from_secs(30),
             upstream_idle_timeout: Duration::from_secs(60),
             auth_cache_ttl: Duration::from_secs(5),
+            credentials_ttl: Duration::from_secs(30),
+            events: None,
             drain_timeout: Duration::from_secs(30),
             worker_threads: 0,
             extra_exchange_types: Vec::new(),
@@ -358,6 +368,22 @@ impl Config {
             close_timeout: Duration::from_secs(3),
             extra_exchange_types: self.extra_exchange_types.clone(),
             upstream_name,
+            // Set per hub by admission, from whether the event feed is up.
+            proof_ttl: None,
+        }
+    }
+
+    /// The settings of admission (and, through it, of every hub).
+    #[must_use]
+    pub fn admission_config(&self, upstream_name: String) -> AdmissionConfig {
+        AdmissionConfig {
+            handshake: self.handshake_config(),
+            hub: self.hub_config(upstream_name),
+            max_clients: self.max_clients,
+            max_hubs: self.max_hubs,
+            refusal_ttl: self.auth_cache_ttl,
+            credentials_ttl: self.credentials_ttl,
+            events: self.events.clone(),
         }
     }
 
@@ -830,6 +856,19 @@ settings! {
     #[arg(value_name = "DURATION", help_heading = "Upstreams")]
     #[serde(default, deserialize_with = "text")]
     auth_cache_ttl: humantime::Duration,
+    /// How long credentials the broker accepted are trusted for new clients without a new broker login, unless events_user is set (then changes arrive as they happen).
+    #[arg(value_name = "DURATION", help_heading = "Upstreams")]
+    #[serde(default, deserialize_with = "text")]
+    credentials_ttl: humantime::Duration,
+    /// A broker user that may read the event exchange (rabbitmq_event_exchange): through it warren hears at once of changed passwords, deleted users and revoked permissions.
+    #[arg(value_name = "USER", help_heading = "Upstreams")]
+    events_user: String,
+    /// The password of events_user.
+    #[arg(value_name = "PASSWORD", help_heading = "Upstreams")]
+    events_password: String,
+    /// The vhost of the event exchange (rabbitmq_event_exchange.vhost on the broker).
+    #[arg(value_name = "VHOST", help_heading = "Upstreams")]
+    events_vhost: String,
 
     /// Hand channels with a clean history to the next client instead of closing them.
     #[arg(value_name = "true|false", help_heading = "Channel recycling")]
@@ -916,6 +955,27 @@ impl Settings {
                 ))
             }
         };
+        let events = match (self.events_user, self.events_password) {
+            (Some(user), Some(password)) => Some(Credentials {
+                user,
+                password: Secret::new(password),
+                vhost: self.events_vhost.unwrap_or_else(|| "/".into()),
+            }),
+            (None, None) if self.events_vhost.is_none() => d.events,
+            (None, None) => return Err(invalid("events_vhost", "is set, but events_user is not")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "events_password",
+                    "must be set when events_user is",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "events_user",
+                    "must be set when events_password is",
+                ))
+            }
+        };
         let config = Config {
             listen: self.listen.unwrap_or(d.listen),
             upstream: self.upstream.unwrap_or(d.upstream),
@@ -959,6 +1019,8 @@ impl Settings {
                 .upstream_idle_timeout
                 .map_or(d.upstream_idle_timeout, Into::into),
             auth_cache_ttl: self.auth_cache_ttl.map_or(d.auth_cache_ttl, Into::into),
+            credentials_ttl: self.credentials_ttl.map_or(d.credentials_ttl, Into::into),
+            events,
             drain_timeout: self.drain_timeout.map_or(d.drain_timeout, Into::into),
             worker_threads: self.worker_threads.unwrap_or(d.worker_threads),
             extra_exchange_types: self
@@ -997,6 +1059,11 @@ impl Settings {
             backoff_max: Some(c.backoff_max.into()),
             upstream_idle_timeout: Some(c.upstream_idle_timeout.into()),
             auth_cache_ttl: Some(c.auth_cache_ttl.into()),
+            credentials_ttl: Some(c.credentials_ttl.into()),
+            events_user: c.events.as_ref().map(|e| e.user.clone()),
+            // Shown only for the defaults, which have none.
+            events_password: c.events.as_ref().map(|e| e.password.expose().to_owned()),
+            events_vhost: Some(c.events.as_ref().map_or("/", |e| &e.vhost).to_owned()),
             recycling: Some(c.recycling),
             pool_size: Some(c.pool_size),
             pool_idle_timeout: Some(c.pool_idle_timeout.into()),
@@ -1179,6 +1246,12 @@ mod tests {
             pool_idle_timeout: Duration::from_secs(90),
             upstream_idle_timeout: Duration::from_secs(120),
             auth_cache_ttl: Duration::ZERO,
+            credentials_ttl: Duration::from_secs(7),
+            events: Some(Credentials {
+                user: "monitor".into(),
+                password: Secret::new("m0n"),
+                vhost: "ops".into(),
+            }),
             drain_timeout: Duration::from_secs(45),
             worker_threads: 3,
             extra_exchange_types: vec!["x-delayed-message".into(), "x-consistent-hash".into()],
@@ -1209,6 +1282,10 @@ backoff_initial = "100ms"
 backoff_max = "10s"
 upstream_idle_timeout = "2m"
 auth_cache_ttl = "0s"
+credentials_ttl = "7s"
+events_user = "monitor"
+events_password = "m0n"
+events_vhost = "ops"
 recycling = false
 pool_size = 8
 pool_idle_timeout = "1m 30s"

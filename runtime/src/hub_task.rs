@@ -1,24 +1,31 @@
-//! One task per hub: it owns the core `Hub`, feeds it what client and upstream tasks
-//! report, carries out its outputs, and dials the broker when asked.
+//! One task per hub: it owns the core `Hub`, takes the clients and broker connections
+//! admission hands it, feeds it what client and upstream tasks report, carries out its
+//! outputs, and dials the broker when asked.
 //!
 //! The hub never waits on a socket. Output goes into per-connection queues; a client whose
 //! queue passes its bound is reported slow (B9). When an upstream's queue passes its high
 //! water mark the task stops taking client input until it drains, so publishers feel TCP
 //! backpressure instead of growing warren's memory.
 
-use crate::conn::{read_frames, spawn_writer, ReadEnd, Sink};
+use crate::conn::{read_frames, spawn_writer, BoxStream, ReadEnd, Sink};
+use crate::gate::{put, GateMsg, Unsent};
 use crate::metrics::HubMetrics;
 use crate::net::Network;
-use crate::registry::Join;
-use crate::server::{now, Ctx};
+use crate::server::{now, ClientCount, Ctx};
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use warren_core::admission::HubId;
 use warren_core::credentials::Credentials;
-use warren_core::frame::FrameDecoder;
+use warren_core::frame::{Frame, FrameDecoder};
+use warren_core::handshake::ClientHello;
 use warren_core::hub::{ClientId, Hub, HubEvent, HubStats, Input, Output, Peer, UpstreamId};
+use warren_core::login::Login;
 
 /// Bytes queued towards one upstream above which client input pauses.
 const UPSTREAM_HIGH_WATER: usize = 16 * 1024 * 1024;
@@ -32,22 +39,52 @@ const MAX_BURST: usize = 128;
 /// one queue operation and one iovec; larger output keeps its buffers (no copy of big bodies).
 const COALESCE_MAX: usize = 64 * 1024;
 
-/// What a client gets back when its hub takes it in.
-#[derive(Debug)]
-pub(crate) struct Joined {
-    pub(crate) client: ClientId,
-    pub(crate) inputs: mpsc::Sender<Input>,
+/// What admission hands a hub task.
+pub(crate) enum HubMsg {
+    /// A client that reached `Connection.Open`.
+    Join(Box<Arrival>),
+    /// A broker connection admission logged in and opened (see
+    /// [`warren_core::admission::Output::AdoptLink`]).
+    Adopt {
+        login: Box<Login>,
+        stream: BoxStream,
+        /// Bytes read past the frames below.
+        rbuf: BytesMut,
+        /// Bytes admission queued and the socket had not taken yet.
+        unsent: Unsent,
+        /// Frames read after `OpenOk`.
+        frames: SmallVec<[Frame; 8]>,
+        /// The node of the upstream list it reached.
+        node: usize,
+    },
+    /// An input from admission (closing every client of a revoked user or vhost).
+    Input(Input),
+    /// Nothing is on its way any more: stop once idle.
+    Stop,
+}
+
+/// A client handed to its hub, with its socket.
+pub(crate) struct Arrival {
+    pub(crate) hello: Box<ClientHello>,
+    pub(crate) stream: BoxStream,
+    /// Bytes the client sent after `Connection.Open`.
+    pub(crate) pipelined: BytesMut,
+    /// Handshake bytes the socket had not taken yet.
+    pub(crate) unsent: Unsent,
+    pub(crate) peer: SocketAddr,
+    pub(crate) count: ClientCount,
+    pub(crate) reset: Arc<AtomicBool>,
 }
 
 /// Messages from upstream connection tasks.
 #[allow(clippy::large_enum_variant)] // Frame batches are the common case; boxing them would allocate per read.
 enum UpstreamMsg {
-    /// The dial succeeded; frames will follow.
-    Ready {
+    /// The dial succeeded.
+    Connected {
         upstream: UpstreamId,
         /// The node of the upstream list it reached.
         node: usize,
-        sink: Sink,
+        stream: BoxStream,
     },
     /// Anything else, for the core hub.
     Input(Input),
@@ -116,24 +153,27 @@ enum Step {
     Handled,
 }
 
-/// Starts the task for the hub of `key`; returns the channel that takes joins.
+/// Starts the task for a hub admission created; returns the channel that takes its handoffs.
 pub(crate) fn spawn_hub<N: Network>(
     ctx: Arc<Ctx<N>>,
-    key: Credentials,
-    id: u64,
-) -> mpsc::UnboundedSender<Join> {
-    let (join_tx, join_rx) = mpsc::unbounded_channel();
-    let seed = ctx.seed ^ id;
-    let hub = Hub::new(ctx.hub_config.clone(), key.clone(), seed);
+    id: HubId,
+    hub: Box<Hub>,
+    gate: mpsc::UnboundedSender<GateMsg>,
+) -> mpsc::UnboundedSender<HubMsg> {
+    let (msg_tx, msg_rx) = mpsc::unbounded_channel();
+    let key = hub.credentials().clone();
     let metrics = ctx.metrics.hub(&key.user, &key.vhost);
     let (client_tx, client_rx) = mpsc::channel(INPUT_QUEUE);
     let (upstream_tx, upstream_rx) = mpsc::channel(INPUT_QUEUE);
     let task = HubTask {
         ctx: ctx.clone(),
-        hub,
+        hub: *hub,
         key,
         id,
-        joins: join_rx,
+        msgs: msg_rx,
+        gate,
+        idle_reported: None,
+        stopping: false,
         client_tx,
         client_rx,
         upstream_tx,
@@ -153,15 +193,20 @@ pub(crate) fn spawn_hub<N: Network>(
         ready_unreachable: false,
     };
     ctx.tracker.spawn(task.run());
-    join_tx
+    msg_tx
 }
 
 struct HubTask<N: Network> {
     ctx: Arc<Ctx<N>>,
     hub: Hub,
     key: Credentials,
-    id: u64,
-    joins: mpsc::UnboundedReceiver<Join>,
+    id: HubId,
+    msgs: mpsc::UnboundedReceiver<HubMsg>,
+    gate: mpsc::UnboundedSender<GateMsg>,
+    /// The handoff count last reported idle with, so it is reported once.
+    idle_reported: Option<u64>,
+    /// Admission said nothing more is coming.
+    stopping: bool,
     client_tx: mpsc::Sender<Input>,
     client_rx: mpsc::Receiver<Input>,
     upstream_tx: mpsc::Sender<UpstreamMsg>,
@@ -201,15 +246,11 @@ impl<N: Network> HubTask<N> {
                     burst = 0;
                     self.flush();
                     self.report(false);
-                    if self.hub.is_finished()
-                        && self.ctx.registry.retire(
-                            &self.key,
-                            self.id,
-                            &mut self.joins,
-                            &self.ctx.metrics,
-                        )
-                    {
-                        break;
+                    if self.hub.is_finished() {
+                        if self.stopping {
+                            break;
+                        }
+                        self.report_idle();
                     }
                     match self.wait().await {
                         Some(step) => step,
@@ -234,9 +275,8 @@ impl<N: Network> HubTask<N> {
         if burst >= MAX_BURST {
             return None;
         }
-        if let Ok(join) = self.joins.try_recv() {
-            self.join(join);
-            return Some(Step::Handled);
+        if let Ok(msg) = self.msgs.try_recv() {
+            return Some(self.hub_msg(msg));
         }
         if let Ok(msg) = self.upstream_rx.try_recv() {
             return Some(self.upstream_msg(msg));
@@ -264,10 +304,7 @@ impl<N: Network> HubTask<N> {
                 self.draining = true;
                 Step::Input(Input::Drain { deadline: now() + self.ctx.config.drain_timeout })
             }
-            Some(join) = self.joins.recv() => {
-                self.join(join);
-                Step::Handled
-            }
+            Some(msg) = self.msgs.recv() => self.hub_msg(msg),
             Some(msg) = self.upstream_rx.recv() => self.upstream_msg(msg),
             Some(input) = self.client_rx.recv(), if congested.is_none() => Step::Input(input),
             _ = wait_drained(congested.clone()), if congested.is_some() => Step::Handled,
@@ -283,14 +320,13 @@ impl<N: Network> HubTask<N> {
 
     fn upstream_msg(&mut self, msg: UpstreamMsg) -> Step {
         match msg {
-            UpstreamMsg::Ready {
+            UpstreamMsg::Connected {
                 upstream,
                 node,
-                sink,
+                stream,
             } => match self.upstream_slot(upstream) {
-                Some(slot) => {
-                    slot.sink = Some(sink);
-                    put(&mut self.upstream_nodes, upstream.index(), (upstream, node));
+                Some(_) => {
+                    self.attach_upstream(upstream, stream, BytesMut::new(), Unsent::new(), node);
                     Step::Input(Input::UpstreamConnected { upstream })
                 }
                 None => Step::Handled,
@@ -315,32 +351,100 @@ impl<N: Network> HubTask<N> {
         }
     }
 
-    fn join(&mut self, join: Join) {
-        let Join {
+    /// Tells admission, once per handoff count, that this hub has nothing to do.
+    fn report_idle(&mut self) {
+        let handoffs = self.hub.handoffs();
+        if self.idle_reported != Some(handoffs) {
+            self.idle_reported = Some(handoffs);
+            let _ = self.gate.send(GateMsg::HubIdle {
+                hub: self.id,
+                handoffs,
+            });
+        }
+    }
+
+    fn hub_msg(&mut self, msg: HubMsg) -> Step {
+        match msg {
+            HubMsg::Join(arrival) => {
+                self.join(*arrival);
+                Step::Handled
+            }
+            HubMsg::Adopt {
+                login,
+                stream,
+                rbuf,
+                unsent,
+                frames,
+                node,
+            } => {
+                let id = self.hub.adopt_upstream(now(), *login);
+                self.attach_upstream(id, stream, rbuf, unsent, node);
+                self.apply_outputs();
+                if frames.is_empty() {
+                    Step::Handled
+                } else {
+                    Step::Input(Input::UpstreamFrames {
+                        upstream: id,
+                        frames,
+                    })
+                }
+            }
+            HubMsg::Input(input) => Step::Input(input),
+            HubMsg::Stop => {
+                self.stopping = true;
+                Step::Handled
+            }
+        }
+    }
+
+    fn join(&mut self, arrival: Arrival) {
+        let Arrival {
             hello,
-            sink,
-            done,
-            reply,
-        } = join;
+            stream,
+            pipelined,
+            unsent,
+            peer,
+            count,
+            reset,
+        } = arrival;
+        let log = Box::new(ConnLog {
+            peer,
+            name: hello.connection_name.clone().unwrap_or_default(),
+            user: self.key.user.clone(),
+            vhost: self.key.vhost.clone(),
+        });
+        let frame_max = hello.tune.frame_max;
         let id = self.hub.add_client(now(), *hello);
+        let (user, vhost) = (&self.key.user, &self.key.vhost);
+        tracing::info!(%peer, name = %log.name, %user, %vhost, client = %id, "client connected");
+        let done = self.ctx.abort.child_token();
+        let (r, w) = tokio::io::split(stream);
+        let sink = spawn_writer(w, done.clone(), Some(reset), 0);
+        for b in unsent {
+            sink.send(b);
+        }
         put(
             &mut self.clients,
             id.index(),
             ClientSlot {
                 id,
                 sink,
-                done,
+                done: done.clone(),
                 slow: false,
                 staged: Staged::default(),
             },
         );
-        let joined = Joined {
+        let reader = Reader {
+            r,
+            buf: pipelined,
+            frame_max,
             client: id,
             inputs: self.client_tx.clone(),
+            done,
+            log,
+            _count: count,
         };
-        if reply.send(joined).is_err() {
-            self.hub.handle(now(), Input::ClientClosed { client: id });
-        }
+        self.ctx.tracker.spawn(reader.run());
     }
 
     fn upstream_slot(&mut self, id: UpstreamId) -> Option<&mut UpstreamSlot> {
@@ -451,9 +555,10 @@ impl<N: Network> HubTask<N> {
                 tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection lost")
             }
             HubEvent::AuthRejected { reply } => {
-                self.ctx
-                    .registry
-                    .auth_rejected(now(), self.key.clone(), reply);
+                let _ = self.gate.send(GateMsg::HubRefused {
+                    hub: self.id,
+                    reply,
+                });
             }
             HubEvent::ClientClosed { client, reply } => {
                 tracing::info!(%client, %user, %vhost, code = reply.code, text = %reply.text, "closing client")
@@ -477,7 +582,8 @@ impl<N: Network> HubTask<N> {
         }
     }
 
-    /// Dials the broker for `id`: TCP, then TLS if configured; then runs the upstream reader.
+    /// Dials the broker for `id`: TCP, then TLS if configured; the stream comes back as
+    /// [`UpstreamMsg::Connected`].
     fn dial(&mut self, id: UpstreamId) {
         let cancel = self.ctx.abort.child_token();
         put(
@@ -493,38 +599,57 @@ impl<N: Network> HubTask<N> {
         let ctx = self.ctx.clone();
         let tx = self.upstream_tx.clone();
         tokio::spawn(async move {
-            let stream = tokio::select! {
+            let msg = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                r = ctx.connect_upstream() => r,
+                r = ctx.connect_upstream() => match r {
+                    Ok((stream, node)) => UpstreamMsg::Connected { upstream: id, node, stream },
+                    Err(reason) => UpstreamMsg::Input(Input::UpstreamClosed { upstream: id, reason }),
+                },
             };
-            let (stream, node) = match stream {
-                Ok(connected) => connected,
-                Err(reason) => {
-                    let _ = tx
-                        .send(UpstreamMsg::Input(Input::UpstreamClosed {
-                            upstream: id,
-                            reason,
-                        }))
-                        .await;
-                    return;
-                }
-            };
-            let (mut r, w) = tokio::io::split(stream);
-            let sink = spawn_writer(w, cancel.clone(), None, UPSTREAM_HIGH_WATER / 2);
-            if tx
-                .send(UpstreamMsg::Ready {
-                    upstream: id,
-                    node,
-                    sink,
-                })
-                .await
-                .is_err()
-            {
-                return;
+            let _ = tx.send(msg).await;
+        });
+    }
+
+    /// Gives upstream `id` its socket: a writer fed by the hub and a reader feeding it.
+    fn attach_upstream(
+        &mut self,
+        id: UpstreamId,
+        stream: BoxStream,
+        rbuf: BytesMut,
+        unsent: Unsent,
+        node: usize,
+    ) {
+        let cancel = match self.upstream_slot(id) {
+            Some(slot) => slot.cancel.clone(),
+            None => {
+                let cancel = self.ctx.abort.child_token();
+                put(
+                    &mut self.upstreams,
+                    id.index(),
+                    UpstreamSlot {
+                        id,
+                        sink: None,
+                        cancel: cancel.clone(),
+                        staged: Staged::default(),
+                    },
+                );
+                cancel
             }
-            let decoder = FrameDecoder::new(ctx.config.frame_max);
-            let end = read_frames(&mut r, bytes::BytesMut::new(), decoder, &cancel, |frames| {
+        };
+        let (mut r, w) = tokio::io::split(stream);
+        let sink = spawn_writer(w, cancel.clone(), None, UPSTREAM_HIGH_WATER / 2);
+        for b in unsent {
+            sink.send(b);
+        }
+        if let Some(slot) = self.upstream_slot(id) {
+            slot.sink = Some(sink);
+        }
+        put(&mut self.upstream_nodes, id.index(), (id, node));
+        let tx = self.upstream_tx.clone();
+        let decoder = FrameDecoder::new(self.ctx.config.frame_max);
+        tokio::spawn(async move {
+            let end = read_frames(&mut r, rbuf, decoder, &cancel, |frames| {
                 let tx = tx.clone();
                 async move {
                     tx.send(UpstreamMsg::Input(Input::UpstreamFrames {
@@ -601,10 +726,58 @@ async fn wait_drained(sink: Option<Sink>) {
     }
 }
 
-/// Stores `v` at index `i`, growing the vector as needed.
-fn put<T>(v: &mut Vec<Option<T>>, i: usize, x: T) {
-    if v.len() <= i {
-        v.resize_with(i + 1, || None);
+/// Who a connection is, for its log lines.
+struct ConnLog {
+    peer: SocketAddr,
+    name: String,
+    user: String,
+    vhost: String,
+}
+
+/// An admitted client's reader: what the long-lived task needs and nothing more, so an idle
+/// client costs little memory (P6).
+struct Reader {
+    r: tokio::io::ReadHalf<BoxStream>,
+    buf: BytesMut,
+    frame_max: u32,
+    client: warren_core::hub::ClientId,
+    inputs: tokio::sync::mpsc::Sender<Input>,
+    done: CancellationToken,
+    log: Box<ConnLog>,
+    _count: ClientCount,
+}
+
+impl Reader {
+    /// Reads the client's frames into its hub until the socket or the hub ends it.
+    async fn run(mut self) {
+        let (client, inputs) = (self.client, &self.inputs);
+        let decoder = FrameDecoder::new(self.frame_max);
+        let end = read_frames(&mut self.r, self.buf, decoder, &self.done, |frames| {
+            // Boxed so the reader's idle state does not carry a whole batch.
+            Box::pin(async move {
+                inputs
+                    .send(Input::ClientFrames { client, frames })
+                    .await
+                    .is_ok()
+            })
+        })
+        .await;
+        match end {
+            ReadEnd::Closed(_) => {
+                let _ = inputs.send(Input::ClientClosed { client }).await;
+            }
+            ReadEnd::Frame(error) => {
+                let _ = inputs.send(Input::ClientFrameError { client, error }).await;
+                // The hub answers with Connection.Close and closes the socket when done.
+                self.done.cancelled().await;
+            }
+            // The writer ended first: a write failed (the peer vanished), or warren closed
+            // the connection. The hub must hear of the first; it ignores the second.
+            ReadEnd::Cancelled => {
+                let _ = inputs.send(Input::ClientClosed { client }).await;
+            }
+        }
+        let l = &self.log;
+        tracing::info!(peer = %l.peer, name = %l.name, user = %l.user, vhost = %l.vhost, %client, "client disconnected");
     }
-    v[i] = Some(x);
 }

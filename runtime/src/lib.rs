@@ -1,9 +1,10 @@
 //! warren-runtime: the thin driver around `warren-core`.
 //!
 //! It owns the sockets, TLS, timers and tasks; all protocol decisions are made by the core
-//! state machines it drives. Per client socket there is a reader task and a writer task, per
-//! hub one task that owns the core `Hub`, and per upstream socket a reader and a writer. The
-//! code is generic over [`net::Network`], so the simulation runs it under turmoil unchanged.
+//! state machines it drives. One admission task accepts clients and runs their handshakes
+//! and admission's broker logins itself; per hub one task owns the core `Hub`; per client and
+//! upstream socket that joined a hub there is a reader task and a writer task. The code is
+//! generic over [`net::Network`], so the simulation runs it under turmoil unchanged.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -16,9 +17,10 @@ pub mod net;
 pub mod tls;
 
 mod conn;
+mod gate;
 mod hub_task;
-mod registry;
 mod server;
+mod sockets;
 
 pub use server::{Server, Shutdown};
 

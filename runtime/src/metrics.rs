@@ -58,12 +58,28 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    /// `proved` (a broker login answered it) or `trusted` (answered from the cache).
+    how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProofLabels {
+    /// `accepted`, `refused` (403 or 530) or `failed` (the broker could not be reached).
+    result: &'static str,
+}
+
 /// Every metric family of one server.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     hubs: Gauge,
     refused: Family<ReasonLabels, Counter>,
+    logins: Family<LoginLabels, Counter>,
+    proofs: Family<ProofLabels, Counter>,
+    revocations: Counter,
+    event_feed: Gauge,
     handshake: Histogram,
     per_hub: PerHub,
 }
@@ -102,6 +118,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("warren");
         let hubs = Gauge::default();
         let refused = Family::default();
+        let logins = Family::default();
+        let proofs = Family::default();
+        let revocations = Counter::default();
+        let event_feed = Gauge::default();
         let handshake = Histogram::new(HANDSHAKE_BUCKETS);
         let per_hub = PerHub::default();
         let r = &mut registry;
@@ -180,6 +200,26 @@ impl Metrics {
             "Client connections refused before reaching a hub, by reason",
             refused.clone(),
         );
+        r.register(
+            "client_logins",
+            "Client logins answered by a broker login (proved) or from accepted credentials (trusted)",
+            logins.clone(),
+        );
+        r.register(
+            "login_proofs",
+            "Broker logins started to prove a client's unknown credentials, by result",
+            proofs.clone(),
+        );
+        r.register(
+            "credential_revocations",
+            "Changes to users, permissions and vhosts received from the broker's event exchange",
+            revocations.clone(),
+        );
+        r.register(
+            "event_feed_up",
+            "1 while the broker's event exchange is followed, 0 while credentials are trusted for credentials_ttl only",
+            event_feed.clone(),
+        );
         r.register_with_unit(
             "handshake_duration",
             "Time from accept to Connection.OpenOk",
@@ -190,6 +230,10 @@ impl Metrics {
             registry,
             hubs,
             refused,
+            logins,
+            proofs,
+            revocations,
+            event_feed,
             handshake,
             per_hub,
         }
@@ -260,7 +304,27 @@ impl Metrics {
             .inc();
     }
 
-    /// Records how long a client took from accept to `Connection.OpenOk`.
+    /// Counts a client login: `proved` by a broker login or `trusted` from the cache.
+    pub fn login(&self, how: &'static str) {
+        self.logins.get_or_create(&LoginLabels { how }).inc();
+    }
+
+    /// Counts a proof's result: `accepted`, `refused` or `failed`.
+    pub fn proof(&self, result: &'static str) {
+        self.proofs.get_or_create(&ProofLabels { result }).inc();
+    }
+
+    /// Counts a revocation from the broker's event exchange.
+    pub fn revocation(&self) {
+        self.revocations.inc();
+    }
+
+    /// Whether the broker's event exchange is followed.
+    pub fn set_event_feed(&self, up: bool) {
+        self.event_feed.set(i64::from(up));
+    }
+
+    /// Records how long a client took from accept to joining its hub.
     pub fn observe_handshake(&self, d: Duration) {
         self.handshake.observe(d.as_secs_f64());
     }

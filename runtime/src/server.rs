@@ -1,28 +1,20 @@
-//! The server: binds the listeners, accepts clients, runs each client's handshake, hands it
-//! to its hub, and drains on shutdown (B14).
+//! The server: binds the listeners, starts the admission task (which accepts clients and
+//! starts hubs), serves metrics, and drains on shutdown (B14).
 
 use crate::admin::{AdminState, Readiness};
 use crate::config::Config;
-use crate::conn::{read_frames, spawn_writer, BoxStream, ReadEnd, Resettable, MIN_READ_CHUNK};
+use crate::conn::BoxStream;
+use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::net::Network;
-use crate::registry::{Join, Registry};
 use crate::Error;
-use bytes::BytesMut;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren_core::auth_cache::AuthCache;
-use warren_core::frame::FrameDecoder;
-use warren_core::handshake::{ClientHandshake, ClientHello, HandshakeOutput};
-use warren_core::hub::{HubConfig, Input};
-use warren_core::method::{encode, Close};
-use warren_core::reply::{self, Reply};
 
 /// The current time on the runtime's clock (simulated under turmoil).
 pub(crate) fn now() -> Instant {
@@ -43,7 +35,8 @@ pub struct Shutdown {
 pub(crate) struct Ctx<N: Network> {
     pub(crate) net: N,
     pub(crate) config: Config,
-    pub(crate) hub_config: HubConfig,
+    /// Prefix of the broker connections' `connection_name`, e.g. `warren@host`.
+    pub(crate) upstream_name: String,
     pub(crate) acceptor: Option<tokio_rustls::TlsAcceptor>,
     /// TLS towards the broker, when any of its nodes is `amqps://`.
     pub(crate) connector: Option<tokio_rustls::TlsConnector>,
@@ -53,14 +46,11 @@ pub(crate) struct Ctx<N: Network> {
     pub(crate) preferred_node: AtomicUsize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) admin: Arc<AdminState>,
-    pub(crate) registry: Registry,
     /// Connected clients, for `max_clients`; each connection holds a [`ClientCount`].
     pub(crate) clients: Arc<AtomicUsize>,
     pub(crate) drain: CancellationToken,
     pub(crate) abort: CancellationToken,
     pub(crate) tracker: TaskTracker,
-    /// Seeds hub jitter; differs per process so hubs of several proxies do not align.
-    pub(crate) seed: u64,
 }
 
 impl<N: Network> Ctx<N> {
@@ -173,13 +163,8 @@ impl<N: Network> Server<N> {
             metrics: metrics.clone(),
             readiness: Readiness::default(),
         });
-        let host = hostname();
         let ctx = Arc::new(Ctx {
-            hub_config: config.hub_config(format!("warren@{host}")),
-            registry: Registry::new(
-                config.max_hubs,
-                AuthCache::new(config.auth_cache_ttl, 10_000),
-            ),
+            upstream_name: format!("warren@{}", hostname()),
             net,
             acceptor,
             connector,
@@ -191,7 +176,6 @@ impl<N: Network> Server<N> {
             drain: CancellationToken::new(),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            seed: std::process::id().into(),
             config,
         });
         Ok(Server {
@@ -217,6 +201,12 @@ impl<N: Network> Server<N> {
     /// Serves until `shutdown`. A drain returns once every client and upstream is closed (at
     /// most the drain timeout plus close timeouts); an abort returns at once.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
+        self.run_seeded(shutdown, os_seed()).await
+    }
+
+    /// [`Server::run`] with the seed of reconnect jitter given (the simulation's), instead of
+    /// one drawn from the operating system.
+    pub async fn run_seeded(self, shutdown: Shutdown, seed: u64) -> Result<(), Error> {
         let ctx = self.ctx;
         let admin_stop = CancellationToken::new();
         if let Some((listener, _)) = self.metrics_listener {
@@ -224,54 +214,37 @@ impl<N: Network> Server<N> {
             tokio::spawn(crate::admin::serve(net, listener, state, stop));
         }
         ctx.admin.readiness.set_listening(true);
-        tracing::info!(listen = %self.local_addr, upstream = %ctx.config.upstream, "warren is listening");
-        {
-            let abort = ctx.abort.clone();
-            let shutdown_abort = shutdown.abort.clone();
-            tokio::spawn(async move {
-                shutdown_abort.cancelled().await;
-                abort.cancel();
-            });
+        let mode = match &ctx.config.events {
+            Some(e) => format!(
+                "revoked as they change (event exchange in vhost {:?} as {})",
+                e.vhost, e.user
+            ),
+            None => format!(
+                "trusted for {} after the broker accepts them (no events_user)",
+                humantime::format_duration(ctx.config.credentials_ttl)
+            ),
+        };
+        tracing::info!(listen = %self.local_addr, upstream = %ctx.config.upstream, seed, credentials = %mode, "warren is listening");
+        let (gate, _) = Gate::new(ctx.clone(), self.listener, seed);
+        ctx.tracker.spawn(gate.run());
+        tokio::select! {
+            biased;
+            _ = shutdown.abort.cancelled() => {}
+            _ = shutdown.drain.cancelled() => {}
         }
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = shutdown.abort.cancelled() => break,
-                _ = shutdown.drain.cancelled() => break,
-                a = ctx.net.accept(&self.listener) => a,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let ctx2 = ctx.clone();
-                    let count = ClientCount::new(&ctx.clients);
-                    let reset = Arc::new(AtomicBool::new(false));
-                    let stream = Resettable::new(stream, reset.clone(), N::reset_on_close);
-                    ctx.tracker.spawn(async move {
-                        client_connection(&ctx2, Box::new(stream), peer, count, reset).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    // Out of file descriptors and similar: do not spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        drop(self.listener);
-        ctx.admin.readiness.set_listening(false);
-        if !ctx.abort.is_cancelled() {
+        if !shutdown.abort.is_cancelled() {
             tracing::info!(timeout = ?ctx.config.drain_timeout, "draining");
             ctx.admin.readiness.set_draining(true);
-            ctx.registry.close();
             ctx.drain.cancel();
         }
         ctx.tracker.close();
         // Hubs close remaining clients at the drain deadline and then wait a bounded time
         // for close handshakes; this outer bound only guards against a stuck peer.
-        let bound = ctx.config.drain_timeout + ctx.hub_config.close_timeout * 3;
+        let close_timeout = ctx.config.hub_config(String::new()).close_timeout;
+        let bound = ctx.config.drain_timeout + close_timeout * 3;
         tokio::select! {
             biased;
-            _ = ctx.abort.cancelled() => {}
+            _ = shutdown.abort.cancelled() => {}
             _ = ctx.tracker.wait() => {}
             _ = tokio::time::sleep(bound) => tracing::warn!("drain did not finish in time; exiting"),
         }
@@ -282,11 +255,18 @@ impl<N: Network> Server<N> {
     }
 }
 
+/// 64 bits from the operating system's randomness (std seeds its hash keys from it), so that
+/// the reconnect jitter of warren replicas started together differs; logged at start-up so a
+/// run can be replayed.
+fn os_seed() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(0x7761_7272_656e_u64)
+}
+
 /// Holds one slot of the connected-clients count for as long as the connection lives.
 pub(crate) struct ClientCount(Arc<AtomicUsize>);
 
 impl ClientCount {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(count: &Arc<AtomicUsize>) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         ClientCount(count.clone())
     }
@@ -295,223 +275,6 @@ impl ClientCount {
 impl Drop for ClientCount {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Who a connection is, for its log lines.
-struct ConnLog {
-    peer: SocketAddr,
-    name: String,
-    user: String,
-    vhost: String,
-}
-
-/// An admitted client's reader: what the long-lived task needs and nothing more, so an idle
-/// client costs little memory (P6).
-struct Reader {
-    r: tokio::io::ReadHalf<BoxStream>,
-    buf: BytesMut,
-    frame_max: u32,
-    client: warren_core::hub::ClientId,
-    inputs: tokio::sync::mpsc::Sender<Input>,
-    done: CancellationToken,
-    log: Box<ConnLog>,
-    _count: ClientCount,
-}
-
-impl Reader {
-    /// Reads the client's frames into its hub until the socket or the hub ends it.
-    async fn run(mut self) {
-        let (client, inputs) = (self.client, &self.inputs);
-        let decoder = FrameDecoder::new(self.frame_max);
-        let end = read_frames(&mut self.r, self.buf, decoder, &self.done, |frames| {
-            // Boxed so the reader's idle state does not carry a whole batch.
-            Box::pin(async move {
-                inputs
-                    .send(Input::ClientFrames { client, frames })
-                    .await
-                    .is_ok()
-            })
-        })
-        .await;
-        match end {
-            ReadEnd::Closed(_) => {
-                let _ = inputs.send(Input::ClientClosed { client }).await;
-            }
-            ReadEnd::Frame(error) => {
-                let _ = inputs.send(Input::ClientFrameError { client, error }).await;
-                // The hub answers with Connection.Close and closes the socket when done.
-                self.done.cancelled().await;
-            }
-            // The writer ended first: a write failed (the peer vanished), or warren closed
-            // the connection. The hub must hear of the first; it ignores the second.
-            ReadEnd::Cancelled => {
-                let _ = inputs.send(Input::ClientClosed { client }).await;
-            }
-        }
-        let l = &self.log;
-        tracing::info!(peer = %l.peer, name = %l.name, user = %l.user, vhost = %l.vhost, %client, "client disconnected");
-    }
-}
-
-/// One client connection: TLS, handshake and admission to a hub, then a [`Reader`] task.
-async fn client_connection<N: Network>(
-    ctx: &Arc<Ctx<N>>,
-    stream: BoxStream,
-    peer: SocketAddr,
-    count: ClientCount,
-    reset: Arc<AtomicBool>,
-) {
-    let started = now();
-    // The TLS and AMQP handshakes are boxed: their state is large and short-lived, and the
-    // task that outlives them should stay small for idle clients (P6).
-    let stream: BoxStream = match &ctx.acceptor {
-        Some(acceptor) => match Box::pin(tls_accept(ctx, acceptor, stream, peer)).await {
-            Some(s) => s,
-            None => return,
-        },
-        None => stream,
-    };
-    let (mut r, mut w) = tokio::io::split(stream);
-    let mut buf = BytesMut::with_capacity(MIN_READ_CHUNK);
-    let Some(hello) = Box::pin(handshake(ctx, &mut r, &mut w, &mut buf)).await else {
-        return;
-    };
-    ctx.metrics.observe_handshake(now().duration_since(started));
-    let done = ctx.abort.child_token();
-    let sink = spawn_writer(w, done.clone(), Some(reset), 0);
-    let name = hello.connection_name.clone().unwrap_or_default();
-    let (user, vhost) = (
-        hello.credentials.user.clone(),
-        hello.credentials.vhost.clone(),
-    );
-    let frame_max = hello.tune.frame_max;
-    let refuse = |refusal_reply: Reply, reason: &'static str, silent: bool| {
-        ctx.metrics.refused(reason);
-        tracing::info!(%peer, name = %name, %user, %vhost, code = refusal_reply.code, text = %refusal_reply.text, "refusing client");
-        if !silent {
-            sink.send(encode::close(0, &Close::from(&refusal_reply)));
-        }
-    };
-    if ctx.clients.load(Ordering::Relaxed) > ctx.config.max_clients {
-        let r = Reply::new(
-            reply::NOT_ALLOWED,
-            format!(
-                "warren's limit of {} connected clients (max_clients) is reached",
-                ctx.config.max_clients
-            ),
-        );
-        refuse(r, "max_clients", false);
-        drop(sink);
-        return done.cancelled().await;
-    }
-    let failure_close = hello.capabilities.authentication_failure_close;
-    let (tx, rx) = oneshot::channel();
-    let join = Join {
-        hello: Box::new(hello),
-        sink: sink.clone(),
-        done: done.clone(),
-        reply: tx,
-    };
-    if let Err((refusal, _join)) = ctx.registry.join(ctx, now(), join) {
-        let silent = refusal.reply.code == reply::ACCESS_REFUSED && !failure_close;
-        refuse(refusal.reply, refusal.reason, silent);
-        drop(sink);
-        return done.cancelled().await;
-    }
-    drop(sink);
-    let Ok(joined) = rx.await else {
-        return;
-    };
-    tracing::info!(%peer, name = %name, %user, %vhost, client = %joined.client, "client connected");
-    let reader = Reader {
-        r,
-        buf,
-        frame_max,
-        client: joined.client,
-        inputs: joined.inputs,
-        done,
-        log: Box::new(ConnLog {
-            peer,
-            name,
-            user,
-            vhost,
-        }),
-        _count: count,
-    };
-    ctx.tracker.spawn(reader.run());
-}
-
-/// Accepts TLS within the handshake timeout.
-async fn tls_accept<N: Network>(
-    ctx: &Arc<Ctx<N>>,
-    acceptor: &tokio_rustls::TlsAcceptor,
-    stream: BoxStream,
-    peer: SocketAddr,
-) -> Option<BoxStream> {
-    let tls = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream));
-    match tls.await {
-        Ok(Ok(s)) => Some(Box::new(s)),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            ctx.metrics.refused("tls");
-            None
-        }
-        Err(_) => {
-            ctx.metrics.refused("handshake_timeout");
-            None
-        }
-    }
-}
-
-/// Runs the client handshake until `Connection.Open`. Writes go straight to the socket: no
-/// writer task exists yet. Returns `None` if the client failed or left.
-async fn handshake<N: Network>(
-    ctx: &Arc<Ctx<N>>,
-    r: &mut tokio::io::ReadHalf<BoxStream>,
-    w: &mut tokio::io::WriteHalf<BoxStream>,
-    buf: &mut BytesMut,
-) -> Option<ClientHello> {
-    let mut hs = ClientHandshake::new(now(), ctx.config.handshake_config());
-    loop {
-        while let Some(out) = hs.poll_output() {
-            match out {
-                HandshakeOutput::Send(bytes) => {
-                    if w.write_all(&bytes).await.is_err() {
-                        return None;
-                    }
-                }
-                HandshakeOutput::Close => {
-                    let _ = w.flush().await;
-                    let _ = w.shutdown().await;
-                    return None;
-                }
-                HandshakeOutput::Done(hello) => {
-                    let _ = w.flush().await;
-                    return Some(*hello);
-                }
-            }
-        }
-        let _ = w.flush().await;
-        let deadline = hs
-            .poll_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(tokio::time::Instant::now);
-        if buf.capacity() == buf.len() {
-            buf.reserve(MIN_READ_CHUNK);
-        }
-        tokio::select! {
-            biased;
-            _ = ctx.abort.cancelled() => return None,
-            _ = tokio::time::sleep_until(deadline) => {
-                hs.handle_timeout(now());
-                ctx.metrics.refused("handshake_timeout");
-            }
-            n = r.read_buf(buf) => match n {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => hs.handle_input(buf),
-            },
-        }
     }
 }
 

@@ -295,6 +295,12 @@ impl Observer {
         }
     }
 
+    /// warren dialled the broker for admission (a login proof): no backoff applies, but its
+    /// heartbeats are watched once a hub adopts it.
+    pub fn link_dialed(&mut self, now: Instant, uid: u32) {
+        self.ups_hb.insert(uid, Hb::new(now));
+    }
+
     /// warren queued bytes for the broker on `uid`.
     pub fn proxy_sent_upstream(&mut self, now: Instant, uid: u32, data: &[u8]) {
         let Some(hb) = self.ups_hb.get(&uid).cloned() else {

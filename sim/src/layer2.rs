@@ -193,6 +193,7 @@ pub fn runtime_config(sc: &Scenario, drain_timeout: Duration) -> Config {
         pool_idle_timeout: hub.pool_idle_timeout,
         upstream_idle_timeout: hub.upstream_idle_timeout,
         auth_cache_ttl: sc.net.auth_cache_ttl,
+        credentials_ttl: sc.net.credentials_ttl,
         drain_timeout,
         ..Config::default()
     }
@@ -483,7 +484,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             let (config, shutdown, done) = (config.clone(), shutdown.clone(), done.clone());
             async move {
                 let server = Server::bind(TurmoilNetwork, config).await?;
-                let ok = server.run(shutdown).await.is_ok();
+                let ok = server.run_seeded(shutdown, seed).await.is_ok();
                 *lock(&done) = Some((turmoil::elapsed(), ok));
                 Ok(())
             }

@@ -23,6 +23,8 @@ pub struct NetConfig {
     pub client_queue_limit: usize,
     /// How long a refused login is remembered (B2 negative cache).
     pub auth_cache_ttl: Duration,
+    /// How long credentials the broker accepted are trusted without a new login.
+    pub credentials_ttl: Duration,
 }
 
 impl Default for NetConfig {
@@ -33,6 +35,7 @@ impl Default for NetConfig {
             socket_buffer: 16 * 1024,
             client_queue_limit: 128 * 1024,
             auth_cache_ttl: Duration::from_secs(2),
+            credentials_ttl: Duration::from_secs(5),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Layer 1: the pure-core world. The real [`Hub`]s and [`ClientHandshake`]s of warren-core,
+//! Layer 1: the pure-core world. The real [`Admission`] and [`Hub`]s of warren-core,
 //! a fake broker and scripted fake clients, connected by simulated links, stepped in virtual
 //! time. No async, no threads, no clock: one `Instant` is read per world as its epoch and
 //! everything else is an offset from it.
@@ -7,19 +7,19 @@
 //!
 //! Each step (1) jumps `now` to the earliest of: a scheduled world event (bytes arriving on a
 //! link, a dial completing, a fault starting or healing, a client connecting), a hub's
-//! `poll_timeout`, a handshake's, the broker's or a client's; (2) handles everything due at
-//! that instant in a fixed order — world events in schedule order, then hub, handshake,
+//! `poll_timeout`, admission's, the broker's or a client's; (2) handles everything due at
+//! that instant in a fixed order — world events in schedule order, then hub, admission,
 //! broker and client timers in id order; (3) after every mutation of a machine drains all of
 //! its outputs and routes them onto links (which deliver after their latency). Nothing is
 //! ever iterated out of a hash map, so a seed replays byte for byte.
 //!
 //! # What stands in for the runtime
 //!
-//! The world plays warren's runtime too: it runs each client's handshake, keeps the registry
-//! of hubs by credentials (with the negative login cache), splits bytes into frames with the
-//! negotiated frame_max, reports a client whose queued output passes the bound as slow, and
-//! closes sockets after flushing. It does this the way `runtime/src/server.rs` does, so the
-//! hub sees the same inputs it would in production.
+//! The world plays warren's runtime: it carries admission's outputs out (handshake bytes,
+//! broker logins it dials, hubs it starts, clients and logins it hands to them), splits bytes
+//! into frames with the negotiated frame_max, reports a client whose queued output passes the
+//! bound as slow, and closes sockets after flushing. Every decision — who is admitted, with
+//! which reply — is admission's, as in `runtime/src/gate.rs`.
 
 use crate::broker::{Broker, BrokerOutput, ConnId};
 use crate::check::{Invariant, Observer, Violation};
@@ -33,13 +33,11 @@ use rand_chacha::ChaCha8Rng;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
-use warren_core::auth_cache::AuthCache;
+use warren_core::admission::{self, Admission, AdmissionConfig, AdmissionEvent, HubId, LinkId};
 use warren_core::credentials::{Credentials, Secret};
 use warren_core::frame::{Frame, FrameDecoder};
-use warren_core::handshake::{ClientHandshake, ClientHello, HandshakeOutput};
 use warren_core::hub::{ClientId, Hub, HubEvent, Input, Output, Peer, UpstreamId};
-use warren_core::method::{encode, ids, Close};
-use warren_core::reply::{self, Reply};
+use warren_core::method::ids;
 
 /// A hook that sees (and may change or drop) every hub output before the world carries it
 /// out. Tests use it to impersonate a buggy proxy and prove the checks notice.
@@ -136,9 +134,9 @@ impl Link {
 enum ProxyClient {
     /// Not connected yet.
     Pending,
+    /// In its handshake, with admission.
     Handshake {
-        hs: Box<ClientHandshake>,
-        buf: BytesMut,
+        conn: admission::ConnId,
     },
     Joined {
         hub: u32,
@@ -167,9 +165,17 @@ enum UpState {
     Gone,
 }
 
+/// Who a broker connection of warren's belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// An upstream of a hub.
+    Hub { hub: u32, id: UpstreamId },
+    /// Admission (a login proof), until a hub adopts it.
+    Admission(LinkId),
+}
+
 struct UpSlot {
-    hub: u32,
-    id: UpstreamId,
+    owner: Owner,
     state: UpState,
     link: Option<u32>,
     conn: Option<ConnId>,
@@ -177,9 +183,31 @@ struct UpSlot {
     decoder: FrameDecoder,
 }
 
+impl UpSlot {
+    fn new(owner: Owner) -> Self {
+        UpSlot {
+            owner,
+            state: UpState::Dialing,
+            link: None,
+            conn: None,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(1 << 20),
+        }
+    }
+}
+
+/// What happened to a broker connection, before it is addressed to its owner.
+#[allow(clippy::large_enum_variant)] // Short-lived, on the stack, like the inputs it becomes.
+enum UpInput {
+    Connected,
+    Frames(SmallVec<[Frame; 8]>),
+    FrameError(warren_core::frame::FrameError),
+    Closed(String),
+}
+
 struct HubSlot {
     hid: u32,
-    creds: Credentials,
+    id: HubId,
     hub: Hub,
     clients: BTreeMap<ClientId, u32>,
     ups: BTreeMap<UpstreamId, u32>,
@@ -218,8 +246,11 @@ pub struct World {
     ups: BTreeMap<u32, UpSlot>,
     next_up: u32,
     hubs: Vec<HubSlot>,
-    next_hub: u32,
-    auth_cache: AuthCache,
+    admission: Admission,
+    /// Clients in their handshake, by admission's id.
+    handshakes: BTreeMap<admission::ConnId, u32>,
+    /// Admission's broker connections (their upstream slot), by its id.
+    adm_links: BTreeMap<LinkId, u32>,
     draining: Option<Instant>,
     broker: Broker,
     broker_state: BrokerState,
@@ -267,8 +298,9 @@ impl World {
             ups: BTreeMap::new(),
             next_up: 0,
             hubs: Vec::new(),
-            next_hub: 0,
-            auth_cache: AuthCache::new(sc.net.auth_cache_ttl, 1000),
+            admission: Admission::new(epoch, admission_config(&sc), sc.seed),
+            handshakes: BTreeMap::new(),
+            adm_links: BTreeMap::new(),
             draining: None,
             broker: Broker::new(sc.broker.clone()),
             broker_state: BrokerState::Up,
@@ -370,10 +402,8 @@ impl World {
         for h in &self.hubs {
             consider(h.hub.poll_timeout());
         }
+        consider(self.admission.poll_timeout());
         for c in &self.clients {
-            if let ProxyClient::Handshake { hs, .. } = &c.proxy {
-                consider(hs.poll_timeout());
-            }
             if c.link.is_some() {
                 consider(c.client.poll_timeout());
             }
@@ -399,17 +429,8 @@ impl World {
                 self.hub_input(hid, Input::Timeout);
             }
         }
-        for i in 0..self.clients.len() {
-            let due = match &self.clients[i].proxy {
-                ProxyClient::Handshake { hs, .. } => hs.poll_timeout().is_some_and(|t| t <= now),
-                _ => false,
-            };
-            if due {
-                if let ProxyClient::Handshake { hs, .. } = &mut self.clients[i].proxy {
-                    hs.handle_timeout(now);
-                }
-                self.handshake_outputs(i as u32 + 1);
-            }
+        if self.admission.poll_timeout().is_some_and(|t| t <= now) {
+            self.admission_input(admission::Input::Timeout);
         }
         if self.broker_state == BrokerState::Up
             && self.broker.poll_timeout().is_some_and(|t| t <= now)
@@ -453,26 +474,30 @@ impl World {
             && self.links.is_empty()
     }
 
+    /// Tells admission which hubs have nothing to do; it stops those nothing is on its way to.
     fn retire_hubs(&mut self) {
-        let gone: Vec<(u64, u64, u64)> = self
+        let idle: Vec<(HubId, u64)> = self
             .hubs
             .iter()
             .filter(|h| h.hub.is_finished())
-            .map(|h| {
-                let st = h.hub.stats();
-                (st.opens_from_pool, st.channels_recycled, st.publishes)
-            })
+            .map(|h| (h.id, h.hub.handoffs()))
             .collect();
-        for (pool, recycled, _) in gone {
-            *self.coverage.entry("channel opened from pool").or_default() += pool;
-            *self.coverage.entry("channel recycled").or_default() += recycled;
+        for (hub, handoffs) in idle {
+            self.admission_input(admission::Input::HubIdle { hub, handoffs });
         }
-        let before = self.hubs.len();
-        self.hubs.retain(|h| !h.hub.is_finished());
-        if self.hubs.len() != before {
-            let now = self.now;
-            self.obs.hubs_retired(now);
-        }
+    }
+
+    /// Drops a hub admission stopped.
+    fn stop_hub(&mut self, hub: HubId) {
+        let Some(i) = self.hubs.iter().position(|h| h.id == hub) else {
+            return;
+        };
+        let h = self.hubs.remove(i);
+        let st = h.hub.stats();
+        *self.coverage.entry("channel opened from pool").or_default() += st.opens_from_pool;
+        *self.coverage.entry("channel recycled").or_default() += st.channels_recycled;
+        let now = self.now;
+        self.obs.hubs_retired(now);
     }
 
     // ----- events -----------------------------------------------------------------------
@@ -500,12 +525,22 @@ impl World {
         let kind = self.clients[idx].client.spec.kind;
         self.line(format!("c{cid} connects ({kind})"));
         let link = self.new_link(LinkKind::Client(cid), self.sc.net.client_latency);
+        let connected = 1 + self
+            .clients
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.proxy,
+                    ProxyClient::Handshake { .. } | ProxyClient::Joined { .. }
+                )
+            })
+            .count();
+        let conn = self.admission.accept(now, connected);
+        self.handshakes.insert(conn, cid);
         let slot = &mut self.clients[idx];
         slot.link = Some(link);
-        slot.proxy = ProxyClient::Handshake {
-            hs: Box::new(ClientHandshake::new(now, self.sc.handshake)),
-            buf: BytesMut::new(),
-        };
+        slot.proxy = ProxyClient::Handshake { conn };
+        self.admission_outputs();
         self.client_outputs(cid);
     }
 
@@ -706,10 +741,9 @@ impl World {
     fn proxy_reads_client(&mut self, cid: u32, data: &[u8]) {
         let idx = cid as usize - 1;
         match &mut self.clients[idx].proxy {
-            ProxyClient::Handshake { hs, buf } => {
-                buf.extend_from_slice(data);
-                hs.handle_input(buf);
-                self.handshake_outputs(cid);
+            ProxyClient::Handshake { conn } => {
+                let (conn, data) = (*conn, Bytes::copy_from_slice(data));
+                self.admission_input(admission::Input::ClientData { conn, data });
             }
             ProxyClient::Joined { buf, .. } => {
                 buf.extend_from_slice(data);
@@ -719,103 +753,185 @@ impl World {
         }
     }
 
-    fn handshake_outputs(&mut self, cid: u32) {
-        let idx = cid as usize - 1;
-        let link = self.clients[idx].link;
-        loop {
-            let out = match &mut self.clients[idx].proxy {
-                ProxyClient::Handshake { hs, .. } => hs.poll_output(),
-                _ => None,
-            };
-            let Some(out) = out else { break };
-            match out {
-                HandshakeOutput::Send(b) => {
-                    if let Some(link) = link {
-                        self.push(link, Dir::FromProxy, Item::Data(b));
-                    }
-                }
-                HandshakeOutput::Close => {
-                    self.line(format!("w closes c{cid} (handshake)"));
-                    self.clients[idx].proxy = ProxyClient::Gone;
-                    if let Some(link) = link {
-                        self.push(link, Dir::FromProxy, Item::Fin);
-                    }
-                    self.obs.handshake_closed(cid);
-                    return;
-                }
-                HandshakeOutput::Done(hello) => {
-                    let buf =
-                        match std::mem::replace(&mut self.clients[idx].proxy, ProxyClient::Gone) {
-                            ProxyClient::Handshake { buf, .. } => buf,
-                            _ => BytesMut::new(),
-                        };
-                    self.join(cid, *hello, buf);
-                    return;
-                }
-            }
+    // ----- admission --------------------------------------------------------------------
+
+    fn admission_input(&mut self, input: admission::Input) {
+        let now = self.now;
+        self.admission.handle(now, input);
+        self.admission_outputs();
+    }
+
+    /// Carries out admission's outputs, as the runtime's admission task does.
+    fn admission_outputs(&mut self) {
+        while let Some(out) = self.admission.poll_output() {
+            self.admission_output(out);
         }
     }
 
-    /// The registry: refuse while draining or for a cached login refusal, else hand the
-    /// client to the hub of its credentials (starting one if needed).
-    fn join(&mut self, cid: u32, hello: ClientHello, buf: BytesMut) {
+    fn admission_output(&mut self, out: admission::Output) {
+        use admission::Output as A;
         let now = self.now;
-        let idx = cid as usize - 1;
-        let link = self.clients[idx].link;
-        let refusal = if self.draining.is_some() {
-            Some(Reply::new(
-                reply::CONNECTION_FORCED,
-                "warren is shutting down",
-            ))
-        } else {
-            self.auth_cache.check(now, &hello.credentials).cloned()
-        };
-        if let Some(r) = refusal {
-            let silent =
-                r.code == reply::ACCESS_REFUSED && !hello.capabilities.authentication_failure_close;
-            self.line(format!("w refuses c{cid}: {} {:?}", r.code, r.text));
-            if let Some(link) = link {
-                if !silent {
-                    let close = encode::close(0, &Close::from(&r));
-                    self.push(link, Dir::FromProxy, Item::Data(close));
+        match out {
+            A::ToClient { conn, data } => {
+                let Some(&cid) = self.handshakes.get(&conn) else {
+                    return;
+                };
+                if let Some(link) = self.clients[cid as usize - 1].link {
+                    self.push(link, Dir::FromProxy, Item::Data(data));
                 }
-                self.push(link, Dir::FromProxy, Item::Fin);
             }
-            self.clients[idx].proxy = ProxyClient::Gone;
-            return;
-        }
-        let hid = match self.hubs.iter().find(|h| h.creds == hello.credentials) {
-            Some(h) => h.hid,
-            None => {
-                self.next_hub += 1;
-                let hid = self.next_hub;
-                let seed = self.sc.seed.wrapping_mul(31).wrapping_add(u64::from(hid));
+            A::CloseClient { conn } => {
+                let Some(cid) = self.handshakes.remove(&conn) else {
+                    return;
+                };
+                let idx = cid as usize - 1;
+                self.line(format!("w closes c{cid} (handshake)"));
+                self.clients[idx].proxy = ProxyClient::Gone;
+                if let Some(link) = self.clients[idx].link {
+                    self.push(link, Dir::FromProxy, Item::Fin);
+                }
+                self.obs.handshake_closed(cid);
+            }
+            A::Dial { link } => {
+                self.next_up += 1;
+                let uid = self.next_up;
+                self.adm_links.insert(link, uid);
+                self.ups.insert(uid, UpSlot::new(Owner::Admission(link)));
+                self.line(format!("w dials u{uid} (admission {link})"));
+                self.obs.link_dialed(now, uid);
+                // SYN and SYN-ACK.
+                self.schedule(now + self.sc.net.upstream_latency * 2, Ev::Dial(uid));
+            }
+            A::ToLink { link, data } => {
+                let Some(&uid) = self.adm_links.get(&link) else {
+                    return;
+                };
+                self.obs.proxy_sent_upstream(now, uid, &data);
+                if let Some(l) = self.ups.get(&uid).and_then(|u| u.link) {
+                    self.push(l, Dir::FromProxy, Item::Data(data));
+                }
+            }
+            A::CloseLink { link } => {
+                let Some(uid) = self.adm_links.remove(&link) else {
+                    return;
+                };
+                self.close_up(uid);
+            }
+            A::StartHub { hub, machine } => {
+                let hid = hub.get() as u32;
+                self.line(format!("w starts hub h{hid} for {}", machine.credentials()));
                 self.hubs.push(HubSlot {
                     hid,
-                    creds: hello.credentials.clone(),
-                    hub: Hub::new(self.sc.hub.clone(), hello.credentials.clone(), seed),
+                    id: hub,
+                    hub: *machine,
                     clients: BTreeMap::new(),
                     ups: BTreeMap::new(),
                 });
-                hid
             }
+            A::AdoptLink {
+                link,
+                hub,
+                login,
+                frames,
+            } => {
+                let hid = hub.get() as u32;
+                let Some(uid) = self.adm_links.remove(&link) else {
+                    return;
+                };
+                let Some(i) = self.hub_index(hid) else { return };
+                let id = self.hubs[i].hub.adopt_upstream(now, *login);
+                self.hubs[i].ups.insert(id, uid);
+                if let Some(u) = self.ups.get_mut(&uid) {
+                    u.owner = Owner::Hub { hub: hid, id };
+                }
+                self.line(format!("u{uid} becomes an upstream of h{hid}"));
+                self.hub_outputs(hid);
+                if !frames.is_empty() {
+                    self.hub_input(
+                        hid,
+                        Input::UpstreamFrames {
+                            upstream: id,
+                            frames,
+                        },
+                    );
+                }
+            }
+            A::Join {
+                conn,
+                hub,
+                hello,
+                pipelined,
+            } => {
+                let Some(cid) = self.handshakes.remove(&conn) else {
+                    return;
+                };
+                let hid = hub.get() as u32;
+                let Some(i) = self.hub_index(hid) else { return };
+                let idx = cid as usize - 1;
+                let (frame_max, heartbeat) = (hello.tune.frame_max, hello.tune.heartbeat);
+                let id = self.hubs[i].hub.add_client(now, *hello);
+                self.hubs[i].clients.insert(id, cid);
+                self.line(format!("c{cid} joins hub h{hid}"));
+                self.obs.client_joined(now, cid, heartbeat);
+                self.clients[idx].proxy = ProxyClient::Joined {
+                    hub: hid,
+                    id,
+                    buf: pipelined,
+                    decoder: FrameDecoder::new(frame_max),
+                    dead: false,
+                };
+                self.hub_outputs(hid);
+                self.feed_hub_from_client(cid);
+            }
+            A::ToHub { hub, input } => self.hub_input(hub.get() as u32, input),
+            A::StopHub { hub } => self.stop_hub(hub),
+            A::Event(e) => self.admission_event(e),
+        }
+    }
+
+    fn admission_event(&mut self, e: AdmissionEvent) {
+        let (what, line) = match &e {
+            AdmissionEvent::Refused {
+                conn, why, reply, ..
+            } => {
+                let cid = self.handshakes.get(conn).copied().unwrap_or(0);
+                if let Some(c) = self.handshakes.get(conn) {
+                    self.obs.proxy_closed_client_with(*c, reply.code);
+                }
+                (
+                    "login refused",
+                    format!(
+                        "w refuses c{cid} ({}): {} {:?}",
+                        why.label(),
+                        reply.code,
+                        reply.text
+                    ),
+                )
+            }
+            AdmissionEvent::HandshakeFailed { conn } => {
+                let cid = self.handshakes.get(conn).copied().unwrap_or(0);
+                ("handshake failed", format!("c{cid} handshake failed"))
+            }
+            AdmissionEvent::ProofFailed { user, reply, .. } => (
+                "proof failed",
+                format!("login of {user} failed: {} {:?}", reply.code, reply.text),
+            ),
+            AdmissionEvent::Proved { user } => ("login proved", format!("login of {user} proved")),
+            AdmissionEvent::Trusted { user } => {
+                ("login trusted", format!("login of {user} trusted"))
+            }
+            AdmissionEvent::Unreachable { reply, retry_in } => (
+                "broker unreachable for logins",
+                format!(
+                    "logins refused for {}ms: {}",
+                    retry_in.as_millis(),
+                    reply.text
+                ),
+            ),
+            other => ("other admission event", format!("{other:?}")),
         };
-        let frame_max = hello.tune.frame_max;
-        let heartbeat = hello.tune.heartbeat;
-        let hi = self.hub_index(hid).expect("just found");
-        let id = self.hubs[hi].hub.add_client(now, hello);
-        self.hubs[hi].clients.insert(id, cid);
-        self.line(format!("c{cid} joins hub h{hid}"));
-        self.obs.client_joined(now, cid, heartbeat);
-        self.clients[idx].proxy = ProxyClient::Joined {
-            hub: hid,
-            id,
-            buf,
-            decoder: FrameDecoder::new(frame_max),
-            dead: false,
-        };
-        self.hub_outputs(hid);
-        self.feed_hub_from_client(cid);
+        self.count(what);
+        self.line(line);
     }
 
     fn hub_index(&self, hid: u32) -> Option<usize> {
@@ -869,7 +985,10 @@ impl World {
             ProxyClient::Joined { hub, id, .. } => {
                 self.hub_input(hub, Input::ClientClosed { client: id });
             }
-            ProxyClient::Handshake { .. } => {}
+            ProxyClient::Handshake { conn } => {
+                self.handshakes.remove(&conn);
+                self.admission_input(admission::Input::ClientClosed { conn });
+            }
             other => self.clients[idx].proxy = other,
         }
         // warren closes its side once it learns the client is gone.
@@ -958,15 +1077,10 @@ impl World {
                 self.hubs[i].ups.insert(upstream, uid);
                 self.ups.insert(
                     uid,
-                    UpSlot {
+                    UpSlot::new(Owner::Hub {
                         hub: hid,
                         id: upstream,
-                        state: UpState::Dialing,
-                        link: None,
-                        conn: None,
-                        buf: BytesMut::new(),
-                        decoder: FrameDecoder::new(1 << 20),
-                    },
+                    }),
                 );
                 self.line(format!("w dials u{uid} (hub h{hid})"));
                 self.obs.dialed(now, hid, uid);
@@ -987,14 +1101,7 @@ impl World {
                 let Some(&uid) = self.hubs[i].ups.get(&upstream) else {
                     return;
                 };
-                self.line(format!("w closes u{uid}"));
-                self.obs.proxy_closed_upstream(now, uid);
-                if let Some(u) = self.ups.get_mut(&uid) {
-                    u.state = UpState::Gone;
-                    if let Some(link) = u.link {
-                        self.push(link, Dir::FromProxy, Item::Fin);
-                    }
-                }
+                self.close_up(uid);
             }
             Output::Event(e) => self.hub_event(hid, e),
             _ => {}
@@ -1080,8 +1187,8 @@ impl World {
         self.count(what);
         match e {
             HubEvent::AuthRejected { reply } => {
-                let creds = self.hubs[i].creds.clone();
-                self.auth_cache.insert(now, creds, reply);
+                let hub = self.hubs[i].id;
+                self.admission_input(admission::Input::HubRefused { hub, reply });
             }
             HubEvent::UpstreamOpen {
                 upstream,
@@ -1129,8 +1236,62 @@ impl World {
     fn live_upstreams(&self, hid: u32, except: Option<u32>) -> usize {
         self.ups
             .iter()
-            .filter(|(uid, u)| u.hub == hid && Some(**uid) != except && u.state != UpState::Gone)
+            .filter(|(uid, u)| {
+                matches!(u.owner, Owner::Hub { hub, .. } if hub == hid)
+                    && Some(**uid) != except
+                    && u.state != UpState::Gone
+            })
             .count()
+    }
+
+    /// warren closes its broker connection `uid` (after flushing).
+    fn close_up(&mut self, uid: u32) {
+        let now = self.now;
+        self.line(format!("w closes u{uid}"));
+        self.obs.proxy_closed_upstream(now, uid);
+        if let Some(u) = self.ups.get_mut(&uid) {
+            u.state = UpState::Gone;
+            if let Some(link) = u.link {
+                self.push(link, Dir::FromProxy, Item::Fin);
+            }
+        }
+    }
+
+    /// An input about broker connection `uid` goes to its owner.
+    fn up_input(&mut self, uid: u32, input: UpInput) {
+        let Some(owner) = self.ups.get(&uid).map(|u| u.owner) else {
+            return;
+        };
+        match owner {
+            Owner::Hub { hub, id } => {
+                let input = match input {
+                    UpInput::Connected => Input::UpstreamConnected { upstream: id },
+                    UpInput::Frames(frames) => Input::UpstreamFrames {
+                        upstream: id,
+                        frames,
+                    },
+                    UpInput::FrameError(error) => Input::UpstreamFrameError {
+                        upstream: id,
+                        error,
+                    },
+                    UpInput::Closed(reason) => Input::UpstreamClosed {
+                        upstream: id,
+                        reason,
+                    },
+                };
+                self.hub_input(hub, input);
+            }
+            Owner::Admission(link) => {
+                use admission::Input as A;
+                let input = match input {
+                    UpInput::Connected => A::LinkConnected { link },
+                    UpInput::Frames(frames) => A::LinkFrames { link, frames },
+                    UpInput::FrameError(error) => A::LinkFrameError { link, error },
+                    UpInput::Closed(reason) => A::LinkClosed { link, reason },
+                };
+                self.admission_input(input);
+            }
+        }
     }
 
     // ----- upstreams and the broker ------------------------------------------------------
@@ -1147,20 +1308,13 @@ impl World {
                 return;
             }
         }
-        let (hid, id) = (u.hub, u.id);
         match self.broker_state {
             BrokerState::Crashed { .. } => {
                 self.line(format!("u{uid} connection refused"));
+                self.up_input(uid, UpInput::Closed("connection refused".into()));
                 if let Some(u) = self.ups.get_mut(&uid) {
                     u.state = UpState::Gone;
                 }
-                self.hub_input(
-                    hid,
-                    Input::UpstreamClosed {
-                        upstream: id,
-                        reason: "connection refused".into(),
-                    },
-                );
             }
             BrokerState::Silent { .. } => {}
             BrokerState::Up if self.partitioned => {}
@@ -1174,7 +1328,7 @@ impl World {
                     u.conn = Some(conn);
                 }
                 self.line(format!("u{uid} connected"));
-                self.hub_input(hid, Input::UpstreamConnected { upstream: id });
+                self.up_input(uid, UpInput::Connected);
             }
         }
     }
@@ -1201,25 +1355,12 @@ impl World {
                 }
             }
         }
-        let (hid, id) = (u.hub, u.id);
         if !frames.is_empty() {
             self.obs.upstream_sent(now, uid);
-            self.hub_input(
-                hid,
-                Input::UpstreamFrames {
-                    upstream: id,
-                    frames,
-                },
-            );
+            self.up_input(uid, UpInput::Frames(frames));
         }
         if let Some(error) = error {
-            self.hub_input(
-                hid,
-                Input::UpstreamFrameError {
-                    upstream: id,
-                    error,
-                },
-            );
+            self.up_input(uid, UpInput::FrameError(error));
         }
     }
 
@@ -1230,19 +1371,12 @@ impl World {
         let link = u.link;
         if u.state != UpState::Gone {
             u.state = UpState::Gone;
-            let (hid, id) = (u.hub, u.id);
             let reason = if broken {
                 "connection reset by peer"
             } else {
                 "connection closed by peer"
             };
-            self.hub_input(
-                hid,
-                Input::UpstreamClosed {
-                    upstream: id,
-                    reason: reason.into(),
-                },
-            );
+            self.up_input(uid, UpInput::Closed(reason.into()));
         }
         if let Some(link) = link {
             self.push(link, Dir::FromProxy, Item::Fin);
@@ -1425,6 +1559,7 @@ impl World {
             Fault::Drain { timeout } => {
                 let deadline = now + timeout;
                 self.draining = Some(deadline);
+                self.admission_input(admission::Input::Drain);
                 let hids: Vec<u32> = self.hubs.iter().map(|h| h.hid).collect();
                 for hid in hids {
                     self.hub_input(hid, Input::Drain { deadline });
@@ -1672,6 +1807,20 @@ impl World {
         self.clients
             .get(cid as usize - 1)
             .and_then(|c| c.client.end.clone().map(|(_, e)| e))
+    }
+}
+
+/// Admission's settings in a scenario: no client or hub limits (the scenarios do not test
+/// them), the scenario's refusal and trust TTLs.
+fn admission_config(sc: &Scenario) -> AdmissionConfig {
+    AdmissionConfig {
+        handshake: sc.handshake,
+        hub: sc.hub.clone(),
+        max_clients: usize::MAX,
+        max_hubs: usize::MAX,
+        refusal_ttl: sc.net.auth_cache_ttl,
+        credentials_ttl: sc.net.credentials_ttl,
+        events: None,
     }
 }
 

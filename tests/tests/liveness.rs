@@ -153,22 +153,20 @@ async fn a_burst_of_bad_logins_dials_the_broker_a_few_times_and_leaves_nothing_b
         eprintln!("{BURST} bad logins refused in {:?}", started.elapsed());
 
         let by_user = [("user", user.name.as_str())];
-        // The hubs of the refused logins are gone (the gauge is set when a hub retires).
-        wait_until(LIMIT, "warren_hubs to return to 0", || async {
-            Ok((metric(&warren, "warren_hubs", &[]).await? == 0.0).then_some(()))
-        })
-        .await?;
-        // A retiring hub drops out of warren_hubs first and records its last counters just
-        // after, so wait for the counters to account for every login. Clients that were
-        // already waiting in the hub when the broker refused are closed by the hub; later
-        // ones are refused from the cache before reaching a hub.
-        let (dials, closed_by_hub, cached) =
+        // Logins are refused at StartOk, before any hub exists: by a proof (a broker login
+        // that the broker refused) for the first ones, then from the negative cache.
+        let (proofs, by_proof, cached) =
             wait_until(LIMIT, "the refusals to be counted", || async {
-                let dials = metric(&warren, "warren_upstream_failures_total", &by_user).await?;
-                let closed_by_hub = metric(
+                let proofs = metric(
                     &warren,
-                    "warren_client_closes_total",
-                    &[("user", user.name.as_str()), ("code", "403")],
+                    "warren_login_proofs_total",
+                    &[("result", "refused")],
+                )
+                .await?;
+                let by_proof = metric(
+                    &warren,
+                    "warren_refused_connections_total",
+                    &[("reason", "login")],
                 )
                 .await?;
                 let cached = metric(
@@ -177,27 +175,29 @@ async fn a_burst_of_bad_logins_dials_the_broker_a_few_times_and_leaves_nothing_b
                     &[("reason", "auth_cache")],
                 )
                 .await?;
-                let counted = dials >= 1.0 && closed_by_hub + cached >= BURST as f64;
-                Ok(counted.then_some((dials, closed_by_hub, cached)))
+                let counted = proofs >= 1.0 && by_proof + cached >= BURST as f64;
+                Ok(counted.then_some((proofs, by_proof, cached)))
             })
             .await?;
         let connects = metric(&warren, "warren_upstream_connects_total", &by_user).await?;
-        let clients = metric(&warren, "warren_clients", &by_user).await?;
         eprintln!(
-            "{BURST} bad logins: {dials} failed broker dial(s); {closed_by_hub} refused by the \
-             hub, {cached} from the negative cache"
+            "{BURST} bad logins: {proofs} broker login(s); {by_proof} refused by one, \
+             {cached} from the negative cache"
         );
         ensure!(connects == 0.0, "a bad login opened a broker connection");
         ensure!(
-            (1.0..=5.0).contains(&dials),
-            "{BURST} bad logins caused {dials} broker dials"
+            metric(&warren, "warren_hubs", &[]).await? == 0.0,
+            "a bad login left a hub behind"
         );
         ensure!(
-            closed_by_hub + cached == BURST as f64,
-            "{closed_by_hub} refusals by the hub and {cached} from the cache do not account \
+            (1.0..=5.0).contains(&proofs),
+            "{BURST} bad logins caused {proofs} broker logins"
+        );
+        ensure!(
+            by_proof + cached == BURST as f64,
+            "{by_proof} refusals by a proof and {cached} from the cache do not account \
              for {BURST} logins"
         );
-        ensure!(clients == 0.0, "{clients} clients of {} remain", user.name);
 
         // After the TTL the broker is asked again (the cache forgets), still refusing.
         tokio::time::sleep(TTL + Duration::from_millis(200)).await;
@@ -206,14 +206,19 @@ async fn a_burst_of_bad_logins_dials_the_broker_a_few_times_and_leaves_nothing_b
             .err()
             .context("a bad login after the TTL was let in")?;
         ensure!(refused.code == Some(403), "after the TTL: {refused:?}");
-        let dials_after = wait_until(LIMIT, "the new dial to be counted", || async {
-            let d = metric(&warren, "warren_upstream_failures_total", &by_user).await?;
-            Ok((d > dials).then_some(d))
+        let proofs_after = wait_until(LIMIT, "the new proof to be counted", || async {
+            let d = metric(
+                &warren,
+                "warren_login_proofs_total",
+                &[("result", "refused")],
+            )
+            .await?;
+            Ok((d > proofs).then_some(d))
         })
         .await?;
         ensure!(
-            dials_after == dials + 1.0,
-            "after the TTL a bad login should dial once more ({dials} → {dials_after})"
+            proofs_after == proofs + 1.0,
+            "after the TTL a bad login should be proved once more ({proofs} → {proofs_after})"
         );
 
         // The right password works, and once its client leaves, no hub stays behind either.

@@ -7,7 +7,7 @@ use super::liveness::Liveness;
 use super::{ClientId, Hub, HubEvent, Output, UpRef, UpstreamId};
 use crate::content::{parse_header, rechunk_body};
 use crate::frame::{Frame, FrameType};
-use crate::handshake::{ClientCapabilities, ClientHello};
+use crate::handshake::{refusal, ClientCapabilities, ClientHello};
 use crate::method::{self, encode, ids, Close, Method, MethodId};
 use crate::reply::{self, Reply};
 use bytes::Bytes;
@@ -203,11 +203,11 @@ impl Hub {
         self.event(HubEvent::ClientAdmitted { client: id });
     }
 
-    /// Refuses a client that is not admitted yet. A refused login (403) to a client without
-    /// `authentication_failure_close` is a dropped socket, as RabbitMQ does it.
+    /// Refuses a client that is not admitted yet, as [`refusal`] says: a refused login (403)
+    /// to a client without `authentication_failure_close` is a dropped socket.
     pub(super) fn refuse_client(&mut self, now: Instant, id: ClientId, reply: Reply) {
         let Some(c) = self.client(id) else { return };
-        if reply.code == reply::ACCESS_REFUSED && !c.caps.authentication_failure_close {
+        if refusal(&reply, c.caps).is_none() {
             *self.stats.client_closes.entry(reply.code).or_default() += 1;
             self.event(HubEvent::ClientClosed { client: id, reply });
             self.remove_client(id);
@@ -248,7 +248,7 @@ impl Hub {
         let Some(c) = self.client(id) else { return };
         let timer = c.timer_at;
         self.agenda
-            .reschedule(super::agenda::Timer::Client(id), timer, None);
+            .reschedule(super::Timer::Client(id), timer, None);
         self.waiting_opens.retain(|(c, _)| *c != id);
         self.clients.remove(id.index());
         self.out.push_back(Output::CloseClient { client: id });

@@ -14,7 +14,6 @@
 //! Peer misbehaviour never surfaces as a panic or an `Err`: it becomes outputs — a
 //! `Connection.Close` with the reply code the spec names, then a close instruction.
 
-mod agenda;
 mod backoff;
 mod channels;
 mod client;
@@ -23,13 +22,13 @@ mod upstream;
 
 pub use backoff::BackoffConfig;
 
+use crate::agenda::Agenda;
 use crate::credentials::Credentials;
 use crate::frame::{Frame, FrameError, HEARTBEAT};
 use crate::handshake::ClientHello;
 use crate::login::Login;
 use crate::method::{encode, Close};
 use crate::reply::{self, Reply};
-use agenda::{Agenda, Timer};
 use bytes::Bytes;
 use channels::Slot;
 use liveness::Beat;
@@ -236,6 +235,12 @@ pub enum Input {
         /// When remaining clients are closed.
         deadline: Instant,
     },
+    /// Close every client with `reply`, as RabbitMQ closes the connections of a deleted user
+    /// or vhost.
+    CloseClients {
+        /// What they are told (320 and a text).
+        reply: Reply,
+    },
 }
 
 /// An instruction from a hub to its driver.
@@ -400,6 +405,21 @@ pub struct HubStats {
     pub client_closes: BTreeMap<u16, u64>,
 }
 
+/// What a hub timer entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    /// The hub-wide drain deadline (B14).
+    Drain,
+    /// The next reconnect attempt (B11).
+    Reconnect,
+    /// The oldest pooled channel's idle expiry (B6).
+    PoolIdle,
+    /// An upstream's heartbeat, connect timeout, close timeout or idle timeout.
+    Upstream(UpstreamId),
+    /// A client's heartbeat or close timeout.
+    Client(ClientId),
+}
+
 /// A channel on an upstream: which connection, which number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct UpRef {
@@ -416,7 +436,7 @@ pub struct Hub {
     upstreams: Slab<upstream::Upstream>,
     next_gen: u32,
     out: VecDeque<Output>,
-    agenda: Agenda,
+    agenda: Agenda<Timer>,
     rng: ChaCha8Rng,
     /// Client channels waiting for an upstream with room.
     waiting_opens: VecDeque<(ClientId, u16)>,
@@ -441,6 +461,8 @@ pub struct Hub {
     /// When an upstream last opened: the broker's latest word on these credentials and this
     /// vhost (see [`HubConfig::proof_ttl`]).
     last_proof: Option<Instant>,
+    /// See [`Hub::handoffs`].
+    handoffs: u64,
     stats: HubStats,
 }
 
@@ -479,6 +501,7 @@ impl Hub {
             drain: None,
             drain_started: None,
             last_proof: None,
+            handoffs: 0,
             stats: HubStats::default(),
         }
     }
@@ -545,9 +568,36 @@ impl Hub {
         self.upstreams.iter().any(|(_, u)| u.is_open())
     }
 
+    /// Clients and upstreams handed to this hub so far ([`Hub::add_client`],
+    /// [`Hub::adopt_upstream`]): admission compares it with what it handed over before
+    /// letting an idle hub stop.
+    #[must_use]
+    pub fn handoffs(&self) -> u64 {
+        self.handoffs
+    }
+
+    /// Takes a broker connection that another owner logged in and opened (admission's proof
+    /// of a new client's credentials) as one of this hub's upstreams.
+    pub fn adopt_upstream(&mut self, now: Instant, login: Login) -> UpstreamId {
+        self.handoffs += 1;
+        let id = UpstreamId {
+            idx: self.upstreams.vacant_key() as u32,
+            gen: self.gen(),
+        };
+        self.upstreams
+            .insert(upstream::Upstream::new(id, now, login));
+        self.upstream_opened(now, id);
+        if self.upstreams.len() > self.config.max_upstreams || self.drain.is_some() {
+            // Its word on the credentials counts; the connection itself is one too many.
+            self.close_upstream_gracefully(now, id, "not needed");
+        }
+        id
+    }
+
     /// Admits a client that finished its handshake. It gets `Connection.OpenOk` once an
     /// upstream with these credentials is open (B2), at once if one already is.
     pub fn add_client(&mut self, now: Instant, hello: ClientHello) -> ClientId {
+        self.handoffs += 1;
         let id = ClientId {
             idx: self.clients.vacant_key() as u32,
             gen: self.gen(),
@@ -632,6 +682,12 @@ impl Hub {
             }
             Input::Timeout => self.fire_timers(now),
             Input::Drain { deadline } => self.start_drain(now, deadline),
+            Input::CloseClients { reply } => {
+                let ids: Vec<ClientId> = self.clients.iter().map(|(_, c)| c.id).collect();
+                for id in ids {
+                    self.close_client(now, id, reply.clone());
+                }
+            }
         }
     }
 

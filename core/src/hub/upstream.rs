@@ -173,7 +173,7 @@ impl Hub {
     }
 
     /// Ends an upstream with `Connection.Close 200` and waits a bounded time for `CloseOk`.
-    fn close_upstream_gracefully(&mut self, now: Instant, id: UpstreamId, why: &str) {
+    pub(super) fn close_upstream_gracefully(&mut self, now: Instant, id: UpstreamId, why: &str) {
         let until = now + self.config.close_timeout;
         let Some(u) = self.upstream_mut(id) else {
             return;
@@ -192,7 +192,7 @@ impl Hub {
         let fencing = u.table.iter().filter(|(_, s)| *s == Slot::Fencing).count();
         self.fencing -= fencing;
         self.agenda
-            .reschedule(super::agenda::Timer::Upstream(id), timer, None);
+            .reschedule(super::Timer::Upstream(id), timer, None);
         self.drop_pool_entries(id);
         self.orphan_declares.retain(|(r, _, _)| r.up != id);
         self.pending_deletes.retain(|(u, _)| *u != id);
@@ -399,7 +399,7 @@ impl Hub {
 
     /// The broker accepted the credentials and the vhost: admit waiting clients and place
     /// waiting channels.
-    fn upstream_opened(&mut self, now: Instant, id: UpstreamId) {
+    pub(super) fn upstream_opened(&mut self, now: Instant, id: UpstreamId) {
         let Some(u) = self.upstream_mut(id) else {
             return;
         };
@@ -727,9 +727,9 @@ impl Hub {
             Slot::Pooled { since } => Some(since + self.config.pool_idle_timeout),
             _ => None,
         });
-        self.pool_timer =
-            self.agenda
-                .reschedule(super::agenda::Timer::PoolIdle, self.pool_timer, want);
+        self.pool_timer = self
+            .agenda
+            .reschedule(super::Timer::PoolIdle, self.pool_timer, want);
     }
 }
 

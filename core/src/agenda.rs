@@ -1,42 +1,34 @@
-//! The hub's timer agenda: one ordered set of (deadline, timer) entries for thousands of
-//! clients and a few upstreams.
+//! A timer agenda: one ordered set of (deadline, timer) entries, for the thousands of clients
+//! and few upstreams of a hub, or the handshakes and logins of admission.
 //!
 //! Each entity keeps at most one entry, scheduled no later than its earliest real deadline.
 //! Activity only ever pushes deadlines later (a frame received postpones the liveness check),
 //! so entries are not touched on the data path: when a stale entry fires, the entity
-//! recomputes its deadline and reschedules. Ties fire in `Timer` order, so replay is exact.
+//! recomputes its deadline and reschedules. Ties fire in timer order, so replay is exact.
 
-use super::{ClientId, UpstreamId};
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-/// What a timer entry is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Timer {
-    /// The hub-wide drain deadline (B14).
-    Drain,
-    /// The next reconnect attempt (B11).
-    Reconnect,
-    /// The oldest pooled channel's idle expiry (B6).
-    PoolIdle,
-    /// An upstream's heartbeat, connect timeout, close timeout or idle timeout.
-    Upstream(UpstreamId),
-    /// A client's heartbeat or close timeout.
-    Client(ClientId),
-}
-
 /// Deadlines ordered by time, then by timer.
-#[derive(Debug, Default)]
-pub(crate) struct Agenda {
-    entries: BTreeSet<(Instant, Timer)>,
+#[derive(Debug)]
+pub(crate) struct Agenda<T> {
+    entries: BTreeSet<(Instant, T)>,
 }
 
-impl Agenda {
+impl<T> Default for Agenda<T> {
+    fn default() -> Self {
+        Agenda {
+            entries: BTreeSet::new(),
+        }
+    }
+}
+
+impl<T: Ord + Copy> Agenda<T> {
     /// Moves `timer` from `old` (its current entry, if any) to `new`; returns `new`, which the
     /// caller stores as the entity's current entry.
     pub(crate) fn reschedule(
         &mut self,
-        timer: Timer,
+        timer: T,
         old: Option<Instant>,
         new: Option<Instant>,
     ) -> Option<Instant> {
@@ -58,7 +50,7 @@ impl Agenda {
     }
 
     /// Removes and returns the earliest entry if it is due at `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<T> {
         match self.entries.first() {
             Some(&(at, _)) if at <= now => self.entries.pop_first().map(|(_, t)| t),
             _ => None,
@@ -71,11 +63,18 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Timer {
+        Drain,
+        Reconnect,
+        Client(u32),
+    }
+
     #[test]
     fn pops_in_time_then_timer_order() {
         let t0 = crate::test_epoch();
         let mut a = Agenda::default();
-        let c = ClientId { idx: 0, gen: 1 };
+        let c = 1;
         let at = a.reschedule(Timer::Client(c), None, Some(t0 + Duration::from_secs(2)));
         a.reschedule(Timer::Reconnect, None, Some(t0 + Duration::from_secs(1)));
         a.reschedule(Timer::Drain, None, Some(t0 + Duration::from_secs(1)));

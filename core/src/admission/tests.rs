@@ -1,0 +1,478 @@
+//! Admission scenarios: scripted clients and a scripted broker behind admission's links, in
+//! virtual time, rendered as a readable trace and snapshotted.
+
+use super::*;
+use crate::credentials::Secret;
+use crate::frame::{FrameDecoder, PROTOCOL_HEADER};
+use crate::method::{self, ids, ConnectionStart, Method, StartOk, Tune};
+use crate::table::{longstr, FieldTable, FieldValue};
+use std::fmt::Write as _;
+
+struct World {
+    adm: Admission,
+    t0: Instant,
+    now: Instant,
+    trace: String,
+    /// Links dialled, in order.
+    dials: Vec<LinkId>,
+    /// Hubs started, with how many handoffs each got.
+    hubs: BTreeMap<HubId, u64>,
+    /// Joins, in order.
+    joins: Vec<(ConnId, HubId)>,
+    closed: Vec<ConnId>,
+}
+
+impl World {
+    fn new(config: AdmissionConfig) -> World {
+        let t0 = crate::test_epoch();
+        let mut w = World {
+            adm: Admission::new(t0, config, 7),
+            t0,
+            now: t0,
+            trace: String::new(),
+            dials: Vec::new(),
+            hubs: BTreeMap::new(),
+            joins: Vec::new(),
+            closed: Vec::new(),
+        };
+        w.drain();
+        w
+    }
+
+    fn at(&mut self, d: Duration) {
+        self.now = self.t0 + d;
+        while self.adm.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.adm.handle(self.now, Input::Timeout);
+            self.drain();
+        }
+    }
+
+    fn line(&mut self, s: impl std::fmt::Display) {
+        let ms = self.now.duration_since(self.t0).as_millis();
+        let _ = writeln!(self.trace, "+{ms}ms {s}");
+    }
+
+    fn accept(&mut self) -> ConnId {
+        let c = self.adm.accept(self.now, 1);
+        self.drain();
+        c
+    }
+
+    fn client(&mut self, conn: ConnId, data: Bytes) {
+        self.adm.handle(
+            self.now,
+            Input::ClientData {
+                conn,
+                data: data.clone(),
+            },
+        );
+        self.drain();
+    }
+
+    /// A client up to `StartOk`.
+    fn login(&mut self, user: &str, password: &str, failure_close: bool) -> ConnId {
+        let c = self.accept();
+        self.line(format!("{c} connects as {user}"));
+        self.client(c, Bytes::from_static(PROTOCOL_HEADER));
+        self.client(c, start_ok(user, password, failure_close));
+        c
+    }
+
+    /// The client's `TuneOk` and `Open`.
+    fn open(&mut self, conn: ConnId, vhost: &str) {
+        self.line(format!("{conn} opens {vhost:?}"));
+        let mut b = encode::tune(
+            Tune {
+                channel_max: 0,
+                frame_max: 131_072,
+                heartbeat: 60,
+            },
+            true,
+        )
+        .to_vec();
+        b.extend_from_slice(&encode::open(vhost));
+        self.client(conn, Bytes::from(b));
+    }
+
+    fn link(&mut self, link: LinkId, frame: Bytes) {
+        let mut buf = BytesMut::from(&frame[..]);
+        let f = FrameDecoder::new(1 << 20)
+            .decode(&mut buf)
+            .unwrap()
+            .unwrap();
+        let mut frames = SmallVec::new();
+        frames.push(f);
+        self.adm
+            .handle(self.now, Input::LinkFrames { link, frames });
+        self.drain();
+    }
+
+    /// The broker answers a link's dial and login up to `Tune`.
+    fn broker_accepts_login(&mut self, link: LinkId) {
+        self.adm.handle(self.now, Input::LinkConnected { link });
+        self.drain();
+        self.link(link, broker_start());
+        self.link(
+            link,
+            encode::tune(
+                Tune {
+                    channel_max: 2047,
+                    frame_max: 131_072,
+                    heartbeat: 60,
+                },
+                false,
+            ),
+        );
+    }
+
+    fn broker_refuses(&mut self, link: LinkId, code: u16, text: &str) {
+        let close = method::Close::from(&Reply::verbatim(code, text));
+        self.link(link, encode::close(0, &close));
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.adm.poll_output() {
+            let line = match o {
+                Output::ToClient { conn, data } => format!("{conn} <- {}", describe(&data)),
+                Output::CloseClient { conn } => {
+                    self.closed.push(conn);
+                    format!("{conn} closed")
+                }
+                Output::Dial { link } => {
+                    self.dials.push(link);
+                    format!("dial {link}")
+                }
+                Output::ToLink { link, data } => format!("{link} -> {}", describe(&data)),
+                Output::CloseLink { link } => format!("{link} closed"),
+                Output::StartHub { hub, machine } => {
+                    self.hubs.insert(hub, 0);
+                    format!("start {hub} for {}", machine.credentials())
+                }
+                Output::AdoptLink {
+                    link, hub, frames, ..
+                } => {
+                    *self.hubs.entry(hub).or_default() += 1;
+                    format!(
+                        "{link} becomes an upstream of {hub} (+{} frames)",
+                        frames.len()
+                    )
+                }
+                Output::Join {
+                    conn,
+                    hub,
+                    hello,
+                    pipelined,
+                } => {
+                    *self.hubs.entry(hub).or_default() += 1;
+                    self.joins.push((conn, hub));
+                    format!(
+                        "{conn} joins {hub} as {} (+{} bytes)",
+                        hello.credentials,
+                        pipelined.len()
+                    )
+                }
+                Output::ToHub { hub, input } => format!("{hub} gets {input:?}"),
+                Output::StopHub { hub } => format!("stop {hub}"),
+                Output::Event(e) => describe_event(&e),
+            };
+            self.line(line);
+        }
+    }
+}
+
+fn describe_event(e: &AdmissionEvent) -> String {
+    match e {
+        AdmissionEvent::Refused {
+            conn, why, reply, ..
+        } => format!(
+            "refused {conn} ({}): {} {:?}",
+            why.label(),
+            reply.code,
+            reply.text
+        ),
+        AdmissionEvent::ProofFailed { link, user, reply } => {
+            format!("proof {link} of {user} failed: {} {:?}", reply.code, reply.text)
+        }
+        AdmissionEvent::Unreachable { reply, retry_in } => {
+            format!("unreachable for {retry_in:?}: {}", reply.text)
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn start_ok(user: &str, password: &str, failure_close: bool) -> Bytes {
+    let caps = FieldTable::default().with(
+        "authentication_failure_close",
+        FieldValue::Bool(failure_close),
+    );
+    encode::start_ok(&StartOk {
+        client_properties: FieldTable::default().with("capabilities", FieldValue::Table(caps)),
+        mechanism: "PLAIN".into(),
+        response: format!("\0{user}\0{password}").into_bytes(),
+        locale: "en_US".into(),
+    })
+}
+
+fn broker_start() -> Bytes {
+    encode::start(&ConnectionStart {
+        server_properties: FieldTable::default().with("product", longstr("RabbitMQ")),
+        mechanisms: "PLAIN AMQPLAIN".into(),
+        locales: "en_US".into(),
+    })
+}
+
+fn describe(data: &[u8]) -> String {
+    if data == PROTOCOL_HEADER {
+        return "protocol header".into();
+    }
+    if data == crate::frame::HEARTBEAT {
+        return "heartbeat".into();
+    }
+    let mut buf = BytesMut::from(data);
+    let f = FrameDecoder::new(1 << 20)
+        .decode(&mut buf)
+        .unwrap()
+        .unwrap();
+    match method::decode(f.payload()) {
+        Ok(Method::ConnectionClose(c)) => format!("close {} {:?}", c.code, c.text),
+        Ok(Method::Open { vhost }) => format!("open {vhost:?}"),
+        _ => f.method_id().map(|id| id.to_string()).unwrap_or_default(),
+    }
+}
+
+fn config() -> AdmissionConfig {
+    AdmissionConfig {
+        credentials_ttl: Duration::from_secs(30),
+        ..AdmissionConfig::default()
+    }
+}
+
+#[test]
+fn unknown_credentials_are_proved_before_tune_and_the_proof_becomes_the_upstream() {
+    let mut w = World::new(config());
+    let c1 = w.login("app", "secret", true);
+    let link = w.dials[0];
+    w.broker_accepts_login(link);
+    // A second client with the same account arrives while the proof waits for a vhost:
+    // it is trusted at once, and its Open goes to the same proof.
+    let c2 = w.login("app", "secret", true);
+    w.open(c1, "/");
+    w.open(c2, "/");
+    w.link(link, encode::open_ok());
+    assert_eq!(w.joins.len(), 2);
+    assert_eq!(w.dials.len(), 1, "one broker login for both");
+    // A third client is trusted and joins the hub directly.
+    let c3 = w.login("app", "secret", true);
+    w.open(c3, "/");
+    assert_eq!(w.joins.len(), 3);
+    insta::assert_snapshot!(w.trace);
+}
+
+#[test]
+fn a_wrong_password_is_refused_instead_of_tune_and_remembered() {
+    let mut w = World::new(config());
+    let c1 = w.login("app", "wrong", true);
+    let c2 = w.login("app", "wrong", false);
+    let link = w.dials[0];
+    w.adm.handle(w.now, Input::LinkConnected { link });
+    w.link(link, broker_start());
+    w.broker_refuses(
+        link,
+        reply::ACCESS_REFUSED,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
+    );
+    assert!(w.closed.contains(&c1) && w.closed.contains(&c2));
+    // Moments later the same login is refused from memory, without a dial.
+    w.at(Duration::from_secs(1));
+    w.login("app", "wrong", true);
+    assert_eq!(w.dials.len(), 1);
+    // After the refusal TTL, the broker is asked again.
+    w.at(Duration::from_secs(6));
+    w.login("app", "wrong", true);
+    assert_eq!(w.dials.len(), 2);
+    insta::assert_snapshot!(w.trace);
+}
+
+#[test]
+fn a_refused_vhost_reaches_the_client_at_open_with_the_brokers_text() {
+    let mut w = World::new(config());
+    let c = w.login("app", "secret", true);
+    let link = w.dials[0];
+    w.broker_accepts_login(link);
+    w.open(c, "nowhere");
+    w.broker_refuses(
+        link,
+        reply::NOT_ALLOWED,
+        "NOT_ALLOWED - vhost nowhere not found",
+    );
+    assert!(w.closed.contains(&c));
+    // The account stays trusted; the vhost refusal is remembered.
+    let c2 = w.login("app", "secret", true);
+    w.open(c2, "nowhere");
+    assert_eq!(w.dials.len(), 1);
+    insta::assert_snapshot!(w.trace);
+}
+
+#[test]
+fn an_unreachable_broker_refuses_new_logins_at_once_until_the_backoff_ends() {
+    let mut w = World::new(config());
+    w.login("app", "secret", true);
+    let link = w.dials[0];
+    w.adm.handle(
+        w.now,
+        Input::LinkClosed {
+            link,
+            reason: "connection refused (127.0.0.1:5672)".into(),
+        },
+    );
+    w.drain();
+    w.login("other", "secret", true);
+    assert_eq!(w.dials.len(), 1, "no dial while unreachable");
+    w.at(Duration::from_secs(1));
+    w.login("other", "secret", true);
+    assert_eq!(w.dials.len(), 2, "dialled again after the backoff");
+    insta::assert_snapshot!(w.trace);
+}
+
+#[test]
+fn trusted_accounts_expire_in_age_mode() {
+    let mut w = World::new(config());
+    let c = w.login("app", "secret", true);
+    w.broker_accepts_login(w.dials[0]);
+    w.open(c, "/");
+    w.link(w.dials[0], encode::open_ok());
+    w.at(Duration::from_secs(29));
+    let c2 = w.login("app", "secret", true);
+    w.open(c2, "/");
+    assert_eq!(w.dials.len(), 1, "trusted within credentials_ttl");
+    w.at(Duration::from_secs(31));
+    let c3 = w.login("app", "secret", true);
+    assert_eq!(w.dials.len(), 2, "proved again after credentials_ttl");
+    w.broker_accepts_login(w.dials[1]);
+    w.open(c3, "/");
+    w.link(w.dials[1], encode::open_ok());
+    let hub = w.joins[0].1;
+    assert_eq!(
+        w.joins.last(),
+        Some(&(c3, hub)),
+        "the fresh proof joins the same hub"
+    );
+    insta::assert_snapshot!(w.trace);
+}
+
+#[test]
+fn limits_and_drain_refuse_with_the_documented_codes() {
+    let mut w = World::new(AdmissionConfig {
+        max_hubs: 1,
+        max_clients: 1,
+        ..config()
+    });
+    let c = w.login("a", "p", true);
+    w.broker_accepts_login(w.dials[0]);
+    w.open(c, "/");
+    w.link(w.dials[0], encode::open_ok());
+    // Another vhost would need a second hub.
+    let c2 = w.login("a", "p", true);
+    w.open(c2, "other");
+    // A client accepted while two are connected.
+    let c3 = w.adm.accept(w.now, 2);
+    w.client(c3, Bytes::from_static(PROTOCOL_HEADER));
+    w.client(c3, start_ok("a", "p", true));
+    w.open(c3, "/");
+    // Draining: a client mid-handshake is closed with 320.
+    let c4 = w.login("a", "p", true);
+    w.adm.handle(w.now, Input::Drain);
+    w.drain();
+    assert!([c2, c3, c4].iter().all(|c| w.closed.contains(c)));
+    insta::assert_snapshot!(w.trace);
+}
+
+#[test]
+fn a_hub_stops_only_when_nothing_is_on_its_way_to_it() {
+    let mut w = World::new(config());
+    let c = w.login("a", "p", true);
+    w.broker_accepts_login(w.dials[0]);
+    w.open(c, "/");
+    w.link(w.dials[0], encode::open_ok());
+    let (hub, handoffs) = w.hubs.iter().next().map(|(h, n)| (*h, *n)).unwrap();
+    assert_eq!(handoffs, 2, "the proof and the client");
+    w.adm.handle(w.now, Input::HubIdle { hub, handoffs: 1 });
+    w.drain();
+    assert!(!w.trace.contains("stop"), "a handoff is still on its way");
+    w.adm.handle(w.now, Input::HubIdle { hub, handoffs: 2 });
+    w.drain();
+    assert!(w.trace.contains(&format!("stop {hub}")));
+    assert_eq!(w.adm.hub_count(), 0);
+}
+
+#[test]
+fn revocations_from_the_event_feed() {
+    let events = Credentials {
+        user: "monitor".into(),
+        password: Secret::new("m"),
+        vhost: "/".into(),
+    };
+    let mut w = World::new(AdmissionConfig {
+        events: Some(events),
+        ..config()
+    });
+    let feed = w.dials[0];
+    w.broker_accepts_login(feed);
+    w.link(feed, encode::open_ok());
+    assert!(w.adm.feed_is_up());
+    let declare_ok = crate::frame::method_frame(1, ids::QUEUE_DECLARE_OK, |wr| {
+        wr.shortstr(b"amq.gen-feed").u32(0).u32(0);
+    });
+    w.link(feed, declare_ok);
+    // A client is proved and joins.
+    let c = w.login("app", "old", true);
+    let proof = w.dials[1];
+    w.broker_accepts_login(proof);
+    w.open(c, "/");
+    w.link(proof, encode::open_ok());
+    // Trusted beyond credentials_ttl while the feed is up (and its heartbeats too).
+    w.at(Duration::from_secs(100));
+    let c2 = w.login("app", "old", true);
+    w.open(c2, "/");
+    assert_eq!(w.dials.len(), 2);
+    // The password changes: the old one must be proved again (and is refused).
+    deliver_event(&mut w, feed, "user.password.changed", &[("name", "app")]);
+    let c3 = w.login("app", "old", true);
+    assert_eq!(w.dials.len(), 3);
+    w.adm
+        .handle(w.now, Input::LinkConnected { link: w.dials[2] });
+    w.link(w.dials[2], broker_start());
+    w.broker_refuses(
+        w.dials[2],
+        reply::ACCESS_REFUSED,
+        "ACCESS_REFUSED - Login was refused",
+    );
+    assert!(w.closed.contains(&c3));
+    // The user is deleted: its hubs close their clients as RabbitMQ would.
+    deliver_event(&mut w, feed, "user.deleted", &[("name", "app")]);
+    insta::assert_snapshot!(w.trace);
+}
+
+fn deliver_event(w: &mut World, feed: LinkId, key: &str, headers: &[(&str, &str)]) {
+    w.line(format!("broker event {key}"));
+    let deliver = crate::frame::method_frame(1, ids::BASIC_DELIVER, |wr| {
+        wr.shortstr(b"warren-events")
+            .u64(1)
+            .bit(false)
+            .shortstr(events::EXCHANGE.as_bytes())
+            .shortstr(key.as_bytes());
+    });
+    w.link(feed, deliver);
+    let table = headers
+        .iter()
+        .fold(FieldTable::default(), |t, (k, v)| t.with(k, longstr(v)));
+    let mut payload = BytesMut::new();
+    use bytes::BufMut;
+    payload.put_u16(60);
+    payload.put_u16(0);
+    payload.put_u64(0);
+    payload.put_u16(1 << 13);
+    table.encode(&mut payload);
+    let header = crate::frame::Frame::new(crate::frame::FrameType::Header, 1, &payload).freeze();
+    w.link(feed, header);
+}

@@ -1,0 +1,557 @@
+//! The admission task: it accepts clients, runs core's [`Admission`] over their handshakes and
+//! over the broker logins it owns (proofs and the event feed), starts hub tasks and hands
+//! clients and logged-in broker connections to them. Every decision is admission's; this task
+//! moves bytes and time.
+//!
+//! Handshaking clients and admission's broker connections are sockets of one
+//! [`SocketSet`], read and written by this task directly: a client costs no task of its own
+//! until it joins its hub.
+
+use crate::conn::{BoxStream, Resettable};
+use crate::hub_task::{spawn_hub, Arrival, HubMsg};
+use crate::net::Network;
+use crate::server::{now, ClientCount, Ctx};
+use crate::sockets::{SocketEvent, SocketSet};
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use warren_core::admission::{
+    Admission, AdmissionEvent, ConnId, HubId, Input, LinkId, Output, Refusal,
+};
+use warren_core::frame::FrameDecoder;
+use warren_core::reply::Reply;
+
+/// Messages to the admission task.
+pub(crate) enum GateMsg {
+    /// A client finished its TLS handshake.
+    Accepted(Box<Accepted>),
+    /// A dial for a link finished.
+    Dialed {
+        link: LinkId,
+        result: Result<(BoxStream, usize), String>,
+    },
+    /// A hub has nothing to do (see [`Input::HubIdle`]).
+    HubIdle { hub: HubId, handoffs: u64 },
+    /// A hub's own login was refused.
+    HubRefused { hub: HubId, reply: Reply },
+}
+
+/// A client socket ready for its AMQP handshake.
+pub(crate) struct Accepted {
+    pub(crate) stream: BoxStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) count: ClientCount,
+    pub(crate) reset: Arc<AtomicBool>,
+    pub(crate) started: Instant,
+}
+
+/// What a socket of the set belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    Client(ConnId),
+    Link(LinkId),
+}
+
+/// A client in its handshake, as the task knows it.
+struct ClientInfo {
+    id: ConnId,
+    key: usize,
+    peer: SocketAddr,
+    count: ClientCount,
+    reset: Arc<AtomicBool>,
+    started: Instant,
+}
+
+/// A broker connection of admission's, as the task knows it.
+struct LinkInfo {
+    id: LinkId,
+    /// The socket, once the dial connected.
+    key: Option<usize>,
+    /// The node of the upstream list it reached, once connected.
+    node: Option<usize>,
+    decoder: FrameDecoder,
+}
+
+pub(crate) struct Gate<N: Network> {
+    ctx: Arc<Ctx<N>>,
+    admission: Admission,
+    sockets: SocketSet<Who>,
+    clients: Vec<Option<ClientInfo>>,
+    links: Vec<Option<LinkInfo>>,
+    hubs: BTreeMap<HubId, mpsc::UnboundedSender<HubMsg>>,
+    tx: mpsc::UnboundedSender<GateMsg>,
+    rx: mpsc::UnboundedReceiver<GateMsg>,
+    listener: Option<N::Listener>,
+    draining: bool,
+}
+
+impl<N: Network> Gate<N> {
+    pub(crate) fn new(
+        ctx: Arc<Ctx<N>>,
+        listener: N::Listener,
+        seed: u64,
+    ) -> (Gate<N>, mpsc::UnboundedSender<GateMsg>) {
+        let config = ctx.config.admission_config(ctx.upstream_name.clone());
+        let admission = Admission::new(now(), config, seed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let gate = Gate {
+            ctx,
+            admission,
+            sockets: SocketSet::new(),
+            clients: Vec::new(),
+            links: Vec::new(),
+            hubs: BTreeMap::new(),
+            tx: tx.clone(),
+            rx,
+            listener: Some(listener),
+            draining: false,
+        };
+        (gate, tx)
+    }
+
+    /// Runs until drained (every hub stopped, every socket closed) or aborted.
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.apply();
+            if self.draining && self.hubs.is_empty() && self.sockets.len() == 0 {
+                break;
+            }
+            let timeout = self
+                .admission
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            let reap = self.sockets.next_deadline();
+            tokio::select! {
+                biased;
+                _ = self.ctx.abort.cancelled() => break,
+                _ = self.ctx.drain.cancelled(), if !self.draining => {
+                    self.draining = true;
+                    self.listener = None;
+                    self.ctx.admin.readiness.set_listening(false);
+                    self.admission.handle(now(), Input::Drain);
+                }
+                Some(msg) = self.rx.recv() => self.message(msg),
+                ev = poll_fn(|cx| self.sockets.poll_event(cx)) => self.socket_event(ev),
+                accepted = accept(&self.ctx.net, self.listener.as_ref()) => self.accepted(accepted),
+                _ = tokio::time::sleep_until(timeout.unwrap_or_else(tokio::time::Instant::now)), if timeout.is_some() => {
+                    self.admission.handle(now(), Input::Timeout);
+                }
+                _ = tokio::time::sleep_until(reap.unwrap_or_else(tokio::time::Instant::now)), if reap.is_some() => {
+                    self.sockets.reap(tokio::time::Instant::now());
+                }
+            }
+        }
+        // Aborted, or drained: nothing is left to hand over.
+        for tx in self.hubs.values() {
+            let _ = tx.send(HubMsg::Stop);
+        }
+    }
+
+    fn accepted(&mut self, accepted: std::io::Result<(N::Stream, SocketAddr)>) {
+        match accepted {
+            Ok((stream, peer)) => {
+                let count = ClientCount::new(&self.ctx.clients);
+                let reset = Arc::new(AtomicBool::new(false));
+                let stream = Resettable::new(stream, reset.clone(), N::reset_on_close);
+                let accepted = Accepted {
+                    stream: Box::new(stream),
+                    peer,
+                    count,
+                    reset,
+                    started: now(),
+                };
+                match &self.ctx.acceptor {
+                    Some(acceptor) => {
+                        let (ctx, acceptor, tx) =
+                            (self.ctx.clone(), acceptor.clone(), self.tx.clone());
+                        self.ctx.tracker.spawn(async move {
+                            if let Some(a) = tls_accept(&ctx, &acceptor, accepted).await {
+                                let _ = tx.send(GateMsg::Accepted(Box::new(a)));
+                            }
+                        });
+                    }
+                    None => self.handshake(accepted),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+            }
+        }
+    }
+
+    /// A client socket starts its AMQP handshake.
+    fn handshake(&mut self, a: Accepted) {
+        let connected = self.ctx.clients.load(std::sync::atomic::Ordering::Relaxed);
+        let id = self.admission.accept(now(), connected);
+        let key = self
+            .sockets
+            .insert(Who::Client(id), a.stream, BytesMut::new());
+        put(
+            &mut self.clients,
+            id.index(),
+            ClientInfo {
+                id,
+                key,
+                peer: a.peer,
+                count: a.count,
+                reset: a.reset,
+                started: a.started,
+            },
+        );
+    }
+
+    fn client(&self, id: ConnId) -> Option<&ClientInfo> {
+        self.clients
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .filter(|c| c.id == id)
+    }
+
+    fn take_client(&mut self, id: ConnId) -> Option<ClientInfo> {
+        self.clients.get_mut(id.index())?.take_if(|c| c.id == id)
+    }
+
+    fn link_mut(&mut self, id: LinkId) -> Option<&mut LinkInfo> {
+        self.links
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .filter(|l| l.id == id)
+    }
+
+    fn take_link(&mut self, id: LinkId) -> Option<LinkInfo> {
+        self.links.get_mut(id.index())?.take_if(|l| l.id == id)
+    }
+
+    fn message(&mut self, msg: GateMsg) {
+        match msg {
+            GateMsg::Accepted(a) => {
+                if self.draining {
+                    return;
+                }
+                self.handshake(*a);
+            }
+            GateMsg::Dialed { link, result } => {
+                if self.link_mut(link).is_none() {
+                    // Closed by admission meanwhile: the socket is dropped.
+                    return;
+                }
+                match result {
+                    Ok((stream, node)) => {
+                        let key = self
+                            .sockets
+                            .insert(Who::Link(link), stream, BytesMut::new());
+                        if let Some(info) = self.link_mut(link) {
+                            info.node = Some(node);
+                            info.key = Some(key);
+                        }
+                        self.admission.handle(now(), Input::LinkConnected { link });
+                    }
+                    Err(reason) => {
+                        self.admission
+                            .handle(now(), Input::LinkClosed { link, reason });
+                    }
+                }
+            }
+            GateMsg::HubIdle { hub, handoffs } => {
+                self.admission
+                    .handle(now(), Input::HubIdle { hub, handoffs });
+            }
+            GateMsg::HubRefused { hub, reply } => {
+                self.admission
+                    .handle(now(), Input::HubRefused { hub, reply });
+            }
+        }
+    }
+
+    fn socket_event(&mut self, ev: SocketEvent<Who>) {
+        match ev {
+            SocketEvent::Readable(key, Who::Client(conn)) => {
+                let Some(buf) = self.sockets.read_buf(key) else {
+                    return;
+                };
+                let data = buf.split().freeze();
+                self.admission
+                    .handle(now(), Input::ClientData { conn, data });
+            }
+            SocketEvent::Closed(Who::Client(conn), _) => {
+                self.take_client(conn);
+                self.admission.handle(now(), Input::ClientClosed { conn });
+            }
+            SocketEvent::Readable(key, Who::Link(link)) => self.link_readable(key, link),
+            SocketEvent::Closed(Who::Link(link), reason) => {
+                // Its info stays until admission's CloseLink: a failure names the node.
+                self.admission
+                    .handle(now(), Input::LinkClosed { link, reason });
+            }
+        }
+    }
+
+    fn link_readable(&mut self, key: usize, link: LinkId) {
+        let Some(decoder) = self.link_mut(link).map(|l| l.decoder) else {
+            return;
+        };
+        let Some(buf) = self.sockets.read_buf(key) else {
+            return;
+        };
+        let mut frames = SmallVec::new();
+        let error = loop {
+            match decoder.decode(buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        if !frames.is_empty() {
+            self.admission
+                .handle(now(), Input::LinkFrames { link, frames });
+        }
+        if let Some(error) = error {
+            self.admission
+                .handle(now(), Input::LinkFrameError { link, error });
+        }
+    }
+
+    /// Carries out admission's outputs.
+    fn apply(&mut self) {
+        while let Some(out) = self.admission.poll_output() {
+            match out {
+                Output::ToClient { conn, data } => {
+                    if let Some(key) = self.client(conn).map(|c| c.key) {
+                        self.sockets.send(key, data);
+                    }
+                }
+                Output::CloseClient { conn } => {
+                    if let Some(c) = self.take_client(conn) {
+                        self.sockets.close(c.key);
+                    }
+                }
+                Output::Dial { link } => self.dial(link),
+                Output::ToLink { link, data } => {
+                    if let Some(key) = self.link_mut(link).and_then(|l| l.key) {
+                        self.sockets.send(key, data);
+                    }
+                }
+                Output::CloseLink { link } => {
+                    if let Some(key) = self.take_link(link).and_then(|l| l.key) {
+                        self.sockets.close(key);
+                    }
+                }
+                Output::StartHub { hub, machine } => {
+                    let tx = spawn_hub(self.ctx.clone(), hub, machine, self.tx.clone());
+                    self.hubs.insert(hub, tx);
+                    self.ctx.metrics.set_hubs(self.admission.hub_count());
+                }
+                Output::AdoptLink {
+                    link,
+                    hub,
+                    login,
+                    frames,
+                } => {
+                    let Some(info) = self.take_link(link) else {
+                        continue;
+                    };
+                    let Some((_, stream, rbuf, unsent)) =
+                        info.key.and_then(|k| self.sockets.take(k))
+                    else {
+                        continue;
+                    };
+                    self.send_to_hub(
+                        hub,
+                        HubMsg::Adopt {
+                            login,
+                            stream,
+                            rbuf,
+                            unsent,
+                            frames,
+                            node: info.node.unwrap_or(0),
+                        },
+                    );
+                }
+                Output::Join {
+                    conn,
+                    hub,
+                    hello,
+                    pipelined,
+                } => {
+                    let Some(c) = self.take_client(conn) else {
+                        continue;
+                    };
+                    let Some((_, stream, _, unsent)) = self.sockets.take(c.key) else {
+                        continue;
+                    };
+                    self.ctx
+                        .metrics
+                        .observe_handshake(now().duration_since(c.started));
+                    self.send_to_hub(
+                        hub,
+                        HubMsg::Join(Box::new(Arrival {
+                            hello,
+                            stream,
+                            pipelined,
+                            unsent,
+                            peer: c.peer,
+                            count: c.count,
+                            reset: c.reset,
+                        })),
+                    );
+                }
+                Output::ToHub { hub, input } => self.send_to_hub(hub, HubMsg::Input(input)),
+                Output::StopHub { hub } => {
+                    if let Some(tx) = self.hubs.remove(&hub) {
+                        let _ = tx.send(HubMsg::Stop);
+                    }
+                    self.ctx.metrics.set_hubs(self.admission.hub_count());
+                }
+                Output::Event(e) => self.event(e),
+            }
+        }
+    }
+
+    fn send_to_hub(&mut self, hub: HubId, msg: HubMsg) {
+        if let Some(tx) = self.hubs.get(&hub) {
+            // A hub task ends only when told to, or when the server aborts.
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Connects a link in the background; the result comes back as [`GateMsg::Dialed`].
+    fn dial(&mut self, link: LinkId) {
+        put(
+            &mut self.links,
+            link.index(),
+            LinkInfo {
+                id: link,
+                key: None,
+                node: None,
+                decoder: FrameDecoder::new(self.ctx.config.frame_max),
+            },
+        );
+        let (ctx, tx) = (self.ctx.clone(), self.tx.clone());
+        let abort = self.ctx.abort.clone();
+        self.ctx.tracker.spawn(async move {
+            let result = tokio::select! {
+                biased;
+                _ = abort.cancelled() => return,
+                r = ctx.connect_upstream() => r,
+            };
+            let _ = tx.send(GateMsg::Dialed { link, result });
+        });
+    }
+
+    fn event(&mut self, e: AdmissionEvent) {
+        let m = &self.ctx.metrics;
+        match e {
+            AdmissionEvent::Refused {
+                conn,
+                why,
+                reply,
+                user,
+            } => {
+                m.refused(why.label());
+                let peer = self.client(conn).map(|c| c.peer);
+                tracing::info!(peer = ?peer, user = user.as_deref().unwrap_or(""), reason = why.label(), code = reply.code, text = %reply.text, "refusing client");
+            }
+            AdmissionEvent::HandshakeFailed { conn } => {
+                m.refused(Refusal::Handshake.label());
+                let peer = self.client(conn).map(|c| c.peer);
+                tracing::debug!(peer = ?peer, "client handshake failed");
+            }
+            AdmissionEvent::ProofFailed { link, user, reply } => {
+                let refused = reply.refuses_login();
+                m.proof(if refused { "refused" } else { "failed" });
+                tracing::info!(%user, code = reply.code, text = %reply.text, "login proof failed");
+                // A node that took the connection but failed the login otherwise is passed
+                // over by the next dial.
+                if let (false, Some(node)) = (refused, self.link_mut(link).and_then(|l| l.node)) {
+                    self.ctx.node_failed(node);
+                }
+            }
+            AdmissionEvent::Proved { user } => {
+                m.proof("accepted");
+                m.login("proved");
+                tracing::debug!(%user, "login proved by the broker");
+            }
+            AdmissionEvent::Trusted { user } => {
+                m.login("trusted");
+                tracing::debug!(%user, "login trusted from the cache");
+            }
+            AdmissionEvent::Revoked(r) => {
+                m.revocation();
+                tracing::info!(revocation = ?r, "the broker revoked cached credentials");
+            }
+            AdmissionEvent::FeedUp => {
+                m.set_event_feed(true);
+                tracing::info!(
+                    "credentials: changes arrive from the broker's event exchange as they happen"
+                );
+            }
+            AdmissionEvent::FeedDown { reason } => {
+                m.set_event_feed(false);
+                let ttl = self.ctx.config.credentials_ttl;
+                tracing::warn!(%reason, ?ttl, "broker event feed down: accepted credentials are trusted for credentials_ttl only");
+            }
+            AdmissionEvent::Unreachable { reply, retry_in } => {
+                tracing::warn!(text = %reply.text, ?retry_in, "broker unreachable for new logins");
+            }
+        }
+    }
+}
+
+/// The next connection from the listener, or never once it is gone (draining).
+async fn accept<N: Network>(
+    net: &N,
+    listener: Option<&N::Listener>,
+) -> std::io::Result<(N::Stream, SocketAddr)> {
+    match listener {
+        Some(l) => {
+            let r = net.accept(l).await;
+            if r.is_err() {
+                // Out of file descriptors and similar: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts TLS within the handshake timeout.
+async fn tls_accept<N: Network>(
+    ctx: &Ctx<N>,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    a: Accepted,
+) -> Option<Accepted> {
+    let tls = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(a.stream));
+    match tls.await {
+        Ok(Ok(s)) => Some(Accepted {
+            stream: Box::new(s),
+            ..a
+        }),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %a.peer, error = %e, "TLS handshake failed");
+            ctx.metrics.refused("tls");
+            None
+        }
+        Err(_) => {
+            ctx.metrics.refused("handshake_timeout");
+            None
+        }
+    }
+}
+
+/// Stores `x` at index `i`, growing the vector as needed.
+pub(crate) fn put<T>(v: &mut Vec<Option<T>>, i: usize, x: T) {
+    if v.len() <= i {
+        v.resize_with(i + 1, || None);
+    }
+    v[i] = Some(x);
+}
+
+/// Bytes queued for a socket when it changes hands.
+pub(crate) type Unsent = std::collections::VecDeque<Bytes>;
