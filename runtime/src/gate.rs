@@ -326,8 +326,15 @@ impl<N: Network> Gate<N> {
                         self.sockets.send(key, data);
                     }
                 }
-                Output::CloseClient { conn } => {
-                    if let Some(c) = self.take_client(conn) {
+                Output::CloseClient { conn, reset } => {
+                    let Some(c) = self.take_client(conn) else {
+                        continue;
+                    };
+                    if reset {
+                        c.reset.store(true, std::sync::atomic::Ordering::Relaxed);
+                        // Dropped here: the socket is reset, nothing flushed.
+                        self.sockets.take(c.key);
+                    } else {
                         self.sockets.close(c.key);
                     }
                 }

@@ -687,7 +687,9 @@ impl Observer {
                 }
             }
             End::Broken => {
-                if !self.broken.contains(&cid) {
+                // RabbitMQ resets the socket of a login it refuses without a close.
+                let silent_refusal = wrong_password && !c.spec.failure_close;
+                if !self.broken.contains(&cid) && !silent_refusal {
                     bad(self, "saw its connection reset without a fault".into());
                 }
             }

@@ -780,15 +780,20 @@ impl World {
                     self.push(link, Dir::FromProxy, Item::Data(data));
                 }
             }
-            A::CloseClient { conn } => {
+            A::CloseClient { conn, reset } => {
                 let Some(cid) = self.handshakes.remove(&conn) else {
                     return;
                 };
                 let idx = cid as usize - 1;
-                self.line(format!("w closes c{cid} (handshake)"));
                 self.clients[idx].proxy = ProxyClient::Gone;
                 if let Some(link) = self.clients[idx].link {
-                    self.push(link, Dir::FromProxy, Item::Fin);
+                    if reset {
+                        self.line(format!("w resets c{cid} (handshake)"));
+                        self.reset_link(link);
+                    } else {
+                        self.line(format!("w closes c{cid} (handshake)"));
+                        self.push(link, Dir::FromProxy, Item::Fin);
+                    }
                 }
                 self.obs.handshake_closed(cid);
             }

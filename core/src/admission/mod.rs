@@ -217,6 +217,9 @@ pub enum Output {
     CloseClient {
         /// Which client.
         conn: ConnId,
+        /// Reset the connection instead (`SO_LINGER` 0, nothing flushed): how RabbitMQ drops
+        /// a login it refuses without a `Connection.Close`.
+        reset: bool,
     },
     /// Connect to the broker (TCP, then TLS if configured), then report
     /// [`Input::LinkConnected`] or [`Input::LinkClosed`].
@@ -721,7 +724,7 @@ impl Admission {
     fn handshake_failed(&mut self, id: ConnId) {
         self.count_refusal(Refusal::Handshake);
         self.event(AdmissionEvent::HandshakeFailed { conn: id });
-        self.remove_conn(id);
+        self.remove_conn(id, false);
     }
 
     /// `StartOk`: decide at once from what is known, or prove the account.
@@ -895,6 +898,7 @@ impl Admission {
     fn refuse(&mut self, id: ConnId, why: Refusal, reply: Reply) {
         let Some(c) = self.conn_mut(id) else { return };
         c.hs.refuse(&reply);
+        let silent = crate::handshake::refusal(&reply, c.hs.capabilities()).is_none();
         let user = c.user.clone();
         while let Some(o) = self.conn_mut(id).and_then(|c| c.hs.poll_output()) {
             if let HandshakeOutput::Send(data) = o {
@@ -908,21 +912,21 @@ impl Admission {
             reply,
             user,
         });
-        self.remove_conn(id);
+        self.remove_conn(id, silent);
     }
 
     fn count_refusal(&mut self, why: Refusal) {
         *self.stats.refusals.entry(why).or_default() += 1;
     }
 
-    /// Forgets a client and tells the driver to close its socket.
-    fn remove_conn(&mut self, id: ConnId) {
+    /// Forgets a client and tells the driver to close (or reset) its socket.
+    fn remove_conn(&mut self, id: ConnId, reset: bool) {
         let Some(c) = self.conn(id) else { return };
         let (timer, wait) = (c.timer_at, c.wait);
         self.agenda.reschedule(Timer::Conn(id), timer, None);
         self.conns.remove(id.index());
         self.unwait(id, wait);
-        self.out.push_back(Output::CloseClient { conn: id });
+        self.out.push_back(Output::CloseClient { conn: id, reset });
     }
 
     /// The client's socket is gone.

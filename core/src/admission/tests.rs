@@ -134,9 +134,9 @@ impl World {
         while let Some(o) = self.adm.poll_output() {
             let line = match o {
                 Output::ToClient { conn, data } => format!("{conn} <- {}", describe(&data)),
-                Output::CloseClient { conn } => {
+                Output::CloseClient { conn, reset } => {
                     self.closed.push(conn);
-                    format!("{conn} closed")
+                    format!("{conn} {}", if reset { "reset" } else { "closed" })
                 }
                 Output::Dial { link } => {
                     self.dials.push(link);
@@ -191,7 +191,10 @@ fn describe_event(e: &AdmissionEvent) -> String {
             reply.text
         ),
         AdmissionEvent::ProofFailed { link, user, reply } => {
-            format!("proof {link} of {user} failed: {} {:?}", reply.code, reply.text)
+            format!(
+                "proof {link} of {user} failed: {} {:?}",
+                reply.code, reply.text
+            )
         }
         AdmissionEvent::Unreachable { reply, retry_in } => {
             format!("unreachable for {retry_in:?}: {}", reply.text)

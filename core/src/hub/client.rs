@@ -267,6 +267,11 @@ impl Hub {
         let channels = std::mem::take(&mut c.channels);
         let exclusive = std::mem::take(&mut c.exclusive);
         c.buffered = 0;
+        for (_, q) in &exclusive {
+            if self.exclusive_owners.get(q) == Some(&id) {
+                self.exclusive_owners.remove(q);
+            }
+        }
         self.waiting_opens.retain(|(c, _)| *c != id);
         self.held_frames.retain(|(c, _)| *c != id);
         for (_, chan) in channels {
@@ -347,9 +352,36 @@ impl Hub {
             .client_mut(owner)
             .filter(|c| !matches!(c.phase, Phase::Closing { .. }))
         {
-            Some(c) => c.exclusive.push((r.up, queue.clone())),
+            Some(_) => self.own_exclusive(owner, r.up, queue.clone()),
             None => self.delete_exclusive_queues(now, vec![(r.up, queue.clone())]),
         }
+    }
+
+    /// Records that client `id` declared the exclusive queue `queue` on upstream `up`.
+    fn own_exclusive(&mut self, id: ClientId, up: UpstreamId, queue: Vec<u8>) {
+        let Some(c) = self.client_mut(id) else { return };
+        c.exclusive.push((up, queue.clone()));
+        self.exclusive_owners.insert(queue, id);
+    }
+
+    /// RabbitMQ's refusal of a method on another connection's exclusive queue, if `frame`
+    /// names an exclusive queue of another client of this hub.
+    fn locked_queue(&self, id: ClientId, mid: MethodId, frame: &Frame) -> Option<Reply> {
+        let queue = queue_named(mid, frame.payload())?;
+        let owner = self.exclusive_owners.get(queue)?;
+        (*owner != id).then(|| {
+            Reply::new(
+                reply::RESOURCE_LOCKED,
+                format!(
+                    "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could \
+                     be originally declared on another connection or the exclusive property \
+                     value does not match that of the original declaration.",
+                    String::from_utf8_lossy(queue),
+                    self.credentials.vhost
+                ),
+            )
+            .caused_by(mid)
+        })
     }
 
     /// Sends `Channel.Close` on an upstream channel nobody owns any more.
@@ -547,6 +579,9 @@ impl Hub {
             Ok(x) => x,
             Err(r) => return Verdict::Fatal(r),
         };
+        if let Some(r) = self.locked_queue(id, mid, frame) {
+            return Verdict::CloseChannel(r);
+        }
         let extra_types = &self.config.extra_exchange_types;
         let Some(chan) = self
             .clients
@@ -705,6 +740,7 @@ impl Hub {
                         if let Some(chan) = c.channels.get_mut(&ch) {
                             chan.recyclable = false;
                         }
+                        self.exclusive_owners.remove(&queue);
                     }
                 }
                 Verdict::Forward
@@ -1092,9 +1128,9 @@ impl Hub {
         };
         match m {
             Method::QueueDeclareOk { queue } => match chan.declares.pop_front() {
-                Some(Declare::Exclusive) => c.exclusive.push((up, queue.clone())),
+                Some(Declare::Exclusive) => self.own_exclusive(id, up, queue.clone()),
                 Some(Declare::ExclusiveUnasked) => {
-                    c.exclusive.push((up, queue.clone()));
+                    self.own_exclusive(id, up, queue.clone());
                     return false;
                 }
                 _ => {}
@@ -1192,20 +1228,35 @@ fn clear_declare_nowait(frame: &mut Frame) {
     }
 }
 
-/// Whether a method names its queue with the empty string, which RabbitMQ resolves to the
-/// last queue declared on the channel.
-fn uses_queue_shortcut(mid: MethodId, payload: &[u8]) -> bool {
-    let names_queue = matches!(
+/// Methods whose arguments start with a reserved short and a queue name: the queue-class
+/// methods RabbitMQ checks exclusivity on, `basic.consume` and `basic.get`.
+fn names_queue(mid: MethodId) -> bool {
+    matches!(
         mid,
-        ids::QUEUE_BIND
+        ids::QUEUE_DECLARE
+            | ids::QUEUE_BIND
             | ids::QUEUE_UNBIND
             | ids::QUEUE_PURGE
             | ids::QUEUE_DELETE
             | ids::BASIC_CONSUME
             | ids::BASIC_GET
-    );
-    // class, method, reserved short, then the queue's length octet.
-    names_queue && payload.get(6) == Some(&0)
+    )
+}
+
+/// The queue name such a method carries (class, method, reserved short, then the name's
+/// length octet); `None` for other methods and for the empty name.
+fn queue_named(mid: MethodId, payload: &[u8]) -> Option<&[u8]> {
+    if !names_queue(mid) {
+        return None;
+    }
+    let len = usize::from(*payload.get(6)?);
+    payload.get(7..7 + len).filter(|q| !q.is_empty())
+}
+
+/// Whether a method names its queue with the empty string, which RabbitMQ resolves to the
+/// last queue declared on the channel (a declare with the empty name asks for a new one).
+fn uses_queue_shortcut(mid: MethodId, payload: &[u8]) -> bool {
+    names_queue(mid) && mid != ids::QUEUE_DECLARE && payload.get(6) == Some(&0)
 }
 
 /// Exchange types RabbitMQ ships, plus configured plugin types.

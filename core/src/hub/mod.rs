@@ -449,6 +449,10 @@ pub struct Hub {
     orphan_declares: Vec<(UpRef, ClientId, VecDeque<client::Declare>)>,
     /// Exclusive queues of departed clients waiting for a free channel to be deleted on.
     pending_deletes: Vec<(UpstreamId, Vec<u8>)>,
+    /// Every exclusive queue a client of this hub declared, by name: another client that
+    /// touches one is refused as RabbitMQ refuses another connection (B5), although the
+    /// broker sees one connection for both.
+    exclusive_owners: BTreeMap<Vec<u8>, ClientId>,
     /// Channels whose fence round trip is in flight (they count against the pool size).
     fencing: usize,
     /// Pooled channels, most recently pooled last (so the first is the oldest).
@@ -494,6 +498,7 @@ impl Hub {
             held_frames: Vec::new(),
             orphan_declares: Vec::new(),
             pending_deletes: Vec::new(),
+            exclusive_owners: BTreeMap::new(),
             fencing: 0,
             pool: Vec::new(),
             pool_timer: None,

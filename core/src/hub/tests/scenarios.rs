@@ -5,6 +5,8 @@ use super::harness::*;
 use crate::hub::{HubConfig, HubEvent, Placement, UpstreamId};
 use crate::method::{encode, ids, Tune};
 use crate::reply;
+use crate::wire::Writer;
+use bytes::Bytes;
 use insta::assert_snapshot;
 use std::time::Duration;
 
@@ -1076,4 +1078,151 @@ fn upstream_heartbeats_start_at_tune_ok() {
     let got = w.take(Peer::U(u));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].kind(), crate::frame::FrameType::Heartbeat);
+}
+
+/// B5: an exclusive queue belongs to the client that declared it. Every method RabbitMQ
+/// refuses on another connection's exclusive queue is refused to another client of the same
+/// hub with the same 405 and text (although the broker sees one connection), without touching
+/// the broker or the owner; publishing to it stays allowed.
+#[test]
+fn another_clients_exclusive_queue_is_locked() {
+    let (mut w, owner, u) = with_channel(world(), 1);
+    w.client_sends(owner, &[queue_declare(1, "rpc-reply", true)]);
+    let uch = w.take(Peer::U(u)).last().map(|f| f.channel()).unwrap();
+    w.broker_sends(u, &[queue_declare_ok(uch, "rpc-reply")]);
+    w.take(Peer::C(owner));
+    let other = w.join(hello(131_072, 0));
+    w.take(Peer::C(other));
+    let q = |w: &mut Writer<'_>| {
+        w.u16(0).shortstr(b"rpc-reply");
+    };
+    let attempts: Vec<(&str, Bytes)> = vec![
+        ("declare", queue_declare(1, "rpc-reply", true)),
+        (
+            "passive declare",
+            m(1, ids::QUEUE_DECLARE, |w| {
+                w.u16(0)
+                    .shortstr(b"rpc-reply")
+                    .bit(true)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false);
+                w.u32(0);
+            }),
+        ),
+        (
+            "consume",
+            m(1, ids::BASIC_CONSUME, |w| {
+                q(w);
+                w.shortstr(b"")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(0);
+            }),
+        ),
+        (
+            "get",
+            m(1, ids::BASIC_GET, |w| {
+                q(w);
+                w.bit(false);
+            }),
+        ),
+        (
+            "bind",
+            m(1, ids::QUEUE_BIND, |w| {
+                q(w);
+                w.shortstr(b"amq.direct").shortstr(b"k").bit(false).u32(0);
+            }),
+        ),
+        (
+            "unbind",
+            m(1, ids::QUEUE_UNBIND, |w| {
+                q(w);
+                w.shortstr(b"amq.direct").shortstr(b"k").u32(0);
+            }),
+        ),
+        (
+            "purge",
+            m(1, ids::QUEUE_PURGE, |w| {
+                q(w);
+                w.bit(false);
+            }),
+        ),
+        (
+            "delete",
+            m(1, ids::QUEUE_DELETE, |w| {
+                q(w);
+                w.bit(false).bit(false).bit(false);
+            }),
+        ),
+    ];
+    let mut upstream_before = 0;
+    for (what, frame) in attempts {
+        w.client_sends(other, &[channel_open(1)]);
+        let opened = w.take(Peer::U(u));
+        if let Some(open) = opened
+            .iter()
+            .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
+        {
+            w.broker_sends(u, &[channel_open_ok(open.channel())]);
+        }
+        w.take(Peer::C(other));
+        upstream_before += 1;
+        w.client_sends(other, &[frame]);
+        let got = w.take(Peer::C(other));
+        assert_eq!(got.len(), 1, "{what}: one channel.close");
+        assert_eq!(got[0].method_id(), Some(ids::CHANNEL_CLOSE), "{what}");
+        assert_eq!(close_code(&got[0]), Some(reply::RESOURCE_LOCKED), "{what}");
+        let sent = w.take(Peer::U(u));
+        assert!(
+            sent.iter()
+                .all(|f| f.method_id() != Some(ids::QUEUE_DECLARE)
+                    && f.method_id() != Some(ids::BASIC_GET)
+                    && f.method_id() != Some(ids::QUEUE_DELETE)),
+            "{what}: nothing about the queue reached the broker"
+        );
+        let upstream_close = sent
+            .iter()
+            .find(|f| f.method_id() == Some(ids::CHANNEL_CLOSE))
+            .map(|f| f.channel());
+        if let Some(ch) = upstream_close {
+            w.broker_sends(u, &[close_ok(ch)]);
+        }
+        w.client_sends(other, &[close_ok(1)]);
+    }
+    assert!(upstream_before > 0);
+    // Publishing to it through the default exchange is allowed, as on RabbitMQ.
+    w.client_sends(other, &[channel_open(2)]);
+    let open = w
+        .take(Peer::U(u))
+        .into_iter()
+        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN));
+    if let Some(open) = open {
+        w.broker_sends(u, &[channel_open_ok(open.channel())]);
+    }
+    w.client_sends(
+        other,
+        &[publish(2, "", false), header(2, 2), body(2, b"hi")],
+    );
+    assert!(w
+        .take(Peer::C(other))
+        .iter()
+        .all(|f| f.method_id() != Some(ids::CHANNEL_CLOSE)));
+    // The owner keeps using its queue.
+    w.client_sends(
+        owner,
+        &[m(1, ids::BASIC_GET, |w| {
+            w.u16(0).shortstr(b"rpc-reply").bit(false);
+        })],
+    );
+    assert!(w
+        .take(Peer::U(u))
+        .iter()
+        .any(|f| f.method_id() == Some(ids::BASIC_GET)));
+    // Once the owner leaves, the name is free.
+    w.client_drops(owner);
+    assert_snapshot!(w.trace());
 }
