@@ -1,0 +1,175 @@
+// amqp091-go probe for tests/tests/clients.rs: runs one scenario and prints one JSON line saying
+// what amqp091-go reported. See tests/clients/README.md for the arguments, the scenarios, the
+// output and how it is built (GOPATH mode against Debian's /usr/share/gocode, no module proxy).
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+type result = map[string]any
+
+// outcomeOf says what amqp091-go reported: the error's type, and the reply code and text of an
+// *amqp.Error (Server: whether the broker sent it or the library made it up).
+func outcomeOf(err error) result {
+	if e, ok := err.(*amqp.Error); ok {
+		return result{"outcome": "error", "kind": fmt.Sprintf("%T", err), "code": e.Code, "text": e.Reason, "server": e.Server}
+	}
+	return result{"outcome": "error", "kind": fmt.Sprintf("%T", err), "code": nil, "text": err.Error()}
+}
+
+// step runs one step: {"outcome": "ok", ...whatever f returns} or the error amqp091-go returned.
+func step(f func() (result, error)) result {
+	r, err := f()
+	if err != nil {
+		return outcomeOf(err)
+	}
+	out := result{"outcome": "ok"}
+	for k, v := range r {
+		out[k] = v
+	}
+	return out
+}
+
+func connect(host, port, user, password, vhost string) (*amqp.Connection, error) {
+	return amqp.DialConfig("amqp://"+host+":"+port+"/", amqp.Config{
+		Vhost: vhost,
+		SASL:  []amqp.Authentication{&amqp.PlainAuth{Username: user, Password: password}},
+		Dial:  amqp.DefaultDial(20 * time.Second),
+	})
+}
+
+func publishGet(conn *amqp.Connection, queue string) (result, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil {
+		return nil, err
+	}
+	if err := ch.Publish("", queue, false, false, amqp.Publishing{Body: []byte("hello")}); err != nil {
+		return nil, err
+	}
+	msg, ok, err := ch.Get(queue, true)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
+		return nil, err
+	}
+	var body any
+	if ok {
+		body = string(msg.Body)
+	}
+	return result{"body": body}, ch.Close()
+}
+
+// onNewChannel runs f on a new channel of conn (a channel error closes the channel).
+func onNewChannel(conn *amqp.Connection, f func(ch *amqp.Channel) error) func() (result, error) {
+	return func() (result, error) {
+		ch, err := conn.Channel()
+		if err == nil {
+			err = f(ch)
+		}
+		return nil, err
+	}
+}
+
+func passive(queue string) func(ch *amqp.Channel) error {
+	return func(ch *amqp.Channel) error {
+		_, err := ch.QueueDeclarePassive(queue, false, false, false, false, nil)
+		return err
+	}
+}
+
+func run(host, port, user, password, vhost, scenario, queue string) (result, error) {
+	switch scenario {
+	case "wrong_password", "unknown_vhost":
+		conn, err := connect(host, port, user, password, vhost)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := conn.Channel(); err != nil {
+			return nil, err
+		}
+		return result{"outcome": "ok"}, conn.Close()
+	case "publish_get":
+		conn, err := connect(host, port, user, password, vhost)
+		if err != nil {
+			return nil, err
+		}
+		r := step(func() (result, error) { return publishGet(conn, queue) })
+		return r, conn.Close()
+	case "passive_missing_queue":
+		conn, err := connect(host, port, user, password, vhost)
+		if err != nil {
+			return nil, err
+		}
+		r := result{
+			"passive": step(onNewChannel(conn, passive(queue))),
+			"after":   step(func() (result, error) { return publishGet(conn, queue) }),
+		}
+		return r, conn.Close()
+	case "exclusive_locked":
+		owner, err := connect(host, port, user, password, vhost)
+		if err != nil {
+			return nil, err
+		}
+		ownerCh, err := owner.Channel()
+		if err != nil {
+			return nil, err
+		}
+		if _, err := ownerCh.QueueDeclare(queue, false, false, true, false, nil); err != nil {
+			return nil, err
+		}
+		other, err := connect(host, port, user, password, vhost)
+		if err != nil {
+			return nil, err
+		}
+		r := result{
+			"passive": step(onNewChannel(other, passive(queue))),
+			"get": step(onNewChannel(other, func(ch *amqp.Channel) error {
+				_, _, err := ch.Get(queue, true)
+				return err
+			})),
+			"delete": step(onNewChannel(other, func(ch *amqp.Channel) error {
+				_, err := ch.QueueDelete(queue, false, false, false)
+				return err
+			})),
+		}
+		if err := other.Close(); err != nil {
+			return nil, err
+		}
+		if _, err := ownerCh.QueueDelete(queue, false, false, false); err != nil {
+			return nil, err
+		}
+		return r, owner.Close()
+	}
+	fmt.Fprintf(os.Stderr, "unknown scenario %q\n", scenario)
+	os.Exit(2)
+	return nil, nil
+}
+
+func main() {
+	a := os.Args[1:]
+	if len(a) < 7 {
+		fmt.Fprintln(os.Stderr, "usage: amqp091_probe HOST PORT USER PASSWORD VHOST SCENARIO QUEUE")
+		os.Exit(2)
+	}
+	if _, err := strconv.Atoi(a[1]); err != nil {
+		fmt.Fprintf(os.Stderr, "bad port %q\n", a[1])
+		os.Exit(2)
+	}
+	r, err := run(a[0], a[1], a[2], a[3], a[4], a[5], a[6])
+	if err != nil {
+		r = outcomeOf(err)
+	}
+	line, _ := json.Marshal(r)
+	fmt.Println(string(line))
+}

@@ -1,0 +1,97 @@
+// amqplib probe for tests/tests/clients.rs: runs one scenario and prints one JSON line saying what
+// amqplib reported. See tests/clients/README.md for the arguments, the scenarios and the output.
+'use strict';
+const amqp = require('amqplib');
+
+// What amqplib reported: the error's class, its reply code (amqplib sets `code` on channel and
+// connection closes; a refused handshake has it only in the message) and its message.
+function outcomeOf(e) {
+  const found = /\b([345]\d\d) \(/.exec(e.message);
+  const code = typeof e.code === 'number' ? e.code : found ? Number(found[1]) : null;
+  return {outcome: 'error', kind: e.constructor.name, code, text: e.message};
+}
+
+// Runs one step: {outcome: 'ok', ...whatever f returns} or the error amqplib rejected with.
+async function step(f) {
+  try {
+    return {outcome: 'ok', ...(await f())};
+  } catch (e) {
+    return outcomeOf(e);
+  }
+}
+
+async function connect(host, port, user, password, vhost) {
+  const conn = await amqp.connect({protocol: 'amqp', hostname: host, port: Number(port), username: user, password, vhost}, {timeout: 20000});
+  conn.on('error', () => {}); // reported by the operation that failed
+  return conn;
+}
+
+// A new channel (a channel error closes the channel; the failed operation reports it).
+async function channel(conn) {
+  const ch = await conn.createChannel();
+  ch.on('error', () => {});
+  return ch;
+}
+
+async function publishGet(conn, queue) {
+  const ch = await channel(conn);
+  await ch.assertQueue(queue, {durable: false});
+  ch.sendToQueue(queue, Buffer.from('hello'));
+  const msg = await ch.get(queue, {noAck: true});
+  await ch.deleteQueue(queue);
+  await ch.close();
+  return {body: msg ? msg.content.toString() : null};
+}
+
+async function run(host, port, user, password, vhost, scenario, queue) {
+  const open = () => connect(host, port, user, password, vhost);
+  switch (scenario) {
+    case 'wrong_password':
+    case 'unknown_vhost': {
+      const conn = await open();
+      await channel(conn);
+      await conn.close();
+      return {outcome: 'ok'};
+    }
+    case 'publish_get': {
+      const conn = await open();
+      const result = await step(() => publishGet(conn, queue));
+      await conn.close();
+      return result;
+    }
+    case 'passive_missing_queue': {
+      const conn = await open();
+      const result = {
+        passive: await step(async () => void (await (await channel(conn)).checkQueue(queue))),
+        after: await step(() => publishGet(conn, queue)),
+      };
+      await conn.close();
+      return result;
+    }
+    case 'exclusive_locked': {
+      const owner = await open();
+      const ownerCh = await channel(owner);
+      await ownerCh.assertQueue(queue, {exclusive: true, durable: false});
+      const other = await open();
+      const result = {
+        passive: await step(async () => void (await (await channel(other)).checkQueue(queue))),
+        get: await step(async () => void (await (await channel(other)).get(queue, {noAck: true}))),
+        delete: await step(async () => void (await (await channel(other)).deleteQueue(queue))),
+      };
+      await other.close();
+      await ownerCh.deleteQueue(queue);
+      await owner.close();
+      return result;
+    }
+    default:
+      console.error(`unknown scenario ${JSON.stringify(scenario)}`);
+      process.exit(2);
+  }
+}
+
+run(...process.argv.slice(2, 9))
+  .catch(outcomeOf)
+  .then((result) => {
+    console.log(JSON.stringify(result));
+    process.exit(0);
+  });

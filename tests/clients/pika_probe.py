@@ -1,0 +1,101 @@
+"""pika probe for tests/tests/clients.rs: runs one scenario and prints one JSON line saying what
+pika reported. See tests/clients/README.md for the arguments, the scenarios and the output."""
+
+import json
+import re
+import sys
+
+import pika
+import pika.exceptions
+
+
+def outcome_of(exc):
+    """What pika reported: its exception class, and the reply code and text it carries."""
+    # pika wraps some failures in AMQPConnectionError(inner); report the inner one's text too.
+    inner = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], BaseException) else None
+    code = getattr(exc, "reply_code", None)
+    text = getattr(exc, "reply_text", None)
+    if code is None and len(exc.args) >= 2 and isinstance(exc.args[0], int):
+        code, text = exc.args[0], exc.args[1]
+    if text is None:
+        text = repr(inner) if inner is not None else str(exc)
+    if code is None:
+        # ProbableAuthenticationError and friends carry only a message, "...: (403) '...'".
+        found = re.search(r"\((\d{3})\)", text)
+        code = int(found.group(1)) if found else None
+    return {"outcome": "error", "kind": type(exc).__name__, "code": code, "text": text}
+
+
+def step(f):
+    """Runs one step: {"outcome": "ok", ...whatever f returns} or the error pika raised."""
+    try:
+        return {"outcome": "ok", **(f() or {})}
+    except pika.exceptions.AMQPError as exc:
+        return outcome_of(exc)
+
+
+def connect(host, port, user, password, vhost):
+    params = pika.ConnectionParameters(
+        host=host,
+        port=port,
+        virtual_host=vhost,
+        credentials=pika.PlainCredentials(user, password),
+        connection_attempts=1,
+        socket_timeout=20,
+        blocked_connection_timeout=20,
+    )
+    return pika.BlockingConnection(params)
+
+
+def publish_get(conn, queue):
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    ch.basic_publish("", queue, b"hello")
+    _method, _props, body = ch.basic_get(queue, auto_ack=True)
+    ch.queue_delete(queue)
+    ch.close()
+    return {"body": body.decode() if body is not None else None}
+
+
+def main():
+    host, port, user, password, vhost, scenario, queue = sys.argv[1:8]
+    port = int(port)
+    if scenario in ("wrong_password", "unknown_vhost"):
+        conn = connect(host, port, user, password, vhost)
+        conn.channel()
+        conn.close()
+        return {"outcome": "ok"}
+    if scenario == "publish_get":
+        conn = connect(host, port, user, password, vhost)
+        result = step(lambda: publish_get(conn, queue))
+        conn.close()
+        return result
+    if scenario == "passive_missing_queue":
+        conn = connect(host, port, user, password, vhost)
+        passive = step(lambda: conn.channel().queue_declare(queue, passive=True) and None)
+        after = step(lambda: publish_get(conn, queue))
+        conn.close()
+        return {"passive": passive, "after": after}
+    if scenario == "exclusive_locked":
+        owner = connect(host, port, user, password, vhost)
+        owner_ch = owner.channel()
+        owner_ch.queue_declare(queue, exclusive=True)
+        other = connect(host, port, user, password, vhost)
+        result = {
+            "passive": step(lambda: other.channel().queue_declare(queue, passive=True) and None),
+            "get": step(lambda: other.channel().basic_get(queue, auto_ack=True) and None),
+            "delete": step(lambda: other.channel().queue_delete(queue) and None),
+        }
+        other.close()
+        owner_ch.queue_delete(queue)
+        owner.close()
+        return result
+    raise SystemExit(f"unknown scenario {scenario!r}")
+
+
+if __name__ == "__main__":
+    try:
+        result = main()
+    except pika.exceptions.AMQPError as exc:
+        result = outcome_of(exc)
+    print(json.dumps(result, sort_keys=True))
