@@ -69,12 +69,22 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A reply whose text is `"NAME - detail"`, RabbitMQ's format.
+    /// A reply whose text is `"NAME - detail"`, RabbitMQ's format — cut as RabbitMQ cuts a
+    /// text too long for a short string: its first 252 bytes and `...`.
     #[must_use]
     pub fn new(code: u16, detail: impl fmt::Display) -> Reply {
+        let mut text = format!("{} - {}", code_name(code), detail);
+        if text.len() > 255 {
+            let mut cut = 252;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("...");
+        }
         Reply {
             code,
-            text: format!("{} - {}", code_name(code), detail),
+            text,
             class_method: (0, 0),
         }
     }
@@ -114,6 +124,19 @@ impl fmt::Display for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_texts_are_cut_as_rabbitmq_cuts_them() {
+        let r = Reply::new(RESOURCE_LOCKED, "x".repeat(300));
+        assert_eq!(r.text.len(), 255);
+        assert!(r.text.starts_with("RESOURCE_LOCKED - xxx"));
+        assert!(r.text.ends_with("x..."));
+        let short = Reply::new(RESOURCE_LOCKED, "x".repeat(100));
+        assert_eq!(short.text.len(), "RESOURCE_LOCKED - ".len() + 100);
+        // A cut never splits a character.
+        let wide = Reply::new(RESOURCE_LOCKED, "é".repeat(200));
+        assert!(wide.text.len() <= 255 && wide.text.ends_with("..."));
+    }
 
     #[test]
     fn only_credential_and_vhost_refusals_refuse_the_login() {

@@ -71,24 +71,31 @@ async fn answer_to_start_ok(
         locale: "en_US".into(),
     }))
     .await?;
+    let sent = Instant::now();
     let answer = tokio::time::timeout(LIMIT, next(&mut s, &mut buf)).await?;
-    Ok(match answer {
-        Ok(Some(Method::Tune(_))) => "connection.tune".into(),
-        Ok(Some(Method::ConnectionClose(c))) => {
-            format!("connection.close {} {:?}", c.code, c.text)
+    // Whole seconds: RabbitMQ answers at once, or holds a silent refusal for 3 s.
+    let after = sent.elapsed().as_secs();
+    Ok(format!(
+        "{} after {after}s",
+        match answer {
+            Ok(Some(Method::Tune(_))) => "connection.tune".into(),
+            Ok(Some(Method::ConnectionClose(c))) => {
+                format!("connection.close {} {:?}", c.code, c.text)
+            }
+            Ok(Some(other)) => format!("{other:?}"),
+            Ok(None) => "socket closed".into(),
+            Err(e) => match e.downcast_ref::<std::io::Error>() {
+                Some(io) if io.kind() == std::io::ErrorKind::ConnectionReset =>
+                    "socket reset".into(),
+                _ => return Err(e),
+            },
         }
-        Ok(Some(other)) => format!("{other:?}"),
-        Ok(None) => "socket closed".into(),
-        Err(e) => match e.downcast_ref::<std::io::Error>() {
-            Some(io) if io.kind() == std::io::ErrorKind::ConnectionReset => "socket reset".into(),
-            _ => return Err(e),
-        },
-    })
+    ))
 }
 
 /// B2: a wrong password gets `Connection.Close 403` where `Tune` would be, with RabbitMQ's
-/// text — or, for a client without `authentication_failure_close`, a closed socket — and a
-/// right one gets `Tune`, directly and through warren alike.
+/// text — or, for a client without `authentication_failure_close`, a socket reset three
+/// seconds later — and a right one gets `Tune`, directly and through warren alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_is_answered_at_start_ok_as_rabbitmq_answers_it() -> Result<()> {
     bounded(async {
