@@ -24,7 +24,8 @@
 #   PROFILE_COUNT=150000  messages of the profiled runs (perf record publishes twice as many)
 #
 # Output: a markdown table on stdout (also saved as bench/results/<timestamp>.md), raw JSON lines
-# in bench/results/<timestamp>.jsonl, warren's logs in bench/results/<timestamp>-logs/.
+# in bench/results/<timestamp>.jsonl, the same as SVG charts (bench/charts.py:
+# <timestamp>.ratios.svg, <timestamp>.cpu.svg), warren's logs in bench/results/<timestamp>-logs/.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -691,6 +692,8 @@ main() {
         echo
         summary_table
     } | tee "$RESULTS_DIR/$STAMP.md"
+    python3 "$ROOT/bench/charts.py" "$JSONL" "$RESULTS_DIR/$STAMP" ||
+        log "drawing the charts failed (the table above stands)"
     log "raw results: $JSONL"
 }
 
