@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: installs and starts a local RabbitMQ if needed
-# (scripts/rabbitmq.sh), then
+# (scripts/rabbitmq.sh) and the other tools the tests drive (scripts/test-tools.sh: client
+# libraries of other languages, Prometheus), then
 #   1. the doctests, if the workspace has any (nextest does not run doctests);
 #   2. every test except those that disturb the broker, in parallel;
 #   3. the broker-disturbing tests (named *broker_disturbing*), one at a time, after the others.
@@ -23,6 +24,7 @@ command -v cargo >/dev/null 2>&1 ||
     { echo "[test.sh] ERROR: cargo is not installed: install Rust with rustup (https://rustup.rs), then rerun." >&2; exit 1; }
 
 scripts/rabbitmq.sh ensure
+scripts/test-tools.sh
 
 # Every test that stops, restarts or alarms the broker has this in its name.
 DISTURBING=broker_disturbing

@@ -4,8 +4,13 @@
 //! Two uses: [`validate_table`] walks a table a client wants forwarded and rejects anything
 //! RabbitMQ's parser would choke on (its failure would close the *shared* connection), and
 //! [`FieldTable`] decodes and encodes the few tables the proxy reads or writes itself.
+//!
+//! RabbitMQ accepts tables nested to any depth (5,000 levels of `headers` are delivered byte
+//! for byte), so warren does too, and depth costs no stack: validation walks nested tables
+//! and arrays with an explicit stack, and decoding keeps values nested deeper than
+//! [`MAX_DECODE_DEPTH`] as their encoded bytes ([`FieldValue::Deep`]).
 
-use crate::wire::{Reader, WireError, Writer, MAX_TABLE_DEPTH};
+use crate::wire::{Reader, WireError, Writer};
 use bytes::BytesMut;
 
 /// One value in a field table, with the type tags RabbitMQ reads and writes.
@@ -46,7 +51,14 @@ pub enum FieldValue {
     Table(FieldTable),
     /// `V`
     Void,
+    /// A table (`F`) or array (`A`) nested deeper than [`MAX_DECODE_DEPTH`], kept as its
+    /// encoded bytes (type tag first) and written back unchanged.
+    Deep(Vec<u8>),
 }
+
+/// Tables and arrays nested deeper than this are not decoded into values (see
+/// [`FieldValue::Deep`]): the proxy never reads that deep, and decoding stays bounded.
+pub const MAX_DECODE_DEPTH: usize = 32;
 
 /// An ordered field table. Order is kept as received so that re-encoding is byte-identical.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -94,6 +106,7 @@ impl FieldTable {
 
     /// Decodes the body of a table (the bytes after its 32-bit length).
     pub fn decode(raw: &[u8]) -> Result<FieldTable, WireError> {
+        validate_table(raw)?;
         decode_table(raw, 0)
     }
 
@@ -110,72 +123,66 @@ impl FieldTable {
     }
 }
 
-/// Checks the body of a table (after its length) the way RabbitMQ parses it.
-pub fn validate_table(raw: &[u8], depth: usize) -> Result<(), WireError> {
-    if depth > MAX_TABLE_DEPTH {
-        return Err(WireError::TooDeep);
-    }
-    let mut r = Reader::new(raw);
-    while !r.rest().is_empty() {
-        r.shortstr()?;
-        validate_value(&mut r, depth)?;
+/// Checks the body of a table (after its length) the way RabbitMQ parses it, at any depth:
+/// nested tables and arrays are walked with an explicit stack, not by recursion.
+pub fn validate_table(raw: &[u8]) -> Result<(), WireError> {
+    // Each entry: what is left of an open table (`true`: key-value pairs) or array (`false`).
+    let mut stack: Vec<(Reader<'_>, bool)> = vec![(Reader::new(raw), true)];
+    while let Some((r, is_table)) = stack.last_mut() {
+        if r.rest().is_empty() {
+            stack.pop();
+            continue;
+        }
+        if *is_table {
+            r.shortstr()?;
+        }
+        match r.u8()? {
+            b't' | b'b' | b'B' => {
+                r.u8()?;
+            }
+            b's' | b'u' => {
+                r.u16()?;
+            }
+            b'I' | b'i' => {
+                r.u32()?;
+            }
+            b'l' | b'T' => {
+                r.u64()?;
+            }
+            b'f' => {
+                if !f32::from_bits(r.u32()?).is_finite() {
+                    return Err(WireError::BadFloat);
+                }
+            }
+            b'd' => {
+                if !f64::from_bits(r.u64()?).is_finite() {
+                    return Err(WireError::BadFloat);
+                }
+            }
+            b'D' => {
+                r.u8()?;
+                r.u32()?;
+            }
+            b'S' | b'x' => {
+                r.longstr()?;
+            }
+            b'F' => {
+                let inner = Reader::new(r.longstr()?);
+                stack.push((inner, true));
+            }
+            b'A' => {
+                let inner = Reader::new(r.longstr()?);
+                stack.push((inner, false));
+            }
+            b'V' => {}
+            other => return Err(WireError::BadFieldType(other)),
+        }
     }
     Ok(())
 }
 
-fn validate_value(r: &mut Reader<'_>, depth: usize) -> Result<(), WireError> {
-    // Arrays nest without passing through `validate_table`, so the bound is checked here too.
-    if depth > MAX_TABLE_DEPTH {
-        return Err(WireError::TooDeep);
-    }
-    let tag = r.u8()?;
-    match tag {
-        b't' | b'b' | b'B' => {
-            r.u8()?;
-        }
-        b's' | b'u' => {
-            r.u16()?;
-        }
-        b'I' | b'i' => {
-            r.u32()?;
-        }
-        b'l' | b'T' => {
-            r.u64()?;
-        }
-        b'f' => {
-            if !f32::from_bits(r.u32()?).is_finite() {
-                return Err(WireError::BadFloat);
-            }
-        }
-        b'd' => {
-            if !f64::from_bits(r.u64()?).is_finite() {
-                return Err(WireError::BadFloat);
-            }
-        }
-        b'D' => {
-            r.u8()?;
-            r.u32()?;
-        }
-        b'S' | b'x' => {
-            r.longstr()?;
-        }
-        b'F' => validate_table(r.longstr()?, depth + 1)?,
-        b'A' => {
-            let mut a = Reader::new(r.longstr()?);
-            while !a.rest().is_empty() {
-                validate_value(&mut a, depth + 1)?;
-            }
-        }
-        b'V' => {}
-        other => return Err(WireError::BadFieldType(other)),
-    }
-    Ok(())
-}
-
+/// Decodes a validated table body; values deeper than [`MAX_DECODE_DEPTH`] stay encoded.
 fn decode_table(raw: &[u8], depth: usize) -> Result<FieldTable, WireError> {
-    if depth > MAX_TABLE_DEPTH {
-        return Err(WireError::TooDeep);
-    }
     let mut r = Reader::new(raw);
     let mut out = Vec::new();
     while !r.rest().is_empty() {
@@ -186,10 +193,16 @@ fn decode_table(raw: &[u8], depth: usize) -> Result<FieldTable, WireError> {
 }
 
 fn decode_value(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, WireError> {
-    if depth > MAX_TABLE_DEPTH {
-        return Err(WireError::TooDeep);
+    let tag = r.u8()?;
+    if matches!(tag, b'F' | b'A') && depth >= MAX_DECODE_DEPTH {
+        let body = r.longstr()?;
+        let mut raw = Vec::with_capacity(5 + body.len());
+        raw.push(tag);
+        raw.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        raw.extend_from_slice(body);
+        return Ok(FieldValue::Deep(raw));
     }
-    Ok(match r.u8()? {
+    Ok(match tag {
         b't' => FieldValue::Bool(r.u8()? != 0),
         b'b' => FieldValue::I8(r.u8()? as i8),
         b'B' => FieldValue::U8(r.u8()?),
@@ -280,6 +293,7 @@ fn encode_value(v: &FieldValue, out: &mut BytesMut) {
         FieldValue::Void => {
             w.u8(b'V');
         }
+        FieldValue::Deep(raw) => out.extend_from_slice(raw),
     }
 }
 
@@ -330,7 +344,7 @@ mod tests {
             u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize,
             body.len()
         );
-        validate_table(body, 0).unwrap();
+        validate_table(body).unwrap();
         assert_eq!(FieldTable::decode(body).unwrap(), t);
     }
 
@@ -362,33 +376,46 @@ mod tests {
     fn rejects_what_rabbitmq_cannot_parse() {
         // Unknown type tag.
         assert_eq!(
-            validate_table(b"\x01kZ", 0),
+            validate_table(b"\x01kZ"),
             Err(WireError::BadFieldType(b'Z'))
         );
         // NaN float.
         let mut nan = b"\x01kf".to_vec();
         nan.extend_from_slice(&f32::NAN.to_bits().to_be_bytes());
-        assert_eq!(validate_table(&nan, 0), Err(WireError::BadFloat));
+        assert_eq!(validate_table(&nan), Err(WireError::BadFloat));
         // Nested table longer than its parent.
         assert_eq!(
-            validate_table(b"\x01kF\x00\x00\x00\x09ab", 0),
+            validate_table(b"\x01kF\x00\x00\x00\x09ab"),
             Err(WireError::Truncated)
         );
         // Key without a value.
-        assert_eq!(validate_table(b"\x01k", 0), Err(WireError::Truncated));
+        assert_eq!(validate_table(b"\x01k"), Err(WireError::Truncated));
     }
 
     #[test]
-    fn deep_nesting_is_bounded() {
-        let mut inner = BytesMut::new();
-        FieldTable::default().encode(&mut inner);
-        let mut raw = inner[4..].to_vec();
-        for _ in 0..(MAX_TABLE_DEPTH + 2) {
-            let mut next = b"\x01kF".to_vec();
-            next.extend_from_slice(&(raw.len() as u32).to_be_bytes());
-            next.extend_from_slice(&raw);
-            raw = next;
+    fn any_depth_is_valid_and_decodes_back_to_the_same_bytes() {
+        for depth in [
+            MAX_DECODE_DEPTH - 1,
+            MAX_DECODE_DEPTH,
+            MAX_DECODE_DEPTH + 1,
+            5_000,
+        ] {
+            let mut raw = Vec::new();
+            for _ in 0..depth {
+                let mut next = b"\x01kF".to_vec();
+                next.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+                next.extend_from_slice(&raw);
+                raw = next;
+            }
+            assert_eq!(validate_table(&raw), Ok(()), "depth {depth}");
+            let t = FieldTable::decode(&raw).expect("decodes");
+            let mut again = BytesMut::new();
+            t.encode(&mut again);
+            assert_eq!(
+                &again[4..],
+                &raw[..],
+                "depth {depth} re-encodes byte for byte"
+            );
         }
-        assert_eq!(validate_table(&raw, 0), Err(WireError::TooDeep));
     }
 }

@@ -21,8 +21,6 @@ pub enum WireError {
     BadFloat,
     /// A length that cannot be right (for example a nested table longer than its parent).
     BadLength,
-    /// Tables nested deeper than [`MAX_TABLE_DEPTH`].
-    TooDeep,
 }
 
 impl fmt::Display for WireError {
@@ -33,13 +31,9 @@ impl fmt::Display for WireError {
             WireError::BadFieldType(t) => write!(f, "unknown field value type 0x{t:02x}"),
             WireError::BadFloat => f.write_str("float that is not finite"),
             WireError::BadLength => f.write_str("inconsistent length"),
-            WireError::TooDeep => f.write_str("field tables nested too deeply"),
         }
     }
 }
-
-/// Deepest nesting of tables and arrays accepted from a peer; bounds recursion on hostile input.
-pub const MAX_TABLE_DEPTH: usize = 32;
 
 /// A cursor over a method or header payload. Reads never panic; they fail with [`WireError`].
 #[derive(Debug, Clone)]
@@ -135,7 +129,7 @@ impl<'a> Reader<'a> {
     /// A field table, checked value by value as RabbitMQ would parse it, returned as raw bytes.
     pub fn table(&mut self) -> Result<&'a [u8], WireError> {
         let raw = self.longstr()?;
-        crate::table::validate_table(raw, 0)?;
+        crate::table::validate_table(raw)?;
         Ok(raw)
     }
 }

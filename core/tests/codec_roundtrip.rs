@@ -1,13 +1,13 @@
 //! Property tests of the codec: field tables survive encode → decode, frames survive any
-//! chunking of the read buffer, and a table nested past `MAX_TABLE_DEPTH` through arrays is
+//! chunking of the read buffer, and a table nested far past `MAX_DECODE_DEPTH` through arrays is
 //! refused instead of overflowing the stack.
 
 use bytes::BytesMut;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use warren_core::frame::{Frame, FrameDecoder, FrameError, FrameType, FRAME_OVERHEAD};
-use warren_core::table::{validate_table, FieldTable, FieldValue};
-use warren_core::wire::{WireError, MAX_TABLE_DEPTH};
+use warren_core::table::{validate_table, FieldTable, FieldValue, MAX_DECODE_DEPTH};
+use warren_core::wire::WireError;
 
 fn key() -> impl Strategy<Value = String> {
     // Any printable text that fits a short string, plus keys at the 255-byte limit.
@@ -79,9 +79,14 @@ proptest! {
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         prop_assert_eq!(len, buf.len() - 4);
         let body = &buf[4..];
-        prop_assert_eq!(FieldTable::decode(body), Ok(t.clone()));
-        // The validator refuses exactly the non-finite floats RabbitMQ cannot read.
-        prop_assert_eq!(validate_table(body, 0).is_ok(), all_finite(&t));
+        // The validator, and so decode, refuse exactly the non-finite floats RabbitMQ cannot
+        // read.
+        prop_assert_eq!(validate_table(body).is_ok(), all_finite(&t));
+        if all_finite(&t) {
+            prop_assert_eq!(FieldTable::decode(body), Ok(t.clone()));
+        } else {
+            prop_assert_eq!(FieldTable::decode(body), Err(WireError::BadFloat));
+        }
     }
 
     #[test]
@@ -167,22 +172,26 @@ fn nested_arrays(depth: usize) -> Vec<u8> {
 }
 
 #[test]
-fn nested_arrays_are_bounded_like_nested_tables() {
-    // Found while writing the fuzz targets: arrays nested in arrays never went through the
-    // depth check in `validate_table`, so a 128 KiB frame of them recursed ~26,000 levels
-    // deep and overflowed a 2 MiB (tokio worker) stack: one client could abort the proxy.
-    // Run on a small stack so that a regression fails here instead of passing by luck.
+fn nesting_of_any_depth_costs_no_stack() {
+    // Found while writing the fuzz targets: arrays nested in arrays recursed ~26,000 levels
+    // deep in a 128 KiB frame and overflowed a 2 MiB (tokio worker) stack, so depth was
+    // bounded and refused. RabbitMQ accepts any depth, so warren now walks nested values
+    // with an explicit stack. Run on a small stack so that recursion fails here at once.
     let worker = std::thread::Builder::new()
         .stack_size(256 * 1024)
         .spawn(|| {
-            let deep = nested_arrays(26_000);
-            assert_eq!(validate_table(&deep, 0), Err(WireError::TooDeep));
-            assert_eq!(FieldTable::decode(&deep), Err(WireError::TooDeep));
-            let limit = nested_arrays(MAX_TABLE_DEPTH);
-            assert_eq!(validate_table(&limit, 0), Ok(()));
-            assert!(FieldTable::decode(&limit).is_ok());
-            let over = nested_arrays(MAX_TABLE_DEPTH + 2);
-            assert_eq!(validate_table(&over, 0), Err(WireError::TooDeep));
+            for depth in [26_000, MAX_DECODE_DEPTH + 2, MAX_DECODE_DEPTH, 3] {
+                let deep = nested_arrays(depth);
+                assert_eq!(validate_table(&deep), Ok(()), "depth {depth}");
+                let t = FieldTable::decode(&deep).expect("decodes");
+                let mut again = BytesMut::new();
+                t.encode(&mut again);
+                assert_eq!(
+                    &again[4..],
+                    &deep[..],
+                    "depth {depth} re-encodes byte for byte"
+                );
+            }
         })
         .unwrap();
     worker.join().unwrap();

@@ -334,7 +334,6 @@ fn wire_error_texts() {
         WireError::BadFieldType(b'Z'),
         WireError::BadFloat,
         WireError::BadLength,
-        WireError::TooDeep,
     ];
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
     insta::assert_snapshot!(text.join("\n"));

@@ -16,6 +16,7 @@ use warren_core::admission::AdmissionConfig;
 use warren_core::credentials::{Credentials, Secret};
 use warren_core::frame::FRAME_MIN_SIZE;
 use warren_core::handshake::HandshakeConfig;
+use warren_core::hub::slow::SlowRule;
 use warren_core::hub::{BackoffConfig, HubConfig, Placement};
 
 /// `amqp://host:port` or `amqps://host:port`: where the broker is.
@@ -254,8 +255,10 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Accept to `Connection.Open`.
     pub handshake_timeout: Duration,
-    /// Bytes queued for a client before it is disconnected as slow (B9).
+    /// Bytes that may wait for a client without it having to make progress (B9).
     pub client_queue_bytes: usize,
+    /// How long a client with more than `client_queue_bytes` waiting may take nothing.
+    pub slow_client_timeout: Duration,
     /// Largest message a client may publish.
     pub max_message_size: u64,
     /// Unfinished publish content a client may have buffered.
@@ -316,6 +319,7 @@ impl Default for Config {
             backoff_max: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             client_queue_bytes: 16 * 1024 * 1024,
+            slow_client_timeout: Duration::from_secs(10),
             max_message_size: 128 * 1024 * 1024,
             client_buffer_bytes: 256 * 1024 * 1024,
             recycling: true,
@@ -385,6 +389,16 @@ impl Config {
             credentials_ttl: self.credentials_ttl,
             events: self.events.clone(),
         }
+    }
+
+    /// The slow-client rule of B9.
+    #[must_use]
+    pub fn slow_rule(&self) -> SlowRule {
+        SlowRule::new(
+            self.client_queue_bytes,
+            self.max_message_size,
+            self.slow_client_timeout,
+        )
     }
 
     /// The settings of each client handshake.
@@ -813,9 +827,13 @@ settings! {
     #[arg(value_name = "DURATION", help_heading = "Clients")]
     #[serde(default, deserialize_with = "text")]
     handshake_timeout: humantime::Duration,
-    /// Bytes queued for a client before it is disconnected as too slow.
+    /// Bytes that may wait for a client without it having to make progress. Past them a client that takes nothing for slow_client_timeout is disconnected (its messages requeued); past them plus one message of max_message_size it is disconnected at once. A large message to a client that reads is never a reason.
     #[arg(value_name = "BYTES", help_heading = "Clients")]
     client_queue_bytes: usize,
+    /// How long a client with more than client_queue_bytes waiting for it may read nothing before it is disconnected as too slow.
+    #[arg(value_name = "DURATION", help_heading = "Clients")]
+    #[serde(default, deserialize_with = "text")]
+    slow_client_timeout: humantime::Duration,
     /// Largest message body a client may publish, in bytes.
     #[arg(value_name = "BYTES", help_heading = "Clients")]
     max_message_size: u64,
@@ -1008,6 +1026,9 @@ impl Settings {
                 .handshake_timeout
                 .map_or(d.handshake_timeout, Into::into),
             client_queue_bytes: self.client_queue_bytes.unwrap_or(d.client_queue_bytes),
+            slow_client_timeout: self
+                .slow_client_timeout
+                .map_or(d.slow_client_timeout, Into::into),
             max_message_size: self.max_message_size.unwrap_or(d.max_message_size),
             client_buffer_bytes: self.client_buffer_bytes.unwrap_or(d.client_buffer_bytes),
             recycling: self.recycling.unwrap_or(d.recycling),
@@ -1048,6 +1069,7 @@ impl Settings {
             max_hubs: Some(c.max_hubs),
             handshake_timeout: Some(c.handshake_timeout.into()),
             client_queue_bytes: Some(c.client_queue_bytes),
+            slow_client_timeout: Some(c.slow_client_timeout.into()),
             max_message_size: Some(c.max_message_size),
             client_buffer_bytes: Some(c.client_buffer_bytes),
             max_upstreams_per_hub: Some(c.max_upstreams_per_hub),
@@ -1239,6 +1261,7 @@ mod tests {
             backoff_max: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(3),
             client_queue_bytes: 1 << 20,
+            slow_client_timeout: Duration::from_secs(4),
             max_message_size: 1 << 20,
             client_buffer_bytes: 2 << 20,
             recycling: false,
@@ -1271,6 +1294,7 @@ max_clients = 10
 max_hubs = 3
 handshake_timeout = "3s"
 client_queue_bytes = 1048576
+slow_client_timeout = "4s"
 max_message_size = 1048576
 client_buffer_bytes = 2097152
 max_upstreams_per_hub = 2

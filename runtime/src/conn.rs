@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
@@ -103,6 +103,8 @@ struct Queue {
     /// Wakes a hub waiting for a congested queue to drain.
     drained: Notify,
     queued: AtomicUsize,
+    /// Bytes the socket has taken so far: the client's progress (B9).
+    written: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +173,11 @@ impl Sink {
         self.q.queued.load(Ordering::Relaxed)
     }
 
+    /// Bytes written to the socket so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.q.written.load(Ordering::Relaxed)
+    }
+
     /// Resolves when the writer has drained below half of `high` (or is gone).
     pub(crate) async fn drained_below(&self, high: usize) {
         loop {
@@ -231,6 +238,7 @@ pub(crate) fn spawn_writer(
         wake: Notify::new(),
         drained: Notify::new(),
         queued: AtomicUsize::new(0),
+        written: AtomicU64::new(0),
     });
     let sink = Sink { q: q.clone() };
     tokio::spawn(async move {
@@ -257,7 +265,7 @@ pub(crate) fn spawn_writer(
             };
             let bytes: usize = batch.iter().map(Bytes::len).sum();
             // Boxed: its iovec array would otherwise enlarge every idle writer.
-            let mut write = Box::pin(write_batch(&mut w, &batch));
+            let mut write = Box::pin(write_batch(&mut w, &batch, &q.written));
             let res = loop {
                 tokio::select! {
                     biased;
@@ -301,8 +309,13 @@ pub(crate) fn spawn_writer(
     sink
 }
 
-/// Writes every buffer of `batch` with as few syscalls as the stream allows.
-async fn write_batch(w: &mut WriteHalf<BoxStream>, batch: &[Bytes]) -> io::Result<()> {
+/// Writes every buffer of `batch` with as few syscalls as the stream allows, counting each
+/// write into `written` as it happens (a slow reader's progress shows within a batch).
+async fn write_batch(
+    w: &mut WriteHalf<BoxStream>,
+    batch: &[Bytes],
+    written: &AtomicU64,
+) -> io::Result<()> {
     let mut idx = 0;
     let mut offset = 0;
     while idx < batch.len() {
@@ -314,6 +327,7 @@ async fn write_batch(w: &mut WriteHalf<BoxStream>, batch: &[Bytes]) -> io::Resul
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        written.fetch_add(n as u64, Ordering::Relaxed);
         while n > 0 && idx < batch.len() {
             let left = batch[idx].len() - offset;
             if n >= left {

@@ -2,8 +2,8 @@
 //! admission hands it, feeds it what client and upstream tasks report, carries out its
 //! outputs, and dials the broker when asked.
 //!
-//! The hub never waits on a socket. Output goes into per-connection queues; a client whose
-//! queue passes its bound is reported slow (B9). When an upstream's queue passes its high
+//! The hub never waits on a socket. Output goes into per-connection queues; a client that
+//! stops draining its queue is reported slow (B9, the rule of `warren_core::hub::slow`). When an upstream's queue passes its high
 //! water mark the task stops taking client input until it drains, so publishers feel TCP
 //! backpressure instead of growing warren's memory.
 
@@ -24,6 +24,7 @@ use warren_core::admission::HubId;
 use warren_core::credentials::Credentials;
 use warren_core::frame::{Frame, FrameDecoder};
 use warren_core::handshake::ClientHello;
+use warren_core::hub::slow::{Drain, DrainWatch, SlowRule};
 use warren_core::hub::{ClientId, Hub, HubEvent, HubStats, Input, Output, Peer, UpstreamId};
 use warren_core::login::Login;
 
@@ -96,6 +97,8 @@ struct ClientSlot {
     done: CancellationToken,
     slow: bool,
     staged: Staged,
+    /// Its progress while more than `client_queue_bytes` wait for it.
+    watch: DrainWatch,
 }
 
 struct UpstreamSlot {
@@ -184,6 +187,9 @@ pub(crate) fn spawn_hub<N: Network>(
         dirty_upstreams: Vec::new(),
         upstream_nodes: Vec::new(),
         slow: Vec::new(),
+        slow_rule: ctx.config.slow_rule(),
+        watched: Vec::new(),
+        watch_at: None,
         metrics,
         last_stats: HubStats::default(),
         last_record: now(),
@@ -220,6 +226,10 @@ struct HubTask<N: Network> {
     /// so that a failure reported after the close still names its node.
     upstream_nodes: Vec<Option<(UpstreamId, usize)>>,
     slow: Vec<ClientId>,
+    /// The slow-client rule, and the clients it watches with the earliest time to look again.
+    slow_rule: SlowRule,
+    watched: Vec<ClientId>,
+    watch_at: Option<Instant>,
     metrics: HubMetrics,
     last_stats: HubStats,
     last_record: Instant,
@@ -297,6 +307,7 @@ impl<N: Network> HubTask<N> {
             .report_pending
             .then(|| tokio::time::Instant::from_std(self.last_record + METRICS_EVERY));
         let congested = self.congested_upstream();
+        let watch_at = self.watch_at.map(tokio::time::Instant::from_std);
         let step = tokio::select! {
             biased;
             _ = self.ctx.abort.cancelled() => return None,
@@ -312,6 +323,10 @@ impl<N: Network> HubTask<N> {
                 Step::Input(Input::Timeout)
             }
             _ = tokio::time::sleep_until(report_at.unwrap_or_else(tokio::time::Instant::now)), if report_at.is_some() => {
+                Step::Handled
+            }
+            _ = tokio::time::sleep_until(watch_at.unwrap_or_else(tokio::time::Instant::now)), if watch_at.is_some() => {
+                self.check_watched();
                 Step::Handled
             }
         };
@@ -432,6 +447,7 @@ impl<N: Network> HubTask<N> {
                 done: done.clone(),
                 slow: false,
                 staged: Staged::default(),
+                watch: DrainWatch::default(),
             },
         );
         let reader = Reader {
@@ -445,6 +461,46 @@ impl<N: Network> HubTask<N> {
             _count: count,
         };
         self.ctx.tracker.spawn(reader.run());
+    }
+
+    /// Applies the slow-client rule to `client` now; keeps watching it while it is over the
+    /// bound, reports it once it is slow.
+    fn watch(&mut self, client: ClientId) {
+        let now = now();
+        let Some(slot) = self
+            .clients
+            .get_mut(client.index())
+            .and_then(Option::as_mut)
+            .filter(|s| s.id == client && !s.slow)
+        else {
+            return;
+        };
+        let queued = slot.sink.queued() + slot.staged.len;
+        let verdict = slot
+            .watch
+            .check(now, queued, slot.sink.written(), &self.slow_rule);
+        match verdict {
+            Drain::Fine => self.watched.retain(|c| *c != client),
+            Drain::WatchUntil(at) => {
+                if !self.watched.contains(&client) {
+                    self.watched.push(client);
+                }
+                self.watch_at = Some(self.watch_at.map_or(at, |t| t.min(at)));
+            }
+            Drain::Slow => {
+                slot.slow = true;
+                self.slow.push(client);
+                self.watched.retain(|c| *c != client);
+            }
+        }
+    }
+
+    /// Looks again at every watched client (their writers may have made progress).
+    fn check_watched(&mut self) {
+        self.watch_at = None;
+        for client in std::mem::take(&mut self.watched) {
+            self.watch(client);
+        }
     }
 
     fn upstream_slot(&mut self, id: UpstreamId) -> Option<&mut UpstreamSlot> {
@@ -466,7 +522,6 @@ impl<N: Network> HubTask<N> {
     /// Carries out the hub's outputs. Bytes are staged per connection and handed to the
     /// writers at the end of the burst; closes flush what is staged first.
     fn apply_outputs(&mut self) {
-        let limit = self.ctx.config.client_queue_bytes;
         while let Some(out) = self.hub.poll_output() {
             match out {
                 Output::ToClient { client, data } => {
@@ -482,9 +537,10 @@ impl<N: Network> HubTask<N> {
                     if slot.staged.push(data) {
                         self.dirty_clients.push(i);
                     }
-                    if slot.sink.queued() + slot.staged.len > limit && !slot.slow {
-                        slot.slow = true;
-                        self.slow.push(client);
+                    if !slot.slow
+                        && slot.sink.queued() + slot.staged.len > self.slow_rule.queue_bytes
+                    {
+                        self.watch(client);
                     }
                 }
                 Output::CloseClient { client } => {

@@ -24,6 +24,7 @@ pub mod faulty_net;
 pub mod http;
 pub mod metrics;
 pub mod names;
+pub mod process;
 pub mod wait;
 pub mod warren;
 

@@ -10,7 +10,7 @@
 //! two runs (the address connected to, object addresses in a message), and compares. A mismatch
 //! prints both lines and, for multi-step scenarios, the steps that differ.
 //!
-//! `scripts/client-libraries.sh` installs the libraries. A client whose runtime or library is
+//! `scripts/test-tools.sh` installs the libraries. A client whose runtime or library is
 //! missing is skipped with a message, unless `CI` is set (and not `false` or `0`, as in
 //! `scripts/test.sh`): CI installs them all, so there a missing client fails its tests.
 //!
@@ -192,14 +192,14 @@ async fn compare(client: Client, scenario: Scenario) -> Result<()> {
         Ok(probe) => probe,
         Err(why) if !in_ci() => {
             eprintln!(
-                "SKIPPED: {} is not installed ({why}); scripts/client-libraries.sh installs it \
+                "SKIPPED: {} is not installed ({why}); scripts/test-tools.sh installs it \
                  (with CI set this is a failure)",
                 client.name()
             );
             return Ok(());
         }
         Err(why) => bail!(
-            "{} is not installed ({why}) and CI is set: CI must run scripts/client-libraries.sh",
+            "{} is not installed ({why}) and CI is set: CI must run scripts/test-tools.sh",
             client.name()
         ),
     };
@@ -465,7 +465,7 @@ fn build_go_probe() -> Result<String> {
     Ok(binary.display().to_string())
 }
 
-/// The Python of the virtualenv scripts/client-libraries.sh makes, else `python3`.
+/// The Python of the virtualenv scripts/test-tools.sh makes, else `python3`.
 fn python() -> String {
     let venv = clients_dir().join(".venv/bin/python");
     if venv.is_file() {

@@ -814,6 +814,7 @@ async fn a_consumer_that_stops_reading_is_cut_off_and_its_neighbour_keeps_receiv
     bounded(async {
         let mut scene = Scene::start_configured("stall", |c| {
             c.client_queue_bytes = SMALL_CLIENT_QUEUE;
+            c.slow_client_timeout = Duration::from_secs(1);
         })
         .await?;
         let stall_queue = unique("iso-stall");
@@ -897,6 +898,7 @@ async fn a_consumer_that_never_reads_again_has_its_socket_closed() -> Result<()>
     bounded(async {
         let scene = Scene::start_configured("never-reads", |c| {
             c.client_queue_bytes = SMALL_CLIENT_QUEUE;
+            c.slow_client_timeout = Duration::from_secs(1);
         })
         .await?;
         let queue = unique("iso-never-reads");

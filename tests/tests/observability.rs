@@ -53,7 +53,7 @@ fn tool(name: &str) -> Result<Option<PathBuf>> {
         .find(|p| p.is_file());
     if found.is_none() {
         let why = format!(
-            "{name} is not installed (Debian: apt-get install -y --no-install-recommends prometheus)"
+            "{name} is not installed (scripts/test-tools.sh installs it: Debian's prometheus)"
         );
         if std::env::var("CI").as_deref() == Ok("true") {
             bail!("{why}; CI must have it");

@@ -18,6 +18,7 @@ mod backoff;
 mod channels;
 mod client;
 pub(crate) mod liveness;
+pub mod slow;
 mod upstream;
 
 pub use backoff::BackoffConfig;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the AMQP client libraries of other languages that tests/tests/clients.rs drives
-# (through the probes in tests/clients/), each directly against RabbitMQ and through warren.
-# Idempotent: what is already installed is not installed again.
+# Installs what the tests need besides Rust and RabbitMQ (scripts/test.sh runs it): the AMQP
+# client libraries of other languages that tests/tests/clients.rs drives (through the probes
+# in tests/clients/), each directly against RabbitMQ and through warren, and Prometheus
+# (promtool and the server) for tests/tests/observability.rs. Idempotent: what is already
+# installed is not installed again.
 #
 #   Debian packages (apt-get):   ruby ruby-bunny                      Ruby's bunny
 #                                golang-go golang-github-rabbitmq-amqp091-go-dev
@@ -9,6 +11,7 @@
 #                                                                     /usr/share/gocode: no module proxy)
 #                                php-cli php-amqp                     PHP's amqp extension (PECL, librabbitmq)
 #                                amqp-tools                           librabbitmq's command line tools
+#                                prometheus                           promtool and the Prometheus server
 #                                python3-venv (only for Debian's own python3, which needs it for venvs)
 #   PyPI (pip, into a virtualenv tests/clients/.venv, pinned in tests/clients/requirements.txt):
 #                                pika aio-pika
@@ -26,20 +29,21 @@ APT_PACKAGES=(
     golang-go golang-github-rabbitmq-amqp091-go-dev
     php-cli php-amqp
     amqp-tools
+    prometheus
 )
 
-log() { echo "[client-libraries.sh] $*"; }
+log() { echo "[test-tools.sh] $*"; }
 
 # Stops with a message that says what failed and what to do.
 die() {
-    echo "[client-libraries.sh] ERROR: $*" >&2
+    echo "[test-tools.sh] ERROR: $*" >&2
     exit 1
 }
 
 # A command that fails without a message of its own still names itself.
 set -o errtrace
 # shellcheck disable=SC2154 # rc is assigned inside the trap
-trap 'rc=$?; echo "[client-libraries.sh] ERROR: \"${BASH_COMMAND}\" failed with status ${rc} (line ${LINENO}); see the output above." >&2' ERR
+trap 'rc=$?; echo "[test-tools.sh] ERROR: \"${BASH_COMMAND}\" failed with status ${rc} (line ${LINENO}); see the output above." >&2' ERR
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then
