@@ -38,6 +38,21 @@ use warren_core::wire::{Reader, Writer};
 /// `access.request`, deprecated but still answered by RabbitMQ.
 const ACCESS_REQUEST: MethodId = MethodId::new(30, 10);
 
+/// RabbitMQ's event exchange (`rabbitmq_event_exchange` plugin), where it publishes what
+/// happens to users, permissions and vhosts.
+pub const EVENT_EXCHANGE: &str = warren_core::admission::events::EXCHANGE;
+
+/// RabbitMQ's refusal of another connection's exclusive queue (3.8 and later), after the
+/// `RESOURCE_LOCKED - ` prefix.
+#[must_use]
+pub fn locked_text(queue: &str, vhost: &str) -> String {
+    format!(
+        "cannot obtain exclusive access to locked queue '{queue}' in vhost '{vhost}'. It could \
+         be originally declared on another connection or the exclusive property value does not \
+         match that of the original declaration."
+    )
+}
+
 /// A broker-side connection number, unique for the lifetime of a [`Broker`] (across restarts).
 pub type ConnId = u32;
 
@@ -128,6 +143,16 @@ pub struct BrokerLog {
     pub publishes: u64,
     /// Messages delivered or got.
     pub deliveries: u64,
+    /// Exclusive queues deleted or purged by a method (not by their connection closing):
+    /// when, which queue, and `"delete"` or `"purge"`. Only the owning client leaving may
+    /// cause that through warren (B5).
+    pub exclusive_ops: Vec<(Instant, String, &'static str)>,
+    /// Methods the broker itself refused with 405 RESOURCE_LOCKED (another connection's
+    /// exclusive queue).
+    pub locked_refusals: u64,
+    /// Events published to `amq.rabbitmq.event`: when, routing key, and how many queues
+    /// they were routed to.
+    pub events: Vec<(Instant, String, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +241,8 @@ struct Msg {
     exchange: String,
     rk: String,
     redelivered: bool,
+    /// The `headers` property (events carry their subject there).
+    headers: Option<FieldTable>,
 }
 
 #[derive(Debug, Clone)]
@@ -257,12 +284,15 @@ pub struct Broker {
     pending: BTreeMap<ConnId, BytesMut>,
     closing: Vec<ConnId>,
     out: VecDeque<BrokerOutput>,
+    /// Connections an event was delivered to during the current [`Broker::publish_event`].
+    event_sends: Vec<ConnId>,
     /// What the broker observed (survives restarts).
     pub log: BrokerLog,
 }
 
 impl Broker {
-    /// A broker with no connections, the default exchange and `amq.direct`/`amq.fanout`.
+    /// A broker with no connections, the default exchange, `amq.direct`, `amq.fanout` and the
+    /// event exchange `amq.rabbitmq.event`.
     #[must_use]
     pub fn new(config: BrokerConfig) -> Self {
         let mut b = Broker {
@@ -276,6 +306,7 @@ impl Broker {
             pending: BTreeMap::new(),
             closing: Vec::new(),
             out: VecDeque::new(),
+            event_sends: Vec::new(),
             log: BrokerLog::default(),
         };
         b.builtin_exchanges();
@@ -283,7 +314,13 @@ impl Broker {
     }
 
     fn builtin_exchanges(&mut self) {
-        for (name, kind) in [("amq.direct", "direct"), ("amq.fanout", "fanout")] {
+        // The event exchange is a topic exchange; the routing here matches binding keys
+        // exactly, which is all its subscribers use.
+        for (name, kind) in [
+            ("amq.direct", "direct"),
+            ("amq.fanout", "fanout"),
+            (EVENT_EXCHANGE, "topic"),
+        ] {
             self.exchanges.insert(
                 name.into(),
                 Exchange {
@@ -326,6 +363,87 @@ impl Broker {
             .iter()
             .filter_map(|(n, q)| q.exclusive.map(|c| (n.clone(), c)))
             .collect()
+    }
+
+    /// Connections subscribed to the event exchange: they own an exclusive queue bound to
+    /// `amq.rabbitmq.event` (warren's event feed, which stays open for the whole run).
+    #[must_use]
+    pub fn feed_conns(&self) -> Vec<ConnId> {
+        let Some(ex) = self.exchanges.get(EVENT_EXCHANGE) else {
+            return Vec::new();
+        };
+        let mut conns: Vec<ConnId> = ex
+            .bindings
+            .iter()
+            .filter_map(|(q, _)| self.queues.get(q).and_then(|q| q.exclusive))
+            .filter(|c| self.conns.contains_key(c))
+            .collect();
+        conns.sort_unstable();
+        conns.dedup();
+        conns
+    }
+
+    /// Ids of the open connections (any phase), in order.
+    #[must_use]
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
+    }
+
+    /// Changes a user's password in the user table only (`rabbitmqctl change_password` on a
+    /// node that cannot publish the event, e.g. while this one is down). Existing connections
+    /// stay, as in RabbitMQ.
+    pub fn set_password(&mut self, user: &str, password: &str) {
+        match self.config.users.iter_mut().find(|(u, _)| u == user) {
+            Some((_, p)) => *p = password.to_owned(),
+            None => self
+                .config
+                .users
+                .push((user.to_owned(), password.to_owned())),
+        }
+    }
+
+    /// `rabbitmqctl change_password`: the user table changes and the event exchange
+    /// publishes `user.password.changed` with the header `name` (a longstr, as RabbitMQ 3.10
+    /// does). Returns the connections the event was delivered to at once.
+    pub fn change_password(&mut self, now: Instant, user: &str, password: &str) -> Vec<ConnId> {
+        self.set_password(user, password);
+        let headers = FieldTable::default().with("name", warren_core::table::longstr(user));
+        self.publish_event(now, "user.password.changed", headers)
+    }
+
+    /// Publishes an event (empty body, subject in `headers`) to `amq.rabbitmq.event` and
+    /// hands it to consumers. Returns the connections it was delivered to at once.
+    pub fn publish_event(&mut self, now: Instant, key: &str, headers: FieldTable) -> Vec<ConnId> {
+        self.event_sends.clear();
+        let targets: Vec<String> = self
+            .exchanges
+            .get(EVENT_EXCHANGE)
+            .map(|ex| {
+                let mut t: Vec<String> = ex
+                    .bindings
+                    .iter()
+                    .filter(|(_, k)| k == key)
+                    .map(|(q, _)| q.clone())
+                    .collect();
+                t.dedup();
+                t
+            })
+            .unwrap_or_default();
+        self.log.events.push((now, key.to_owned(), targets.len()));
+        for q in &targets {
+            if let Some(q) = self.queues.get_mut(q) {
+                q.msgs.push_back(Msg {
+                    body: Bytes::new(),
+                    exchange: EVENT_EXCHANGE.to_owned(),
+                    rk: key.to_owned(),
+                    redelivered: false,
+                    headers: Some(headers.clone()),
+                });
+            }
+        }
+        self.dispatch_all(now);
+        self.flush();
+        std::mem::take(&mut self.event_sends)
     }
 
     /// Messages waiting in queues, for the final report.
@@ -1241,13 +1359,12 @@ impl Broker {
                 let nowait = rd!(r.bit());
                 match self.queues.get(&name) {
                     Some(q) if q.exclusive.is_some_and(|o| o != id) => {
+                        self.log.locked_refusals += 1;
                         return Err(ChannelError(
                             reply::RESOURCE_LOCKED,
-                            format!(
-                            "cannot obtain exclusive access to locked queue '{name}' in vhost '/'"
-                        ),
+                            locked_text(&name, "/"),
                             mid,
-                        ))
+                        ));
                     }
                     Some(_) => {}
                     None if passive => {
@@ -1309,6 +1426,8 @@ impl Broker {
                 let queue = s(rd!(r.shortstr()));
                 let exchange = s(rd!(r.shortstr()));
                 let rk = s(rd!(r.shortstr()));
+                // RabbitMQ: 404 for a missing queue, 405 for another connection's exclusive one.
+                self.check_queue(id, &queue, mid)?;
                 if let Some(ex) = self.exchanges.get_mut(&exchange) {
                     ex.bindings.retain(|b| *b != (queue.clone(), rk.clone()));
                 }
@@ -1319,6 +1438,13 @@ impl Broker {
                 let queue = s(rd!(r.shortstr()));
                 let nowait = rd!(r.bit());
                 self.check_queue(id, &queue, mid)?;
+                if self
+                    .queues
+                    .get(&queue)
+                    .is_some_and(|q| q.exclusive.is_some())
+                {
+                    self.log.exclusive_ops.push((now, queue.clone(), "purge"));
+                }
                 let n = self
                     .queues
                     .get_mut(&queue)
@@ -1343,11 +1469,19 @@ impl Broker {
                     .get(&queue)
                     .is_some_and(|q| q.exclusive.is_some_and(|o| o != id))
                 {
+                    self.log.locked_refusals += 1;
                     return Err(ChannelError(
                         reply::RESOURCE_LOCKED,
-                        format!("cannot obtain exclusive access to locked queue '{queue}'"),
+                        locked_text(&queue, "/"),
                         mid,
                     ));
+                }
+                if self
+                    .queues
+                    .get(&queue)
+                    .is_some_and(|q| q.exclusive.is_some())
+                {
+                    self.log.exclusive_ops.push((now, queue.clone(), "delete"));
                 }
                 let n = self.delete_queue(Some(now), &queue) as u32;
                 if !nowait {
@@ -1486,7 +1620,7 @@ impl Broker {
                                 .u32(left);
                         });
                         self.send(now, id, m);
-                        self.send_content(now, id, ch, &msg.body);
+                        self.send_content(now, id, ch, &msg.body, msg.headers.as_ref());
                         self.log.deliveries += 1;
                     }
                     None => {
@@ -1609,18 +1743,21 @@ impl Broker {
         Ok(())
     }
 
-    fn check_queue(&self, id: ConnId, queue: &str, mid: MethodId) -> Result<(), ChannelError> {
+    fn check_queue(&mut self, id: ConnId, queue: &str, mid: MethodId) -> Result<(), ChannelError> {
         match self.queues.get(queue) {
             None => Err(ChannelError(
                 reply::NOT_FOUND,
                 format!("no queue '{queue}' in vhost '/'"),
                 mid,
             )),
-            Some(q) if q.exclusive.is_some_and(|o| o != id) => Err(ChannelError(
-                reply::RESOURCE_LOCKED,
-                format!("cannot obtain exclusive access to locked queue '{queue}' in vhost '/'"),
-                mid,
-            )),
+            Some(q) if q.exclusive.is_some_and(|o| o != id) => {
+                self.log.locked_refusals += 1;
+                Err(ChannelError(
+                    reply::RESOURCE_LOCKED,
+                    locked_text(queue, "/"),
+                    mid,
+                ))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -1686,7 +1823,7 @@ impl Broker {
                     .shortstr(p.rk.as_bytes());
             });
             self.send(now, id, m);
-            self.send_content(now, id, ch, &body);
+            self.send_content(now, id, ch, &body, None);
         }
         for q in &targets {
             if let Some(q) = self.queues.get_mut(q) {
@@ -1695,6 +1832,7 @@ impl Broker {
                     exchange: p.exchange.clone(),
                     rk: p.rk.clone(),
                     redelivered: false,
+                    headers: None,
                 });
             }
         }
@@ -1740,8 +1878,16 @@ impl Broker {
         }
     }
 
-    /// Header and body frames of a message, bodies cut to the connection's frame_max.
-    fn send_content(&mut self, now: Instant, id: ConnId, ch: u16, body: &Bytes) {
+    /// Header and body frames of a message, bodies cut to the connection's frame_max; the
+    /// header carries the `headers` property (flag bit 13) when there is one.
+    fn send_content(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        ch: u16,
+        body: &Bytes,
+        headers: Option<&FieldTable>,
+    ) {
         let Some(frame_max) = self.conns.get(&id).map(|c| c.tune.frame_max) else {
             return;
         };
@@ -1750,7 +1896,10 @@ impl Broker {
             .u16(60)
             .u16(0)
             .u64(body.len() as u64)
-            .u16(0);
+            .u16(if headers.is_some() { 1 << 13 } else { 0 });
+        if let Some(h) = headers {
+            h.encode(&mut payload);
+        }
         let mut data = BytesMut::new();
         data.extend_from_slice(&Frame::new(FrameType::Header, ch, &payload).freeze());
         let max = (frame_max as usize).saturating_sub(8).max(1);
@@ -1807,8 +1956,12 @@ impl Broker {
                         .shortstr(msg.rk.as_bytes());
                 });
                 self.send(now, c.conn, m);
-                self.send_content(now, c.conn, c.ch, &msg.body);
-                self.log.deliveries += 1;
+                self.send_content(now, c.conn, c.ch, &msg.body, msg.headers.as_ref());
+                if msg.headers.is_some() {
+                    self.event_sends.push(c.conn);
+                } else {
+                    self.log.deliveries += 1;
+                }
             }
         }
     }

@@ -7,7 +7,7 @@
 //! everybody recorded: how every client ended, confirms that never arrived, leaks, drain.
 
 use crate::broker::BrokerLog;
-use crate::client::{End, FakeClient, Misbehaviour};
+use crate::client::{Board, End, FakeClient, Misbehaviour};
 use crate::plan::Fault;
 use crate::scenario::Scenario;
 use crate::trace::stamp;
@@ -39,6 +39,12 @@ pub enum Invariant {
     ConfirmLost,
     /// The broker saw something RabbitMQ would close the shared connection for (B7).
     BrokerProtocol,
+    /// A client was admitted with a password the broker had changed, after warren knew (B2).
+    Revocation,
+    /// A client got at another client's exclusive queue: a delivery or get-ok from it, a
+    /// success RabbitMQ would refuse with 405, or the queue deleted or purged under its
+    /// owner (B5).
+    Exclusive,
     /// Something never finished.
     Hang,
 }
@@ -55,6 +61,8 @@ impl fmt::Display for Invariant {
             Invariant::Drain => "drain",
             Invariant::ConfirmLost => "confirm-lost",
             Invariant::BrokerProtocol => "broker-protocol",
+            Invariant::Revocation => "revocation",
+            Invariant::Exclusive => "exclusive",
             Invariant::Hang => "hang",
         };
         f.write_str(s)
@@ -125,6 +133,15 @@ pub struct Observer {
     drain: Option<(Instant, Instant)>,
     hubs_gone_at: Option<Instant>,
     disturbances: Vec<(Instant, Option<Instant>)>,
+    /// When each client left its hub (the hub's `ClientClosed` or `ClientLeft`).
+    left: BTreeMap<u32, Instant>,
+    /// Password changes: when, whose, and the password it replaced.
+    password_changes: Vec<(Instant, String, String)>,
+    /// When the event of each password change reached warren's event feed (same order).
+    events_delivered: Vec<Option<Instant>>,
+    /// Logins with a revoked password that the revocation check judged (StartOk after
+    /// warren knew).
+    revocation_checked: u64,
 }
 
 fn is_connection_close(data: &[u8]) -> bool {
@@ -151,7 +168,45 @@ impl Observer {
             drain: None,
             hubs_gone_at: None,
             disturbances: Vec::new(),
+            left: BTreeMap::new(),
+            password_changes: Vec::new(),
+            events_delivered: Vec::new(),
+            revocation_checked: 0,
         }
+    }
+
+    /// How many logins with a changed password came after warren knew of the change (each
+    /// had to be refused).
+    #[must_use]
+    pub fn revocation_checked(&self) -> u64 {
+        self.revocation_checked
+    }
+
+    /// The hub let go of client `cid` (closed it or saw it leave): from now on its exclusive
+    /// queues may be deleted.
+    pub fn client_left(&mut self, now: Instant, cid: u32) {
+        self.left.entry(cid).or_insert(now);
+    }
+
+    /// The broker changed `user`'s password (which was `old`).
+    pub fn password_changed(&mut self, now: Instant, user: &str, old: &str) {
+        self.password_changes
+            .push((now, user.to_owned(), old.to_owned()));
+        self.events_delivered.push(None);
+    }
+
+    /// The event of the latest password change reached warren's feed connection.
+    pub fn revocation_delivered(&mut self, now: Instant) {
+        if let Some(d) = self.events_delivered.last_mut() {
+            d.get_or_insert(now);
+        }
+    }
+
+    /// Whether a client logs in with a password that was changed before `at`.
+    fn revoked_by(&self, c: &FakeClient, at: Instant) -> bool {
+        self.password_changes
+            .iter()
+            .any(|(t, u, old)| *t <= at && c.spec.user == *u && c.spec.password == *old)
     }
 
     /// Records a violation.
@@ -490,7 +545,10 @@ impl Observer {
         log: &BrokerLog,
         sc: &Scenario,
         close_timeout: Duration,
+        board: &Board,
     ) {
+        self.revocation_checks(clients, sc);
+        self.exclusive_checks(log, board);
         for (cid, hb) in self.clients_hb.clone() {
             self.check_gap(now, format!("c{cid}"), &hb);
         }
@@ -599,17 +657,134 @@ impl Observer {
         }
     }
 
+    /// B2: once warren knows of a password change, nobody logs in with the old password.
+    /// "Knows": in event mode, the event reached warren's feed; if it never did (the feed was
+    /// down or the event lost to a fault), and in age mode, `credentials_ttl` after the
+    /// change, or after the end of a network or broker fault around it (an acceptance held
+    /// up in a partition or a hold starts its age when it arrives). A client whose `StartOk`
+    /// went out after that must never get `Connection.OpenOk`; clients admitted before keep
+    /// their connection, as RabbitMQ keeps its own.
+    fn revocation_checks(&mut self, clients: &[&FakeClient], sc: &Scenario) {
+        let margin = (sc.net.upstream_latency + sc.net.client_latency) * 2;
+        for (i, (t, user, old)) in self.password_changes.clone().into_iter().enumerate() {
+            let delivered = self.events_delivered.get(i).copied().flatten();
+            let known = match delivered {
+                Some(d) if sc.net.events => d,
+                _ => {
+                    let settled = self.disturbance_end(sc, t);
+                    settled + sc.net.credentials_ttl
+                }
+            } + margin;
+            for c in clients {
+                if c.spec.user != user || c.spec.password != old {
+                    continue;
+                }
+                let Some(s) = c.start_ok_at.filter(|s| *s > known) else {
+                    continue;
+                };
+                self.revocation_checked += 1;
+                if let Some(o) = c.opened_at {
+                    let how = match delivered {
+                        Some(d) if sc.net.events => {
+                            format!("the event reached warren at {}", self.rel(d))
+                        }
+                        _ => format!(
+                            "{}: trusted at most until {}",
+                            if sc.net.events {
+                                "event mode, but the event never reached warren"
+                            } else {
+                                "age mode"
+                            },
+                            self.rel(known)
+                        ),
+                    };
+                    self.violation(
+                        o,
+                        Invariant::Revocation,
+                        format!(
+                            "c{} ({}) logged in as {user} with the password changed at {} ({how}): StartOk at {}, admitted at {}",
+                            c.id,
+                            c.spec.kind,
+                            self.rel(t),
+                            self.rel(s),
+                            self.rel(o)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The end of the network and broker faults under way at `t` (or starting within a
+    /// second of it), and of those that follow on from them (an event held by one fault can
+    /// be lost to the next), or `t`.
+    fn disturbance_end(&self, sc: &Scenario, t: Instant) -> Instant {
+        let windows: Vec<(Instant, Instant)> = sc
+            .plan
+            .faults
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f.fault,
+                    Fault::BrokerCrash { .. }
+                        | Fault::BrokerSilentDeath { .. }
+                        | Fault::Partition { .. }
+                        | Fault::Hold { .. }
+                        | Fault::ConnBreaks { .. }
+                )
+            })
+            .map(|f| (self.epoch + f.at, self.epoch + f.at + f.fault.duration()))
+            .collect();
+        let mut end = t;
+        loop {
+            let next = windows
+                .iter()
+                .filter(|(a, b)| *a <= end + Duration::from_secs(1) && *b > end)
+                .map(|(_, b)| *b)
+                .max();
+            match next {
+                Some(b) => end = b,
+                None => return end,
+            }
+        }
+    }
+
+    /// B5: an exclusive queue is deleted or purged by a method only once its owner left the
+    /// hub (warren's cleanup); before that, only another client could have done it.
+    fn exclusive_checks(&mut self, log: &BrokerLog, board: &Board) {
+        for (t, name, op) in &log.exclusive_ops {
+            let Some((owner, _)) = board.owner_of(name, *t) else {
+                continue;
+            };
+            if self.left.get(&owner).is_none_or(|l| l > t) {
+                self.violation(
+                    *t,
+                    Invariant::Exclusive,
+                    format!(
+                        "the exclusive queue '{name}' of c{owner} was {op}d on the broker at {} while c{owner} was still in its hub",
+                        self.rel(*t)
+                    ),
+                );
+            }
+        }
+    }
+
     fn client_checks(&mut self, now: Instant, c: &FakeClient, sc: &Scenario) {
         let cid = c.id;
         for v in &c.violations {
             let inv = if v.contains("order broken") {
                 Invariant::Order
+            } else if v.contains("exclusive queue") {
+                Invariant::Exclusive
             } else {
                 Invariant::Routing
             };
             self.violation(now, inv, format!("c{cid} ({}): {v}", c.spec.kind));
         }
         let wrong_password = c.spec.password == "wrong";
+        // A password changed under it: refused like a wrong one from then on (whether it was
+        // still let in is the revocation check's business).
+        let revoked = c.end.as_ref().is_some_and(|(t, _)| self.revoked_by(c, *t));
         let wrong_vhost = c.spec.vhost != "/";
         let misbehaved = c.misbehaviour();
         let kind = c.spec.kind;
@@ -650,7 +825,7 @@ impl Observer {
                             format!("misbehaved ({m:?}) and was closed with {code} {text:?}, expected {expect:?}"),
                         );
                     }
-                } else if wrong_password {
+                } else if wrong_password || revoked {
                     if code != reply::ACCESS_REFUSED && code != reply::CONNECTION_FORCED {
                         bad(
                             self,
@@ -678,7 +853,7 @@ impl Observer {
                 let excused = self.slow.contains(&cid)
                     || self.closed_with.contains_key(&cid)
                     || self.handshake_closed.contains(&cid)
-                    || (wrong_password && !c.spec.failure_close);
+                    || ((wrong_password || revoked) && !c.spec.failure_close);
                 if !excused {
                     bad(
                         self,
@@ -688,7 +863,7 @@ impl Observer {
             }
             End::Broken => {
                 // RabbitMQ resets the socket of a login it refuses without a close.
-                let silent_refusal = wrong_password && !c.spec.failure_close;
+                let silent_refusal = (wrong_password || revoked) && !c.spec.failure_close;
                 if !self.broken.contains(&cid) && !silent_refusal {
                     bad(self, "saw its connection reset without a fault".into());
                 }

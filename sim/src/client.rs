@@ -24,10 +24,15 @@ use warren_core::table::{longstr, FieldTable, FieldValue};
 use warren_core::wire::{Reader, Writer};
 
 /// Queue names shared by the clients of one world: a consumer that declares a server-named
-/// queue posts the name in its slot, and publishers address the slot.
+/// queue posts the name in its slot, and publishers address the slot. A client that got
+/// `declare-ok` for an exclusive declare also claims the queue: from then on it is that
+/// client's, and nobody else may consume, get, purge or delete it (B5).
 #[derive(Debug, Default, Clone)]
 pub struct Board {
     slots: Vec<Option<String>>,
+    /// Exclusive queues by the client whose declare created them: (slot, name, client,
+    /// when it learnt the name), in claim order.
+    claims: Vec<(u32, String, u32, Instant)>,
 }
 
 impl Board {
@@ -37,7 +42,10 @@ impl Board {
     pub fn new(named: usize, dynamic: usize) -> Self {
         let mut slots: Vec<Option<String>> = (0..named).map(|i| Some(format!("q{i}"))).collect();
         slots.extend((0..dynamic).map(|_| None));
-        Board { slots }
+        Board {
+            slots,
+            claims: Vec::new(),
+        }
     }
 
     /// The queue name in a slot, if known yet.
@@ -50,6 +58,32 @@ impl Board {
         if let Some(s) = self.slots.get_mut(slot as usize) {
             *s = Some(name);
         }
+    }
+
+    /// Client `owner` declared the exclusive queue `name` (in `slot`) and got `declare-ok`.
+    pub fn claim(&mut self, slot: u32, name: &str, owner: u32, at: Instant) {
+        self.claims.push((slot, name.to_owned(), owner, at));
+    }
+
+    /// The client that declared the queue now in `slot` exclusively, if one did.
+    #[must_use]
+    pub fn exclusive_owner(&self, slot: u32) -> Option<u32> {
+        let name = self.name(slot)?;
+        self.claims
+            .iter()
+            .rev()
+            .find(|(s, n, _, _)| *s == slot && n == name)
+            .map(|(_, _, c, _)| *c)
+    }
+
+    /// Who had claimed the exclusive queue `name` at `at` (the latest claim before it).
+    #[must_use]
+    pub fn owner_of(&self, name: &str, at: Instant) -> Option<(u32, Instant)> {
+        self.claims
+            .iter()
+            .rev()
+            .find(|(_, n, _, t)| n == name && *t <= at)
+            .map(|(_, _, c, t)| (*c, *t))
     }
 
     /// The slot holding `name`, if any.
@@ -70,6 +104,137 @@ pub enum Target {
     /// A named exchange and routing key.
     Exchange(String, String),
 }
+
+/// What an intruder tries on another client's exclusive queue. RabbitMQ refuses each of them
+/// across connections with `Channel.Close 405 RESOURCE_LOCKED`; through warren the owner and
+/// the intruder may share one broker connection, so warren must refuse them itself (B5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intrusion {
+    /// `queue.declare passive=true`.
+    PassiveDeclare,
+    /// `basic.consume`.
+    Consume,
+    /// `basic.get`.
+    Get,
+    /// `queue.purge`.
+    Purge,
+    /// `queue.delete`.
+    Delete,
+    /// `queue.bind` to `amq.direct`.
+    Bind,
+    /// `queue.unbind` from `amq.direct`.
+    Unbind,
+}
+
+impl Intrusion {
+    /// Every kind, for drawing one at random.
+    pub const ALL: [Intrusion; 7] = [
+        Intrusion::PassiveDeclare,
+        Intrusion::Consume,
+        Intrusion::Get,
+        Intrusion::Purge,
+        Intrusion::Delete,
+        Intrusion::Bind,
+        Intrusion::Unbind,
+    ];
+
+    /// The method it sends.
+    #[must_use]
+    pub fn method(self) -> MethodId {
+        match self {
+            Intrusion::PassiveDeclare => ids::QUEUE_DECLARE,
+            Intrusion::Consume => ids::BASIC_CONSUME,
+            Intrusion::Get => ids::BASIC_GET,
+            Intrusion::Purge => ids::QUEUE_PURGE,
+            Intrusion::Delete => ids::QUEUE_DELETE,
+            Intrusion::Bind => ids::QUEUE_BIND,
+            Intrusion::Unbind => ids::QUEUE_UNBIND,
+        }
+    }
+
+    /// Whether `mid` answers it with success.
+    fn answered_by(self, mid: MethodId) -> bool {
+        match self {
+            Intrusion::PassiveDeclare => mid == ids::QUEUE_DECLARE_OK,
+            Intrusion::Consume => mid == ids::BASIC_CONSUME_OK,
+            Intrusion::Get => mid == ids::BASIC_GET_OK || mid == GET_EMPTY,
+            Intrusion::Purge => mid == QUEUE_PURGE_OK,
+            Intrusion::Delete => mid == ids::QUEUE_DELETE_OK,
+            Intrusion::Bind => mid == QUEUE_BIND_OK,
+            Intrusion::Unbind => mid == QUEUE_UNBIND_OK,
+        }
+    }
+
+    fn frame(self, ch: u16, queue: &str) -> Bytes {
+        let q = queue.as_bytes();
+        match self {
+            Intrusion::PassiveDeclare => method_frame(ch, ids::QUEUE_DECLARE, |w| {
+                w.u16(0)
+                    .shortstr(q)
+                    .bit(true)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(0);
+            }),
+            Intrusion::Consume => method_frame(ch, ids::BASIC_CONSUME, |w| {
+                w.u16(0)
+                    .shortstr(q)
+                    .shortstr(b"")
+                    .bit(false)
+                    .bit(true)
+                    .bit(false)
+                    .bit(false)
+                    .u32(0);
+            }),
+            Intrusion::Get => method_frame(ch, ids::BASIC_GET, |w| {
+                w.u16(0).shortstr(q).bit(false);
+            }),
+            Intrusion::Purge => method_frame(ch, ids::QUEUE_PURGE, |w| {
+                w.u16(0).shortstr(q).bit(false);
+            }),
+            Intrusion::Delete => method_frame(ch, ids::QUEUE_DELETE, |w| {
+                w.u16(0).shortstr(q).bit(false).bit(false).bit(false);
+            }),
+            Intrusion::Bind | Intrusion::Unbind => {
+                let bind = self == Intrusion::Bind;
+                method_frame(ch, self.method(), |w| {
+                    w.u16(0)
+                        .shortstr(q)
+                        .shortstr(b"amq.direct")
+                        .shortstr(b"intruder");
+                    if bind {
+                        w.bit(false);
+                    }
+                    w.u32(0);
+                })
+            }
+        }
+    }
+}
+
+/// How an intrusion ended, as the intruder saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntrusionOutcome {
+    /// What it tried.
+    pub op: Intrusion,
+    /// On which board slot.
+    pub slot: u32,
+    /// The client the queue belonged to when it was tried (`None`: nobody had claimed it).
+    pub owner: Option<u32>,
+    /// `Some(code)` for a `Channel.Close`, `None` for a success reply.
+    pub refused: Option<u16>,
+}
+
+/// `basic.get-empty`.
+const GET_EMPTY: MethodId = MethodId::new(60, 72);
+/// `queue.bind-ok`.
+const QUEUE_BIND_OK: MethodId = MethodId::new(50, 21);
+/// `queue.purge-ok`.
+const QUEUE_PURGE_OK: MethodId = MethodId::new(50, 31);
+/// `queue.unbind-ok`.
+const QUEUE_UNBIND_OK: MethodId = MethodId::new(50, 51);
 
 /// A protocol violation a misbehaving client commits on purpose, and the reply code warren
 /// must close it with.
@@ -257,6 +422,17 @@ pub enum Step {
     },
     /// `basic.recover` (requeue): unacked deliveries come back, marked redelivered.
     Recover(u16),
+    /// Tries `op` on the queue in a board slot (another client's exclusive queue) and
+    /// expects `Channel.Close 405 RESOURCE_LOCKED` (or 404 once the queue is gone); the
+    /// script goes on either way (reopen the channel with [`Step::Open`]).
+    Intrude {
+        /// Channel.
+        ch: u16,
+        /// Board slot of the queue.
+        slot: u32,
+        /// What to try.
+        op: Intrusion,
+    },
     /// Sends a publish's method, header and part of its body, then drops the socket: warren
     /// must not forward the half message (B8).
     PartialPublishAndDrop(u16),
@@ -398,7 +574,8 @@ enum Phase {
 enum Reply {
     OpenOk,
     CloseOk,
-    DeclareOk(u32),
+    /// Slot, and whether the declare was exclusive.
+    DeclareOk(u32, bool),
     QosOk,
     ConsumeOk(u32),
     CancelOk,
@@ -410,6 +587,8 @@ enum Reply {
     ExchangeDeclareOk,
     BindOk,
     RecoverOk,
+    /// An intrusion on the queue in a board slot: success, or a `Channel.Close`.
+    Intrusion(Intrusion, u32),
 }
 
 impl Reply {
@@ -417,7 +596,7 @@ impl Reply {
         match self {
             Reply::OpenOk => mid == ids::CHANNEL_OPEN_OK,
             Reply::CloseOk => mid == ids::CHANNEL_CLOSE_OK,
-            Reply::DeclareOk(_) => mid == ids::QUEUE_DECLARE_OK,
+            Reply::DeclareOk(..) => mid == ids::QUEUE_DECLARE_OK,
             Reply::QosOk => mid == ids::BASIC_QOS_OK,
             Reply::ConsumeOk(_) => mid == ids::BASIC_CONSUME_OK,
             Reply::CancelOk => mid == ids::BASIC_CANCEL_OK,
@@ -429,6 +608,7 @@ impl Reply {
             Reply::ExchangeDeclareOk => mid == ids::EXCHANGE_DECLARE_OK,
             Reply::BindOk => mid == MethodId::new(50, 21),
             Reply::RecoverOk => mid == MethodId::new(60, 111),
+            Reply::Intrusion(op, _) => op.answered_by(mid),
         }
     }
 }
@@ -479,6 +659,9 @@ struct Chan {
     order: BTreeMap<(u32, u16), u32>,
     /// First (not redelivered) deliveries so far.
     firsts: u32,
+    /// An intrusion waiting for its answer: what, on which slot and queue, and whose queue
+    /// it was when sent.
+    intrusion: Option<(Intrusion, u32, String, Option<u32>)>,
 }
 
 impl Chan {
@@ -495,6 +678,7 @@ impl Chan {
             outstanding: BTreeMap::new(),
             order: BTreeMap::new(),
             firsts: 0,
+            intrusion: None,
         }
     }
 }
@@ -572,6 +756,10 @@ pub struct FakeClient {
     pub opened_at: Option<Instant>,
     /// When the misbehaviour was committed.
     pub misbehaved_at: Option<Instant>,
+    /// When it sent `Connection.StartOk` (its login).
+    pub start_ok_at: Option<Instant>,
+    /// Its intrusions on other clients' exclusive queues and how each ended.
+    pub intrusions: Vec<IntrusionOutcome>,
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -619,6 +807,8 @@ impl FakeClient {
             script_done: false,
             opened_at: None,
             misbehaved_at: None,
+            start_ok_at: None,
+            intrusions: Vec::new(),
         };
         match c.spec.opening {
             Opening::Normal => c.send(now, Bytes::from_static(PROTOCOL_HEADER)),
@@ -934,6 +1124,7 @@ impl FakeClient {
                     locale: "en_US".into(),
                 };
                 self.send(now, encode::start_ok(&ok));
+                self.start_ok_at = Some(now);
                 self.phase = Phase::Tune;
             }
             (Phase::Tune, Method::Tune(t)) => {
@@ -1026,8 +1217,11 @@ impl FakeClient {
         match mid {
             ids::CHANNEL_CLOSE => {
                 let code = r.u16().unwrap_or(0);
+                let text = lossy(r.shortstr().unwrap_or_default());
+                let cause = MethodId::new(r.u16().unwrap_or(0), r.u16().unwrap_or(0));
                 let crossing = chan.state == ChState::Closing;
                 chan.content = None;
+                let intrusion = chan.intrusion.take();
                 self.channel_closes.push((ch, code));
                 self.send(now, encode::close_ok(ch));
                 if crossing {
@@ -1036,6 +1230,14 @@ impl FakeClient {
                     return;
                 }
                 self.chans.remove(&ch);
+                if let Some(i) = intrusion {
+                    // Refused, as it should be: the script goes on.
+                    self.intrusion_refused(i, code, &text, cause);
+                    if self.wait == Wait::Reply(ch) {
+                        self.wait = Wait::Nothing;
+                    }
+                    return;
+                }
                 match self.wait.clone() {
                     Wait::ChannelClose(c) if c == ch => self.wait = Wait::Nothing,
                     Wait::Reply(c) | Wait::Confirms(c) if c == ch => {
@@ -1081,6 +1283,12 @@ impl FakeClient {
                 let dtag = r.u64().unwrap_or(0);
                 let slot = match chan.expect.take() {
                     Some(Reply::Get(slot)) => slot,
+                    Some(Reply::Intrusion(Intrusion::Get, slot)) => {
+                        if let Some(i) = chan.intrusion.take() {
+                            self.intrusion_answered(i, mid, board);
+                        }
+                        slot
+                    }
                     other => {
                         chan.expect = other;
                         self.violation(format!("basic.get-ok on channel {ch} without a get"));
@@ -1108,8 +1316,22 @@ impl FakeClient {
                 self.confirm(ch, dtag, multiple, ack);
             }
             ids::BASIC_CANCEL => {
+                // The broker cancels a consumer when its queue is deleted.
                 let tag = r.shortstr().unwrap_or_default().to_vec();
+                let slot = chan
+                    .consumers
+                    .iter()
+                    .find(|(t, _, _)| *t == tag)
+                    .map(|(_, s, _)| *s);
                 chan.consumers.retain(|(t, _, _)| *t != tag);
+                if let Some(slot) = slot {
+                    if board.exclusive_owner(slot) == Some(self.id) {
+                        let name = board.name(slot).unwrap_or("?").to_owned();
+                        self.violation(format!(
+                            "its exclusive queue '{name}' (slot {slot}) was deleted under its consumer on channel {ch} while it was connected"
+                        ));
+                    }
+                }
             }
             _ => {
                 let expected = chan.expect.as_ref().is_some_and(|e| e.matches(mid));
@@ -1123,10 +1345,22 @@ impl FakeClient {
                 let reply = chan.expect.take().expect("checked");
                 match reply {
                     Reply::OpenOk => chan.state = ChState::Open,
-                    Reply::DeclareOk(slot) => {
+                    Reply::DeclareOk(slot, exclusive) => {
                         let name = lossy(r.shortstr().unwrap_or_default());
                         if board.name(slot).is_none() {
-                            board.set(slot, name);
+                            board.set(slot, name.clone());
+                        }
+                        if exclusive && board.name(slot) == Some(name.as_str()) {
+                            board.claim(slot, &name, self.id, now);
+                        }
+                    }
+                    Reply::Intrusion(op, slot) => {
+                        if op == Intrusion::Consume {
+                            let tag = r.shortstr().unwrap_or_default().to_vec();
+                            chan.consumers.push((tag, slot, true));
+                        }
+                        if let Some(i) = chan.intrusion.take() {
+                            self.intrusion_answered(i, mid, board);
                         }
                     }
                     Reply::ConsumeOk(slot) => {
@@ -1141,6 +1375,73 @@ impl FakeClient {
                     self.wait = Wait::Nothing;
                 }
             }
+        }
+    }
+
+    /// An intrusion was answered with success. Only a deletion may be (RabbitMQ deletes a
+    /// missing queue without complaint); anything else on another client's exclusive queue is
+    /// what RabbitMQ refuses with 405.
+    fn intrusion_answered(
+        &mut self,
+        (op, slot, name, owner): (Intrusion, u32, String, Option<u32>),
+        mid: MethodId,
+        board: &Board,
+    ) {
+        let owner = owner.or_else(|| board.exclusive_owner(slot));
+        self.intrusions.push(IntrusionOutcome {
+            op,
+            slot,
+            owner,
+            refused: None,
+        });
+        if let Some(o) = owner.filter(|o| *o != self.id) {
+            if op != Intrusion::Delete {
+                self.violation(format!(
+                    "{op:?} on c{o}'s exclusive queue '{name}' was answered {mid:?}: RabbitMQ refuses it (405 RESOURCE_LOCKED while c{o} is connected, 404 once its connection closed and took the queue along)"
+                ));
+            }
+        }
+    }
+
+    /// An intrusion was refused with `Channel.Close`: 405 with RabbitMQ's text and the
+    /// method as its cause, or 404 once the queue is gone.
+    fn intrusion_refused(
+        &mut self,
+        (op, slot, name, owner): (Intrusion, u32, String, Option<u32>),
+        code: u16,
+        text: &str,
+        cause: MethodId,
+    ) {
+        self.intrusions.push(IntrusionOutcome {
+            op,
+            slot,
+            owner,
+            refused: Some(code),
+        });
+        let expected = format!(
+            "RESOURCE_LOCKED - {}",
+            crate::broker::locked_text(&name, &self.spec.vhost)
+        );
+        let ok = match code {
+            reply::RESOURCE_LOCKED => {
+                // Texts longer than a short string are cut (252 bytes and "...").
+                let same_text = text == expected
+                    || (text.ends_with("...") && expected.starts_with(&text[..text.len() - 3]));
+                if !same_text || cause != op.method() {
+                    self.violation(format!(
+                        "{op:?} on the exclusive queue '{name}' was refused with 405 {text:?} caused by {cause:?}, expected RabbitMQ's {expected:?} caused by {:?}",
+                        op.method()
+                    ));
+                }
+                true
+            }
+            reply::NOT_FOUND => true,
+            _ => false,
+        };
+        if !ok {
+            self.violation(format!(
+                "{op:?} on the exclusive queue '{name}' was refused with {code} {text:?}, expected 405 RESOURCE_LOCKED (or 404 once it is gone)"
+            ));
         }
     }
 
@@ -1222,7 +1523,6 @@ impl FakeClient {
     }
 
     fn message(&mut self, now: Instant, ch: u16, inc: Incoming, board: &Board) {
-        let _ = board;
         let me = self.id;
         let origin = Origin::parse(&inc.body);
         if let Some(o) = origin {
@@ -1234,6 +1534,37 @@ impl FakeClient {
                 "untagged message on channel {ch} ({} bytes)",
                 inc.body.len()
             ));
+        }
+        // A delivery or get-ok from another client's exclusive queue (B5): the queue it was
+        // consumed or got from, or the one it was published to.
+        let chan = self.chans.get(&ch).expect("present");
+        let mut from = match &inc.kind {
+            IncomingKind::Deliver { tag, .. } => chan
+                .consumers
+                .iter()
+                .find(|(t, _, _)| t == tag)
+                .map(|(_, s, _)| *s),
+            IncomingKind::GetOk { slot, .. } => Some(*slot),
+            IncomingKind::Return => None,
+        };
+        if matches!(inc.kind, IncomingKind::Return) {
+            from = None;
+        } else if let Some(o) = origin {
+            if from.is_none_or(|s| board.exclusive_owner(s).is_none_or(|x| x == me)) {
+                from = Some(o.queue);
+            }
+        }
+        if let Some(slot) = from.filter(|s| *s != NO_QUEUE) {
+            if let Some(owner) = board.exclusive_owner(slot).filter(|x| *x != me) {
+                let what = match origin {
+                    Some(o) => format!("[{o}]"),
+                    None => "a message".to_owned(),
+                };
+                let name = board.name(slot).unwrap_or("?").to_owned();
+                self.violation(format!(
+                    "received {what} on channel {ch} from c{owner}'s exclusive queue '{name}' (slot {slot})"
+                ));
+            }
         }
         let chan = self.chans.get_mut(&ch).expect("present");
         match inc.kind {
@@ -1432,13 +1763,13 @@ impl FakeClient {
                 exclusive,
             } => {
                 let name = board.name(slot).unwrap_or("").to_owned();
-                if self.expect(ch, Reply::DeclareOk(slot)) {
+                if self.expect(ch, Reply::DeclareOk(slot, exclusive)) {
                     self.send(now, queue_declare(ch, &name, exclusive));
                 }
             }
             Step::DeclareAndDrop { ch, slot } => {
                 let name = board.name(slot).unwrap_or("").to_owned();
-                if self.expect(ch, Reply::DeclareOk(slot)) {
+                if self.expect(ch, Reply::DeclareOk(slot, true)) {
                     self.send(now, queue_declare(ch, &name, true));
                 }
                 self.out.push_back(ClientOut::Close);
@@ -1643,6 +1974,18 @@ impl FakeClient {
                                 .u32(0);
                         }),
                     );
+                }
+            }
+            Step::Intrude { ch, slot, op } => {
+                let Some(name) = board.name(slot).map(str::to_owned) else {
+                    return;
+                };
+                let owner = board.exclusive_owner(slot);
+                if self.expect(ch, Reply::Intrusion(op, slot)) {
+                    if let Some(c) = self.chans.get_mut(&ch) {
+                        c.intrusion = Some((op, slot, name.clone(), owner));
+                    }
+                    self.send(now, op.frame(ch, &name));
                 }
             }
             Step::Recover(ch) => {

@@ -19,6 +19,7 @@ use crate::client::{Board, ClientOut, End, FakeClient, Step};
 use crate::plan::Fault;
 use crate::scenario::Scenario;
 use crate::turmoil_net::TurmoilNetwork;
+use crate::world::credentials;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -81,6 +82,22 @@ pub enum L2Fault {
     LinkFailures(Duration),
     /// `Shutdown::drain` is cancelled.
     Drain(Duration),
+    /// The broker host runs `change_password` (user table and event), or only changes the
+    /// user table while it is down.
+    PasswordChange {
+        /// Whose password.
+        user: String,
+        /// The new password.
+        password: String,
+    },
+}
+
+impl L2Fault {
+    /// Whether it disturbs the network or the broker (what excuses broken connections).
+    #[must_use]
+    pub fn is_network(&self) -> bool {
+        !matches!(self, L2Fault::Drain(_) | L2Fault::PasswordChange { .. })
+    }
 }
 
 /// Layer-2 settings of a run.
@@ -128,6 +145,8 @@ pub struct L2Report {
     pub elapsed: Duration,
     /// Every client's outcome.
     pub clients: Vec<L2Client>,
+    /// How often notable things happened (as in layer 1's report).
+    pub coverage: BTreeMap<&'static str, u64>,
 }
 
 impl L2Report {
@@ -146,6 +165,9 @@ struct ClientResult {
     ended_at: Duration,
     /// When a write first failed (the peer reset the connection).
     write_failed_at: Option<Duration>,
+    /// When it sent `StartOk` and got `OpenOk`, in simulation time.
+    start_ok: Option<Duration>,
+    opened: Option<Duration>,
 }
 
 /// How one layer-2 client fared, for targeted tests.
@@ -194,6 +216,7 @@ pub fn runtime_config(sc: &Scenario, drain_timeout: Duration) -> Config {
         upstream_idle_timeout: hub.upstream_idle_timeout,
         auth_cache_ttl: sc.net.auth_cache_ttl,
         credentials_ttl: sc.net.credentials_ttl,
+        events: sc.net.events.then(|| credentials("guest", "guest", "/")),
         drain_timeout,
         ..Config::default()
     }
@@ -229,6 +252,13 @@ pub fn scenario(seed: u64, opts: &L2Options) -> (Scenario, Vec<(Duration, L2Faul
                 L2Fault::LinkFailures(over.min(Duration::from_secs(2)))
             }
             Fault::Drain { timeout } => L2Fault::Drain(timeout),
+            Fault::PasswordChange {
+                ref user,
+                ref password,
+            } => L2Fault::PasswordChange {
+                user: user.clone(),
+                password: password.clone(),
+            },
             _ => continue,
         };
         faults.push((f.at, l2));
@@ -236,9 +266,21 @@ pub fn scenario(seed: u64, opts: &L2Options) -> (Scenario, Vec<(Duration, L2Faul
     (sc, faults)
 }
 
+/// Password changes for the broker host to carry out (user, new password), and the bell that
+/// tells it there are some.
+#[derive(Clone, Default)]
+struct Admin {
+    changes: Arc<Mutex<Vec<(String, String)>>>,
+    bell: Arc<tokio::sync::Notify>,
+}
+
 /// The scripted broker host: one task owns the [`Broker`]; per connection a reader feeds it
 /// and a writer carries its output.
-async fn broker_host(broker: Arc<Mutex<Broker>>, lines: Option<Lines>) -> turmoil::Result {
+async fn broker_host(
+    broker: Arc<Mutex<Broker>>,
+    lines: Option<Lines>,
+    admin: Admin,
+) -> turmoil::Result {
     lock(&broker).restart();
     trace_line(&lines, "broker starts".into());
     let mut taps: BTreeMap<ConnId, crate::trace::Tap> = BTreeMap::new();
@@ -304,6 +346,13 @@ async fn broker_host(broker: Arc<Mutex<Broker>>, lines: Option<Lines>) -> turmoi
             _ = tokio::time::sleep_until(timeout.unwrap_or_else(tokio::time::Instant::now)), if timeout.is_some() => {
                 lock(&broker).handle_timeout(now());
             }
+            () = admin.bell.notified() => {
+                let changes = std::mem::take(&mut *lock(&admin.changes));
+                for (user, password) in changes {
+                    let sent = lock(&broker).change_password(now(), &user, &password);
+                    trace_line(&lines, format!("broker: password of {user} changed, event to {sent:?}"));
+                }
+            }
         }
         let outputs: Vec<BrokerOutput> = {
             let mut b = lock(&broker);
@@ -363,6 +412,8 @@ async fn client_host(
                 start,
                 ended_at: turmoil::elapsed(),
                 write_failed_at: None,
+                start_ok: None,
+                opened: None,
             });
             return Ok(());
         }
@@ -428,11 +479,17 @@ async fn client_host(
     if let Some((_, end)) = &client.end {
         trace_line(&lines, format!("c{id} ends: {end}"));
     }
+    // Its instants as simulation time.
+    let (t, elapsed) = (now(), turmoil::elapsed());
+    let sim_time = |i: Option<Instant>| i.map(|i| elapsed.saturating_sub(t.duration_since(i)));
+    let (start_ok, opened) = (sim_time(client.start_ok_at), sim_time(client.opened_at));
     lock(&results).push(ClientResult {
         client,
         start,
-        ended_at: turmoil::elapsed(),
+        ended_at: elapsed,
         write_failed_at,
+        start_ok,
+        opened,
     });
     Ok(())
 }
@@ -467,6 +524,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
         .tcp_capacity(opts.tcp_capacity)
         .build();
     let broker = Arc::new(Mutex::new(Broker::new(sc.broker.clone())));
+    let admin = Admin::default();
     let board = Arc::new(Mutex::new(Board::new(sc.board.0, sc.board.1)));
     let results: Arc<Mutex<Vec<ClientResult>>> = Arc::new(Mutex::new(Vec::new()));
     let shutdown = Shutdown::default();
@@ -475,8 +533,10 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
     let lines: Option<Lines> = opts.trace.then(|| Arc::new(Mutex::new(Vec::new())));
 
     {
-        let (broker, lines) = (broker.clone(), lines.clone());
-        sim.host("broker", move || broker_host(broker.clone(), lines.clone()));
+        let (broker, lines, admin) = (broker.clone(), lines.clone(), admin.clone());
+        sim.host("broker", move || {
+            broker_host(broker.clone(), lines.clone(), admin.clone())
+        });
     }
     {
         let (config, shutdown, done) = (config.clone(), shutdown.clone(), proxy_done.clone());
@@ -516,7 +576,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             | L2Fault::Partition(d)
             | L2Fault::Hold(d)
             | L2Fault::LinkFailures(d) => Some(*d),
-            L2Fault::Drain(_) => None,
+            L2Fault::Drain(_) | L2Fault::PasswordChange { .. } => None,
         };
         if let Some(d) = heal {
             pending.push((*at + d, false, f.clone()));
@@ -540,6 +600,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
         + close_timeout
         + Duration::from_secs(2);
     let mut settle_from: Option<Duration> = None;
+    let mut password_changes: Vec<(Duration, String, String)> = Vec::new();
     let mut excl_clear = false;
     let mut leak = None;
     loop {
@@ -599,6 +660,23 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
                     drained_at = Some(t);
                     shutdown.drain.cancel();
                 }
+                (L2Fault::PasswordChange { user, password }, _) => {
+                    let old = sc
+                        .broker
+                        .users
+                        .iter()
+                        .find(|(u, _)| *u == user)
+                        .map(|(_, p)| p.clone())
+                        .unwrap_or_default();
+                    password_changes.push((t, user.clone(), old));
+                    if broker_down > 0 {
+                        // Changed elsewhere in the cluster; this node publishes nothing.
+                        lock(&broker).set_password(&user, &password);
+                    } else {
+                        lock(&admin.changes).push((user, password));
+                        admin.bell.notify_one();
+                    }
+                }
             }
         }
         let clients_done = match sim.step() {
@@ -623,21 +701,37 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
         }
         // Leaks, as the broker sees them: once every client is gone and warren's idle timers
         // have run, warren must hold no connection (hence no channel, no exclusive queue).
-        excl_clear |= lock(&broker).exclusive_queues().is_empty();
+        // The event feed stays for as long as warren runs: its connection and its queue are
+        // not leaks (one of it, in event mode).
+        let strays = |b: &Broker| {
+            let feed = b.feed_conns();
+            let keep = usize::from(sc.net.events);
+            let mut conns: Vec<ConnId> = b
+                .connection_ids()
+                .into_iter()
+                .filter(|c| !feed.contains(c))
+                .collect();
+            conns.extend(feed.iter().skip(keep));
+            let queues: Vec<String> = b
+                .exclusive_queues()
+                .into_iter()
+                .filter(|(_, c)| !feed.contains(c))
+                .map(|(n, _)| n)
+                .collect();
+            (conns, queues)
+        };
+        excl_clear |= strays(&lock(&broker)).1.is_empty();
         if t >= quiet_since + settle {
             let b = lock(&broker);
+            let (conns, queues) = strays(&b);
             if !excl_clear {
                 leak = Some(format!(
-                    "exclusive queues {:?} stayed on the broker after every client left (B5)",
-                    b.exclusive_queues()
-                        .iter()
-                        .map(|(n, _)| n.clone())
-                        .collect::<Vec<_>>()
+                    "exclusive queues {queues:?} stayed on the broker after every client left (B5)"
                 ));
-            } else if b.connection_count() > 0 {
+            } else if !conns.is_empty() {
                 leak = Some(format!(
-                    "the broker still has {} connections ({} channels) from warren {}s after every client left",
-                    b.connection_count(),
+                    "the broker still has {} connections ({} channels in all) from warren {}s after every client left, besides its event feed",
+                    conns.len(),
                     b.channel_count(),
                     settle.as_secs()
                 ));
@@ -685,6 +779,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
     };
     let healed = pending
         .iter()
+        .filter(|(_, _, f)| f.is_network())
         .map(|(at, _, _)| *at)
         .max()
         .unwrap_or_default();
@@ -697,6 +792,8 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
         for x in &c.violations {
             let inv = if x.contains("order broken") {
                 Invariant::Order
+            } else if x.contains("exclusive queue") {
+                Invariant::Exclusive
             } else {
                 Invariant::Routing
             };
@@ -716,6 +813,10 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             c.id
         ));
         let wrong_login = c.spec.password == "wrong" || c.spec.vhost != "/";
+        // Its password was changed before it ended: refused like a wrong one from then on.
+        let revoked = password_changes
+            .iter()
+            .any(|(t, u, old)| *t <= r.ended_at && c.spec.user == *u && c.spec.password == *old);
         let misbehaved = c.misbehaviour();
         let shaky = disturbed(r.start, r.ended_at);
         let paused = c
@@ -729,7 +830,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
                 let code = *code;
                 if let Some(m) = misbehaved {
                     m.expected_code() == Some(code) || code == reply::CONNECTION_FORCED
-                } else if wrong_login {
+                } else if wrong_login || revoked {
                     matches!(
                         code,
                         reply::ACCESS_REFUSED | reply::NOT_ALLOWED | reply::CONNECTION_FORCED
@@ -741,11 +842,17 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             End::Dropped => {
                 shaky
                     || paused
-                    || (c.spec.password == "wrong" && !c.spec.failure_close)
+                    || ((c.spec.password == "wrong" || revoked) && !c.spec.failure_close)
                     || c.spec.opening != crate::client::Opening::Normal
             }
+            // RabbitMQ resets the socket of a login it refuses without a close.
+            End::Broken => {
+                shaky
+                    || paused
+                    || ((c.spec.password == "wrong" || revoked) && !c.spec.failure_close)
+            }
             // A client that stopped reading or froze is cut off (B9) or times out (B10).
-            End::Broken | End::TimedOut => shaky || paused,
+            End::TimedOut => shaky || paused,
             // A draining warren refuses; so does a link that turmoil fails mid-connect.
             End::Refused => drained_at.is_some() || shaky,
         };
@@ -757,10 +864,11 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             );
         }
         // After every fault healed (and a backoff), warren must work again.
-        let late = faults.iter().any(|(_, f)| !matches!(f, L2Fault::Drain(_)))
+        let late = faults.iter().any(|(_, f)| f.is_network())
             && drained_at.is_none()
             && r.start > healed + reconnect_margin
             && !wrong_login
+            && !revoked
             && misbehaved.is_none()
             && !paused
             && c.spec.opening == crate::client::Opening::Normal;
@@ -796,7 +904,7 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
     }
     // Without network faults between them, warren must keep the broker's heartbeat monitor
     // fed (B10).
-    let network_faults = faults.iter().any(|(_, f)| !matches!(f, L2Fault::Drain(_)));
+    let network_faults = faults.iter().any(|(_, f)| f.is_network());
     if !network_faults && !b.log.peer_timeouts.is_empty() {
         v(
             elapsed,
@@ -863,6 +971,90 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
             ),
         }
     }
+    // B2: once warren knows of a password change, the old password does not log in. Here
+    // only without network faults (layer 1 follows the event through faults): in event mode
+    // the event reaches warren within moments, in age mode trust ends `credentials_ttl`
+    // after the change.
+    let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut count = |what: &'static str| *coverage.entry(what).or_default() += 1;
+    count("run");
+    if sc.net.events {
+        count("event mode");
+    }
+    for (t, user, old) in &password_changes {
+        count("fault: password change");
+        let slack = Duration::from_secs(1);
+        let known = *t
+            + slack
+            + if sc.net.events {
+                Duration::ZERO
+            } else {
+                sc.net.credentials_ttl
+            };
+        for r in &results {
+            let c = &r.client;
+            if c.spec.user != *user || c.spec.password != *old {
+                continue;
+            }
+            count(match (r.opened, r.start_ok) {
+                (Some(_), Some(s)) if s > *t => "leaked password admitted after the change",
+                (Some(_), _) => "old password admitted before the change",
+                (None, Some(s)) if s > *t => "old password refused after the change",
+                (None, _) => "old password not admitted before the change",
+            });
+            if network_faults {
+                continue;
+            }
+            if let (Some(s), Some(o)) = (r.start_ok, r.opened) {
+                if s > known {
+                    v(
+                        o,
+                        Invariant::Revocation,
+                        format!(
+                            "c{} ({}) logged in as {user} with the password changed at {} ({} mode, known by {}): StartOk at {}, admitted at {}",
+                            c.id,
+                            c.spec.kind,
+                            crate::trace::stamp(*t),
+                            if sc.net.events { "event" } else { "age" },
+                            crate::trace::stamp(known),
+                            crate::trace::stamp(s),
+                            crate::trace::stamp(o)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for r in &results {
+        if r.client.spec.kind == "new-password" {
+            count(if r.opened.is_some() {
+                "new password admitted"
+            } else {
+                "new password not admitted"
+            });
+        }
+        for i in &r.client.intrusions {
+            count(match i.refused {
+                Some(405) => "intrusion refused 405",
+                Some(404) => "intrusion refused 404",
+                Some(_) => "intrusion refused other",
+                None => "intrusion answered",
+            });
+        }
+    }
+    let (locked, routed) = {
+        let b = lock(&broker);
+        let routed = b.log.events.iter().filter(|(_, _, n)| *n > 0).count() as u64;
+        (b.log.locked_refusals, routed)
+    };
+    for (what, n) in [
+        ("broker refused 405", locked),
+        ("password change event routed to a feed", routed),
+    ] {
+        if n > 0 {
+            *coverage.entry(what).or_default() += n;
+        }
+    }
     let clients = results
         .iter()
         .map(|r| L2Client {
@@ -878,5 +1070,6 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
         log,
         elapsed,
         clients,
+        coverage,
     }
 }

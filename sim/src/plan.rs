@@ -85,6 +85,17 @@ pub enum Fault {
     },
     /// A client asking for a vhost that does not exist (B2).
     WrongVhost,
+    /// `rabbitmqctl change_password user password`: the broker's user table changes and its
+    /// event exchange publishes `user.password.changed`. Connections already open stay (as
+    /// in RabbitMQ); the old password must not log in any more once warren knows (B2). The
+    /// scenario adds clients that go on using the old password (a leaked one) before and
+    /// after, and clients with the new one.
+    PasswordChange {
+        /// Whose password.
+        user: String,
+        /// The new password.
+        password: String,
+    },
 }
 
 impl Fault {
@@ -145,6 +156,7 @@ impl fmt::Display for Fault {
                 write!(f, "wrong password (failure_close={failure_close})")
             }
             Fault::WrongVhost => f.write_str("unknown vhost"),
+            Fault::PasswordChange { user, .. } => write!(f, "password of {user} changed"),
         }
     }
 }

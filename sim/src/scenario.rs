@@ -2,7 +2,7 @@
 //! of the fake broker, network latencies, the clients and their scripts, and the fault plan.
 
 use crate::broker::BrokerConfig;
-use crate::client::{ClientSpec, Misbehaviour, Opening, Step, Target};
+use crate::client::{ClientSpec, Intrusion, Misbehaviour, Opening, Step, Target};
 use crate::plan::{Fault, FaultPlan, FaultProfile};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -23,8 +23,13 @@ pub struct NetConfig {
     pub client_queue_limit: usize,
     /// How long a refused login is remembered (B2 negative cache).
     pub auth_cache_ttl: Duration,
-    /// How long credentials the broker accepted are trusted without a new login.
+    /// How long credentials the broker accepted are trusted without a new login, while no
+    /// event feed is up (age mode).
     pub credentials_ttl: Duration,
+    /// Event mode: admission follows the broker's event exchange as `guest` on `/`, so a
+    /// changed password takes effect when the event arrives rather than after
+    /// `credentials_ttl` (B2). The feed's broker connection stays open for the whole run.
+    pub events: bool,
 }
 
 impl Default for NetConfig {
@@ -36,6 +41,7 @@ impl Default for NetConfig {
             client_queue_limit: 128 * 1024,
             auth_cache_ttl: Duration::from_secs(2),
             credentials_ttl: Duration::from_secs(5),
+            events: false,
         }
     }
 }
@@ -74,6 +80,13 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
 /// Board layout of random scenarios: named queues `q0..q2`, then dynamic slots.
 const NAMED: u32 = 3;
 const DYNAMIC: u32 = 24;
+
+/// The user whose password a [`Fault::PasswordChange`] changes (only some clients use it).
+pub const ROTATED_USER: &str = "bob";
+/// Its password at the start.
+pub const OLD_PASSWORD: &str = "bob-old";
+/// Its password after the change.
+pub const NEW_PASSWORD: &str = "bob-new";
 
 impl Scenario {
     /// A small quiet scenario with sane defaults and no clients, for hand-written tests.
@@ -174,7 +187,60 @@ impl Scenario {
         }
         s.clients = b.clients;
         s.plan = plan;
+        s.credential_faults();
         s
+    }
+
+    /// What the scenario draws from a second stream of the seed, so that adding it left the
+    /// rest of every seed's scenario as it was: event or age mode, a password change with
+    /// the clients around it, intruders on exclusive queues.
+    fn credential_faults(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x6576_656e_7473_2b2b);
+        self.net.events = rng.random_bool(0.5);
+        self.broker
+            .users
+            .push((ROTATED_USER.into(), OLD_PASSWORD.into()));
+        let mut b = Builder {
+            rng: &mut rng,
+            clients: Vec::new(),
+            next_dynamic: NAMED + DYNAMIC,
+        };
+        // Intruders share the credentials (hence usually the hub, the broker connection) of
+        // a client that declares an exclusive queue, and try it after its declare.
+        let owners: Vec<(usize, u32)> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.script.iter().find_map(|st| match st {
+                    // The last dynamic slot is shared when they run out: not a clear owner.
+                    Step::Declare {
+                        slot,
+                        exclusive: true,
+                        ..
+                    } if *slot < NAMED + DYNAMIC - 1 => Some((i, *slot)),
+                    _ => None,
+                })
+            })
+            .collect();
+        for (i, slot) in owners {
+            if b.rng.random_bool(0.35) {
+                let owner = self.clients[i].clone();
+                b.intruder(&owner, slot);
+            }
+        }
+        if b.rng.random_bool(0.3) {
+            let at = ms(b.rng, 2000, 20_000);
+            self.plan = std::mem::take(&mut self.plan).with(
+                at,
+                Fault::PasswordChange {
+                    user: ROTATED_USER.into(),
+                    password: NEW_PASSWORD.into(),
+                },
+            );
+            b.password_change(at, self.net.credentials_ttl);
+        }
+        self.clients.extend(b.clients);
     }
 }
 
@@ -592,6 +658,106 @@ impl Builder<'_> {
             Step::Drop
         });
         self.spec("churner", start, s);
+    }
+
+    /// Tries what RabbitMQ refuses across connections on `owner`'s exclusive queue in
+    /// `slot`, reopening its channel after each refusal, then publishes to it (allowed).
+    fn intruder(&mut self, owner: &ClientSpec, slot: u32) {
+        let start = owner.start + ms(self.rng, 100, 3000);
+        let mut s = vec![Step::Open(1)];
+        for _ in 0..self.rng.random_range(2..=5) {
+            let op = Intrusion::ALL[self.rng.random_range(0..Intrusion::ALL.len())];
+            s.push(Step::Intrude { ch: 1, slot, op });
+            s.push(Step::Open(1));
+            let d = ms(self.rng, 0, 400);
+            s.push(Step::Sleep(d));
+        }
+        s.push(Step::Publish {
+            ch: 1,
+            to: Target::Slot(slot),
+            size: 60,
+            mandatory: false,
+        });
+        self.ending(&mut s, 1);
+        let mut c = ClientSpec::guest("intruder", start, s);
+        c.user.clone_from(&owner.user);
+        c.password.clone_from(&owner.password);
+        c.vhost.clone_from(&owner.vhost);
+        c.frame_max = pick(self.rng, &[4096, 131_072]);
+        c.heartbeat = owner.heartbeat;
+        c.amqplain = self.rng.random_bool(0.2);
+        self.clients.push(c);
+    }
+
+    /// The clients around a password change at `at`: workers of that user connected before
+    /// it (they keep working), clients that go on using the old password (before, around and
+    /// long after the change), and clients with the new one.
+    fn password_change(&mut self, at: Duration, ttl: Duration) {
+        let rotated = |c: &mut ClientSpec, password: &str| {
+            c.user = ROTATED_USER.into();
+            c.password = password.into();
+        };
+        for _ in 0..self.rng.random_range(0..=2) {
+            let start = at.saturating_sub(ms(self.rng, 300, 3000));
+            let slot = self.named_slot();
+            let mut s = vec![
+                Step::Open(1),
+                Step::Declare {
+                    ch: 1,
+                    slot,
+                    exclusive: false,
+                },
+                Step::Consume {
+                    ch: 1,
+                    slot,
+                    no_ack: false,
+                },
+            ];
+            // Across the change, then publishing on the connection it already has.
+            let d = at.saturating_sub(start) + ms(self.rng, 200, 4000);
+            s.push(Step::Sleep(d));
+            for _ in 0..self.rng.random_range(1..=4) {
+                s.push(Step::Publish {
+                    ch: 1,
+                    to: Target::Slot(slot),
+                    size: 80,
+                    mandatory: false,
+                });
+            }
+            s.push(Step::Sleep(ms(self.rng, 0, 500)));
+            self.ending(&mut s, 1);
+            self.spec("rotation-worker", start, s);
+            if let Some(c) = self.clients.last_mut() {
+                rotated(c, OLD_PASSWORD);
+            }
+        }
+        let short = |b: &mut Self, kind: &'static str, start: Duration, password: &str| {
+            let slot = b.named_slot();
+            let s = vec![
+                Step::Open(1),
+                Step::Publish {
+                    ch: 1,
+                    to: Target::Slot(slot),
+                    size: 50,
+                    mandatory: false,
+                },
+                Step::CloseConnection,
+            ];
+            b.spec(kind, start, s);
+            if let Some(c) = b.clients.last_mut() {
+                rotated(c, password);
+            }
+        };
+        let leaked = self.rng.random_range(2..=6);
+        let window = 2000 + ttl.as_millis() as u64 + 8000;
+        for _ in 0..leaked {
+            let start = (at + ms(self.rng, 0, window)).saturating_sub(Duration::from_secs(2));
+            short(self, "leaked-password", start, OLD_PASSWORD);
+        }
+        for _ in 0..self.rng.random_range(1..=3) {
+            let start = at + ms(self.rng, 100, 15_000);
+            short(self, "new-password", start, NEW_PASSWORD);
+        }
     }
 
     fn random_client(&mut self, start: Duration) {

@@ -23,7 +23,7 @@
 
 use crate::broker::{Broker, BrokerOutput, ConnId};
 use crate::check::{Invariant, Observer, Violation};
-use crate::client::{Board, ClientOut, End, FakeClient};
+use crate::client::{Board, ClientOut, End, FakeClient, Intrusion};
 use crate::plan::Fault;
 use crate::scenario::Scenario;
 use crate::trace::{stamp, Tap, Trace};
@@ -43,6 +43,10 @@ use warren_core::method::ids;
 /// out. Tests use it to impersonate a buggy proxy and prove the checks notice.
 pub type Tamper = Box<dyn FnMut(Instant, &mut Output) -> bool + Send>;
 
+/// The same for admission's outputs (bytes to clients in their handshake and to the broker
+/// connections admission owns: login proofs and the event feed).
+pub type AdmissionTamper = Box<dyn FnMut(Instant, &mut admission::Output) -> bool + Send>;
+
 /// Options of one run.
 #[derive(Default)]
 pub struct RunOptions {
@@ -50,6 +54,8 @@ pub struct RunOptions {
     pub trace: bool,
     /// Optional output tampering (see [`Tamper`]).
     pub tamper: Option<Tamper>,
+    /// Optional tampering with admission's outputs (see [`AdmissionTamper`]).
+    pub tamper_admission: Option<AdmissionTamper>,
 }
 
 /// The outcome of one run.
@@ -260,6 +266,9 @@ pub struct World {
     board: Board,
     trace: Trace,
     tamper: Option<Tamper>,
+    tamper_admission: Option<AdmissionTamper>,
+    /// Events of a password change on their way to warren's feed: (link, when they arrive).
+    pending_events: Vec<(u32, Instant)>,
     pending: Vec<(u32, Input)>,
     obs: Observer,
     checkpoint_done: bool,
@@ -310,6 +319,8 @@ impl World {
             board,
             trace: Trace::new(epoch, opts.trace),
             tamper: opts.tamper,
+            tamper_admission: opts.tamper_admission,
+            pending_events: Vec::new(),
             pending: Vec::new(),
             obs: Observer::new(epoch, &sc),
             checkpoint_done: false,
@@ -341,8 +352,11 @@ impl World {
         }
         if w.trace.enabled() {
             let plan = w.sc.plan.to_string();
-            w.line(format!("seed {} plan: {plan}", w.sc.seed));
+            let mode = if w.sc.net.events { " (event mode)" } else { "" };
+            w.line(format!("seed {}{mode} plan: {plan}", w.sc.seed));
         }
+        // In event mode admission dials its event feed at once.
+        w.admission_outputs();
         w
     }
 
@@ -467,11 +481,58 @@ impl World {
         }
     }
 
+    /// Everything is over: every hub gone, and no broker connection or link of warren's left
+    /// but its event feed (which stays for as long as warren runs).
     fn quiet(&self) -> bool {
-        self.checkpoint_done
-            && self.hubs.is_empty()
-            && (self.broker.connection_count() == 0 || self.broker_state != BrokerState::Up)
-            && self.links.is_empty()
+        if !self.checkpoint_done || !self.hubs.is_empty() {
+            return false;
+        }
+        let feed = self.feed_uids();
+        (self.stray_broker_conns().is_empty() || self.broker_state != BrokerState::Up)
+            && self.links.values().all(|l| match l.kind {
+                LinkKind::Upstream(uid) => feed.contains(&uid),
+                LinkKind::Client(_) => false,
+            })
+    }
+
+    /// warren's broker connections serving its event feed (the broker's word: they hold the
+    /// queue bound to the event exchange) that admission still owns.
+    fn feed_conns(&self) -> Vec<ConnId> {
+        if self.broker_state != BrokerState::Up {
+            return Vec::new();
+        }
+        self.broker
+            .feed_conns()
+            .into_iter()
+            .filter(|c| {
+                self.conn_to_up
+                    .get(c)
+                    .and_then(|uid| self.ups.get(uid))
+                    .is_some_and(|u| matches!(u.owner, Owner::Admission(_)))
+            })
+            .collect()
+    }
+
+    fn feed_uids(&self) -> Vec<u32> {
+        self.feed_conns()
+            .iter()
+            .filter_map(|c| self.conn_to_up.get(c).copied())
+            .collect()
+    }
+
+    /// Broker connections from warren that should be gone at the end: all of them but one
+    /// event feed in event mode.
+    fn stray_broker_conns(&self) -> Vec<ConnId> {
+        let feed = self.feed_conns();
+        let keep = if self.sc.net.events { 1 } else { 0 };
+        let mut stray: Vec<ConnId> = self
+            .broker
+            .connection_ids()
+            .into_iter()
+            .filter(|c| !feed.contains(c))
+            .collect();
+        stray.extend(feed.iter().skip(keep));
+        stray
     }
 
     /// Tells admission which hubs have nothing to do; it stops those nothing is on its way to.
@@ -658,6 +719,7 @@ impl World {
             }
             (LinkKind::Upstream(uid), Dir::ToProxy) => {
                 if !data.is_empty() {
+                    self.event_arrives(link, uid);
                     self.proxy_reads_upstream(uid, &data);
                 }
                 if let Some(e) = end {
@@ -674,6 +736,21 @@ impl World {
             }
         }
         self.gc_link(link);
+    }
+
+    /// Bytes reach warren on `link`: if a password change's event was among them, warren
+    /// knows of the change from now on (if it still reads that connection).
+    fn event_arrives(&mut self, link: u32, uid: u32) {
+        let now = self.now;
+        let before = self.pending_events.len();
+        self.pending_events
+            .retain(|(l, at)| !(*l == link && *at <= now));
+        let reading = self.ups.get(&uid).is_some_and(|u| u.state != UpState::Gone);
+        if self.pending_events.len() != before && reading {
+            self.line(format!("u{uid} brings the event to warren"));
+            self.count("password change event delivered");
+            self.obs.revocation_delivered(now);
+        }
     }
 
     /// Forgets a link once both directions are shut and empty.
@@ -763,7 +840,26 @@ impl World {
 
     /// Carries out admission's outputs, as the runtime's admission task does.
     fn admission_outputs(&mut self) {
-        while let Some(out) = self.admission.poll_output() {
+        while let Some(mut out) = self.admission.poll_output() {
+            if let Some(t) = self.tamper_admission.as_mut() {
+                let before = match &out {
+                    admission::Output::ToLink { data, .. }
+                    | admission::Output::ToClient { data, .. } => Some(data.clone()),
+                    _ => None,
+                };
+                if !t(self.now, &mut out) {
+                    self.line(format!("TAMPER dropped admission output {before:?}"));
+                    continue;
+                }
+                let after = match &out {
+                    admission::Output::ToLink { data, .. }
+                    | admission::Output::ToClient { data, .. } => Some(data.clone()),
+                    _ => None,
+                };
+                if before != after {
+                    self.line(format!("TAMPER changed {before:?} into {after:?}"));
+                }
+            }
             self.admission_output(out);
         }
     }
@@ -925,6 +1021,11 @@ impl World {
             AdmissionEvent::Trusted { user } => {
                 ("login trusted", format!("login of {user} trusted"))
             }
+            AdmissionEvent::FeedUp => ("event feed up", "event feed up".to_owned()),
+            AdmissionEvent::FeedDown { reason } => {
+                ("event feed down", format!("event feed down: {reason}"))
+            }
+            AdmissionEvent::Revoked(r) => ("revocation", format!("revoked: {r:?}")),
             AdmissionEvent::Unreachable { reply, retry_in } => (
                 "broker unreachable for logins",
                 format!(
@@ -933,6 +1034,7 @@ impl World {
                     reply.text
                 ),
             ),
+            #[allow(unreachable_patterns)] // Events admission may grow.
             other => ("other admission event", format!("{other:?}")),
         };
         self.count(what);
@@ -1068,6 +1170,7 @@ impl World {
                 };
                 self.line(format!("w closes c{cid}"));
                 self.obs.proxy_closed_client(now, cid);
+                self.obs.client_left(now, cid);
                 let idx = cid as usize - 1;
                 if matches!(self.clients[idx].proxy, ProxyClient::Joined { .. }) {
                     self.clients[idx].proxy = ProxyClient::Gone;
@@ -1231,6 +1334,12 @@ impl World {
             HubEvent::ClientClosed { client, reply } => {
                 if let Some(&cid) = self.hubs[i].clients.get(&client) {
                     self.obs.proxy_closed_client_with(cid, reply.code);
+                    self.obs.client_left(now, cid);
+                }
+            }
+            HubEvent::ClientLeft { client } | HubEvent::SlowClient { client } => {
+                if let Some(&cid) = self.hubs[i].clients.get(&client) {
+                    self.obs.client_left(now, cid);
                 }
             }
             _ => {}
@@ -1495,6 +1604,7 @@ impl World {
             Fault::ConnBreaks { .. } => "fault: connection breaks",
             Fault::Blocked { .. } => "fault: blocked",
             Fault::Drain { .. } => "fault: drain",
+            Fault::PasswordChange { .. } => "fault: password change",
             _ => "fault: other",
         };
         self.count(what);
@@ -1560,6 +1670,45 @@ impl World {
             Fault::Blocked { .. } if self.broker_state == BrokerState::Up => {
                 self.broker.set_blocked(now, Some("low on memory"));
                 self.broker_outputs();
+            }
+            Fault::PasswordChange { user, password } => {
+                let old = self
+                    .sc
+                    .broker
+                    .users
+                    .iter()
+                    .find(|(u, _)| *u == user)
+                    .map(|(_, p)| p.clone())
+                    .unwrap_or_default();
+                self.obs.password_changed(now, &user, &old);
+                if self.broker_state != BrokerState::Up {
+                    // Changed elsewhere in the cluster; this node publishes nothing.
+                    self.broker.set_password(&user, &password);
+                    return;
+                }
+                let feed: Vec<(ConnId, u32, usize)> = self
+                    .conn_to_up
+                    .iter()
+                    .filter_map(|(c, uid)| {
+                        let link = self.ups.get(uid)?.link?;
+                        Some((*c, link, self.links.get(&link)?.to_proxy.items.len()))
+                    })
+                    .collect();
+                let sent = self.broker.change_password(now, &user, &password);
+                self.broker_outputs();
+                for (conn, link, before) in feed {
+                    if !sent.contains(&conn) {
+                        continue;
+                    }
+                    let Some(p) = self.links.get(&link).map(|l| &l.to_proxy) else {
+                        continue;
+                    };
+                    if p.items.len() > before {
+                        if let Some((at, _)) = p.items.back() {
+                            self.pending_events.push((link, *at));
+                        }
+                    }
+                }
             }
             Fault::Drain { timeout } => {
                 let deadline = now + timeout;
@@ -1700,7 +1849,13 @@ impl World {
             }
         }
         if self.broker_state == BrokerState::Up {
-            let excl = self.broker.exclusive_queues();
+            let feed = self.feed_conns();
+            let excl: Vec<(String, ConnId)> = self
+                .broker
+                .exclusive_queues()
+                .into_iter()
+                .filter(|(_, c)| !feed.contains(c))
+                .collect();
             if !excl.is_empty() {
                 let names: Vec<String> = excl.iter().map(|(n, _)| n.clone()).collect();
                 out.push((
@@ -1736,12 +1891,17 @@ impl World {
         for l in leftovers {
             self.obs.violation(now, Invariant::ChannelLeak, l);
         }
-        if self.broker_state == BrokerState::Up && self.broker.connection_count() > 0 {
-            let n = self.broker.connection_count();
+        let stray = self.stray_broker_conns();
+        if self.broker_state == BrokerState::Up && !stray.is_empty() {
+            let n = stray.len();
+            let feed = self.feed_conns().len();
             self.obs.violation(
                 now,
                 Invariant::ChannelLeak,
-                format!("the broker still has {n} connections from warren at the end"),
+                format!(
+                    "the broker still has {n} connections from warren at the end (besides {} of {feed} event feed connections)",
+                    feed.min(usize::from(self.sc.net.events))
+                ),
             );
         }
         self.count("run");
@@ -1776,6 +1936,38 @@ impl World {
                     .entry("client got a channel close")
                     .or_default() += 1;
             }
+            for i in &c.client.intrusions {
+                let what = match i.refused {
+                    Some(405) => "intrusion refused 405",
+                    Some(404) => "intrusion refused 404",
+                    Some(_) => "intrusion refused other",
+                    None => match i.op {
+                        Intrusion::Delete => "intrusion answered (delete)",
+                        _ => "intrusion answered (not a delete)",
+                    },
+                };
+                *self.coverage.entry(what).or_default() += 1;
+            }
+            let kind = c.client.spec.kind;
+            if matches!(kind, "leaked-password" | "new-password" | "rotation-worker") {
+                let admitted = c.client.opened_at.is_some();
+                let what = match (kind, admitted) {
+                    ("leaked-password", true) => "leaked password admitted",
+                    ("leaked-password", false) => "leaked password refused",
+                    ("new-password", true) => "new password admitted",
+                    ("new-password", false) => "new password not admitted",
+                    (_, true) => "rotation worker admitted",
+                    _ => "rotation worker not admitted",
+                };
+                *self.coverage.entry(what).or_default() += 1;
+            }
+        }
+        if self.broker.log.locked_refusals > 0 {
+            *self.coverage.entry("broker refused 405").or_default() +=
+                self.broker.log.locked_refusals;
+        }
+        if self.sc.net.events {
+            self.count("event mode");
         }
         let summary = format!(
             "{} clients, {} publishes, {} deliveries, {} upstream dials; faults: {}",
@@ -1787,8 +1979,21 @@ impl World {
         );
         let clients: Vec<&FakeClient> = self.clients.iter().map(|c| &c.client).collect();
         let hub_close_timeout = self.sc.hub.close_timeout;
-        self.obs
-            .final_checks(now, &clients, &self.broker.log, &self.sc, hub_close_timeout);
+        self.obs.final_checks(
+            now,
+            &clients,
+            &self.broker.log,
+            &self.sc,
+            hub_close_timeout,
+            &self.board,
+        );
+        let judged = self.obs.revocation_checked();
+        if judged > 0 {
+            *self
+                .coverage
+                .entry("old password after warren knew")
+                .or_default() += judged;
+        }
         let violations = self.obs.take_violations();
         if self.trace.enabled() {
             for v in &violations {
@@ -1816,7 +2021,7 @@ impl World {
 }
 
 /// Admission's settings in a scenario: no client or hub limits (the scenarios do not test
-/// them), the scenario's refusal and trust TTLs.
+/// them), the scenario's refusal and trust TTLs, and in event mode the event feed as `guest`.
 fn admission_config(sc: &Scenario) -> AdmissionConfig {
     AdmissionConfig {
         handshake: sc.handshake,
@@ -1825,7 +2030,7 @@ fn admission_config(sc: &Scenario) -> AdmissionConfig {
         max_hubs: usize::MAX,
         refusal_ttl: sc.net.auth_cache_ttl,
         credentials_ttl: sc.net.credentials_ttl,
-        events: None,
+        events: sc.net.events.then(|| credentials("guest", "guest", "/")),
     }
 }
 

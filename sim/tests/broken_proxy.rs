@@ -39,6 +39,7 @@ fn tampered(
         RunOptions {
             trace: true,
             tamper: Some(make(hits.clone())),
+            ..RunOptions::default()
         },
     );
     (report, hits.load(Ordering::Relaxed))
@@ -46,15 +47,20 @@ fn tampered(
 
 fn check_caught(name: &str, expected: &[Invariant], runs: Vec<(u64, Report, u32)>) {
     let mut tampered_runs = 0;
+    let mut example = None;
     for (seed, report, hits) in runs {
         if hits == 0 {
             continue;
         }
         tampered_runs += 1;
-        let caught = report
+        let first = report
             .violations
             .iter()
-            .any(|v| expected.contains(&v.invariant));
+            .find(|v| expected.contains(&v.invariant));
+        let caught = first.is_some();
+        if example.is_none() {
+            example = first.map(|v| format!("seed {seed}: {v}"));
+        }
         if !caught {
             let lines: Vec<&str> = report.trace.lines().collect();
             let at = lines.iter().position(|l| l.contains("TAMPER")).unwrap_or(0);
@@ -71,7 +77,10 @@ fn check_caught(name: &str, expected: &[Invariant], runs: Vec<(u64, Report, u32)
         tampered_runs >= 5,
         "{name}: only {tampered_runs} runs were tampered with"
     );
-    println!("{name}: caught in all {tampered_runs} tampered runs");
+    println!(
+        "{name}: caught in all {tampered_runs} tampered runs, e.g. {}",
+        example.unwrap_or_default()
+    );
 }
 
 /// A proxy that moves one `basic.deliver` to another channel number.
@@ -177,4 +186,259 @@ fn a_late_heartbeat_is_caught() {
     // shows the gap... only if the tamper hides the send from the observer too, which it
     // does: tampered outputs never reach the observer.
     check_caught("skipped heartbeat", &[Invariant::Heartbeat], runs);
+}
+
+// ----- exclusive queues and revoked passwords ------------------------------------------------
+
+use std::time::Duration;
+use warren_core::frame::method_frame;
+use warren_sim::client::{ClientSpec, Intrusion, Step, Target};
+use warren_sim::plan::{Fault, FaultPlan};
+use warren_sim::world::AdmissionTamper;
+
+/// Without the tampering, the hand-made scenario passes every check: what the tampered run
+/// reports is the tampering's doing.
+fn untampered_is_clean(sc: &warren_sim::scenario::Scenario) {
+    let r = run(
+        sc.clone(),
+        RunOptions {
+            trace: true,
+            ..RunOptions::default()
+        },
+    );
+    assert!(r.ok(), "seed {}: {:#?}\n{}", sc.seed, r.violations, r.trace);
+}
+
+/// The queue name a method frame (reserved short, then a short string) carries.
+fn queue_name(data: &[u8]) -> Option<String> {
+    let len = usize::from(*data.get(13)?);
+    data.get(14..14 + len)
+        .map(|q| String::from_utf8_lossy(q).into_owned())
+}
+
+/// A hand-made scenario around an exclusive queue: its owner (`c1`, slot 3), a feeder and a
+/// third client of the same hub and the same broker connection, with timings from the seed.
+fn exclusive_scene(seed: u64, consume: bool, third: Vec<Step>) -> warren_sim::scenario::Scenario {
+    let mut sc = warren_sim::scenario::Scenario::empty(seed);
+    sc.hub.max_upstreams = 1;
+    sc.net.upstream_latency = Duration::from_millis(1 + seed % 4);
+    sc.net.client_latency = Duration::from_millis(1 + seed % 3);
+    let ms = Duration::from_millis;
+    let mut owner = vec![
+        Step::Open(1),
+        Step::Declare {
+            ch: 1,
+            slot: 3,
+            exclusive: true,
+        },
+    ];
+    if consume {
+        owner.push(Step::Consume {
+            ch: 1,
+            slot: 3,
+            no_ack: false,
+        });
+    }
+    owner.extend([Step::Sleep(ms(3000)), Step::CloseConnection]);
+    let mut feeder = vec![Step::Open(1)];
+    for _ in 0..5 {
+        feeder.push(Step::Publish {
+            ch: 1,
+            to: Target::Slot(3),
+            size: 100,
+            mandatory: false,
+        });
+    }
+    feeder.push(Step::CloseConnection);
+    sc.clients = vec![
+        ClientSpec::guest("consumer", Duration::ZERO, owner),
+        ClientSpec::guest("feeder", ms(300), feeder),
+        ClientSpec::guest("intruder", ms(800 + 97 * seed % 700), third),
+    ];
+    sc
+}
+
+/// A proxy that lets a client reach another client's exclusive queue over their shared broker
+/// connection: it renames the queue of a third client's `basic.get` into the owner's
+/// exclusive queue on the way upstream, as if it had not checked the name. The broker serves
+/// it (same connection), and the third client gets a message from the owner's queue.
+#[test]
+fn a_get_from_another_clients_exclusive_queue_is_caught() {
+    let mut runs = Vec::new();
+    for seed in 0..8 {
+        let ms = Duration::from_millis;
+        let mut third = vec![
+            Step::Open(1),
+            Step::Declare {
+                ch: 1,
+                slot: 0,
+                exclusive: false,
+            },
+        ];
+        for _ in 0..3 {
+            third.push(Step::Get { ch: 1, slot: 0 });
+            third.push(Step::Sleep(ms(100)));
+        }
+        third.push(Step::CloseConnection);
+        let sc = exclusive_scene(seed, false, third);
+        untampered_is_clean(&sc);
+        let (report, hits) = tampered(sc, |hits| {
+            let mut exclusive: Option<String> = None;
+            Box::new(move |_now, out: &mut Output| {
+                match out {
+                    Output::ToClient { data, .. } if is_method(data, ids::QUEUE_DECLARE_OK) => {
+                        if let Some(q) = queue_name_at(data, 11) {
+                            if q.starts_with("amq.gen-") {
+                                exclusive = Some(q);
+                            }
+                        }
+                    }
+                    Output::ToUpstream { data, .. }
+                        if hits.load(Ordering::Relaxed) == 0
+                            && is_method(data, ids::BASIC_GET)
+                            && queue_name(data).as_deref() == Some("q0") =>
+                    {
+                        if let Some(q) = &exclusive {
+                            let ch = u16::from_be_bytes([data[1], data[2]]);
+                            *data = method_frame(ch, ids::BASIC_GET, |w| {
+                                w.u16(0).shortstr(q.as_bytes()).bit(false);
+                            });
+                            hits.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+                true
+            })
+        });
+        runs.push((seed, report, hits));
+    }
+    check_caught(
+        "get from another client's exclusive queue",
+        &[Invariant::Exclusive],
+        runs,
+    );
+}
+
+/// The name in a frame whose short string starts at `at`.
+fn queue_name_at(data: &[u8], at: usize) -> Option<String> {
+    let len = usize::from(*data.get(at)?);
+    data.get(at + 1..at + 1 + len)
+        .map(|q| String::from_utf8_lossy(q).into_owned())
+}
+
+/// A proxy that does not lock exclusive queues to their client answers an intruder's
+/// `basic.consume` on another client's exclusive queue with `consume-ok` instead of
+/// RabbitMQ's `Channel.Close 405`.
+#[test]
+fn a_consume_on_another_clients_exclusive_queue_answered_ok_is_caught() {
+    let mut runs = Vec::new();
+    for seed in 0..8 {
+        let ms = Duration::from_millis;
+        let third = vec![
+            Step::Open(1),
+            Step::Intrude {
+                ch: 1,
+                slot: 3,
+                op: Intrusion::Consume,
+            },
+            Step::Open(1),
+            Step::Sleep(ms(300)),
+            Step::CloseConnection,
+        ];
+        let sc = exclusive_scene(seed, true, third);
+        untampered_is_clean(&sc);
+        let (report, hits) = tampered(sc, |hits| {
+            Box::new(move |_now, out: &mut Output| {
+                if let Output::ToClient { data, .. } = out {
+                    let close = is_method(data, ids::CHANNEL_CLOSE)
+                        && u16::from_be_bytes([data[11], data[12]]) == 405;
+                    if close && hits.load(Ordering::Relaxed) == 0 {
+                        let ch = u16::from_be_bytes([data[1], data[2]]);
+                        *data = method_frame(ch, ids::BASIC_CONSUME_OK, |w| {
+                            w.shortstr(b"amq.ctag-forged");
+                        });
+                        hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                true
+            })
+        });
+        runs.push((seed, report, hits));
+    }
+    check_caught("locked consume answered ok", &[Invariant::Exclusive], runs);
+}
+
+/// A proxy whose event feed does not listen for password changes (it binds a wrong routing
+/// key): in event mode it trusts the old password of a user for ever after the broker
+/// changed it, and clients with the old password keep being admitted.
+#[test]
+fn an_old_password_admitted_after_the_change_is_caught() {
+    let mut runs = Vec::new();
+    for seed in 0..8 {
+        let ms = Duration::from_millis;
+        let mut sc = warren_sim::scenario::Scenario::empty(seed);
+        sc.net.events = true;
+        sc.net.upstream_latency = Duration::from_millis(1 + seed % 4);
+        sc.broker.users.push(("bob".into(), "old".into()));
+        let at = ms(1500 + 131 * seed % 1000);
+        sc.plan = FaultPlan::none().with(
+            at,
+            Fault::PasswordChange {
+                user: "bob".into(),
+                password: "new".into(),
+            },
+        );
+        let script = || {
+            vec![
+                Step::Open(1),
+                Step::Publish {
+                    ch: 1,
+                    to: Target::Slot(0),
+                    size: 50,
+                    mandatory: false,
+                },
+                Step::CloseConnection,
+            ]
+        };
+        let bob = |kind, start: Duration, password: &str| {
+            let mut c = ClientSpec::guest(kind, start, script());
+            c.user = "bob".into();
+            c.password = password.into();
+            c
+        };
+        let ttl = sc.net.credentials_ttl;
+        sc.clients = vec![
+            bob("worker", ms(300), "old"),
+            bob("leaked-password", at + ms(500), "old"),
+            bob("leaked-password", at + ttl + ms(1000), "old"),
+            bob("leaked-password", at + ttl + ms(4000), "old"),
+            bob("new-password", at + ms(700), "new"),
+        ];
+        untampered_is_clean(&sc);
+        let hits = Arc::new(AtomicU32::new(0));
+        let h = hits.clone();
+        let tamper: AdmissionTamper = Box::new(move |_now, out| {
+            if let warren_core::admission::Output::ToLink { data, .. } = out {
+                let key = b"user.password.changed";
+                if let Some(i) = data.windows(key.len()).position(|w| w == key) {
+                    let mut v = data.to_vec();
+                    v[i..i + key.len()].copy_from_slice(b"user.password.xhanged");
+                    *data = v.into();
+                    h.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            true
+        });
+        let report = run(
+            sc,
+            RunOptions {
+                trace: true,
+                tamper_admission: Some(tamper),
+                ..RunOptions::default()
+            },
+        );
+        runs.push((seed, report, hits.load(Ordering::Relaxed)));
+    }
+    check_caught("password change missed", &[Invariant::Revocation], runs);
 }

@@ -56,6 +56,20 @@ fn turmoil_sweep() {
         wall.as_secs_f64(),
         failed.len()
     );
+    if std::env::var("SIM_SUMMARY").is_ok() {
+        let mut cov: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for (_, r) in &results {
+            for (k, v) in &r.coverage {
+                let e = cov.entry(k).or_default();
+                e.0 += 1;
+                e.1 += v;
+            }
+        }
+        println!("coverage (seeds with it / total):");
+        for (k, (seeds, total)) in cov {
+            println!("  {k:42} {seeds:6} {total:8}");
+        }
+    }
     assert!(failed.is_empty(), "failing turmoil seeds: {failed:?}");
 }
 

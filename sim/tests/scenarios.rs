@@ -255,3 +255,104 @@ fn drain() {
     let r = run_named(sc);
     assert_snapshot!(r.trace);
 }
+
+/// B5: an exclusive queue belongs to the client that declared it, not to the broker
+/// connection it shares. A second client of the same hub tries to get from it and to consume
+/// it; each time warren answers `Channel.Close 405 RESOURCE_LOCKED` with RabbitMQ's text, the
+/// intruder reopens its channel, and publishing to the queue (allowed) reaches the owner.
+#[test]
+fn exclusive_queue_is_locked_to_its_client() {
+    use warren_sim::client::Intrusion;
+    let mut sc = base(6);
+    sc.hub.recycling = false;
+    sc.clients = vec![
+        client(
+            "consumer",
+            0,
+            vec![
+                Step::Open(1),
+                Step::Declare {
+                    ch: 1,
+                    slot: 3,
+                    exclusive: true,
+                },
+                Step::Consume {
+                    ch: 1,
+                    slot: 3,
+                    no_ack: true,
+                },
+                Step::Sleep(ms(300)),
+                Step::CloseConnection,
+            ],
+        ),
+        client(
+            "intruder",
+            100,
+            vec![
+                Step::Open(1),
+                Step::Intrude {
+                    ch: 1,
+                    slot: 3,
+                    op: Intrusion::Get,
+                },
+                Step::Open(1),
+                Step::Intrude {
+                    ch: 1,
+                    slot: 3,
+                    op: Intrusion::Consume,
+                },
+                Step::Open(1),
+                publish(1, 3, 40),
+                Step::CloseConnection,
+            ],
+        ),
+    ];
+    let r = run_named(sc);
+    assert_snapshot!(r.trace);
+}
+
+/// B2: `rabbitmqctl change_password` with warren following the broker's event exchange.
+/// A worker logged in with the old password keeps its connection (as RabbitMQ keeps it);
+/// the event reaches warren's feed, which forgets its trust in the old password, so a client
+/// still using it is refused with 403, and one with the new password is admitted.
+#[test]
+fn password_change_in_event_mode() {
+    let mut sc = base(7);
+    sc.net.events = true;
+    sc.broker.users.push(("bob".into(), "old".into()));
+    let bob = |kind, start, password: &str, script| {
+        let mut c = client(kind, start, script);
+        c.user = "bob".into();
+        c.password = password.into();
+        c
+    };
+    sc.clients = vec![
+        bob(
+            "worker",
+            100,
+            "old",
+            vec![
+                Step::Open(1),
+                Step::Sleep(ms(600)),
+                publish(1, 0, 30),
+                Step::CloseConnection,
+            ],
+        ),
+        bob("leaked-password", 200, "old", vec![Step::CloseConnection]),
+        bob("leaked-password", 600, "old", vec![Step::CloseConnection]),
+        bob("new-password", 700, "new", vec![Step::CloseConnection]),
+    ];
+    sc.plan = FaultPlan::none().with(
+        ms(400),
+        Fault::PasswordChange {
+            user: "bob".into(),
+            password: "new".into(),
+        },
+    );
+    let r = run_named(sc);
+    assert!(
+        r.trace.contains("revoked: PasswordChanged"),
+        "the event reached warren"
+    );
+    assert_snapshot!(r.trace);
+}
