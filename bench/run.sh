@@ -22,6 +22,9 @@
 #   WARREN_ARGS         extra flags for warren
 #   SKIP_BUILD=1        use the binaries in target/release as they are
 #   PROFILE_COUNT=150000  messages of the profiled runs (perf record publishes twice as many)
+#   FLOOR=1             also measure the floor programs (`warren-bench floor`, bench/src/floor.rs):
+#                       targets floor_relay (latency, publish, publish_confirms, consume, churn)
+#                       and floor_responder (churn, churn_amqprs); FLOOR=0 skips them
 #
 # Output: a markdown table on stdout (also saved as bench/results/<timestamp>.md), raw JSON lines
 # in bench/results/<timestamp>.jsonl, the same as SVG charts (bench/charts.py:
@@ -33,6 +36,7 @@ cd "$ROOT"
 
 QUICK="${QUICK:-0}"
 PROFILE="${PROFILE:-0}"
+FLOOR="${FLOOR:-1}"
 if [ "$QUICK" = 1 ]; then
     REPS="${REPS:-1}"
     CHURN_DURATION="${CHURN_DURATION:-2s}"
@@ -94,7 +98,12 @@ build() {
     [ -x "$BENCH_BIN" ] || { log "missing $BENCH_BIN"; exit 1; }
 }
 
-broker_pid() { pgrep -x beam.smp | head -n1 || true; }
+# The broker under test is the one listening on $BROKER_PORT (other nodes, e.g. the cluster
+# tests' ones, may run beside it).
+broker_pid() {
+    ss -Hltnp "sport = :$BROKER_PORT" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2 ||
+        true
+}
 
 broker_fd_limit() {
     local pid="$1"
@@ -169,20 +178,16 @@ free_port() {
     echo "$p"
 }
 
-# start_warren NAME PORT RECYCLING
-start_warren() {
-    local name="$1" port="$2" recycling="$3" logf pid i
-    logf="$LOGS/warren-$name.log"
-    # shellcheck disable=SC2086
-    "$WARREN_BIN" --listen "127.0.0.1:$port" --upstream "amqp://$BROKER_HOST:$BROKER_PORT" \
-        --metrics off --recycling "$recycling" $WARREN_ARGS >>"$logf" 2>&1 &
-    pid=$!
-    for i in $(seq 1 100); do
+# await_listening NAME PID PORT LOG: waits until the process started as target NAME listens on
+# PORT, and records it as a target (WARREN_PID, WARREN_URL, WARREN_LOG).
+await_listening() {
+    local name="$1" pid="$2" port="$3" logf="$4"
+    for _ in $(seq 1 100); do
         if port_open 127.0.0.1 "$port"; then
             break
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
-            log "warren ($name) exited at start:"
+            log "$name exited at start:"
             tail -n 20 "$logf" >&2
             exit 1
         fi
@@ -191,7 +196,28 @@ start_warren() {
     WARREN_PID[$name]="$pid"
     WARREN_URL[$name]="amqp://guest:guest@127.0.0.1:$port/%2f"
     WARREN_LOG[$name]="$logf"
-    log "warren ($name, recycling $recycling): pid $pid on 127.0.0.1:$port, log $logf"
+}
+
+# start_warren NAME PORT RECYCLING
+start_warren() {
+    local name="$1" port="$2" recycling="$3" logf
+    logf="$LOGS/warren-$name.log"
+    # shellcheck disable=SC2086
+    "$WARREN_BIN" --listen "127.0.0.1:$port" --upstream "amqp://$BROKER_HOST:$BROKER_PORT" \
+        --metrics off --recycling "$recycling" $WARREN_ARGS >>"$logf" 2>&1 &
+    await_listening "$name" $! "$port" "$logf"
+    log "warren ($name, recycling $recycling): pid ${WARREN_PID[$name]} on 127.0.0.1:$port, log $logf"
+}
+
+# start_floor MODE PORT: the floor program `warren-bench floor --mode MODE` (relay or
+# responder) as target floor_MODE; it is stopped like a warren (stop_warren floor_MODE).
+start_floor() {
+    local mode="$1" port="$2" name="floor_$1" logf
+    logf="$LOGS/$name.log"
+    "$BENCH_BIN" floor --mode "$mode" --listen "127.0.0.1:$port" \
+        --upstream "$BROKER_HOST:$BROKER_PORT" >>"$logf" 2>&1 &
+    await_listening "$name" $! "$port" "$logf"
+    log "floor ($mode): pid ${WARREN_PID[$name]} on 127.0.0.1:$port, log $logf"
 }
 
 stop_warren() {
@@ -219,7 +245,8 @@ trap cleanup EXIT
 # One run of the load generator.
 
 # run_one SCENARIO TARGET REP -- BENCH_ARGS...
-# TARGET is `direct` or the name of a started warren. Appends the JSON line to $JSONL.
+# TARGET is `direct` or the name of a started warren or floor program (floor_*, watched as
+# `floor`, so its CPU per operation is floor_cpu_us_per_op). Appends the JSON line to $JSONL.
 run_one() {
     local scenario="$1" target="$2" rep="$3"
     shift 4
@@ -229,7 +256,10 @@ run_one() {
     else
         url="${WARREN_URL[$target]}"
         pid="${WARREN_PID[$target]}"
-        watch=(--watch "warren=$pid")
+        case "$target" in
+            floor_*) watch=(--watch "floor=$pid") ;;
+            *) watch=(--watch "warren=$pid") ;;
+        esac
     fi
     [ -n "${BROKER_PID:-}" ] && watch+=(--watch "broker=$BROKER_PID")
     for attempt in 1 2; do
@@ -252,9 +282,9 @@ run_one() {
     echo "$line" >>"$JSONL"
     log "  $(summarise "$line")"
     if [ "$target" != direct ] && ! kill -0 "${WARREN_PID[$target]}" 2>/dev/null; then
-        log "  warren ($target) DIED during $scenario; last log lines:"
+        log "  $target DIED during $scenario; last log lines:"
         tail -n 30 "${WARREN_LOG[$target]}" >&2
-        echo "{\"scenario\":\"$scenario\",\"target\":\"$target\",\"rep\":$rep,\"variant\":\"$scenario\",\"errors\":1,\"fatal\":\"warren died\"}" >>"$JSONL"
+        echo "{\"scenario\":\"$scenario\",\"target\":\"$target\",\"rep\":$rep,\"variant\":\"$scenario\",\"errors\":1,\"fatal\":\"$target died\"}" >>"$JSONL"
         exit 1
     fi
 }
@@ -264,7 +294,8 @@ summarise() {
 import json, sys
 r = json.loads(sys.argv[1])
 keys = ["variant", "target", "rep", "connections_per_sec", "msgs_per_sec", "p50_us", "p99_us",
-        "opened", "warren_cpu_us_per_op", "warren_bytes_per_client", "errors", "first_error", "fatal"]
+        "opened", "warren_cpu_us_per_op", "floor_cpu_us_per_op", "warren_bytes_per_client", "errors",
+        "first_error", "fatal"]
 print(" ".join(f"{k}={r[k]}" for k in keys if r.get(k) is not None))
 ' "$1"
 }
@@ -312,13 +343,21 @@ def errs(rs):
     n = sum(r.get("errors", 0) or 0 for r in rs)
     return n
 
+def proxy(rs, key):
+    """The process in the middle's KEY: warren's, or a floor program's (floor_*)."""
+    v = med(rs, f"warren_{key}")
+    return med(rs, f"floor_{key}") if v is None else v
+
 def cpu(rs):
-    v = med(rs, "warren_cpu_us_per_op")
+    v = proxy(rs, "cpu_us_per_op")
     return fmt(v, " µs", 1)
 
 def rss(rs):
-    v = med(rs, "warren_hwm_kb")
+    v = proxy(rs, "hwm_kb")
     return "–" if v is None else f"peak {v / 1024:.1f} MiB"
+
+def who(target):
+    return target.replace("floor_", "the floor's ") if target.startswith("floor_") else target
 
 out = []
 out.append("| scenario | direct | warren | ratio | target | warren CPU µs/msg | RSS |")
@@ -361,20 +400,36 @@ def throughput(variant, label, key, unit, target_text, ok, warren="warren"):
     cd, cw = med(d, "client_cpu_s"), med(w, "client_cpu_s")
     if bd is not None and bw is not None:
         per = "connection" if key == "connections_per_sec" else "message"
+        through = "warren" if warren.startswith("warren") else who(warren)
         notes.append(f"{label}: RabbitMQ CPU per {per} {bd:,.1f} µs direct, {bw:,.1f} µs "
-                     f"through warren; load generator CPU {cd} s direct, {cw} s through warren "
-                     "(medians per run)")
+                     f"through {through}; load generator CPU {cd} s direct, {cw} s through "
+                     f"{through} (medians per run)")
 
 throughput("churn", "P1 churn (recycling on)", "connections_per_sec", " conn/s", "≥ 5×",
            lambda r: r >= 5)
 throughput("churn", "P1 churn (recycling off)", "connections_per_sec", " conn/s", "(info)",
            None, warren="warren_norecycle")
+
+# The floor programs (bench/src/floor.rs) in warren's column: the least a process in the middle
+# costs here. Their rows only appear when they ran (FLOOR=1).
+def floor_row(variant, label, key, unit, floor):
+    if runs(variant, floor):
+        throughput(variant, f"{label}: floor, {floor[len('floor_'):]}", key, unit, "(floor)",
+                   None, warren=floor)
+
+floor_row("churn", "P1 churn", "connections_per_sec", " conn/s", "floor_responder")
+floor_row("churn", "P1 churn", "connections_per_sec", " conn/s", "floor_relay")
 throughput("churn_amqprs", "P1 churn, amqprs client", "connections_per_sec", " conn/s",
            "(info)", None)
+floor_row("churn_amqprs", "P1 churn, amqprs client", "connections_per_sec", " conn/s",
+          "floor_responder")
 throughput("publish", "P2 publish", "msgs_per_sec", " msg/s", "≥ 0.98×", lambda r: r >= 0.98)
+floor_row("publish", "P2 publish", "msgs_per_sec", " msg/s", "floor_relay")
 throughput("publish_confirms", "P2 publish + confirms", "msgs_per_sec", " msg/s", "≥ 0.97×",
            lambda r: r >= 0.97)
+floor_row("publish_confirms", "P2 publish + confirms", "msgs_per_sec", " msg/s", "floor_relay")
 throughput("consume", "P3 consume", "msgs_per_sec", " msg/s", "≥ 0.97×", lambda r: r >= 0.97)
+floor_row("consume", "P3 consume", "msgs_per_sec", " msg/s", "floor_relay")
 
 d, w = runs("latency", "direct"), runs("latency", "warren")
 if d or w:
@@ -397,7 +452,23 @@ if d or w:
             f"{fmt(ratio, '×', 2)}, {delta_text}{spread}{verdict} | {target} | "
             f"{cpu(w) if q == 'p50' else ''} | {rss(w) if q == 'p50' else ''} |"
         )
-    e = errs(d) + errs(w)
+    for q in ("p50", "p99"):
+        f = runs("latency", "floor_relay")
+        if not f:
+            break
+        dv, fv = med(d, f"{q}_us"), med(f, f"{q}_us")
+        delta = None if dv is None or fv is None else fv - dv
+        deltas = [r1[f"{q}_us"] - r0[f"{q}_us"] for r0 in d for r1 in f
+                  if r0.get("rep") == r1.get("rep") and isinstance(r0.get(f"{q}_us"), (int, float))
+                  and isinstance(r1.get(f"{q}_us"), (int, float))]
+        spread = f" ({min(deltas):+.1f}…{max(deltas):+.1f})" if len(deltas) > 1 else ""
+        out.append(
+            f"| P4 latency {q}: floor, relay | {fmt(dv, ' µs', 1)} | {fmt(fv, ' µs', 1)} | "
+            f"{fmt(fv / dv if dv and fv is not None else None, '×', 2)}, "
+            f"{'–' if delta is None else f'{delta:+.1f} µs'}{spread} | (floor) | "
+            f"{cpu(f) if q == 'p50' else ''} | {rss(f) if q == 'p50' else ''} |"
+        )
+    e = errs(d) + errs(w) + errs(runs("latency", "floor_relay"))
     if e:
         notes.append(f"latency: {e} errors")
 
@@ -431,15 +502,52 @@ if d or w:
         if r.get("errors"):
             notes.append(f"idle {r.get('target')}: {r.get('first_error') or r.get('fatal')}")
 
+# warren against the floor, per P5 CPU target (the targets of bench/charts.py) and P4's latency.
+floor_out = []
+for variant, label, unit, target, warren, floor in (
+        ("churn", "P1 churn", "conn", 60.0, "warren", "floor_responder"),
+        ("churn_amqprs", "P1 churn, amqprs client", "conn", None, "warren", "floor_responder"),
+        ("publish", "P2 publish", "msg", 1.7, "warren", "floor_relay"),
+        ("publish_confirms", "P2 publish + confirms", "msg", 4.7, "warren", "floor_relay"),
+        ("consume", "P3 consume", "msg", 6.5, "warren", "floor_relay"),
+        ("latency", "P4 round trip", "round trip", 25.0, "warren", "floor_relay")):
+    f = runs(variant, floor)
+    if not f:
+        continue
+    wv, fv = med(runs(variant, warren), "warren_cpu_us_per_op"), med(f, "floor_cpu_us_per_op")
+    over = "–" if wv is None or fv is None else f"{wv - fv:+.1f} µs"
+    floor_out.append(f"| {label}: CPU per {unit} | {'(none)' if target is None else f'≤ {target} µs'}"
+                     f" | {fmt(wv, ' µs', 1)} | {fmt(fv, ' µs', 1)} ({floor[6:]}) | {over} |")
+d, w, f = runs("latency", "direct"), runs("latency", "warren"), runs("latency", "floor_relay")
+if f:
+    dv, wv, fv = med(d, "p50_us"), med(w, "p50_us"), med(f, "p50_us")
+    wd = None if dv is None or wv is None else wv - dv
+    fd = None if dv is None or fv is None else fv - dv
+    over = "–" if wd is None or fd is None else f"{wd - fd:+.1f} µs"
+    floor_out.append(f"| P4 added latency p50 | ≤ +20 µs | {'–' if wd is None else f'{wd:+.1f} µs'}"
+                     f" | {'–' if fd is None else f'{fd:+.1f} µs'} (relay) | {over} |")
+
 reps = sorted({r.get("rep") for r in rows if r.get("rep") is not None})
 print("\n".join(out))
 print()
 print(f"Medians of {len(reps)} interleaved repetition(s); ratio = warren / direct of the medians, "
       "in brackets the range of the per-repetition ratios (latency: of the differences). "
       "CPU = warren's user+system time over the measured phase divided by messages "
-      "(connections for churn/idle); RSS = warren's peak (VmHWM) during the run.")
+      "(connections for churn/idle); RSS = warren's peak (VmHWM) during the run."
+      + (" Floor rows: the same for a floor program (bench/src/floor.rs) in warren's place."
+         if floor_out else ""))
 for n in notes:
     print(f"- {n}")
+if floor_out:
+    print()
+    print("| warren against the floor | target | warren | floor | warren above the floor |")
+    print("|---|---|---|---|---|")
+    print("\n".join(floor_out))
+    print()
+    print("Floor: a single-threaded mio program doing only the syscalls any process in the middle "
+          "must do (relay: copy bytes between each client and its own broker connection; "
+          "responder: canned handshake, publishes forwarded over one broker connection); "
+          "medians as above.")
 PY
 }
 
@@ -638,6 +746,14 @@ main() {
     local port
     port="${WARREN_PORT:-$(free_port 5673)}"
     start_warren warren "$port" true
+    # The floor programs' targets in each scenario (none with FLOOR=0).
+    local f_relay="" f_responder=""
+    if [ "$FLOOR" = 1 ] && [ "$PROFILE" != 1 ]; then
+        start_floor relay "$(free_port $((port + 2)))"
+        start_floor responder "$(free_port $((port + 3)))"
+        f_relay=" floor_relay"
+        f_responder=" floor_responder"
+    fi
 
     if [ "$PROFILE" = 1 ]; then
         profile | tee "$RESULTS_DIR/$STAMP-profile.md"
@@ -652,28 +768,28 @@ main() {
         case "$s" in
             churn)
                 start_warren warren_norecycle "$(free_port $((port + 1)))" false
-                interleave churn "$REPS" "direct warren warren_norecycle" -- \
+                interleave churn "$REPS" "direct warren warren_norecycle$f_responder$f_relay" -- \
                     churn --duration "$CHURN_DURATION"
                 stop_warren warren_norecycle
                 ;;
             churn_amqprs)
-                interleave churn_amqprs "$REPS" "direct warren" -- \
+                interleave churn_amqprs "$REPS" "direct warren$f_responder" -- \
                     churn --client amqprs --duration "$CHURN_DURATION"
                 ;;
             publish)
-                interleave publish "$REPS" "direct warren" -- \
+                interleave publish "$REPS" "direct warren$f_relay" -- \
                     publish --count "$PUBLISH_COUNT" --duration 60s
                 ;;
             publish_confirms)
-                interleave publish_confirms "$REPS" "direct warren" -- \
+                interleave publish_confirms "$REPS" "direct warren$f_relay" -- \
                     publish --confirms --count "$CONFIRMS_COUNT" --duration 60s
                 ;;
             consume)
-                interleave consume "$REPS" "direct warren" -- \
+                interleave consume "$REPS" "direct warren$f_relay" -- \
                     consume --count "$CONSUME_COUNT" --duration 60s
                 ;;
             latency)
-                interleave latency "$REPS" "direct warren" -- \
+                interleave latency "$REPS" "direct warren$f_relay" -- \
                     latency --count "$LATENCY_COUNT" --duration 30s
                 ;;
             idle)

@@ -12,6 +12,9 @@
 //! | `latency` | P4 | publish→deliver round trips of single messages |
 //! | `idle`    | P6 | many connections with one channel each, held open, then closed |
 //!
+//! `warren-bench floor --mode relay|responder` is not a scenario but the program the others are
+//! compared with: the least any process in the middle does (see `floor.rs`).
+//!
 //! Every scenario is bounded both by `--count` and by `--duration`, declares its own uniquely
 //! named queue and deletes it afterwards. `--watch NAME=PID` samples another process (warren, or
 //! the broker) so CPU and memory per message come out of the same run.
@@ -22,6 +25,7 @@
 
 mod amqp;
 mod confirm;
+mod floor;
 mod opts;
 mod procfs;
 mod report;
@@ -35,6 +39,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Scenario::Floor(ref o) = cli.scenario {
+        return floor::run(o);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.common.threads.max(1))
         .enable_all()
@@ -54,6 +61,7 @@ fn main() -> ExitCode {
             Scenario::Consume(ref o) => scenario::consume::run(&cli.common, o, &mut report).await,
             Scenario::Latency(ref o) => scenario::latency::run(&cli.common, o, &mut report).await,
             Scenario::Idle(ref o) => scenario::idle::run(&cli.common, o, &mut report).await,
+            Scenario::Floor(_) => unreachable!("the floor runs without tokio"),
         }
     });
     // Let amqprs' background tasks of already-closed connections go without waiting for them.

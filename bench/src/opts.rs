@@ -4,7 +4,8 @@
 //! name); `--count`, `--duration` and `--concurrency` default per scenario, as the help of
 //! each scenario says.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// warren listening on its default port, with RabbitMQ's default user.
@@ -47,6 +48,9 @@ pub enum Scenario {
     /// P6: open --count connections with one channel each (ramp-up limited to --concurrency
     /// at a time), hold them, close them. Defaults: --count 10000, --concurrency 100.
     Idle(IdleOpts),
+    /// Not a scenario: runs a floor program (relay or responder) that `bench/run.sh` measures
+    /// next to warren, until killed. See `floor.rs`.
+    Floor(FloorOpts),
 }
 
 impl Scenario {
@@ -60,6 +64,7 @@ impl Scenario {
             Scenario::Consume(_) => "consume",
             Scenario::Latency(_) => "latency",
             Scenario::Idle(_) => "idle",
+            Scenario::Floor(_) => "floor",
         }
     }
 }
@@ -198,6 +203,30 @@ pub struct IdleOpts {
     pub settle: Duration,
 }
 
+/// `floor` options.
+#[derive(Debug, Args)]
+pub struct FloorOpts {
+    /// Which floor: a transparent TCP relay, or a responder that answers the AMQP handshake
+    /// itself and forwards publishes over one broker connection.
+    #[arg(long, value_enum)]
+    pub mode: FloorMode,
+    /// Address to accept clients on.
+    #[arg(long, default_value = "127.0.0.1:5674")]
+    pub listen: SocketAddr,
+    /// RabbitMQ's address (the responder logs in as guest/guest, vhost `/`).
+    #[arg(long, default_value = "127.0.0.1:5672")]
+    pub upstream: SocketAddr,
+}
+
+/// The two floor programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FloorMode {
+    /// Copies bytes both ways between each client and its own broker connection.
+    Relay,
+    /// Answers the handshake with canned frames; publishes go to one broker connection.
+    Responder,
+}
+
 /// A process to sample: `--watch NAME=PID`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watch {
@@ -292,5 +321,24 @@ mod tests {
         assert_eq!(cli.scenario.name(), "publish_confirms");
         assert_eq!(cli.common.duration, Some(Duration::from_secs(3)));
         assert_eq!(cli.common.watch.len(), 1);
+    }
+
+    #[test]
+    fn cli_parses_the_floor() {
+        let cli = Cli::try_parse_from([
+            "warren-bench",
+            "floor",
+            "--mode",
+            "responder",
+            "--listen",
+            "127.0.0.1:6000",
+        ])
+        .unwrap();
+        let Scenario::Floor(o) = cli.scenario else {
+            panic!("not the floor");
+        };
+        assert_eq!(o.mode, FloorMode::Responder);
+        assert_eq!(o.listen.port(), 6000);
+        assert_eq!(o.upstream.port(), 5672);
     }
 }
