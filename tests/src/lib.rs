@@ -20,6 +20,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod faulty_net;
 pub mod http;
 pub mod metrics;
