@@ -144,6 +144,8 @@ pub struct ClientHandshake {
     capabilities: ClientCapabilities,
     connection_name: Option<String>,
     product: Option<String>,
+    /// What the client's `TuneOk` settled, once it arrived.
+    tuned: Option<Tune>,
 }
 
 impl ClientHandshake {
@@ -159,6 +161,7 @@ impl ClientHandshake {
             capabilities: ClientCapabilities::default(),
             connection_name: None,
             product: None,
+            tuned: None,
         }
     }
 
@@ -185,6 +188,19 @@ impl ClientHandshake {
     #[must_use]
     pub fn capabilities(&self) -> ClientCapabilities {
         self.capabilities
+    }
+
+    /// The limits the client's `TuneOk` settled, from then on (also after `Open`): its
+    /// heartbeat runs from there, as RabbitMQ's does.
+    #[must_use]
+    pub fn tuned(&self) -> Option<Tune> {
+        self.tuned
+    }
+
+    /// When the handshake must have reached `Connection.Open` (accept plus the timeout).
+    #[must_use]
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// Whether the client has sent the protocol header (and been sent `Connection.Start`).
@@ -409,6 +425,7 @@ impl ClientHandshake {
             frame_max,
             heartbeat: t.heartbeat,
         };
+        self.tuned = Some(tune);
         self.stage = Stage::Open(login, tune);
     }
 

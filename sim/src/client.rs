@@ -1404,7 +1404,8 @@ impl FakeClient {
     }
 
     /// An intrusion was refused with `Channel.Close`: 405 with RabbitMQ's text and the
-    /// method as its cause, or 404 once the queue is gone.
+    /// method as its cause, or 404 with RabbitMQ's text once the queue is gone (never for a
+    /// delete, which RabbitMQ answers with delete-ok then).
     fn intrusion_refused(
         &mut self,
         (op, slot, name, owner): (Intrusion, u32, String, Option<u32>),
@@ -1435,7 +1436,20 @@ impl FakeClient {
                 }
                 true
             }
-            reply::NOT_FOUND => true,
+            // RabbitMQ deletes a missing queue quietly; everything else names it in its 404.
+            reply::NOT_FOUND if op != Intrusion::Delete => {
+                let expected = format!(
+                    "NOT_FOUND - no queue '{name}' in vhost '{}'",
+                    self.spec.vhost
+                );
+                if text != expected || cause != op.method() {
+                    self.violation(format!(
+                        "{op:?} on the exclusive queue '{name}' was refused with 404 {text:?} caused by {cause:?}, expected RabbitMQ's {expected:?} caused by {:?}",
+                        op.method()
+                    ));
+                }
+                true
+            }
             _ => false,
         };
         if !ok {

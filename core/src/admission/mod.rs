@@ -27,8 +27,9 @@ pub mod events;
 
 use crate::agenda::Agenda;
 use crate::credentials::{Account, Credentials};
-use crate::frame::{Frame, FrameError};
+use crate::frame::{Frame, FrameError, HEARTBEAT};
 use crate::handshake::{ClientHandshake, ClientHello, HandshakeConfig, HandshakeOutput};
+use crate::hub::liveness::{Beat, Liveness};
 use crate::hub::{self, BackoffConfig, Hub, HubConfig};
 use crate::login::{Login, LoginEvent, LoginPhase, LoginStep};
 use crate::method::{encode, Close};
@@ -427,6 +428,12 @@ struct Conn {
     /// Set once it reached `Open`.
     hello: Option<Box<ClientHello>>,
     timer_at: Option<Instant>,
+    /// When admission last wrote to it.
+    last_tx: Instant,
+    /// Heartbeats both ways from its `TuneOk` on (B10), as RabbitMQ runs them once a
+    /// connection is tuned: a client waiting here for the broker (its `Open` waiting on a
+    /// proof opening its vhost) hears from warren at the negotiated interval.
+    beat: Option<Liveness>,
 }
 
 /// What a link is for.
@@ -584,6 +591,8 @@ impl Admission {
             user: None,
             hello: None,
             timer_at: None,
+            last_tx: now,
+            beat: None,
         });
         if self.draining {
             self.refuse(now, id, Refusal::Draining, shutting_down());
@@ -602,6 +611,9 @@ impl Admission {
                     .filter(|c| !matches!(c.wait, Wait::Reset(_)))
                 {
                     c.buf.extend_from_slice(&data);
+                    if let Some(b) = &mut c.beat {
+                        b.received(now);
+                    }
                     self.run_handshake(now, conn);
                 }
             }
@@ -690,22 +702,44 @@ impl Admission {
         self.out.push_back(Output::Event(e));
     }
 
+    /// Queues bytes for a client and counts them as liveness towards it.
+    fn send_client(&mut self, now: Instant, conn: ConnId, data: Bytes) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.last_tx = now;
+            if let Some(b) = &mut c.beat {
+                b.sent(now);
+            }
+        }
+        self.out.push_back(Output::ToClient { conn, data });
+    }
+
     // ----- clients --------------------------------------------------------------------
 
-    /// Runs a client's handshake over what it has sent, and acts on what it asks for.
+    /// Runs a client's handshake over what it has sent, acts on what it asks for, and sets
+    /// its timer for what it then waits for.
     fn run_handshake(&mut self, now: Instant, id: ConnId) {
+        self.advance_handshake(now, id);
+        self.schedule_conn(id);
+    }
+
+    fn advance_handshake(&mut self, now: Instant, id: ConnId) {
         loop {
             let Some(c) = self.conn_mut(id) else { return };
             if c.wait != Wait::Input {
                 return;
             }
             c.hs.handle_input(&mut c.buf);
+            if c.beat.is_none() {
+                if let Some(tune) = c.hs.tuned() {
+                    let mut beat = Liveness::new(now, tune.heartbeat);
+                    beat.sent(c.last_tx);
+                    c.beat = Some(beat);
+                }
+            }
             let mut verdict_needed = false;
             while let Some(o) = self.conn_mut(id).and_then(|c| c.hs.poll_output()) {
                 match o {
-                    HandshakeOutput::Send(data) => {
-                        self.out.push_back(Output::ToClient { conn: id, data })
-                    }
+                    HandshakeOutput::Send(data) => self.send_client(now, id, data),
                     HandshakeOutput::Close => {
                         self.handshake_failed(id);
                         return;
@@ -913,7 +947,7 @@ impl Admission {
         let user = c.user.clone();
         while let Some(o) = self.conn_mut(id).and_then(|c| c.hs.poll_output()) {
             if let HandshakeOutput::Send(data) = o {
-                self.out.push_back(Output::ToClient { conn: id, data });
+                self.send_client(now, id, data);
             }
         }
         self.count_refusal(why);
@@ -977,9 +1011,19 @@ impl Admission {
 
     fn schedule_conn(&mut self, id: ConnId) {
         let Some(c) = self.conn(id) else { return };
-        let want = match c.wait {
+        let deadline = match c.wait {
             Wait::Reset(at) => Some(at),
-            _ => c.hs.poll_timeout(),
+            // Past `Open` the handshake is done, but its deadline still bounds the wait.
+            Wait::Open(_) => Some(c.hs.deadline()),
+            Wait::Input | Wait::Login(_) => c.hs.poll_timeout(),
+        };
+        let beat = match c.wait {
+            Wait::Reset(_) => None,
+            _ => c.beat.as_ref().and_then(Liveness::deadline),
+        };
+        let want = match (deadline, beat) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let old = c.timer_at;
         let at = self.agenda.reschedule(Timer::Conn(id), old, want);
@@ -1456,24 +1500,42 @@ impl Admission {
                         }
                         continue;
                     }
-                    if matches!(c.wait, Wait::Login(_))
-                        && c.hs.poll_timeout().is_some_and(|t| t <= now)
-                    {
+                    let waiting_on = match c.wait {
+                        Wait::Login(_) => Some("checking the login"),
+                        Wait::Open(_) => Some("opening the vhost"),
+                        Wait::Input | Wait::Reset(_) => None,
+                    };
+                    if let Some(what) = waiting_on.filter(|_| now >= c.hs.deadline()) {
                         // The client waited for the broker, not the other way round: it
                         // hears why instead of losing its socket.
                         let r = Reply::new(
                             reply::CONNECTION_FORCED,
-                            "broker unreachable: timed out checking the login",
+                            format!("broker unreachable: timed out {what}"),
                         );
                         self.refuse(now, id, Refusal::Unreachable, r);
                         continue;
                     }
-                    c.hs.handle_timeout(now);
-                    if self.conn(id).is_some_and(|c| c.hs.poll_timeout().is_none()) {
+                    match c.beat.as_ref().map(|b| b.check(now)) {
+                        Some(Beat::Dead) => {
+                            let r = Reply::new(
+                                reply::CONNECTION_FORCED,
+                                "missed heartbeats from client, timeout",
+                            );
+                            self.refuse(now, id, Refusal::Handshake, r);
+                            continue;
+                        }
+                        Some(Beat::Send) => {
+                            self.send_client(now, id, Bytes::from_static(HEARTBEAT));
+                        }
+                        Some(Beat::Idle) | None => {}
+                    }
+                    let Some(c) = self.conn_mut(id) else { continue };
+                    if c.hs.poll_timeout().is_some_and(|t| t <= now) {
                         // Timed out: the handshake closes it.
+                        c.hs.handle_timeout(now);
                         while let Some(o) = self.conn_mut(id).and_then(|c| c.hs.poll_output()) {
                             if let HandshakeOutput::Send(data) = o {
-                                self.out.push_back(Output::ToClient { conn: id, data });
+                                self.send_client(now, id, data);
                             }
                         }
                         self.handshake_failed(id);

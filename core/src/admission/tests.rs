@@ -483,3 +483,82 @@ fn deliver_event(w: &mut World, feed: LinkId, key: &str, headers: &[(&str, &str)
     let header = crate::frame::Frame::new(crate::frame::FrameType::Header, 1, &payload).freeze();
     w.link(feed, header);
 }
+
+/// The client's `TuneOk` with `heartbeat` and its `Open` of `vhost`.
+fn tune_ok_and_open(w: &mut World, conn: ConnId, heartbeat: u16, vhost: &str) {
+    w.line(format!(
+        "{conn} tune-ok heartbeat={heartbeat}, opens {vhost:?}"
+    ));
+    let mut b = encode::tune(
+        Tune {
+            channel_max: 0,
+            frame_max: 131_072,
+            heartbeat,
+        },
+        true,
+    )
+    .to_vec();
+    b.extend_from_slice(&encode::open(vhost));
+    w.client(conn, Bytes::from(b));
+}
+
+/// B10/B13 (simulation seeds 27945, 71384, 139499, 142810): a client whose `Open` waits on
+/// the proof opening its vhost hears heartbeats at the interval its `TuneOk` settled, as
+/// RabbitMQ sends them from `TuneOk` on, and one that falls silent for two intervals is
+/// closed as a hub closes it. When the proof finally fails (the broker went silent), the
+/// waiting client is told why.
+#[test]
+fn a_client_waiting_at_open_hears_heartbeats() {
+    let mut w = World::new(config());
+    let beating = w.login("app", "secret", true);
+    let silent = w.login("app", "secret", true);
+    let link = w.dials[0];
+    w.broker_accepts_login(link);
+    tune_ok_and_open(&mut w, beating, 1, "/");
+    tune_ok_and_open(&mut w, silent, 1, "/");
+    w.line("the broker falls silent");
+    for ms in (250..=5_000).step_by(250) {
+        w.at(Duration::from_millis(ms));
+        if ms % 500 == 0 && !w.closed.contains(&beating) {
+            w.client(beating, Bytes::from_static(crate::frame::HEARTBEAT));
+        }
+    }
+    assert!(w.closed.contains(&silent) && w.closed.contains(&beating));
+    let heartbeats = w
+        .trace
+        .lines()
+        .filter(|l| l.ends_with(&format!("{beating} <- heartbeat")))
+        .count();
+    assert_eq!(
+        heartbeats, 9,
+        "one every half second until the proof fails at 5s"
+    );
+    assert!(w.trace.contains(&format!(
+        "{silent} <- close 320 \"CONNECTION_FORCED - missed heartbeats from client, timeout\""
+    )));
+    assert!(w.trace.contains(&format!(
+        "{beating} <- close 320 \"CONNECTION_FORCED - broker unreachable: timed out connecting\""
+    )));
+    insta::assert_snapshot!(w.trace);
+}
+
+/// B13: the handshake's deadline still bounds a client waiting at `Open` for its vhost;
+/// like one waiting for its login's verdict, it is told why instead of losing its socket.
+#[test]
+fn a_client_waiting_at_open_past_the_handshake_deadline_is_told_why() {
+    let hub = HubConfig {
+        connect_timeout: Duration::from_secs(30),
+        ..HubConfig::default()
+    };
+    let mut w = World::new(AdmissionConfig { hub, ..config() });
+    let c = w.login("app", "secret", true);
+    w.broker_accepts_login(w.dials[0]);
+    tune_ok_and_open(&mut w, c, 0, "/");
+    w.at(Duration::from_millis(9_999));
+    assert!(!w.closed.contains(&c));
+    w.at(Duration::from_secs(10));
+    assert!(w.closed.contains(&c));
+    assert!(w.trace.contains(&format!(
+        "{c} <- close 320 \"CONNECTION_FORCED - broker unreachable: timed out opening the vhost\""
+    )));
+}

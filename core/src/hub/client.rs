@@ -4,7 +4,7 @@
 
 use super::channels::Slot;
 use super::liveness::Liveness;
-use super::{ClientId, Hub, HubEvent, Output, UpRef, UpstreamId};
+use super::{ClientId, Holder, Hub, HubEvent, Output, UpRef, UpstreamId};
 use crate::content::{parse_header, rechunk_body};
 use crate::frame::{Frame, FrameType};
 use crate::handshake::{refusal, ClientCapabilities, ClientHello};
@@ -267,9 +267,12 @@ impl Hub {
         let channels = std::mem::take(&mut c.channels);
         let exclusive = std::mem::take(&mut c.exclusive);
         c.buffered = 0;
+        // Locked until their delete goes out (below, or when a channel frees up).
         for (_, q) in &exclusive {
-            if self.exclusive_owners.get(q) == Some(&id) {
-                self.exclusive_owners.remove(q);
+            if let Some(h) = self.exclusive_owners.get_mut(q) {
+                if *h == Holder::Client(id) {
+                    *h = Holder::Departed;
+                }
             }
         }
         self.waiting_opens.retain(|(c, _)| *c != id);
@@ -361,27 +364,51 @@ impl Hub {
     fn own_exclusive(&mut self, id: ClientId, up: UpstreamId, queue: Vec<u8>) {
         let Some(c) = self.client_mut(id) else { return };
         c.exclusive.push((up, queue.clone()));
-        self.exclusive_owners.insert(queue, id);
+        self.exclusive_owners.insert(queue, Holder::Client(id));
     }
 
     /// RabbitMQ's refusal of a method on another connection's exclusive queue, if `frame`
-    /// names an exclusive queue of another client of this hub.
+    /// names an exclusive queue of another client of this hub, or of a client that left
+    /// before warren could send the queue's delete.
     fn locked_queue(&self, id: ClientId, mid: MethodId, frame: &Frame) -> Option<Reply> {
-        let queue = queue_named(mid, frame.payload())?;
-        let owner = self.exclusive_owners.get(queue)?;
-        (*owner != id).then(|| {
+        let payload = frame.payload();
+        let queue = queue_named(mid, payload)?;
+        let holder = *self.exclusive_owners.get(queue)?;
+        let name = String::from_utf8_lossy(queue);
+        let vhost = &self.credentials.vhost;
+        let locked = || {
             Reply::new(
                 reply::RESOURCE_LOCKED,
                 format!(
-                    "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could \
-                     be originally declared on another connection or the exclusive property \
-                     value does not match that of the original declaration.",
-                    String::from_utf8_lossy(queue),
-                    self.credentials.vhost
+                    "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. \
+                     It could be originally declared on another connection or the exclusive \
+                     property value does not match that of the original declaration."
                 ),
             )
             .caused_by(mid)
-        })
+        };
+        match holder {
+            Holder::Client(owner) if owner == id => None,
+            Holder::Client(_) => Some(locked()),
+            // The owner left: on RabbitMQ its connection took the queue along, and what finds
+            // the name missing gets 404 with RabbitMQ's text. A delete (RabbitMQ: delete-ok)
+            // and a new declare (RabbitMQ: a new queue) cannot be answered so before the old
+            // queue is gone: they get what RabbitMQ answers while an exclusive owner's
+            // connection is still being torn down, the lock, and may try again.
+            Holder::Departed
+                if mid == ids::QUEUE_DELETE
+                    || (mid == ids::QUEUE_DECLARE && !declare_is_passive(payload)) =>
+            {
+                Some(locked())
+            }
+            Holder::Departed => Some(
+                Reply::new(
+                    reply::NOT_FOUND,
+                    format!("no queue '{name}' in vhost '{vhost}'"),
+                )
+                .caused_by(mid),
+            ),
+        }
     }
 
     /// Sends `Channel.Close` on an upstream channel nobody owns any more.
@@ -1226,6 +1253,17 @@ fn clear_declare_nowait(frame: &mut Frame) {
     if let Some(flags) = p.get_mut(7 + usize::from(name_len)) {
         *flags &= !(1 << 4);
     }
+}
+
+/// Whether a `queue.declare` is passive: the flags octet follows the reserved short and the
+/// queue name; passive is its first bit.
+fn declare_is_passive(payload: &[u8]) -> bool {
+    let Some(&name_len) = payload.get(6) else {
+        return false;
+    };
+    payload
+        .get(7 + usize::from(name_len))
+        .is_some_and(|flags| flags & 1 != 0)
 }
 
 /// Methods whose arguments start with a reserved short and a queue name: the queue-class

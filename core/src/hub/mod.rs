@@ -421,6 +421,19 @@ pub(crate) enum Timer {
     Client(ClientId),
 }
 
+/// Who an exclusive queue of this hub belongs to (B5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// The client that declared it.
+    Client(ClientId),
+    /// Its client left and warren's `queue.delete` has not gone out yet (every channel of
+    /// its upstream was taken). The queue still exists on the shared connection, where any
+    /// client of the hub could reach it, so it stays out of reach until the delete is sent:
+    /// other clients are answered as RabbitMQ answers once the owner's connection took the
+    /// queue along.
+    Departed,
+}
+
 /// A channel on an upstream: which connection, which number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct UpRef {
@@ -448,12 +461,14 @@ pub struct Hub {
     /// exclusive queue named by a late declare-ok goes to its client if it is still here,
     /// else is deleted (B5).
     orphan_declares: Vec<(UpRef, ClientId, VecDeque<client::Declare>)>,
-    /// Exclusive queues of departed clients waiting for a free channel to be deleted on.
+    /// Exclusive queues of departed clients waiting for a channel to be deleted on: the
+    /// next number their upstream frees, or the next channel it pools, goes to them before
+    /// any client's open can take it.
     pending_deletes: Vec<(UpstreamId, Vec<u8>)>,
-    /// Every exclusive queue a client of this hub declared, by name: another client that
-    /// touches one is refused as RabbitMQ refuses another connection (B5), although the
-    /// broker sees one connection for both.
-    exclusive_owners: BTreeMap<Vec<u8>, ClientId>,
+    /// Every exclusive queue a client of this hub declared, by name, until its delete has
+    /// been sent: another client that touches one is refused as RabbitMQ refuses another
+    /// connection (B5), although the broker sees one connection for both.
+    exclusive_owners: BTreeMap<Vec<u8>, Holder>,
     /// Channels whose fence round trip is in flight (they count against the pool size).
     fencing: usize,
     /// Pooled channels, most recently pooled last (so the first is the oldest).

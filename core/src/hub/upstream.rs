@@ -6,7 +6,7 @@
 use super::channels::{ChannelTable, Slot};
 use super::client::Phase;
 use super::liveness::{Beat, Liveness};
-use super::{ClientId, Hub, HubEvent, Output, Peer, UpRef, UpstreamId};
+use super::{ClientId, Holder, Hub, HubEvent, Output, Peer, UpRef, UpstreamId};
 use crate::content::rechunk_body;
 use crate::frame::{Frame, FrameType, HEARTBEAT};
 use crate::login::{Login, LoginEvent, LoginStep};
@@ -195,7 +195,14 @@ impl Hub {
             .reschedule(super::Timer::Upstream(id), timer, None);
         self.drop_pool_entries(id);
         self.orphan_declares.retain(|(r, _, _)| r.up != id);
-        self.pending_deletes.retain(|(u, _)| *u != id);
+        // Exclusive queues go with their connection: nothing is left to delete or lock.
+        let (gone, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_deletes)
+            .into_iter()
+            .partition(|(u, _)| *u == id);
+        self.pending_deletes = rest;
+        for (_, q) in gone {
+            self.unlock_departed(&q);
+        }
         self.upstreams.remove(id.index());
         self.out.push_back(Output::CloseUpstream { upstream: id });
     }
@@ -615,7 +622,9 @@ impl Hub {
     // ----- exclusive queue clean-up (B5) ----------------------------------------------
 
     /// Deletes a departed client's exclusive queues on the connections that own them, each
-    /// through a short-lived housekeeping channel.
+    /// through a short-lived housekeeping channel: a new one, or a pooled one when every
+    /// number is taken. Failing both, they wait in `pending_deletes` for the next channel
+    /// their upstream frees or pools, and stay locked meanwhile.
     pub(super) fn delete_exclusive_queues(
         &mut self,
         now: Instant,
@@ -630,24 +639,56 @@ impl Hub {
         }
         for (up, names) in by_upstream {
             let Some(u) = self.upstream_mut(up).filter(|u| u.is_open()) else {
+                // The connection is closing or gone, and its exclusive queues with it.
+                for q in &names {
+                    self.unlock_departed(q);
+                }
                 continue;
             };
-            let Some(ch) = u.table.allocate(Slot::Housekeeping) else {
-                // Every channel is taken: delete them as soon as one is free.
-                self.pending_deletes
-                    .extend(names.into_iter().map(|q| (up, q)));
-                continue;
+            let r = match u.table.allocate(Slot::Housekeeping) {
+                Some(ch) => {
+                    u.idle_since = None;
+                    self.send_upstream(now, up, encode::channel_open(ch));
+                    UpRef { up, ch }
+                }
+                None => match self.take_pooled_on(up) {
+                    Some(r) => {
+                        self.set_slot(now, r, Slot::Housekeeping);
+                        r
+                    }
+                    None => {
+                        for q in names {
+                            self.exclusive_owners
+                                .entry(q.clone())
+                                .or_insert(Holder::Departed);
+                            self.pending_deletes.push((up, q));
+                        }
+                        continue;
+                    }
+                },
             };
-            u.idle_since = None;
-            self.send_upstream(now, up, encode::channel_open(ch));
-            for q in &names {
-                self.send_upstream(now, up, encode::queue_delete(ch, q));
-            }
-            let close = Close::from(&Reply::verbatim(
-                reply::REPLY_SUCCESS,
-                "exclusive queue cleanup",
-            ));
-            self.send_upstream(now, up, encode::close(ch, &close));
+            self.housekeep(now, r, names);
+        }
+    }
+
+    /// Sends the deletes of `names` and the close on housekeeping channel `r` (open, or
+    /// with its `Channel.Open` just sent); from here on the names are free.
+    fn housekeep(&mut self, now: Instant, r: UpRef, names: Vec<Vec<u8>>) {
+        for q in &names {
+            self.send_upstream(now, r.up, encode::queue_delete(r.ch, q));
+            self.unlock_departed(q);
+        }
+        let close = Close::from(&Reply::verbatim(
+            reply::REPLY_SUCCESS,
+            "exclusive queue cleanup",
+        ));
+        self.send_upstream(now, r.up, encode::close(r.ch, &close));
+    }
+
+    /// Lifts the lock a departed client's queue kept until its delete went out.
+    fn unlock_departed(&mut self, queue: &[u8]) {
+        if self.exclusive_owners.get(queue) == Some(&Holder::Departed) {
+            self.exclusive_owners.remove(queue);
         }
     }
 
@@ -670,6 +711,16 @@ impl Hub {
     /// The fence came back clean: the channel joins the pool, or is closed if there is no
     /// longer room.
     fn pool_channel(&mut self, now: Instant, r: UpRef) {
+        if self.pending_deletes.iter().any(|(u, _)| *u == r.up) {
+            // Departed clients' queues wait for a channel on this upstream: this one serves
+            // them first (open, and clean after the fence).
+            let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_deletes)
+                .into_iter()
+                .partition(|(u, _)| *u == r.up);
+            self.pending_deletes = rest;
+            self.set_slot(now, r, Slot::Housekeeping);
+            return self.housekeep(now, r, due.into_iter().map(|(_, q)| q).collect());
+        }
         if !self.pool_has_room() {
             return self.close_upstream_channel(now, r, "pool full");
         }
@@ -686,6 +737,17 @@ impl Hub {
         if let Some(u) = self.upstream_mut(r.up) {
             u.idle_since = None;
         }
+        Some(r)
+    }
+
+    /// Takes the most recently pooled channel of upstream `up`, for housekeeping.
+    fn take_pooled_on(&mut self, up: UpstreamId) -> Option<UpRef> {
+        let i = self
+            .pool
+            .iter()
+            .rposition(|r| r.up == up && self.is_pooled(*r))?;
+        let r = self.pool.remove(i);
+        self.schedule_pool();
         Some(r)
     }
 

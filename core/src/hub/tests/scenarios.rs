@@ -1093,72 +1093,7 @@ fn another_clients_exclusive_queue_is_locked() {
     w.take(Peer::C(owner));
     let other = w.join(hello(131_072, 0));
     w.take(Peer::C(other));
-    let q = |w: &mut Writer<'_>| {
-        w.u16(0).shortstr(b"rpc-reply");
-    };
-    let attempts: Vec<(&str, Bytes)> = vec![
-        ("declare", queue_declare(1, "rpc-reply", true)),
-        (
-            "passive declare",
-            m(1, ids::QUEUE_DECLARE, |w| {
-                w.u16(0)
-                    .shortstr(b"rpc-reply")
-                    .bit(true)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false);
-                w.u32(0);
-            }),
-        ),
-        (
-            "consume",
-            m(1, ids::BASIC_CONSUME, |w| {
-                q(w);
-                w.shortstr(b"")
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .u32(0);
-            }),
-        ),
-        (
-            "get",
-            m(1, ids::BASIC_GET, |w| {
-                q(w);
-                w.bit(false);
-            }),
-        ),
-        (
-            "bind",
-            m(1, ids::QUEUE_BIND, |w| {
-                q(w);
-                w.shortstr(b"amq.direct").shortstr(b"k").bit(false).u32(0);
-            }),
-        ),
-        (
-            "unbind",
-            m(1, ids::QUEUE_UNBIND, |w| {
-                q(w);
-                w.shortstr(b"amq.direct").shortstr(b"k").u32(0);
-            }),
-        ),
-        (
-            "purge",
-            m(1, ids::QUEUE_PURGE, |w| {
-                q(w);
-                w.bit(false);
-            }),
-        ),
-        (
-            "delete",
-            m(1, ids::QUEUE_DELETE, |w| {
-                q(w);
-                w.bit(false).bit(false).bit(false);
-            }),
-        ),
-    ];
+    let attempts = intrusions(1, "rpc-reply");
     let mut upstream_before = 0;
     for (what, frame) in attempts {
         w.client_sends(other, &[channel_open(1)]);
@@ -1225,4 +1160,288 @@ fn another_clients_exclusive_queue_is_locked() {
     // Once the owner leaves, the name is free.
     w.client_drops(owner);
     assert_snapshot!(w.trace());
+}
+
+/// Every method RabbitMQ checks exclusivity on, naming `queue`, on channel `ch`.
+fn intrusions(ch: u16, queue: &str) -> Vec<(&'static str, Bytes)> {
+    let q = |w: &mut Writer<'_>| {
+        w.u16(0).shortstr(queue.as_bytes());
+    };
+    vec![
+        ("declare", queue_declare(ch, queue, true)),
+        (
+            "passive declare",
+            m(ch, ids::QUEUE_DECLARE, |w| {
+                q(w);
+                w.bit(true).bit(false).bit(false).bit(false).bit(false);
+                w.u32(0);
+            }),
+        ),
+        (
+            "consume",
+            m(ch, ids::BASIC_CONSUME, |w| {
+                q(w);
+                w.shortstr(b"")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(0);
+            }),
+        ),
+        (
+            "get",
+            m(ch, ids::BASIC_GET, |w| {
+                q(w);
+                w.bit(false);
+            }),
+        ),
+        (
+            "bind",
+            m(ch, ids::QUEUE_BIND, |w| {
+                q(w);
+                w.shortstr(b"amq.direct").shortstr(b"k").bit(false).u32(0);
+            }),
+        ),
+        (
+            "unbind",
+            m(ch, ids::QUEUE_UNBIND, |w| {
+                q(w);
+                w.shortstr(b"amq.direct").shortstr(b"k").u32(0);
+            }),
+        ),
+        (
+            "purge",
+            m(ch, ids::QUEUE_PURGE, |w| {
+                q(w);
+                w.bit(false);
+            }),
+        ),
+        (
+            "delete",
+            m(ch, ids::QUEUE_DELETE, |w| {
+                q(w);
+                w.bit(false).bit(false).bit(false);
+            }),
+        ),
+    ]
+}
+
+/// The code, text and cause of a `Channel.Close`.
+fn channel_close_reply(f: &crate::frame::Frame) -> Option<(u16, String, (u16, u16))> {
+    match crate::method::decode(f.payload()).ok()? {
+        crate::method::Method::ChannelClose(c) => Some((c.code, c.text, (c.class_id, c.method_id))),
+        _ => None,
+    }
+}
+
+/// Whether any frame in `sent` names `queue` (a queue-class method, consume or get).
+fn names_queue(sent: &[crate::frame::Frame], queue: &str) -> bool {
+    sent.iter().any(|f| {
+        f.kind() == crate::frame::FrameType::Method
+            && f.method_id()
+                .is_some_and(|id| id.class == 50 || id.class == 60)
+            && f.payload()
+                .windows(queue.len())
+                .any(|w| w == queue.as_bytes())
+    })
+}
+
+/// Opens client channel `ch` of `c` on upstream `u` and lets the broker confirm it; returns
+/// the upstream channel number.
+fn open_on(w: &mut World, c: crate::hub::ClientId, ch: u16, u: UpstreamId) -> u16 {
+    w.client_sends(c, &[channel_open(ch)]);
+    let uch = w
+        .take(Peer::U(u))
+        .iter()
+        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
+        .map(|f| f.channel())
+        .expect("channel.open went upstream");
+    w.broker_sends(u, &[channel_open_ok(uch)]);
+    w.take(Peer::C(c));
+    uch
+}
+
+/// B5 (simulation seeds 43666, 50457, 76446, 107744, 140962, 145776): the owner of an
+/// exclusive queue leaves while every channel of its upstream is taken, so the queue's
+/// delete has to wait for one. Meanwhile the queue is still on the shared connection, and
+/// another client of the hub must not reach it: what RabbitMQ answers with 404 once the
+/// owner's connection took the queue along gets that 404 with RabbitMQ's text, a delete or
+/// a new declare (which would need the old queue gone) still the lock, and nothing about
+/// the queue reaches the broker. The next channel number that frees goes to the delete,
+/// and only then is the name free.
+#[test]
+fn departed_owners_queue_is_gone_until_its_delete_goes_out() {
+    let mut w = World::new(HubConfig {
+        max_channels_per_upstream: 9,
+        max_upstreams: 1,
+        recycling: false,
+        ..HubConfig::default()
+    });
+    let owner = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let owner_uch = open_on(&mut w, owner, 1, u);
+    w.client_sends(owner, &[queue_declare(1, "q", true)]);
+    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    let other = w.join(hello(131_072, 0));
+    let attempts = intrusions(1, "q");
+    let mut other_uchs = Vec::new();
+    for ch in 1..=attempts.len() as u16 {
+        other_uchs.push(open_on(&mut w, other, ch, u));
+    }
+    w.take(Peer::C(other));
+    // The owner leaves with all nine channels of the upstream taken.
+    w.client_drops(owner);
+    let sent = w.take(Peer::U(u));
+    assert!(!names_queue(&sent, "q"), "no channel for the delete yet");
+    for (ch, (what, frame)) in (1..).zip(attempts) {
+        let frame = {
+            let mut f = to_frame(&frame);
+            f.set_channel(ch);
+            f.freeze()
+        };
+        w.client_sends(other, std::slice::from_ref(&frame));
+        let got = w.take(Peer::C(other));
+        assert_eq!(got.len(), 1, "{what}: one channel.close");
+        let (code, text, cause) = channel_close_reply(&got[0]).expect("a channel.close");
+        let mid = to_frame(&frame).method_id().unwrap();
+        assert_eq!(cause, (mid.class, mid.method), "{what}");
+        if matches!(what, "declare" | "delete") {
+            assert_eq!(code, reply::RESOURCE_LOCKED, "{what}");
+        } else {
+            assert_eq!(
+                (code, text.as_str()),
+                (reply::NOT_FOUND, "NOT_FOUND - no queue 'q' in vhost '/'"),
+                "{what}"
+            );
+        }
+        let sent = w.take(Peer::U(u));
+        assert!(
+            !names_queue(&sent, "q"),
+            "{what}: nothing reached the broker"
+        );
+        w.client_sends(other, &[close_ok(ch)]);
+    }
+    // The owner's channel is the first number to come back: the delete takes it.
+    w.broker_sends(u, &[close_ok(owner_uch)]);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        sent,
+        [
+            format!("ch{owner_uch} channel.open"),
+            format!("ch{owner_uch} queue.delete \"q\""),
+            format!("ch{owner_uch} channel.close 200 \"exclusive queue cleanup\""),
+        ]
+    );
+    // Sent: the name is free, and the broker answers for it from now on.
+    for uch in other_uchs {
+        w.broker_sends(u, &[close_ok(uch)]);
+    }
+    open_on(&mut w, other, 1, u);
+    let (_, get) = intrusions(1, "q").swap_remove(3);
+    w.client_sends(other, &[get]);
+    assert!(w
+        .take(Peer::U(u))
+        .iter()
+        .any(|f| f.method_id() == Some(ids::BASIC_GET)));
+    assert_snapshot!(w.trace());
+}
+
+/// B5: with recycling, freed channels go to the pool instead of becoming free numbers, so
+/// a departed client's queue waiting for a channel would be starved by clients taking
+/// pooled channels. A channel that is pooled when the owner leaves, or fenced for the pool
+/// while the delete waits, carries the delete instead (it is open and clean).
+#[test]
+fn a_pending_delete_takes_pooled_channels_before_any_open() {
+    let config = HubConfig {
+        max_channels_per_upstream: 2,
+        ..HubConfig::default()
+    };
+    // A channel already pooled when the owner leaves.
+    let mut w = World::new(config.clone());
+    let owner = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let owner_uch = open_on(&mut w, owner, 1, u);
+    w.client_sends(owner, &[queue_declare(1, "q", true)]);
+    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    let other = w.join(hello(131_072, 0));
+    let pooled = open_on(&mut w, other, 1, u);
+    w.client_sends(
+        other,
+        &[encode::close(
+            1,
+            &crate::method::Close::from(&reply::Reply::verbatim(200, "bye")),
+        )],
+    );
+    w.broker_sends(u, &[flow_ok(pooled)]);
+    w.take(Peer::U(u));
+    w.client_drops(owner);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert!(
+        sent.contains(&format!("ch{pooled} queue.delete \"q\"")),
+        "the pooled channel carries the delete: {sent:?}"
+    );
+    assert!(
+        !sent.contains(&format!("ch{pooled} channel.open")),
+        "{sent:?}"
+    );
+
+    // A channel fenced for the pool while the delete waits.
+    let mut w = World::new(config);
+    let owner = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let owner_uch = open_on(&mut w, owner, 1, u);
+    w.client_sends(owner, &[queue_declare(1, "q", true)]);
+    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    let other = w.join(hello(131_072, 0));
+    let fenced = open_on(&mut w, other, 1, u);
+    w.client_drops(owner);
+    assert!(
+        !names_queue(&w.take(Peer::U(u)), "q"),
+        "every number is taken"
+    );
+    w.client_sends(
+        other,
+        &[encode::close(
+            1,
+            &crate::method::Close::from(&reply::Reply::verbatim(200, "bye")),
+        )],
+    );
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[flow_ok(fenced)]);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        sent,
+        [
+            format!("ch{fenced} queue.delete \"q\""),
+            format!("ch{fenced} channel.close 200 \"exclusive queue cleanup\""),
+        ]
+    );
+    // A new client's open finds no pooled channel to take on this upstream.
+    let late = w.join(hello(131_072, 0));
+    w.client_sends(late, &[channel_open(1)]);
+    assert!(w
+        .take(Peer::U(u))
+        .iter()
+        .all(|f| f.method_id() != Some(ids::CHANNEL_OPEN)));
+}
+
+/// B10: a client waiting in its hub for the first upstream to open (its `OpenOk` waits on
+/// the broker) hears heartbeats at its negotiated interval meanwhile.
+#[test]
+fn a_client_waiting_for_its_first_upstream_hears_heartbeats() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 1));
+    assert!(w.take(Peer::C(c)).is_empty());
+    w.advance(Duration::from_millis(1600));
+    let got = w.take(Peer::C(c));
+    assert_eq!(got.len(), 3, "one every half interval");
+    assert!(got
+        .iter()
+        .all(|f| f.kind() == crate::frame::FrameType::Heartbeat));
+    w.accept_dial();
+    assert_eq!(
+        w.take(Peer::C(c))[0].method_id(),
+        Some(ids::CONNECTION_OPEN_OK)
+    );
 }
