@@ -26,6 +26,7 @@ mod agenda;
 pub mod content;
 pub mod credentials;
 pub mod frame;
+pub mod growth;
 pub mod handshake;
 pub mod hub;
 pub mod login;

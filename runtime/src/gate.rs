@@ -12,6 +12,7 @@ use crate::hub_task::{spawn_hub, Arrival, HubMsg};
 use crate::net::Network;
 use crate::server::{now, ClientCount, Ctx};
 use crate::sockets::{SocketEvent, SocketSet};
+use crate::wake::Wake;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use warren_core::admission::{
     Admission, AdmissionEvent, ConnId, HubId, Input, LinkId, Output, Refusal,
 };
 use warren_core::frame::FrameDecoder;
+use warren_core::growth::put;
 use warren_core::reply::Reply;
 
 /// Messages to the admission task.
@@ -117,20 +119,25 @@ impl<N: Network> Gate<N> {
 
     /// Runs until drained (every hub stopped, every socket closed) or aborted.
     pub(crate) async fn run(mut self) {
+        let mut wake = Wake::new(&self.ctx.abort, &self.ctx.drain);
         loop {
             self.apply();
             if self.draining && self.hubs.is_empty() && self.sockets.len() == 0 {
                 break;
             }
-            let timeout = self
+            let deadline = self
                 .admission
                 .poll_timeout()
-                .map(tokio::time::Instant::from_std);
-            let reap = self.sockets.next_deadline();
+                .map(tokio::time::Instant::from_std)
+                .into_iter()
+                .chain(self.sockets.next_deadline())
+                .min();
+            wake.set(deadline);
+            let draining = self.draining;
             tokio::select! {
                 biased;
-                _ = self.ctx.abort.cancelled() => break,
-                _ = self.ctx.drain.cancelled(), if !self.draining => {
+                _ = wake.abort.as_mut() => break,
+                _ = wake.drain.as_mut(), if !draining => {
                     self.draining = true;
                     self.listener = None;
                     self.ctx.admin.readiness.set_listening(false);
@@ -139,11 +146,9 @@ impl<N: Network> Gate<N> {
                 Some(msg) = self.rx.recv() => self.message(msg),
                 ev = poll_fn(|cx| self.sockets.poll_event(cx)) => self.socket_event(ev),
                 accepted = accept(&self.ctx.net, self.listener.as_ref()) => self.accepted(accepted),
-                _ = tokio::time::sleep_until(timeout.unwrap_or_else(tokio::time::Instant::now)), if timeout.is_some() => {
-                    self.admission.handle(now(), Input::Timeout);
-                }
-                _ = tokio::time::sleep_until(reap.unwrap_or_else(tokio::time::Instant::now)), if reap.is_some() => {
-                    self.sockets.reap(tokio::time::Instant::now());
+                _ = wake.sleep.as_mut(), if wake.armed() => {
+                    wake.fired();
+                    self.timers_due();
                 }
             }
         }
@@ -151,6 +156,15 @@ impl<N: Network> Gate<N> {
         for tx in self.hubs.values() {
             let _ = tx.send(HubMsg::Stop);
         }
+    }
+
+    /// Whatever timer is due: admission's, or a closing handshake socket's.
+    fn timers_due(&mut self) {
+        if self.admission.poll_timeout().is_some_and(|at| at <= now()) {
+            self.admission.handle(now(), Input::Timeout);
+        }
+        // Handshake sockets that would not take their last bytes: dropped.
+        drop(self.sockets.reap(tokio::time::Instant::now()));
     }
 
     fn accepted(&mut self, accepted: std::io::Result<(N::Stream, SocketAddr)>) {
@@ -191,7 +205,7 @@ impl<N: Network> Gate<N> {
         let id = self.admission.accept(now(), connected);
         let key = self
             .sockets
-            .insert(Who::Client(id), a.stream, BytesMut::new());
+            .insert(Who::Client(id), a.stream, BytesMut::new(), Unsent::new());
         put(
             &mut self.clients,
             id.index(),
@@ -243,9 +257,12 @@ impl<N: Network> Gate<N> {
                 }
                 match result {
                     Ok((stream, node)) => {
-                        let key = self
-                            .sockets
-                            .insert(Who::Link(link), stream, BytesMut::new());
+                        let key = self.sockets.insert(
+                            Who::Link(link),
+                            stream,
+                            BytesMut::new(),
+                            Unsent::new(),
+                        );
                         if let Some(info) = self.link_mut(link) {
                             info.node = Some(node);
                             info.key = Some(key);
@@ -284,6 +301,8 @@ impl<N: Network> Gate<N> {
                 self.admission.handle(now(), Input::ClientClosed { conn });
             }
             SocketEvent::Readable(key, Who::Link(link)) => self.link_readable(key, link),
+            // Handshake writes are small; nothing waits for them to drain.
+            SocketEvent::Drained(..) => {}
             SocketEvent::Closed(Who::Link(link), reason) => {
                 // Its info stays until admission's CloseLink: a failure names the node.
                 self.admission
@@ -550,14 +569,6 @@ async fn tls_accept<N: Network>(
             None
         }
     }
-}
-
-/// Stores `x` at index `i`, growing the vector as needed.
-pub(crate) fn put<T>(v: &mut Vec<Option<T>>, i: usize, x: T) {
-    if v.len() <= i {
-        v.resize_with(i + 1, || None);
-    }
-    v[i] = Some(x);
 }
 
 /// Bytes queued for a socket when it changes hands.

@@ -1,21 +1,26 @@
-//! One task per hub: it owns the core `Hub`, takes the clients and broker connections
-//! admission hands it, feeds it what client and upstream tasks report, carries out its
-//! outputs, and dials the broker when asked.
+//! One task per hub: it owns the core `Hub` and every socket of the hub — its clients and its
+//! broker connections — in one [`SocketSet`]. A frame crossing warren wakes this task once:
+//! it reads the frame, the hub decides, and the task writes the result straight to the
+//! destination socket (P5). There is no reader or writer task per connection.
 //!
-//! The hub never waits on a socket. Output goes into per-connection queues; a client that
-//! stops draining its queue is reported slow (B9, the rule of `warren_core::hub::slow`). When an upstream's queue passes its high
-//! water mark the task stops taking client input until it drains, so publishers feel TCP
-//! backpressure instead of growing warren's memory.
+//! The task never waits on a socket. What a socket does not take at once waits in its queue:
+//! a client that stops draining its queue is reported slow (B9, the rule of
+//! `warren_core::hub::slow`), and while a broker connection's queue is over its high-water
+//! mark the task stops reading client sockets, so publishers feel TCP backpressure instead of
+//! growing warren's memory.
 
-use crate::conn::{read_frames, spawn_writer, BoxStream, ReadEnd, Sink};
-use crate::gate::{put, GateMsg, Unsent};
+use crate::conn::BoxStream;
+use crate::gate::{GateMsg, Unsent};
 use crate::metrics::HubMetrics;
 use crate::net::Network;
 use crate::server::{now, ClientCount, Ctx};
-use bytes::{Bytes, BytesMut};
+use crate::sockets::{SocketEvent, SocketSet};
+use crate::wake::Wake;
+use bytes::BytesMut;
 use smallvec::SmallVec;
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -23,22 +28,18 @@ use tokio_util::sync::CancellationToken;
 use warren_core::admission::HubId;
 use warren_core::credentials::Credentials;
 use warren_core::frame::{Frame, FrameDecoder};
+use warren_core::growth::put;
 use warren_core::handshake::ClientHello;
 use warren_core::hub::slow::{Drain, DrainWatch, SlowRule};
 use warren_core::hub::{ClientId, Hub, HubEvent, HubStats, Input, Output, Peer, UpstreamId};
 use warren_core::login::Login;
 
-/// Bytes queued towards one upstream above which client input pauses.
+/// Bytes queued towards one upstream above which client input pauses (until half is written).
 const UPSTREAM_HIGH_WATER: usize = 16 * 1024 * 1024;
-/// Inputs buffered between connection readers and the hub task.
-const INPUT_QUEUE: usize = 1024;
 /// How often counters are copied into the metrics registry.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
-/// Inputs handled back to back before queued output is handed to the writers.
+/// Events handled back to back before queued output is written.
 const MAX_BURST: usize = 128;
-/// Staged output up to this size is copied into one buffer, so a burst of small frames costs
-/// one queue operation and one iovec; larger output keeps its buffers (no copy of big bodies).
-const COALESCE_MAX: usize = 64 * 1024;
 
 /// What admission hands a hub task.
 pub(crate) enum HubMsg {
@@ -60,6 +61,11 @@ pub(crate) enum HubMsg {
     },
     /// An input from admission (closing every client of a revoked user or vhost).
     Input(Input),
+    /// A dial the task started finished: the socket and the node it reached, or why not.
+    Dialed {
+        upstream: UpstreamId,
+        result: Result<(BoxStream, usize), String>,
+    },
     /// Nothing is on its way any more: stop once idle.
     Stop,
 }
@@ -77,83 +83,35 @@ pub(crate) struct Arrival {
     pub(crate) reset: Arc<AtomicBool>,
 }
 
-/// Messages from upstream connection tasks.
-#[allow(clippy::large_enum_variant)] // Frame batches are the common case; boxing them would allocate per read.
-enum UpstreamMsg {
-    /// The dial succeeded.
-    Connected {
-        upstream: UpstreamId,
-        /// The node of the upstream list it reached.
-        node: usize,
-        stream: BoxStream,
-    },
-    /// Anything else, for the core hub.
-    Input(Input),
+/// Which connection a socket of the hub's set is.
+#[derive(Debug, Clone, Copy)]
+enum Conn {
+    Client(ClientId),
+    Upstream(UpstreamId),
 }
 
-struct ClientSlot {
+/// A client as the task knows it. Kept small: tens of thousands of idle clients (P6).
+struct ClientConn {
     id: ClientId,
-    sink: Sink,
-    done: CancellationToken,
+    key: usize,
+    decoder: FrameDecoder,
+    /// Reported slow: nothing more is written, and its socket is reset.
     slow: bool,
-    staged: Staged,
     /// Its progress while more than `client_queue_bytes` wait for it.
     watch: DrainWatch,
+    reset: Arc<AtomicBool>,
+    log: Box<ConnLog>,
+    _count: ClientCount,
 }
 
-struct UpstreamSlot {
+/// A broker connection as the task knows it.
+struct UpstreamConn {
     id: UpstreamId,
-    sink: Option<Sink>,
+    /// The socket, once the dial connected.
+    key: Option<usize>,
+    decoder: FrameDecoder,
+    /// Cancels the dial while it runs.
     cancel: CancellationToken,
-    staged: Staged,
-}
-
-/// Output produced during a burst of inputs, handed to the writer in one go.
-#[derive(Default)]
-struct Staged {
-    bufs: Vec<Bytes>,
-    len: usize,
-}
-
-impl Staged {
-    /// Adds a buffer; returns true if this made the stage non-empty.
-    fn push(&mut self, b: Bytes) -> bool {
-        self.len += b.len();
-        self.bufs.push(b);
-        self.bufs.len() == 1
-    }
-
-    /// Hands everything to `sink`: small bursts as one coalesced buffer.
-    fn flush_into(&mut self, sink: &Sink) {
-        let len = std::mem::take(&mut self.len);
-        match self.bufs.len() {
-            0 => {}
-            1 => {
-                sink.send(self.bufs.pop().unwrap_or_default());
-            }
-            _ if len <= COALESCE_MAX => {
-                let mut one = BytesMut::with_capacity(len);
-                for b in self.bufs.drain(..) {
-                    one.extend_from_slice(&b);
-                }
-                sink.send(one.freeze());
-            }
-            _ => {
-                for b in self.bufs.drain(..) {
-                    sink.send(b);
-                }
-            }
-        }
-    }
-}
-
-/// What the next ready message turned out to be.
-#[allow(clippy::large_enum_variant)] // Short-lived, on the stack; inputs are the common case.
-enum Step {
-    /// An input for the core hub.
-    Input(Input),
-    /// Something handled by the task itself (a join, a finished dial).
-    Handled,
 }
 
 /// Starts the task for a hub admission created; returns the channel that takes its handoffs.
@@ -166,30 +124,27 @@ pub(crate) fn spawn_hub<N: Network>(
     let (msg_tx, msg_rx) = mpsc::unbounded_channel();
     let key = hub.credentials().clone();
     let metrics = ctx.metrics.hub(&key.user, &key.vhost);
-    let (client_tx, client_rx) = mpsc::channel(INPUT_QUEUE);
-    let (upstream_tx, upstream_rx) = mpsc::channel(INPUT_QUEUE);
     let task = HubTask {
+        slow_rule: ctx.config.slow_rule(),
+        upstream_frame_max: ctx.config.frame_max,
         ctx: ctx.clone(),
         hub: *hub,
         key,
         id,
         msgs: msg_rx,
         gate,
+        dial_tx: msg_tx.clone(),
         idle_reported: None,
         stopping: false,
-        client_tx,
-        client_rx,
-        upstream_tx,
-        upstream_rx,
+        sockets: SocketSet::new(),
         clients: Vec::new(),
         upstreams: Vec::new(),
-        dirty_clients: Vec::new(),
-        dirty_upstreams: Vec::new(),
         upstream_nodes: Vec::new(),
+        flushed: Vec::new(),
         slow: Vec::new(),
-        slow_rule: ctx.config.slow_rule(),
         watched: Vec::new(),
         watch_at: None,
+        congested: false,
         metrics,
         last_stats: HubStats::default(),
         last_record: now(),
@@ -197,6 +152,7 @@ pub(crate) fn spawn_hub<N: Network>(
         draining: false,
         ready_open: false,
         ready_unreachable: false,
+        wake: Wake::new(&ctx.abort, &ctx.drain),
     };
     ctx.tracker.spawn(task.run());
     msg_tx
@@ -209,27 +165,27 @@ struct HubTask<N: Network> {
     id: HubId,
     msgs: mpsc::UnboundedReceiver<HubMsg>,
     gate: mpsc::UnboundedSender<GateMsg>,
+    /// Its own channel, for the dials it starts.
+    dial_tx: mpsc::UnboundedSender<HubMsg>,
     /// The handoff count last reported idle with, so it is reported once.
     idle_reported: Option<u64>,
     /// Admission said nothing more is coming.
     stopping: bool,
-    client_tx: mpsc::Sender<Input>,
-    client_rx: mpsc::Receiver<Input>,
-    upstream_tx: mpsc::Sender<UpstreamMsg>,
-    upstream_rx: mpsc::Receiver<UpstreamMsg>,
-    clients: Vec<Option<ClientSlot>>,
-    upstreams: Vec<Option<UpstreamSlot>>,
-    /// Slots with staged output, flushed at the end of a burst.
-    dirty_clients: Vec<usize>,
-    dirty_upstreams: Vec<usize>,
-    /// Which node of the upstream list each connected upstream reached; outlives the slot,
-    /// so that a failure reported after the close still names its node.
+    sockets: SocketSet<Conn>,
+    clients: Vec<Option<ClientConn>>,
+    upstreams: Vec<Option<UpstreamConn>>,
+    /// Which node of the upstream list each connected upstream reached; outlives the slot.
     upstream_nodes: Vec<Option<(UpstreamId, usize)>>,
+    /// Connections written to by the last flush (kept for its capacity).
+    flushed: Vec<Conn>,
     slow: Vec<ClientId>,
-    /// The slow-client rule, and the clients it watches with the earliest time to look again.
+    /// The slow-client rule, the clients it watches, and the earliest time to look again.
     slow_rule: SlowRule,
     watched: Vec<ClientId>,
     watch_at: Option<Instant>,
+    /// A broker connection is over its high-water mark: client sockets are not read.
+    congested: bool,
+    upstream_frame_max: u32,
     metrics: HubMetrics,
     last_stats: HubStats,
     last_record: Instant,
@@ -238,132 +194,116 @@ struct HubTask<N: Network> {
     draining: bool,
     ready_open: bool,
     ready_unreachable: bool,
+    wake: Wake,
 }
 
 impl<N: Network> HubTask<N> {
     async fn run(mut self) {
-        let mut burst = 0;
         loop {
-            self.apply_outputs();
-            while let Some(client) = self.slow.pop() {
-                self.hub.handle(now(), Input::ClientSlow { client });
-                self.apply_outputs();
+            // Everything ready now, up to a burst; then the writes; then wait.
+            let mut handled = 0;
+            while handled < MAX_BURST && self.step_ready() {
+                handled += 1;
             }
-            burst += 1;
-            let step = match self.next_ready(burst) {
-                Some(step) => step,
-                None => {
-                    burst = 0;
-                    self.flush();
-                    self.report(false);
-                    if self.hub.is_finished() {
-                        if self.stopping {
-                            break;
-                        }
-                        self.report_idle();
-                    }
-                    match self.wait().await {
-                        Some(step) => step,
-                        None => break,
-                    }
+            self.flush();
+            self.report(false);
+            if handled == MAX_BURST {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if self.hub.is_finished() {
+                if self.stopping {
+                    break;
                 }
-            };
-            match step {
-                Step::Input(input) => self.hub.handle(now(), input),
-                Step::Handled => {}
+                self.report_idle();
+            }
+            if !self.wait().await {
+                break;
             }
         }
         self.flush();
-        for slot in self.upstreams.iter().flatten() {
-            slot.cancel.cancel();
-        }
         self.report(true);
     }
 
-    /// The next message that is ready without waiting, unless the burst is over.
-    fn next_ready(&mut self, burst: usize) -> Option<Step> {
-        if burst >= MAX_BURST {
-            return None;
+    /// Handles one thing that is ready without waiting; false if nothing was.
+    fn step_ready(&mut self) -> bool {
+        while let Some(client) = self.slow.pop() {
+            self.handle(Input::ClientSlow { client });
         }
         if let Ok(msg) = self.msgs.try_recv() {
-            return Some(self.hub_msg(msg));
+            self.hub_msg(msg);
+            return true;
         }
-        if let Ok(msg) = self.upstream_rx.try_recv() {
-            return Some(self.upstream_msg(msg));
+        if let Some(ev) = self.sockets.try_event() {
+            self.socket_event(ev);
+            return true;
         }
-        if self.congested_upstream().is_none() {
-            if let Ok(input) = self.client_rx.try_recv() {
-                return Some(Step::Input(input));
-            }
+        if self.hub.poll_timeout().is_some_and(|t| t <= now()) {
+            self.handle(Input::Timeout);
+            return true;
         }
-        let due = self.hub.poll_timeout().is_some_and(|t| t <= now());
-        due.then_some(Step::Input(Input::Timeout))
+        false
     }
 
-    /// Waits for the next message, timer, drain or abort; `None` means stop now.
-    async fn wait(&mut self) -> Option<Step> {
-        let timeout = self.hub.poll_timeout().map(tokio::time::Instant::from_std);
-        let report_at = self
-            .report_pending
-            .then(|| tokio::time::Instant::from_std(self.last_record + METRICS_EVERY));
-        let congested = self.congested_upstream();
-        let watch_at = self.watch_at.map(tokio::time::Instant::from_std);
-        let step = tokio::select! {
+    /// Waits for the next message, socket event, timer, drain or abort; false means stop now.
+    /// The futures it waits on live as long as the task, so a wait registers nothing new.
+    async fn wait(&mut self) -> bool {
+        let deadline = [
+            self.hub.poll_timeout(),
+            self.watch_at,
+            self.report_pending
+                .then_some(self.last_record + METRICS_EVERY),
+        ]
+        .into_iter()
+        .flatten()
+        .map(tokio::time::Instant::from_std)
+        .chain(self.sockets.next_deadline())
+        .min();
+        self.wake.set(deadline);
+        let draining = self.draining;
+        let w = &mut self.wake;
+        tokio::select! {
             biased;
-            _ = self.ctx.abort.cancelled() => return None,
-            _ = self.ctx.drain.cancelled(), if !self.draining => {
+            _ = w.abort.as_mut() => return false,
+            _ = w.drain.as_mut(), if !draining => {
                 self.draining = true;
-                Step::Input(Input::Drain { deadline: now() + self.ctx.config.drain_timeout })
+                let deadline = now() + self.ctx.config.drain_timeout;
+                self.handle(Input::Drain { deadline });
             }
             Some(msg) = self.msgs.recv() => self.hub_msg(msg),
-            Some(msg) = self.upstream_rx.recv() => self.upstream_msg(msg),
-            Some(input) = self.client_rx.recv(), if congested.is_none() => Step::Input(input),
-            _ = wait_drained(congested.clone()), if congested.is_some() => Step::Handled,
-            _ = tokio::time::sleep_until(timeout.unwrap_or_else(tokio::time::Instant::now)), if timeout.is_some() => {
-                Step::Input(Input::Timeout)
+            ev = poll_fn(|cx| self.sockets.poll_event(cx)) => self.socket_event(ev),
+            _ = w.sleep.as_mut(), if w.armed() => {
+                self.wake.fired();
+                self.timers_due();
             }
-            _ = tokio::time::sleep_until(report_at.unwrap_or_else(tokio::time::Instant::now)), if report_at.is_some() => {
-                Step::Handled
-            }
-            _ = tokio::time::sleep_until(watch_at.unwrap_or_else(tokio::time::Instant::now)), if watch_at.is_some() => {
-                self.check_watched();
-                Step::Handled
-            }
-        };
-        Some(step)
+        }
+        true
     }
 
-    fn upstream_msg(&mut self, msg: UpstreamMsg) -> Step {
-        match msg {
-            UpstreamMsg::Connected {
-                upstream,
-                node,
-                stream,
-            } => match self.upstream_slot(upstream) {
-                Some(_) => {
-                    self.attach_upstream(upstream, stream, BytesMut::new(), Unsent::new(), node);
-                    Step::Input(Input::UpstreamConnected { upstream })
+    /// Whatever timer is due: the hub's, the slow-client rule's, a closing socket's.
+    fn timers_due(&mut self) {
+        let t = now();
+        if self.hub.poll_timeout().is_some_and(|at| at <= t) {
+            self.handle(Input::Timeout);
+        }
+        if self.watch_at.is_some_and(|at| at <= t) {
+            self.check_watched();
+        }
+        for (conn, stream) in self.sockets.reap(tokio::time::Instant::now()) {
+            // A peer that would not take its last bytes is reset, not waited for.
+            if let Conn::Client(id) = conn {
+                if let Some(c) = self.client(id) {
+                    c.reset.store(true, Ordering::Relaxed);
                 }
-                None => Step::Handled,
-            },
-            UpstreamMsg::Input(i) => Step::Input(i),
+            }
+            drop(stream);
         }
     }
 
-    /// Hands staged output to the writers.
-    fn flush(&mut self) {
-        for i in self.dirty_clients.drain(..) {
-            if let Some(slot) = self.clients.get_mut(i).and_then(Option::as_mut) {
-                slot.staged.flush_into(&slot.sink);
-            }
-        }
-        for i in self.dirty_upstreams.drain(..) {
-            if let Some(slot) = self.upstreams.get_mut(i).and_then(Option::as_mut) {
-                if let Some(sink) = &slot.sink {
-                    slot.staged.flush_into(sink);
-                }
-            }
-        }
+    /// Feeds the hub and carries out what it says.
+    fn handle(&mut self, input: Input) {
+        self.hub.handle(now(), input);
+        self.apply_outputs();
     }
 
     /// Tells admission, once per handoff count, that this hub has nothing to do.
@@ -378,12 +318,9 @@ impl<N: Network> HubTask<N> {
         }
     }
 
-    fn hub_msg(&mut self, msg: HubMsg) -> Step {
+    fn hub_msg(&mut self, msg: HubMsg) {
         match msg {
-            HubMsg::Join(arrival) => {
-                self.join(*arrival);
-                Step::Handled
-            }
+            HubMsg::Join(arrival) => self.join(*arrival),
             HubMsg::Adopt {
                 login,
                 stream,
@@ -395,20 +332,16 @@ impl<N: Network> HubTask<N> {
                 let id = self.hub.adopt_upstream(now(), *login);
                 self.attach_upstream(id, stream, rbuf, unsent, node);
                 self.apply_outputs();
-                if frames.is_empty() {
-                    Step::Handled
-                } else {
-                    Step::Input(Input::UpstreamFrames {
+                if !frames.is_empty() {
+                    self.handle(Input::UpstreamFrames {
                         upstream: id,
                         frames,
-                    })
+                    });
                 }
             }
-            HubMsg::Input(input) => Step::Input(input),
-            HubMsg::Stop => {
-                self.stopping = true;
-                Step::Handled
-            }
+            HubMsg::Input(input) => self.handle(input),
+            HubMsg::Dialed { upstream, result } => self.dialed(upstream, result),
+            HubMsg::Stop => self.stopping = true,
         }
     }
 
@@ -425,62 +358,201 @@ impl<N: Network> HubTask<N> {
         let log = Box::new(ConnLog {
             peer,
             name: hello.connection_name.clone().unwrap_or_default(),
-            user: self.key.user.clone(),
-            vhost: self.key.vhost.clone(),
         });
         let frame_max = hello.tune.frame_max;
         let id = self.hub.add_client(now(), *hello);
         let (user, vhost) = (&self.key.user, &self.key.vhost);
-        tracing::info!(%peer, name = %log.name, %user, %vhost, client = %id, "client connected");
-        let done = self.ctx.abort.child_token();
-        let (r, w) = tokio::io::split(stream);
-        let sink = spawn_writer(w, done.clone(), Some(reset), 0);
-        for b in unsent {
-            sink.send(b);
-        }
+        tracing::debug!(%peer, name = %log.name, %user, %vhost, client = %id, "client connected");
+        let key = self
+            .sockets
+            .insert(Conn::Client(id), stream, pipelined, unsent);
         put(
             &mut self.clients,
             id.index(),
-            ClientSlot {
+            ClientConn {
                 id,
-                sink,
-                done: done.clone(),
+                key,
+                decoder: FrameDecoder::new(frame_max),
                 slow: false,
-                staged: Staged::default(),
                 watch: DrainWatch::default(),
+                reset,
+                log,
+                _count: count,
             },
         );
-        let reader = Reader {
-            r,
-            buf: pipelined,
-            frame_max,
-            client: id,
-            inputs: self.client_tx.clone(),
-            done,
-            log,
-            _count: count,
+        if self.congested {
+            self.sockets.set_paused(key, true);
+        }
+        self.apply_outputs();
+    }
+
+    fn client(&self, id: ClientId) -> Option<&ClientConn> {
+        self.clients
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .filter(|c| c.id == id)
+    }
+
+    fn upstream_mut(&mut self, id: UpstreamId) -> Option<&mut UpstreamConn> {
+        self.upstreams
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .filter(|u| u.id == id)
+    }
+
+    /// Forgets a client: logs its departure; its socket is already closed or closing.
+    fn forget_client(&mut self, id: ClientId) -> Option<ClientConn> {
+        let c = self.clients.get_mut(id.index())?.take_if(|c| c.id == id)?;
+        let l = &c.log;
+        let (user, vhost) = (&self.key.user, &self.key.vhost);
+        tracing::debug!(peer = %l.peer, name = %l.name, %user, %vhost, client = %id, "client disconnected");
+        self.watched.retain(|w| *w != id);
+        Some(c)
+    }
+
+    fn socket_event(&mut self, ev: SocketEvent<Conn>) {
+        match ev {
+            SocketEvent::Readable(key, Conn::Client(id)) => {
+                let Some(decoder) = self.client(id).map(|c| c.decoder) else {
+                    return;
+                };
+                let (frames, error) = self.decode(key, decoder);
+                if !frames.is_empty() {
+                    self.handle(Input::ClientFrames { client: id, frames });
+                }
+                if let Some(error) = error {
+                    self.sockets.set_paused(key, true);
+                    self.handle(Input::ClientFrameError { client: id, error });
+                }
+            }
+            SocketEvent::Readable(key, Conn::Upstream(id)) => {
+                let Some(decoder) = self.upstream_mut(id).map(|u| u.decoder) else {
+                    return;
+                };
+                let (frames, error) = self.decode(key, decoder);
+                if !frames.is_empty() {
+                    self.handle(Input::UpstreamFrames {
+                        upstream: id,
+                        frames,
+                    });
+                }
+                if let Some(error) = error {
+                    self.sockets.set_paused(key, true);
+                    self.handle(Input::UpstreamFrameError {
+                        upstream: id,
+                        error,
+                    });
+                }
+            }
+            SocketEvent::Drained(Conn::Client(id)) => {
+                if self.watched.contains(&id) {
+                    self.watch(id);
+                }
+            }
+            SocketEvent::Drained(Conn::Upstream(_)) => self.check_congestion(),
+            SocketEvent::Closed(Conn::Client(id), _) => {
+                if self.forget_client(id).is_some() {
+                    self.handle(Input::ClientClosed { client: id });
+                }
+            }
+            SocketEvent::Closed(Conn::Upstream(id), reason) => {
+                if self.upstream_mut(id).is_some() {
+                    if let Some(s) = self.upstreams.get_mut(id.index()) {
+                        s.take();
+                    }
+                    self.handle(Input::UpstreamClosed {
+                        upstream: id,
+                        reason,
+                    });
+                    self.check_congestion();
+                }
+            }
+        }
+    }
+
+    /// Splits the whole frames off a socket's read buffer.
+    fn decode(
+        &mut self,
+        key: usize,
+        decoder: FrameDecoder,
+    ) -> (SmallVec<[Frame; 8]>, Option<warren_core::frame::FrameError>) {
+        let mut frames = SmallVec::new();
+        let Some(buf) = self.sockets.read_buf(key) else {
+            return (frames, None);
         };
-        self.ctx.tracker.spawn(reader.run());
+        let error = loop {
+            match decoder.decode(buf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        self.sockets.release_read_buf(key);
+        (frames, error)
+    }
+
+    /// Writes the output staged during the burst, one vectored write per connection, and
+    /// looks at how the clients written to keep up.
+    fn flush(&mut self) {
+        let mut flushed = std::mem::take(&mut self.flushed);
+        self.sockets.flush_staged(&mut flushed);
+        for conn in flushed.drain(..) {
+            if let Conn::Client(id) = conn {
+                self.watch(id);
+            }
+        }
+        self.flushed = flushed;
+        self.check_congestion();
+    }
+
+    /// Pauses client input while a broker connection's queue is over its high-water mark,
+    /// and resumes it once under half of it.
+    fn check_congestion(&mut self) {
+        let worst = self
+            .upstreams
+            .iter()
+            .flatten()
+            .filter_map(|u| u.key)
+            .map(|k| self.sockets.queued(k))
+            .max()
+            .unwrap_or(0);
+        let congested = if self.congested {
+            worst >= UPSTREAM_HIGH_WATER / 2
+        } else {
+            worst > UPSTREAM_HIGH_WATER
+        };
+        if congested != self.congested {
+            self.congested = congested;
+            for c in self.clients.iter().flatten() {
+                self.sockets.set_paused(c.key, congested);
+            }
+        }
     }
 
     /// Applies the slow-client rule to `client` now; keeps watching it while it is over the
     /// bound, reports it once it is slow.
     fn watch(&mut self, client: ClientId) {
         let now = now();
-        let Some(slot) = self
+        let rule = self.slow_rule;
+        let Some(c) = self
             .clients
             .get_mut(client.index())
             .and_then(Option::as_mut)
-            .filter(|s| s.id == client && !s.slow)
         else {
             return;
         };
-        let queued = slot.sink.queued() + slot.staged.len;
-        let verdict = slot
+        if c.id != client || c.slow {
+            return;
+        }
+        let queued = self.sockets.queued(c.key);
+        if queued <= rule.queue_bytes && !self.watched.contains(&client) {
+            return;
+        }
+        match c
             .watch
-            .check(now, queued, slot.sink.written(), &self.slow_rule);
-        match verdict {
-            Drain::Fine => self.watched.retain(|c| *c != client),
+            .check(now, queued, self.sockets.written(c.key), &rule)
+        {
+            Drain::Fine => self.watched.retain(|w| *w != client),
             Drain::WatchUntil(at) => {
                 if !self.watched.contains(&client) {
                     self.watched.push(client);
@@ -488,14 +560,14 @@ impl<N: Network> HubTask<N> {
                 self.watch_at = Some(self.watch_at.map_or(at, |t| t.min(at)));
             }
             Drain::Slow => {
-                slot.slow = true;
+                c.slow = true;
                 self.slow.push(client);
-                self.watched.retain(|c| *c != client);
+                self.watched.retain(|w| *w != client);
             }
         }
     }
 
-    /// Looks again at every watched client (their writers may have made progress).
+    /// Looks again at every watched client (their sockets may have taken bytes).
     fn check_watched(&mut self) {
         self.watch_at = None;
         for client in std::mem::take(&mut self.watched) {
@@ -503,75 +575,45 @@ impl<N: Network> HubTask<N> {
         }
     }
 
-    fn upstream_slot(&mut self, id: UpstreamId) -> Option<&mut UpstreamSlot> {
-        self.upstreams
-            .get_mut(id.index())
-            .and_then(Option::as_mut)
-            .filter(|s| s.id == id)
-    }
-
-    fn congested_upstream(&self) -> Option<Sink> {
-        self.upstreams
-            .iter()
-            .flatten()
-            .filter_map(|s| s.sink.as_ref())
-            .find(|s| s.queued() > UPSTREAM_HIGH_WATER)
-            .cloned()
-    }
-
-    /// Carries out the hub's outputs. Bytes are staged per connection and handed to the
-    /// writers at the end of the burst; closes flush what is staged first.
+    /// Carries out the hub's outputs. Bytes are staged per connection and written at the end
+    /// of the burst; closes write what is staged first.
     fn apply_outputs(&mut self) {
         while let Some(out) = self.hub.poll_output() {
             match out {
                 Output::ToClient { client, data } => {
-                    let i = client.index();
-                    let Some(slot) = self
-                        .clients
-                        .get_mut(i)
-                        .and_then(Option::as_mut)
-                        .filter(|s| s.id == client)
-                    else {
-                        continue;
-                    };
-                    if slot.staged.push(data) {
-                        self.dirty_clients.push(i);
-                    }
-                    if !slot.slow
-                        && slot.sink.queued() + slot.staged.len > self.slow_rule.queue_bytes
-                    {
-                        self.watch(client);
+                    if let Some(c) = self.client(client).filter(|c| !c.slow) {
+                        self.sockets.stage(c.key, data);
                     }
                 }
                 Output::CloseClient { client } => {
-                    if let Some(s) = self.clients.get_mut(client.index()) {
-                        if let Some(mut slot) = s.take_if(|s| s.id == client) {
-                            if slot.slow {
-                                // It does not read: waiting for a flush would wait forever.
-                                slot.done.cancel();
-                            } else {
-                                // Dropping the sink lets the writer flush, then close the socket.
-                                slot.staged.flush_into(&slot.sink);
-                            }
-                        }
+                    let Some(c) = self.forget_client(client) else {
+                        continue;
+                    };
+                    if c.slow {
+                        // It does not read: waiting for a flush would wait forever.
+                        c.reset.store(true, Ordering::Relaxed);
+                        self.sockets.take(c.key);
+                    } else {
+                        self.sockets.close(c.key);
                     }
                 }
                 Output::ToUpstream { upstream, data } => {
-                    let i = upstream.index();
-                    if let Some(slot) = self.upstream_slot(upstream) {
-                        if slot.staged.push(data) {
-                            self.dirty_upstreams.push(i);
-                        }
+                    // The hub writes to a broker connection only once it is connected.
+                    if let Some(key) = self.upstream_mut(upstream).and_then(|u| u.key) {
+                        self.sockets.stage(key, data);
                     }
                 }
                 Output::CloseUpstream { upstream } => {
-                    if let Some(s) = self.upstreams.get_mut(upstream.index()) {
-                        if let Some(mut slot) = s.take_if(|s| s.id == upstream) {
-                            match &slot.sink {
-                                Some(sink) => slot.staged.flush_into(sink),
-                                None => slot.cancel.cancel(),
-                            }
-                        }
+                    let Some(u) = self
+                        .upstreams
+                        .get_mut(upstream.index())
+                        .and_then(|s| s.take_if(|u| u.id == upstream))
+                    else {
+                        continue;
+                    };
+                    match u.key {
+                        Some(key) => self.sockets.close(key),
+                        None => u.cancel.cancel(),
                     }
                 }
                 Output::Dial { upstream } => self.dial(upstream),
@@ -595,15 +637,8 @@ impl<N: Network> HubTask<N> {
             }
             HubEvent::UpstreamFailed { upstream, reply } => {
                 tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection failed");
-                let refused = reply.refuses_login();
-                let node = self
-                    .upstream_nodes
-                    .get(upstream.index())
-                    .copied()
-                    .flatten()
-                    .filter(|(id, _)| *id == upstream)
-                    .map(|(_, node)| node);
-                if let (Some(node), false) = (node, refused) {
+                let node = self.upstream_node(upstream);
+                if let (Some(node), false) = (node, reply.refuses_login()) {
                     self.ctx.node_failed(node);
                 }
             }
@@ -638,36 +673,64 @@ impl<N: Network> HubTask<N> {
         }
     }
 
-    /// Dials the broker for `id`: TCP, then TLS if configured; the stream comes back as
-    /// [`UpstreamMsg::Connected`].
+    /// The node a broker connection reached (remembered past its slot: a failure is reported
+    /// after the close).
+    fn upstream_node(&self, id: UpstreamId) -> Option<usize> {
+        self.upstream_nodes
+            .get(id.index())
+            .copied()
+            .flatten()
+            .filter(|(u, _)| *u == id)
+            .map(|(_, node)| node)
+    }
+
+    /// Dials the broker for `id` (TCP, then TLS if configured) in a connect task.
     fn dial(&mut self, id: UpstreamId) {
         let cancel = self.ctx.abort.child_token();
         put(
             &mut self.upstreams,
             id.index(),
-            UpstreamSlot {
+            UpstreamConn {
                 id,
-                sink: None,
+                key: None,
+                decoder: FrameDecoder::new(self.upstream_frame_max),
                 cancel: cancel.clone(),
-                staged: Staged::default(),
             },
         );
-        let ctx = self.ctx.clone();
-        let tx = self.upstream_tx.clone();
+        let (ctx, tx) = (self.ctx.clone(), self.dial_tx.clone());
         tokio::spawn(async move {
-            let msg = tokio::select! {
+            let result = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                r = ctx.connect_upstream() => match r {
-                    Ok((stream, node)) => UpstreamMsg::Connected { upstream: id, node, stream },
-                    Err(reason) => UpstreamMsg::Input(Input::UpstreamClosed { upstream: id, reason }),
-                },
+                r = ctx.connect_upstream() => r,
             };
-            let _ = tx.send(msg).await;
+            let _ = tx.send(HubMsg::Dialed {
+                upstream: id,
+                result,
+            });
         });
     }
 
-    /// Gives upstream `id` its socket: a writer fed by the hub and a reader feeding it.
+    /// A dial finished: its socket joins the set, or the hub hears why not.
+    fn dialed(&mut self, upstream: UpstreamId, result: Result<(BoxStream, usize), String>) {
+        if self.upstream_mut(upstream).is_none() {
+            return;
+        }
+        match result {
+            Ok((stream, node)) => {
+                self.attach_upstream(upstream, stream, BytesMut::new(), Unsent::new(), node);
+                self.handle(Input::UpstreamConnected { upstream });
+            }
+            Err(reason) => {
+                if let Some(s) = self.upstreams.get_mut(upstream.index()) {
+                    s.take();
+                }
+                self.handle(Input::UpstreamClosed { upstream, reason });
+            }
+        }
+    }
+
+    /// Gives upstream `id` its socket in the set.
     fn attach_upstream(
         &mut self,
         id: UpstreamId,
@@ -676,68 +739,28 @@ impl<N: Network> HubTask<N> {
         unsent: Unsent,
         node: usize,
     ) {
-        let cancel = match self.upstream_slot(id) {
-            Some(slot) => slot.cancel.clone(),
-            None => {
-                let cancel = self.ctx.abort.child_token();
-                put(
-                    &mut self.upstreams,
-                    id.index(),
-                    UpstreamSlot {
-                        id,
-                        sink: None,
-                        cancel: cancel.clone(),
-                        staged: Staged::default(),
-                    },
-                );
-                cancel
-            }
-        };
-        let (mut r, w) = tokio::io::split(stream);
-        let sink = spawn_writer(w, cancel.clone(), None, UPSTREAM_HIGH_WATER / 2);
-        for b in unsent {
-            sink.send(b);
-        }
-        if let Some(slot) = self.upstream_slot(id) {
-            slot.sink = Some(sink);
-        }
+        let key = self
+            .sockets
+            .insert(Conn::Upstream(id), stream, rbuf, unsent);
+        let frame_max = self.upstream_frame_max;
+        let cancel = self.ctx.abort.child_token();
         put(&mut self.upstream_nodes, id.index(), (id, node));
-        let tx = self.upstream_tx.clone();
-        let decoder = FrameDecoder::new(self.ctx.config.frame_max);
-        tokio::spawn(async move {
-            let end = read_frames(&mut r, rbuf, decoder, &cancel, |frames| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(UpstreamMsg::Input(Input::UpstreamFrames {
-                        upstream: id,
-                        frames,
-                    }))
-                    .await
-                    .is_ok()
-                }
-            })
-            .await;
-            let input = match end {
-                ReadEnd::Closed(reason) => Input::UpstreamClosed {
-                    upstream: id,
-                    reason,
+        match self.upstream_mut(id) {
+            Some(u) => u.key = Some(key),
+            None => put(
+                &mut self.upstreams,
+                id.index(),
+                UpstreamConn {
+                    id,
+                    key: Some(key),
+                    decoder: FrameDecoder::new(frame_max),
+                    cancel,
                 },
-                ReadEnd::Frame(error) => Input::UpstreamFrameError {
-                    upstream: id,
-                    error,
-                },
-                // The writer ended first: a write failed because the broker went away, or
-                // the hub closed this upstream (then it ignores the news).
-                ReadEnd::Cancelled => Input::UpstreamClosed {
-                    upstream: id,
-                    reason: "the connection broke while warren was writing to it".into(),
-                },
-            };
-            let _ = tx.send(UpstreamMsg::Input(input)).await;
-        });
+            ),
+        }
     }
 
-    /// Copies counters into metrics (at most every [`METRICS_EVERY`], or now if `force`)
+    /// Copies counters into metrics (at most every [`METRICS_EVERY`], or now if `finished`)
     /// and updates readiness.
     fn report(&mut self, finished: bool) {
         let t = now();
@@ -775,65 +798,8 @@ impl<N: Network> HubTask<N> {
     }
 }
 
-/// Resolves when the congested upstream queue has drained.
-async fn wait_drained(sink: Option<Sink>) {
-    if let Some(s) = sink {
-        s.drained_below(UPSTREAM_HIGH_WATER).await;
-    }
-}
-
-/// Who a connection is, for its log lines.
+/// Who a client is, for its log lines.
 struct ConnLog {
     peer: SocketAddr,
     name: String,
-    user: String,
-    vhost: String,
-}
-
-/// An admitted client's reader: what the long-lived task needs and nothing more, so an idle
-/// client costs little memory (P6).
-struct Reader {
-    r: tokio::io::ReadHalf<BoxStream>,
-    buf: BytesMut,
-    frame_max: u32,
-    client: warren_core::hub::ClientId,
-    inputs: tokio::sync::mpsc::Sender<Input>,
-    done: CancellationToken,
-    log: Box<ConnLog>,
-    _count: ClientCount,
-}
-
-impl Reader {
-    /// Reads the client's frames into its hub until the socket or the hub ends it.
-    async fn run(mut self) {
-        let (client, inputs) = (self.client, &self.inputs);
-        let decoder = FrameDecoder::new(self.frame_max);
-        let end = read_frames(&mut self.r, self.buf, decoder, &self.done, |frames| {
-            // Boxed so the reader's idle state does not carry a whole batch.
-            Box::pin(async move {
-                inputs
-                    .send(Input::ClientFrames { client, frames })
-                    .await
-                    .is_ok()
-            })
-        })
-        .await;
-        match end {
-            ReadEnd::Closed(_) => {
-                let _ = inputs.send(Input::ClientClosed { client }).await;
-            }
-            ReadEnd::Frame(error) => {
-                let _ = inputs.send(Input::ClientFrameError { client, error }).await;
-                // The hub answers with Connection.Close and closes the socket when done.
-                self.done.cancelled().await;
-            }
-            // The writer ended first: a write failed (the peer vanished), or warren closed
-            // the connection. The hub must hear of the first; it ignores the second.
-            ReadEnd::Cancelled => {
-                let _ = inputs.send(Input::ClientClosed { client }).await;
-            }
-        }
-        let l = &self.log;
-        tracing::info!(peer = %l.peer, name = %l.name, user = %l.user, vhost = %l.vhost, %client, "client disconnected");
-    }
 }

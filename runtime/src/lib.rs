@@ -2,9 +2,9 @@
 //!
 //! It owns the sockets, TLS, timers and tasks; all protocol decisions are made by the core
 //! state machines it drives. One admission task accepts clients and runs their handshakes
-//! and admission's broker logins itself; per hub one task owns the core `Hub`; per client and
-//! upstream socket that joined a hub there is a reader task and a writer task. The code is
-//! generic over [`net::Network`], so the simulation runs it under turmoil unchanged.
+//! and admission's broker logins itself; per hub one task owns the core `Hub` and every socket of
+//! that hub (its clients and its broker connections), reading and writing them itself. The code
+//! is generic over [`net::Network`], so the simulation runs it under turmoil unchanged.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -21,6 +21,7 @@ mod gate;
 mod hub_task;
 mod server;
 mod sockets;
+mod wake;
 
 pub use server::{Server, Shutdown};
 

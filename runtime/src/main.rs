@@ -75,11 +75,16 @@ fn run(config: Config) -> ExitCode {
         eprintln!("warren: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.runtime_threads())
-        .enable_all()
-        .build()
-    {
+    // One thread: everything runs on the main thread, and no wake-up ever crosses threads.
+    let threads = config.runtime_threads();
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("warren: cannot start the tokio runtime: {e}");

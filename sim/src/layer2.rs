@@ -514,6 +514,8 @@ pub fn run_scenario(sc: Scenario, faults: Vec<(Duration, L2Fault)>, opts: &L2Opt
         .unwrap_or(Duration::from_secs(2));
     let mut config = runtime_config(&sc, drain_timeout);
     config.client_queue_bytes = opts.client_queue_bytes;
+    // A client over the bound that reads nothing for a second is slow (B9's rule).
+    config.slow_client_timeout = Duration::from_secs(1);
     let close_timeout = config.hub_config(String::new()).close_timeout;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)

@@ -479,6 +479,10 @@ async fn json_logs_of_the_real_binary_name_each_client_and_never_log_frames() ->
                 "off",
                 "--log-format",
                 "json",
+                // Each client's arrival and departure is a debug line: at thousands of
+                // connections a second, info would be a log line per connection.
+                "--log-level",
+                "debug",
             ],
             &[],
         )?;
