@@ -103,7 +103,13 @@ impl ChannelMap {
     pub(crate) fn insert(&mut self, ch: u16, chan: ClientChannel) {
         match self.find(ch) {
             Ok(i) => self.0[i].1 = chan,
-            Err(i) => self.0.insert(i, (ch, chan)),
+            Err(i) => {
+                // Most clients have one channel: a first push would make room for four.
+                if self.0.is_empty() {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (ch, chan));
+            }
         }
     }
 

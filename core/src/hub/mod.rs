@@ -619,6 +619,7 @@ impl Hub {
     /// upstream with these credentials is open (B2), at once if one already is.
     pub fn add_client(&mut self, now: Instant, hello: ClientHello) -> ClientId {
         self.handoffs += 1;
+        crate::growth::make_room(&mut self.clients);
         let id = ClientId {
             idx: self.clients.vacant_key() as u32,
             gen: self.gen(),
