@@ -31,6 +31,7 @@ pub mod handshake;
 pub mod hub;
 pub mod login;
 pub mod method;
+pub mod nodes;
 pub mod reply;
 pub mod table;
 pub mod wire;

@@ -99,6 +99,16 @@ impl Reply {
         }
     }
 
+    /// The text without its `"NAME - "` prefix, to say the same under another code.
+    #[must_use]
+    pub fn detail(&self) -> &str {
+        let prefix = code_name(self.code);
+        self.text
+            .strip_prefix(prefix)
+            .and_then(|t| t.strip_prefix(" - "))
+            .unwrap_or(&self.text)
+    }
+
     /// Records the method that caused the error.
     #[must_use]
     pub fn caused_by(mut self, id: crate::method::MethodId) -> Reply {
@@ -136,6 +146,19 @@ mod tests {
         // A cut never splits a character.
         let wide = Reply::new(RESOURCE_LOCKED, "é".repeat(200));
         assert!(wide.text.len() <= 255 && wide.text.ends_with("..."));
+    }
+
+    #[test]
+    fn said_again_under_another_code_the_prefix_is_not_doubled() {
+        let lost = Reply::new(CONNECTION_FORCED, "broker unreachable: timed out");
+        assert_eq!(lost.detail(), "broker unreachable: timed out");
+        assert_eq!(
+            Reply::new(RESOURCE_ERROR, lost.detail()).text,
+            "RESOURCE_ERROR - broker unreachable: timed out"
+        );
+        // A broker text in another form is kept whole.
+        let odd = Reply::verbatim(CONNECTION_FORCED, "shutdown");
+        assert_eq!(odd.detail(), "shutdown");
     }
 
     #[test]

@@ -358,6 +358,7 @@ impl Config {
             max_channels_per_upstream: self.max_channels_per_upstream,
             max_upstreams: self.max_upstreams_per_hub,
             placement: self.placement,
+            nodes: self.upstream.urls().len(),
             connect_timeout: self.connect_timeout,
             backoff: BackoffConfig {
                 initial: self.backoff_initial,
@@ -385,6 +386,7 @@ impl Config {
             hub: self.hub_config(upstream_name),
             max_clients: self.max_clients,
             max_hubs: self.max_hubs,
+            hubs_per_key: self.runtime_threads(),
             refusal_ttl: self.auth_cache_ttl,
             credentials_ttl: self.credentials_ttl,
             events: self.events.clone(),
@@ -847,7 +849,8 @@ settings! {
     /// Channels per broker connection (the broker's channel_max also applies).
     #[arg(value_name = "N", help_heading = "Upstreams")]
     max_channels_per_upstream: u16,
-    /// Which broker connection gets a new channel: the newest with room, or the least used.
+    /// Which broker connection gets a new channel: the newest with room, or the least used;
+    /// with `spread`, a hub's new broker connections also go to the node it uses least.
     #[arg(value_name = "fill|spread", help_heading = "Upstreams")]
     #[serde(default, deserialize_with = "text")]
     placement: PlacementName,
@@ -906,7 +909,8 @@ settings! {
     #[arg(value_name = "DURATION", help_heading = "Shutdown and logs")]
     #[serde(default, deserialize_with = "text")]
     drain_timeout: humantime::Duration,
-    /// Threads running connections and hubs (0: half the CPUs, at least one).
+    /// Threads running connections and hubs (0: half the CPUs, at least one); the clients of
+    /// one user, password and vhost are spread over this many hubs.
     #[arg(value_name = "N", help_heading = "Shutdown and logs")]
     worker_threads: usize,
     /// Log filter, e.g. `info` or `warren_runtime=debug` (RUST_LOG overrides it).

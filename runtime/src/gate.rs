@@ -27,6 +27,7 @@ use warren_core::admission::{
 };
 use warren_core::frame::FrameDecoder;
 use warren_core::growth::put;
+use warren_core::nodes::NodeOrder;
 use warren_core::reply::Reply;
 
 /// Messages to the admission task.
@@ -75,8 +76,6 @@ struct LinkInfo {
     id: LinkId,
     /// The socket, once the dial connected.
     key: Option<usize>,
-    /// The node of the upstream list it reached, once connected.
-    node: Option<usize>,
     decoder: FrameDecoder,
 }
 
@@ -264,10 +263,10 @@ impl<N: Network> Gate<N> {
                             Unsent::new(),
                         );
                         if let Some(info) = self.link_mut(link) {
-                            info.node = Some(node);
                             info.key = Some(key);
                         }
-                        self.admission.handle(now(), Input::LinkConnected { link });
+                        self.admission
+                            .handle(now(), Input::LinkConnected { link, node });
                     }
                     Err(reason) => {
                         self.admission
@@ -357,7 +356,7 @@ impl<N: Network> Gate<N> {
                         self.sockets.close(c.key);
                     }
                 }
-                Output::Dial { link } => self.dial(link),
+                Output::Dial { link, nodes } => self.dial(link, nodes),
                 Output::ToLink { link, data } => {
                     if let Some(key) = self.link_mut(link).and_then(|l| l.key) {
                         self.sockets.send(key, data);
@@ -378,6 +377,7 @@ impl<N: Network> Gate<N> {
                     hub,
                     login,
                     frames,
+                    node,
                 } => {
                     let Some(info) = self.take_link(link) else {
                         continue;
@@ -395,7 +395,7 @@ impl<N: Network> Gate<N> {
                             rbuf,
                             unsent,
                             frames,
-                            node: info.node.unwrap_or(0),
+                            node,
                         },
                     );
                 }
@@ -447,14 +447,13 @@ impl<N: Network> Gate<N> {
     }
 
     /// Connects a link in the background; the result comes back as [`GateMsg::Dialed`].
-    fn dial(&mut self, link: LinkId) {
+    fn dial(&mut self, link: LinkId, nodes: NodeOrder) {
         put(
             &mut self.links,
             link.index(),
             LinkInfo {
                 id: link,
                 key: None,
-                node: None,
                 decoder: FrameDecoder::new(self.ctx.config.frame_max),
             },
         );
@@ -464,7 +463,7 @@ impl<N: Network> Gate<N> {
             let result = tokio::select! {
                 biased;
                 _ = abort.cancelled() => return,
-                r = ctx.connect_upstream() => r,
+                r = ctx.connect_upstream(&nodes) => r,
             };
             let _ = tx.send(GateMsg::Dialed { link, result });
         });
@@ -488,15 +487,13 @@ impl<N: Network> Gate<N> {
                 let peer = self.client(conn).map(|c| c.peer);
                 tracing::debug!(peer = ?peer, "client handshake failed");
             }
-            AdmissionEvent::ProofFailed { link, user, reply } => {
-                let refused = reply.refuses_login();
-                m.proof(if refused { "refused" } else { "failed" });
+            AdmissionEvent::ProofFailed { user, reply, .. } => {
+                m.proof(if reply.refuses_login() {
+                    "refused"
+                } else {
+                    "failed"
+                });
                 tracing::info!(%user, code = reply.code, text = %reply.text, "login proof failed");
-                // A node that took the connection but failed the login otherwise is passed
-                // over by the next dial.
-                if let (false, Some(node)) = (refused, self.link_mut(link).and_then(|l| l.node)) {
-                    self.ctx.node_failed(node);
-                }
             }
             AdmissionEvent::Proved { user } => {
                 m.proof("accepted");

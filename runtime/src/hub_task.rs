@@ -33,6 +33,7 @@ use warren_core::handshake::ClientHello;
 use warren_core::hub::slow::{Drain, DrainWatch, SlowRule};
 use warren_core::hub::{ClientId, Hub, HubEvent, HubStats, Input, Output, Peer, UpstreamId};
 use warren_core::login::Login;
+use warren_core::nodes::NodeOrder;
 
 /// Bytes queued towards one upstream above which client input pauses (until half is written).
 const UPSTREAM_HIGH_WATER: usize = 16 * 1024 * 1024;
@@ -139,7 +140,6 @@ pub(crate) fn spawn_hub<N: Network>(
         sockets: SocketSet::new(),
         clients: Vec::new(),
         upstreams: Vec::new(),
-        upstream_nodes: Vec::new(),
         flushed: Vec::new(),
         slow: Vec::new(),
         watched: Vec::new(),
@@ -174,8 +174,6 @@ struct HubTask<N: Network> {
     sockets: SocketSet<Conn>,
     clients: Vec<Option<ClientConn>>,
     upstreams: Vec<Option<UpstreamConn>>,
-    /// Which node of the upstream list each connected upstream reached; outlives the slot.
-    upstream_nodes: Vec<Option<(UpstreamId, usize)>>,
     /// Connections written to by the last flush (kept for its capacity).
     flushed: Vec<Conn>,
     slow: Vec<ClientId>,
@@ -329,8 +327,8 @@ impl<N: Network> HubTask<N> {
                 frames,
                 node,
             } => {
-                let id = self.hub.adopt_upstream(now(), *login);
-                self.attach_upstream(id, stream, rbuf, unsent, node);
+                let id = self.hub.adopt_upstream(now(), *login, node);
+                self.attach_upstream(id, stream, rbuf, unsent);
                 self.apply_outputs();
                 if !frames.is_empty() {
                     self.handle(Input::UpstreamFrames {
@@ -616,7 +614,7 @@ impl<N: Network> HubTask<N> {
                         None => u.cancel.cancel(),
                     }
                 }
-                Output::Dial { upstream } => self.dial(upstream),
+                Output::Dial { upstream, nodes } => self.dial(upstream, nodes),
                 Output::Event(e) => self.event(e),
                 _ => {}
             }
@@ -637,10 +635,6 @@ impl<N: Network> HubTask<N> {
             }
             HubEvent::UpstreamFailed { upstream, reply } => {
                 tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection failed");
-                let node = self.upstream_node(upstream);
-                if let (Some(node), false) = (node, reply.refuses_login()) {
-                    self.ctx.node_failed(node);
-                }
             }
             HubEvent::UpstreamLost { upstream, reply } => {
                 tracing::warn!(%upstream, %user, %vhost, code = reply.code, text = %reply.text, "upstream connection lost")
@@ -673,19 +667,9 @@ impl<N: Network> HubTask<N> {
         }
     }
 
-    /// The node a broker connection reached (remembered past its slot: a failure is reported
-    /// after the close).
-    fn upstream_node(&self, id: UpstreamId) -> Option<usize> {
-        self.upstream_nodes
-            .get(id.index())
-            .copied()
-            .flatten()
-            .filter(|(u, _)| *u == id)
-            .map(|(_, node)| node)
-    }
-
-    /// Dials the broker for `id` (TCP, then TLS if configured) in a connect task.
-    fn dial(&mut self, id: UpstreamId) {
+    /// Dials the broker for `id` (TCP, then TLS if configured; the nodes in the hub's order)
+    /// in a connect task.
+    fn dial(&mut self, id: UpstreamId, nodes: NodeOrder) {
         let cancel = self.ctx.abort.child_token();
         put(
             &mut self.upstreams,
@@ -702,7 +686,7 @@ impl<N: Network> HubTask<N> {
             let result = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                r = ctx.connect_upstream() => r,
+                r = ctx.connect_upstream(&nodes) => r,
             };
             let _ = tx.send(HubMsg::Dialed {
                 upstream: id,
@@ -718,8 +702,8 @@ impl<N: Network> HubTask<N> {
         }
         match result {
             Ok((stream, node)) => {
-                self.attach_upstream(upstream, stream, BytesMut::new(), Unsent::new(), node);
-                self.handle(Input::UpstreamConnected { upstream });
+                self.attach_upstream(upstream, stream, BytesMut::new(), Unsent::new());
+                self.handle(Input::UpstreamConnected { upstream, node });
             }
             Err(reason) => {
                 if let Some(s) = self.upstreams.get_mut(upstream.index()) {
@@ -737,14 +721,12 @@ impl<N: Network> HubTask<N> {
         stream: BoxStream,
         rbuf: BytesMut,
         unsent: Unsent,
-        node: usize,
     ) {
         let key = self
             .sockets
             .insert(Conn::Upstream(id), stream, rbuf, unsent);
         let frame_max = self.upstream_frame_max;
         let cancel = self.ctx.abort.child_token();
-        put(&mut self.upstream_nodes, id.index(), (id, node));
         match self.upstream_mut(id) {
             Some(u) => u.key = Some(key),
             None => put(

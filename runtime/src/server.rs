@@ -42,8 +42,6 @@ pub(crate) struct Ctx<N: Network> {
     pub(crate) connector: Option<tokio_rustls::TlsConnector>,
     /// Per node of `config.upstream`: the name its certificate is verified against (TLS only).
     pub(crate) server_names: Vec<Option<rustls_pki_types::ServerName<'static>>>,
-    /// The node the last successful dial reached; the next dial tries it first.
-    pub(crate) preferred_node: AtomicUsize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) admin: Arc<AdminState>,
     /// Connected clients, for `max_clients`; each connection holds a [`ClientCount`].
@@ -54,36 +52,25 @@ pub(crate) struct Ctx<N: Network> {
 }
 
 impl<N: Network> Ctx<N> {
-    /// A connection to the broker and the index of the node it reached: the nodes in turn,
-    /// starting with the one that answered last, each given an equal share of the connect
-    /// timeout. The error names every node and why it failed.
-    pub(crate) async fn connect_upstream(&self) -> Result<(BoxStream, usize), String> {
+    /// A connection to the broker and the index of the node it reached: the nodes of
+    /// `order` (core's choice) in turn, each given an equal share of the connect timeout.
+    /// The error names every node and why it failed.
+    pub(crate) async fn connect_upstream(
+        &self,
+        order: &[usize],
+    ) -> Result<(BoxStream, usize), String> {
         let urls = self.config.upstream.urls();
-        let n = urls.len();
-        let start = self.preferred_node.load(Ordering::Relaxed) % n;
-        let share = self.config.connect_timeout / u32::try_from(n).unwrap_or(u32::MAX);
-        let mut failures = Vec::with_capacity(n);
-        for i in (start..n).chain(0..start) {
+        let order: Vec<usize> = order.iter().copied().filter(|&i| i < urls.len()).collect();
+        let share = self.config.connect_timeout / u32::try_from(order.len().max(1)).unwrap_or(1);
+        let mut failures = Vec::with_capacity(order.len());
+        for i in order {
             match tokio::time::timeout(share, self.connect_node(i)).await {
-                Ok(Ok(stream)) => {
-                    self.preferred_node.store(i, Ordering::Relaxed);
-                    return Ok((stream, i));
-                }
+                Ok(Ok(stream)) => return Ok((stream, i)),
                 Ok(Err(e)) => failures.push(format!("{e} ({})", urls[i])),
                 Err(_) => failures.push(format!("timed out connecting ({})", urls[i])),
             }
         }
         Err(failures.join("; "))
-    }
-
-    /// Node `node` accepted a connection but failed the AMQP login for another reason than
-    /// the credentials (it closed the socket, timed out, went silent): the next dial starts
-    /// with the node after it, unless another dial has already moved on.
-    pub(crate) fn node_failed(&self, node: usize) {
-        let next = (node + 1) % self.config.upstream.urls().len();
-        let _ =
-            self.preferred_node
-                .compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// TCP to node `i` of the upstream list, then TLS when it is `amqps://`.
@@ -169,7 +156,6 @@ impl<N: Network> Server<N> {
             acceptor,
             connector,
             server_names,
-            preferred_node: AtomicUsize::new(0),
             metrics,
             admin,
             clients: Arc::new(AtomicUsize::new(0)),

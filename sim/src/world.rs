@@ -893,7 +893,7 @@ impl World {
                 }
                 self.obs.handshake_closed(cid);
             }
-            A::Dial { link } => {
+            A::Dial { link, .. } => {
                 self.next_up += 1;
                 let uid = self.next_up;
                 self.adm_links.insert(link, uid);
@@ -934,13 +934,14 @@ impl World {
                 hub,
                 login,
                 frames,
+                node,
             } => {
                 let hid = hub.get() as u32;
                 let Some(uid) = self.adm_links.remove(&link) else {
                     return;
                 };
                 let Some(i) = self.hub_index(hid) else { return };
-                let id = self.hubs[i].hub.adopt_upstream(now, *login);
+                let id = self.hubs[i].hub.adopt_upstream(now, *login, node);
                 self.hubs[i].ups.insert(id, uid);
                 if let Some(u) = self.ups.get_mut(&uid) {
                     u.owner = Owner::Hub { hub: hid, id };
@@ -1179,7 +1180,8 @@ impl World {
                     self.push(link, Dir::FromProxy, Item::Fin);
                 }
             }
-            Output::Dial { upstream } => {
+            // One broker: every node of the order is it.
+            Output::Dial { upstream, .. } => {
                 self.next_up += 1;
                 let uid = self.next_up;
                 self.hubs[i].ups.insert(upstream, uid);
@@ -1379,7 +1381,10 @@ impl World {
         match owner {
             Owner::Hub { hub, id } => {
                 let input = match input {
-                    UpInput::Connected => Input::UpstreamConnected { upstream: id },
+                    UpInput::Connected => Input::UpstreamConnected {
+                        upstream: id,
+                        node: 0,
+                    },
                     UpInput::Frames(frames) => Input::UpstreamFrames {
                         upstream: id,
                         frames,
@@ -1398,7 +1403,7 @@ impl World {
             Owner::Admission(link) => {
                 use admission::Input as A;
                 let input = match input {
-                    UpInput::Connected => A::LinkConnected { link },
+                    UpInput::Connected => A::LinkConnected { link, node: 0 },
                     UpInput::Frames(frames) => A::LinkFrames { link, frames },
                     UpInput::FrameError(error) => A::LinkFrameError { link, error },
                     UpInput::Closed(reason) => A::LinkClosed { link, reason },
@@ -2028,6 +2033,7 @@ fn admission_config(sc: &Scenario) -> AdmissionConfig {
         hub: sc.hub.clone(),
         max_clients: usize::MAX,
         max_hubs: usize::MAX,
+        hubs_per_key: 1,
         refusal_ttl: sc.net.auth_cache_ttl,
         credentials_ttl: sc.net.credentials_ttl,
         events: sc.net.events.then(|| credentials("guest", "guest", "/")),

@@ -33,6 +33,7 @@ use crate::hub::liveness::{Beat, Liveness};
 use crate::hub::{self, BackoffConfig, Hub, HubConfig};
 use crate::login::{Login, LoginEvent, LoginPhase, LoginStep};
 use crate::method::{encode, Close};
+use crate::nodes::{NodeOrder, Nodes};
 use crate::reply::{self, Reply};
 use bytes::{Bytes, BytesMut};
 use cache::CredentialCache;
@@ -116,6 +117,10 @@ pub struct AdmissionConfig {
     pub max_clients: usize,
     /// Running hubs; clients of further credentials are refused at `Open` with 530.
     pub max_hubs: usize,
+    /// Hubs the clients of one (user, password, vhost) are spread over, each with its own
+    /// broker connections: one hub's task runs on one thread, so a busy key gets as many as
+    /// warren has threads.
+    pub hubs_per_key: usize,
     /// How long the broker's refusal of a login or a vhost is remembered (zero: not at all).
     pub refusal_ttl: Duration,
     /// How long an account the broker accepted is trusted for new clients without a new
@@ -133,6 +138,7 @@ impl Default for AdmissionConfig {
             hub: HubConfig::default(),
             max_clients: 50_000,
             max_hubs: 1000,
+            hubs_per_key: 1,
             refusal_ttl: Duration::from_secs(5),
             credentials_ttl: Duration::from_secs(30),
             events: None,
@@ -160,6 +166,8 @@ pub enum Input {
     LinkConnected {
         /// Which link.
         link: LinkId,
+        /// The node of the dial's order that answered.
+        node: usize,
     },
     /// Whole frames from a link.
     LinkFrames {
@@ -227,6 +235,8 @@ pub enum Output {
     Dial {
         /// The id the connection will carry.
         link: LinkId,
+        /// The nodes of the upstream list to try, in this order (B17).
+        nodes: NodeOrder,
     },
     /// Write bytes to a link.
     ToLink {
@@ -259,6 +269,8 @@ pub enum Output {
         login: Box<Login>,
         /// Frames that followed `OpenOk` in the same read.
         frames: SmallVec<[Frame; 8]>,
+        /// The broker node it reached.
+        node: usize,
     },
     /// Hand a client to its hub: the hub's driver calls [`Hub::add_client`] with `hello`; the
     /// client's socket goes along, with the bytes it pipelined after `Open`.
@@ -460,6 +472,16 @@ struct Link {
     login: Login,
     purpose: Purpose,
     timer_at: Option<Instant>,
+    /// The broker node it reached, once connected.
+    node: Option<usize>,
+}
+
+/// The hubs new clients of one key join, taken in turn.
+#[derive(Debug, Default)]
+struct Shards {
+    hubs: SmallVec<[HubId; 2]>,
+    /// Round-robin position.
+    next: usize,
 }
 
 #[derive(Debug)]
@@ -493,7 +515,7 @@ pub struct Admission {
     next_gen: u32,
     cache: CredentialCache,
     hubs: BTreeMap<HubId, HubRecord>,
-    attached: BTreeMap<Credentials, HubId>,
+    attached: BTreeMap<Credentials, Shards>,
     next_hub: u64,
     rng: ChaCha8Rng,
     agenda: Agenda<Timer>,
@@ -506,6 +528,8 @@ pub struct Admission {
     feed_up: bool,
     feed_failures: u32,
     feed_redial: Option<Instant>,
+    /// Which broker node answered last.
+    nodes: Nodes,
     draining: bool,
     out: VecDeque<Output>,
     stats: AdmissionStats,
@@ -518,6 +542,7 @@ impl Admission {
     #[must_use]
     pub fn new(now: Instant, config: AdmissionConfig, seed: u64) -> Self {
         let cache = CredentialCache::new(Some(config.credentials_ttl), config.refusal_ttl);
+        let nodes = Nodes::new(config.hub.nodes);
         let mut a = Admission {
             config,
             conns: Slab::new(),
@@ -535,6 +560,7 @@ impl Admission {
             feed_up: false,
             feed_failures: 0,
             feed_redial: None,
+            nodes,
             draining: false,
             out: VecDeque::new(),
             stats: AdmissionStats::default(),
@@ -618,8 +644,13 @@ impl Admission {
                 }
             }
             Input::ClientClosed { conn } => self.client_gone(conn),
-            Input::LinkConnected { link } => {
+            Input::LinkConnected { link, node } => {
+                // Spreading, admission's logins take the nodes in turn instead.
+                if self.config.hub.placement != hub::Placement::Spread {
+                    self.nodes.answered(node);
+                }
                 if let Some(l) = self.link_mut(link) {
+                    l.node = Some(node);
                     let step = l.login.on_connected(now);
                     self.link_step(now, link, step, SmallVec::new());
                 }
@@ -645,8 +676,11 @@ impl Admission {
             Input::HubIdle { hub, handoffs } => {
                 if self.hubs.get(&hub).is_some_and(|h| h.handoffs == handoffs) {
                     if let Some(h) = self.hubs.remove(&hub) {
-                        if self.attached.get(&h.key) == Some(&hub) {
-                            self.attached.remove(&h.key);
+                        if let Some(shards) = self.attached.get_mut(&h.key) {
+                            shards.hubs.retain(|id| *id != hub);
+                            if shards.hubs.is_empty() {
+                                self.attached.remove(&h.key);
+                            }
                         }
                     }
                     self.out.push_back(Output::StopHub { hub });
@@ -857,7 +891,7 @@ impl Admission {
             },
             _ => None,
         });
-        let hub = self.attached.get(&key).copied();
+        let hub = self.next_hub_of(&key);
         if hub.is_none() && self.hubs.len() >= self.config.max_hubs {
             let r = Reply::new(
                 reply::NOT_ALLOWED,
@@ -897,6 +931,18 @@ impl Admission {
         }
     }
 
+    /// The running hub the next client of `key` joins, in turn; `None` while the key has
+    /// fewer hubs than `hubs_per_key` (the caller starts one).
+    fn next_hub_of(&mut self, key: &Credentials) -> Option<HubId> {
+        let shards = self.attached.get_mut(key)?;
+        if shards.hubs.len() < self.config.hubs_per_key.max(1) {
+            return None;
+        }
+        let hub = shards.hubs[shards.next % shards.hubs.len()];
+        shards.next = shards.next.wrapping_add(1);
+        Some(hub)
+    }
+
     /// Starts a hub for `key`, attached for new clients.
     fn start_hub(&mut self, key: Credentials) -> HubId {
         self.next_hub += 1;
@@ -912,7 +958,7 @@ impl Admission {
                 attached: true,
             },
         );
-        self.attached.insert(key, hub);
+        self.attached.entry(key).or_default().hubs.push(hub);
         self.out.push_back(Output::StartHub { hub, machine });
         hub
     }
@@ -1066,8 +1112,13 @@ impl Admission {
             login,
             purpose,
             timer_at: None,
+            node: None,
         });
-        self.out.push_back(Output::Dial { link: id });
+        let nodes = self.nodes.order();
+        if self.config.hub.placement == hub::Placement::Spread {
+            self.nodes.rotate();
+        }
+        self.out.push_back(Output::Dial { link: id, nodes });
         self.schedule_link(now, id);
         id
     }
@@ -1192,8 +1243,8 @@ impl Admission {
             self.links.insert(link);
             return self.close_link(id, "not needed");
         }
-        let hub = match self.attached.get(&key) {
-            Some(h) => *h,
+        let hub = match self.next_hub_of(&key) {
+            Some(h) => h,
             None => self.start_hub(key),
         };
         if let Some(h) = self.hubs.get_mut(&hub) {
@@ -1204,6 +1255,7 @@ impl Admission {
             hub,
             login: Box::new(link.login),
             frames,
+            node: link.node.unwrap_or(0),
         });
         for conn in live {
             self.join(conn, hub);
@@ -1216,6 +1268,11 @@ impl Admission {
         let Some(l) = self.link_mut(id) else { return };
         let phase = l.login.phase();
         let vhost = l.login.vhost().map(str::to_owned);
+        if let (Some(node), false) = (l.node, reply.refuses_login()) {
+            // It answered, then failed for another reason than the credentials.
+            self.nodes.failed(node);
+        }
+        let Some(l) = self.link_mut(id) else { return };
         match &mut l.purpose {
             Purpose::Feed(_) => {
                 self.remove_link(id);
@@ -1408,7 +1465,10 @@ impl Admission {
                 matching.push(*id);
             }
         }
-        self.attached.retain(|_, id| !matching.contains(id));
+        self.attached.retain(|_, shards| {
+            shards.hubs.retain(|id| !matching.contains(id));
+            !shards.hubs.is_empty()
+        });
         matching
     }
 

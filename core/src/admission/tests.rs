@@ -109,7 +109,8 @@ impl World {
 
     /// The broker answers a link's dial and login up to `Tune`.
     fn broker_accepts_login(&mut self, link: LinkId) {
-        self.adm.handle(self.now, Input::LinkConnected { link });
+        self.adm
+            .handle(self.now, Input::LinkConnected { link, node: 0 });
         self.drain();
         self.link(link, broker_start());
         self.link(
@@ -138,7 +139,7 @@ impl World {
                     self.closed.push(conn);
                     format!("{conn} {}", if reset { "reset" } else { "closed" })
                 }
-                Output::Dial { link } => {
+                Output::Dial { link, .. } => {
                     self.dials.push(link);
                     format!("dial {link}")
                 }
@@ -277,7 +278,7 @@ fn a_wrong_password_is_refused_instead_of_tune_and_remembered() {
     let c1 = w.login("app", "wrong", true);
     let c2 = w.login("app", "wrong", false);
     let link = w.dials[0];
-    w.adm.handle(w.now, Input::LinkConnected { link });
+    w.adm.handle(w.now, Input::LinkConnected { link, node: 0 });
     w.link(link, broker_start());
     w.broker_refuses(
         link,
@@ -446,8 +447,13 @@ fn revocations_from_the_event_feed() {
     deliver_event(&mut w, feed, "user.password.changed", &[("name", "app")]);
     let c3 = w.login("app", "old", true);
     assert_eq!(w.dials.len(), 3);
-    w.adm
-        .handle(w.now, Input::LinkConnected { link: w.dials[2] });
+    w.adm.handle(
+        w.now,
+        Input::LinkConnected {
+            link: w.dials[2],
+            node: 0,
+        },
+    );
     w.link(w.dials[2], broker_start());
     w.broker_refuses(
         w.dials[2],
@@ -561,4 +567,35 @@ fn a_client_waiting_at_open_past_the_handshake_deadline_is_told_why() {
     assert!(w.trace.contains(&format!(
         "{c} <- close 320 \"CONNECTION_FORCED - broker unreachable: timed out opening the vhost\""
     )));
+}
+
+#[test]
+fn a_key_spreads_over_hubs_per_key_hubs_in_turn() {
+    let mut w = World::new(AdmissionConfig {
+        hubs_per_key: 2,
+        ..config()
+    });
+    let c1 = w.login("app", "secret", true);
+    let link = w.dials[0];
+    w.broker_accepts_login(link);
+    w.open(c1, "/");
+    w.link(link, encode::open_ok());
+    // The proof's hub is the first; the next client starts the second; then they take turns.
+    let mut hub_of = Vec::new();
+    for _ in 0..5 {
+        let c = w.login("app", "secret", true);
+        w.open(c, "/");
+        hub_of.push(w.joins.last().map(|(_, h)| *h));
+    }
+    let first = w.joins[0].1;
+    let second = hub_of[0].expect("joined");
+    assert_ne!(first, second, "a second hub for the second client");
+    assert_eq!(w.hubs.len(), 2, "no third hub: {:?}", w.hubs);
+    let turns: Vec<bool> = hub_of.iter().map(|h| *h == Some(first)).collect();
+    assert_eq!(turns, [false, true, false, true, false], "{hub_of:?}");
+    assert_eq!(
+        w.dials.len(),
+        1,
+        "one proof; the second hub dials its own upstream"
+    );
 }

@@ -2115,8 +2115,13 @@ impl World {
             self.note(|| format!("{up} dialled and accepted"));
             self.brokers
                 .push(Broker::new(up, &self.config.extra_exchange_types));
-            self.hub
-                .handle(self.now, Input::UpstreamConnected { upstream: up });
+            self.hub.handle(
+                self.now,
+                Input::UpstreamConnected {
+                    upstream: up,
+                    node: 0,
+                },
+            );
             self.pump();
             let start = encode::start(&ConnectionStart {
                 server_properties: FieldTable::default(),
@@ -2147,7 +2152,7 @@ impl World {
                         None => self.fail(format!("CloseClient for unknown {client}")),
                     }
                 }
-                Output::Dial { upstream } => self.dials.push_back(upstream),
+                Output::Dial { upstream, .. } => self.dials.push_back(upstream),
                 Output::ToUpstream { upstream, data } => self.upstream_receives(upstream, &data),
                 Output::CloseUpstream { upstream } => {
                     self.note(|| format!("close {upstream}"));

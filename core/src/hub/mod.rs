@@ -29,6 +29,7 @@ use crate::frame::{Frame, FrameError, HEARTBEAT};
 use crate::handshake::ClientHello;
 use crate::login::Login;
 use crate::method::{encode, Close};
+use crate::nodes::{NodeOrder, Nodes};
 use crate::reply::{self, Reply};
 use bytes::Bytes;
 use channels::Slot;
@@ -117,8 +118,10 @@ pub struct HubConfig {
     pub max_channels_per_upstream: u16,
     /// Upstream connections per hub.
     pub max_upstreams: usize,
-    /// Where new channels go.
+    /// Where new channels go, and (with `Spread`) on which broker node a new upstream goes.
     pub placement: Placement,
+    /// Broker nodes in the upstream list (B17); dials try them in an order the hub chooses.
+    pub nodes: usize,
     /// Time allowed for a dial plus the broker handshake.
     pub connect_timeout: Duration,
     /// Reconnect backoff.
@@ -158,6 +161,7 @@ impl Default for HubConfig {
             max_channels_per_upstream: 65_535,
             max_upstreams: 16,
             placement: Placement::Fill,
+            nodes: 1,
             connect_timeout: Duration::from_secs(5),
             backoff: BackoffConfig::default(),
             max_message_size: 128 * 1024 * 1024,
@@ -206,6 +210,8 @@ pub enum Input {
     UpstreamConnected {
         /// Which upstream.
         upstream: UpstreamId,
+        /// The node of the dial's order that answered.
+        node: usize,
     },
     /// Whole frames read from an upstream.
     UpstreamFrames {
@@ -265,6 +271,8 @@ pub enum Output {
     Dial {
         /// The id the connection will carry.
         upstream: UpstreamId,
+        /// The nodes of the upstream list to try, in this order (B17).
+        nodes: NodeOrder,
     },
     /// Queue bytes for an upstream.
     ToUpstream {
@@ -475,6 +483,8 @@ pub struct Hub {
     pool: Vec<UpRef>,
     pool_timer: Option<Instant>,
     reconnect: Reconnect,
+    /// Which broker node answered last.
+    nodes: Nodes,
     drain: Option<Instant>,
     /// When the drain began: upstreams serving no client close from then on.
     drain_started: Option<Instant>,
@@ -501,6 +511,7 @@ impl Hub {
     /// A hub for `credentials`. `seed` feeds the reconnect jitter.
     #[must_use]
     pub fn new(config: HubConfig, credentials: Credentials, seed: u64) -> Self {
+        let nodes = Nodes::new(config.nodes);
         Hub {
             config,
             credentials,
@@ -519,6 +530,7 @@ impl Hub {
             pool: Vec::new(),
             pool_timer: None,
             reconnect: Reconnect::default(),
+            nodes,
             drain: None,
             drain_started: None,
             last_proof: None,
@@ -598,15 +610,18 @@ impl Hub {
     }
 
     /// Takes a broker connection that another owner logged in and opened (admission's proof
-    /// of a new client's credentials) as one of this hub's upstreams.
-    pub fn adopt_upstream(&mut self, now: Instant, login: Login) -> UpstreamId {
+    /// of a new client's credentials) as one of this hub's upstreams; `node` is the broker
+    /// node it reached.
+    pub fn adopt_upstream(&mut self, now: Instant, login: Login, node: usize) -> UpstreamId {
         self.handoffs += 1;
         let id = UpstreamId {
             idx: self.upstreams.vacant_key() as u32,
             gen: self.gen(),
         };
-        self.upstreams
-            .insert(upstream::Upstream::new(id, now, login));
+        let mut u = upstream::Upstream::new(id, now, login);
+        (u.node, u.aim) = (Some(node), node);
+        self.nodes.answered(node);
+        self.upstreams.insert(u);
         self.upstream_opened(now, id);
         if self.upstreams.len() > self.config.max_upstreams || self.drain.is_some() {
             // Its word on the credentials counts; the connection itself is one too many.
@@ -684,7 +699,9 @@ impl Hub {
                     self.remove_client(client);
                 }
             }
-            Input::UpstreamConnected { upstream } => self.upstream_connected(now, upstream),
+            Input::UpstreamConnected { upstream, node } => {
+                self.upstream_connected(now, upstream, node);
+            }
             Input::UpstreamFrames { upstream, frames } => {
                 for frame in frames {
                     if !self.upstream_frame(now, upstream, frame) {
@@ -894,9 +911,19 @@ impl Hub {
             Some(&c.vhost),
             name,
         );
-        self.upstreams
-            .insert(upstream::Upstream::new(id, now, login));
-        self.out.push_back(Output::Dial { upstream: id });
+        let nodes = match self.config.placement {
+            Placement::Fill => self.nodes.order(),
+            Placement::Spread => self
+                .nodes
+                .spread_order(self.upstreams.iter().map(|(_, u)| u.node.unwrap_or(u.aim))),
+        };
+        let mut u = upstream::Upstream::new(id, now, login);
+        u.aim = nodes.first().copied().unwrap_or(0);
+        self.upstreams.insert(u);
+        self.out.push_back(Output::Dial {
+            upstream: id,
+            nodes,
+        });
         self.schedule_upstream(id);
         id
     }

@@ -42,6 +42,10 @@ pub(crate) struct Upstream {
     /// Since when no channel number has been in use.
     pub(crate) idle_since: Option<Instant>,
     pub(crate) timer_at: Option<Instant>,
+    /// The broker node it reached, once connected (B17).
+    pub(crate) node: Option<usize>,
+    /// The node its dial tries first: where it counts for spreading until it connects.
+    pub(crate) aim: usize,
 }
 
 impl Upstream {
@@ -59,6 +63,8 @@ impl Upstream {
             blocked: None,
             idle_since: Some(now),
             timer_at: None,
+            node: None,
+            aim: 0,
         }
     }
 
@@ -207,12 +213,17 @@ impl Hub {
         self.out.push_back(Output::CloseUpstream { upstream: id });
     }
 
-    /// TCP (and TLS) is up: start the AMQP handshake.
-    pub(super) fn upstream_connected(&mut self, now: Instant, id: UpstreamId) {
-        let Some(UpPhase::Connecting(login)) = self.upstream_mut(id).map(|u| &mut u.phase) else {
+    /// TCP (and TLS) is up, to `node`: start the AMQP handshake.
+    pub(super) fn upstream_connected(&mut self, now: Instant, id: UpstreamId, node: usize) {
+        let Some(u) = self.upstream_mut(id) else {
+            return;
+        };
+        u.node = Some(node);
+        let UpPhase::Connecting(login) = &mut u.phase else {
             return;
         };
         let step = login.on_connected(now);
+        self.nodes.answered(node);
         self.login_step(now, id, step);
     }
 
@@ -242,6 +253,11 @@ impl Hub {
             return;
         }
         tracing::debug!(upstream = %id, code = reply.code, text = %reply.text, "upstream failed");
+        let node = self.upstream(id).and_then(|u| u.node);
+        if let (Some(node), false) = (node, reply.refuses_login()) {
+            // It answered, then failed for another reason than the credentials.
+            self.nodes.failed(node);
+        }
         self.remove_upstream(id);
         self.stats.upstream_failures += 1;
         self.event(HubEvent::UpstreamFailed {
@@ -271,7 +287,7 @@ impl Hub {
         }
         if !self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
             // No dial left that could make room for channels waiting on one.
-            let channel_reply = Reply::new(reply::RESOURCE_ERROR, &reply.text);
+            let channel_reply = Reply::new(reply::RESOURCE_ERROR, reply.detail());
             self.fail_waiting_opens(now, &channel_reply);
         }
         self.after_upstream_gone(now, Some(reply));
@@ -282,12 +298,17 @@ impl Hub {
     pub(super) fn upstream_lost(&mut self, now: Instant, id: UpstreamId, reply: Reply) {
         let Some(u) = self.upstream(id) else { return };
         tracing::debug!(upstream = %id, code = reply.code, text = %reply.text, "upstream lost");
+        let node = u.node;
         let affected: BTreeSet<ClientId> = u
             .table
             .iter()
             .filter_map(|(_, s)| s.owner())
             .map(|(c, _)| c)
             .collect();
+        if let Some(node) = node {
+            // Its node went away or cut it: new upstreams try another first.
+            self.nodes.failed(node);
+        }
         self.remove_upstream(id);
         self.stats.upstream_losses += 1;
         self.event(HubEvent::UpstreamLost {
@@ -598,7 +619,7 @@ impl Hub {
             return;
         }
         if let Some(why) = self.unreachable() {
-            let reply = Reply::new(reply::RESOURCE_ERROR, &why.text);
+            let reply = Reply::new(reply::RESOURCE_ERROR, why.detail());
             return self.fail_waiting_opens(now, &reply);
         }
         if self.reconnect.at.is_some() {

@@ -6,6 +6,7 @@ use crate::frame::{method_frame, Frame, FrameDecoder, FrameType, PROTOCOL_HEADER
 use crate::handshake::{ClientCapabilities, ClientHello};
 use crate::hub::{ClientId, Hub, HubConfig, HubEvent, Input, Output, UpstreamId};
 use crate::method::{self, encode, ids, Close, ConnectionStart, Method, MethodId, Tune};
+use crate::nodes::NodeOrder;
 use crate::table::FieldTable;
 use crate::wire::Writer;
 use bytes::{Bytes, BytesMut};
@@ -31,6 +32,8 @@ pub(super) struct World {
     /// Frames each peer received since the test last took them.
     pub(super) inbox: BTreeMap<Peer, Vec<Frame>>,
     pub(super) dials: Vec<UpstreamId>,
+    /// The node order of each dial; a dial connects to the first node of its order.
+    pub(super) dial_orders: BTreeMap<UpstreamId, NodeOrder>,
     pub(super) closed: Vec<Peer>,
     pub(super) events: Vec<HubEvent>,
 }
@@ -73,6 +76,7 @@ impl World {
             rx: BTreeMap::new(),
             inbox: BTreeMap::new(),
             dials: Vec::new(),
+            dial_orders: BTreeMap::new(),
             closed: Vec::new(),
             events: Vec::new(),
         }
@@ -149,7 +153,10 @@ impl World {
     pub(super) fn broker_starts(&mut self, u: UpstreamId) {
         self.input(
             &format!("{u} connected"),
-            Input::UpstreamConnected { upstream: u },
+            Input::UpstreamConnected {
+                upstream: u,
+                node: self.dial_orders.get(&u).map_or(0, |o| o[0]),
+            },
         );
         let start = encode::start(&ConnectionStart {
             server_properties: FieldTable::default(),
@@ -213,9 +220,10 @@ impl World {
                     self.line(format!("close {upstream}"));
                     self.closed.push(Peer::U(upstream));
                 }
-                Output::Dial { upstream } => {
+                Output::Dial { upstream, nodes } => {
                     self.line(format!("dial {upstream}"));
                     self.dials.push(upstream);
+                    self.dial_orders.insert(upstream, nodes);
                 }
                 Output::Event(e) => {
                     self.line(format!("event {}", describe_event(&e, self.now)));

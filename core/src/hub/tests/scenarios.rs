@@ -1445,3 +1445,34 @@ fn a_client_waiting_for_its_first_upstream_hears_heartbeats() {
         Some(ids::CONNECTION_OPEN_OK)
     );
 }
+
+/// B17: with `spread`, a hub that needs several broker connections puts each new one on the
+/// node it uses least; with `fill`, every dial starts at the node that answered last.
+#[test]
+fn spread_dials_each_new_upstream_on_the_least_used_node() {
+    for placement in [Placement::Fill, Placement::Spread] {
+        let mut w = World::new(HubConfig {
+            max_channels_per_upstream: 2,
+            nodes: 3,
+            placement,
+            recycling: false,
+            ..HubConfig::default()
+        });
+        let c = w.join(hello(131_072, 0));
+        let mut firsts = Vec::new();
+        let u = w.accept_dial();
+        firsts.push(w.dial_orders[&u][0]);
+        for ch in 1..=6u16 {
+            w.client_sends(c, &[channel_open(ch)]);
+            if let Some(&u) = w.dials.last() {
+                firsts.push(w.dial_orders[&u][0]);
+                w.accept_dial();
+            }
+        }
+        let expected: &[usize] = match placement {
+            Placement::Fill => &[0, 0, 0],
+            Placement::Spread => &[0, 1, 2],
+        };
+        assert_eq!(firsts, expected, "{placement:?}");
+    }
+}
