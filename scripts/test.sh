@@ -4,7 +4,8 @@
 # libraries of other languages, Prometheus), then
 #   1. the doctests, if the workspace has any (nextest does not run doctests);
 #   2. every test except those that disturb the broker, in parallel;
-#   3. the broker-disturbing tests (named *broker_disturbing*), one at a time, after the others.
+#   3. the broker-disturbing tests (named *broker_disturbing*), one at a time, after the others,
+#      with a three-node cluster (scripts/rabbitmq-cluster.sh) up for the cluster tests among them.
 # Tests run with cargo-nextest (one process per test). When it is missing it is installed first
 # (`cargo install cargo-nextest --locked`); if that fails, the same tests run with `cargo test`.
 # Extra arguments are passed to both nextest runs (e.g. `--profile ci`, `--retries 0`).
@@ -44,6 +45,18 @@ fi
 
 status=0
 
+# The cluster tests (tests/tests/cluster.rs, also broker-disturbing) need a three-node RabbitMQ
+# cluster next to the main broker: started before the broker-disturbing pass (so its start-up
+# is not inside a test's time limit) and stopped after it.
+cluster_up() {
+    say "three-node RabbitMQ cluster for the cluster tests (scripts/rabbitmq-cluster.sh start)"
+    scripts/rabbitmq-cluster.sh start || status=1
+}
+cluster_down() {
+    say "stopping the cluster (scripts/rabbitmq-cluster.sh stop)"
+    scripts/rabbitmq-cluster.sh stop || status=1
+}
+
 # Library doc comments with code blocks (other than ```text) are doctests.
 if grep -rqE '^\s*//[/!]\s*```\s*(rust|no_run|should_panic|compile_fail)?\s*$' \
     --include='*.rs' ./*/src 2>/dev/null; then
@@ -54,16 +67,20 @@ fi
 if [ "$runner" = nextest ]; then
     say "tests (parallel)"
     cargo nextest run --workspace --no-fail-fast -E "not test(/${DISTURBING}/)" "$@" || status=1
+    cluster_up
     say "broker-disturbing tests (one at a time)"
     cargo nextest run --workspace --no-fail-fast --test-threads 1 --no-tests=warn \
         -E "test(/${DISTURBING}/)" "$@" || status=1
+    cluster_down
 else
     # The binaries first: tests that run the `warren` binary ask cargo for it.
     cargo build --workspace --all-targets
     say "tests (cargo test)"
     cargo test --workspace --no-fail-fast -- --skip "$DISTURBING" || status=1
+    cluster_up
     say "broker-disturbing tests (one at a time)"
     cargo test --workspace --no-fail-fast -- "$DISTURBING" --test-threads 1 || status=1
+    cluster_down
 fi
 
 if [ "$status" -ne 0 ]; then
