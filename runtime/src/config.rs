@@ -182,7 +182,7 @@ pub struct ListenerTls {
 /// TLS towards the broker (used when the upstream URL is `amqps://`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
-    /// CA bundle (PEM) to verify the broker with; the system roots are not used.
+    /// CA bundle (PEM) to verify the broker with; `None`: the system's trust store.
     pub ca: Option<PathBuf>,
     /// Client certificate chain (PEM), for brokers that require one.
     pub cert: Option<PathBuf>,
@@ -546,13 +546,6 @@ impl Config {
                 None => Ok(()),
             };
         }
-        ensure(t.ca.is_some() || !t.verify, "upstream_ca", || {
-            format!(
-                "is required to verify {} (warren does not read the system's root certificates); \
-                 or set upstream_verify = false",
-                self.upstream
-            )
-        })?;
         let key = if t.server_name.is_some() {
             "upstream_server_name"
         } else {
@@ -930,7 +923,7 @@ settings! {
     /// CA (PEM) that client certificates must be signed by; clients without one are refused.
     #[arg(value_name = "FILE", help_heading = "TLS")]
     tls_client_ca: String,
-    /// CA bundle (PEM) to verify an amqps:// broker with (required while verifying).
+    /// CA bundle (PEM) to verify an amqps:// broker with (default: the system's trust store).
     #[arg(value_name = "FILE", help_heading = "TLS")]
     upstream_ca: String,
     /// Client certificate chain (PEM) for brokers that require one.
@@ -1500,11 +1493,9 @@ upstream_server_name = "rabbit.internal"
             ("upstream_cert_without_key", file("t4", "upstream = \"amqps://r\"\nupstream_ca = \"ca.pem\"\nupstream_cert = \"c.pem\"\n")),
             ("upstream_key_without_cert", file("t5", "upstream = \"amqps://r\"\nupstream_ca = \"ca.pem\"\nupstream_key = \"k.pem\"\n")),
             ("upstream_ca_without_amqps", file("t6", "upstream_ca = \"ca.pem\"\n")),
-            ("amqps_without_ca", file("t7", "upstream = \"amqps://rabbit:5671\"\n")),
             ("amqps_bad_server_name", file("t8", "upstream = \"amqps://rabbit\"\nupstream_ca = \"ca.pem\"\nupstream_server_name = \"not a name\"\n")),
             ("upstream_list_empty", file("u1", "upstream = []\n")),
             ("upstream_list_bad_node", file("u2", "upstream = [\"amqp://r1\", \"http://r2\"]\n")),
-            ("upstream_list_amqps_node_without_ca", file("u3", "upstream = [\"amqp://r1\", \"amqps://r2\"]\n")),
         ];
         let report: String = cases
             .iter()

@@ -43,23 +43,21 @@ pub fn acceptor(cfg: &ListenerTls) -> Result<TlsAcceptor, Error> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Builds the connector towards the broker. Verification needs `ca` (the system's roots are
-/// not read, so that what is trusted is explicit); `verify = false` accepts any certificate
-/// and says so in the log.
+/// Builds the connector towards the broker. The broker's certificate is verified against
+/// `ca` when set, else against the system's trust store (as for a hosted broker with a
+/// publicly signed certificate); `verify = false` accepts any certificate and says so in the
+/// log.
 pub fn connector(cfg: &UpstreamTls) -> Result<TlsConnector, Error> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
     let builder = if cfg.verify {
-        let ca = cfg.ca.as_ref().ok_or_else(|| {
-            Error::Tls(
-                "upstream_ca is required to verify the broker (the system's root certificates \
-                 are not read); or set upstream_verify = false"
-                    .into(),
-            )
-        })?;
-        builder.with_root_certificates(roots(ca)?)
+        let roots = match &cfg.ca {
+            Some(ca) => roots(ca)?,
+            None => system_roots()?,
+        };
+        builder.with_root_certificates(roots)
     } else {
         tracing::warn!(
             "upstream_verify is false: the broker's certificate is not checked, so the \
@@ -125,6 +123,25 @@ fn roots(path: &Path) -> Result<RootCertStore, Error> {
         roots
             .add(cert)
             .map_err(|e| Error::Tls(format!("CA certificate in {}: {e}", path.display())))?;
+    }
+    Ok(roots)
+}
+
+/// The operating system's trust store (`/etc/ssl/certs` and the like; `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` override it, as for OpenSSL).
+fn system_roots() -> Result<RootCertStore, Error> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(|| "none found".to_owned(), ToString::to_string);
+        return Err(Error::Tls(format!(
+            "the system's trust store has no usable certificate ({why}); set upstream_ca to \
+             the broker's CA, or upstream_verify = false"
+        )));
     }
     Ok(roots)
 }
