@@ -71,6 +71,8 @@ pub struct ClientHello {
     pub connection_name: Option<String>,
     /// `product` from the client properties.
     pub product: Option<String>,
+    /// `version` from the client properties.
+    pub version: Option<String>,
 }
 
 /// Instructions from the handshake to its driver.
@@ -144,6 +146,7 @@ pub struct ClientHandshake {
     capabilities: ClientCapabilities,
     connection_name: Option<String>,
     product: Option<String>,
+    version: Option<String>,
     /// What the client's `TuneOk` settled, once it arrived.
     tuned: Option<Tune>,
 }
@@ -161,6 +164,7 @@ impl ClientHandshake {
             capabilities: ClientCapabilities::default(),
             connection_name: None,
             product: None,
+            version: None,
             tuned: None,
         }
     }
@@ -343,6 +347,7 @@ impl ClientHandshake {
                         capabilities: self.capabilities,
                         connection_name: self.connection_name.take(),
                         product: self.product.take(),
+                        version: self.version.take(),
                     })));
             }
             (_, Method::ConnectionClose(_)) => {
@@ -374,6 +379,7 @@ impl ClientHandshake {
         }
         self.connection_name = props.get_str("connection_name");
         self.product = props.get_str("product");
+        self.version = props.get_str("version");
         match parse_sasl(&ok.mechanism, &ok.response) {
             Ok((user, password)) => {
                 self.out.push_back(HandshakeOutput::Login {

@@ -375,6 +375,8 @@ impl Config {
             upstream_name,
             // Set per hub by admission, from whether the event feed is up.
             proof_ttl: None,
+            // Until the admin work adds its setting.
+            pause_timeout: HubConfig::default().pause_timeout,
         }
     }
 

@@ -476,6 +476,7 @@ mod tests {
             heartbeat_misses: scale,
             slow_clients: scale,
             client_closes: [(320, scale), (505, 2 * scale)].into_iter().collect(),
+            channel_refusals: scale,
         }
     }
 

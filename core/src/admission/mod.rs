@@ -42,7 +42,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use slab::Slab;
 use smallvec::SmallVec;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -210,6 +210,23 @@ pub enum Input {
     /// Graceful shutdown (B14): clients in their handshake are closed with 320, nothing new
     /// is admitted, links close.
     Drain,
+    /// An operator pauses a vhost: its running hubs pause, and so do hubs of that vhost
+    /// started later, until [`Input::ResumeVhost`] (see [`hub::Input::Pause`]).
+    PauseVhost {
+        /// Which vhost.
+        vhost: String,
+    },
+    /// Ends a vhost's pause: its hubs resume.
+    ResumeVhost {
+        /// Which vhost.
+        vhost: String,
+    },
+    /// An operator drains a hub: new clients of its credentials go to a new hub, and it
+    /// closes its upstreams once its clients are gone ([`hub::Input::Detach`]).
+    DetachHub {
+        /// Which hub.
+        hub: HubId,
+    },
 }
 
 /// An instruction from admission to its driver.
@@ -531,8 +548,24 @@ pub struct Admission {
     /// Which broker node answered last.
     nodes: Nodes,
     draining: bool,
+    /// Vhosts an operator paused: their hubs start paused.
+    paused_vhosts: BTreeSet<String>,
     out: VecDeque<Output>,
     stats: AdmissionStats,
+}
+
+/// A running hub, as [`Admission::hub_list`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubEntry {
+    /// Its id.
+    pub id: HubId,
+    /// The user it serves.
+    pub user: String,
+    /// The vhost it serves.
+    pub vhost: String,
+    /// New clients of its credentials join it (false once detached: a revocation or an
+    /// operator's drain).
+    pub attached: bool,
 }
 
 impl Admission {
@@ -562,6 +595,7 @@ impl Admission {
             feed_redial: None,
             nodes,
             draining: false,
+            paused_vhosts: BTreeSet::new(),
             out: VecDeque::new(),
             stats: AdmissionStats::default(),
         };
@@ -579,6 +613,46 @@ impl Admission {
     #[must_use]
     pub fn hub_count(&self) -> usize {
         self.hubs.len()
+    }
+
+    /// The running hubs, by id: who they serve (never the password) and whether new clients
+    /// still join them.
+    #[must_use]
+    pub fn hub_list(&self) -> Vec<HubEntry> {
+        self.hubs
+            .iter()
+            .map(|(id, h)| HubEntry {
+                id: *id,
+                user: h.key.user.clone(),
+                vhost: h.key.vhost.clone(),
+                attached: h.attached,
+            })
+            .collect()
+    }
+
+    /// The running hub whose number (as printed, `h<number>`) is `number`.
+    #[must_use]
+    pub fn find_hub(&self, number: u64) -> Option<HubId> {
+        let id = HubId(number);
+        self.hubs.contains_key(&id).then_some(id)
+    }
+
+    /// The vhosts an operator paused, in order.
+    #[must_use]
+    pub fn paused_vhosts(&self) -> Vec<String> {
+        self.paused_vhosts.iter().cloned().collect()
+    }
+
+    fn hubs_of_vhost(&self, vhost: &str) -> Vec<HubId> {
+        self.hubs
+            .iter()
+            .filter(|(_, h)| h.key.vhost == vhost)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn send_to_hub(&mut self, hub: HubId, input: hub::Input) {
+        self.out.push_back(Output::ToHub { hub, input });
     }
 
     /// Whether revocations arrive as events (otherwise accepted accounts are trusted for
@@ -694,6 +768,28 @@ impl Admission {
             }
             Input::Timeout => self.fire_timers(now),
             Input::Drain => self.drain(now),
+            Input::PauseVhost { vhost } => {
+                for hub in self.hubs_of_vhost(&vhost) {
+                    self.send_to_hub(hub, hub::Input::Pause);
+                }
+                self.paused_vhosts.insert(vhost);
+            }
+            Input::ResumeVhost { vhost } => {
+                for hub in self.hubs_of_vhost(&vhost) {
+                    self.send_to_hub(hub, hub::Input::Resume);
+                }
+                self.paused_vhosts.remove(&vhost);
+            }
+            Input::DetachHub { hub } => {
+                if let Some(h) = self.hubs.get_mut(&hub) {
+                    h.attached = false;
+                    self.attached.retain(|_, shards| {
+                        shards.hubs.retain(|id| *id != hub);
+                        !shards.hubs.is_empty()
+                    });
+                    self.send_to_hub(hub, hub::Input::Detach);
+                }
+            }
         }
     }
 
@@ -958,8 +1054,13 @@ impl Admission {
                 attached: true,
             },
         );
+        let paused = self.paused_vhosts.contains(&key.vhost);
         self.attached.entry(key).or_default().hubs.push(hub);
         self.out.push_back(Output::StartHub { hub, machine });
+        if paused {
+            // Before any handoff, which follows in the output order.
+            self.send_to_hub(hub, hub::Input::Pause);
+        }
         hub
     }
 

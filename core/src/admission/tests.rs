@@ -599,3 +599,45 @@ fn a_key_spreads_over_hubs_per_key_hubs_in_turn() {
         "one proof; the second hub dials its own upstream"
     );
 }
+
+/// B16: pausing a vhost pauses its running hubs and hubs of that vhost started later, and
+/// not other vhosts'; resuming resumes them. Draining a hub sends the next client of its
+/// credentials to a new hub.
+#[test]
+fn paused_vhosts_and_drained_hubs() {
+    let mut w = World::new(config());
+    let c = w.login("a", "p", true);
+    w.broker_accepts_login(w.dials[0]);
+    w.open(c, "/");
+    w.link(w.dials[0], encode::open_ok());
+    let first = w.joins[0].1;
+    assert_eq!(w.adm.find_hub(first.get()), Some(first));
+    assert_eq!(w.adm.find_hub(999), None);
+    w.line("pause vhost /");
+    w.adm.handle(w.now, Input::PauseVhost { vhost: "/".into() });
+    w.drain();
+    assert_eq!(w.adm.paused_vhosts(), ["/"]);
+    w.line("drain the first hub");
+    w.adm.handle(w.now, Input::DetachHub { hub: first });
+    w.drain();
+    let list = w.adm.hub_list();
+    assert_eq!((list[0].user.as_str(), list[0].attached), ("a", false));
+    // The next client of the same credentials starts a second hub, paused from the start.
+    let c2 = w.login("a", "p", true);
+    w.open(c2, "/");
+    let second = w.joins[1].1;
+    assert_ne!(first, second);
+    w.line("resume vhost /");
+    w.adm
+        .handle(w.now, Input::ResumeVhost { vhost: "/".into() });
+    w.drain();
+    assert!(w.adm.paused_vhosts().is_empty());
+    let trace = w.trace.clone();
+    let start = trace.find(&format!("start {second}")).unwrap();
+    let pause = trace[start..]
+        .find(&format!("{second} gets Pause"))
+        .unwrap();
+    let join = trace[start..].find(&format!("joins {second}")).unwrap();
+    assert!(pause < join, "paused before its first client:\n{trace}");
+    insta::assert_snapshot!(trace);
+}

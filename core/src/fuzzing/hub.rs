@@ -1476,6 +1476,7 @@ fn hello(tune: Tune, caps: ClientCapabilities) -> ClientHello {
         capabilities: caps,
         connection_name: None,
         product: None,
+        version: None,
     }
 }
 

@@ -42,10 +42,38 @@ pub(crate) struct Client {
     pub(crate) exclusive: Vec<(UpstreamId, Vec<u8>)>,
     /// Blocked upstreams this client has been told about (B12).
     pub(crate) blocked_by: Vec<UpstreamId>,
+    /// What it said about itself, for the admin API.
+    pub(crate) labels: Box<ClientLabels>,
+    /// Its traffic and times, for the admin API.
+    pub(crate) counters: ClientCounters,
+}
+
+/// A client's own description of itself (client properties).
+#[derive(Debug, Default)]
+pub(crate) struct ClientLabels {
+    pub(crate) connection_name: Option<String>,
+    pub(crate) product: Option<String>,
+    pub(crate) version: Option<String>,
+}
+
+/// A client's traffic through its hub, and when it joined and last spoke.
+#[derive(Debug)]
+pub(crate) struct ClientCounters {
+    pub(crate) frames_in: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) frames_out: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) since: Instant,
+    pub(crate) last_activity: Instant,
 }
 
 impl Client {
-    pub(crate) fn new(id: ClientId, now: Instant, hello: &ClientHello) -> Self {
+    pub(crate) fn new(id: ClientId, now: Instant, hello: ClientHello) -> Self {
+        let labels = Box::new(ClientLabels {
+            connection_name: hello.connection_name,
+            product: hello.product,
+            version: hello.version,
+        });
         Client {
             id,
             caps: hello.capabilities,
@@ -58,6 +86,15 @@ impl Client {
             buffered: 0,
             exclusive: Vec::new(),
             blocked_by: Vec::new(),
+            labels,
+            counters: ClientCounters {
+                frames_in: 0,
+                bytes_in: 0,
+                frames_out: 0,
+                bytes_out: 0,
+                since: now,
+                last_activity: now,
+            },
         }
     }
 
@@ -115,6 +152,10 @@ impl ChannelMap {
 
     pub(crate) fn remove(&mut self, ch: &u16) -> Option<ClientChannel> {
         self.find(*ch).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -200,6 +241,9 @@ fn unexpected(detail: impl std::fmt::Display) -> Reply {
 impl Hub {
     /// Sends `Connection.OpenOk` and marks the client open.
     pub(super) fn admit(&mut self, now: Instant, id: ClientId) {
+        if self.is_held(id) {
+            return;
+        }
         let Some(c) = self.client_mut(id) else { return };
         if c.phase != Phase::AwaitingUpstream {
             return;
@@ -256,6 +300,7 @@ impl Hub {
         self.agenda
             .reschedule(super::Timer::Client(id), timer, None);
         self.waiting_opens.retain(|(c, _)| *c != id);
+        self.forget_held_open(id, None);
         self.clients.remove(id.index());
         self.out.push_back(Output::CloseClient { client: id });
         // The last client leaving may let an idle upstream go.
@@ -282,6 +327,7 @@ impl Hub {
             }
         }
         self.waiting_opens.retain(|(c, _)| *c != id);
+        self.forget_held_open(id, None);
         self.held_frames.retain(|(c, _)| *c != id);
         for (_, chan) in channels {
             self.let_go(now, id, chan);
@@ -431,6 +477,9 @@ impl Hub {
             return false;
         };
         c.liveness.received(now);
+        c.counters.frames_in += 1;
+        c.counters.bytes_in += frame.wire_len() as u64;
+        c.counters.last_activity = now;
         let closing = matches!(c.phase, Phase::Closing { .. });
         self.stats.client_frames += 1;
         self.stats.client_bytes += frame.wire_len() as u64;
@@ -970,6 +1019,15 @@ impl Hub {
             self.close_channel_from_proxy(now, id, ch, r);
             return;
         }
+        if self.paused {
+            return self.hold_open(now, id, ch);
+        }
+        self.serve_open(now, id, ch);
+    }
+
+    /// Serves a client's `Channel.Open`: from the pool, on an upstream with room, or once one
+    /// has room.
+    pub(super) fn serve_open(&mut self, now: Instant, id: ClientId, ch: u16) {
         if let Some(r) = self.take_pooled() {
             if let Some(chan) = self.client_mut(id).and_then(|c| c.channels.get_mut(&ch)) {
                 chan.shortcut_unset = true;
@@ -1047,6 +1105,7 @@ impl Hub {
             ChanState::Waiting => {
                 c.channels.remove(&ch);
                 self.waiting_opens.retain(|w| *w != (id, ch));
+                self.forget_held_open(id, Some(ch));
                 self.held_frames
                     .retain(|(cid, f)| !(*cid == id && f.channel() == ch));
                 self.send_client(now, id, encode::close_ok(ch));
@@ -1100,6 +1159,7 @@ impl Hub {
         let prev = std::mem::replace(&mut chan.state, ChanState::Closed(None));
         let declares = std::mem::take(&mut chan.declares);
         self.waiting_opens.retain(|w| *w != (id, ch));
+        self.forget_held_open(id, Some(ch));
         self.held_frames
             .retain(|(cid, f)| !(*cid == id && f.channel() == ch));
         if let ChanState::Open(r) = prev {
@@ -1220,6 +1280,7 @@ impl Hub {
     pub(super) fn fail_waiting_opens(&mut self, now: Instant, reply: &Reply) {
         let waiting: Vec<(ClientId, u16)> = self.waiting_opens.drain(..).collect();
         for (id, ch) in waiting {
+            self.stats.channel_refusals += 1;
             self.close_channel_from_proxy(now, id, ch, reply.clone());
         }
     }

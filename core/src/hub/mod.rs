@@ -17,11 +17,16 @@
 mod backoff;
 mod channels;
 mod client;
+mod control;
 pub(crate) mod liveness;
 pub mod slow;
 mod upstream;
 
 pub use backoff::BackoffConfig;
+pub use control::{
+    paused_channel_reply, paused_connection_reply, ClientSnapshot, HubSnapshot, HubState,
+    UpstreamSnapshot,
+};
 
 use crate::agenda::Agenda;
 use crate::credentials::Credentials;
@@ -63,6 +68,12 @@ impl ClientId {
     pub fn index(self) -> usize {
         self.idx as usize
     }
+
+    /// The number it prints as (`c<number>`), unique within its hub.
+    #[must_use]
+    pub fn number(self) -> u32 {
+        self.gen
+    }
 }
 
 impl UpstreamId {
@@ -70,6 +81,12 @@ impl UpstreamId {
     #[must_use]
     pub fn index(self) -> usize {
         self.idx as usize
+    }
+
+    /// The number it prints as (`u<number>`), unique within its hub.
+    #[must_use]
+    pub fn number(self) -> u32 {
+        self.gen
     }
 }
 
@@ -151,6 +168,9 @@ pub struct HubConfig {
     /// upstream login, so that a revoked permission refuses new clients as RabbitMQ would
     /// (B2). `None` when revocations arrive as events from the broker instead.
     pub proof_ttl: Option<Duration>,
+    /// How long a new client or `Channel.Open` waits while the hub is paused before it is
+    /// refused (see [`Input::Pause`]).
+    pub pause_timeout: Duration,
 }
 
 impl Default for HubConfig {
@@ -174,6 +194,7 @@ impl Default for HubConfig {
             extra_exchange_types: Vec::new(),
             upstream_name: "warren".into(),
             proof_ttl: None,
+            pause_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -248,6 +269,26 @@ pub enum Input {
         /// What they are told (320 and a text).
         reply: Reply,
     },
+    /// Close one client with `reply`, as `rabbitmqctl close_connection` does (an operator's
+    /// request through the admin API).
+    CloseClient {
+        /// Which client.
+        client: ClientId,
+        /// What it is told (320 and the operator's reason).
+        reply: Reply,
+    },
+    /// An operator pauses the hub: clients inside keep working; new clients and new
+    /// `Channel.Open`s wait for [`Input::Resume`], at most `pause_timeout` (see the
+    /// `control` module for what they are told then).
+    Pause,
+    /// Ends a pause: everything that waited goes through at once.
+    Resume,
+    /// An operator asks for a new upstream: once it opens, new channels go to it and the
+    /// other upstreams close as their channels are released (e.g. after a node came back).
+    Redial,
+    /// Admission sends this hub no more clients (the admin API's drain): it serves the ones
+    /// it has and closes its upstreams once they are gone.
+    Detach,
 }
 
 /// An instruction from a hub to its driver.
@@ -362,6 +403,11 @@ pub enum HubEvent {
         /// Which peer.
         peer: Peer,
     },
+    /// An operator asked for a new upstream; this one is being dialled.
+    Redialling {
+        /// The new upstream.
+        upstream: UpstreamId,
+    },
     /// The hub is waiting before redialling.
     ReconnectScheduled {
         /// When the next dial happens.
@@ -412,6 +458,9 @@ pub struct HubStats {
     pub slow_clients: u64,
     /// Clients closed by the hub, by reply code.
     pub client_closes: BTreeMap<u16, u64>,
+    /// Client `Channel.Open`s refused (506: no upstream has room or can be reached, or a
+    /// pause outlasted `pause_timeout`).
+    pub channel_refusals: u64,
 }
 
 /// What a hub timer entry is for.
@@ -427,6 +476,8 @@ pub(crate) enum Timer {
     Upstream(UpstreamId),
     /// A client's heartbeat or close timeout.
     Client(ClientId),
+    /// The oldest waiter of a pause runs out of time.
+    Pause,
 }
 
 /// Who an exclusive queue of this hub belongs to (B5).
@@ -494,6 +545,17 @@ pub struct Hub {
     /// See [`Hub::handoffs`].
     handoffs: u64,
     stats: HubStats,
+    /// Paused by an operator ([`Input::Pause`]).
+    paused: bool,
+    /// Clients waiting for a resume, with when they are refused.
+    paused_clients: VecDeque<(ClientId, Instant)>,
+    /// Channel opens waiting for a resume, with when they are refused.
+    paused_opens: VecDeque<(ClientId, u16, Instant)>,
+    pause_timer: Option<Instant>,
+    /// Since when admission sends no more clients ([`Input::Detach`]).
+    detached: Option<Instant>,
+    /// The upstream an operator's re-dial is waiting for.
+    redialling: Option<UpstreamId>,
 }
 
 /// Reconnect state of a hub (B11).
@@ -536,6 +598,12 @@ impl Hub {
             last_proof: None,
             handoffs: 0,
             stats: HubStats::default(),
+            paused: false,
+            paused_clients: VecDeque::new(),
+            paused_opens: VecDeque::new(),
+            pause_timer: None,
+            detached: None,
+            redialling: None,
         }
     }
 
@@ -639,8 +707,19 @@ impl Hub {
             idx: self.clients.vacant_key() as u32,
             gen: self.gen(),
         };
-        self.clients.insert(client::Client::new(id, now, &hello));
         tracing::debug!(client = %id, name = ?hello.connection_name, "client joined hub");
+        self.clients.insert(client::Client::new(id, now, hello));
+        if self.paused && self.drain.is_none() {
+            self.hold_client(now, id);
+        } else {
+            self.seat_client(now, id);
+        }
+        self.schedule_client(id);
+        id
+    }
+
+    /// Admits a new client, or has it wait for an upstream, or refuses it.
+    fn seat_client(&mut self, now: Instant, id: ClientId) {
         if self.drain.is_some() {
             self.refuse_client(
                 now,
@@ -658,8 +737,6 @@ impl Hub {
         } else {
             self.dial(now);
         }
-        self.schedule_client(id);
-        id
     }
 
     /// Whether the last upstream login is too old to vouch for a new client: it then waits
@@ -727,6 +804,11 @@ impl Hub {
                     self.close_client(now, id, reply.clone());
                 }
             }
+            Input::CloseClient { client, reply } => self.close_client(now, client, reply),
+            Input::Pause => self.pause(),
+            Input::Resume => self.resume(now),
+            Input::Redial => self.redial(now),
+            Input::Detach => self.detach(now),
         }
     }
 
@@ -799,6 +881,8 @@ impl Hub {
     fn send_client(&mut self, now: Instant, id: ClientId, data: Bytes) {
         if let Some(c) = self.client_mut(id) {
             c.liveness.sent(now);
+            c.counters.frames_out += 1;
+            c.counters.bytes_out += data.len() as u64;
             self.stats.frames_to_clients += 1;
             self.stats.bytes_to_clients += data.len() as u64;
             self.out.push_back(Output::ToClient { client: id, data });
@@ -863,6 +947,7 @@ impl Hub {
                     self.expire_pool(now);
                 }
                 Timer::Drain => self.drain_deadline(now),
+                Timer::Pause => self.pause_timeout(now),
             }
         }
     }
@@ -897,6 +982,17 @@ impl Hub {
 
     /// Opens a new upstream connection.
     fn dial(&mut self, now: Instant) -> UpstreamId {
+        let nodes = match self.config.placement {
+            Placement::Fill => self.nodes.order(),
+            Placement::Spread => self
+                .nodes
+                .spread_order(self.upstreams.iter().map(|(_, u)| u.node.unwrap_or(u.aim))),
+        };
+        self.dial_nodes(now, nodes)
+    }
+
+    /// Opens a new upstream connection that tries `nodes` in this order.
+    fn dial_nodes(&mut self, now: Instant, nodes: NodeOrder) -> UpstreamId {
         let id = UpstreamId {
             idx: self.upstreams.vacant_key() as u32,
             gen: self.gen(),
@@ -911,12 +1007,6 @@ impl Hub {
             Some(&c.vhost),
             name,
         );
-        let nodes = match self.config.placement {
-            Placement::Fill => self.nodes.order(),
-            Placement::Spread => self
-                .nodes
-                .spread_order(self.upstreams.iter().map(|(_, u)| u.node.unwrap_or(u.aim))),
-        };
         let mut u = upstream::Upstream::new(id, now, login);
         u.aim = nodes.first().copied().unwrap_or(0);
         self.upstreams.insert(u);
@@ -944,6 +1034,9 @@ impl Hub {
             .iter()
             .any(|(_, u)| u.is_open() || u.is_connecting());
         if have_upstream || self.drain.is_some() || self.reconnect.at.is_some() {
+            return;
+        }
+        if self.detached.is_some() && !self.clients_need_broker() {
             return;
         }
         let network_failure = failed && !login_refused;
@@ -1012,6 +1105,10 @@ impl Hub {
                 Reply::new(reply::CONNECTION_FORCED, "warren is shutting down"),
             );
         }
+        self.refuse_held(
+            now,
+            &Reply::new(reply::CONNECTION_FORCED, "warren is shutting down"),
+        );
     }
 
     fn drain_deadline(&mut self, now: Instant) {
@@ -1034,10 +1131,10 @@ impl Hub {
         if self.clients.is_empty() || self.drain.is_some() {
             return false;
         }
-        // The oldest open upstream is the keeper.
+        // The oldest open upstream is the keeper (not one retired by a re-dial).
         self.upstreams
             .iter()
-            .filter(|(_, u)| u.is_open())
+            .filter(|(_, u)| u.is_open() && u.retiring.is_none())
             .map(|(_, u)| u.id)
             .min_by_key(|u| u.gen)
             == Some(id)

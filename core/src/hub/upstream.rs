@@ -46,6 +46,11 @@ pub(crate) struct Upstream {
     pub(crate) node: Option<usize>,
     /// The node its dial tries first: where it counts for spreading until it connects.
     pub(crate) aim: usize,
+    /// Retired by an operator's re-dial at this time: it takes no new channel and closes
+    /// once no client channel is left on it.
+    pub(crate) retiring: Option<Instant>,
+    /// When it was dialled, then when it opened.
+    pub(crate) since: Instant,
 }
 
 impl Upstream {
@@ -65,6 +70,8 @@ impl Upstream {
             timer_at: None,
             node: None,
             aim: 0,
+            retiring: None,
+            since: now,
         }
     }
 
@@ -97,6 +104,10 @@ impl Hub {
     fn upstream_close_at(&self, u: &Upstream) -> Option<Instant> {
         if let Some(drain) = self.drain {
             (!u.serves_clients()).then_some(self.drain_started.unwrap_or(drain))
+        } else if let Some(at) = u.retiring {
+            (!u.serves_clients()).then_some(at)
+        } else if let Some(at) = self.detached.filter(|_| self.clients.is_empty()) {
+            Some(at)
         } else if self.keeps_last_upstream(u.id) {
             None
         } else {
@@ -278,7 +289,7 @@ impl Hub {
             let waiting: Vec<ClientId> = self
                 .clients
                 .iter()
-                .filter(|(_, c)| c.phase == Phase::AwaitingUpstream)
+                .filter(|(_, c)| c.phase == Phase::AwaitingUpstream && !self.is_held(c.id))
                 .map(|(_, c)| c.id)
                 .collect();
             for c in waiting {
@@ -439,6 +450,7 @@ impl Hub {
         u.table = ChannelTable::new(tune.channel_max);
         u.liveness = liveness;
         u.idle_since = Some(now);
+        u.since = now;
         self.last_proof = Some(now);
         self.stats.upstream_connects += 1;
         self.reconnect.failures = 0;
@@ -452,12 +464,13 @@ impl Hub {
         let waiting: Vec<ClientId> = self
             .clients
             .iter()
-            .filter(|(_, c)| c.phase == Phase::AwaitingUpstream)
+            .filter(|(_, c)| c.phase == Phase::AwaitingUpstream && !self.is_held(c.id))
             .map(|(_, c)| c.id)
             .collect();
         for c in waiting {
             self.admit(now, c);
         }
+        self.redialled(now, id);
         self.serve_waiting_opens(now);
         self.schedule_upstream(id);
     }
@@ -603,7 +616,7 @@ impl Hub {
             .upstreams
             .iter()
             .map(|(_, u)| u)
-            .filter(|u| u.is_open() && u.table.has_room());
+            .filter(|u| u.is_open() && u.retiring.is_none() && u.table.has_room());
         match self.config.placement {
             super::Placement::Fill => candidates.max_by_key(|u| u.id.gen).map(|u| u.id),
             super::Placement::Spread => candidates
@@ -744,6 +757,9 @@ impl Hub {
         }
         if !self.pool_has_room() {
             return self.close_upstream_channel(now, r, "pool full");
+        }
+        if self.upstream(r.up).is_some_and(|u| u.retiring.is_some()) {
+            return self.close_upstream_channel(now, r, "re-dialled");
         }
         self.set_slot(now, r, Slot::Pooled { since: now });
         self.pool.push(r);

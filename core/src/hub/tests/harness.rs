@@ -61,6 +61,7 @@ pub(super) fn hello(frame_max: u32, heartbeat: u16) -> ClientHello {
         },
         connection_name: None,
         product: None,
+        version: None,
     }
 }
 
@@ -356,6 +357,7 @@ fn describe_event(e: &HubEvent, now: Instant) -> String {
         }
         HubEvent::AuthRejected { reply } => format!("auth rejected {}", reply.code),
         HubEvent::HeartbeatMissed { peer } => format!("heartbeat missed {peer:?}"),
+        HubEvent::Redialling { upstream } => format!("redialling {upstream}"),
         HubEvent::ReconnectScheduled { at, failures } => {
             format!(
                 "reconnect scheduled in {:?} after {failures} failures",
