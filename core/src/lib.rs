@@ -32,6 +32,7 @@ pub mod hub;
 pub mod login;
 pub mod method;
 pub mod nodes;
+pub mod proxy_header;
 pub mod reply;
 pub mod table;
 pub mod wire;

@@ -2033,6 +2033,7 @@ fn admission_config(sc: &Scenario) -> AdmissionConfig {
         hub: sc.hub.clone(),
         max_clients: usize::MAX,
         max_hubs: usize::MAX,
+        proxy_protocol: false,
         hubs_per_key: 1,
         refusal_ttl: sc.net.auth_cache_ttl,
         credentials_ttl: sc.net.credentials_ttl,

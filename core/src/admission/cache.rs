@@ -99,6 +99,17 @@ impl CredentialCache {
         }
     }
 
+    /// Changes how long refusals are remembered (zero: not at all); what is cached now keeps
+    /// its expiry.
+    pub(crate) fn set_refusal_ttl(&mut self, ttl: Duration) {
+        if ttl.is_zero() != self.refusal_ttl.is_zero() {
+            let capacity = if ttl.is_zero() { 0 } else { CAPACITY };
+            self.refused_logins = Expiring::new(capacity);
+            self.refused_vhosts = Expiring::new(capacity);
+        }
+        self.refusal_ttl = ttl;
+    }
+
     /// Changes how long accepted accounts are trusted; what is cached now keeps its expiry.
     pub(crate) fn set_proven_ttl(&mut self, ttl: Option<Duration>) {
         self.proven_ttl = ttl;

@@ -34,6 +34,7 @@ use crate::hub::{self, BackoffConfig, Hub, HubConfig};
 use crate::login::{Login, LoginEvent, LoginPhase, LoginStep};
 use crate::method::{encode, Close};
 use crate::nodes::{NodeOrder, Nodes};
+use crate::proxy_header::{self, ProxyHeader};
 use crate::reply::{self, Reply};
 use bytes::{Bytes, BytesMut};
 use cache::CredentialCache;
@@ -44,6 +45,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A client connection in its handshake: a slab index plus a generation.
@@ -117,6 +119,9 @@ pub struct AdmissionConfig {
     pub max_clients: usize,
     /// Running hubs; clients of further credentials are refused at `Open` with 530.
     pub max_hubs: usize,
+    /// Whether every connection starts with a PROXY protocol header (v1 or v2) from a load
+    /// balancer in front of warren; one without is closed before any AMQP byte (B17).
+    pub proxy_protocol: bool,
     /// Hubs the clients of one (user, password, vhost) are spread over, each with its own
     /// broker connections: one hub's task runs on one thread, so a busy key gets as many as
     /// warren has threads.
@@ -138,6 +143,7 @@ impl Default for AdmissionConfig {
             hub: HubConfig::default(),
             max_clients: 50_000,
             max_hubs: 1000,
+            proxy_protocol: false,
             hubs_per_key: 1,
             refusal_ttl: Duration::from_secs(5),
             credentials_ttl: Duration::from_secs(30),
@@ -210,6 +216,10 @@ pub enum Input {
     /// Graceful shutdown (B14): clients in their handshake are closed with 320, nothing new
     /// is admitted, links close.
     Drain,
+    /// New settings (a live reload): limits, handshake settings and trust periods apply from
+    /// now on, and every hub gets its new settings. The event feed (`events`) is kept: it
+    /// changes with a restart.
+    Reconfigure(Box<AdmissionConfig>),
     /// An operator pauses a vhost: its running hubs pause, and so do hubs of that vhost
     /// started later, until [`Input::ResumeVhost`] (see [`hub::Input::Pause`]).
     PauseVhost {
@@ -336,6 +346,8 @@ pub enum Refusal {
     Draining,
     /// The client broke the handshake's rules or stalled.
     Handshake,
+    /// A PROXY protocol header was required and missing or malformed.
+    ProxyHeader,
 }
 
 impl Refusal {
@@ -351,6 +363,7 @@ impl Refusal {
             Refusal::MaxHubs => "max_hubs",
             Refusal::Draining => "draining",
             Refusal::Handshake => "handshake",
+            Refusal::ProxyHeader => "proxy_header",
         }
     }
 }
@@ -375,6 +388,22 @@ pub enum AdmissionEvent {
     HandshakeFailed {
         /// Which client.
         conn: ConnId,
+    },
+    /// A client's PROXY protocol header named its real address (the balancer's is the
+    /// socket's).
+    ClientAddress {
+        /// Which client.
+        conn: ConnId,
+        /// The client's address, as the balancer saw it.
+        source: SocketAddr,
+    },
+    /// A PROXY protocol header was required, and the connection did not start with a valid
+    /// one: it was closed before any AMQP byte.
+    ProxyHeaderRefused {
+        /// Which client.
+        conn: ConnId,
+        /// What was wrong.
+        why: &'static str,
     },
     /// A client's credentials were accepted by a login started for them (a proof).
     Proved {
@@ -463,6 +492,8 @@ struct Conn {
     /// connection is tuned: a client waiting here for the broker (its `Open` waiting on a
     /// proof opening its vhost) hears from warren at the negotiated interval.
     beat: Option<Liveness>,
+    /// A PROXY protocol header is still expected before the client's own bytes.
+    proxy_header: bool,
 }
 
 /// What a link is for.
@@ -693,6 +724,7 @@ impl Admission {
             timer_at: None,
             last_tx: now,
             beat: None,
+            proxy_header: self.config.proxy_protocol,
         });
         if self.draining {
             self.refuse(now, id, Refusal::Draining, shutting_down());
@@ -768,6 +800,7 @@ impl Admission {
             }
             Input::Timeout => self.fire_timers(now),
             Input::Drain => self.drain(now),
+            Input::Reconfigure(config) => self.reconfigure(*config),
             Input::PauseVhost { vhost } => {
                 for hub in self.hubs_of_vhost(&vhost) {
                     self.send_to_hub(hub, hub::Input::Pause);
@@ -857,6 +890,24 @@ impl Admission {
             let Some(c) = self.conn_mut(id) else { return };
             if c.wait != Wait::Input {
                 return;
+            }
+            if c.proxy_header {
+                match proxy_header::parse(&c.buf) {
+                    ProxyHeader::Incomplete => return,
+                    ProxyHeader::Complete { source, len } => {
+                        c.proxy_header = false;
+                        let _ = c.buf.split_to(len);
+                        if let Some(source) = source {
+                            self.event(AdmissionEvent::ClientAddress { conn: id, source });
+                        }
+                        continue;
+                    }
+                    ProxyHeader::Invalid(why) => {
+                        self.count_refusal(Refusal::ProxyHeader);
+                        self.event(AdmissionEvent::ProxyHeaderRefused { conn: id, why });
+                        return self.remove_conn(id, false);
+                    }
+                }
             }
             c.hs.handle_input(&mut c.buf);
             if c.beat.is_none() {
@@ -1039,13 +1090,40 @@ impl Admission {
         Some(hub)
     }
 
+    /// Takes reloaded settings (see [`Input::Reconfigure`]).
+    fn reconfigure(&mut self, config: AdmissionConfig) {
+        let events = self.config.events.take();
+        if config.hub.nodes != self.config.hub.nodes {
+            self.nodes = Nodes::new(config.hub.nodes);
+        }
+        self.config = AdmissionConfig { events, ..config };
+        self.cache.set_refusal_ttl(self.config.refusal_ttl);
+        if !self.feed_up {
+            self.cache.set_proven_ttl(Some(self.config.credentials_ttl));
+        }
+        let hubs: Vec<HubId> = self.hubs.keys().copied().collect();
+        for hub in hubs {
+            let input = hub::Input::Reconfigure(Box::new(self.hub_config()));
+            self.out.push_back(Output::ToHub { hub, input });
+        }
+    }
+
+    /// The settings of a hub started now (or reconfigured now).
+    fn hub_config(&self) -> HubConfig {
+        let mut config = self.config.hub.clone();
+        config.proof_ttl = (!self.feed_up).then_some(self.config.credentials_ttl);
+        config
+    }
+
     /// Starts a hub for `key`, attached for new clients.
     fn start_hub(&mut self, key: Credentials) -> HubId {
         self.next_hub += 1;
         let hub = HubId(self.next_hub);
-        let mut config = self.config.hub.clone();
-        config.proof_ttl = (!self.feed_up).then_some(self.config.credentials_ttl);
-        let machine = Box::new(Hub::new(config, key.clone(), self.rng.next_u64()));
+        let machine = Box::new(Hub::new(
+            self.hub_config(),
+            key.clone(),
+            self.rng.next_u64(),
+        ));
         self.hubs.insert(
             hub,
             HubRecord {

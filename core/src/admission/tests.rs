@@ -641,3 +641,64 @@ fn paused_vhosts_and_drained_hubs() {
     assert!(pause < join, "paused before its first client:\n{trace}");
     insta::assert_snapshot!(trace);
 }
+
+/// B17: behind a load balancer, a connection starts with a PROXY header whose address is the
+/// client's; one without a valid header is closed before any AMQP byte goes out.
+#[test]
+fn a_proxy_header_names_the_client_and_a_missing_one_is_refused_silently() {
+    let mut w = World::new(AdmissionConfig {
+        proxy_protocol: true,
+        ..config()
+    });
+    let c = w.accept();
+    w.client(
+        c,
+        Bytes::from_static(b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 5673\r\nAMQP\x00\x00\x09\x01"),
+    );
+    assert!(
+        w.trace.contains("ClientAddress") && w.trace.contains("192.0.2.7:40000"),
+        "{}",
+        w.trace
+    );
+    assert!(
+        w.trace.contains("connection.start"),
+        "the handshake went on: {}",
+        w.trace
+    );
+    let bare = w.accept();
+    let before = w.trace.len();
+    w.client(bare, Bytes::from_static(PROTOCOL_HEADER));
+    let after = &w.trace[before..];
+    assert!(w.closed.contains(&bare), "{after}");
+    assert!(
+        !after.contains(" <- "),
+        "nothing was written to it: {after}"
+    );
+    assert!(after.contains("ProxyHeaderRefused"), "{after}");
+    assert_eq!(w.adm.stats().refusals.get(&Refusal::ProxyHeader), Some(&1));
+}
+
+/// B16: a reload's settings apply to the next client and reach every running hub.
+#[test]
+fn a_reload_applies_to_the_next_client_and_reaches_every_hub() {
+    let mut w = World::new(config());
+    let c1 = w.login("app", "secret", true);
+    let link = w.dials[0];
+    w.broker_accepts_login(link);
+    w.open(c1, "/");
+    w.link(link, encode::open_ok());
+    assert_eq!(w.joins.len(), 1);
+    w.adm.handle(
+        w.now,
+        Input::Reconfigure(Box::new(AdmissionConfig {
+            max_clients: 0,
+            ..config()
+        })),
+    );
+    w.drain();
+    assert!(w.trace.contains("gets Reconfigure"), "{}", w.trace);
+    let c2 = w.login("app", "secret", true);
+    w.open(c2, "/");
+    assert_eq!(w.joins.len(), 1, "over the new limit: {}", w.trace);
+    assert!(w.trace.contains("max_clients"), "{}", w.trace);
+}

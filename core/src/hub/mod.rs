@@ -269,6 +269,9 @@ pub enum Input {
         /// What they are told (320 and a text).
         reply: Reply,
     },
+    /// New settings (a live reload): they apply to what starts from now on — new clients,
+    /// channels, upstreams and timers; the pool shrinks to fit at once.
+    Reconfigure(Box<HubConfig>),
     /// Close one client with `reply`, as `rabbitmqctl close_connection` does (an operator's
     /// request through the admin API).
     CloseClient {
@@ -720,13 +723,17 @@ impl Hub {
 
     /// Admits a new client, or has it wait for an upstream, or refuses it.
     fn seat_client(&mut self, now: Instant, id: ClientId) {
-        if self.drain.is_some() {
+        let servable = self.has_open_upstream() && !self.needs_fresh_proof(now);
+        // Draining, a client whose handshake was under way when warren stopped accepting is
+        // served like the others until the deadline, if an upstream can take it (B14, B17:
+        // a hand-over to a new warren refuses no one).
+        if self.drain.is_some() && !servable {
             self.refuse_client(
                 now,
                 id,
                 Reply::new(reply::CONNECTION_FORCED, "warren is shutting down"),
             );
-        } else if self.has_open_upstream() && !self.needs_fresh_proof(now) {
+        } else if servable {
             self.admit(now, id);
         } else if self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
             // Admitted when the connecting upstream opens.
@@ -804,6 +811,7 @@ impl Hub {
                     self.close_client(now, id, reply.clone());
                 }
             }
+            Input::Reconfigure(config) => self.reconfigure(now, *config),
             Input::CloseClient { client, reply } => self.close_client(now, client, reply),
             Input::Pause => self.pause(),
             Input::Resume => self.resume(now),
@@ -976,6 +984,18 @@ impl Hub {
             Beat::Idle => {}
         }
         self.schedule_client(id);
+    }
+
+    // ----- reload ---------------------------------------------------------------------
+
+    /// Takes new settings: a changed node list starts the node memory afresh; the pool is
+    /// trimmed to its new size; everything else applies as it is next read.
+    fn reconfigure(&mut self, now: Instant, config: HubConfig) {
+        if config.nodes != self.config.nodes {
+            self.nodes = Nodes::new(config.nodes);
+        }
+        self.config = config;
+        self.fit_pool(now);
     }
 
     // ----- reconnect ------------------------------------------------------------------

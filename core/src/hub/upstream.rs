@@ -806,6 +806,23 @@ impl Hub {
         self.schedule_pool();
     }
 
+    /// Closes pooled channels, oldest first, until the pool fits `pool_size` (or is empty
+    /// when recycling is off): after a reload that shrank it.
+    pub(super) fn fit_pool(&mut self, now: Instant) {
+        let keep = if self.config.recycling {
+            self.config.pool_size
+        } else {
+            0
+        };
+        while self.pool.len() > keep {
+            let r = self.pool.remove(0);
+            if self.is_pooled(r) {
+                self.close_upstream_channel(now, r, "pool shrunk by a reload");
+            }
+        }
+        self.schedule_pool();
+    }
+
     /// Closes every pooled channel (drain).
     pub(super) fn expire_pool_all(&mut self, now: Instant) {
         for r in std::mem::take(&mut self.pool) {

@@ -634,6 +634,25 @@ fn drain_closes_the_rest_at_the_deadline() {
     assert_snapshot!(w.trace());
 }
 
+/// B14, B17: a client whose handshake was under way when warren stopped accepting joins a
+/// draining hub and is served like the others (a hand-over refuses no one); with no open
+/// upstream to serve it, it is told warren is shutting down.
+#[test]
+fn drain_serves_a_late_joiner_while_an_upstream_is_open() {
+    let (mut w, _c, _u) = with_channel(no_recycling(), 1);
+    let deadline = w.now + Duration::from_secs(5);
+    w.input("drain", crate::hub::Input::Drain { deadline });
+    let late = w.join(hello(131_072, 0));
+    let got: Vec<_> = w.take(Peer::C(late)).iter().map(describe).collect();
+    assert_eq!(got, ["ch0 connection.open-ok"], "served");
+
+    let mut idle = world();
+    idle.input("drain", crate::hub::Input::Drain { deadline });
+    let refused = idle.join(hello(131_072, 0));
+    let got = idle.take(Peer::C(refused));
+    assert_eq!(close_code(&got[0]), Some(320), "no upstream to serve it");
+}
+
 /// B7: every kind of bad client input closes that client (or only its channel) with the
 /// reply code the spec names, and nothing harmful reaches the shared upstream.
 #[test]
@@ -1475,4 +1494,27 @@ fn spread_dials_each_new_upstream_on_the_least_used_node() {
         };
         assert_eq!(firsts, expected, "{placement:?}");
     }
+}
+
+/// B16: a reload that turns recycling off closes the pooled channels at once.
+#[test]
+fn a_reload_without_recycling_empties_the_pool() {
+    let (mut w, c, u) = with_channel(world(), 1);
+    w.client_sends(c, &[channel_close(1, 200, "")]);
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[flow_ok(1)]);
+    assert_eq!(w.hub.pooled_channels(), 1);
+    w.input(
+        "reload",
+        crate::hub::Input::Reconfigure(Box::new(HubConfig {
+            recycling: false,
+            ..HubConfig::default()
+        })),
+    );
+    assert_eq!(w.hub.pooled_channels(), 0);
+    let closes: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        closes,
+        ["ch1 channel.close 200 \"pool shrunk by a reload\""]
+    );
 }
