@@ -204,7 +204,7 @@ start_warren() {
     logf="$LOGS/warren-$name.log"
     # shellcheck disable=SC2086
     "$WARREN_BIN" --listen "127.0.0.1:$port" --upstream "amqp://$BROKER_HOST:$BROKER_PORT" \
-        --metrics off --recycling "$recycling" $WARREN_ARGS >>"$logf" 2>&1 &
+        --metrics off --admin-listen off --recycling "$recycling" $WARREN_ARGS >>"$logf" 2>&1 &
     await_listening "$name" $! "$port" "$logf"
     log "warren ($name, recycling $recycling): pid ${WARREN_PID[$name]} on 127.0.0.1:$port, log $logf"
 }

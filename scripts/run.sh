@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs warren (release build). Arguments go to the `warren` binary; without any it listens on
-# 127.0.0.1:5673, forwards to amqp://127.0.0.1:5672 and serves metrics on 127.0.0.1:15673.
+# 127.0.0.1:5673, forwards to amqp://127.0.0.1:5672, serves metrics on 127.0.0.1:15673 and the
+# admin API (`warren ctl`) on 127.0.0.1:15680.
 # When the upstream is the default one (no --upstream flag, no WARREN_UPSTREAM, no `upstream`
 # key in the --config file) and nothing answers on 127.0.0.1:5672, a local RabbitMQ is
 # installed and started first (scripts/rabbitmq.sh), and warren follows that broker's event

@@ -1,18 +1,32 @@
-//! The operations endpoint: `GET /metrics`, `/healthz` and `/readyz` over a deliberately tiny
-//! HTTP/1.1 server (one request per connection, `Connection: close`, request head capped at
-//! 8 KiB). It runs over [`Network`], so it works unchanged under the simulation, and it needs
-//! no HTTP dependency.
+//! warren's HTTP side, on hyper (HTTP/1.1, one request per connection, `Connection: close`),
+//! over [`Network`] so it runs unchanged under the simulation:
+//!
+//! - the operations endpoint on the `metrics` listener: `GET /metrics`, `/healthz`, `/readyz`;
+//! - the admin API on the `admin_listen` listener: JSON under `/api/` (see [`crate::api`]).
+//!
+//! Every connection is bounded: a request head over 8 KiB gets `431`, a body over
+//! [`MAX_BODY`] gets `413`, and a connection that has not finished within
+//! [`REQUEST_TIMEOUT`] is dropped.
 
+use crate::api::ApiState;
 use crate::metrics::{Metrics, CONTENT_TYPE};
 use crate::net::Network;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE as CT};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// Largest request line plus headers; more gets `431`.
+/// Largest request line plus headers; more gets `431`. (hyper's smallest read buffer.)
 const MAX_HEAD: usize = 8 * 1024;
+/// Largest request body (the admin API's JSON); more gets `413`.
+pub const MAX_BODY: usize = 64 * 1024;
 /// A connection that has not sent its request (or read the answer) by then is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (out of file descriptors, say), so the loop does not spin.
@@ -48,6 +62,11 @@ impl Readiness {
         self.draining.store(on, Ordering::Relaxed);
     }
 
+    /// Whether a drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// A hub opened (`+1`) or lost (`-1`) its open broker connection.
     pub fn add_upstreams_open(&self, delta: isize) {
         // Two's complement: adding `-1 as usize` wraps to a decrement.
@@ -80,14 +99,46 @@ impl Readiness {
     }
 }
 
-/// Serves the endpoint on `listener` until `shutdown`; each connection gets its own task and
-/// at most [`REQUEST_TIMEOUT`].
+/// Which endpoint a listener serves.
+#[derive(Clone)]
+enum Endpoint {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    Operations(Arc<AdminState>),
+    /// `/api/...`.
+    Api(Arc<ApiState>),
+}
+
+/// Serves the operations endpoint on `listener` until `shutdown`; each connection gets its
+/// own task and at most [`REQUEST_TIMEOUT`].
 pub async fn serve<N: Network>(
     net: N,
     listener: N::Listener,
     state: Arc<AdminState>,
     shutdown: CancellationToken,
 ) {
+    serve_endpoint(net, listener, Endpoint::Operations(state), shutdown).await;
+}
+
+/// Serves the admin API on `listener` until `shutdown`.
+pub(crate) async fn serve_api<N: Network>(
+    net: N,
+    listener: N::Listener,
+    api: Arc<ApiState>,
+    shutdown: CancellationToken,
+) {
+    serve_endpoint(net, listener, Endpoint::Api(api), shutdown).await;
+}
+
+async fn serve_endpoint<N: Network>(
+    net: N,
+    listener: N::Listener,
+    endpoint: Endpoint,
+    shutdown: CancellationToken,
+) {
+    let what = match endpoint {
+        Endpoint::Operations(_) => "metrics endpoint",
+        Endpoint::Api(_) => "admin API",
+    };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -96,128 +147,121 @@ pub async fn serve<N: Network>(
         };
         match accepted {
             Ok((stream, _peer)) => {
-                let (state, shutdown) = (state.clone(), shutdown.clone());
+                let (endpoint, shutdown) = (endpoint.clone(), shutdown.clone());
                 tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let endpoint = endpoint.clone();
+                        async move { Ok::<_, Infallible>(respond(&endpoint, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .title_case_headers(true)
+                        .keep_alive(false)
+                        .max_buf_size(MAX_HEAD)
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(REQUEST_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => {}
-                        r = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, &state)) => {
+                        r = tokio::time::timeout(REQUEST_TIMEOUT, conn) => {
                             if let Ok(Err(e)) = r {
-                                tracing::debug!(error = %e, "metrics endpoint: connection failed");
+                                tracing::debug!(error = %e, "{what}: connection failed");
                             }
                         }
                     }
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tracing::warn!(error = %e, "{what}: accept failed");
                 tokio::time::sleep(ACCEPT_PAUSE).await;
             }
         }
     }
 }
 
-/// Reads one request head and writes the answer.
-async fn respond<S>(mut stream: S, state: &AdminState) -> std::io::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut head = [0u8; MAX_HEAD];
-    let mut len = 0;
-    let response = loop {
-        if let Some(end) = head[..len].windows(4).position(|w| w == b"\r\n\r\n") {
-            break route(&head[..end], state);
-        }
-        if len == MAX_HEAD {
-            break Response::text(
-                431,
-                "Request Header Fields Too Large",
-                "request head over 8 KiB",
-            );
-        }
-        let n = stream.read(&mut head[len..]).await?;
-        if n == 0 {
-            return Ok(()); // closed before finishing a request
-        }
-        len += n;
+/// The answer to one request.
+async fn respond(endpoint: &Endpoint, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let head_only = req.method() == Method::HEAD;
+    let mut response = match endpoint {
+        Endpoint::Operations(state) => operations(state, &req),
+        Endpoint::Api(api) => crate::api::handle(api, req).await,
     };
-    stream.write_all(&response.into_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// The answer to a request head (request line and headers, without the blank line).
-fn route(head: &[u8], state: &AdminState) -> Response {
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let Ok(line) = std::str::from_utf8(line) else {
-        return Response::text(400, "Bad Request", "bad request line");
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Response::text(400, "Bad Request", "bad request line");
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Response::text(400, "Bad Request", "HTTP/1.x only");
+    let len = response.body().size_hint().exact().unwrap_or(0);
+    let h = response.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    if head_only {
+        *response.body_mut() = Full::new(Bytes::new());
     }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Response::text(405, "Method Not Allowed", "GET or HEAD only"),
-    };
-    let path = target.split('?').next().unwrap_or_default();
-    let mut response = match path {
-        "/metrics" => Response {
-            content_type: CONTENT_TYPE,
-            ..Response::text(200, "OK", state.metrics.encode())
-        },
-        "/healthz" => Response::text(200, "OK", "ok"),
-        "/readyz" => match state.readiness.check() {
-            Ok(()) => Response::text(200, "OK", "ready"),
-            Err(reason) => Response::text(503, "Service Unavailable", reason),
-        },
-        _ => Response::text(404, "Not Found", "not found"),
-    };
-    response.head_only = head_only;
     response
 }
 
-struct Response {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    body: String,
-    head_only: bool,
+/// `/metrics`, `/healthz`, `/readyz`.
+fn operations(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, state.metrics.encode());
+            r.headers_mut()
+                .insert(CT, HeaderValue::from_static(CONTENT_TYPE));
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok"),
+        "/readyz" => match state.readiness.check() {
+            Ok(()) => text(StatusCode::OK, "ready"),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
 }
 
-impl Response {
-    fn text(status: u16, reason: &'static str, body: impl Into<String>) -> Response {
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-            head_only: false,
-        }
-    }
+/// A plain-text answer.
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CT, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
 
-    fn into_bytes(self) -> Vec<u8> {
-        let allow = if self.status == 405 {
-            "Allow: GET, HEAD\r\n"
-        } else {
-            ""
-        };
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-            self.status,
-            self.reason,
-            self.content_type,
-            self.body.len()
+/// A JSON answer.
+pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_string_pretty(body).unwrap_or_default();
+    text.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CT, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Reads a request body of at most [`MAX_BODY`] bytes; `Err` is the `413` (or `400`) answer.
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    let too_large = || {
+        json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &serde_json::json!({ "error": format!("request body over {MAX_BODY} bytes") }),
         )
-        .into_bytes();
-        if !self.head_only {
-            out.extend_from_slice(self.body.as_bytes());
-        }
-        out
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "error": format!("cannot read the request body: {e}") }),
+        )),
     }
 }

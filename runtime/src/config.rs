@@ -221,12 +221,21 @@ pub enum LogFormat {
 pub struct Config {
     /// Client-facing listener.
     pub listen: SocketAddr,
+    /// Client listeners are bound with `SO_REUSEPORT`, so that a new warren can start on the
+    /// address of a running one and the old one then drains: a restart refuses no client.
+    pub reuse_port: bool,
+    /// Every client connection starts with a PROXY protocol header (v1 or v2) from a load
+    /// balancer; connections without one are closed before any AMQP byte.
+    pub proxy_protocol: bool,
     /// The broker's nodes.
     pub upstream: Upstreams,
     /// Metrics and health HTTP listener; `None` disables it.
     pub metrics: Option<SocketAddr>,
-    /// TLS on the listener, if any.
+    /// TLS for clients, if any: on `listen`, or on `tls_listen` when that is set.
     pub listener_tls: Option<ListenerTls>,
+    /// A second client listener, for TLS clients (as RabbitMQ's 5671 beside 5672): `listen`
+    /// then takes plain clients.
+    pub tls_listen: Option<SocketAddr>,
     /// TLS towards an `amqps://` upstream.
     pub upstream_tls: UpstreamTls,
     /// Heartbeat proposed to clients, seconds.
@@ -281,6 +290,15 @@ pub struct Config {
     pub events: Option<Credentials>,
     /// Grace time for clients on SIGTERM.
     pub drain_timeout: Duration,
+    /// Admin API listener (B16); `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires (`admin_token`, or read from `admin_token_file`).
+    pub admin_token: Option<String>,
+    /// Serve the admin API on a non-loopback address without a token.
+    pub admin_allow_no_token: bool,
+    /// How long a new client or channel open waits while its hub is paused before it is
+    /// refused.
+    pub pause_timeout: Duration,
     /// Threads that run connections and hubs; 0 picks half the CPUs (at least one), leaving
     /// the rest to the broker and applications that usually share the machine.
     pub worker_threads: usize,
@@ -296,6 +314,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5673)),
+            reuse_port: false,
+            proxy_protocol: false,
             upstream: UpstreamUrl {
                 tls: false,
                 host: "127.0.0.1".into(),
@@ -304,6 +324,7 @@ impl Default for Config {
             .into(),
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 15673))),
             listener_tls: None,
+            tls_listen: None,
             upstream_tls: UpstreamTls::default(),
             client_heartbeat: 60,
             frame_max: 131_072,
@@ -330,6 +351,10 @@ impl Default for Config {
             credentials_ttl: Duration::from_secs(30),
             events: None,
             drain_timeout: Duration::from_secs(30),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
+            admin_token: None,
+            admin_allow_no_token: false,
+            pause_timeout: Duration::from_secs(30),
             worker_threads: 0,
             extra_exchange_types: Vec::new(),
             log_level: "info".into(),
@@ -375,8 +400,7 @@ impl Config {
             upstream_name,
             // Set per hub by admission, from whether the event feed is up.
             proof_ttl: None,
-            // Until the admin work adds its setting.
-            pause_timeout: HubConfig::default().pause_timeout,
+            pause_timeout: self.pause_timeout,
         }
     }
 
@@ -388,6 +412,7 @@ impl Config {
             hub: self.hub_config(upstream_name),
             max_clients: self.max_clients,
             max_hubs: self.max_hubs,
+            proxy_protocol: self.proxy_protocol,
             hubs_per_key: self.runtime_threads(),
             refusal_ttl: self.auth_cache_ttl,
             credentials_ttl: self.credentials_ttl,
@@ -511,6 +536,17 @@ impl Config {
         ensure(self.metrics != Some(self.listen), "metrics", || {
             format!("must differ from listen ({})", self.listen)
         })?;
+        self.validate_admin()?;
+        if let Some(tls) = self.tls_listen {
+            ensure(self.listener_tls.is_some(), "tls_listen", || {
+                "needs tls_cert and tls_key".into()
+            })?;
+            ensure(
+                tls != self.listen && Some(tls) != self.metrics,
+                "tls_listen",
+                || format!("must differ from listen ({}) and metrics", self.listen),
+            )?;
+        }
         ensure(
             self.extra_exchange_types.iter().all(|t| !t.is_empty()),
             "extra_exchange_types",
@@ -518,6 +554,41 @@ impl Config {
         )?;
         crate::logging::filter(&self.log_level).map_err(|e| invalid("log_level", e))?;
         self.validate_upstream_tls()
+    }
+
+    /// The admin API can close every client: on an address other than loopback it needs a
+    /// token, unless `admin_allow_no_token` says otherwise.
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let Some(addr) = self.admin_listen else {
+            return Ok(());
+        };
+        if addr.port() != 0 {
+            ensure(
+                addr != self.listen && Some(addr) != self.metrics,
+                "admin_listen",
+                || format!("must differ from listen ({}) and metrics", self.listen),
+            )?;
+        }
+        ensure(
+            addr.ip().is_loopback() || self.admin_token.is_some() || self.admin_allow_no_token,
+            "admin_listen",
+            || {
+                format!(
+                    "{addr} is not a loopback address: set admin_token (or admin_token_file) so that \
+                     only operators can use the admin API, or admin_allow_no_token = true"
+                )
+            },
+        )?;
+        ensure(
+            self.admin_token
+                .as_ref()
+                .is_none_or(|t| !t.trim().is_empty()),
+            "admin_token",
+            || "must not be empty".into(),
+        )?;
+        ensure(!self.pause_timeout.is_zero(), "pause_timeout", || {
+            "must be longer than 0s".into()
+        })
     }
 
     fn validate_upstream_tls(&self) -> Result<(), ConfigError> {
@@ -672,6 +743,35 @@ where
     Ok(Command::Run(Box::new(config)))
 }
 
+/// Every setting's key, in the order of `--help`.
+#[must_use]
+pub fn setting_keys() -> Vec<&'static str> {
+    Settings::default()
+        .shown()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// The keys whose values differ between two configurations (a reload's changes), in the
+/// order of `--help`. Passwords are compared, never shown.
+#[must_use]
+pub fn changed_settings(old: &Config, new: &Config) -> Vec<&'static str> {
+    let shown_old = Settings::from_config(old).shown();
+    let shown_new = Settings::from_config(new).shown();
+    let mut changed: Vec<&'static str> = shown_old
+        .into_iter()
+        .zip(shown_new)
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((key, _), _)| key)
+        .collect();
+    // The one secret that is never shown.
+    if old.admin_token != new.admin_token {
+        changed.push("admin_token");
+    }
+    changed
+}
+
 /// One TOML file over the defaults, validated: what `warren check-config FILE` checks.
 pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
     Settings::read(path)?.build()
@@ -804,6 +904,12 @@ settings! {
     #[arg(value_name = "ADDR:PORT|off", help_heading = "Network")]
     #[serde(default, deserialize_with = "text")]
     metrics: MetricsListen,
+    /// Bind the client listeners with SO_REUSEPORT, so that a new warren can start on the address of a running one, which then drains (zero-downtime restart).
+    #[arg(value_name = "true|false", help_heading = "Network")]
+    reuse_port: bool,
+    /// Expect a PROXY protocol header (v1 or v2) from a load balancer before each client's AMQP; clients without one are closed.
+    #[arg(value_name = "true|false", help_heading = "Network")]
+    proxy_protocol: bool,
 
     /// Heartbeat interval proposed to clients, in seconds (0: none unless the client asks).
     #[arg(value_name = "SECONDS", help_heading = "Clients")]
@@ -925,6 +1031,10 @@ settings! {
     /// CA (PEM) that client certificates must be signed by; clients without one are refused.
     #[arg(value_name = "FILE", help_heading = "TLS")]
     tls_client_ca: String,
+    /// Address of a second listener for TLS clients; `listen` then takes plain clients (without it, TLS is on `listen`).
+    #[arg(value_name = "ADDR:PORT", help_heading = "TLS")]
+    #[serde(default, deserialize_with = "text")]
+    tls_listen: SocketAddr,
     /// CA bundle (PEM) to verify an amqps:// broker with (default: the system's trust store).
     #[arg(value_name = "FILE", help_heading = "TLS")]
     upstream_ca: String,
@@ -940,6 +1050,24 @@ settings! {
     /// Name to verify the broker as and send as SNI (default: the upstream URL's host).
     #[arg(value_name = "NAME", help_heading = "TLS")]
     upstream_server_name: String,
+
+    /// Address of the admin API (JSON over HTTP; `warren ctl` uses it), or `off`. An address other than loopback needs admin_token or admin_token_file, unless admin_allow_no_token.
+    #[arg(value_name = "ADDR:PORT|off", help_heading = "Administration")]
+    #[serde(default, deserialize_with = "text")]
+    admin_listen: MetricsListen,
+    /// Bearer token the admin API requires (`Authorization: Bearer TOKEN`); without one, anyone who reaches admin_listen may use it.
+    #[arg(value_name = "TOKEN", help_heading = "Administration")]
+    admin_token: String,
+    /// File holding the admin token (its first line), instead of admin_token.
+    #[arg(value_name = "FILE", help_heading = "Administration")]
+    admin_token_file: String,
+    /// Allow admin_listen on an address other than loopback without a token (anyone who reaches it can close clients).
+    #[arg(value_name = "true|false", help_heading = "Administration")]
+    admin_allow_no_token: bool,
+    /// How long a new client or Channel.Open waits while its hub or vhost is paused before it is refused.
+    #[arg(value_name = "DURATION", help_heading = "Administration")]
+    #[serde(default, deserialize_with = "text")]
+    pause_timeout: humantime::Duration,
 }
 
 impl Settings {
@@ -993,11 +1121,25 @@ impl Settings {
                 ))
             }
         };
+        let admin_token = match (self.admin_token, self.admin_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "admin_token_file",
+                    "set admin_token or admin_token_file, not both",
+                ))
+            }
+            (Some(token), None) => Some(token),
+            (None, Some(file)) => Some(read_token_file(&file)?),
+            (None, None) => d.admin_token.clone(),
+        };
         let config = Config {
             listen: self.listen.unwrap_or(d.listen),
+            reuse_port: self.reuse_port.unwrap_or(d.reuse_port),
+            proxy_protocol: self.proxy_protocol.unwrap_or(d.proxy_protocol),
             upstream: self.upstream.unwrap_or(d.upstream),
             metrics: self.metrics.map_or(d.metrics, |m| m.0),
             listener_tls,
+            tls_listen: self.tls_listen,
             upstream_tls: UpstreamTls {
                 ca: self.upstream_ca.map(Into::into).or(d.upstream_tls.ca),
                 cert: self.upstream_cert.map(Into::into).or(d.upstream_tls.cert),
@@ -1042,6 +1184,10 @@ impl Settings {
             credentials_ttl: self.credentials_ttl.map_or(d.credentials_ttl, Into::into),
             events,
             drain_timeout: self.drain_timeout.map_or(d.drain_timeout, Into::into),
+            admin_listen: self.admin_listen.map_or(d.admin_listen, |m| m.0),
+            admin_token,
+            admin_allow_no_token: self.admin_allow_no_token.unwrap_or(d.admin_allow_no_token),
+            pause_timeout: self.pause_timeout.map_or(d.pause_timeout, Into::into),
             worker_threads: self.worker_threads.unwrap_or(d.worker_threads),
             extra_exchange_types: self
                 .extra_exchange_types
@@ -1059,6 +1205,8 @@ impl Settings {
         let listener = c.listener_tls.as_ref();
         Settings {
             listen: Some(c.listen),
+            reuse_port: Some(c.reuse_port),
+            proxy_protocol: Some(c.proxy_protocol),
             upstream: Some(c.upstream.clone()),
             metrics: Some(MetricsListen(c.metrics)),
             client_heartbeat: Some(c.client_heartbeat),
@@ -1090,12 +1238,19 @@ impl Settings {
             pool_idle_timeout: Some(c.pool_idle_timeout.into()),
             extra_exchange_types: Some(Names(c.extra_exchange_types.clone())),
             drain_timeout: Some(c.drain_timeout.into()),
+            admin_listen: Some(MetricsListen(c.admin_listen)),
+            // Never shown.
+            admin_token: None,
+            admin_token_file: None,
+            admin_allow_no_token: Some(c.admin_allow_no_token),
+            pause_timeout: Some(c.pause_timeout.into()),
             worker_threads: Some(c.worker_threads),
             log_level: Some(c.log_level.clone()),
             log_format: Some(c.log_format),
             tls_cert: listener.map(|t| path(&t.cert)),
             tls_key: listener.map(|t| path(&t.key)),
             tls_client_ca: listener.and_then(|t| t.client_ca.as_ref()).map(path),
+            tls_listen: c.tls_listen,
             upstream_ca: c.upstream_tls.ca.as_ref().map(path),
             upstream_cert: c.upstream_tls.cert.as_ref().map(path),
             upstream_key: c.upstream_tls.key.as_ref().map(path),
@@ -1103,6 +1258,22 @@ impl Settings {
             upstream_server_name: c.upstream_tls.server_name.clone(),
         }
     }
+}
+
+/// The admin API's port when `admin_listen` is not set: next to none of RabbitMQ's
+/// (15672 management, 15674 Web STOMP, 15675 Web MQTT, 15692 Prometheus) nor warren's own
+/// 5673 and 15673.
+pub const DEFAULT_ADMIN_PORT: u16 = 15680;
+
+/// Reads the admin token from `admin_token_file`: its first line, trimmed.
+pub fn read_token_file(file: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| invalid("admin_token_file", format!("cannot read {file}: {e}")))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        return Err(invalid("admin_token_file", format!("{file} is empty")));
+    }
+    Ok(token)
 }
 
 /// `ADDR:PORT` or `off`.
@@ -1230,6 +1401,8 @@ mod tests {
     fn sample() -> Config {
         Config {
             listen: "0.0.0.0:6000".parse().unwrap(),
+            reuse_port: true,
+            proxy_protocol: true,
             upstream: "amqps://broker.internal:5999,amqp://[fd00::2]:5672"
                 .parse()
                 .unwrap(),
@@ -1239,6 +1412,7 @@ mod tests {
                 key: "/tls/key.pem".into(),
                 client_ca: Some("/tls/clients.pem".into()),
             }),
+            tls_listen: Some("127.0.0.1:5674".parse().unwrap()),
             upstream_tls: UpstreamTls {
                 ca: Some("/tls/broker-ca.pem".into()),
                 cert: Some("/tls/warren.pem".into()),
@@ -1275,12 +1449,19 @@ mod tests {
                 vhost: "ops".into(),
             }),
             drain_timeout: Duration::from_secs(45),
+            admin_listen: Some("127.0.0.1:16000".parse().unwrap()),
+            admin_token: Some("t0ken".into()),
+            admin_allow_no_token: true,
+            pause_timeout: Duration::from_secs(12),
             worker_threads: 3,
             extra_exchange_types: vec!["x-delayed-message".into(), "x-consistent-hash".into()],
             log_level: "warren_runtime=debug".into(),
             log_format: LogFormat::Json,
         }
     }
+
+    /// Secrets: `Settings::from_config` leaves them out, so the samples set them by hand.
+    const NEVER_SHOWN: [&str; 2] = ["admin_token", "admin_token_file"];
 
     const SAMPLE_TOML: &str = r#"
 listen = "0.0.0.0:6000"
@@ -1310,16 +1491,23 @@ events_user = "monitor"
 events_password = "m0n"
 events_vhost = "ops"
 recycling = false
+reuse_port = true
+proxy_protocol = true
 pool_size = 8
 pool_idle_timeout = "1m 30s"
 extra_exchange_types = ["x-delayed-message", "x-consistent-hash"]
 drain_timeout = "45s"
+admin_listen = "127.0.0.1:16000"
+admin_token = "t0ken"
+admin_allow_no_token = true
+pause_timeout = "12s"
 worker_threads = 3
 log_level = "warren_runtime=debug"
 log_format = "json"
 tls_cert = "/tls/cert.pem"
 tls_key = "/tls/key.pem"
 tls_client_ca = "/tls/clients.pem"
+tls_listen = "127.0.0.1:5674"
 upstream_ca = "/tls/broker-ca.pem"
 upstream_cert = "/tls/warren.pem"
 upstream_key = "/tls/warren.key"
@@ -1338,6 +1526,9 @@ upstream_server_name = "rabbit.internal"
         let defaults = Settings::from_config(&Config::default()).shown();
         let sample = Settings::from_config(&sample()).shown();
         for ((key, default), (_, value)) in defaults.iter().zip(&sample) {
+            if NEVER_SHOWN.contains(key) {
+                continue;
+            }
             assert!(value.is_some() && value != default, "{key} = {value:?}");
         }
     }
@@ -1345,9 +1536,12 @@ upstream_server_name = "rabbit.internal"
     #[test]
     fn every_setting_has_a_flag_and_a_variable() {
         let shown = Settings::from_config(&sample()).shown();
-        let mut args = vec!["warren".to_owned()];
-        let mut env = HashMap::new();
+        let mut args = vec!["warren".to_owned(), "--admin-token".into(), "t0ken".into()];
+        let mut env = HashMap::from([(env_var("admin_token"), "t0ken".to_owned())]);
         for (key, value) in shown {
+            if NEVER_SHOWN.contains(&key) {
+                continue;
+            }
             let value = value.unwrap();
             args.push(format!("--{}", key.replace('_', "-")));
             args.push(value.clone());

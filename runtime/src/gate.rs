@@ -10,7 +10,7 @@
 use crate::conn::{BoxStream, Resettable};
 use crate::hub_task::{spawn_hub, Arrival, HubMsg};
 use crate::net::Network;
-use crate::server::{now, ClientCount, Ctx};
+use crate::server::{now, ClientCount, ClientListener, Ctx};
 use crate::sockets::{SocketEvent, SocketSet};
 use crate::wake::Wake;
 use bytes::{Bytes, BytesMut};
@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use warren_core::admission::{
     Admission, AdmissionEvent, ConnId, HubId, Input, LinkId, Output, Refusal,
 };
@@ -43,6 +43,13 @@ pub(crate) enum GateMsg {
     HubIdle { hub: HubId, handoffs: u64 },
     /// A hub's own login was refused.
     HubRefused { hub: HubId, reply: Reply },
+    /// The settings were reloaded ([`crate::reload`]): admission and the hubs take them.
+    Reconfigure,
+    /// A request of the admin API, and where its answer goes.
+    Admin(
+        crate::api::AdminRequest,
+        oneshot::Sender<crate::api::ApiReply>,
+    ),
 }
 
 /// A client socket ready for its AMQP handshake.
@@ -52,6 +59,8 @@ pub(crate) struct Accepted {
     pub(crate) count: ClientCount,
     pub(crate) reset: Arc<AtomicBool>,
     pub(crate) started: Instant,
+    /// It came to a TLS listener.
+    pub(crate) tls: bool,
 }
 
 /// What a socket of the set belongs to.
@@ -69,6 +78,7 @@ struct ClientInfo {
     count: ClientCount,
     reset: Arc<AtomicBool>,
     started: Instant,
+    tls: bool,
 }
 
 /// A broker connection of admission's, as the task knows it.
@@ -88,17 +98,21 @@ pub(crate) struct Gate<N: Network> {
     hubs: BTreeMap<HubId, mpsc::UnboundedSender<HubMsg>>,
     tx: mpsc::UnboundedSender<GateMsg>,
     rx: mpsc::UnboundedReceiver<GateMsg>,
-    listener: Option<N::Listener>,
+    /// The client listeners; none once draining.
+    listeners: Vec<ClientListener<N>>,
     draining: bool,
 }
 
 impl<N: Network> Gate<N> {
     pub(crate) fn new(
         ctx: Arc<Ctx<N>>,
-        listener: N::Listener,
+        listeners: Vec<ClientListener<N>>,
         seed: u64,
     ) -> (Gate<N>, mpsc::UnboundedSender<GateMsg>) {
-        let config = ctx.config.admission_config(ctx.upstream_name.clone());
+        let config = ctx
+            .live()
+            .config
+            .admission_config(ctx.upstream_name.clone());
         let admission = Admission::new(now(), config, seed);
         let (tx, rx) = mpsc::unbounded_channel();
         let gate = Gate {
@@ -110,18 +124,33 @@ impl<N: Network> Gate<N> {
             hubs: BTreeMap::new(),
             tx: tx.clone(),
             rx,
-            listener: Some(listener),
+            listeners,
             draining: false,
         };
         (gate, tx)
     }
 
     /// Runs until drained (every hub stopped, every socket closed) or aborted.
+    ///
+    /// A drain first stops accepting: what the kernel already accepted is taken (closing a
+    /// listener would reset it), and handshakes under way may finish (up to the handshake
+    /// timeout) and join their hubs, which serve them like the clients they have; only then
+    /// is admission told to drain. So a warren handing its address over to a new one
+    /// (`reuse_port`) refuses no client.
     pub(crate) async fn run(mut self) {
         let mut wake = Wake::new(&self.ctx.abort, &self.ctx.drain);
+        // While draining: until when handshakes under way may finish.
+        let mut grace: Option<tokio::time::Instant> = None;
         loop {
             self.apply();
-            if self.draining && self.hubs.is_empty() && self.sockets.len() == 0 {
+            if let Some(until) = grace {
+                if self.admission.handshakes() == 0 || tokio::time::Instant::now() >= until {
+                    grace = None;
+                    self.admission.handle(now(), Input::Drain);
+                    self.apply();
+                }
+            }
+            if self.draining && grace.is_none() && self.hubs.is_empty() && self.sockets.len() == 0 {
                 break;
             }
             let deadline = self
@@ -130,6 +159,7 @@ impl<N: Network> Gate<N> {
                 .map(tokio::time::Instant::from_std)
                 .into_iter()
                 .chain(self.sockets.next_deadline())
+                .chain(grace)
                 .min();
             wake.set(deadline);
             let draining = self.draining;
@@ -138,13 +168,14 @@ impl<N: Network> Gate<N> {
                 _ = wake.abort.as_mut() => break,
                 _ = wake.drain.as_mut(), if !draining => {
                     self.draining = true;
-                    self.listener = None;
+                    self.stop_listening().await;
                     self.ctx.admin.readiness.set_listening(false);
-                    self.admission.handle(now(), Input::Drain);
+                    let timeout = self.ctx.live().config.handshake_timeout;
+                    grace = Some(tokio::time::Instant::now() + timeout);
                 }
                 Some(msg) = self.rx.recv() => self.message(msg),
                 ev = poll_fn(|cx| self.sockets.poll_event(cx)) => self.socket_event(ev),
-                accepted = accept(&self.ctx.net, self.listener.as_ref()) => self.accepted(accepted),
+                (accepted, tls) = accept(&self.ctx.net, &self.listeners) => self.accepted(accepted, tls),
                 _ = wake.sleep.as_mut(), if wake.armed() => {
                     wake.fired();
                     self.timers_due();
@@ -157,6 +188,19 @@ impl<N: Network> Gate<N> {
         }
     }
 
+    /// Takes every connection the listeners' queues hold, then closes them.
+    async fn stop_listening(&mut self) {
+        let listeners = std::mem::take(&mut self.listeners);
+        for l in &listeners {
+            // A zero timeout polls the accept once: whatever is queued, nothing more.
+            while let Ok(Ok(accepted)) =
+                tokio::time::timeout(Duration::ZERO, self.ctx.net.accept(&l.inner)).await
+            {
+                self.accepted(Ok(accepted), l.tls);
+            }
+        }
+    }
+
     /// Whatever timer is due: admission's, or a closing handshake socket's.
     fn timers_due(&mut self) {
         if self.admission.poll_timeout().is_some_and(|at| at <= now()) {
@@ -166,7 +210,9 @@ impl<N: Network> Gate<N> {
         drop(self.sockets.reap(tokio::time::Instant::now()));
     }
 
-    fn accepted(&mut self, accepted: std::io::Result<(N::Stream, SocketAddr)>) {
+    /// A connection from a listener: its AMQP handshake starts, after TLS if it came to a
+    /// TLS listener.
+    fn accepted(&mut self, accepted: std::io::Result<(N::Stream, SocketAddr)>, tls: bool) {
         match accepted {
             Ok((stream, peer)) => {
                 let count = ClientCount::new(&self.ctx.clients);
@@ -178,9 +224,11 @@ impl<N: Network> Gate<N> {
                     count,
                     reset,
                     started: now(),
+                    tls,
                 };
-                match &self.ctx.acceptor {
-                    Some(acceptor) => {
+                match (tls, &self.ctx.live().acceptor) {
+                    (false, _) => self.handshake(accepted),
+                    (true, Some(acceptor)) => {
                         let (ctx, acceptor, tx) =
                             (self.ctx.clone(), acceptor.clone(), self.tx.clone());
                         self.ctx.tracker.spawn(async move {
@@ -189,7 +237,11 @@ impl<N: Network> Gate<N> {
                             }
                         });
                     }
-                    None => self.handshake(accepted),
+                    (true, None) => {
+                        // Only after a reload that removed the certificate: a restart
+                        // closes the TLS listener.
+                        tracing::warn!(%peer, "TLS client refused: no certificate is configured (tls_cert)");
+                    }
                 }
             }
             Err(e) => {
@@ -215,6 +267,7 @@ impl<N: Network> Gate<N> {
                 count: a.count,
                 reset: a.reset,
                 started: a.started,
+                tls: a.tls,
             },
         );
     }
@@ -243,12 +296,9 @@ impl<N: Network> Gate<N> {
 
     fn message(&mut self, msg: GateMsg) {
         match msg {
-            GateMsg::Accepted(a) => {
-                if self.draining {
-                    return;
-                }
-                self.handshake(*a);
-            }
+            // Accepted before the listeners closed: admission decides (it refuses once
+            // draining).
+            GateMsg::Accepted(a) => self.handshake(*a),
             GateMsg::Dialed { link, result } => {
                 if self.link_mut(link).is_none() {
                     // Closed by admission meanwhile: the socket is dropped.
@@ -282,7 +332,56 @@ impl<N: Network> Gate<N> {
                 self.admission
                     .handle(now(), Input::HubRefused { hub, reply });
             }
+            GateMsg::Reconfigure => {
+                let config = self
+                    .ctx
+                    .live()
+                    .config
+                    .admission_config(self.ctx.upstream_name.clone());
+                self.admission
+                    .handle(now(), Input::Reconfigure(Box::new(config)));
+            }
+            GateMsg::Admin(request, reply) => self.admin(request, reply),
         }
+    }
+
+    /// A request of the admin API: admission's part here (pausing a vhost, detaching a
+    /// hub), the hubs' part in a task that asks them and answers.
+    fn admin(
+        &mut self,
+        request: crate::api::AdminRequest,
+        reply: oneshot::Sender<crate::api::ApiReply>,
+    ) {
+        use crate::api::{AdminRequest, HubAction};
+        let mut found = None;
+        match &request {
+            AdminRequest::Vhost(vhost, pause) => {
+                let vhost = vhost.clone();
+                let input = if *pause {
+                    Input::PauseVhost { vhost }
+                } else {
+                    Input::ResumeVhost { vhost }
+                };
+                self.admission.handle(now(), input);
+            }
+            AdminRequest::HubAct(n, HubAction::Drain) => {
+                found = self.admission.find_hub(*n);
+                if let Some(hub) = found {
+                    tracing::info!(%hub, "draining a hub for an operator");
+                    self.admission.handle(now(), Input::DetachHub { hub });
+                }
+            }
+            _ => {}
+        }
+        self.apply();
+        let hubs = self
+            .admission
+            .hub_list()
+            .into_iter()
+            .filter_map(|e| self.hubs.get(&e.id).map(|tx| (e, tx.clone())))
+            .collect();
+        let paused = self.admission.paused_vhosts();
+        tokio::spawn(crate::api::answer(request, hubs, paused, found, reply));
     }
 
     fn socket_event(&mut self, ev: SocketEvent<Who>) {
@@ -424,6 +523,7 @@ impl<N: Network> Gate<N> {
                             peer: c.peer,
                             count: c.count,
                             reset: c.reset,
+                            tls: c.tls,
                         })),
                     );
                 }
@@ -454,7 +554,7 @@ impl<N: Network> Gate<N> {
             LinkInfo {
                 id: link,
                 key: None,
-                decoder: FrameDecoder::new(self.ctx.config.frame_max),
+                decoder: FrameDecoder::new(self.ctx.live().config.frame_max),
             },
         );
         let (ctx, tx) = (self.ctx.clone(), self.tx.clone());
@@ -487,6 +587,20 @@ impl<N: Network> Gate<N> {
                 let peer = self.client(conn).map(|c| c.peer);
                 tracing::debug!(peer = ?peer, "client handshake failed");
             }
+            AdmissionEvent::ClientAddress { conn, source } => {
+                // Logs, metrics and the admin API show the client, not the balancer.
+                if let Some(c) = self.clients.get_mut(conn.index()).and_then(Option::as_mut) {
+                    if c.id == conn {
+                        tracing::debug!(balancer = %c.peer, client = %source, "PROXY header");
+                        c.peer = source;
+                    }
+                }
+            }
+            AdmissionEvent::ProxyHeaderRefused { conn, why } => {
+                m.refused(Refusal::ProxyHeader.label());
+                let peer = self.client(conn).map(|c| c.peer);
+                tracing::info!(peer = ?peer, why, "client refused: no valid PROXY protocol header");
+            }
             AdmissionEvent::ProofFailed { user, reply, .. } => {
                 m.proof(if reply.refuses_login() {
                     "refused"
@@ -516,7 +630,7 @@ impl<N: Network> Gate<N> {
             }
             AdmissionEvent::FeedDown { reason } => {
                 m.set_event_feed(false);
-                let ttl = self.ctx.config.credentials_ttl;
+                let ttl = self.ctx.live().config.credentials_ttl;
                 tracing::warn!(%reason, ?ttl, "broker event feed down: accepted credentials are trusted for credentials_ttl only");
             }
             AdmissionEvent::Unreachable { reply, retry_in } => {
@@ -526,22 +640,25 @@ impl<N: Network> Gate<N> {
     }
 }
 
-/// The next connection from the listener, or never once it is gone (draining).
+/// The next connection from any listener, and whether it came to a TLS one; never once the
+/// listeners are gone (draining).
 async fn accept<N: Network>(
     net: &N,
-    listener: Option<&N::Listener>,
-) -> std::io::Result<(N::Stream, SocketAddr)> {
-    match listener {
-        Some(l) => {
-            let r = net.accept(l).await;
-            if r.is_err() {
-                // Out of file descriptors and similar: do not spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            r
-        }
-        None => std::future::pending().await,
+    listeners: &[ClientListener<N>],
+) -> (std::io::Result<(N::Stream, SocketAddr)>, bool) {
+    let (r, tls) = match listeners {
+        [] => std::future::pending().await,
+        [one] => (net.accept(&one.inner).await, one.tls),
+        [a, b, ..] => tokio::select! {
+            r = net.accept(&a.inner) => (r, a.tls),
+            r = net.accept(&b.inner) => (r, b.tls),
+        },
+    };
+    if r.is_err() {
+        // Out of file descriptors and similar: do not spin.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (r, tls)
 }
 
 /// Accepts TLS within the handshake timeout.
@@ -550,7 +667,8 @@ async fn tls_accept<N: Network>(
     acceptor: &tokio_rustls::TlsAcceptor,
     a: Accepted,
 ) -> Option<Accepted> {
-    let tls = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(a.stream));
+    let timeout = ctx.live().config.handshake_timeout;
+    let tls = tokio::time::timeout(timeout, acceptor.accept(a.stream));
     match tls.await {
         Ok(Ok(s)) => Some(Accepted {
             stream: Box::new(s),

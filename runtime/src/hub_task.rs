@@ -69,6 +69,11 @@ pub(crate) enum HubMsg {
     },
     /// Nothing is on its way any more: stop once idle.
     Stop,
+    /// A request of the admin API; the answer describes the hub after it.
+    Admin(
+        crate::api::HubCommand,
+        tokio::sync::oneshot::Sender<crate::api::HubAnswer>,
+    ),
 }
 
 /// A client handed to its hub, with its socket.
@@ -82,6 +87,8 @@ pub(crate) struct Arrival {
     pub(crate) peer: SocketAddr,
     pub(crate) count: ClientCount,
     pub(crate) reset: Arc<AtomicBool>,
+    /// It came over TLS.
+    pub(crate) tls: bool,
 }
 
 /// Which connection a socket of the hub's set is.
@@ -113,6 +120,8 @@ struct UpstreamConn {
     decoder: FrameDecoder,
     /// Cancels the dial while it runs.
     cancel: CancellationToken,
+    /// The local port of its socket, when known (the admin API shows it).
+    local_port: Option<u16>,
 }
 
 /// Starts the task for a hub admission created; returns the channel that takes its handoffs.
@@ -126,8 +135,8 @@ pub(crate) fn spawn_hub<N: Network>(
     let key = hub.credentials().clone();
     let metrics = ctx.metrics.hub(&key.user, &key.vhost);
     let task = HubTask {
-        slow_rule: ctx.config.slow_rule(),
-        upstream_frame_max: ctx.config.frame_max,
+        slow_rule: ctx.live().config.slow_rule(),
+        upstream_frame_max: ctx.live().config.frame_max,
         ctx: ctx.clone(),
         hub: *hub,
         key,
@@ -265,7 +274,7 @@ impl<N: Network> HubTask<N> {
             _ = w.abort.as_mut() => return false,
             _ = w.drain.as_mut(), if !draining => {
                 self.draining = true;
-                let deadline = now() + self.ctx.config.drain_timeout;
+                let deadline = now() + self.ctx.live().config.drain_timeout;
                 self.handle(Input::Drain { deadline });
             }
             Some(msg) = self.msgs.recv() => self.hub_msg(msg),
@@ -337,9 +346,21 @@ impl<N: Network> HubTask<N> {
                     });
                 }
             }
-            HubMsg::Input(input) => self.handle(input),
+            HubMsg::Input(input) => {
+                if let Input::Reconfigure(_) = input {
+                    // A reload: the runtime's own settings too, for what starts from now on.
+                    let live = self.ctx.live();
+                    self.slow_rule = live.config.slow_rule();
+                    self.upstream_frame_max = live.config.frame_max;
+                }
+                self.handle(input);
+            }
             HubMsg::Dialed { upstream, result } => self.dialed(upstream, result),
             HubMsg::Stop => self.stopping = true,
+            HubMsg::Admin(command, reply) => {
+                let answer = self.admin(command);
+                let _ = reply.send(answer);
+            }
         }
     }
 
@@ -352,10 +373,12 @@ impl<N: Network> HubTask<N> {
             peer,
             count,
             reset,
+            tls,
         } = arrival;
         let log = Box::new(ConnLog {
             peer,
             name: hello.connection_name.clone().unwrap_or_default(),
+            tls,
         });
         let frame_max = hello.tune.frame_max;
         let id = self.hub.add_client(now(), *hello);
@@ -679,6 +702,7 @@ impl<N: Network> HubTask<N> {
                 key: None,
                 decoder: FrameDecoder::new(self.upstream_frame_max),
                 cancel: cancel.clone(),
+                local_port: None,
             },
         );
         let (ctx, tx) = (self.ctx.clone(), self.dial_tx.clone());
@@ -737,6 +761,7 @@ impl<N: Network> HubTask<N> {
                     key: Some(key),
                     decoder: FrameDecoder::new(frame_max),
                     cancel,
+                    local_port: None,
                 },
             ),
         }
@@ -780,8 +805,140 @@ impl<N: Network> HubTask<N> {
     }
 }
 
-/// Who a client is, for its log lines.
+/// Who a client is, for its log lines and the admin API.
 struct ConnLog {
     peer: SocketAddr,
     name: String,
+    tls: bool,
+}
+
+impl<N: Network> HubTask<N> {
+    /// Carries out an admin API command and describes the hub after it.
+    fn admin(&mut self, command: crate::api::HubCommand) -> crate::api::HubAnswer {
+        use crate::api::HubCommand;
+        use warren_core::reply::{Reply, CONNECTION_FORCED};
+        let mut closed = Vec::new();
+        match command {
+            HubCommand::Describe => {}
+            HubCommand::Input(input) => {
+                tracing::info!(hub = %self.id, user = %self.key.user, vhost = %self.key.vhost, command = ?input, "operator command");
+                self.handle(*input);
+            }
+            HubCommand::Close {
+                client,
+                name,
+                reason,
+            } => {
+                let targets: Vec<ClientId> = match client {
+                    Some(number) => self.hub.find_client(number).into_iter().collect(),
+                    None => self
+                        .clients
+                        .iter()
+                        .flatten()
+                        .filter(|c| name.as_ref().is_none_or(|n| *n == c.log.name))
+                        .map(|c| c.id)
+                        .collect(),
+                };
+                for id in targets {
+                    closed.push(format!("{}-{id}", self.id));
+                    tracing::info!(client = %id, hub = %self.id, %reason, "closing client for an operator");
+                    self.handle(Input::CloseClient {
+                        client: id,
+                        reply: Reply::new(CONNECTION_FORCED, &reason),
+                    });
+                }
+            }
+        }
+        self.flush();
+        self.describe(closed)
+    }
+
+    /// The hub, its clients and upstreams as the admin API prints them.
+    fn describe(&self, closed: Vec<String>) -> crate::api::HubAnswer {
+        use serde_json::json;
+        let snap = self.hub.snapshot();
+        let t = now();
+        let wall = std::time::SystemTime::now();
+        let at = |i: Instant| {
+            let ago = t.saturating_duration_since(i);
+            humantime::format_rfc3339_seconds(wall - ago).to_string()
+        };
+        let live = self.ctx.live();
+        let urls = live.config.upstream.urls();
+        let hub = self.id;
+        let (user, vhost) = (&self.key.user, &self.key.vhost);
+        let clients = snap
+            .clients
+            .iter()
+            .map(|c| {
+                let conn = self.client(c.id);
+                json!({
+                    "id": format!("{hub}-{}", c.id),
+                    "hub": hub.to_string(),
+                    "user": user,
+                    "vhost": vhost,
+                    "peer": conn.map(|x| x.log.peer.to_string()),
+                    "tls": conn.is_some_and(|x| x.log.tls),
+                    "connection_name": c.connection_name,
+                    "product": c.product,
+                    "version": c.version,
+                    "state": c.phase,
+                    "channels": c.channels,
+                    "frames_in": c.frames_in,
+                    "frames_out": c.frames_out,
+                    "bytes_in": c.bytes_in,
+                    "bytes_out": c.bytes_out,
+                    "connected_at": at(c.since),
+                    "last_activity_at": at(c.last_activity),
+                    "idle_seconds": t.saturating_duration_since(c.last_activity).as_secs(),
+                })
+            })
+            .collect::<Vec<_>>();
+        let upstreams = snap
+            .upstreams
+            .iter()
+            .map(|u| {
+                json!({
+                    "id": format!("{hub}-{}", u.id),
+                    "hub": hub.to_string(),
+                    "user": user,
+                    "vhost": vhost,
+                    "node": u.node,
+                    "address": u.node.and_then(|n| urls.get(n)).map(|url| format!("{}:{}", url.host, url.port)),
+                    "local_port": self.upstream_local_port(u.id),
+                    "state": u.phase,
+                    "channels": u.channels,
+                    "channel_max": u.channel_max,
+                    "heartbeat": u.heartbeat,
+                    "blocked": u.blocked.is_some(),
+                    "blocked_reason": u.blocked,
+                    "since": at(u.since),
+                })
+            })
+            .collect::<Vec<_>>();
+        let summary = json!({
+            "state": snap.state.as_str(),
+            "paused": snap.paused,
+            "clients": snap.clients.len(),
+            "upstreams": snap.upstreams.len(),
+            "channels_in_use": snap.channels_in_use,
+            "channels_pooled": snap.channels_pooled,
+            "waiting": snap.waiting,
+        });
+        crate::api::HubAnswer {
+            hub: summary,
+            clients,
+            upstreams,
+            closed,
+        }
+    }
+
+    /// The local port of an upstream's socket, when the network tells it.
+    fn upstream_local_port(&self, id: UpstreamId) -> Option<u16> {
+        self.upstreams
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .filter(|u| u.id == id)
+            .and_then(|u| u.local_port)
+    }
 }

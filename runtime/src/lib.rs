@@ -10,10 +10,13 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admin;
+mod api;
 pub mod config;
+pub mod ctl;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod reload;
 pub mod tls;
 
 mod conn;

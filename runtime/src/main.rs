@@ -1,13 +1,14 @@
 //! The `warren` binary: configuration, logging, signals, and the server.
 //!
 //! The first SIGTERM or SIGINT starts a drain (B14) and warren exits 0 once it is over; a
-//! second one exits at once, with status 1.
+//! second one exits at once, with status 1. SIGHUP reloads the settings (B16).
 
 use std::path::Path;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use warren_runtime::config::{self, Command, Config, ConfigError};
 use warren_runtime::net::TokioNetwork;
+use warren_runtime::reload::Reloader;
 use warren_runtime::{logging, tls, Server, Shutdown};
 
 /// jemalloc's background thread gives freed memory back to the system within seconds after
@@ -24,6 +25,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
 
 fn main() -> ExitCode {
+    // `warren ctl ...` calls a running warren's admin API; it has its own command line.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "ctl") {
+        return warren_runtime::ctl::main(args.collect());
+    }
     match config::load() {
         Ok(Command::Run(config)) => run(*config),
         Ok(Command::CheckConfig(path)) => check(&path),
@@ -119,12 +125,18 @@ async fn serve(config: Config) -> Result<Ended, Box<dyn std::error::Error>> {
     // Before binding, so that a signal never finds the default action (instant death).
     let signals = Signals::new().map_err(|e| format!("cannot handle signals: {e}"))?;
     let server = Server::bind(TokioNetwork, config).await?;
+    // A reload reads flags, variables and the file again, as at start-up.
+    let reloader = server.reloader(Box::new(|| match config::load() {
+        Ok(Command::Run(c)) => Ok(*c),
+        Ok(Command::CheckConfig(_)) => Err("the command line asks for check-config".into()),
+        Err(e) => Err(e.to_string()),
+    }));
     let shutdown = Shutdown {
         drain: CancellationToken::new(),
         abort: CancellationToken::new(),
     };
     let abort = shutdown.abort.clone();
-    tokio::spawn(signals.relay(shutdown.drain.clone(), shutdown.abort.clone()));
+    tokio::spawn(signals.relay(shutdown.drain.clone(), shutdown.abort.clone(), reloader));
     tokio::select! {
         biased;
         () = abort.cancelled() => Ok(Ended::Aborted),
@@ -132,12 +144,22 @@ async fn serve(config: Config) -> Result<Ended, Box<dyn std::error::Error>> {
     }
 }
 
-/// SIGTERM and SIGINT (Ctrl-C elsewhere than Unix).
+/// SIGTERM and SIGINT (Ctrl-C elsewhere than Unix), and SIGHUP.
 struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks for.
+enum Asked {
+    /// SIGTERM, SIGINT: drain, then (a second time) exit.
+    Stop(&'static str),
+    /// SIGHUP: reload the settings.
+    Reload,
 }
 
 impl Signals {
@@ -147,6 +169,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -156,27 +179,46 @@ impl Signals {
     }
 
     #[cfg(unix)]
-    async fn next(&mut self) -> &'static str {
+    async fn next(&mut self) -> Asked {
         tokio::select! {
             biased;
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => Asked::Stop("SIGTERM"),
+            _ = self.int.recv() => Asked::Stop("SIGINT"),
+            _ = self.hup.recv() => Asked::Reload,
         }
     }
 
     #[cfg(not(unix))]
-    async fn next(&mut self) -> &'static str {
+    async fn next(&mut self) -> Asked {
         let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        Asked::Stop("Ctrl-C")
     }
 
-    /// First signal: drain; second: abort.
-    async fn relay(mut self, drain: CancellationToken, abort: CancellationToken) {
-        let signal = self.next().await;
-        tracing::info!(signal, "draining; send it again to exit at once");
-        drain.cancel();
-        let signal = self.next().await;
-        tracing::warn!(signal, "exiting without finishing the drain");
-        abort.cancel();
+    /// First stop signal: drain; second: abort. SIGHUP: reload, at any time.
+    async fn relay(
+        mut self,
+        drain: CancellationToken,
+        abort: CancellationToken,
+        reloader: Reloader<TokioNetwork>,
+    ) {
+        let mut stops = 0;
+        loop {
+            match self.next().await {
+                Asked::Reload => match reloader.reload() {
+                    Ok(_) => {} // Logged with what changed.
+                    Err(e) => tracing::error!(error = %e, "reload refused; nothing changed"),
+                },
+                Asked::Stop(signal) if stops == 0 => {
+                    stops += 1;
+                    tracing::info!(signal, "draining; send it again to exit at once");
+                    drain.cancel();
+                }
+                Asked::Stop(signal) => {
+                    tracing::warn!(signal, "exiting without finishing the drain");
+                    abort.cancel();
+                    return;
+                }
+            }
+        }
     }
 }

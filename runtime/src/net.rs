@@ -22,6 +22,16 @@ pub trait Network: Clone + Send + Sync + 'static {
         listener: &Self::Listener,
     ) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
 
+    /// A listener that shares its address with other processes' (`SO_REUSEPORT`), so that a
+    /// new warren can take over a running one's address; a network that cannot share binds
+    /// alone.
+    fn bind_shared(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::Listener>> + Send {
+        self.bind(addr)
+    }
+
     /// The address a listener is bound to (useful after binding port 0).
     fn local_addr(&self, listener: &Self::Listener) -> io::Result<SocketAddr>;
 
@@ -50,6 +60,19 @@ impl Network for TokioNetwork {
 
     async fn bind(&self, addr: SocketAddr) -> io::Result<Self::Listener> {
         tokio::net::TcpListener::bind(addr).await
+    }
+
+    async fn bind_shared(&self, addr: SocketAddr) -> io::Result<Self::Listener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
     }
 
     async fn accept(&self, listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {

@@ -4,15 +4,17 @@
 use crate::admin::{AdminState, Readiness};
 use crate::config::Config;
 use crate::conn::BoxStream;
-use crate::gate::Gate;
+use crate::gate::{Gate, GateMsg};
 use crate::metrics::Metrics;
 use crate::net::Network;
+use crate::reload::{ReloadSource, Reloader};
 use crate::Error;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,80 +33,20 @@ pub struct Shutdown {
     pub abort: CancellationToken,
 }
 
-/// What every task of a server shares.
-pub(crate) struct Ctx<N: Network> {
-    pub(crate) net: N,
+/// The settings and the TLS material made from them: what a reload replaces, as a whole.
+pub(crate) struct Live {
     pub(crate) config: Config,
-    /// Prefix of the broker connections' `connection_name`, e.g. `warren@host`.
-    pub(crate) upstream_name: String,
+    /// TLS for clients, when the listener (or the TLS listener) uses it.
     pub(crate) acceptor: Option<tokio_rustls::TlsAcceptor>,
     /// TLS towards the broker, when any of its nodes is `amqps://`.
     pub(crate) connector: Option<tokio_rustls::TlsConnector>,
     /// Per node of `config.upstream`: the name its certificate is verified against (TLS only).
     pub(crate) server_names: Vec<Option<rustls_pki_types::ServerName<'static>>>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) admin: Arc<AdminState>,
-    /// Connected clients, for `max_clients`; each connection holds a [`ClientCount`].
-    pub(crate) clients: Arc<AtomicUsize>,
-    pub(crate) drain: CancellationToken,
-    pub(crate) abort: CancellationToken,
-    pub(crate) tracker: TaskTracker,
 }
 
-impl<N: Network> Ctx<N> {
-    /// A connection to the broker and the index of the node it reached: the nodes of
-    /// `order` (core's choice) in turn, each given an equal share of the connect timeout.
-    /// The error names every node and why it failed.
-    pub(crate) async fn connect_upstream(
-        &self,
-        order: &[usize],
-    ) -> Result<(BoxStream, usize), String> {
-        let urls = self.config.upstream.urls();
-        let order: Vec<usize> = order.iter().copied().filter(|&i| i < urls.len()).collect();
-        let share = self.config.connect_timeout / u32::try_from(order.len().max(1)).unwrap_or(1);
-        let mut failures = Vec::with_capacity(order.len());
-        for i in order {
-            match tokio::time::timeout(share, self.connect_node(i)).await {
-                Ok(Ok(stream)) => return Ok((stream, i)),
-                Ok(Err(e)) => failures.push(format!("{e} ({})", urls[i])),
-                Err(_) => failures.push(format!("timed out connecting ({})", urls[i])),
-            }
-        }
-        Err(failures.join("; "))
-    }
-
-    /// TCP to node `i` of the upstream list, then TLS when it is `amqps://`.
-    async fn connect_node(&self, i: usize) -> Result<BoxStream, String> {
-        let u = &self.config.upstream.urls()[i];
-        let tcp = self
-            .net
-            .connect(&u.host, u.port)
-            .await
-            .map_err(|e| e.to_string())?;
-        match (&self.connector, &self.server_names[i]) {
-            (Some(connector), Some(name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| format!("TLS handshake with the broker failed: {e}"))?;
-                Ok(Box::new(tls))
-            }
-            _ => Ok(Box::new(tcp)),
-        }
-    }
-}
-
-/// A bound, not yet running warren.
-pub struct Server<N: Network> {
-    ctx: Arc<Ctx<N>>,
-    listener: N::Listener,
-    local_addr: SocketAddr,
-    metrics_listener: Option<(N::Listener, SocketAddr)>,
-}
-
-impl<N: Network> Server<N> {
-    /// Binds the client listener and the metrics listener and loads TLS material.
-    pub async fn bind(net: N, config: Config) -> Result<Server<N>, Error> {
+impl Live {
+    /// Loads the TLS material `config` names (certificate files are read again each time).
+    pub(crate) fn load(config: Config) -> Result<Live, Error> {
         let acceptor = config
             .listener_tls
             .as_ref()
@@ -125,24 +67,125 @@ impl<N: Network> Server<N> {
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let listener = net
-            .bind(config.listen)
-            .await
-            .map_err(|e| Error::Bind(config.listen, "listen", e))?;
-        let local_addr = net
-            .local_addr(&listener)
-            .map_err(|e| Error::Bind(config.listen, "listen", e))?;
-        let metrics_listener = match config.metrics {
-            Some(addr) => {
-                let l = net
-                    .bind(addr)
-                    .await
-                    .map_err(|e| Error::Bind(addr, "metrics", e))?;
-                let a = net
-                    .local_addr(&l)
-                    .map_err(|e| Error::Bind(addr, "metrics", e))?;
-                Some((l, a))
+        Ok(Live {
+            config,
+            acceptor,
+            connector,
+            server_names,
+        })
+    }
+}
+
+/// What every task of a server shares.
+pub(crate) struct Ctx<N: Network> {
+    pub(crate) net: N,
+    /// The settings in force; replaced whole by a reload.
+    live: RwLock<Arc<Live>>,
+    /// Prefix of the broker connections' `connection_name`, e.g. `warren@host`.
+    pub(crate) upstream_name: String,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) admin: Arc<AdminState>,
+    /// Connected clients, for `max_clients`; each connection holds a [`ClientCount`].
+    pub(crate) clients: Arc<AtomicUsize>,
+    /// The admission task's channel, once it runs (for reloads and the admin API).
+    pub(crate) gate: OnceLock<mpsc::UnboundedSender<GateMsg>>,
+    /// Where a reload reads the settings from (the binary re-reads flags, variables and
+    /// the file); without one, a reload is refused.
+    pub(crate) reload_source: OnceLock<ReloadSource>,
+    pub(crate) drain: CancellationToken,
+    pub(crate) abort: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+impl<N: Network> Ctx<N> {
+    /// The settings in force (a reload does not change what a caller holds).
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts reloaded settings in force for everything that reads them from now on.
+    pub(crate) fn set_live(&self, live: Live) {
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(live);
+    }
+
+    /// A connection to the broker and the index of the node it reached: the nodes of
+    /// `order` (core's choice) in turn, each given an equal share of the connect timeout.
+    /// The error names every node and why it failed.
+    pub(crate) async fn connect_upstream(
+        &self,
+        order: &[usize],
+    ) -> Result<(BoxStream, usize), String> {
+        let live = self.live();
+        let urls = live.config.upstream.urls();
+        let order: Vec<usize> = order.iter().copied().filter(|&i| i < urls.len()).collect();
+        let share = live.config.connect_timeout / u32::try_from(order.len().max(1)).unwrap_or(1);
+        let mut failures = Vec::with_capacity(order.len());
+        for i in order {
+            match tokio::time::timeout(share, Self::connect_node(&self.net, &live, i)).await {
+                Ok(Ok(stream)) => return Ok((stream, i)),
+                Ok(Err(e)) => failures.push(format!("{e} ({})", urls[i])),
+                Err(_) => failures.push(format!("timed out connecting ({})", urls[i])),
             }
+        }
+        Err(failures.join("; "))
+    }
+
+    /// TCP to node `i` of the upstream list, then TLS when it is `amqps://`.
+    async fn connect_node(net: &N, live: &Live, i: usize) -> Result<BoxStream, String> {
+        let u = &live.config.upstream.urls()[i];
+        let tcp = net
+            .connect(&u.host, u.port)
+            .await
+            .map_err(|e| e.to_string())?;
+        match (&live.connector, &live.server_names[i]) {
+            (Some(connector), Some(name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with the broker failed: {e}"))?;
+                Ok(Box::new(tls))
+            }
+            _ => Ok(Box::new(tcp)),
+        }
+    }
+}
+
+/// A bound, not yet running warren.
+pub struct Server<N: Network> {
+    ctx: Arc<Ctx<N>>,
+    listener: N::Listener,
+    local_addr: SocketAddr,
+    /// The second listener, for TLS clients, and its address.
+    tls_listener: Option<(N::Listener, SocketAddr)>,
+    metrics_listener: Option<(N::Listener, SocketAddr)>,
+    admin_listener: Option<(N::Listener, SocketAddr)>,
+}
+
+impl<N: Network> Server<N> {
+    /// Binds the client listener and the metrics listener and loads TLS material.
+    pub async fn bind(net: N, config: Config) -> Result<Server<N>, Error> {
+        let live = Live::load(config)?;
+        let config = &live.config;
+        let (listener, local_addr) =
+            bind_client(&net, config.listen, "listen", config.reuse_port).await?;
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some(bind(&net, addr, "metrics").await?),
+            None => None,
+        };
+        let admin_listener = match config.admin_listen {
+            // Shared like the client listeners, so that a new warren can start beside one
+            // that drains.
+            Some(addr) => Some(bind_client(&net, addr, "admin_listen", config.reuse_port).await?),
+            None => None,
+        };
+        let tls_listener = match config.tls_listen {
+            Some(addr) => Some(bind_client(&net, addr, "tls_listen", config.reuse_port).await?),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
@@ -153,29 +196,50 @@ impl<N: Network> Server<N> {
         let ctx = Arc::new(Ctx {
             upstream_name: format!("warren@{}", hostname()),
             net,
-            acceptor,
-            connector,
-            server_names,
             metrics,
             admin,
             clients: Arc::new(AtomicUsize::new(0)),
             drain: CancellationToken::new(),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            config,
+            live: RwLock::new(Arc::new(live)),
+            gate: OnceLock::new(),
+            reload_source: OnceLock::new(),
         });
         Ok(Server {
             ctx,
             listener,
             local_addr,
+            tls_listener,
             metrics_listener,
+            admin_listener,
         })
+    }
+
+    /// Reloads the settings while this server runs: from `source` (the binary re-reads its
+    /// flags, variables and file) on [`Reloader::reload`] and `POST /api/reload`.
+    #[must_use]
+    pub fn reloader(&self, source: ReloadSource) -> Reloader<N> {
+        let _ = self.ctx.reload_source.set(source);
+        Reloader::new(self.ctx.clone())
     }
 
     /// Where clients connect.
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where TLS clients connect, when they have a listener of their own (`tls_listen`).
+    #[must_use]
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener.as_ref().map(|(_, a)| *a)
+    }
+
+    /// Where the admin API is served, if enabled.
+    #[must_use]
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener.as_ref().map(|(_, a)| *a)
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if enabled.
@@ -200,34 +264,64 @@ impl<N: Network> Server<N> {
             tokio::spawn(crate::admin::serve(net, listener, state, stop));
         }
         ctx.admin.readiness.set_listening(true);
-        let mode = match &ctx.config.events {
+        let live = ctx.live();
+        let mode = match &live.config.events {
             Some(e) => format!(
                 "revoked as they change (event exchange in vhost {:?} as {})",
                 e.vhost, e.user
             ),
             None => format!(
                 "trusted for {} after the broker accepts them (no events_user)",
-                humantime::format_duration(ctx.config.credentials_ttl)
+                humantime::format_duration(live.config.credentials_ttl)
             ),
         };
-        tracing::info!(listen = %self.local_addr, upstream = %ctx.config.upstream, seed, credentials = %mode, "warren is listening");
-        let (gate, _) = Gate::new(ctx.clone(), self.listener, seed);
+        tracing::info!(listen = %self.local_addr, upstream = %live.config.upstream, seed, credentials = %mode, "warren is listening");
+        // Without a listener of their own, TLS clients (if any) come to `listen`.
+        let mut listeners = vec![ClientListener {
+            inner: self.listener,
+            tls: live.config.listener_tls.is_some() && self.tls_listener.is_none(),
+        }];
+        if let Some((inner, _)) = self.tls_listener {
+            listeners.push(ClientListener { inner, tls: true });
+        }
+        let (gate, tx) = Gate::new(ctx.clone(), listeners, seed);
+        if let Some((listener, addr)) = self.admin_listener {
+            let api = Arc::new(crate::api::ApiState {
+                gate: tx.clone(),
+                token: live.config.admin_token.clone(),
+                reload: {
+                    let ctx = ctx.clone();
+                    Box::new(move || crate::reload::reload(&ctx))
+                },
+            });
+            let auth = if api.token.is_some() {
+                "bearer token"
+            } else {
+                "none"
+            };
+            tracing::info!(%addr, auth, "admin API listening");
+            let (net, stop) = (ctx.net.clone(), admin_stop.clone());
+            tokio::spawn(crate::admin::serve_api(net, listener, api, stop));
+        }
+        let _ = ctx.gate.set(tx);
         ctx.tracker.spawn(gate.run());
         tokio::select! {
             biased;
             _ = shutdown.abort.cancelled() => {}
             _ = shutdown.drain.cancelled() => {}
         }
+        // The settings in force when the drain begins.
+        let live = ctx.live();
         if !shutdown.abort.is_cancelled() {
-            tracing::info!(timeout = ?ctx.config.drain_timeout, "draining");
+            tracing::info!(timeout = ?live.config.drain_timeout, "draining");
             ctx.admin.readiness.set_draining(true);
             ctx.drain.cancel();
         }
         ctx.tracker.close();
         // Hubs close remaining clients at the drain deadline and then wait a bounded time
         // for close handshakes; this outer bound only guards against a stuck peer.
-        let close_timeout = ctx.config.hub_config(String::new()).close_timeout;
-        let bound = ctx.config.drain_timeout + close_timeout * 3;
+        let close_timeout = live.config.hub_config(String::new()).close_timeout;
+        let bound = live.config.drain_timeout + close_timeout * 3;
         tokio::select! {
             biased;
             _ = shutdown.abort.cancelled() => {}
@@ -239,6 +333,48 @@ impl<N: Network> Server<N> {
         tracing::info!("warren stopped");
         Ok(())
     }
+}
+
+/// A client listener and its address, shared with other processes when `reuse_port`.
+async fn bind_client<N: Network>(
+    net: &N,
+    addr: SocketAddr,
+    setting: &'static str,
+    reuse_port: bool,
+) -> Result<(N::Listener, SocketAddr), Error> {
+    if !reuse_port {
+        return bind(net, addr, setting).await;
+    }
+    let l = net
+        .bind_shared(addr)
+        .await
+        .map_err(|e| Error::Bind(addr, setting, e))?;
+    let a = net
+        .local_addr(&l)
+        .map_err(|e| Error::Bind(addr, setting, e))?;
+    Ok((l, a))
+}
+
+/// A bound listener and its address; errors name the setting.
+async fn bind<N: Network>(
+    net: &N,
+    addr: SocketAddr,
+    setting: &'static str,
+) -> Result<(N::Listener, SocketAddr), Error> {
+    let l = net
+        .bind(addr)
+        .await
+        .map_err(|e| Error::Bind(addr, setting, e))?;
+    let a = net
+        .local_addr(&l)
+        .map_err(|e| Error::Bind(addr, setting, e))?;
+    Ok((l, a))
+}
+
+/// A client listener, and whether its clients speak TLS.
+pub(crate) struct ClientListener<N: Network> {
+    pub(crate) inner: N::Listener,
+    pub(crate) tls: bool,
 }
 
 /// 64 bits from the operating system's randomness (std seeds its hash keys from it), so that

@@ -189,6 +189,9 @@ pub fn runtime_config(sc: &Scenario, drain_timeout: Duration) -> Config {
     let hub = &sc.hub;
     Config {
         listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, PROXY_PORT)),
+        reuse_port: false,
+        proxy_protocol: false,
+        tls_listen: None,
         upstream: UpstreamUrl {
             tls: false,
             host: "broker".into(),
@@ -196,6 +199,7 @@ pub fn runtime_config(sc: &Scenario, drain_timeout: Duration) -> Config {
         }
         .into(),
         metrics: None,
+        admin_listen: None,
         client_heartbeat: sc.handshake.heartbeat,
         frame_max: sc.handshake.frame_max,
         channel_max: sc.handshake.channel_max,

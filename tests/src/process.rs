@@ -97,7 +97,9 @@ pub struct Process {
 
 impl Process {
     /// Starts the binary with `args` and exactly the `WARREN_*` variables in `env` (the test's
-    /// own environment does not leak settings in).
+    /// own environment does not leak settings in) — and, unless the test names `admin_listen`
+    /// itself, the admin API on an ephemeral port, so that warrens of tests running at once do
+    /// not compete for its default port.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Process> {
         let bin = warren_binary()?;
         let stderr_path = std::env::temp_dir().join(format!("{}.log", unique("warren-process")));
@@ -107,6 +109,11 @@ impl Process {
             if var.to_string_lossy().starts_with("WARREN_") {
                 cmd.env_remove(var);
             }
+        }
+        let names_admin = args.iter().any(|a| a.starts_with("--admin-listen"))
+            || env.iter().any(|(k, _)| *k == "WARREN_ADMIN_LISTEN");
+        if !names_admin {
+            cmd.env("WARREN_ADMIN_LISTEN", "127.0.0.1:0");
         }
         cmd.env_remove("RUST_LOG")
             .envs(env.iter().copied())

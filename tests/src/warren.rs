@@ -35,6 +35,7 @@ impl Warren {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             upstream: UpstreamUrl {
                 tls: false,
                 host: crate::BROKER_HOST.to_owned(),

@@ -1014,12 +1014,13 @@ impl Hub {
                 },
             );
         }
-        if self.drain.is_some() {
+        // Draining, clients that are still here may still open channels where there is room.
+        if self.drain.is_some() && !self.has_open_upstream() {
             let r = Reply::new(reply::CONNECTION_FORCED, "warren is shutting down");
             self.close_channel_from_proxy(now, id, ch, r);
             return;
         }
-        if self.paused {
+        if self.paused && self.drain.is_none() {
             return self.hold_open(now, id, ch);
         }
         self.serve_open(now, id, ch);

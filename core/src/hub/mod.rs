@@ -1148,7 +1148,7 @@ impl Hub {
 
     /// Whether `id` is the one upstream kept open for a hub that still has clients.
     fn keeps_last_upstream(&self, id: UpstreamId) -> bool {
-        if self.clients.is_empty() || self.drain.is_some() {
+        if self.clients.is_empty() {
             return false;
         }
         // The oldest open upstream is the keeper (not one retired by a re-dial).

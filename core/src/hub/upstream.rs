@@ -100,10 +100,11 @@ impl Upstream {
 impl Hub {
     /// When an open upstream may be closed: once idle for the idle timeout (unless it is the
     /// one kept for a hub that still has clients), or as soon as it serves no client while
-    /// draining.
+    /// draining (but the one kept while clients remain, for the channels they still open).
     fn upstream_close_at(&self, u: &Upstream) -> Option<Instant> {
         if let Some(drain) = self.drain {
-            (!u.serves_clients()).then_some(self.drain_started.unwrap_or(drain))
+            (!u.serves_clients() && !self.keeps_last_upstream(u.id))
+                .then_some(self.drain_started.unwrap_or(drain))
         } else if let Some(at) = u.retiring {
             (!u.serves_clients()).then_some(at)
         } else if let Some(at) = self.detached.filter(|_| self.clients.is_empty()) {
@@ -630,6 +631,11 @@ impl Hub {
     pub(super) fn grow(&mut self, now: Instant) {
         if self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
             return;
+        }
+        if self.drain.is_some() {
+            // Draining dials nothing: the channel finds room on an open upstream or none.
+            let reply = Reply::new(reply::CONNECTION_FORCED, "warren is shutting down");
+            return self.fail_waiting_opens(now, &reply);
         }
         if let Some(why) = self.unreachable() {
             let reply = Reply::new(reply::RESOURCE_ERROR, why.detail());
