@@ -108,7 +108,13 @@ async fn drain_lets_clients_finish_then_closes_the_rest_with_320() -> Result<()>
         Ok((r.status == 503).then_some(()))
     })
     .await?;
-    // New clients are not let in.
+    // The listener closes (a client that reached the accept queue before it did is served,
+    // like a handshake under way: tests/tests/handover.rs), and new clients are not let in.
+    let addr = warren.addr();
+    wait_until(LIMIT, "the listener to close", || async move {
+        Ok(tokio::net::TcpStream::connect(addr).await.is_err().then_some(()))
+    })
+    .await?;
     let attempt = client::lapin_try_connect(&url).await?;
     ensure!(
         attempt.is_err(),
