@@ -5,7 +5,9 @@
 //! deltas: [`HubMetrics::record`] adds what the core's counters grew by, and
 //! [`HubMetrics::set_gauges`] moves the shared gauges by the change since its last call, so
 //! two hubs with the same user and vhost (different passwords) add up instead of overwriting
-//! each other, and a hub's share is taken back when its last handle is dropped.
+//! each other, and a hub's share is taken back when its last handle is dropped. When the last
+//! hub of a user and vhost goes, its series are removed, so that a long-running warren does not
+//! keep a label set for every user and vhost it ever served.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,8 +15,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use warren_core::hub::HubStats;
 
@@ -70,6 +73,13 @@ struct ProofLabels {
     result: &'static str,
 }
 
+/// The hubs that report under one user and vhost.
+#[derive(Debug, Default)]
+struct LabelUse {
+    hubs: usize,
+    close_codes: BTreeSet<u16>,
+}
+
 /// Every metric family of one server.
 #[derive(Debug)]
 pub struct Metrics {
@@ -84,9 +94,12 @@ pub struct Metrics {
     per_hub: PerHub,
 }
 
-/// The labelled families each hub gets its series from.
-#[derive(Debug, Default)]
+/// The labelled families each hub gets its series from (clones share the families).
+#[derive(Debug, Default, Clone)]
 struct PerHub {
+    /// Hubs alive per label set, and the close codes counted for it: what to remove when the
+    /// last of them goes.
+    in_use: Arc<Mutex<HashMap<HubLabels, LabelUse>>>,
     clients: Family<HubLabels, Gauge>,
     upstreams: Family<HubLabels, Gauge>,
     channels_open: Family<HubLabels, Gauge>,
@@ -247,6 +260,9 @@ impl Metrics {
             user: user.to_owned(),
             vhost: vhost.to_owned(),
         };
+        // Counted before the series are created, so a last hub leaving at the same time cannot
+        // remove them from under this one.
+        p.use_of().entry(labels.clone()).or_default().hubs += 1;
         let flow = |f: &Family<FlowLabels, Counter>| {
             DIRECTIONS.map(|direction| {
                 f.get_or_create_owned(&FlowLabels {
@@ -284,7 +300,7 @@ impl Metrics {
             upstream_losses: p.upstream_losses.get_or_create_owned(&labels),
             heartbeat_misses: p.heartbeat_misses.get_or_create_owned(&labels),
             slow_clients: p.slow_clients.get_or_create_owned(&labels),
-            client_closes: p.client_closes.clone(),
+            families: p.clone(),
             labels,
         }))
     }
@@ -377,7 +393,8 @@ struct HubSeries {
     upstream_losses: Counter,
     heartbeat_misses: Counter,
     slow_clients: Counter,
-    client_closes: Family<CloseLabels, Counter>,
+    /// For close codes (labels made as they come) and for removing the series.
+    families: PerHub,
 }
 
 impl HubMetrics {
@@ -414,7 +431,11 @@ impl HubMetrics {
                     vhost: s.labels.vhost.clone(),
                     code,
                 };
-                s.client_closes.get_or_create(&labels).inc_by(grew);
+                s.families.client_closes.get_or_create(&labels).inc_by(grew);
+                let mut in_use = s.families.use_of();
+                if let Some(u) = in_use.get_mut(&s.labels) {
+                    u.close_codes.insert(code);
+                }
             }
         }
     }
@@ -444,6 +465,71 @@ impl HubSeries {
 impl Drop for HubSeries {
     fn drop(&mut self) {
         self.set_gauges([0; 4]);
+        let mut in_use = self.families.use_of();
+        let Some(u) = in_use.get_mut(&self.labels) else {
+            return;
+        };
+        u.hubs -= 1;
+        if u.hubs == 0 {
+            let codes = std::mem::take(&mut u.close_codes);
+            in_use.remove(&self.labels);
+            self.families.remove(&self.labels, &codes);
+        }
+    }
+}
+
+impl PerHub {
+    /// The use table, locked (a panic elsewhere does not stop the counting).
+    fn use_of(&self) -> std::sync::MutexGuard<'_, HashMap<HubLabels, LabelUse>> {
+        self.in_use.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes every series of `labels` (their last hub is gone).
+    fn remove(&self, labels: &HubLabels, close_codes: &BTreeSet<u16>) {
+        for f in [
+            &self.clients,
+            &self.upstreams,
+            &self.channels_open,
+            &self.channels_pooled,
+        ] {
+            f.remove(labels);
+        }
+        for f in [
+            &self.publishes,
+            &self.deliveries,
+            &self.channels_recycled,
+            &self.upstream_connects,
+            &self.upstream_failures,
+            &self.upstream_losses,
+            &self.heartbeat_misses,
+            &self.slow_clients,
+        ] {
+            f.remove(labels);
+        }
+        let (user, vhost) = (labels.user.clone(), labels.vhost.clone());
+        for direction in DIRECTIONS {
+            let flow = FlowLabels {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                direction,
+            };
+            self.frames.remove(&flow);
+            self.bytes.remove(&flow);
+        }
+        for source in ["pool", "broker"] {
+            self.channel_opens.remove(&OpenLabels {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                source,
+            });
+        }
+        for &code in close_codes {
+            self.client_closes.remove(&CloseLabels {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                code,
+            });
+        }
     }
 }
 
@@ -548,6 +634,17 @@ mod tests {
         let closes = r#"warren_client_closes_total{user="guest",vhost="/",code="505"}"#;
         assert_eq!(sample_value(&text, closes), "6");
         drop(b);
-        assert_eq!(sample_value(&m.encode(), clients), "0");
+        let text = m.encode();
+        assert!(
+            !text.contains(r#"user="guest""#),
+            "the last hub of guest and / took its series along:\n{text}"
+        );
+        let c = m.hub("guest", "/");
+        c.set_gauges(1, 1, 0, 0);
+        assert_eq!(
+            sample_value(&m.encode(), clients),
+            "1",
+            "a new hub starts afresh"
+        );
     }
 }

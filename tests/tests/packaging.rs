@@ -95,10 +95,38 @@ fn the_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
 
     // 2. The same unit starting a program that exists (this test's own executable): not a
     //    word, exit 0.
+    verify_stand_in(tool, &text, "warren.service")
+}
+
+/// The template for two instances sharing the listen address (the README's zero-downtime
+/// restart under systemd), verified as its instance `warren@1.service`.
+#[test]
+fn the_template_unit_passes_systemd_analyze_verify() -> Result<()> {
+    let Some(tool) = systemd_analyze() else {
+        ensure!(!in_ci(), "systemd-analyze is not installed, and CI is set");
+        eprintln!("SKIPPED: systemd-analyze is not installed (Debian package systemd)");
+        return Ok(());
+    };
+    let unit = unit_path().with_file_name("warren@.service");
+    let text =
+        std::fs::read_to_string(&unit).with_context(|| format!("reading {}", unit.display()))?;
+    for setting in [
+        "WARREN_REUSE_PORT=true",
+        "WARREN_METRICS=",
+        "WARREN_ADMIN_LISTEN=",
+    ] {
+        ensure!(text.contains(setting), "the template sets {setting}");
+    }
+    verify_stand_in(tool, &text, "warren@1.service")
+}
+
+/// Verifies `text` as the unit `name` with `ExecStart=` naming an executable that exists (this
+/// test's own): it must pass without a word.
+fn verify_stand_in(tool: &str, text: &str, name: &str) -> Result<()> {
     let dir = std::env::temp_dir().join(warren_tests::unique("warren-unit"));
     std::fs::create_dir_all(&dir)?;
     let stand_in = std::env::current_exe()?;
-    let copy = dir.join("warren.service");
+    let copy = dir.join(name);
     std::fs::write(
         &copy,
         text.replace(
@@ -111,7 +139,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
     let (ok, said) = result?;
     ensure!(
         ok && said.is_empty(),
-        "systemd-analyze verify of the unit with ExecStart={} (exit {}): {said:#?}",
+        "systemd-analyze verify of {name} with ExecStart={} (exit {}): {said:#?}",
         stand_in.display(),
         if ok { "0" } else { "non-zero" }
     );
