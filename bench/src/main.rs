@@ -2,7 +2,7 @@
 //!
 //! It drives RabbitMQ (directly, or through warren) with [amqprs](https://docs.rs/amqprs), one
 //! scenario per run, and prints exactly one JSON line on stdout; everything meant for humans goes
-//! to stderr. The scenarios match DESIGN.md §3:
+//! to stderr. The scenarios match docs/design.md (P1–P6):
 //!
 //! | scenario  | target | what it measures |
 //! |-----------|--------|------------------|

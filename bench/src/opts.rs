@@ -30,7 +30,7 @@ pub struct Cli {
     pub common: Common,
 }
 
-/// The scenarios (DESIGN.md §3).
+/// The scenarios (docs/design.md, P1–P6).
 #[derive(Debug, Subcommand)]
 pub enum Scenario {
     /// P1: connect, open a channel, publish one message, close; reports connections/s.

@@ -1,4 +1,4 @@
-//! Named scenarios, one per behaviour of DESIGN.md, each with its trace snapshotted and the
+//! Named scenarios, one per behaviour of docs/design.md, each with its trace snapshotted and the
 //! properties that matter asserted directly.
 
 use super::harness::*;
