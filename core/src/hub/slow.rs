@@ -26,6 +26,18 @@ pub struct SlowRule {
     pub timeout: Duration,
 }
 
+/// The defaults: 16 MiB may wait without progress, for 10 s, with messages up to RabbitMQ's
+/// default `max_message_size` (128 MiB).
+impl Default for SlowRule {
+    fn default() -> Self {
+        SlowRule::new(
+            16 << 20,
+            super::HubConfig::default().max_message_size,
+            Duration::from_secs(10),
+        )
+    }
+}
+
 impl SlowRule {
     /// The rule for a queue bound, the largest message a client can be sent, and a timeout.
     #[must_use]
