@@ -20,8 +20,10 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 use std::time::Instant;
 
-/// Capabilities warren announces to the broker: the ones the proxy forwards faithfully.
-/// (What it announces to clients is [`crate::handshake::SERVER_CAPABILITIES`].)
+/// Capabilities warren announces to the broker, as a client: the ones the proxy forwards
+/// faithfully. A different list from [`crate::handshake::SERVER_CAPABILITIES`], what warren
+/// (like RabbitMQ) announces to clients: `consumer_priorities` and `direct_reply_to` are
+/// server-side features a client does not announce.
 const CLIENT_CAPABILITIES: [&str; 7] = [
     "publisher_confirms",
     "exchange_exchange_bindings",

@@ -765,19 +765,12 @@ impl Broker {
     }
 
     fn start_frame(&self) -> Bytes {
-        let caps = [
-            "publisher_confirms",
-            "exchange_exchange_bindings",
-            "basic.nack",
-            "consumer_cancel_notify",
-            "connection.blocked",
-            "authentication_failure_close",
-            "per_consumer_qos",
-        ]
-        .iter()
-        .fold(FieldTable::default(), |t, c| {
-            t.with(c, FieldValue::Bool(true))
-        });
+        // RabbitMQ announces the list warren announces to its clients (warren mirrors it).
+        let caps = warren_core::handshake::SERVER_CAPABILITIES
+            .iter()
+            .fold(FieldTable::default(), |t, c| {
+                t.with(c, FieldValue::Bool(true))
+            });
         encode::start(&ConnectionStart {
             server_properties: FieldTable::default()
                 .with("product", warren_core::table::longstr("FakeMQ"))
