@@ -37,9 +37,6 @@ pub mod reply;
 pub mod table;
 pub mod wire;
 
-#[cfg(any(test, feature = "fuzzing"))]
-pub mod fuzzing;
-
 /// An arbitrary epoch for tests: virtual time in tests counts from here, and nothing depends
 /// on its value. The one sanctioned clock read in this crate.
 #[cfg(test)]

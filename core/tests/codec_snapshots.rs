@@ -2,9 +2,9 @@
 //! peers and operators see. A change here is a change in behaviour on the wire or in logs:
 //! review the `.snap` diff, then accept it with `cargo insta review`.
 
-mod common;
 
-use common::*;
+
+use warren_testkit::frames::*;
 use warren_core::frame::{FrameDecoder, FrameError};
 use warren_core::method::{
     self, decode, encode, ids, Close, ConnectionStart, MethodId, StartOk, Tune,

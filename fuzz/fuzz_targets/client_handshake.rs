@@ -1,5 +1,5 @@
-//! `cargo +stable fuzz run -s none client_handshake`: the body is `warren_core::fuzzing::client_handshake`, which
-//! also runs in ordinary CI over the committed corpus (`core/tests/fuzz_corpus.rs`).
+//! `cargo +stable fuzz run -s none client_handshake`: the body is `warren_testkit::fuzz::client_handshake`, which
+//! also runs in ordinary CI over the committed corpus (`testkit/tests/fuzz_corpus.rs`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| warren_core::fuzzing::client_handshake(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| warren_testkit::fuzz::client_handshake(data));

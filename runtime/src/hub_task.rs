@@ -42,55 +42,6 @@ const METRICS_EVERY: Duration = Duration::from_millis(250);
 /// Events handled back to back before queued output is written.
 const MAX_BURST: usize = 128;
 
-/// What admission hands a hub task.
-pub(crate) enum HubMsg {
-    /// A client that reached `Connection.Open`.
-    Join(Box<Arrival>),
-    /// A broker connection admission logged in and opened (see
-    /// [`warren_core::admission::Output::AdoptLink`]).
-    Adopt {
-        login: Box<Login>,
-        stream: BoxStream,
-        /// Bytes read past the frames below.
-        rbuf: BytesMut,
-        /// Bytes admission queued and the socket had not taken yet.
-        unsent: Unsent,
-        /// Frames read after `OpenOk`.
-        frames: SmallVec<[Frame; 8]>,
-        /// The node of the upstream list it reached.
-        node: usize,
-    },
-    /// An input from admission (closing every client of a revoked user or vhost).
-    Input(Input),
-    /// A dial the task started finished: the socket and the node it reached, or why not.
-    Dialed {
-        upstream: UpstreamId,
-        result: Result<(BoxStream, usize), String>,
-    },
-    /// Nothing is on its way any more: stop once idle.
-    Stop,
-    /// A request of the admin API; the answer describes the hub after it.
-    Admin(
-        crate::api::HubCommand,
-        tokio::sync::oneshot::Sender<crate::api::HubAnswer>,
-    ),
-}
-
-/// A client handed to its hub, with its socket.
-pub(crate) struct Arrival {
-    pub(crate) hello: Box<ClientHello>,
-    pub(crate) stream: BoxStream,
-    /// Bytes the client sent after `Connection.Open`.
-    pub(crate) pipelined: BytesMut,
-    /// Handshake bytes the socket had not taken yet.
-    pub(crate) unsent: Unsent,
-    pub(crate) peer: SocketAddr,
-    pub(crate) count: ClientCount,
-    pub(crate) reset: Arc<AtomicBool>,
-    /// It came over TLS.
-    pub(crate) tls: bool,
-}
-
 /// Which connection a socket of the hub's set is.
 #[derive(Debug, Clone, Copy)]
 enum Conn {
@@ -639,7 +590,6 @@ impl<N: Network> HubTask<N> {
                 }
                 Output::Dial { upstream, nodes } => self.dial(upstream, nodes),
                 Output::Event(e) => self.event(e),
-                _ => {}
             }
         }
     }

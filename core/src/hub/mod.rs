@@ -201,7 +201,6 @@ impl Default for HubConfig {
 
 /// Something that happened to a hub, for it to act on.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Input {
     /// Whole frames read from a client (after its handshake).
     ClientFrames {
@@ -296,7 +295,6 @@ pub enum Input {
 
 /// An instruction from a hub to its driver.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Output {
     /// Queue bytes for a client.
     ToClient {
@@ -345,7 +343,6 @@ pub enum Peer {
 
 /// Notable things a hub did, for logs and metrics.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum HubEvent {
     /// The client received `Connection.OpenOk`.
     ClientAdmitted {

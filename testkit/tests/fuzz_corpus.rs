@@ -4,7 +4,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use warren_core::fuzzing;
+use warren_testkit::fuzz;
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,7 +25,7 @@ fn replay(target: &str, body: fn(&[u8])) {
     files.sort();
     assert!(
         !files.is_empty(),
-        "corpus {} is empty; regenerate it with WARREN_WRITE_CORPUS=1 cargo test -p warren-core --test fuzz_seeds",
+        "corpus {} is empty; regenerate it with WARREN_WRITE_CORPUS=1 cargo test -p warren-testkit --test fuzz_seeds",
         dir.display()
     );
     let failed: Vec<String> = files
@@ -50,26 +50,26 @@ fn name(p: &Path) -> String {
 
 #[test]
 fn frame_decoder_corpus() {
-    replay("frame_decoder", fuzzing::frame_decoder);
+    replay("frame_decoder", fuzz::frame_decoder);
 }
 
 #[test]
 fn method_decoder_corpus() {
-    replay("method_decoder", fuzzing::method_decoder);
+    replay("method_decoder", fuzz::method_decoder);
 }
 
 #[test]
 fn client_handshake_corpus() {
-    replay("client_handshake", fuzzing::client_handshake);
+    replay("client_handshake", fuzz::client_handshake);
 }
 
 #[test]
 fn hub_client_corpus() {
-    replay("hub_client", fuzzing::hub_client);
+    replay("hub_client", fuzz::hub_client);
 }
 
 #[test]
 #[should_panic(expected = "is missing")]
 fn a_missing_corpus_fails() {
-    replay("no_such_target", fuzzing::frame_decoder);
+    replay("no_such_target", fuzz::frame_decoder);
 }

@@ -2,7 +2,7 @@
 //!
 //! The cargo-fuzz binaries in `fuzz/fuzz_targets/` are one-line wrappers around these
 //! functions. Keeping the bodies here means they compile, lint and run in ordinary CI on
-//! stable Rust: `core/tests/fuzz_corpus.rs` replays the committed seed corpus through them, so
+//! stable Rust: `testkit/tests/fuzz_corpus.rs` replays the committed seed corpus through them, so
 //! an input that once crashed the fuzzer stays a regression test without nightly or
 //! cargo-fuzz.
 //!
@@ -15,23 +15,21 @@
 //! time is a fixed origin plus offsets, so a crashing input replays exactly.
 //!
 //! The `hub_client` target, a whole hub with a scripted broker and a canary neighbour, lives
-//! in its own submodule with the checker of RabbitMQ's connection-level rules it relies on.
+//! in its own submodule; the checker of RabbitMQ's connection-level rules it relies on is
+//! [`crate::rules`].
 
 mod hub;
 
-pub use hub::{
-    hub_client, hub_client_stats, hub_client_trace, Build, ChannelState, HubInput, HubOp, Rule,
-    UpstreamChecker, Violation,
-};
+pub use hub::{hub_client, hub_client_stats, hub_client_trace, Build, HubInput, HubOp};
 
-use crate::content;
-use crate::frame::{
+use warren_core::content;
+use warren_core::frame::{
     Frame, FrameDecoder, FrameError, FrameType, FRAME_END, FRAME_MIN_SIZE, FRAME_OVERHEAD,
     PROTOCOL_HEADER,
 };
-use crate::handshake::{ClientHandshake, HandshakeConfig, HandshakeOutput, HANDSHAKE_FRAME_MAX};
-use crate::method::{self, encode, ids, Method, Sender};
-use crate::table::{self, FieldTable, FieldValue};
+use warren_core::handshake::{ClientHandshake, HandshakeConfig, HandshakeOutput, HANDSHAKE_FRAME_MAX};
+use warren_core::method::{self, encode, ids, Method, Sender};
+use warren_core::table::{self, FieldTable, FieldValue};
 use bytes::{Bytes, BytesMut};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -666,7 +664,7 @@ mod tests {
 
     #[test]
     fn bodies_accept_trivial_inputs() {
-        for data in [&b""[..], b"\x08", PROTOCOL_HEADER, crate::frame::HEARTBEAT] {
+        for data in [&b""[..], b"\x08", PROTOCOL_HEADER, warren_core::frame::HEARTBEAT] {
             frame_decoder(data);
             method_decoder(data);
             client_handshake(data);

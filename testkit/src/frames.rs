@@ -2,7 +2,7 @@
 //! headers written by hand (independently of the encoders under test), and the seed corpus
 //! for the fuzz targets.
 
-#![allow(dead_code)]
+
 
 use bytes::BytesMut;
 use warren_core::frame::{Frame, FrameType, FRAME_END, PROTOCOL_HEADER};

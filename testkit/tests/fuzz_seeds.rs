@@ -1,14 +1,14 @@
 //! The seed corpus of the fuzz targets, generated from code so that it stays readable and can
 //! be regenerated when the wire format or the encoders change.
 //!
-//! `cargo test -p warren-core --test fuzz_seeds` runs every seed through its fuzz body.
-//! `WARREN_WRITE_CORPUS=1 cargo test -p warren-core --test fuzz_seeds` also (re)writes them
+//! `cargo test -p warren-testkit --test fuzz_seeds` runs every seed through its fuzz body.
+//! `WARREN_WRITE_CORPUS=1 cargo test -p warren-testkit --test fuzz_seeds` also (re)writes them
 //! to `fuzz/corpus/<target>/<name>`; commit the result. Inputs that the fuzzer itself found
 //! are added to the same folders under their hash names and are never overwritten here.
 
-mod common;
 
-use common::*;
+
+use warren_testkit::frames::*;
 use std::path::PathBuf;
 use warren_core::frame::{FrameType, FRAME_END, HEARTBEAT, PROTOCOL_HEADER};
 use warren_core::method::{self, encode, ids, Close, ConnectionStart, MethodId, Tune, METHODS};
@@ -588,7 +588,7 @@ const CLIENT_HEARTBEAT_5: u8 = 0x20;
 const CLIENT_NO_CANCEL_NOTIFY: u8 = 0x40;
 
 fn hub_client_seeds() -> Seeds {
-    use warren_core::fuzzing::{Build, HubInput, HubOp};
+    use warren_testkit::fuzz::{Build, HubInput, HubOp};
     let mut s = Seeds::new();
     let cfg = |c: [u8; 4]| HubInput::new(c);
     // A fuzzed client with channel 1 open and answered.
@@ -1253,24 +1253,24 @@ fn hub_client_seeds() -> Seeds {
 type Target = (&'static str, Seeds, fn(&[u8]));
 
 fn all_seeds() -> Vec<Target> {
-    use warren_core::fuzzing;
+    use warren_testkit::fuzz;
     vec![
         (
             "frame_decoder",
             frame_decoder_seeds(),
-            fuzzing::frame_decoder as fn(&[u8]),
+            fuzz::frame_decoder as fn(&[u8]),
         ),
         (
             "method_decoder",
             method_decoder_seeds(),
-            fuzzing::method_decoder,
+            fuzz::method_decoder,
         ),
         (
             "client_handshake",
             client_handshake_seeds(),
-            fuzzing::client_handshake,
+            fuzz::client_handshake,
         ),
-        ("hub_client", hub_client_seeds(), fuzzing::hub_client),
+        ("hub_client", hub_client_seeds(), fuzz::hub_client),
     ]
 }
 
@@ -1345,7 +1345,7 @@ fn seeds_hit_the_paths_they_are_named_for() {
 
 #[test]
 fn hub_seeds_reach_what_they_are_named_for() {
-    use warren_core::fuzzing::hub_client_stats;
+    use warren_testkit::fuzz::hub_client_stats;
     let seeds = hub_client_seeds();
     let stats = |n: &str| {
         let bytes = &seeds.iter().find(|(k, _)| k == n).unwrap().1;

@@ -1,0 +1,369 @@
+//! Tests of the `hub_client` target and its checker.
+
+use super::*;
+use warren_core::frame::PROTOCOL_HEADER;
+use warren_core::wire::Writer;
+use warren_core::method::StartOk;
+
+fn checker() -> UpstreamChecker {
+    UpstreamChecker::new(&["x-delayed-message".to_owned()])
+}
+
+fn frame(raw: &Bytes) -> Frame {
+    to_frame(raw).expect("a whole frame")
+}
+
+/// A checker after a complete handshake with the given broker tune.
+fn running_with(offer: Tune, accept: Tune) -> UpstreamChecker {
+    let mut c = checker();
+    c.from_warren(PROTOCOL_HEADER).unwrap();
+    c.from_broker(&frame(&encode::start(&ConnectionStart {
+        server_properties: FieldTable::default(),
+        mechanisms: "PLAIN".into(),
+        locales: "en_US".into(),
+    })));
+    c.from_warren(&encode::start_ok(&StartOk {
+        client_properties: FieldTable::default(),
+        mechanism: "PLAIN".into(),
+        response: b"\0guest\0guest".to_vec(),
+        locale: "en_US".into(),
+    }))
+    .unwrap();
+    c.from_broker(&frame(&encode::tune(offer, false)));
+    c.from_warren(&[encode::tune(accept, true), encode::open("/")].concat())
+        .unwrap();
+    c.from_broker(&frame(&encode::open_ok()));
+    assert!(c.is_running());
+    c
+}
+
+const TUNE: Tune = Tune {
+    channel_max: 8,
+    frame_max: 4096,
+    heartbeat: 60,
+};
+
+fn running() -> UpstreamChecker {
+    running_with(TUNE, TUNE)
+}
+
+/// A checker with channel 1 open.
+fn open() -> UpstreamChecker {
+    let mut c = running();
+    c.from_warren(&encode::channel_open(1)).unwrap();
+    c.from_broker(&frame(&encode::channel_open_ok(1)));
+    c
+}
+
+fn rule(c: &mut UpstreamChecker, bytes: &[u8]) -> Rule {
+    match c.from_warren(bytes) {
+        Err(v) => v.rule,
+        Ok(frames) => panic!("accepted {} frames", frames.len()),
+    }
+}
+
+fn publish(ch: u16, immediate: bool) -> Bytes {
+    method_frame(ch, ids::BASIC_PUBLISH, |w| {
+        w.u16(0)
+            .shortstr(b"")
+            .shortstr(b"rk")
+            .bit(false)
+            .bit(immediate);
+    })
+}
+
+fn body(ch: u16, n: usize) -> Bytes {
+    Frame::new(FrameType::Body, ch, &vec![0; n]).freeze()
+}
+
+fn consume(ch: u16, tag: &[u8]) -> Bytes {
+    method_frame(ch, ids::BASIC_CONSUME, |w| {
+        w.u16(0)
+            .shortstr(b"q")
+            .shortstr(tag)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .raw(&EMPTY_TABLE);
+    })
+}
+
+fn close(ch: u16) -> Bytes {
+    encode::close(
+        ch,
+        &Close {
+            code: 200,
+            text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        },
+    )
+}
+
+#[test]
+fn a_clean_session_passes_in_any_chunking() {
+    let mut c = open();
+    let session = [
+        publish(1, false),
+        header(1, 5000),
+        body(1, 4000),
+        body(1, 1000),
+        publish(1, false),
+        header(1, 0),
+        consume(1, b"t"),
+        Bytes::from_static(HEARTBEAT),
+        close(1),
+    ]
+    .concat();
+    for b in session.chunks(3) {
+        c.from_warren(b).unwrap();
+    }
+    c.from_broker(&frame(&encode::close_ok(1)));
+    // Reopening a fully closed channel is fine.
+    c.from_warren(&encode::channel_open(1)).unwrap();
+}
+
+#[test]
+fn handshake_out_of_order_is_reported() {
+    let mut c = checker();
+    assert_eq!(rule(&mut c, b"AMQP\x00\x00\x09\x02"), Rule::Handshake);
+    let mut c = checker();
+    c.from_warren(PROTOCOL_HEADER).unwrap();
+    assert_eq!(rule(&mut c, &encode::open("/")), Rule::Handshake);
+    // A tune-ok above what the broker offered.
+    let mut c = checker();
+    c.from_warren(PROTOCOL_HEADER).unwrap();
+    c.from_broker(&frame(&encode::start(&ConnectionStart {
+        server_properties: FieldTable::default(),
+        mechanisms: "PLAIN".into(),
+        locales: "en_US".into(),
+    })));
+    c.from_warren(&encode::start_ok(&StartOk {
+        client_properties: FieldTable::default(),
+        mechanism: "PLAIN".into(),
+        response: b"\0u\0p".to_vec(),
+        locale: "en_US".into(),
+    }))
+    .unwrap();
+    c.from_broker(&frame(&encode::tune(TUNE, false)));
+    let greedy = Tune {
+        frame_max: 8192,
+        ..TUNE
+    };
+    assert_eq!(rule(&mut c, &encode::tune(greedy, true)), Rule::Handshake);
+}
+
+#[test]
+fn frame_and_channel_limits_are_reported() {
+    let mut c = open();
+    assert_eq!(
+        rule(
+            &mut c,
+            &[publish(1, false), header(1, 5000), body(1, 4089)].concat()
+        ),
+        Rule::FrameMax
+    );
+    let mut c = running();
+    assert_eq!(rule(&mut c, &encode::channel_open(9)), Rule::ChannelMax);
+    let mut c = open();
+    assert_eq!(
+        rule(&mut c, &Frame::new(FrameType::Heartbeat, 1, &[]).freeze()),
+        Rule::HeartbeatChannel
+    );
+    let mut c = open();
+    let mut bad_end = encode::channel_open(2).to_vec();
+    *bad_end.last_mut().unwrap() = 0;
+    assert_eq!(rule(&mut c, &bad_end), Rule::Malformed);
+    let mut c = open();
+    assert_eq!(rule(&mut c, &encode::channel_open_ok(0)), Rule::BadMethod);
+}
+
+#[test]
+fn channel_lifecycle_violations_are_reported() {
+    let mut c = running();
+    assert_eq!(rule(&mut c, &publish(1, false)), Rule::UnopenedChannel);
+    let mut c = running();
+    c.from_warren(&encode::channel_open(1)).unwrap();
+    assert_eq!(rule(&mut c, &encode::channel_open(1)), Rule::SecondOpen);
+    // After warren's close, nothing until the broker's close-ok.
+    let mut c = open();
+    c.from_warren(&close(1)).unwrap();
+    assert_eq!(rule(&mut c, &publish(1, false)), Rule::ClosingChannel);
+    // After the broker's close, only close-ok.
+    let mut c = open();
+    c.from_broker(&frame(&close(1)));
+    assert_eq!(rule(&mut c, &close(1)), Rule::ClosingChannel);
+    let mut c = open();
+    c.from_broker(&frame(&close(1)));
+    c.from_warren(&encode::close_ok(1)).unwrap();
+    assert_eq!(rule(&mut c, &publish(1, false)), Rule::UnopenedChannel);
+    // A close-ok that answers nothing.
+    let mut c = open();
+    assert_eq!(rule(&mut c, &encode::close_ok(1)), Rule::UnexpectedCloseOk);
+    // Crossing closes: warren answers the broker's close, then waits for its own.
+    let mut c = open();
+    c.from_warren(&close(1)).unwrap();
+    c.from_broker(&frame(&close(1)));
+    c.from_warren(&encode::close_ok(1)).unwrap();
+    assert_eq!(rule(&mut c, &encode::channel_open(1)), Rule::ClosingChannel);
+    c.from_broker(&frame(&encode::close_ok(1)));
+    c.from_warren(&encode::channel_open(1)).unwrap();
+}
+
+#[test]
+fn content_out_of_sequence_is_reported() {
+    let cases: [&[Bytes]; 5] = [
+        &[header(1, 1)],
+        &[body(1, 1)],
+        &[publish(1, false), body(1, 1)],
+        &[publish(1, false), header(1, 2), publish(1, false)],
+        &[publish(1, false), header(1, 2), body(1, 3)],
+    ];
+    for frames in cases {
+        let mut c = open();
+        assert_eq!(rule(&mut c, &frames.concat()), Rule::ContentSequence);
+    }
+    let mut c = open();
+    let mut wrong_class = BytesMut::new();
+    Writer::new(&mut wrong_class).u16(50).u16(0).u64(1).u16(0);
+    let wrong_class = Frame::new(FrameType::Header, 1, &wrong_class).freeze();
+    assert_eq!(
+        rule(&mut c, &[publish(1, false), wrong_class].concat()),
+        Rule::ContentSequence
+    );
+}
+
+#[test]
+fn refused_arguments_are_reported() {
+    let cases = [
+        (encode::flow(1, false, false), Rule::FlowInactive),
+        (publish(1, true), Rule::PublishImmediate),
+        (
+            method_frame(1, ids::BASIC_QOS, |w| {
+                w.u32(1).u16(0).bit(false);
+            }),
+            Rule::QosPrefetchSize,
+        ),
+        (
+            method_frame(1, ids::BASIC_RECOVER_ASYNC, |w| {
+                w.bit(false);
+            }),
+            Rule::RecoverNoRequeue,
+        ),
+        (
+            method_frame(1, ids::EXCHANGE_DECLARE, |w| {
+                w.u16(0)
+                    .shortstr(b"x")
+                    .shortstr(b"bogus")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .raw(&EMPTY_TABLE);
+            }),
+            Rule::ExchangeType,
+        ),
+        (
+            method_frame(1, ids::CONNECTION_UPDATE_SECRET, |w| {
+                w.longstr(b"t").shortstr(b"r");
+            }),
+            Rule::BadMethod,
+        ),
+        (encode::close_ok(0), Rule::ChannelZero),
+    ];
+    for (bytes, want) in cases {
+        let mut c = open();
+        assert_eq!(rule(&mut c, &bytes), want, "{want:?}");
+    }
+    // Plugin types and passive declares are fine.
+    let mut c = open();
+    c.from_warren(&method_frame(1, ids::EXCHANGE_DECLARE, |w| {
+        w.u16(0)
+            .shortstr(b"x")
+            .shortstr(b"x-delayed-message")
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .raw(&EMPTY_TABLE);
+    }))
+    .unwrap();
+}
+
+#[test]
+fn consumer_tags_follow_the_broker() {
+    let mut c = open();
+    c.from_warren(&consume(1, b"t")).unwrap();
+    assert_eq!(rule(&mut c, &consume(1, b"t")), Rule::ConsumerTagReuse);
+    // A cancel frees the tag at once, and a late consume-ok does not bring it back.
+    let mut c = open();
+    c.from_warren(&consume(1, b"t")).unwrap();
+    c.from_warren(&method_frame(1, ids::BASIC_CANCEL, |w| {
+        w.shortstr(b"t").bit(false);
+    }))
+    .unwrap();
+    c.from_broker(&frame(&method_frame(1, ids::BASIC_CONSUME_OK, |w| {
+        w.shortstr(b"t");
+    })));
+    c.from_warren(&consume(1, b"t")).unwrap();
+    // A broker-chosen tag is learnt from consume-ok.
+    let mut c = open();
+    c.from_warren(&consume(1, b"")).unwrap();
+    c.from_broker(&frame(&method_frame(1, ids::BASIC_CONSUME_OK, |w| {
+        w.shortstr(b"amq.ctag-1");
+    })));
+    assert_eq!(
+        rule(&mut c, &consume(1, b"amq.ctag-1")),
+        Rule::ConsumerTagReuse
+    );
+}
+
+#[test]
+fn methods_during_a_commit_are_reported() {
+    let mut c = open();
+    c.from_warren(&method_frame(1, ids::TX_COMMIT, |_| {}))
+        .unwrap();
+    assert_eq!(rule(&mut c, &publish(1, false)), Rule::DuringCommit);
+    let mut c = open();
+    c.from_warren(&method_frame(1, ids::TX_COMMIT, |_| {}))
+        .unwrap();
+    c.from_broker(&frame(&method_frame(1, ids::TX_COMMIT_OK, |_| {})));
+    c.from_warren(&method_frame(1, ids::TX_COMMIT, |_| {}))
+        .unwrap();
+    c.from_warren(&close(1)).unwrap();
+}
+
+#[test]
+fn nothing_after_connection_close() {
+    let mut c = open();
+    c.from_warren(&close(0)).unwrap();
+    assert_eq!(
+        rule(&mut c, &encode::channel_open(2)),
+        Rule::AfterConnectionClose
+    );
+}
+
+#[test]
+fn trivial_and_seeded_inputs_run() {
+    let session = HubInput::new([0; 4])
+        .raw(0, &encode::channel_open(1))
+        .op(HubOp::Settle, &[])
+        .build(0, 0, Build::Publish, &[0, 3, 0])
+        .op(HubOp::Broker, &[0, 2, 0, 3])
+        .build(0, 0, Build::Close, &[])
+        .op(HubOp::Settle, &[])
+        .op(HubOp::Join, &[])
+        .raw(1, &encode::channel_open(1))
+        .into_bytes();
+    let stats = hub_client_stats(&session);
+    assert!(stats.publishes >= 1, "{stats:?}");
+    assert_eq!(stats.opens_from_pool, 1, "{stats:?}");
+    for data in [&[][..], &[0; 64], &[0xff; 64], &session] {
+        hub_client(data);
+    }
+    // Deterministic: the same input gives the same run.
+    assert_eq!(hub_client_trace(&session), hub_client_trace(&session));
+}

@@ -1,0 +1,17 @@
+//! warren's test kit: what the tests and the fuzzers share, kept out of `core/src` so that
+//! the production library holds production code only.
+//!
+//! - [`frames`]: wire frames, method payloads and content headers written by hand,
+//!   independently of the encoders under test;
+//! - [`rules`]: the checker of the rules by which RabbitMQ closes a whole connection, applied
+//!   to what warren sends a broker;
+//! - [`fuzz`]: the fuzz target bodies (the str0m pattern): the cargo-fuzz binaries in `fuzz/`
+//!   are one-line wrappers around them, and `tests/fuzz_corpus.rs` replays the committed corpus
+//!   through them on stable Rust.
+//!
+//! The simulation (`sim/`) and core's hub harness still have fakes of their own; moving them
+//! here is the next step (issue 15).
+
+pub mod frames;
+pub mod fuzz;
+pub mod rules;

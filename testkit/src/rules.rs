@@ -1,0 +1,735 @@
+//! The rules by which RabbitMQ closes a whole connection (a "hard" error), and
+//! [`UpstreamChecker`], which holds what warren writes to a broker to them. The `hub_client`
+//! fuzz target runs it on every upstream; a violation is a proxy bug.
+
+use warren_core::content::parse_header;
+use warren_core::frame::{
+    Frame, FrameDecoder, FrameError, FrameType, FRAME_MIN_SIZE,
+    PROTOCOL_HEADER,
+};
+use warren_core::method::{self, ids, Method, MethodId, Tune};
+use bytes::BytesMut;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+// ----- the checker ----------------------------------------------------------------------
+
+/// One of the rules by which RabbitMQ closes a whole connection (a "hard" error), as far as
+/// what a client sends can break it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rule {
+    /// The protocol header, then `start-ok`, `tune-ok` and `open` in order, each after the
+    /// broker's prompt, with tune values the broker accepts.
+    Handshake,
+    /// A frame that does not decode: unknown type, bad end octet, a heartbeat with a payload,
+    /// a content header whose property list is malformed (501, 502).
+    Malformed,
+    /// A frame larger than the negotiated frame_max (501).
+    FrameMax,
+    /// A channel number above the negotiated channel_max (530).
+    ChannelMax,
+    /// After the handshake, channel 0 carries only heartbeats and `connection.close` (503,
+    /// 505).
+    ChannelZero,
+    /// A heartbeat on a numbered channel (501).
+    HeartbeatChannel,
+    /// A method that is unknown, sent by servers only, has arguments that do not match its
+    /// layout, or belongs to the connection class but is on a numbered channel (502, 503, 540).
+    BadMethod,
+    /// A frame other than `channel.open` on a channel that is not open (504).
+    UnopenedChannel,
+    /// `channel.open` on a channel that is open or opening (504).
+    SecondOpen,
+    /// A frame on a channel that is closing, other than the `close-ok` that answers the
+    /// broker's `channel.close`. RabbitMQ may already have forgotten the channel, and then
+    /// reads it as a frame on an unopened channel.
+    ClosingChannel,
+    /// `channel.close-ok` that answers no `channel.close` (503).
+    UnexpectedCloseOk,
+    /// Content out of sequence: a header or body without a content method, a header of
+    /// another class, bodies beyond the declared size, or another frame on the channel before
+    /// the body is complete (505).
+    ContentSequence,
+    /// `channel.flow active=false` (540).
+    FlowInactive,
+    /// `basic.publish immediate=true` (540).
+    PublishImmediate,
+    /// `basic.qos` with a non-zero prefetch_size (540).
+    QosPrefetchSize,
+    /// `basic.recover` or `basic.recover-async` with requeue=false (540).
+    RecoverNoRequeue,
+    /// A non-passive `exchange.declare` of a type the broker does not know (503).
+    ExchangeType,
+    /// `basic.consume` with a tag that a consumer on the channel already has (530).
+    ConsumerTagReuse,
+    /// A method other than `channel.close` while a `tx.commit` is in flight (503).
+    DuringCommit,
+    /// Anything but a heartbeat or the answer to the broker's close once the connection is
+    /// closing.
+    AfterConnectionClose,
+}
+
+/// Something warren sent upstream that would make RabbitMQ close the whole connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which rule.
+    pub rule: Rule,
+    /// The channel of the offending frame (0 for connection-level frames).
+    pub channel: u16,
+    /// What was sent, for humans.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} on channel {}: {}",
+            self.rule, self.channel, self.detail
+        )
+    }
+}
+
+pub(crate) fn violation(rule: Rule, channel: u16, detail: impl Into<String>) -> Violation {
+    Violation {
+        rule,
+        channel,
+        detail: detail.into(),
+    }
+}
+
+/// The largest frame the checker decodes before calling it oversize without reading it.
+pub(crate) const DECODE_CAP: u32 = 1 << 24;
+
+/// The state of one upstream channel number, as the broker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelState {
+    /// `channel.open` sent and not answered yet. Frames may follow at once: RabbitMQ
+    /// processes them in order.
+    Opening,
+    /// Open.
+    Open,
+    /// warren sent `channel.close`; only the broker's `close-ok` ends it.
+    Closing,
+    /// The broker sent `channel.close`; warren owes `close-ok` and may send nothing else.
+    ClosedByBroker,
+    /// Both sides sent `channel.close`: warren owes `close-ok` and waits for the broker's.
+    Crossed,
+}
+
+/// Where the connection is, as the broker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conn {
+    /// Nothing received yet: the protocol header comes first.
+    Header,
+    AwaitStart,
+    /// The broker sent `connection.start`: `start-ok` is next.
+    StartOk,
+    AwaitTune,
+    /// The broker sent `connection.tune`: `tune-ok` is next.
+    TuneOk,
+    /// `tune-ok` received: `connection.open` is next.
+    Open,
+    AwaitOpenOk,
+    Running,
+    /// warren sent `connection.close`.
+    Closing,
+    /// The broker sent `connection.close`; warren owes `close-ok`.
+    BrokerClosed,
+    Closed,
+}
+
+/// What a channel expects next of a content-carrying method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    None,
+    Header,
+    Body(u64),
+}
+
+#[derive(Debug)]
+struct Chan {
+    state: ChannelState,
+    content: Content,
+    /// A `tx.commit` whose `commit-ok` has not come back.
+    committing: bool,
+    /// Consumer tags live at the broker, in the order warren's frames reached it.
+    tags: Vec<Vec<u8>>,
+    /// For each `basic.consume` awaiting `consume-ok`: whether the broker names the consumer.
+    consumes: VecDeque<bool>,
+}
+
+impl Chan {
+    fn new(state: ChannelState) -> Self {
+        Chan {
+            state,
+            content: Content::None,
+            committing: false,
+            tags: Vec::new(),
+            consumes: VecDeque::new(),
+        }
+    }
+}
+
+/// Checks the byte stream warren writes to one upstream connection against the rules by
+/// which RabbitMQ closes a whole connection (B7: nothing a client sends may do that to the
+/// connection it shares with its neighbours).
+///
+/// It reads what warren sends with [`UpstreamChecker::from_warren`] and learns the broker's
+/// side of the conversation from [`UpstreamChecker::from_broker`]: the handshake prompts,
+/// channel open and close answers, `tx.commit-ok`, consumer tags the broker chose or
+/// cancelled. Like RabbitMQ it processes both streams in order, so its idea of each channel
+/// is the broker's at the moment warren's frame arrives.
+#[derive(Debug)]
+pub struct UpstreamChecker {
+    conn: Conn,
+    buf: BytesMut,
+    offered: Option<Tune>,
+    tune: Option<Tune>,
+    channels: BTreeMap<u16, Chan>,
+    extra_types: Vec<String>,
+}
+
+impl UpstreamChecker {
+    /// A checker for a fresh connection to a broker that knows the four built-in exchange
+    /// types plus `extra_exchange_types` (plugins).
+    #[must_use]
+    pub fn new(extra_exchange_types: &[String]) -> Self {
+        UpstreamChecker {
+            conn: Conn::Header,
+            buf: BytesMut::new(),
+            offered: None,
+            tune: None,
+            channels: BTreeMap::new(),
+            extra_types: extra_exchange_types.to_vec(),
+        }
+    }
+
+    /// The limits warren accepted in `tune-ok`, once it has sent it.
+    #[must_use]
+    pub fn negotiated(&self) -> Option<Tune> {
+        self.tune
+    }
+
+    /// Whether the handshake is complete and the connection not closing.
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.conn == Conn::Running
+    }
+
+    /// The channel numbers in use with their state, in order.
+    pub fn channels(&self) -> impl Iterator<Item = (u16, ChannelState)> + '_ {
+        self.channels.iter().map(|(ch, c)| (*ch, c.state))
+    }
+
+    /// The consumer tags live on channel `ch`, as far as the broker knows.
+    #[must_use]
+    pub fn consumer_tags(&self, ch: u16) -> &[Vec<u8>] {
+        self.channels.get(&ch).map_or(&[], |c| &c.tags[..])
+    }
+
+    /// Bytes warren wrote to the connection, in any chunking. Returns the frames completed by
+    /// them, or the first rule they break; after a violation the checker is of no further use.
+    pub fn from_warren(&mut self, data: &[u8]) -> Result<Vec<Frame>, Violation> {
+        self.buf.extend_from_slice(data);
+        if self.conn == Conn::Header {
+            let n = self.buf.len().min(PROTOCOL_HEADER.len());
+            if self.buf[..n] != PROTOCOL_HEADER[..n] {
+                return Err(violation(
+                    Rule::Handshake,
+                    0,
+                    "the connection does not start with the AMQP 0-9-1 protocol header",
+                ));
+            }
+            if n < PROTOCOL_HEADER.len() {
+                return Ok(Vec::new());
+            }
+            let _ = self.buf.split_to(n);
+            self.conn = Conn::AwaitStart;
+        }
+        let mut frames = Vec::new();
+        loop {
+            // Decoded with room to spare so that an oversize frame is reported by name.
+            let max = self.frame_max();
+            let decoder = FrameDecoder::new(max.max(DECODE_CAP));
+            let ch = match self.buf.get(1..3) {
+                Some(b) => u16::from_be_bytes([b[0], b[1]]),
+                None => 0,
+            };
+            match decoder.decode(&mut self.buf) {
+                Ok(Some(f)) => {
+                    if f.wire_len() as u64 > u64::from(max) {
+                        return Err(violation(
+                            Rule::FrameMax,
+                            ch,
+                            format!(
+                                "{} is a {}-byte frame, over frame_max {max}",
+                                describe(&f),
+                                f.wire_len()
+                            ),
+                        ));
+                    }
+                    self.check(&f)?;
+                    frames.push(f);
+                }
+                Ok(None) => return Ok(frames),
+                Err(FrameError::TooLarge { size, max }) => {
+                    return Err(violation(
+                        Rule::FrameMax,
+                        ch,
+                        format!("a {size}-byte frame exceeds frame_max {max}"),
+                    ))
+                }
+                Err(e) => return Err(violation(Rule::Malformed, ch, e.to_string())),
+            }
+        }
+    }
+
+    /// A frame the broker sent on this connection; the checker updates what it implies.
+    pub fn from_broker(&mut self, f: &Frame) {
+        let Some(mid) = f.method_id() else { return };
+        let ch = f.channel();
+        if ch == 0 {
+            self.conn = match (self.conn, mid) {
+                (Conn::AwaitStart, ids::CONNECTION_START) => Conn::StartOk,
+                (Conn::AwaitTune, ids::CONNECTION_TUNE) => {
+                    if let Ok(Method::Tune(t)) = method::decode(f.payload()) {
+                        self.offered = Some(t);
+                    }
+                    Conn::TuneOk
+                }
+                (Conn::AwaitOpenOk, ids::CONNECTION_OPEN_OK) => Conn::Running,
+                (Conn::Closing, ids::CONNECTION_CLOSE_OK) => Conn::Closed,
+                (Conn::Closing | Conn::Closed, _) => self.conn,
+                (_, ids::CONNECTION_CLOSE) => Conn::BrokerClosed,
+                (c, _) => c,
+            };
+            return;
+        }
+        let Some(chan) = self.channels.get_mut(&ch) else {
+            return;
+        };
+        match mid {
+            ids::CHANNEL_OPEN_OK if chan.state == ChannelState::Opening => {
+                chan.state = ChannelState::Open;
+            }
+            ids::CHANNEL_CLOSE => match chan.state {
+                ChannelState::Opening | ChannelState::Open => {
+                    *chan = Chan::new(ChannelState::ClosedByBroker);
+                }
+                ChannelState::Closing => chan.state = ChannelState::Crossed,
+                ChannelState::ClosedByBroker | ChannelState::Crossed => {}
+            },
+            ids::CHANNEL_CLOSE_OK => match chan.state {
+                ChannelState::Closing => {
+                    self.channels.remove(&ch);
+                }
+                ChannelState::Crossed => chan.state = ChannelState::ClosedByBroker,
+                _ => {}
+            },
+            ids::TX_COMMIT_OK => chan.committing = false,
+            ids::BASIC_CONSUME_OK => {
+                // Only a consume that left the tag to the broker learns it here; a client's
+                // own tag was live from the moment the consume arrived.
+                let server_named = chan.consumes.pop_front() == Some(true);
+                let learnt = match method::decode(f.payload()) {
+                    Ok(Method::ConsumeOk { tag }) if server_named => Some(tag),
+                    _ => None,
+                };
+                if let Some(tag) = learnt.filter(|t| !chan.tags.contains(t)) {
+                    chan.tags.push(tag);
+                }
+            }
+            ids::BASIC_CANCEL => {
+                if let Ok(Method::Cancel { tag }) = method::decode(f.payload()) {
+                    chan.tags.retain(|t| *t != tag);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn frame_max(&self) -> u32 {
+        match self.tune {
+            // RabbitMQ checks the handshake frames against frame-min-size.
+            None => FRAME_MIN_SIZE,
+            Some(t) if t.frame_max == 0 => u32::MAX,
+            Some(t) => t.frame_max,
+        }
+    }
+
+    fn check(&mut self, f: &Frame) -> Result<(), Violation> {
+        let ch = f.channel();
+        if f.kind() == FrameType::Heartbeat {
+            if ch != 0 {
+                return Err(violation(
+                    Rule::HeartbeatChannel,
+                    ch,
+                    "heartbeat on a numbered channel",
+                ));
+            }
+            if !f.payload().is_empty() {
+                return Err(violation(Rule::Malformed, 0, "heartbeat with a payload"));
+            }
+            if self.tune.is_none() {
+                return Err(violation(Rule::Handshake, 0, "heartbeat before tune-ok"));
+            }
+            if self.conn == Conn::Closed {
+                return Err(violation(
+                    Rule::AfterConnectionClose,
+                    0,
+                    "heartbeat after the connection closed",
+                ));
+            }
+            return Ok(());
+        }
+        let is_close = ch == 0 && f.method_id() == Some(ids::CONNECTION_CLOSE);
+        match self.conn {
+            Conn::Header => Err(violation(Rule::Handshake, ch, "frame before the header")),
+            Conn::AwaitStart
+            | Conn::AwaitTune
+            | Conn::AwaitOpenOk
+            | Conn::StartOk
+            | Conn::TuneOk
+            | Conn::Open
+                if is_close =>
+            {
+                client_method(f)?;
+                self.conn = Conn::Closing;
+                Ok(())
+            }
+            Conn::AwaitStart | Conn::AwaitTune | Conn::AwaitOpenOk => Err(violation(
+                Rule::Handshake,
+                ch,
+                format!("{} before the broker's {:?} prompt", describe(f), self.conn),
+            )),
+            Conn::StartOk => {
+                let m = handshake_method(f, ids::CONNECTION_START_OK)?;
+                if let Method::StartOk(s) = m {
+                    if s.mechanism != "PLAIN" && s.mechanism != "AMQPLAIN" {
+                        return Err(violation(
+                            Rule::Handshake,
+                            0,
+                            format!("mechanism {} was not offered", s.mechanism),
+                        ));
+                    }
+                }
+                self.conn = Conn::AwaitTune;
+                Ok(())
+            }
+            Conn::TuneOk => {
+                let Method::TuneOk(t) = handshake_method(f, ids::CONNECTION_TUNE_OK)? else {
+                    return Err(violation(Rule::Handshake, 0, "tune-ok did not decode"));
+                };
+                let offered = self.offered.unwrap_or(Tune {
+                    channel_max: 0,
+                    frame_max: 0,
+                    heartbeat: 0,
+                });
+                // RabbitMQ's rule (rabbit_reader:validate_negotiated_integer_value).
+                let refused = |client: u32, server: u32, min: u32| {
+                    (client != 0 && client < min)
+                        || (server != 0 && (client == 0 || client > server))
+                };
+                if refused(t.frame_max, offered.frame_max, FRAME_MIN_SIZE) {
+                    return Err(violation(
+                        Rule::Handshake,
+                        0,
+                        format!(
+                            "tune-ok frame_max {} against the offered {}",
+                            t.frame_max, offered.frame_max
+                        ),
+                    ));
+                }
+                if refused(u32::from(t.channel_max), u32::from(offered.channel_max), 1) {
+                    return Err(violation(
+                        Rule::Handshake,
+                        0,
+                        format!(
+                            "tune-ok channel_max {} against the offered {}",
+                            t.channel_max, offered.channel_max
+                        ),
+                    ));
+                }
+                self.tune = Some(t);
+                self.conn = Conn::Open;
+                Ok(())
+            }
+            Conn::Open => {
+                handshake_method(f, ids::CONNECTION_OPEN)?;
+                self.conn = Conn::AwaitOpenOk;
+                Ok(())
+            }
+            Conn::Running => self.running(f),
+            Conn::BrokerClosed if ch == 0 && f.method_id() == Some(ids::CONNECTION_CLOSE_OK) => {
+                self.conn = Conn::Closed;
+                Ok(())
+            }
+            Conn::Closing | Conn::BrokerClosed | Conn::Closed => Err(violation(
+                Rule::AfterConnectionClose,
+                ch,
+                format!("{} after the connection began closing", describe(f)),
+            )),
+        }
+    }
+
+    fn running(&mut self, f: &Frame) -> Result<(), Violation> {
+        let ch = f.channel();
+        if ch == 0 {
+            if f.kind() != FrameType::Method {
+                return Err(violation(
+                    Rule::ChannelZero,
+                    0,
+                    format!("{} on channel 0", describe(f)),
+                ));
+            }
+            let (mid, _) = client_method(f)?;
+            if mid == ids::CONNECTION_CLOSE {
+                self.conn = Conn::Closing;
+                return Ok(());
+            }
+            return Err(violation(
+                Rule::ChannelZero,
+                0,
+                format!("{mid} on channel 0 of an open connection"),
+            ));
+        }
+        let max = match self.tune.map(|t| t.channel_max) {
+            None | Some(0) => u16::MAX,
+            Some(m) => m,
+        };
+        if ch > max {
+            return Err(violation(
+                Rule::ChannelMax,
+                ch,
+                format!("channel {ch} exceeds the negotiated channel_max {max}"),
+            ));
+        }
+        let Some(chan) = self.channels.get_mut(&ch) else {
+            if f.method_id() == Some(ids::CHANNEL_OPEN) {
+                client_method(f)?;
+                self.channels.insert(ch, Chan::new(ChannelState::Opening));
+                return Ok(());
+            }
+            return Err(violation(
+                Rule::UnopenedChannel,
+                ch,
+                format!("{} on a channel that is not open", describe(f)),
+            ));
+        };
+        match chan.state {
+            ChannelState::Opening | ChannelState::Open => {}
+            ChannelState::Closing => {
+                return Err(violation(
+                    Rule::ClosingChannel,
+                    ch,
+                    format!("{} after warren's channel.close", describe(f)),
+                ))
+            }
+            ChannelState::ClosedByBroker | ChannelState::Crossed => {
+                if f.method_id() != Some(ids::CHANNEL_CLOSE_OK) {
+                    return Err(violation(
+                        Rule::ClosingChannel,
+                        ch,
+                        format!(
+                            "{} after the broker's channel.close, before close-ok",
+                            describe(f)
+                        ),
+                    ));
+                }
+                client_method(f)?;
+                if chan.state == ChannelState::Crossed {
+                    chan.state = ChannelState::Closing;
+                } else {
+                    self.channels.remove(&ch);
+                }
+                return Ok(());
+            }
+        }
+        match (chan.content, f.kind()) {
+            (Content::Header, FrameType::Header) => {
+                let h = parse_header(f.payload())
+                    .map_err(|e| violation(Rule::Malformed, ch, format!("content header: {e}")))?;
+                if h.class_id != 60 {
+                    return Err(violation(
+                        Rule::ContentSequence,
+                        ch,
+                        format!("content header of class {} after basic.publish", h.class_id),
+                    ));
+                }
+                chan.content = match h.body_size {
+                    0 => Content::None,
+                    n => Content::Body(n),
+                };
+                return Ok(());
+            }
+            (Content::Body(rest), FrameType::Body) => {
+                let n = f.payload().len() as u64;
+                if n > rest {
+                    return Err(violation(
+                        Rule::ContentSequence,
+                        ch,
+                        format!("{n} body bytes where {rest} were owed"),
+                    ));
+                }
+                chan.content = match rest - n {
+                    0 => Content::None,
+                    left => Content::Body(left),
+                };
+                return Ok(());
+            }
+            (Content::None, FrameType::Method) => {}
+            (Content::None, _) => {
+                return Err(violation(
+                    Rule::ContentSequence,
+                    ch,
+                    format!("{} without a content method", describe(f)),
+                ))
+            }
+            (Content::Header | Content::Body(_), _) => {
+                return Err(violation(
+                    Rule::ContentSequence,
+                    ch,
+                    format!("{} while the content of a publish was owed", describe(f)),
+                ))
+            }
+        }
+        let (mid, m) = client_method(f)?;
+        if mid.class == 10 {
+            return Err(violation(
+                Rule::BadMethod,
+                ch,
+                format!("{mid} on a numbered channel"),
+            ));
+        }
+        if chan.committing && mid != ids::CHANNEL_CLOSE {
+            return Err(violation(
+                Rule::DuringCommit,
+                ch,
+                format!("{mid} while tx.commit is in flight"),
+            ));
+        }
+        if method::spec(mid).is_some_and(|s| s.content) {
+            chan.content = Content::Header;
+        }
+        let broken = |rule: Rule, what: &str| -> Result<(), Violation> {
+            Err(violation(rule, ch, what.to_owned()))
+        };
+        match m {
+            Method::ChannelOpen => broken(Rule::SecondOpen, "second channel.open"),
+            Method::ChannelClose(_) => {
+                *chan = Chan::new(ChannelState::Closing);
+                Ok(())
+            }
+            Method::ChannelCloseOk => broken(
+                Rule::UnexpectedCloseOk,
+                "channel.close-ok on a channel the broker did not close",
+            ),
+            Method::Flow { active: false } => {
+                broken(Rule::FlowInactive, "channel.flow active=false")
+            }
+            Method::Publish {
+                immediate: true, ..
+            } => broken(Rule::PublishImmediate, "basic.publish immediate=true"),
+            Method::Qos { prefetch_size } if prefetch_size != 0 => broken(
+                Rule::QosPrefetchSize,
+                &format!("basic.qos prefetch_size={prefetch_size}"),
+            ),
+            Method::Recover { requeue: false } => {
+                broken(Rule::RecoverNoRequeue, &format!("{mid} requeue=false"))
+            }
+            Method::ExchangeDeclare {
+                kind,
+                passive: false,
+            } if !matches!(&kind[..], b"direct" | b"fanout" | b"topic" | b"headers")
+                && !self.extra_types.iter().any(|t| t.as_bytes() == kind) =>
+            {
+                broken(
+                    Rule::ExchangeType,
+                    &format!(
+                        "exchange.declare of unknown type {:?}",
+                        String::from_utf8_lossy(&kind)
+                    ),
+                )
+            }
+            Method::Consume { tag, nowait } => {
+                if !tag.is_empty() && chan.tags.contains(&tag) {
+                    return broken(
+                        Rule::ConsumerTagReuse,
+                        &format!(
+                            "basic.consume reuses tag {:?}",
+                            String::from_utf8_lossy(&tag)
+                        ),
+                    );
+                }
+                if !nowait {
+                    chan.consumes.push_back(tag.is_empty());
+                }
+                if !tag.is_empty() {
+                    chan.tags.push(tag);
+                }
+                Ok(())
+            }
+            Method::Cancel { tag } => {
+                chan.tags.retain(|t| *t != tag);
+                Ok(())
+            }
+            _ => {
+                if mid == ids::TX_COMMIT {
+                    chan.committing = true;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Splits and checks a method a client sends: known, client-sendable, arguments exactly of
+/// its layout, and decodable.
+pub(crate) fn client_method(f: &Frame) -> Result<(MethodId, Method), Violation> {
+    let ch = f.channel();
+    let bad = |d: String| violation(Rule::BadMethod, ch, d);
+    let (mid, args) = method::split_payload(f.payload())
+        .map_err(|e| bad(format!("method frame too short: {e}")))?;
+    let spec = method::spec(mid).ok_or_else(|| bad(format!("unknown method {mid}")))?;
+    if !spec.client_may_send() {
+        return Err(bad(format!("{} is sent by servers only", spec.name)));
+    }
+    method::validate_args(spec, args).map_err(|e| bad(format!("{}: {e}", spec.name)))?;
+    let m = method::decode(f.payload()).map_err(|e| bad(format!("{}: {e}", spec.name)))?;
+    Ok((mid, m))
+}
+
+pub(crate) fn handshake_method(f: &Frame, want: MethodId) -> Result<Method, Violation> {
+    if f.kind() != FrameType::Method || f.channel() != 0 {
+        return Err(violation(
+            Rule::Handshake,
+            f.channel(),
+            format!("{} during the handshake, expected {want}", describe(f)),
+        ));
+    }
+    let (mid, m) = client_method(f)?;
+    if mid != want {
+        return Err(violation(
+            Rule::Handshake,
+            0,
+            format!("{mid} during the handshake, expected {want}"),
+        ));
+    }
+    Ok(m)
+}
+
+/// A short name for a frame: its method, or its type.
+pub(crate) fn describe(f: &Frame) -> String {
+    match f.kind() {
+        FrameType::Method => match f.method_id() {
+            Some(id) => format!("{id}"),
+            None => "a method frame too short for an id".into(),
+        },
+        FrameType::Header => "a content header".into(),
+        FrameType::Body => format!("a {}-byte content body", f.payload().len()),
+        FrameType::Heartbeat => "a heartbeat".into(),
+    }
+}
+
