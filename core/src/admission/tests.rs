@@ -4,9 +4,14 @@
 use super::*;
 use crate::credentials::Secret;
 use crate::frame::{FrameDecoder, PROTOCOL_HEADER};
+use crate::hub::HubConfig;
+use crate::method::encode;
 use crate::method::{self, ids, ConnectionStart, Method, StartOk, Tune};
 use crate::table::{longstr, FieldTable, FieldValue};
+use bytes::Bytes;
+use smallvec::SmallVec;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 struct World {
     adm: Admission,
