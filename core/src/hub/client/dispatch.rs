@@ -1,0 +1,213 @@
+//! The first stop of every frame a client sends after its handshake: frames on channel 0,
+//! frames on a channel that is not open (or no longer), the dispatch of the rest to the
+//! method, header and body rules, and the carrying out of the [`Verdict`] (B4, B7).
+
+use super::exclusive::clear_declare_nowait;
+use super::{checked_method, unexpected, ChanState, Phase, Verdict};
+use crate::frame::{Frame, FrameType};
+use crate::hub::channels::Slot;
+use crate::hub::{ClientId, Hub, HubEvent};
+use crate::method::{encode, ids, Method};
+use crate::reply::{self, Reply};
+use std::time::Instant;
+
+impl Hub {
+    /// Handles one frame from a client. Returns false once the client is closed, so the
+    /// rest of its batch is dropped.
+    pub(in crate::hub) fn client_frame(
+        &mut self,
+        now: Instant,
+        id: ClientId,
+        frame: Frame,
+    ) -> bool {
+        let Some(c) = self.client_mut(id) else {
+            return false;
+        };
+        c.liveness.received(now);
+        c.counters.frames_in += 1;
+        c.counters.bytes_in += frame.wire_len() as u64;
+        c.counters.last_activity = now;
+        let closing = matches!(c.phase, Phase::Closing { .. });
+        self.stats.client_frames += 1;
+        self.stats.client_bytes += frame.wire_len() as u64;
+        if closing {
+            return self.frame_while_closing(now, id, &frame);
+        }
+        let verdict = if frame.channel() == 0 {
+            self.channel_zero_frame(now, id, &frame)
+        } else {
+            self.channel_frame(now, id, &frame)
+        };
+        self.carry_out(now, id, frame, verdict)
+    }
+
+    /// A frame from a client warren is closing.
+    fn frame_while_closing(&mut self, now: Instant, id: ClientId, frame: &Frame) -> bool {
+        // Only the answer to our Close matters now.
+        if frame.method_id() == Some(ids::CONNECTION_CLOSE_OK)
+            || frame.method_id() == Some(ids::CONNECTION_CLOSE)
+        {
+            if frame.method_id() == Some(ids::CONNECTION_CLOSE) {
+                self.send_client(now, id, encode::close_ok(0));
+            }
+            self.remove_client(id);
+            return false;
+        }
+        true
+    }
+
+    /// Carries out the verdict on a client frame. Returns false once the client is closed.
+    fn carry_out(&mut self, now: Instant, id: ClientId, frame: Frame, verdict: Verdict) -> bool {
+        match verdict {
+            Verdict::Forward => {
+                self.forward_client_frame(now, id, frame);
+                true
+            }
+            Verdict::ForwardAskingForReply => {
+                let mut frame = frame;
+                clear_declare_nowait(&mut frame);
+                self.forward_client_frame(now, id, frame);
+                true
+            }
+            Verdict::Hold => match self.hold_publish_frame(now, id, frame) {
+                Ok(()) => true,
+                Err(r) => {
+                    self.close_client(now, id, r);
+                    false
+                }
+            },
+            Verdict::Done => self.client(id).is_some(),
+            Verdict::Fatal(mut r) => {
+                if let Some(m) = frame.method_id() {
+                    if r.class_method == (0, 0) {
+                        r = r.caused_by(m);
+                    }
+                }
+                self.close_client(now, id, r);
+                false
+            }
+            Verdict::CloseChannel(r) => {
+                self.close_channel_from_proxy(now, id, frame.channel(), r);
+                true
+            }
+        }
+    }
+
+    /// Frames on channel 0: heartbeats and connection-class methods, all handled here.
+    fn channel_zero_frame(&mut self, now: Instant, id: ClientId, frame: &Frame) -> Verdict {
+        match frame.kind() {
+            FrameType::Heartbeat => return Verdict::Done,
+            FrameType::Method => {}
+            _ => return Verdict::Fatal(unexpected("content frame on channel 0")),
+        }
+        let (mid, m) = match checked_method(frame) {
+            Ok(x) => x,
+            Err(r) => return Verdict::Fatal(r),
+        };
+        match m {
+            Method::ConnectionClose(_) => {
+                self.send_client(now, id, encode::close_ok(0));
+                self.event(HubEvent::ClientLeft { client: id });
+                self.release_client(now, id);
+                self.remove_client(id);
+                Verdict::Done
+            }
+            // A late answer to nothing: harmless.
+            Method::ConnectionCloseOk => Verdict::Done,
+            _ if mid == ids::CONNECTION_UPDATE_SECRET => {
+                // The shared upstream stays authenticated as it is; the client's new secret
+                // only matters for its next connection, which is checked then.
+                self.send_client(now, id, encode::update_secret_ok());
+                Verdict::Done
+            }
+            _ => Verdict::Fatal(Reply::new(
+                reply::COMMAND_INVALID,
+                format!("{mid} is not allowed on channel 0 after the handshake"),
+            )),
+        }
+    }
+
+    /// Frames on a numbered channel.
+    fn channel_frame(&mut self, now: Instant, id: ClientId, frame: &Frame) -> Verdict {
+        let ch = frame.channel();
+        let Some(c) = self.client(id) else {
+            return Verdict::Done;
+        };
+        if frame.kind() == FrameType::Heartbeat {
+            return Verdict::Fatal(Reply::new(
+                reply::FRAME_ERROR,
+                format!("heartbeat frame on channel {ch}"),
+            ));
+        }
+        if ch > c.channel_max {
+            return Verdict::Fatal(Reply::new(
+                reply::NOT_ALLOWED,
+                format!(
+                    "channel {ch} exceeds the negotiated channel_max {}",
+                    c.channel_max
+                ),
+            ));
+        }
+        let Some(chan) = c.channels.get(&ch) else {
+            return self.frame_on_unopened_channel(now, id, frame);
+        };
+        match chan.state {
+            ChanState::Closed(_) => return self.frame_on_closed_channel(now, id, frame),
+            // The client asked to close; nothing it sends now matters.
+            ChanState::Closing(_) => return Verdict::Done,
+            ChanState::Waiting | ChanState::Open(_) => {}
+        }
+        match frame.kind() {
+            FrameType::Method => self.channel_method(now, id, frame),
+            FrameType::Header => self.content_header(id, frame),
+            FrameType::Body => self.content_body(id, frame),
+            FrameType::Heartbeat => Verdict::Done,
+        }
+    }
+
+    fn frame_on_unopened_channel(&mut self, now: Instant, id: ClientId, frame: &Frame) -> Verdict {
+        match frame.method_id() {
+            Some(ids::CHANNEL_OPEN) => match checked_method(frame) {
+                Ok(_) => {
+                    self.open_channel(now, id, frame.channel());
+                    Verdict::Done
+                }
+                Err(r) => Verdict::Fatal(r),
+            },
+            // A late CloseOk for a channel already forgotten: harmless.
+            Some(ids::CHANNEL_CLOSE_OK) => Verdict::Done,
+            _ => Verdict::Fatal(Reply::new(
+                reply::CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {}", frame.channel()),
+            )),
+        }
+    }
+
+    fn frame_on_closed_channel(&mut self, now: Instant, id: ClientId, frame: &Frame) -> Verdict {
+        let ch = frame.channel();
+        match frame.method_id() {
+            Some(ids::CHANNEL_CLOSE_OK) => {
+                let quarantined = self
+                    .client_mut(id)
+                    .and_then(|c| c.channels.remove(&ch))
+                    .and_then(|chan| match chan.state {
+                        ChanState::Closed(r) => r,
+                        _ => None,
+                    });
+                if let Some(r) = quarantined {
+                    if self.slot(r) == Slot::Quarantined {
+                        self.set_slot(now, r, Slot::Free);
+                    }
+                }
+                Verdict::Done
+            }
+            Some(ids::CHANNEL_CLOSE) => {
+                // Both sides closed at once: answer, and keep waiting for its CloseOk.
+                self.send_client(now, id, encode::close_ok(ch));
+                Verdict::Done
+            }
+            // Discarded until the client acknowledges the close (B4).
+            _ => Verdict::Done,
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The rules of a method a client sends on one of its channels, by method family: the checks
+//! every method passes first ([`ClientChannel::admit_method`]), then what `channel.*`,
+//! `basic.*`, the declares and `queue.delete` change on the channel before the method goes
+//! on to the broker — or why it goes no further (B6, B7).
+
+use super::exclusive::uses_queue_shortcut;
+use super::{checked_method, unexpected, ClientChannel, Declare, PendingPublish, Verdict};
+use crate::frame::Frame;
+use crate::hub::{ClientId, Hub};
+use crate::method::{encode, ids, Method, MethodId};
+use crate::reply::{self, Reply};
+use std::time::Instant;
+
+impl Hub {
+    /// A method on an open (or waiting) channel: checked, tracked, and mostly forwarded.
+    pub(super) fn channel_method(&mut self, now: Instant, id: ClientId, frame: &Frame) -> Verdict {
+        let ch = frame.channel();
+        let (mid, m) = match checked_method(frame) {
+            Ok(x) => x,
+            Err(r) => return Verdict::Fatal(r),
+        };
+        if let Some(r) = self.locked_queue(id, mid, frame) {
+            return Verdict::CloseChannel(r);
+        }
+        let extra_types = &self.config.extra_exchange_types;
+        let Some(chan) = self
+            .clients
+            .get_mut(id.index())
+            .and_then(|c| c.channels.get_mut(&ch))
+        else {
+            return Verdict::Done;
+        };
+        if let Err(v) = chan.admit_method(ch, mid, frame.payload()) {
+            return v;
+        }
+        match m {
+            Method::ChannelOpen => Verdict::Fatal(Reply::new(
+                reply::CHANNEL_ERROR,
+                format!("second 'channel.open' seen on channel {ch}"),
+            )),
+            Method::ChannelClose(_) => {
+                self.client_closes_channel(now, id, ch);
+                Verdict::Done
+            }
+            Method::ChannelCloseOk => Verdict::Fatal(Reply::new(
+                reply::COMMAND_INVALID,
+                format!("unexpected channel.close-ok on open channel {ch}"),
+            )),
+            Method::Flow { active } => {
+                // RabbitMQ refuses active=false with a connection error; the proxy answers.
+                self.send_client(now, id, encode::flow(ch, active, true));
+                Verdict::Done
+            }
+            Method::Publish { .. }
+            | Method::Qos { .. }
+            | Method::Consume { .. }
+            | Method::Cancel { .. }
+            | Method::Recover { .. } => chan.basic_method(m),
+            Method::ExchangeDeclare { .. } | Method::QueueDeclare { .. } => {
+                chan.declare_method(m, extra_types)
+            }
+            Method::QueueDelete { queue } => self.queue_delete(id, ch, queue),
+            _ => chan.other_method(mid),
+        }
+    }
+
+    /// `queue.delete`: deleting one of its own exclusive queues ends the client's claim on it.
+    fn queue_delete(&mut self, id: ClientId, ch: u16, queue: Vec<u8>) -> Verdict {
+        if let Some(c) = self.client_mut(id) {
+            let before = c.exclusive.len();
+            c.exclusive.retain(|(_, q)| *q != queue);
+            if c.exclusive.len() != before {
+                if let Some(chan) = c.channels.get_mut(&ch) {
+                    chan.recyclable = false;
+                }
+                self.exclusive_owners.remove(&queue);
+            }
+        }
+        Verdict::Forward
+    }
+}
+
+impl ClientChannel {
+    /// The checks every method on an open channel passes first, and what any method does to
+    /// the channel's recyclability (B6) and its queue shortcut. `Err` holds the verdict on a
+    /// method that goes no further.
+    fn admit_method(&mut self, ch: u16, mid: MethodId, payload: &[u8]) -> Result<(), Verdict> {
+        if self.publish.is_some() {
+            return Err(Verdict::Fatal(unexpected(format!(
+                "expected content header or body on channel {ch}, got {mid}"
+            ))));
+        }
+        if self.committing && mid != ids::CHANNEL_CLOSE {
+            return Err(Verdict::Fatal(Reply::new(
+                reply::CHANNEL_ERROR,
+                "unexpected command while processing 'tx.commit'",
+            )));
+        }
+        if mid.class == 10 {
+            return Err(Verdict::Fatal(Reply::new(
+                reply::COMMAND_INVALID,
+                format!("{mid} on channel {ch}"),
+            )));
+        }
+        // Anything outside the clean list of B6 makes the channel non-recyclable for good.
+        if !is_clean(mid) {
+            self.recyclable = false;
+        }
+        if self.shortcut_unset {
+            if mid == ids::QUEUE_DECLARE {
+                self.shortcut_unset = false;
+            } else if uses_queue_shortcut(mid, payload) {
+                // What RabbitMQ answers on a fresh channel; the recycled one would instead
+                // resolve the empty name to the previous owner's queue.
+                return Err(Verdict::CloseChannel(
+                    Reply::new(reply::NOT_FOUND, "no previously declared queue").caused_by(mid),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `basic.publish`, `basic.qos`, `basic.consume`, `basic.cancel`, `basic.recover`.
+    fn basic_method(&mut self, m: Method) -> Verdict {
+        match m {
+            Method::Publish {
+                immediate: true, ..
+            } => Verdict::Fatal(Reply::new(reply::NOT_IMPLEMENTED, "immediate=true")),
+            Method::Publish { mandatory, .. } => {
+                if mandatory {
+                    self.recyclable = false;
+                }
+                self.publish = Some(PendingPublish {
+                    frames: Vec::with_capacity(3),
+                    remaining: None,
+                    bytes: 0,
+                });
+                Verdict::Hold
+            }
+            Method::Qos { prefetch_size } if prefetch_size != 0 => Verdict::Fatal(Reply::new(
+                reply::NOT_IMPLEMENTED,
+                format!("prefetch_size!=0 ({prefetch_size})"),
+            )),
+            Method::Consume { tag, nowait } => self.consume(tag, nowait),
+            Method::Cancel { tag } => {
+                self.consumers.retain(|t| *t != tag);
+                Verdict::Forward
+            }
+            Method::Recover { requeue: false } => {
+                Verdict::Fatal(Reply::new(reply::NOT_IMPLEMENTED, "requeue=false"))
+            }
+            _ => Verdict::Forward,
+        }
+    }
+
+    /// `basic.consume`: RabbitMQ closes the connection on a tag in use on the channel.
+    fn consume(&mut self, tag: Vec<u8>, nowait: bool) -> Verdict {
+        if !tag.is_empty() && self.consumers.contains(&tag) {
+            return Verdict::Fatal(Reply::new(
+                reply::NOT_ALLOWED,
+                format!(
+                    "attempt to reuse consumer tag '{}'",
+                    String::from_utf8_lossy(&tag)
+                ),
+            ));
+        }
+        // A server-named consumer's tag is learnt from its consume-ok; with nowait it is
+        // never learnt, and cannot collide with a client-chosen one.
+        if !nowait {
+            self.consumes.push_back(tag.is_empty());
+        }
+        if !tag.is_empty() {
+            self.consumers.push(tag);
+        }
+        Verdict::Forward
+    }
+
+    /// `exchange.declare` (of a type the broker knows) and `queue.declare` (whose reply must
+    /// be seen if the queue is exclusive, B5).
+    fn declare_method(&mut self, m: Method, extra_types: &[String]) -> Verdict {
+        match m {
+            Method::ExchangeDeclare {
+                kind,
+                passive: false,
+            } if !known_exchange_type(&kind, extra_types) => Verdict::Fatal(Reply::new(
+                reply::COMMAND_INVALID,
+                format!("unknown exchange type '{}'", String::from_utf8_lossy(&kind)),
+            )),
+            Method::QueueDeclare {
+                exclusive,
+                nowait,
+                passive,
+                ..
+            } => {
+                let exclusive = exclusive && !passive;
+                if exclusive {
+                    self.recyclable = false;
+                }
+                match (exclusive, nowait) {
+                    (false, true) => Verdict::Forward,
+                    (false, false) => {
+                        self.declares.push_back(Declare::Plain);
+                        Verdict::Forward
+                    }
+                    (true, false) => {
+                        self.declares.push_back(Declare::Exclusive);
+                        Verdict::Forward
+                    }
+                    (true, true) => {
+                        self.declares.push_back(Declare::ExclusiveUnasked);
+                        Verdict::ForwardAskingForReply
+                    }
+                }
+            }
+            _ => Verdict::Forward,
+        }
+    }
+
+    /// Every other method is forwarded; a `tx.commit` holds the channel until its reply.
+    fn other_method(&mut self, mid: MethodId) -> Verdict {
+        if mid == ids::TX_COMMIT {
+            self.committing = true;
+        }
+        Verdict::Forward
+    }
+}
+
+/// The clean list of B6: methods after which a channel can still be recycled.
+fn is_clean(mid: MethodId) -> bool {
+    matches!(
+        mid,
+        ids::EXCHANGE_DECLARE
+            | ids::EXCHANGE_DELETE
+            | ids::EXCHANGE_BIND
+            | ids::EXCHANGE_UNBIND
+            | ids::QUEUE_DECLARE
+            | ids::QUEUE_BIND
+            | ids::QUEUE_UNBIND
+            | ids::QUEUE_PURGE
+            | ids::QUEUE_DELETE
+            | ids::BASIC_PUBLISH
+            | ids::CHANNEL_CLOSE
+    )
+}
+/// Exchange types RabbitMQ ships, plus configured plugin types.
+fn known_exchange_type(kind: &[u8], extra: &[String]) -> bool {
+    matches!(kind, b"direct" | b"fanout" | b"topic" | b"headers")
+        || extra.iter().any(|t| t.as_bytes() == kind)
+}
