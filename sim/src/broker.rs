@@ -133,6 +133,8 @@ pub struct BrokerLog {
     pub publish_errors: Vec<(Instant, String)>,
     /// Messages the broker confirmed (sent `basic.ack` for), by origin.
     pub confirmed: Vec<(Instant, Origin)>,
+    /// Messages published that no queue took (dropped or returned), by origin.
+    pub unroutable: Vec<Origin>,
     /// Connections the broker dropped because the proxy sent nothing for two intervals.
     pub peer_timeouts: Vec<(Instant, ConnId)>,
     /// Logins refused (wrong password or vhost), by code.
@@ -450,6 +452,16 @@ impl Broker {
     #[must_use]
     pub fn ready_messages(&self) -> usize {
         self.queues.values().map(|q| q.msgs.len()).sum()
+    }
+
+    /// The origins of the messages waiting in queues (a message a client was cut off with
+    /// must be back in its queue if nobody took it since).
+    #[must_use]
+    pub fn queued_origins(&self) -> Vec<Origin> {
+        self.queues
+            .values()
+            .flat_map(|q| q.msgs.iter().filter_map(|m| Origin::parse(&m.body)))
+            .collect()
     }
 
     /// A TCP connection arrived.
@@ -1808,6 +1820,9 @@ impl Broker {
             t.dedup();
             t
         };
+        if targets.is_empty() {
+            self.log.unroutable.extend(Origin::parse(&body));
+        }
         if targets.is_empty() && p.mandatory {
             let m = method_frame(ch, ids::BASIC_RETURN, |w| {
                 w.u16(312)

@@ -10,6 +10,7 @@ use crate::broker::BrokerLog;
 use crate::client::{Board, End, FakeClient, Misbehaviour};
 use crate::plan::Fault;
 use crate::scenario::Scenario;
+use crate::slow::SlowObs;
 use crate::trace::stamp;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -45,6 +46,12 @@ pub enum Invariant {
     /// success RabbitMQ would refuse with 405, or the queue deleted or purged under its
     /// owner (B5).
     Exclusive,
+    /// A client that kept reading was reported slow, or one that stopped was not cut off
+    /// within `slow_client_timeout` (B9, issue 14).
+    SlowClient,
+    /// A message the broker confirmed was neither received by a client nor left in a queue
+    /// (a slow client's message must be requeued).
+    MessageLost,
     /// Something never finished.
     Hang,
 }
@@ -63,6 +70,8 @@ impl fmt::Display for Invariant {
             Invariant::BrokerProtocol => "broker-protocol",
             Invariant::Revocation => "revocation",
             Invariant::Exclusive => "exclusive",
+            Invariant::SlowClient => "slow-client",
+            Invariant::MessageLost => "message-lost",
             Invariant::Hang => "hang",
         };
         f.write_str(s)
@@ -127,6 +136,8 @@ pub struct Observer {
     ended: BTreeSet<u32>,
     joined: BTreeSet<u32>,
     slow: BTreeSet<u32>,
+    /// The slow-client invariant (`crate::slow`).
+    slow_watch: SlowObs,
     handshake_closed: BTreeSet<u32>,
     broken: BTreeSet<u32>,
     closed_with: BTreeMap<u32, u16>,
@@ -162,6 +173,7 @@ impl Observer {
             ended: BTreeSet::new(),
             joined: BTreeSet::new(),
             slow: BTreeSet::new(),
+            slow_watch: SlowObs::new(crate::world::slow_rule(sc)),
             handshake_closed: BTreeSet::new(),
             broken: BTreeSet::new(),
             closed_with: BTreeMap::new(),
@@ -240,9 +252,70 @@ impl Observer {
         self.handshake_closed.insert(cid);
     }
 
-    /// The runtime reported the client slow.
-    pub fn slow_reported(&mut self, cid: u32) {
+    /// The runtime reported the client slow with `queued` bytes waiting for it.
+    pub fn slow_reported(&mut self, now: Instant, cid: u32, queued: usize) {
         self.slow.insert(cid);
+        self.slow_watch.reported(now, cid, queued);
+        self.take_slow_violations();
+    }
+
+    /// What waits for the client in warren (`queued`) and what its socket took so far
+    /// (`written`), measured whenever either may have changed.
+    pub fn client_queue(&mut self, now: Instant, cid: u32, queued: usize, written: u64) {
+        self.slow_watch.measured(now, cid, queued, written);
+        self.take_slow_violations();
+    }
+
+    /// warren let go of the client (closed it or saw it close).
+    pub fn client_gone(&mut self, now: Instant, cid: u32) {
+        self.slow_watch.gone(now, cid);
+        self.take_slow_violations();
+    }
+
+    /// How often the slow-client rule cut a client off, by reason (coverage).
+    #[must_use]
+    pub fn slow_counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.slow_watch.counts
+    }
+
+    /// No message of a large-delivery publisher that the broker confirmed is lost: each was
+    /// received by some client or is still in a queue at the end (`queued`), unless the
+    /// broker restarted empty after confirming it (issue 14: a client cut off as slow has its
+    /// message requeued).
+    pub fn lost_checks(
+        &mut self,
+        now: Instant,
+        clients: &[&FakeClient],
+        log: &BrokerLog,
+        queued: &[crate::tag::Origin],
+        sc: &Scenario,
+    ) {
+        let restarts: Vec<Instant> = sc
+            .plan
+            .faults
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f.fault,
+                    Fault::BrokerCrash { .. } | Fault::BrokerSilentDeath { .. }
+                )
+            })
+            .map(|f| self.epoch + f.at)
+            .collect();
+        for what in crate::slow::lost_messages(clients, log, queued, &restarts) {
+            let at = self.rel(what.0);
+            self.violation(
+                now,
+                Invariant::MessageLost,
+                format!("{} (confirmed at {at})", what.1),
+            );
+        }
+    }
+
+    fn take_slow_violations(&mut self) {
+        for (t, what) in std::mem::take(&mut self.slow_watch.found) {
+            self.violation(t, Invariant::SlowClient, what);
+        }
     }
 
     /// The network broke the client's connection.
@@ -547,6 +620,8 @@ impl Observer {
         close_timeout: Duration,
         board: &Board,
     ) {
+        self.slow_watch.finish(now);
+        self.take_slow_violations();
         self.revocation_checks(clients, sc);
         self.exclusive_checks(log, board);
         for (cid, hb) in self.clients_hb.clone() {

@@ -471,6 +471,9 @@ pub struct ClientSpec {
     pub nack_every: u32,
     /// How the connection starts.
     pub opening: Opening,
+    /// Reads its socket at most this fast (a slow but steady reader, issue 14); `None`
+    /// reads whatever arrives at once. The world meters the bytes (`crate::slow`).
+    pub read_pace: Option<crate::slow::ReadPace>,
     /// The script.
     pub script: Vec<Step>,
 }
@@ -492,6 +495,7 @@ impl ClientSpec {
             amqplain: false,
             nack_every: 0,
             opening: Opening::Normal,
+            read_pace: None,
             script,
         }
     }

@@ -23,6 +23,7 @@ pub mod layer2;
 pub mod plan;
 pub mod scenario;
 pub mod seeds;
+pub mod slow;
 pub mod tag;
 pub mod trace;
 pub mod turmoil_net;

@@ -68,6 +68,19 @@ pub enum Fault {
     },
     /// A consumer that stops reading while a publisher floods its queue (B9).
     SlowClient,
+    /// Deliveries larger than `client_queue_bytes` to readers of every speed (issue 14): a
+    /// fast reader, a slow but steady one reading at `pace`, and one that stops reading,
+    /// each consuming its own queue with prefetch 1 and acks; a publisher sends `messages`
+    /// messages to each queue. The readers that read must never be cut off as slow; the one
+    /// that stops must be, within `slow_client_timeout`, and its message requeued (a late
+    /// consumer of its queue gets it). Scenarios with it shrink `client_queue_bytes` to
+    /// 64 KiB and raise `max_message_size` above the messages (100–300 KiB).
+    LargeDeliveries {
+        /// Messages per reader.
+        messages: u32,
+        /// The steady reader's speed.
+        pace: crate::slow::ReadPace,
+    },
     /// A client that freezes (no reads, writes or heartbeats) for `duration`.
     StalledClient {
         /// How long.
@@ -121,6 +134,7 @@ impl Fault {
             self,
             Fault::ClientChurn { .. }
                 | Fault::SlowClient
+                | Fault::LargeDeliveries { .. }
                 | Fault::StalledClient { .. }
                 | Fault::Misbehaving { .. }
                 | Fault::WrongPassword { .. }
@@ -150,6 +164,12 @@ impl fmt::Display for Fault {
                 write!(f, "{count} churning clients over {}", s(over))
             }
             Fault::SlowClient => f.write_str("slow (non-reading) client"),
+            Fault::LargeDeliveries { messages, pace } => write!(
+                f,
+                "{messages} large deliveries to fast, steady ({} bytes per {}ms) and stopped readers",
+                pace.bytes,
+                pace.every.as_millis()
+            ),
             Fault::StalledClient { duration } => write!(f, "client stalled for {}", s(duration)),
             Fault::Misbehaving { kind } => write!(f, "misbehaving client ({kind:?})"),
             Fault::WrongPassword { failure_close } => {

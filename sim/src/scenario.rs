@@ -4,6 +4,7 @@
 use crate::broker::BrokerConfig;
 use crate::client::{ClientSpec, Intrusion, Misbehaviour, Opening, Step, Target};
 use crate::plan::{Fault, FaultPlan, FaultProfile};
+use crate::slow::{ReadPace, LARGE_PUBLISHER};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Duration;
@@ -19,8 +20,13 @@ pub struct NetConfig {
     pub upstream_latency: Duration,
     /// Bytes a client's kernel buffers hold before warren's own queue grows.
     pub socket_buffer: usize,
-    /// Bytes queued for a client above which it is reported slow (`client_queue_bytes`).
+    /// Bytes that may wait for a client without it having to make progress
+    /// (`client_queue_bytes`, B9): past them its socket must take bytes within
+    /// `slow_client_timeout`, past them plus one largest message it is cut off at once.
     pub client_queue_limit: usize,
+    /// How long a client over `client_queue_limit` may go without its socket taking a byte
+    /// (`slow_client_timeout`).
+    pub slow_client_timeout: Duration,
     /// How long a refused login is remembered (B2 negative cache).
     pub auth_cache_ttl: Duration,
     /// How long credentials the broker accepted are trusted without a new login, while no
@@ -39,6 +45,7 @@ impl Default for NetConfig {
             upstream_latency: Duration::from_millis(2),
             socket_buffer: 16 * 1024,
             client_queue_limit: 128 * 1024,
+            slow_client_timeout: Duration::from_secs(2),
             auth_cache_ttl: Duration::from_secs(2),
             credentials_ttl: Duration::from_secs(5),
             events: false,
@@ -188,7 +195,51 @@ impl Scenario {
         s.clients = b.clients;
         s.plan = plan;
         s.credential_faults();
+        s.large_delivery_faults();
         s
+    }
+
+    /// Large deliveries to readers of every speed (issue 14), drawn from a third stream of
+    /// the seed so that adding them left the rest of every seed's scenario as it was.
+    fn large_delivery_faults(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x6c61_7267_652b_2b2b);
+        if !rng.random_bool(0.3) {
+            return;
+        }
+        let at = ms(&mut rng, 1000, 20_000);
+        let messages = rng.random_range(1..=3);
+        let pace = ReadPace {
+            bytes: rng.random_range(2048..=16_384),
+            every: ms(&mut rng, 10, 50),
+        };
+        self.add_large_deliveries(&mut rng, at, messages, pace);
+    }
+
+    /// Adds a [`Fault::LargeDeliveries`] at `at`: shrinks `client_queue_bytes` to 64 KiB,
+    /// raises `max_message_size` to 384 KiB (above the 100–300 KiB messages), adds three
+    /// board slots for the readers' queues, and the readers, the publisher and a late
+    /// consumer of the stopped reader's queue (the `sweeper`, which gets its requeued
+    /// message).
+    pub fn add_large_deliveries(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        at: Duration,
+        messages: u32,
+        pace: ReadPace,
+    ) {
+        self.net.client_queue_limit = 64 * 1024;
+        self.hub.max_message_size = self.hub.max_message_size.max(384 * 1024);
+        let first = (self.board.0 + self.board.1) as u32;
+        self.board.1 += 3;
+        self.plan =
+            std::mem::take(&mut self.plan).with(at, Fault::LargeDeliveries { messages, pace });
+        let mut b = Builder {
+            rng,
+            clients: Vec::new(),
+            next_dynamic: first,
+        };
+        b.large_deliveries(at, messages, pace, first, self.net.slow_client_timeout);
+        self.clients.extend(b.clients);
     }
 
     /// What the scenario draws from a second stream of the seed, so that adding it left the
@@ -758,6 +809,93 @@ impl Builder<'_> {
             let start = at + ms(self.rng, 100, 15_000);
             short(self, "new-password", start, NEW_PASSWORD);
         }
+    }
+
+    /// See [`Scenario::add_large_deliveries`]: readers in slots `first`, `first + 1`,
+    /// `first + 2` (fast, steady, stopped).
+    fn large_deliveries(
+        &mut self,
+        at: Duration,
+        messages: u32,
+        pace: ReadPace,
+        first: u32,
+        timeout: Duration,
+    ) {
+        let sizes: Vec<Vec<usize>> = (0..3)
+            .map(|_| {
+                (0..messages)
+                    .map(|_| self.rng.random_range(100 * 1024..=300 * 1024))
+                    .collect()
+            })
+            .collect();
+        // Long enough for the steady reader to read everything, with room for faults.
+        let steady: usize = sizes[1].iter().sum();
+        let reading = pace.every * u32::try_from(steady.div_ceil(pace.bytes)).unwrap_or(u32::MAX);
+        let stay = reading + timeout * 2 + Duration::from_secs(3);
+        for (r, kind) in ["fast-reader", "steady-reader", "stopped-reader"]
+            .into_iter()
+            .enumerate()
+        {
+            let slot = first + r as u32;
+            let mut s = vec![
+                Step::Open(1),
+                Step::Declare {
+                    ch: 1,
+                    slot,
+                    exclusive: false,
+                },
+                Step::Qos(1, 1),
+                Step::Consume {
+                    ch: 1,
+                    slot,
+                    no_ack: false,
+                },
+            ];
+            if r == 2 {
+                s.push(Step::StopReading);
+            }
+            s.extend([Step::Sleep(stay), Step::CloseConnection]);
+            self.spec(kind, at, s);
+            let frame_max = pick(self.rng, &[4096, 131_072]);
+            if let Some(c) = self.clients.last_mut() {
+                c.frame_max = frame_max;
+                c.read_pace = (r == 1).then_some(pace);
+            }
+        }
+        let mut p = vec![Step::Open(1), Step::Confirm(1)];
+        for i in 0..messages as usize {
+            for (r, sizes) in sizes.iter().enumerate() {
+                p.push(Step::Publish {
+                    ch: 1,
+                    to: Target::Slot(first + r as u32),
+                    size: sizes[i],
+                    mandatory: false,
+                });
+            }
+        }
+        p.extend([Step::WaitConfirms(1), Step::CloseConnection]);
+        self.spec(LARGE_PUBLISHER, at + Duration::from_millis(500), p);
+        let slot = first + 2;
+        let sweeper = vec![
+            Step::Open(1),
+            Step::Declare {
+                ch: 1,
+                slot,
+                exclusive: false,
+            },
+            Step::Consume {
+                ch: 1,
+                slot,
+                no_ack: false,
+            },
+            Step::Sleep(Duration::from_secs(3)),
+            Step::CloseConnection,
+        ];
+        self.spec(
+            "sweeper",
+            at + timeout * 2 + Duration::from_secs(3),
+            sweeper,
+        );
     }
 
     fn random_client(&mut self, start: Duration) {

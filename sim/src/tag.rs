@@ -23,11 +23,26 @@ pub struct Origin {
     pub queue: u32,
 }
 
+/// Filler block length (see [`Origin::body`]).
+const BLOCK: usize = 4096;
+
+/// Mixes block number `n` into the first bytes of a filler block.
+fn stamp(block: &mut [u8], n: u64) {
+    for (b, s) in block.iter_mut().zip(n.to_le_bytes()) {
+        *b ^= s;
+    }
+}
+
 /// The queue field of a message not addressed to a board queue.
 pub const NO_QUEUE: u32 = u32::MAX;
 
 impl Origin {
     /// A body of `size` bytes (at least [`TAG_LEN`]) starting with this tag.
+    ///
+    /// The filler depends on the tag, so a body spliced from two messages is visible, and
+    /// each block of it on its place, so a body with blocks swapped or lost is too. It is
+    /// one tag-dependent block repeated with the block's number mixed into its first bytes:
+    /// bodies run to hundreds of KiB (issue 14), and making and checking them stays cheap.
     #[must_use]
     pub fn body(&self, size: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(size.max(TAG_LEN));
@@ -36,13 +51,27 @@ impl Origin {
         v.extend_from_slice(&self.channel.to_be_bytes());
         v.extend_from_slice(&self.seq.to_be_bytes());
         v.extend_from_slice(&self.queue.to_be_bytes());
-        // Filler that depends on the tag, so a body spliced from two messages is visible.
-        let mut x = self.seq.wrapping_mul(31).wrapping_add(self.client);
+        let block = self.block(size.saturating_sub(TAG_LEN));
+        let mut n = 0u64;
         while v.len() < size {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            v.push((x >> 16) as u8);
+            let start = v.len();
+            let len = (size - start).min(BLOCK);
+            v.extend_from_slice(&block[..len]);
+            stamp(&mut v[start..], n);
+            n += 1;
         }
         v
+    }
+
+    /// The filler's block (only as long as a body of `len` filler bytes needs).
+    fn block(&self, len: usize) -> Vec<u8> {
+        let mut x = self.seq.wrapping_mul(31).wrapping_add(self.client);
+        let mut b = vec![0; len.min(BLOCK)];
+        for byte in &mut b {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            *byte = (x >> 16) as u8;
+        }
+        b
     }
 
     /// Reads the tag at the start of a body, if there is one.
@@ -64,7 +93,17 @@ impl Origin {
     /// Whether `body` is exactly what [`Origin::body`] makes for this tag.
     #[must_use]
     pub fn matches_body(&self, body: &[u8]) -> bool {
-        self.body(body.len()) == body
+        if body.len() < TAG_LEN || body[..TAG_LEN] != self.body(TAG_LEN)[..] {
+            return false;
+        }
+        let block = self.block(body.len() - TAG_LEN);
+        let mut expect = Vec::with_capacity(block.len());
+        body[TAG_LEN..].chunks(BLOCK).zip(0u64..).all(|(chunk, n)| {
+            expect.clear();
+            expect.extend_from_slice(&block[..chunk.len()]);
+            stamp(&mut expect, n);
+            chunk == &expect[..]
+        })
     }
 }
 
@@ -91,5 +130,15 @@ mod tests {
         assert_eq!(Origin::parse(&b), Some(o));
         assert!(o.matches_body(&b));
         assert!(Origin::parse(b"short").is_none());
+        let big = o.body(3 * BLOCK + 100);
+        assert!(o.matches_body(&big));
+        let mut swapped = big.clone();
+        let (x, y) = (TAG_LEN, TAG_LEN + BLOCK);
+        let first = swapped[x..x + BLOCK].to_vec();
+        swapped.copy_within(y..y + BLOCK, x);
+        swapped[y..y + BLOCK].copy_from_slice(&first);
+        assert!(!o.matches_body(&swapped), "blocks swapped");
+        let other = Origin { seq: 43, ..o };
+        assert!(!other.matches_body(&big));
     }
 }

@@ -26,6 +26,7 @@ use crate::check::{Invariant, Observer, Violation};
 use crate::client::{Board, ClientOut, End, FakeClient, Intrusion};
 use crate::plan::Fault;
 use crate::scenario::Scenario;
+use crate::slow::{Pacer, SlowDriver, SlowPolicy, Verdict};
 use crate::trace::{stamp, Tap, Trace};
 use bytes::{Bytes, BytesMut};
 use rand::{Rng, SeedableRng};
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 use warren_core::admission::{self, Admission, AdmissionConfig, AdmissionEvent, HubId, LinkId};
 use warren_core::credentials::{Credentials, Secret};
 use warren_core::frame::{Frame, FrameDecoder};
+use warren_core::hub::slow::SlowRule;
 use warren_core::hub::{ClientId, Hub, HubEvent, Input, Output, Peer, UpstreamId};
 use warren_core::method::ids;
 
@@ -56,6 +58,9 @@ pub struct RunOptions {
     pub tamper: Option<Tamper>,
     /// Optional tampering with admission's outputs (see [`AdmissionTamper`]).
     pub tamper_admission: Option<AdmissionTamper>,
+    /// The slow-client rule the world's driver applies (warren's unless a test
+    /// impersonates a proxy with the old one).
+    pub slow_policy: SlowPolicy,
 }
 
 /// The outcome of one run.
@@ -161,7 +166,13 @@ struct ClientSlot {
     proxy: ProxyClient,
     /// Bytes warren queued that are neither delivered nor read yet.
     in_flight: usize,
+    /// Bytes the hub queued for it in all (with `in_flight`, what its socket took).
+    sent: u64,
     slow_reported: bool,
+    /// A paced reader's unread bytes (`ClientSpec::read_pace`).
+    pacer: Option<Pacer>,
+    /// When the slow-client rule looks at it again, if it watches it.
+    slow_check_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +247,10 @@ enum Ev {
     Break,
     /// The leak checks after every client left; retried until the given deadline.
     Checkpoint(Instant),
+    /// A paced client reads its next bytes.
+    PacedRead(u32),
+    /// The slow-client rule looks at a client again.
+    SlowCheck(u32),
 }
 
 /// The world. See the module documentation.
@@ -270,6 +285,7 @@ pub struct World {
     /// Events of a password change on their way to warren's feed: (link, when they arrive).
     pending_events: Vec<(u32, Instant)>,
     pending: Vec<(u32, Input)>,
+    slow: SlowDriver,
     obs: Observer,
     checkpoint_done: bool,
     checkpoint_scheduled: bool,
@@ -322,6 +338,7 @@ impl World {
             tamper_admission: opts.tamper_admission,
             pending_events: Vec::new(),
             pending: Vec::new(),
+            slow: SlowDriver::new(slow_rule(&sc), opts.slow_policy),
             obs: Observer::new(epoch, &sc),
             checkpoint_done: false,
             checkpoint_scheduled: false,
@@ -332,12 +349,16 @@ impl World {
         for (i, spec) in clients.into_iter().enumerate() {
             let id = i as u32 + 1;
             let at = epoch + spec.start;
+            let pacer = spec.read_pace.map(Pacer::new);
             w.clients.push(ClientSlot {
                 client: FakeClient::new(id, spec, at),
                 link: None,
                 proxy: ProxyClient::Pending,
                 in_flight: 0,
+                sent: 0,
                 slow_reported: false,
+                pacer,
+                slow_check_at: None,
             });
             w.schedule(at, Ev::Connect(id));
         }
@@ -458,6 +479,10 @@ impl World {
                 let board = &mut self.board;
                 self.clients[i].client.handle_timeout(now, board);
                 self.client_outputs(i as u32 + 1);
+                // A stall's end reads what piled up.
+                if self.clients[i].slow_check_at.is_some() {
+                    self.watch_client(i as u32 + 1, false);
+                }
             }
         }
         self.retire_hubs();
@@ -572,6 +597,17 @@ impl World {
             Ev::FaultEnd(i) => self.fault_end(i),
             Ev::Break => self.break_random_link(),
             Ev::Checkpoint(until) => self.checkpoint(until),
+            Ev::PacedRead(cid) => self.paced_read(cid),
+            Ev::SlowCheck(cid) => {
+                let idx = cid as usize - 1;
+                if self.clients[idx]
+                    .slow_check_at
+                    .is_some_and(|t| t <= self.now)
+                {
+                    self.clients[idx].slow_check_at = None;
+                    self.watch_client(cid, false);
+                }
+            }
         }
     }
 
@@ -714,6 +750,7 @@ impl World {
                     self.client_reads(cid, &data);
                 }
                 if let Some(e) = end {
+                    self.unpace(cid, matches!(e, Item::Reset));
                     self.client_sees_close(cid, matches!(e, Item::Reset));
                 }
             }
@@ -768,11 +805,106 @@ impl World {
     fn client_reads(&mut self, cid: u32, data: &[u8]) {
         let now = self.now;
         let idx = cid as usize - 1;
+        if let Some(p) = self.clients[idx].pacer.as_mut() {
+            // A paced reader: the bytes wait on its host until it reads them.
+            if let Some(at) = p.push(now, data) {
+                self.schedule(at, Ev::PacedRead(cid));
+            }
+            return;
+        }
+        self.client_takes(cid, data);
+    }
+
+    /// The client's application reads `data` from its socket.
+    fn client_takes(&mut self, cid: u32, data: &[u8]) {
+        let now = self.now;
+        let idx = cid as usize - 1;
         let slot = &mut self.clients[idx];
         slot.in_flight = slot.in_flight.saturating_sub(data.len());
         let board = &mut self.board;
         slot.client.handle_bytes(now, data, board);
         self.client_outputs(cid);
+        self.watch_client(cid, false);
+    }
+
+    /// A paced client's next read.
+    fn paced_read(&mut self, cid: u32) {
+        let now = self.now;
+        let idx = cid as usize - 1;
+        let Some(p) = self.clients[idx].pacer.as_mut() else {
+            return;
+        };
+        let (data, next) = p.read(now);
+        if let Some(at) = next {
+            self.schedule(at, Ev::PacedRead(cid));
+        }
+        if !data.is_empty() {
+            self.client_takes(cid, &data);
+        }
+    }
+
+    /// The connection of a paced client ends: what it was sent before a close it reads up
+    /// now (how fast is no longer warren's business); a reset loses it.
+    fn unpace(&mut self, cid: u32, reset: bool) {
+        let idx = cid as usize - 1;
+        let Some(p) = self.clients[idx].pacer.as_mut() else {
+            return;
+        };
+        if reset {
+            p.clear();
+            return;
+        }
+        let rest = p.take_all();
+        if !rest.is_empty() {
+            self.client_takes(cid, &rest);
+        }
+    }
+
+    /// Applies the slow-client rule to client `cid` now, as the runtime does after a write
+    /// and whenever a client's socket drains. `deferred`: called while the hub's outputs are
+    /// carried out, so the report waits until they are.
+    fn watch_client(&mut self, cid: u32, deferred: bool) {
+        let now = self.now;
+        let idx = cid as usize - 1;
+        let slot = &self.clients[idx];
+        let ProxyClient::Joined { hub, id, .. } = slot.proxy else {
+            return;
+        };
+        if slot.slow_reported {
+            return;
+        }
+        let queued =
+            (slot.in_flight + slot.client.unread_bytes()).saturating_sub(self.sc.net.socket_buffer);
+        let written = slot.sent.saturating_sub(queued as u64);
+        self.obs.client_queue(now, cid, queued, written);
+        match self.slow.check(now, cid, queued, written) {
+            Verdict::Fine => {}
+            Verdict::Recheck(at) => {
+                let slot = &mut self.clients[idx];
+                if slot.slow_check_at.is_none_or(|t| t > at || t <= now) {
+                    slot.slow_check_at = Some(at);
+                    self.schedule(at, Ev::SlowCheck(cid));
+                }
+            }
+            Verdict::Slow => {
+                self.clients[idx].slow_reported = true;
+                self.obs.slow_reported(now, cid, queued);
+                self.count("client reported slow");
+                self.line(format!("w reports c{cid} slow ({queued} bytes queued)"));
+                if deferred {
+                    self.pending.push((hub, Input::ClientSlow { client: id }));
+                } else {
+                    self.hub_input(hub, Input::ClientSlow { client: id });
+                }
+            }
+        }
+    }
+
+    /// warren let go of client `cid`: the slow-client rule forgets it.
+    fn unwatch_client(&mut self, cid: u32) {
+        let now = self.now;
+        self.slow.forget(cid);
+        self.obs.client_gone(now, cid);
     }
 
     fn client_sees_close(&mut self, cid: u32, broken: bool) {
@@ -1089,6 +1221,9 @@ impl World {
 
     fn proxy_sees_client_close(&mut self, cid: u32, _broken: bool) {
         let idx = cid as usize - 1;
+        if matches!(self.clients[idx].proxy, ProxyClient::Joined { .. }) {
+            self.unwatch_client(cid);
+        }
         match std::mem::replace(&mut self.clients[idx].proxy, ProxyClient::Gone) {
             ProxyClient::Joined { hub, id, .. } => {
                 self.hub_input(hub, Input::ClientClosed { client: id });
@@ -1153,16 +1288,9 @@ impl World {
                     return;
                 };
                 self.clients[idx].in_flight += data.len();
+                self.clients[idx].sent += data.len() as u64;
                 self.push(link, Dir::FromProxy, Item::Data(data));
-                let slot = &self.clients[idx];
-                let queued = (slot.in_flight + slot.client.unread_bytes())
-                    .saturating_sub(self.sc.net.socket_buffer);
-                if queued > self.sc.net.client_queue_limit && !slot.slow_reported {
-                    self.clients[idx].slow_reported = true;
-                    self.obs.slow_reported(cid);
-                    self.line(format!("w reports c{cid} slow ({queued} bytes queued)"));
-                    self.pending.push((hid, Input::ClientSlow { client }));
-                }
+                self.watch_client(cid, true);
             }
             Output::CloseClient { client } => {
                 // The mapping stays: later events may still name the client.
@@ -1170,6 +1298,7 @@ impl World {
                     return;
                 };
                 self.line(format!("w closes c{cid}"));
+                self.unwatch_client(cid);
                 self.obs.proxy_closed_client(now, cid);
                 self.obs.client_left(now, cid);
                 let idx = cid as usize - 1;
@@ -1214,7 +1343,6 @@ impl World {
                 self.close_up(uid);
             }
             Output::Event(e) => self.hub_event(hid, e),
-            _ => {}
         }
     }
 
@@ -1910,6 +2038,9 @@ impl World {
             );
         }
         self.count("run");
+        for (k, v) in self.obs.slow_counts().clone() {
+            *self.coverage.entry(k).or_default() += v;
+        }
         for (k, v) in [
             ("message published", self.broker.log.publishes),
             ("message delivered", self.broker.log.deliveries),
@@ -1992,6 +2123,13 @@ impl World {
             hub_close_timeout,
             &self.board,
         );
+        let queued = if self.broker_state == BrokerState::Up {
+            self.broker.queued_origins()
+        } else {
+            Vec::new()
+        };
+        self.obs
+            .lost_checks(now, &clients, &self.broker.log, &queued, &self.sc);
         let judged = self.obs.revocation_checked();
         if judged > 0 {
             *self
@@ -2023,6 +2161,16 @@ impl World {
             .get(cid as usize - 1)
             .and_then(|c| c.client.end.clone().map(|(_, e)| e))
     }
+}
+
+/// The slow-client rule of a scenario, as the runtime builds it from its configuration.
+#[must_use]
+pub fn slow_rule(sc: &Scenario) -> SlowRule {
+    SlowRule::new(
+        sc.net.client_queue_limit,
+        sc.hub.max_message_size,
+        sc.net.slow_client_timeout,
+    )
 }
 
 /// Admission's settings in a scenario: no client or hub limits (the scenarios do not test

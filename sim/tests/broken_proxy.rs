@@ -19,7 +19,7 @@ fn tampered(
     make: impl Fn(Arc<AtomicU32>) -> warren_sim::world::Tamper,
 ) -> (Report, u32) {
     sc.clients
-        .retain(|c| c.kind != "slow-consumer" && c.kind != "staller");
+        .retain(|c| !matches!(c.kind, "slow-consumer" | "staller" | "stopped-reader"));
     sc.plan.faults.clear();
     // A burst of large deliveries can pass a small slow-client bound, and a client cut off
     // as slow is excused from what it missed.
@@ -441,4 +441,46 @@ fn an_old_password_admitted_after_the_change_is_caught() {
         runs.push((seed, report, hits.load(Ordering::Relaxed)));
     }
     check_caught("password change missed", &[Invariant::Revocation], runs);
+}
+
+// ----- slow clients (issue 14) ---------------------------------------------------------------
+
+/// A proxy with the slow-client rule before issue 14 — a client is slow as soon as more than
+/// `client_queue_bytes` wait for it, however fast it reads — cuts off the fast and the steady
+/// readers of a large delivery: the slow-client invariant catches it. (Not a tampered hub
+/// output: the rule is the driver's, so the world applies the old one itself.)
+#[test]
+fn the_old_queue_bound_rule_is_caught() {
+    use rand::SeedableRng;
+    use warren_sim::slow::{ReadPace, SlowPolicy};
+    let make = |seed: u64| {
+        let mut sc = Scenario::empty(seed);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let pace = ReadPace {
+            bytes: 4096,
+            every: Duration::from_millis(10 + 10 * (seed % 4)),
+        };
+        sc.broker.users.push(("alice".into(), "wonderland".into()));
+        sc.add_large_deliveries(
+            &mut rng,
+            Duration::from_secs(1),
+            1 + (seed % 3) as u32,
+            pace,
+        );
+        sc
+    };
+    let mut runs = Vec::new();
+    for seed in 0..8 {
+        untampered_is_clean(&make(seed));
+        let report = run(
+            make(seed),
+            RunOptions {
+                trace: true,
+                slow_policy: SlowPolicy::QueueBound,
+                ..RunOptions::default()
+            },
+        );
+        runs.push((seed, report, 1));
+    }
+    check_caught("old queue-bound rule", &[Invariant::SlowClient], runs);
 }
