@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md R1, checked on every run.
+//! The invariants of docs/design.md (R1), checked on every run.
 //!
 //! Some are checked as the run goes (the [`Observer`] watches every hub output and event the
 //! world carries out): heartbeat gaps in warren's sends, false deaths, reconnect spacing.

@@ -1,4 +1,4 @@
-//! warren-sim: deterministic simulation of warren (DESIGN.md R1).
+//! warren-sim: deterministic simulation of warren (docs/design.md, R1).
 //!
 //! Two layers:
 //!

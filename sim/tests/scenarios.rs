@@ -1,5 +1,5 @@
 //! Named layer-1 scenarios with their traces snapshotted: what warren does, frame by frame,
-//! in the situations DESIGN.md R1 names. Each also asserts that every invariant held.
+//! in the situations docs/design.md (R1) names. Each also asserts that every invariant held.
 //!
 //! Trace lines: `+1.500s` virtual time; `c1→w` bytes from client c1 arriving at warren,
 //! `w→u2` bytes from warren arriving at the broker on upstream connection u2; `h1` lines are

@@ -1,6 +1,6 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/*`) through the fuzz target
 //! bodies on stable Rust, so CI covers every seed and every input the fuzzer once found
-//! without nightly, libFuzzer or cargo-fuzz (DESIGN R2).
+//! without nightly, libFuzzer or cargo-fuzz (docs/design.md, R2).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
