@@ -1392,7 +1392,7 @@ impl World {
                 "reconnect in {}ms after {failures} failures",
                 at.duration_since(now).as_millis()
             ),
-            other => format!("{other:?}"),
+            HubEvent::Redialling { upstream } => format!("redialling onto {}", u(upstream)),
         };
         let line = format!("h{hid} {text}");
         self.line(line);
@@ -1420,7 +1420,8 @@ impl World {
                 Peer::Upstream(_) => "upstream heartbeat missed",
             },
             HubEvent::ReconnectScheduled { .. } => "reconnect scheduled",
-            _ => "other hub event",
+            HubEvent::ClientLeft { .. } => "client left",
+            HubEvent::Redialling { .. } => "redialling",
         };
         self.count(what);
         match e {
@@ -1472,7 +1473,9 @@ impl World {
                     self.obs.client_left(now, cid);
                 }
             }
-            _ => {}
+            // Nothing for the observer: admission is seen when OpenOk reaches the client, and
+            // the simulation's operators do not redial.
+            HubEvent::ClientAdmitted { .. } | HubEvent::Redialling { .. } => {}
         }
     }
 
