@@ -145,3 +145,32 @@ fn verify_stand_in(tool: &str, text: &str, name: &str) -> Result<()> {
     );
     Ok(())
 }
+
+/// The image cannot be built here (no container daemon, no registry), so what can be checked
+/// without one is: the build stage copies every member of the workspace (cargo refuses to
+/// build a workspace with one missing) and builds the `warren` binary the tests use.
+#[test]
+fn the_dockerfile_copies_every_workspace_member() -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    let members_line = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .context("the root Cargo.toml lists its members")?;
+    let members: Vec<&str> = members_line.split('"').skip(1).step_by(2).collect();
+    ensure!(members.len() >= 5, "members parsed: {members:?}");
+    let dockerfile = std::fs::read_to_string(root.join("packaging").join("Dockerfile"))?;
+    for m in &members {
+        ensure!(
+            dockerfile
+                .lines()
+                .any(|l| l.trim() == format!("COPY {m} {m}")),
+            "packaging/Dockerfile does not copy workspace member {m}"
+        );
+    }
+    ensure!(
+        dockerfile.contains("cargo build --release --locked --bin warren"),
+        "the image builds the warren binary"
+    );
+    Ok(())
+}
