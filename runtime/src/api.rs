@@ -23,10 +23,10 @@
 //! which changes admission and forwards to hub tasks ([`HubMsg::Admin`]), and prints what
 //! they report.
 
-use crate::admin::{json, read_body};
-use crate::gate::GateMsg;
-use crate::hub_task::HubMsg;
-use crate::reload::ReloadReport;
+use crate::http::{json, read_body};
+use crate::msg::{
+    AdminRequest, ApiReply, Filter, GateMsg, HubAction, HubAnswer, HubCommand, HubMsg, ReloadReport,
+};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -50,84 +50,6 @@ pub(crate) struct ApiState {
     pub(crate) gate: mpsc::UnboundedSender<GateMsg>,
     pub(crate) token: Option<String>,
     pub(crate) reload: ReloadFn,
-}
-
-/// Which hubs and clients a request is about.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Filter {
-    pub(crate) user: Option<String>,
-    pub(crate) vhost: Option<String>,
-    /// The client's `connection_name`, exactly.
-    pub(crate) name: Option<String>,
-    pub(crate) hub: Option<u64>,
-}
-
-impl Filter {
-    fn is_empty(&self) -> bool {
-        *self == Filter::default()
-    }
-
-    fn takes_hub(&self, e: &HubEntry) -> bool {
-        self.user.as_ref().is_none_or(|u| *u == e.user)
-            && self.vhost.as_ref().is_none_or(|v| *v == e.vhost)
-            && self.hub.is_none_or(|h| h == e.id.get())
-    }
-}
-
-/// A request the admission task carries out.
-#[derive(Debug)]
-pub(crate) enum AdminRequest {
-    Hubs(Filter),
-    Hub(u64),
-    Clients(Filter),
-    Upstreams(Filter),
-    Vhosts,
-    CloseClient {
-        hub: u64,
-        client: u32,
-        reason: String,
-    },
-    CloseClients {
-        filter: Filter,
-        reason: String,
-    },
-    HubAct(u64, HubAction),
-    Vhost(String, bool),
-}
-
-/// What an operator does to one hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HubAction {
-    Pause,
-    Resume,
-    Drain,
-    Redial,
-}
-
-/// The answer: a status and a JSON body.
-pub(crate) type ApiReply = (StatusCode, Value);
-
-/// What a hub task is asked to do (after which it describes itself).
-#[derive(Debug)]
-pub(crate) enum HubCommand {
-    Describe,
-    /// Boxed: inputs can be large (a reconfiguration), this one is small and rare.
-    Input(Box<warren_core::hub::Input>),
-    /// Close the client with this number, or every client (named `name`, when given).
-    Close {
-        client: Option<u32>,
-        name: Option<String>,
-        reason: String,
-    },
-}
-
-/// A hub's answer: itself, its clients and upstreams, and the clients a close closed.
-#[derive(Debug, Default)]
-pub(crate) struct HubAnswer {
-    pub(crate) hub: Value,
-    pub(crate) clients: Vec<Value>,
-    pub(crate) upstreams: Vec<Value>,
-    pub(crate) closed: Vec<String>,
 }
 
 /// Answers one HTTP request of the admin API.

@@ -1,10 +1,11 @@
 //! The stream type every connection shares: a boxed stream that hides TLS, and a wrapper that
 //! resets the socket instead of lingering when it is dropped (for peers that stopped reading).
-//! Reading and writing are [`crate::sockets`]'s.
+//! Reading and writing are [`crate::sockets`]'s. [`ClientCount`] is a client connection's slot
+//! in the count that `max_clients` limits.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -80,5 +81,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Resettable<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Holds one slot of the connected-clients count for as long as the connection lives.
+pub(crate) struct ClientCount(Arc<AtomicUsize>);
+
+impl ClientCount {
+    pub(crate) fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        ClientCount(count.clone())
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

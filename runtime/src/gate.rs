@@ -7,13 +7,14 @@
 //! [`SocketSet`], read and written by this task directly: a client costs no task of its own
 //! until it joins its hub.
 
-use crate::conn::{BoxStream, Resettable};
-use crate::hub_task::{spawn_hub, Arrival, HubMsg};
+use crate::conn::{ClientCount, Resettable};
+use crate::ctx::{now, ClientListener, Ctx};
+use crate::hub_task::spawn_hub;
+use crate::msg::{Accepted, AdminRequest, ApiReply, Arrival, GateMsg, HubAction, HubMsg, Unsent};
 use crate::net::Network;
-use crate::server::{now, ClientCount, ClientListener, Ctx};
 use crate::sockets::{SocketEvent, SocketSet};
 use crate::wake::Wake;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -28,40 +29,6 @@ use warren_core::admission::{
 use warren_core::frame::FrameDecoder;
 use warren_core::growth::put;
 use warren_core::nodes::NodeOrder;
-use warren_core::reply::Reply;
-
-/// Messages to the admission task.
-pub(crate) enum GateMsg {
-    /// A client finished its TLS handshake.
-    Accepted(Box<Accepted>),
-    /// A dial for a link finished.
-    Dialed {
-        link: LinkId,
-        result: Result<(BoxStream, usize), String>,
-    },
-    /// A hub has nothing to do (see [`Input::HubIdle`]).
-    HubIdle { hub: HubId, handoffs: u64 },
-    /// A hub's own login was refused.
-    HubRefused { hub: HubId, reply: Reply },
-    /// The settings were reloaded ([`crate::reload`]): admission and the hubs take them.
-    Reconfigure,
-    /// A request of the admin API, and where its answer goes.
-    Admin(
-        crate::api::AdminRequest,
-        oneshot::Sender<crate::api::ApiReply>,
-    ),
-}
-
-/// A client socket ready for its AMQP handshake.
-pub(crate) struct Accepted {
-    pub(crate) stream: BoxStream,
-    pub(crate) peer: SocketAddr,
-    pub(crate) count: ClientCount,
-    pub(crate) reset: Arc<AtomicBool>,
-    pub(crate) started: Instant,
-    /// It came to a TLS listener.
-    pub(crate) tls: bool,
-}
 
 /// What a socket of the set belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -347,12 +314,7 @@ impl<N: Network> Gate<N> {
 
     /// A request of the admin API: admission's part here (pausing a vhost, detaching a
     /// hub), the hubs' part in a task that asks them and answers.
-    fn admin(
-        &mut self,
-        request: crate::api::AdminRequest,
-        reply: oneshot::Sender<crate::api::ApiReply>,
-    ) {
-        use crate::api::{AdminRequest, HubAction};
+    fn admin(&mut self, request: AdminRequest, reply: oneshot::Sender<ApiReply>) {
         let mut found = None;
         match &request {
             AdminRequest::Vhost(vhost, pause) => {
@@ -685,6 +647,3 @@ async fn tls_accept<N: Network>(
         }
     }
 }
-
-/// Bytes queued for a socket when it changes hands.
-pub(crate) type Unsent = std::collections::VecDeque<Bytes>;

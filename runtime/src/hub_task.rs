@@ -9,11 +9,11 @@
 //! mark the task stops reading client sockets, so publishers feel TCP backpressure instead of
 //! growing warren's memory.
 
-use crate::conn::BoxStream;
-use crate::gate::{GateMsg, Unsent};
+use crate::conn::{BoxStream, ClientCount};
+use crate::ctx::{now, Ctx};
 use crate::metrics::HubMetrics;
+use crate::msg::{Arrival, GateMsg, HubAnswer, HubCommand, HubMsg, Unsent};
 use crate::net::Network;
-use crate::server::{now, ClientCount, Ctx};
 use crate::sockets::{SocketEvent, SocketSet};
 use crate::wake::Wake;
 use bytes::BytesMut;
@@ -29,10 +29,8 @@ use warren_core::admission::HubId;
 use warren_core::credentials::Credentials;
 use warren_core::frame::{Frame, FrameDecoder};
 use warren_core::growth::put;
-use warren_core::handshake::ClientHello;
 use warren_core::hub::slow::{Drain, DrainWatch, SlowRule};
 use warren_core::hub::{ClientId, Hub, HubEvent, HubStats, Input, Output, Peer, UpstreamId};
-use warren_core::login::Login;
 use warren_core::nodes::NodeOrder;
 
 /// Bytes queued towards one upstream above which client input pauses (until half is written).
@@ -764,8 +762,7 @@ struct ConnLog {
 
 impl<N: Network> HubTask<N> {
     /// Carries out an admin API command and describes the hub after it.
-    fn admin(&mut self, command: crate::api::HubCommand) -> crate::api::HubAnswer {
-        use crate::api::HubCommand;
+    fn admin(&mut self, command: HubCommand) -> HubAnswer {
         use warren_core::reply::{Reply, CONNECTION_FORCED};
         let mut closed = Vec::new();
         match command {
@@ -804,7 +801,7 @@ impl<N: Network> HubTask<N> {
     }
 
     /// The hub, its clients and upstreams as the admin API prints them.
-    fn describe(&self, closed: Vec<String>) -> crate::api::HubAnswer {
+    fn describe(&self, closed: Vec<String>) -> HubAnswer {
         use serde_json::json;
         let snap = self.hub.snapshot();
         let t = now();
@@ -875,7 +872,7 @@ impl<N: Network> HubTask<N> {
             "channels_pooled": snap.channels_pooled,
             "waiting": snap.waiting,
         });
-        crate::api::HubAnswer {
+        HubAnswer {
             hub: summary,
             clients,
             upstreams,

@@ -20,8 +20,11 @@ pub mod reload;
 pub mod tls;
 
 mod conn;
+mod ctx;
 mod gate;
+mod http;
 mod hub_task;
+mod msg;
 mod server;
 mod sockets;
 mod wake;

@@ -1,12 +1,47 @@
 //! Log output: `tracing` events to stderr, as human-readable lines or one JSON object per line
 //! (for log shippers).
+//!
+//! [`LogFormat`] is declared here and re-exported by [`crate::config`], so that this module
+//! does not depend on the configuration (the configuration uses [`filter`] to check
+//! `log_level`).
 
-use crate::config::LogFormat;
+use std::fmt;
 use std::sync::OnceLock;
 use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("expected `human` or `json`, got `{s}`")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        })
+    }
+}
 
 /// Parses a `tracing` filter such as `info` or `warren_runtime=debug,info`; shared by the
 /// configuration check and [`init`] so that a bad `log_level` is reported before start-up.

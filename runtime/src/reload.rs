@@ -7,14 +7,13 @@
 //! feed, the admin API's listener and token) keep their running value and are reported.
 
 use crate::config::{changed_settings, Config};
-use crate::gate::GateMsg;
+use crate::ctx::{Ctx, Live};
+use crate::msg::GateMsg;
 use crate::net::Network;
-use crate::server::{Ctx, Live};
-use std::fmt;
 use std::sync::Arc;
 
-/// Where a reload reads the settings from; an error is shown as it is.
-pub type ReloadSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+pub use crate::ctx::ReloadSource;
+pub use crate::msg::ReloadReport;
 
 /// Settings a reload applies without a restart.
 const LIVE: &[&str] = &[
@@ -75,33 +74,6 @@ const RESTART: &[&str] = &[
     "admin_token_file",
     "admin_allow_no_token",
 ];
-
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ReloadReport {
-    /// Changed settings now in force.
-    pub applied: Vec<&'static str>,
-    /// Changed settings that keep their running value until a restart.
-    pub needs_restart: Vec<&'static str>,
-}
-
-impl fmt::Display for ReloadReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |v: &[&str]| {
-            if v.is_empty() {
-                "none".to_owned()
-            } else {
-                v.join(", ")
-            }
-        };
-        write!(
-            f,
-            "applied: {}; needs a restart: {}",
-            list(&self.applied),
-            list(&self.needs_restart)
-        )
-    }
-}
 
 /// Reloads a running server's settings (see the module documentation).
 pub struct Reloader<N: Network> {

@@ -1,8 +1,11 @@
 //! TLS on both legs, with rustls and the ring provider installed explicitly (no process-wide
 //! default): [`acceptor`] for the client listener, [`connector`] and [`server_name`] for an
 //! `amqps://` broker.
+//!
+//! The TLS settings ([`ListenerTls`], [`UpstreamTls`]) are declared here, where they are used,
+//! and re-exported by [`crate::config`], so that this module does not depend on the
+//! configuration (the configuration uses [`server_name`] to check an `amqps://` upstream).
 
-use crate::config::{ListenerTls, UpstreamTls};
 use crate::Error;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -10,9 +13,47 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// TLS on the client-facing listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// TLS towards the broker (used when the upstream URL is `amqps://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA bundle (PEM) to verify the broker with; `None`: the system's trust store.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM), for brokers that require one.
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Verify the broker's certificate (on by default).
+    pub verify: bool,
+    /// Name to verify and send as SNI; the URL's host when unset.
+    pub server_name: Option<String>,
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls {
+            ca: None,
+            cert: None,
+            key: None,
+            verify: true,
+            server_name: None,
+        }
+    }
+}
 
 /// Builds the listener's TLS acceptor; with `client_ca`, clients must present a certificate
 /// signed by it.
