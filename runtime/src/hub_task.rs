@@ -634,7 +634,16 @@ impl<N: Network> HubTask<N> {
                 let delay = at.saturating_duration_since(now());
                 tracing::info!(%user, %vhost, failures, ?delay, "reconnecting to the broker later");
             }
-            other => tracing::debug!(event = ?other, %user, %vhost, "hub event"),
+            HubEvent::Redialling { upstream } => {
+                tracing::info!(%upstream, %user, %vhost, "redialling the broker as an operator asked")
+            }
+            // Per-client lines are debug: at info they cost two write syscalls per connection.
+            HubEvent::ClientAdmitted { client } => {
+                tracing::debug!(%client, %user, %vhost, "client admitted")
+            }
+            HubEvent::ClientLeft { client } => {
+                tracing::debug!(%client, %user, %vhost, "client left")
+            }
         }
     }
 
