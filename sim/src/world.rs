@@ -201,14 +201,16 @@ struct UpSlot {
 }
 
 impl UpSlot {
-    fn new(owner: Owner) -> Self {
+    /// A broker connection being dialled; its frames are decoded under the frame_max warren
+    /// asks of the broker, as the runtime decodes them.
+    fn new(owner: Owner, frame_max: u32) -> Self {
         UpSlot {
             owner,
             state: UpState::Dialing,
             link: None,
             conn: None,
             buf: BytesMut::new(),
-            decoder: FrameDecoder::new(1 << 20),
+            decoder: FrameDecoder::new(frame_max),
         }
     }
 }
@@ -1029,7 +1031,9 @@ impl World {
                 self.next_up += 1;
                 let uid = self.next_up;
                 self.adm_links.insert(link, uid);
-                self.ups.insert(uid, UpSlot::new(Owner::Admission(link)));
+                let frame_max = self.sc.hub.upstream_frame_max;
+                self.ups
+                    .insert(uid, UpSlot::new(Owner::Admission(link), frame_max));
                 self.line(format!("w dials u{uid} (admission {link})"));
                 self.obs.link_dialed(now, uid);
                 // SYN and SYN-ACK.
@@ -1316,10 +1320,13 @@ impl World {
                 self.hubs[i].ups.insert(upstream, uid);
                 self.ups.insert(
                     uid,
-                    UpSlot::new(Owner::Hub {
-                        hub: hid,
-                        id: upstream,
-                    }),
+                    UpSlot::new(
+                        Owner::Hub {
+                            hub: hid,
+                            id: upstream,
+                        },
+                        self.sc.hub.upstream_frame_max,
+                    ),
                 );
                 self.line(format!("w dials u{uid} (hub h{hid})"));
                 self.obs.dialed(now, hid, uid);
