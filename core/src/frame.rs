@@ -172,7 +172,7 @@ impl Frame {
 
     /// For method frames, the (class, method) pair; `None` for other types or a short payload.
     #[must_use]
-    pub fn method_id(&self) -> Option<crate::method::MethodId> {
+    pub fn method_id(&self) -> Option<crate::spec::MethodId> {
         if self.kind() != FrameType::Method {
             return None;
         }
@@ -180,7 +180,7 @@ impl Frame {
         if p.len() < 4 {
             return None;
         }
-        Some(crate::method::MethodId::new(
+        Some(crate::spec::MethodId::new(
             u16::from_be_bytes([p[0], p[1]]),
             u16::from_be_bytes([p[2], p[3]]),
         ))
@@ -255,7 +255,7 @@ impl FrameDecoder {
 #[must_use]
 pub fn method_frame(
     channel: u16,
-    id: crate::method::MethodId,
+    id: crate::spec::MethodId,
     args: impl FnOnce(&mut crate::wire::Writer<'_>),
 ) -> Bytes {
     let mut buf = BytesMut::with_capacity(64);

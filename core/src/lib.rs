@@ -9,7 +9,7 @@
 //! |---|---|
 //! | [`wire`], [`table`] | AMQP primitive types and field tables |
 //! | [`frame`] | the zero-copy frame decoder and frame encoder |
-//! | [`method`] | method ids, argument layouts and the methods the proxy reads or writes |
+//! | [`method`] | method ids, argument layouts and the methods the proxy reads or writes (the catalogue itself is the leaf module `spec`, re-exported here) |
 //! | [`content`] | content headers and body re-chunking |
 //! | [`credentials`] | the pool key and SASL responses |
 //! | [`handshake`] | the client leg of the connection handshake |
@@ -34,6 +34,7 @@ pub mod method;
 pub mod nodes;
 pub mod proxy_header;
 pub mod reply;
+mod spec;
 pub mod table;
 pub mod wire;
 

@@ -111,7 +111,7 @@ impl Reply {
 
     /// Records the method that caused the error.
     #[must_use]
-    pub fn caused_by(mut self, id: crate::method::MethodId) -> Reply {
+    pub fn caused_by(mut self, id: crate::spec::MethodId) -> Reply {
         self.class_method = (id.class, id.method);
         self
     }

@@ -1,7 +1,8 @@
 //! Field tables: the typed key/value maps AMQP uses for client and server properties,
 //! capabilities and method arguments.
 //!
-//! Two uses: [`validate_table`] walks a table a client wants forwarded and rejects anything
+//! Two uses: [`validate_table`] (it lives in [`crate::wire`], since [`Reader::table`] needs it,
+//! and is re-exported here) walks a table a client wants forwarded and rejects anything
 //! RabbitMQ's parser would choke on (its failure would close the *shared* connection), and
 //! [`FieldTable`] decodes and encodes the few tables the proxy reads or writes itself.
 //!
@@ -10,6 +11,7 @@
 //! and arrays with an explicit stack, and decoding keeps values nested deeper than
 //! [`MAX_DECODE_DEPTH`] as their encoded bytes ([`FieldValue::Deep`]).
 
+pub use crate::wire::validate_table;
 use crate::wire::{Reader, WireError, Writer};
 use bytes::BytesMut;
 
@@ -121,64 +123,6 @@ impl FieldTable {
         let len = (out.len() - at - 4) as u32;
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
-}
-
-/// Checks the body of a table (after its length) the way RabbitMQ parses it, at any depth:
-/// nested tables and arrays are walked with an explicit stack, not by recursion.
-pub fn validate_table(raw: &[u8]) -> Result<(), WireError> {
-    // Each entry: what is left of an open table (`true`: key-value pairs) or array (`false`).
-    let mut stack: Vec<(Reader<'_>, bool)> = vec![(Reader::new(raw), true)];
-    while let Some((r, is_table)) = stack.last_mut() {
-        if r.rest().is_empty() {
-            stack.pop();
-            continue;
-        }
-        if *is_table {
-            r.shortstr()?;
-        }
-        match r.u8()? {
-            b't' | b'b' | b'B' => {
-                r.u8()?;
-            }
-            b's' | b'u' => {
-                r.u16()?;
-            }
-            b'I' | b'i' => {
-                r.u32()?;
-            }
-            b'l' | b'T' => {
-                r.u64()?;
-            }
-            b'f' => {
-                if !f32::from_bits(r.u32()?).is_finite() {
-                    return Err(WireError::BadFloat);
-                }
-            }
-            b'd' => {
-                if !f64::from_bits(r.u64()?).is_finite() {
-                    return Err(WireError::BadFloat);
-                }
-            }
-            b'D' => {
-                r.u8()?;
-                r.u32()?;
-            }
-            b'S' | b'x' => {
-                r.longstr()?;
-            }
-            b'F' => {
-                let inner = Reader::new(r.longstr()?);
-                stack.push((inner, true));
-            }
-            b'A' => {
-                let inner = Reader::new(r.longstr()?);
-                stack.push((inner, false));
-            }
-            b'V' => {}
-            other => return Err(WireError::BadFieldType(other)),
-        }
-    }
-    Ok(())
 }
 
 /// Decodes a validated table body; values deeper than [`MAX_DECODE_DEPTH`] stay encoded.

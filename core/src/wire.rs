@@ -1,5 +1,7 @@
 //! AMQP 0-9-1 primitive types on the wire: a bounds-checked reader over a byte slice and a
-//! writer into a `BytesMut`.
+//! writer into a `BytesMut`, and [`validate_table`], the check of a field table's bytes that
+//! [`Reader::table`] applies (field tables themselves are the `table` module's, which builds on
+//! this one).
 //!
 //! Every decoder in the crate is built from [`Reader`], so a truncated or lying length field
 //! becomes a [`WireError`] instead of a panic, and the fuzz targets exercise one place.
@@ -129,7 +131,7 @@ impl<'a> Reader<'a> {
     /// A field table, checked value by value as RabbitMQ would parse it, returned as raw bytes.
     pub fn table(&mut self) -> Result<&'a [u8], WireError> {
         let raw = self.longstr()?;
-        crate::table::validate_table(raw)?;
+        validate_table(raw)?;
         Ok(raw)
     }
 }
@@ -216,6 +218,64 @@ impl<'a> Writer<'a> {
         self.bits = Some((at, pos + 1));
         self
     }
+}
+
+/// Checks the body of a table (after its length) the way RabbitMQ parses it, at any depth:
+/// nested tables and arrays are walked with an explicit stack, not by recursion.
+pub fn validate_table(raw: &[u8]) -> Result<(), WireError> {
+    // Each entry: what is left of an open table (`true`: key-value pairs) or array (`false`).
+    let mut stack: Vec<(Reader<'_>, bool)> = vec![(Reader::new(raw), true)];
+    while let Some((r, is_table)) = stack.last_mut() {
+        if r.rest().is_empty() {
+            stack.pop();
+            continue;
+        }
+        if *is_table {
+            r.shortstr()?;
+        }
+        match r.u8()? {
+            b't' | b'b' | b'B' => {
+                r.u8()?;
+            }
+            b's' | b'u' => {
+                r.u16()?;
+            }
+            b'I' | b'i' => {
+                r.u32()?;
+            }
+            b'l' | b'T' => {
+                r.u64()?;
+            }
+            b'f' => {
+                if !f32::from_bits(r.u32()?).is_finite() {
+                    return Err(WireError::BadFloat);
+                }
+            }
+            b'd' => {
+                if !f64::from_bits(r.u64()?).is_finite() {
+                    return Err(WireError::BadFloat);
+                }
+            }
+            b'D' => {
+                r.u8()?;
+                r.u32()?;
+            }
+            b'S' | b'x' => {
+                r.longstr()?;
+            }
+            b'F' => {
+                let inner = Reader::new(r.longstr()?);
+                stack.push((inner, true));
+            }
+            b'A' => {
+                let inner = Reader::new(r.longstr()?);
+                stack.push((inner, false));
+            }
+            b'V' => {}
+            other => return Err(WireError::BadFieldType(other)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use super::proofs::{Link, Purpose};
 use super::refusal::shutting_down;
-use super::{Admission, AdmissionEvent, ConnId, HubId, LinkId, Output, Refusal, Timer};
+use super::{Admission, AdmissionEvent, ConnId, HubId, LinkId, Output, Refusal, Timer, Wait};
 use crate::credentials::Account;
 use crate::frame::HEARTBEAT;
 use crate::handshake::{ClientHandshake, ClientHello, HandshakeOutput};
@@ -14,19 +14,6 @@ use crate::reply::{self, Reply};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::time::Instant;
-
-/// What a client in its handshake waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Wait {
-    /// Its own bytes.
-    Input,
-    /// Refused without a close: nothing more is read, and the socket is reset at this time.
-    Reset(Instant),
-    /// The verdict of a proof on its login.
-    Login(LinkId),
-    /// A proof opening its vhost.
-    Open(LinkId),
-}
 
 #[derive(Debug)]
 pub(super) struct Conn {

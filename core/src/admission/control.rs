@@ -1,9 +1,8 @@
 //! An operator's and the driver's hands on admission as a whole: pausing and resuming a
 //! vhost's hubs, detaching a hub, a live reload of the settings, and the drain (B14).
 
-use super::clients::Wait;
 use super::refusal::shutting_down;
-use super::{Admission, AdmissionConfig, ConnId, HubId, LinkId, Output, Refusal, Timer};
+use super::{Admission, AdmissionConfig, ConnId, HubId, LinkId, Output, Refusal, Timer, Wait};
 use crate::hub;
 use crate::nodes::Nodes;
 use std::time::Instant;

@@ -1,9 +1,9 @@
 //! What goes in and out of [`Admission`](super::Admission): the [`Input`]s a driver feeds
 //! it, the [`Output`]s it carries out, the [`AdmissionEvent`]s for logs and metrics and the
-//! [`AdmissionStats`] counters. The contract with the drivers, in one place.
+//! [`AdmissionStats`] counters, with the [`Refusal`] labels both use. The contract with the drivers, in one place.
 
 use super::events::Revocation;
-use super::{AdmissionConfig, ConnId, HubId, LinkId, Refusal};
+use super::{AdmissionConfig, ConnId, HubId, LinkId};
 use crate::frame::{Frame, FrameError};
 use crate::handshake::ClientHello;
 use crate::hub::{self, Hub};
@@ -189,6 +189,47 @@ pub enum Output {
     },
     /// Something worth logging or counting.
     Event(AdmissionEvent),
+}
+
+/// Why a client was refused before reaching a hub: the metrics label of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// The broker refused the login (proved now).
+    Login,
+    /// A refusal of the same login or vhost remembered from moments ago.
+    Cached,
+    /// The broker refused the vhost (proved now).
+    Vhost,
+    /// The broker could not be reached to prove the login.
+    Unreachable,
+    /// `max_clients` was reached.
+    MaxClients,
+    /// `max_hubs` was reached.
+    MaxHubs,
+    /// warren is draining.
+    Draining,
+    /// The client broke the handshake's rules or stalled.
+    Handshake,
+    /// A PROXY protocol header was required and missing or malformed.
+    ProxyHeader,
+}
+
+impl Refusal {
+    /// The label for metrics.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Login => "login",
+            Refusal::Cached => "auth_cache",
+            Refusal::Vhost => "vhost",
+            Refusal::Unreachable => "unreachable",
+            Refusal::MaxClients => "max_clients",
+            Refusal::MaxHubs => "max_hubs",
+            Refusal::Draining => "draining",
+            Refusal::Handshake => "handshake",
+            Refusal::ProxyHeader => "proxy_header",
+        }
+    }
 }
 
 /// Notable things admission did, for logs and metrics.

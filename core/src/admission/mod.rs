@@ -29,11 +29,11 @@
 //! | `mod.rs` | [`Admission`] itself, its entry points ([`Admission::accept`], [`Admission::handle`], `poll_*`) and the timer dispatch |
 //! | `ids.rs` | [`ConnId`], [`LinkId`], [`HubId`] |
 //! | `config.rs` | [`AdmissionConfig`] |
-//! | `messages.rs` | [`Input`], [`Output`], [`AdmissionEvent`], [`AdmissionStats`] |
+//! | `messages.rs` | [`Input`], [`Output`], [`AdmissionEvent`], [`AdmissionStats`], [`Refusal`] |
 //! | `clients.rs` | the clients in their handshake: login, `Open`, join, deadlines |
 //! | `proofs.rs` | the broker logins that prove an account, and the links they run on |
 //! | `hubs.rs` | the hub registry and which hub a new client joins |
-//! | `refusal.rs` | [`Refusal`], the limits and the silent-refusal rule |
+//! | `refusal.rs` | refusing a client: the limits and the silent-refusal rule ([`SILENT_CLOSE_DELAY`]) |
 //! | `control.rs` | pause, resume and detach; reload; drain |
 //! | `revocation.rs` | the event feed's link and what revocations do |
 //! | `events.rs` | the event feed's parser ([`events::Feed`]) |
@@ -54,8 +54,8 @@ mod revocation;
 pub use config::AdmissionConfig;
 pub use hubs::HubEntry;
 pub use ids::{ConnId, HubId, LinkId};
-pub use messages::{AdmissionEvent, AdmissionStats, Input, Output};
-pub use refusal::{Refusal, SILENT_CLOSE_DELAY};
+pub use messages::{AdmissionEvent, AdmissionStats, Input, Output, Refusal};
+pub use refusal::SILENT_CLOSE_DELAY;
 
 use crate::agenda::Agenda;
 use crate::credentials::Credentials;
@@ -64,7 +64,7 @@ use crate::nodes::Nodes;
 use crate::reply::{self, Reply};
 use bytes::BytesMut;
 use cache::CredentialCache;
-use clients::{Conn, Wait};
+use clients::Conn;
 use hubs::{HubRecord, Shards};
 use proofs::Link;
 use rand::SeedableRng;
@@ -73,6 +73,20 @@ use refusal::shutting_down;
 use slab::Slab;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
+
+/// What a client in its handshake waits for (here, as [`Timer`], because every part of
+/// admission reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Its own bytes.
+    Input,
+    /// Refused without a close: nothing more is read, and the socket is reset at this time.
+    Reset(Instant),
+    /// The verdict of a proof on its login.
+    Login(LinkId),
+    /// A proof opening its vhost.
+    Open(LinkId),
+}
 
 /// What an admission timer entry is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

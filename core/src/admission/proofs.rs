@@ -4,9 +4,8 @@
 //! it and is handed to that vhost's hub as an upstream. Failures are remembered, and a broker
 //! that cannot be reached is not dialled again until the backoff ends (B11).
 
-use super::clients::Wait;
 use super::events::Feed;
-use super::{Admission, AdmissionEvent, ConnId, LinkId, Output, Refusal, Timer};
+use super::{Admission, AdmissionEvent, ConnId, LinkId, Output, Refusal, Timer, Wait};
 use crate::credentials::{Account, Credentials};
 use crate::frame::Frame;
 use crate::hub::{self, BackoffConfig};

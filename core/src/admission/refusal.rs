@@ -1,54 +1,12 @@
-//! Refusing a client before it reaches a hub: the [`Refusal`] labels, the limits
-//! (`max_clients`, `max_hubs`) and the reply each one gives, and the silent-refusal rule
+//! Refusing a client before it reaches a hub: the limits (`max_clients`, `max_hubs`) and the
+//! reply each one gives, and the silent-refusal rule
 //! ([`crate::handshake::refusal`]) with RabbitMQ's [`SILENT_CLOSE_DELAY`]. Every path that turns
 //! a client away ends here, so that they count and log alike.
 
-use super::clients::Wait;
-use super::{Admission, AdmissionEvent, ConnId};
+use super::{Admission, AdmissionEvent, ConnId, Refusal, Wait};
 use crate::handshake::HandshakeOutput;
 use crate::reply::{self, Reply};
 use std::time::{Duration, Instant};
-
-/// Why a client was refused before reaching a hub: the metrics label of each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Refusal {
-    /// The broker refused the login (proved now).
-    Login,
-    /// A refusal of the same login or vhost remembered from moments ago.
-    Cached,
-    /// The broker refused the vhost (proved now).
-    Vhost,
-    /// The broker could not be reached to prove the login.
-    Unreachable,
-    /// `max_clients` was reached.
-    MaxClients,
-    /// `max_hubs` was reached.
-    MaxHubs,
-    /// warren is draining.
-    Draining,
-    /// The client broke the handshake's rules or stalled.
-    Handshake,
-    /// A PROXY protocol header was required and missing or malformed.
-    ProxyHeader,
-}
-
-impl Refusal {
-    /// The label for metrics.
-    #[must_use]
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::Login => "login",
-            Refusal::Cached => "auth_cache",
-            Refusal::Vhost => "vhost",
-            Refusal::Unreachable => "unreachable",
-            Refusal::MaxClients => "max_clients",
-            Refusal::MaxHubs => "max_hubs",
-            Refusal::Draining => "draining",
-            Refusal::Handshake => "handshake",
-            Refusal::ProxyHeader => "proxy_header",
-        }
-    }
-}
 
 /// How long RabbitMQ holds a login it refuses without a `Connection.Close` before it resets
 /// the socket (measured against 3.10: 3.0 s) — a brake on password guessing that warren keeps,
