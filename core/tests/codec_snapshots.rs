@@ -2,9 +2,6 @@
 //! peers and operators see. A change here is a change in behaviour on the wire or in logs:
 //! review the `.snap` diff, then accept it with `cargo insta review`.
 
-
-
-use warren_testkit::frames::*;
 use warren_core::frame::{FrameDecoder, FrameError};
 use warren_core::method::{
     self, decode, encode, ids, Close, ConnectionStart, MethodId, StartOk, Tune,
@@ -12,6 +9,7 @@ use warren_core::method::{
 use warren_core::reply::{self, Reply};
 use warren_core::table::{longstr, FieldTable, FieldValue};
 use warren_core::wire::WireError;
+use warren_testkit::frames::*;
 
 /// Decodes the payload of one whole encoded frame.
 fn decode_frame(frame: &[u8]) -> Result<method::Method, WireError> {

@@ -2,8 +2,6 @@
 //! headers written by hand (independently of the encoders under test), and the seed corpus
 //! for the fuzz targets.
 
-
-
 use bytes::BytesMut;
 use warren_core::frame::{Frame, FrameType, FRAME_END, PROTOCOL_HEADER};
 use warren_core::method::{self, ids, Field, MethodId, MethodSpec, StartOk, Tune};

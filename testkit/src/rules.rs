@@ -2,15 +2,14 @@
 //! [`UpstreamChecker`], which holds what warren writes to a broker to them. The `hub_client`
 //! fuzz target runs it on every upstream; a violation is a proxy bug.
 
-use warren_core::content::parse_header;
-use warren_core::frame::{
-    Frame, FrameDecoder, FrameError, FrameType, FRAME_MIN_SIZE,
-    PROTOCOL_HEADER,
-};
-use warren_core::method::{self, ids, Method, MethodId, Tune};
 use bytes::BytesMut;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use warren_core::content::parse_header;
+use warren_core::frame::{
+    Frame, FrameDecoder, FrameError, FrameType, FRAME_MIN_SIZE, PROTOCOL_HEADER,
+};
+use warren_core::method::{self, ids, Method, MethodId, Tune};
 
 // ----- the checker ----------------------------------------------------------------------
 
@@ -732,4 +731,3 @@ pub(crate) fn describe(f: &Frame) -> String {
         FrameType::Heartbeat => "a heartbeat".into(),
     }
 }
-

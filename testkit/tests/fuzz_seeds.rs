@@ -6,13 +6,11 @@
 //! to `fuzz/corpus/<target>/<name>`; commit the result. Inputs that the fuzzer itself found
 //! are added to the same folders under their hash names and are never overwritten here.
 
-
-
-use warren_testkit::frames::*;
 use std::path::PathBuf;
 use warren_core::frame::{FrameType, FRAME_END, HEARTBEAT, PROTOCOL_HEADER};
 use warren_core::method::{self, encode, ids, Close, ConnectionStart, MethodId, Tune, METHODS};
 use warren_core::table::{longstr, FieldTable, FieldValue, MAX_DECODE_DEPTH};
+use warren_testkit::frames::*;
 
 type Seeds = Vec<(String, Vec<u8>)>;
 

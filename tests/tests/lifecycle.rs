@@ -112,7 +112,10 @@ async fn drain_lets_clients_finish_then_closes_the_rest_with_320() -> Result<()>
     // like a handshake under way: tests/tests/handover.rs), and new clients are not let in.
     let addr = warren.addr();
     wait_until(LIMIT, "the listener to close", || async move {
-        Ok(tokio::net::TcpStream::connect(addr).await.is_err().then_some(()))
+        Ok(tokio::net::TcpStream::connect(addr)
+            .await
+            .is_err()
+            .then_some(()))
     })
     .await?;
     let attempt = client::lapin_try_connect(&url).await?;

@@ -22,17 +22,19 @@ mod hub;
 
 pub use hub::{hub_client, hub_client_stats, hub_client_trace, Build, HubInput, HubOp};
 
+use bytes::{Bytes, BytesMut};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use warren_core::content;
 use warren_core::frame::{
     Frame, FrameDecoder, FrameError, FrameType, FRAME_END, FRAME_MIN_SIZE, FRAME_OVERHEAD,
     PROTOCOL_HEADER,
 };
-use warren_core::handshake::{ClientHandshake, HandshakeConfig, HandshakeOutput, HANDSHAKE_FRAME_MAX};
+use warren_core::handshake::{
+    ClientHandshake, HandshakeConfig, HandshakeOutput, HANDSHAKE_FRAME_MAX,
+};
 use warren_core::method::{self, encode, ids, Method, Sender};
 use warren_core::table::{self, FieldTable, FieldValue};
-use bytes::{Bytes, BytesMut};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 /// The frame_max values every frame input is decoded under: below the smallest frame, tiny,
 /// the spec minimum, the handshake limit, RabbitMQ's default and a generous upper bound.
@@ -664,7 +666,12 @@ mod tests {
 
     #[test]
     fn bodies_accept_trivial_inputs() {
-        for data in [&b""[..], b"\x08", PROTOCOL_HEADER, warren_core::frame::HEARTBEAT] {
+        for data in [
+            &b""[..],
+            b"\x08",
+            PROTOCOL_HEADER,
+            warren_core::frame::HEARTBEAT,
+        ] {
             frame_decoder(data);
             method_decoder(data);
             client_handshake(data);

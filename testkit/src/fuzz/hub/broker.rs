@@ -3,15 +3,13 @@
 //! queues.
 
 use super::*;
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use warren_core::content::parse_header;
-use warren_core::frame::{
-    method_frame, Frame, FrameDecoder, FrameType, FRAME_MIN_SIZE,
-};
+use warren_core::frame::{method_frame, Frame, FrameDecoder, FrameType, FRAME_MIN_SIZE};
 use warren_core::hub::UpstreamId;
 use warren_core::method::{self, encode, ids, Method, MethodId};
 use warren_core::wire::{Reader, Writer};
-use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The scripted broker behind one upstream.
 pub(super) struct Broker {
@@ -361,4 +359,3 @@ pub(super) fn to_frame(raw: &Bytes) -> Option<Frame> {
     let mut buf = BytesMut::from(&raw[..]);
     FrameDecoder::new(u32::MAX).decode(&mut buf).ok().flatten()
 }
-

@@ -1,13 +1,11 @@
 //! Frames a fuzzed client sends, described by input bytes (see [`super::Build`]).
 
 use super::*;
-use warren_core::frame::{
-    method_frame, Frame, FrameType,
-};
+use bytes::BytesMut;
+use warren_core::frame::{method_frame, Frame, FrameType};
 use warren_core::method::{self, encode, ids, Close, Field, MethodId};
 use warren_core::table::{FieldTable, FieldValue};
 use warren_core::wire::Writer;
-use bytes::BytesMut;
 
 // ----- frame builders for fuzzed clients ------------------------------------------------
 
@@ -34,7 +32,12 @@ pub(super) fn publish_method(ch: u16, flags: u8) -> Vec<u8> {
 }
 
 /// Frames a fuzzed client sends, described by the next input bytes (see [`Build`]).
-pub(super) fn build(src: &mut Src<'_>, frame_max: u32, channel_max: u16, budget: &mut usize) -> Vec<u8> {
+pub(super) fn build(
+    src: &mut Src<'_>,
+    frame_max: u32,
+    channel_max: u16,
+    budget: &mut usize,
+) -> Vec<u8> {
     let ch = match src.byte() {
         b @ 0..=191 => 1 + u16::from(b % 4),
         192..=223 => 0,
@@ -335,4 +338,3 @@ pub(super) fn build(src: &mut Src<'_>, frame_max: u32, channel_max: u16, budget:
         }
     }
 }
-

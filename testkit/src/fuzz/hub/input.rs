@@ -1,7 +1,6 @@
 //! The `hub_client` input format: operations ([`HubOp`], [`Build`]), a writer for seed
 //! corpora ([`HubInput`]) and the reader the target uses.
 
-
 // ----- the input ------------------------------------------------------------------------
 
 /// The operations of a `hub_client` input. An operation is its code byte (taken modulo 16;
@@ -206,4 +205,3 @@ impl<'a> Src<'a> {
         &self.data[start..end]
     }
 }
-

@@ -8,27 +8,25 @@ mod input;
 #[cfg(test)]
 mod tests;
 
-pub use input::{Build, HubInput, HubOp};
+use crate::rules::*;
 use broker::*;
 use build::*;
 use input::*;
-use crate::rules::*;
+pub use input::{Build, HubInput, HubOp};
 
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
 use warren_core::credentials::{Credentials, Secret};
-use warren_core::frame::{
-    method_frame, Frame, FrameDecoder, FrameType, FRAME_MIN_SIZE, HEARTBEAT,
-};
+use warren_core::frame::{method_frame, Frame, FrameDecoder, FrameType, FRAME_MIN_SIZE, HEARTBEAT};
 use warren_core::handshake::{ClientCapabilities, ClientHello};
 use warren_core::hub::{
     ClientId, Hub, HubConfig, HubEvent, HubStats, Input, Output, Peer, Placement, UpstreamId,
 };
 use warren_core::method::{encode, ids, Close, ConnectionStart, MethodId, Tune};
 use warren_core::table::FieldTable;
-use bytes::{Bytes, BytesMut};
-use smallvec::SmallVec;
-use std::collections::VecDeque;
-use std::fmt;
-use std::time::{Duration, Instant};
 
 // ----- the fuzz body --------------------------------------------------------------------
 
@@ -1067,4 +1065,3 @@ impl World {
         }
     }
 }
-

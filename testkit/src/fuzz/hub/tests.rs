@@ -2,8 +2,8 @@
 
 use super::*;
 use warren_core::frame::PROTOCOL_HEADER;
-use warren_core::wire::Writer;
 use warren_core::method::StartOk;
+use warren_core::wire::Writer;
 
 fn checker() -> UpstreamChecker {
     UpstreamChecker::new(&["x-delayed-message".to_owned()])
