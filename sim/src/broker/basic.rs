@@ -1,0 +1,293 @@
+//! The basic class (qos, consume, cancel, publish, get, ack, nack, reject, recover) and the
+//! two channel modes, `confirm.select` and `tx.*` (transactions are trivial here).
+
+use super::state::{ChannelError, Consumer, Pending};
+use super::{lossy, Broker, ConnId};
+use bytes::BytesMut;
+use std::time::Instant;
+use warren_core::frame::method_frame;
+use warren_core::method::{ids, MethodId};
+use warren_core::reply;
+use warren_core::wire::Reader;
+
+impl Broker {
+    /// `basic.*`.
+    pub(super) fn basic_class(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        ch: u16,
+        mid: MethodId,
+        r: &mut Reader<'_>,
+    ) -> Result<(), ChannelError> {
+        match mid {
+            ids::BASIC_QOS => {
+                let size = rd!(r.u32());
+                let count = rd!(r.u16());
+                if size != 0 {
+                    self.conn_error(
+                        now,
+                        id,
+                        reply::NOT_IMPLEMENTED,
+                        format!("prefetch_size!=0 ({size})"),
+                        mid,
+                    );
+                    return Ok(());
+                }
+                self.chan(id, ch).prefetch = count;
+                self.send(now, id, method_frame(ch, ids::BASIC_QOS_OK, |_| {}));
+            }
+            ids::BASIC_CONSUME => {
+                rd!(r.u16());
+                let queue = lossy(rd!(r.shortstr()));
+                let mut tag = rd!(r.shortstr()).to_vec();
+                let _no_local = rd!(r.bit());
+                let no_ack = rd!(r.bit());
+                let _exclusive = rd!(r.bit());
+                let nowait = rd!(r.bit());
+                self.check_queue(id, &queue, mid)?;
+                if !tag.is_empty() && self.chan(id, ch).consumers.contains(&tag) {
+                    self.conn_error(
+                        now,
+                        id,
+                        reply::NOT_ALLOWED,
+                        format!("attempt to reuse consumer tag '{}'", lossy(&tag)),
+                        mid,
+                    );
+                    return Ok(());
+                }
+                if tag.is_empty() {
+                    let c = self.conns.get_mut(&id).expect("open");
+                    c.next_ctag += 1;
+                    tag = format!("amq.ctag-{id}-{}", c.next_ctag).into_bytes();
+                }
+                self.chan(id, ch).consumers.push(tag.clone());
+                self.queues
+                    .get_mut(&queue)
+                    .expect("checked")
+                    .consumers
+                    .push(Consumer {
+                        conn: id,
+                        ch,
+                        tag: tag.clone(),
+                        no_ack,
+                    });
+                if !nowait {
+                    self.send(
+                        now,
+                        id,
+                        method_frame(ch, ids::BASIC_CONSUME_OK, |w| {
+                            w.shortstr(&tag);
+                        }),
+                    );
+                }
+            }
+            ids::BASIC_CANCEL => {
+                let tag = rd!(r.shortstr()).to_vec();
+                let nowait = rd!(r.bit());
+                self.chan(id, ch).consumers.retain(|t| *t != tag);
+                for q in self.queues.values_mut() {
+                    q.consumers
+                        .retain(|c| !(c.conn == id && c.ch == ch && c.tag == tag));
+                }
+                if !nowait {
+                    self.send(
+                        now,
+                        id,
+                        method_frame(ch, ids::BASIC_CANCEL_OK, |w| {
+                            w.shortstr(&tag);
+                        }),
+                    );
+                }
+            }
+            ids::BASIC_PUBLISH => {
+                rd!(r.u16());
+                let exchange = lossy(rd!(r.shortstr()));
+                let rk = lossy(rd!(r.shortstr()));
+                let mandatory = rd!(r.bit());
+                let immediate = rd!(r.bit());
+                if immediate {
+                    self.conn_error(
+                        now,
+                        id,
+                        reply::NOT_IMPLEMENTED,
+                        "immediate=true".into(),
+                        mid,
+                    );
+                    return Ok(());
+                }
+                self.chan(id, ch).content = Some(Pending {
+                    exchange,
+                    rk,
+                    mandatory,
+                    size: None,
+                    body: BytesMut::new(),
+                });
+            }
+            ids::BASIC_GET => {
+                rd!(r.u16());
+                let queue = lossy(rd!(r.shortstr()));
+                let no_ack = rd!(r.bit());
+                self.check_queue(id, &queue, mid)?;
+                let q = self.queues.get_mut(&queue).expect("checked");
+                match q.msgs.pop_front() {
+                    Some(msg) => {
+                        let left = q.msgs.len() as u32;
+                        let chan = self.chan(id, ch);
+                        chan.next_dtag += 1;
+                        let dtag = chan.next_dtag;
+                        if !no_ack {
+                            chan.unacked.insert(dtag, (queue.clone(), msg.clone()));
+                        }
+                        let m = method_frame(ch, ids::BASIC_GET_OK, |w| {
+                            w.u64(dtag)
+                                .bit(msg.redelivered)
+                                .shortstr(msg.exchange.as_bytes())
+                                .shortstr(msg.rk.as_bytes())
+                                .u32(left);
+                        });
+                        self.send(now, id, m);
+                        self.send_content(now, id, ch, &msg.body, msg.headers.as_ref());
+                        self.log.deliveries += 1;
+                    }
+                    None => {
+                        self.send(
+                            now,
+                            id,
+                            method_frame(ch, MethodId::new(60, 72), |w| {
+                                w.shortstr(b"");
+                            }),
+                        );
+                    }
+                }
+            }
+            ids::BASIC_ACK | ids::BASIC_REJECT | ids::BASIC_NACK => {
+                let dtag = rd!(r.u64());
+                let multiple = if mid == ids::BASIC_REJECT {
+                    false
+                } else {
+                    rd!(r.bit())
+                };
+                let requeue = if mid == ids::BASIC_ACK {
+                    false
+                } else {
+                    rd!(r.bit())
+                };
+                let chan = self.chan(id, ch);
+                let tags: Vec<u64> = if multiple {
+                    chan.unacked
+                        .range(..=if dtag == 0 { u64::MAX } else { dtag })
+                        .map(|(t, _)| *t)
+                        .collect()
+                } else if chan.unacked.contains_key(&dtag) {
+                    vec![dtag]
+                } else {
+                    Vec::new()
+                };
+                if tags.is_empty() && !(multiple && dtag == 0) {
+                    return Err(ChannelError(
+                        reply::PRECONDITION_FAILED,
+                        format!("unknown delivery tag {dtag}"),
+                        mid,
+                    ));
+                }
+                let mut back = Vec::new();
+                for t in tags {
+                    if let Some(x) = chan.unacked.remove(&t) {
+                        back.push(x);
+                    }
+                }
+                if requeue {
+                    for (qname, mut msg) in back.into_iter().rev() {
+                        if let Some(q) = self.queues.get_mut(&qname) {
+                            msg.redelivered = true;
+                            q.msgs.push_front(msg);
+                        }
+                    }
+                }
+            }
+            ids::BASIC_RECOVER_ASYNC | ids::BASIC_RECOVER => {
+                let requeue = rd!(r.bit());
+                if !requeue {
+                    self.conn_error(now, id, reply::NOT_IMPLEMENTED, "requeue=false".into(), mid);
+                    return Ok(());
+                }
+                let unacked = std::mem::take(&mut self.chan(id, ch).unacked);
+                for (_, (qname, mut msg)) in unacked.into_iter().rev() {
+                    if let Some(q) = self.queues.get_mut(&qname) {
+                        msg.redelivered = true;
+                        q.msgs.push_front(msg);
+                    }
+                }
+                if mid == ids::BASIC_RECOVER {
+                    self.send(now, id, method_frame(ch, MethodId::new(60, 111), |_| {}));
+                }
+            }
+            _ => self.not_valid_here(now, id, mid),
+        }
+        Ok(())
+    }
+
+    /// `confirm.select`.
+    pub(super) fn confirm_class(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        ch: u16,
+        mid: MethodId,
+        r: &mut Reader<'_>,
+    ) -> Result<(), ChannelError> {
+        match mid {
+            ids::CONFIRM_SELECT => {
+                let nowait = rd!(r.bit());
+                if self.chan(id, ch).tx {
+                    return Err(ChannelError(
+                        reply::PRECONDITION_FAILED,
+                        "cannot switch from tx to confirm mode".into(),
+                        mid,
+                    ));
+                }
+                self.chan(id, ch).confirm = true;
+                if !nowait {
+                    self.send(now, id, method_frame(ch, MethodId::new(85, 11), |_| {}));
+                }
+            }
+            _ => self.not_valid_here(now, id, mid),
+        }
+        Ok(())
+    }
+
+    /// `tx.select`, `tx.commit`, `tx.rollback`.
+    pub(super) fn tx_class(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        ch: u16,
+        mid: MethodId,
+    ) -> Result<(), ChannelError> {
+        match mid {
+            ids::TX_SELECT | ids::TX_COMMIT | ids::TX_ROLLBACK => {
+                if mid == ids::TX_SELECT {
+                    if self.chan(id, ch).confirm {
+                        return Err(ChannelError(
+                            reply::PRECONDITION_FAILED,
+                            "cannot switch from confirm to tx mode".into(),
+                            mid,
+                        ));
+                    }
+                    self.chan(id, ch).tx = true;
+                } else if !self.chan(id, ch).tx {
+                    return Err(ChannelError(
+                        reply::PRECONDITION_FAILED,
+                        "channel is not transactional".into(),
+                        mid,
+                    ));
+                }
+                let ok = MethodId::new(90, mid.method + 1);
+                self.send(now, id, method_frame(ch, ok, |_| {}));
+            }
+            _ => self.not_valid_here(now, id, mid),
+        }
+        Ok(())
+    }
+}

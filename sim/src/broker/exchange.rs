@@ -1,0 +1,98 @@
+//! The exchange class: `exchange.declare` (direct, fanout, topic and headers; passive or
+//! not), `exchange.delete` and exchange-to-exchange bindings (answered, not routed).
+
+use super::state::{ChannelError, Exchange};
+use super::{lossy, Broker, ConnId};
+use std::time::Instant;
+use warren_core::frame::method_frame;
+use warren_core::method::{ids, MethodId};
+use warren_core::reply;
+use warren_core::wire::Reader;
+
+impl Broker {
+    /// `exchange.*`.
+    pub(super) fn exchange_class(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        ch: u16,
+        mid: MethodId,
+        r: &mut Reader<'_>,
+    ) -> Result<(), ChannelError> {
+        match mid {
+            ids::EXCHANGE_DECLARE => {
+                rd!(r.u16());
+                let name = lossy(rd!(r.shortstr()));
+                let kind = lossy(rd!(r.shortstr()));
+                let passive = rd!(r.bit());
+                let (_durable, _auto_delete, _internal) =
+                    (rd!(r.bit()), rd!(r.bit()), rd!(r.bit()));
+                let nowait = rd!(r.bit());
+                if passive {
+                    if !self.exchanges.contains_key(&name) && !name.is_empty() {
+                        return Err(ChannelError(
+                            reply::NOT_FOUND,
+                            format!("no exchange '{name}' in vhost '/'"),
+                            mid,
+                        ));
+                    }
+                } else {
+                    if !matches!(kind.as_str(), "direct" | "fanout" | "topic" | "headers") {
+                        self.conn_error(
+                            now,
+                            id,
+                            reply::COMMAND_INVALID,
+                            format!("unknown exchange type '{kind}'"),
+                            mid,
+                        );
+                        return Ok(());
+                    }
+                    match self.exchanges.get(&name) {
+                        Some(e) if e.kind != kind => {
+                            return Err(ChannelError(
+                                reply::PRECONDITION_FAILED,
+                                format!("inequivalent arg 'type' for exchange '{name}'"),
+                                mid,
+                            ))
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.exchanges.insert(
+                                name,
+                                Exchange {
+                                    kind,
+                                    bindings: Vec::new(),
+                                },
+                            );
+                        }
+                    }
+                }
+                if !nowait {
+                    self.send(now, id, method_frame(ch, ids::EXCHANGE_DECLARE_OK, |_| {}));
+                }
+            }
+            ids::EXCHANGE_DELETE => {
+                rd!(r.u16());
+                let name = lossy(rd!(r.shortstr()));
+                let _if_unused = rd!(r.bit());
+                let nowait = rd!(r.bit());
+                if !name.starts_with("amq.") {
+                    self.exchanges.remove(&name);
+                }
+                if !nowait {
+                    self.send(now, id, method_frame(ch, MethodId::new(40, 21), |_| {}));
+                }
+            }
+            ids::EXCHANGE_BIND | ids::EXCHANGE_UNBIND => {
+                let ok = if mid == ids::EXCHANGE_BIND {
+                    MethodId::new(40, 31)
+                } else {
+                    MethodId::new(40, 51)
+                };
+                self.send(now, id, method_frame(ch, ok, |_| {}));
+            }
+            _ => self.not_valid_here(now, id, mid),
+        }
+        Ok(())
+    }
+}
