@@ -1,0 +1,197 @@
+//! Misbehaviour: the protocol violations a client commits on purpose, the bytes that commit
+//! them, and the reply code warren must close it with.
+
+use super::{header, publish, queue_declare, FakeClient};
+use bytes::{Bytes, BytesMut};
+use warren_core::frame::{method_frame, Frame, FrameType, FRAME_END};
+use warren_core::method::{encode, ids, MethodId};
+use warren_core::reply;
+
+/// A protocol violation a misbehaving client commits on purpose, and the reply code warren
+/// must close it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// `basic.publish` on a channel that was never opened (504).
+    FrameOnUnopenedChannel,
+    /// `channel.open` on an open channel (504).
+    SecondOpen,
+    /// A content header with no publish before it (505).
+    HeaderWithoutMethod,
+    /// `basic.publish` followed directly by a body (505).
+    BodyWithoutHeader,
+    /// A method while a publish's body is still expected (505).
+    MethodInsideContent,
+    /// More body bytes than the header declared (505).
+    BodyTooLong,
+    /// A frame larger than the negotiated frame_max (501).
+    OversizedFrame,
+    /// A frame whose end octet is not 0xCE (501).
+    BadFrameEnd,
+    /// A frame type octet AMQP does not define (501).
+    BadFrameType,
+    /// A heartbeat on channel 1 (501).
+    HeartbeatOnChannel,
+    /// A method id that does not exist (540).
+    UnknownMethod,
+    /// `connection.tune` after the handshake (503).
+    ConnectionMethodAfterOpen,
+    /// `basic.deliver` sent by a client (503).
+    ServerOnlyMethod,
+    /// `basic.publish` with immediate=true (540).
+    PublishImmediate,
+    /// `exchange.declare` of an unknown type (503).
+    UnknownExchangeType,
+    /// `basic.qos` with prefetch_size != 0 (540).
+    QosPrefetchSize,
+    /// A channel number above the negotiated channel_max (530).
+    ChannelAboveMax,
+    /// `basic.publish` with a truncated argument list (502).
+    MalformedArgs,
+    /// `basic.consume` reusing a consumer tag on the same channel (530).
+    ConsumerTagReuse,
+    /// `channel.flow active=false`: RabbitMQ would close the connection; warren answers it.
+    FlowInactive,
+}
+
+impl Misbehaviour {
+    /// Every kind, for drawing one at random.
+    pub const ALL: [Misbehaviour; 20] = [
+        Misbehaviour::FrameOnUnopenedChannel,
+        Misbehaviour::SecondOpen,
+        Misbehaviour::HeaderWithoutMethod,
+        Misbehaviour::BodyWithoutHeader,
+        Misbehaviour::MethodInsideContent,
+        Misbehaviour::BodyTooLong,
+        Misbehaviour::OversizedFrame,
+        Misbehaviour::BadFrameEnd,
+        Misbehaviour::BadFrameType,
+        Misbehaviour::HeartbeatOnChannel,
+        Misbehaviour::UnknownMethod,
+        Misbehaviour::ConnectionMethodAfterOpen,
+        Misbehaviour::ServerOnlyMethod,
+        Misbehaviour::PublishImmediate,
+        Misbehaviour::UnknownExchangeType,
+        Misbehaviour::QosPrefetchSize,
+        Misbehaviour::ChannelAboveMax,
+        Misbehaviour::MalformedArgs,
+        Misbehaviour::ConsumerTagReuse,
+        Misbehaviour::FlowInactive,
+    ];
+
+    /// The connection-close code warren must answer with (`None`: no close).
+    #[must_use]
+    pub fn expected_code(self) -> Option<u16> {
+        use Misbehaviour::*;
+        Some(match self {
+            FrameOnUnopenedChannel | SecondOpen => reply::CHANNEL_ERROR,
+            HeaderWithoutMethod | BodyWithoutHeader | MethodInsideContent | BodyTooLong => {
+                reply::UNEXPECTED_FRAME
+            }
+            OversizedFrame | BadFrameEnd | BadFrameType | HeartbeatOnChannel => reply::FRAME_ERROR,
+            UnknownMethod | PublishImmediate | QosPrefetchSize => reply::NOT_IMPLEMENTED,
+            ConnectionMethodAfterOpen | ServerOnlyMethod | UnknownExchangeType => {
+                reply::COMMAND_INVALID
+            }
+            ChannelAboveMax | ConsumerTagReuse => reply::NOT_ALLOWED,
+            MalformedArgs => reply::SYNTAX_ERROR,
+            FlowInactive => return None,
+        })
+    }
+}
+
+impl FakeClient {
+    pub(super) fn bad_bytes(&self, kind: Misbehaviour) -> Bytes {
+        use Misbehaviour::*;
+        let mut b = BytesMut::new();
+        let frame_max = self.tune.frame_max as usize;
+        match kind {
+            FrameOnUnopenedChannel => {
+                let ch = (2..).find(|c| !self.chans.contains_key(c)).unwrap_or(9);
+                b.extend_from_slice(&publish(ch, "", "x", false, false));
+            }
+            SecondOpen => b.extend_from_slice(&encode::channel_open(1)),
+            HeaderWithoutMethod => b.extend_from_slice(&header(1, 3)),
+            BodyWithoutHeader => {
+                b.extend_from_slice(&publish(1, "", "x", false, false));
+                b.extend_from_slice(&Frame::new(FrameType::Body, 1, b"abc").freeze());
+            }
+            MethodInsideContent => {
+                b.extend_from_slice(&publish(1, "", "x", false, false));
+                b.extend_from_slice(&header(1, 10));
+                b.extend_from_slice(&queue_declare(1, "q-inside", false));
+            }
+            BodyTooLong => {
+                b.extend_from_slice(&publish(1, "", "x", false, false));
+                b.extend_from_slice(&header(1, 2));
+                b.extend_from_slice(&Frame::new(FrameType::Body, 1, b"abc").freeze());
+            }
+            OversizedFrame => {
+                let big = vec![0u8; frame_max];
+                b.extend_from_slice(&Frame::new(FrameType::Body, 1, &big).freeze());
+            }
+            BadFrameEnd => {
+                let mut f = BytesMut::from(&encode::channel_open_ok(1)[..]);
+                let n = f.len();
+                f[n - 1] = 0;
+                b.extend_from_slice(&f);
+            }
+            BadFrameType => b.extend_from_slice(&[9, 0, 1, 0, 0, 0, 0, FRAME_END]),
+            HeartbeatOnChannel => b.extend_from_slice(&[8, 0, 1, 0, 0, 0, 0, FRAME_END]),
+            UnknownMethod => b.extend_from_slice(&method_frame(1, MethodId::new(60, 99), |_| {})),
+            ConnectionMethodAfterOpen => b.extend_from_slice(&encode::tune(self.tune, false)),
+            ServerOnlyMethod => b.extend_from_slice(&method_frame(1, ids::BASIC_DELIVER, |w| {
+                w.shortstr(b"t")
+                    .u64(1)
+                    .bit(false)
+                    .shortstr(b"")
+                    .shortstr(b"q");
+            })),
+            PublishImmediate => b.extend_from_slice(&publish(1, "", "x", false, true)),
+            UnknownExchangeType => {
+                b.extend_from_slice(&method_frame(1, ids::EXCHANGE_DECLARE, |w| {
+                    w.u16(0)
+                        .shortstr(b"ex-bad")
+                        .shortstr(b"x-nonsense")
+                        .bit(false)
+                        .bit(false)
+                        .bit(false)
+                        .bit(false)
+                        .bit(false)
+                        .u32(0);
+                }));
+            }
+            QosPrefetchSize => b.extend_from_slice(&method_frame(1, ids::BASIC_QOS, |w| {
+                w.u32(4096).u16(1).bit(false);
+            })),
+            ChannelAboveMax => {
+                let ch = self.tune.channel_max.saturating_add(1).max(1);
+                b.extend_from_slice(&encode::channel_open(
+                    if self.tune.channel_max == u16::MAX {
+                        u16::MAX
+                    } else {
+                        ch
+                    },
+                ));
+            }
+            MalformedArgs => b.extend_from_slice(&method_frame(1, ids::BASIC_PUBLISH, |w| {
+                w.u16(0).shortstr(b"");
+            })),
+            ConsumerTagReuse => {
+                for _ in 0..2 {
+                    b.extend_from_slice(&method_frame(1, ids::BASIC_CONSUME, |w| {
+                        w.u16(0)
+                            .shortstr(b"q0")
+                            .shortstr(b"dup-tag")
+                            .bit(false)
+                            .bit(true)
+                            .bit(false)
+                            .bit(true)
+                            .u32(0);
+                    }));
+                }
+            }
+            FlowInactive => b.extend_from_slice(&encode::flow(1, false, false)),
+        }
+        b.freeze()
+    }
+}

@@ -1,0 +1,381 @@
+//! The script: a client runs its [`Step`]s one after the other, each synchronous one waiting
+//! for its reply, and leaves politely when a step can no longer finish.
+
+use super::state::{ChState, Chan, Phase, Reply, Wait};
+use super::{
+    header, publish, queue_declare, Board, ClientOut, End, FakeClient, Misbehaviour, Step, Target,
+};
+use crate::tag::{Origin, NO_QUEUE, TAG_LEN};
+use bytes::BytesMut;
+use std::time::{Duration, Instant};
+use warren_core::frame::{method_frame, Frame, FrameType};
+use warren_core::method::{encode, ids, Close};
+use warren_core::reply;
+
+impl FakeClient {
+    /// Gives up the script after a step became impossible: close the connection politely.
+    pub(super) fn abandon(&mut self, now: Instant) {
+        self.pc = self.spec.script.len();
+        self.wait = Wait::Nothing;
+        if self.phase == Phase::Running {
+            self.close_connection(now);
+        }
+    }
+
+    fn close_connection(&mut self, now: Instant) {
+        let close = Close {
+            code: reply::REPLY_SUCCESS,
+            text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        };
+        self.send(now, encode::close(0, &close));
+        self.phase = Phase::Closing;
+        self.closing_since = Some(now);
+        self.wait = Wait::ConnectionCloseOk;
+    }
+
+    fn waiting(&self, now: Instant) -> bool {
+        match &self.wait {
+            Wait::Nothing => false,
+            Wait::Until(t) | Wait::Verdict(t) => now < *t,
+            _ => true,
+        }
+    }
+
+    pub(super) fn advance(&mut self, now: Instant, board: &mut Board) {
+        while self.phase == Phase::Running && self.stalled_until.is_none() && !self.waiting(now) {
+            self.wait = Wait::Nothing;
+            let Some(step) = self.spec.script.get(self.pc).cloned() else {
+                self.script_done = true;
+                // A script that ends without closing leaves like a process exiting.
+                self.out.push_back(ClientOut::Close);
+                return self.finish(now, End::Left);
+            };
+            self.pc += 1;
+            self.step(now, step, board);
+        }
+    }
+
+    fn expect(&mut self, ch: u16, reply: Reply) -> bool {
+        match self.chans.get_mut(&ch) {
+            Some(c) if c.state == ChState::Open => {
+                c.expect = Some(reply);
+                self.wait = Wait::Reply(ch);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn step(&mut self, now: Instant, step: Step, board: &mut Board) {
+        match step {
+            Step::Open(ch) => {
+                if self.chans.contains_key(&ch) {
+                    return;
+                }
+                self.chans.insert(ch, Chan::new());
+                self.send(now, encode::channel_open(ch));
+                self.wait = Wait::Reply(ch);
+            }
+            Step::CloseChannel(ch) => {
+                let Some(c) = self.chans.get_mut(&ch) else {
+                    return;
+                };
+                if c.state != ChState::Open {
+                    return;
+                }
+                c.state = ChState::Closing;
+                c.expect = Some(Reply::CloseOk);
+                let close = Close {
+                    code: 200,
+                    text: "done".into(),
+                    class_id: 0,
+                    method_id: 0,
+                };
+                self.send(now, encode::close(ch, &close));
+                self.wait = Wait::Reply(ch);
+            }
+            Step::Declare {
+                ch,
+                slot,
+                exclusive,
+            } => {
+                let name = board.name(slot).unwrap_or("").to_owned();
+                if self.expect(ch, Reply::DeclareOk(slot, exclusive)) {
+                    self.send(now, queue_declare(ch, &name, exclusive));
+                }
+            }
+            Step::DeclareAndDrop { ch, slot } => {
+                let name = board.name(slot).unwrap_or("").to_owned();
+                if self.expect(ch, Reply::DeclareOk(slot, true)) {
+                    self.send(now, queue_declare(ch, &name, true));
+                }
+                self.out.push_back(ClientOut::Close);
+                self.finish(now, End::Left);
+            }
+            Step::Qos(ch, prefetch) => {
+                if self.expect(ch, Reply::QosOk) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::BASIC_QOS, |w| {
+                            w.u32(0).u16(prefetch).bit(false);
+                        }),
+                    );
+                }
+            }
+            Step::Consume { ch, slot, no_ack } => {
+                let Some(name) = board.name(slot).map(str::to_owned) else {
+                    return;
+                };
+                if let Some(c) = self.chans.get_mut(&ch) {
+                    c.no_ack = no_ack;
+                }
+                if self.expect(ch, Reply::ConsumeOk(slot)) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::BASIC_CONSUME, |w| {
+                            w.u16(0)
+                                .shortstr(name.as_bytes())
+                                .shortstr(b"")
+                                .bit(false)
+                                .bit(no_ack)
+                                .bit(false)
+                                .bit(false)
+                                .u32(0);
+                        }),
+                    );
+                }
+            }
+            Step::Cancel(ch) => {
+                let tag = self
+                    .chans
+                    .get(&ch)
+                    .and_then(|c| c.consumers.last())
+                    .map(|(t, _, _)| t.clone());
+                let Some(tag) = tag else { return };
+                if self.expect(ch, Reply::CancelOk) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::BASIC_CANCEL, |w| {
+                            w.shortstr(&tag).bit(false);
+                        }),
+                    );
+                }
+            }
+            Step::Confirm(ch) => {
+                if self.expect(ch, Reply::SelectOk) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::CONFIRM_SELECT, |w| {
+                            w.bit(false);
+                        }),
+                    );
+                }
+            }
+            Step::TxSelect(ch) => {
+                if self.expect(ch, Reply::TxSelectOk) {
+                    self.send(now, method_frame(ch, ids::TX_SELECT, |_| {}));
+                }
+            }
+            Step::TxCommit(ch) => {
+                if self.expect(ch, Reply::TxCommitOk) {
+                    self.send(now, method_frame(ch, ids::TX_COMMIT, |_| {}));
+                }
+            }
+            Step::Publish {
+                ch,
+                to,
+                size,
+                mandatory,
+            } => {
+                let frame_max = self.tune.frame_max;
+                let Some(c) = self.chans.get_mut(&ch) else {
+                    return;
+                };
+                if c.state != ChState::Open {
+                    return;
+                }
+                let seq = self.seqs.entry(ch).or_insert(0);
+                *seq += 1;
+                let seq = *seq;
+                let (exchange, rk, queue) = match &to {
+                    Target::Slot(slot) => match board.name(*slot) {
+                        Some(n) => (String::new(), n.to_owned(), *slot),
+                        None => (String::new(), format!("nowhere-{slot}"), *slot),
+                    },
+                    Target::Exchange(e, rk) => (e.clone(), rk.clone(), NO_QUEUE),
+                };
+                let origin = Origin {
+                    client: self.id,
+                    channel: ch,
+                    seq,
+                    queue,
+                };
+                if c.confirm {
+                    c.next_cno += 1;
+                    c.outstanding.insert(c.next_cno, seq);
+                }
+                self.published.insert((ch, seq));
+                let body = origin.body(size.max(TAG_LEN));
+                let mut data = BytesMut::new();
+                data.extend_from_slice(&publish(ch, &exchange, &rk, mandatory, false));
+                data.extend_from_slice(&header(ch, body.len() as u64));
+                let max = (frame_max as usize).saturating_sub(8).max(1);
+                for chunk in body.chunks(max) {
+                    data.extend_from_slice(&Frame::new(FrameType::Body, ch, chunk).freeze());
+                }
+                self.send(now, data.freeze());
+            }
+            Step::Get { ch, slot } => {
+                let Some(name) = board.name(slot).map(str::to_owned) else {
+                    return;
+                };
+                if self.expect(ch, Reply::Get(slot)) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::BASIC_GET, |w| {
+                            w.u16(0).shortstr(name.as_bytes()).bit(false);
+                        }),
+                    );
+                }
+            }
+            Step::WaitConfirms(ch) => {
+                if self
+                    .chans
+                    .get(&ch)
+                    .is_some_and(|c| c.confirm && !c.outstanding.is_empty())
+                {
+                    self.wait = Wait::Confirms(ch);
+                }
+            }
+            Step::Sleep(d) => self.wait = Wait::Until(now + d),
+            Step::ExpectChannelClose(ch) => {
+                if self.chans.contains_key(&ch) {
+                    self.wait = Wait::ChannelClose(ch);
+                }
+            }
+            Step::StopReading => self.reading = false,
+            Step::Stall(d) => self.stalled_until = Some(now + d),
+            Step::Misbehave(kind) => {
+                self.misbehaved = Some(kind);
+                self.misbehaved_at = Some(now);
+                let bad = self.bad_bytes(kind);
+                if kind == Misbehaviour::FlowInactive {
+                    if let Some(c) = self.chans.get_mut(&1) {
+                        c.expect = Some(Reply::FlowOk);
+                    }
+                }
+                self.send(now, bad);
+                self.wait = if kind.expected_code().is_some() {
+                    Wait::Forever
+                } else {
+                    // Tolerated: give the proxy a moment to (not) react, then carry on.
+                    Wait::Verdict(now + Duration::from_millis(200))
+                };
+            }
+            Step::ExchangeDeclare { ch, name, kind } => {
+                if self.expect(ch, Reply::ExchangeDeclareOk) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::EXCHANGE_DECLARE, |w| {
+                            w.u16(0)
+                                .shortstr(name.as_bytes())
+                                .shortstr(kind.as_bytes())
+                                .bit(false)
+                                .bit(false)
+                                .bit(false)
+                                .bit(false)
+                                .bit(false)
+                                .u32(0);
+                        }),
+                    );
+                }
+            }
+            Step::Bind {
+                ch,
+                slot,
+                exchange,
+                rk,
+            } => {
+                let Some(name) = board.name(slot).map(str::to_owned) else {
+                    return;
+                };
+                if self.expect(ch, Reply::BindOk) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::QUEUE_BIND, |w| {
+                            w.u16(0)
+                                .shortstr(name.as_bytes())
+                                .shortstr(exchange.as_bytes())
+                                .shortstr(rk.as_bytes())
+                                .bit(false)
+                                .u32(0);
+                        }),
+                    );
+                }
+            }
+            Step::Intrude { ch, slot, op } => {
+                let Some(name) = board.name(slot).map(str::to_owned) else {
+                    return;
+                };
+                let owner = board.exclusive_owner(slot);
+                if self.expect(ch, Reply::Intrusion(op, slot)) {
+                    if let Some(c) = self.chans.get_mut(&ch) {
+                        c.intrusion = Some((op, slot, name.clone(), owner));
+                    }
+                    self.send(now, op.frame(ch, &name));
+                }
+            }
+            Step::Recover(ch) => {
+                if self.expect(ch, Reply::RecoverOk) {
+                    self.send(
+                        now,
+                        method_frame(ch, ids::BASIC_RECOVER, |w| {
+                            w.bit(true);
+                        }),
+                    );
+                }
+            }
+            Step::PartialPublishAndDrop(ch) => {
+                if self
+                    .chans
+                    .get(&ch)
+                    .is_some_and(|c| c.state == ChState::Open)
+                {
+                    let seq = self.seqs.entry(ch).or_insert(0);
+                    *seq += 1;
+                    let origin = Origin {
+                        client: self.id,
+                        channel: ch,
+                        seq: *seq,
+                        queue: NO_QUEUE,
+                    };
+                    let body = origin.body(100);
+                    let mut data = BytesMut::new();
+                    data.extend_from_slice(&publish(ch, "", "half", false, false));
+                    data.extend_from_slice(&header(ch, body.len() as u64));
+                    data.extend_from_slice(&Frame::new(FrameType::Body, ch, &body[..40]).freeze());
+                    self.send(now, data.freeze());
+                }
+                self.out.push_back(ClientOut::Close);
+                self.finish(now, End::Left);
+            }
+            Step::UpdateSecret => {
+                self.send(
+                    now,
+                    method_frame(0, ids::CONNECTION_UPDATE_SECRET, |w| {
+                        w.longstr(b"new-secret").shortstr(b"rotation");
+                    }),
+                );
+                self.wait = Wait::SecretOk;
+            }
+            Step::CloseConnection => self.close_connection(now),
+            Step::Drop => {
+                self.out.push_back(ClientOut::Close);
+                self.finish(now, End::Left);
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! What a client is told to do: where it connects from and with which login and
+//! capabilities ([`ClientSpec`]), how it opens its connection, and its script of [`Step`]s.
+
+use super::{Intrusion, Misbehaviour};
+use std::time::Duration;
+
+/// Where a publish goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The default exchange, routing key = the queue in this board slot.
+    Slot(u32),
+    /// A named exchange and routing key.
+    Exchange(String, String),
+}
+
+/// One step of a client's script. Steps that send a synchronous method wait for its reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// `channel.open`.
+    Open(u16),
+    /// `channel.close`.
+    CloseChannel(u16),
+    /// `queue.declare` of the queue in a board slot (server-named if the slot is empty).
+    Declare {
+        /// Channel.
+        ch: u16,
+        /// Board slot.
+        slot: u32,
+        /// Exclusive to this connection.
+        exclusive: bool,
+    },
+    /// `queue.declare` sent and the socket dropped at once, before the reply (a crash).
+    DeclareAndDrop {
+        /// Channel.
+        ch: u16,
+        /// Board slot (empty: server-named).
+        slot: u32,
+    },
+    /// `basic.qos` with a prefetch count.
+    Qos(u16, u16),
+    /// `basic.consume` on the queue in a board slot.
+    Consume {
+        /// Channel.
+        ch: u16,
+        /// Board slot.
+        slot: u32,
+        /// Auto-ack.
+        no_ack: bool,
+    },
+    /// `basic.cancel` of the channel's consumer.
+    Cancel(u16),
+    /// `confirm.select`.
+    Confirm(u16),
+    /// `tx.select`.
+    TxSelect(u16),
+    /// `tx.commit`.
+    TxCommit(u16),
+    /// `basic.publish` of a tagged body.
+    Publish {
+        /// Channel.
+        ch: u16,
+        /// Destination.
+        to: Target,
+        /// Body size (at least the tag).
+        size: usize,
+        /// Ask for a return if unroutable.
+        mandatory: bool,
+    },
+    /// `basic.get` on the queue in a board slot, acking what it gets.
+    Get {
+        /// Channel.
+        ch: u16,
+        /// Board slot.
+        slot: u32,
+    },
+    /// Wait until every publish on the channel is confirmed.
+    WaitConfirms(u16),
+    /// Do nothing for a while (deliveries are still acked).
+    Sleep(Duration),
+    /// Wait for the broker's `Channel.Close` on the channel (e.g. after a bad publish).
+    ExpectChannelClose(u16),
+    /// Stop reading the socket for good (deliveries pile up in warren: B9).
+    StopReading,
+    /// Freeze (no reads, no writes, no heartbeats) for a while.
+    Stall(Duration),
+    /// Commit a protocol violation on channel 1 and wait for the proxy's verdict.
+    Misbehave(Misbehaviour),
+    /// `exchange.declare`.
+    ExchangeDeclare {
+        /// Channel.
+        ch: u16,
+        /// Exchange name.
+        name: String,
+        /// `direct`, `fanout`, ...
+        kind: String,
+    },
+    /// `queue.bind` of the queue in a board slot to an exchange.
+    Bind {
+        /// Channel.
+        ch: u16,
+        /// Board slot of the queue.
+        slot: u32,
+        /// Exchange name.
+        exchange: String,
+        /// Routing key.
+        rk: String,
+    },
+    /// `basic.recover` (requeue): unacked deliveries come back, marked redelivered.
+    Recover(u16),
+    /// Tries `op` on the queue in a board slot (another client's exclusive queue) and
+    /// expects `Channel.Close 405 RESOURCE_LOCKED` (or 404 once the queue is gone); the
+    /// script goes on either way (reopen the channel with [`Step::Open`]).
+    Intrude {
+        /// Channel.
+        ch: u16,
+        /// Board slot of the queue.
+        slot: u32,
+        /// What to try.
+        op: Intrusion,
+    },
+    /// Sends a publish's method, header and part of its body, then drops the socket: warren
+    /// must not forward the half message (B8).
+    PartialPublishAndDrop(u16),
+    /// `connection.update-secret` (warren answers it itself), wait for the ok.
+    UpdateSecret,
+    /// `connection.close`, wait for `close-ok`.
+    CloseConnection,
+    /// Close the socket without a word.
+    Drop,
+}
+
+/// What a client asks in the handshake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSpec {
+    /// Label in reports (`publisher`, `consumer`, ...).
+    pub kind: &'static str,
+    /// When it connects, from the world's start.
+    pub start: Duration,
+    /// Login.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// Virtual host.
+    pub vhost: String,
+    /// `authentication_failure_close` capability.
+    pub failure_close: bool,
+    /// `connection.blocked` capability.
+    pub blocked_cap: bool,
+    /// Largest frame it accepts (TuneOk takes the smaller of this and warren's).
+    pub frame_max: u32,
+    /// Heartbeat it asks for: `None` takes warren's proposal.
+    pub heartbeat: Option<u16>,
+    /// Use AMQPLAIN instead of PLAIN.
+    pub amqplain: bool,
+    /// Nack (with requeue) every n-th first delivery instead of acking it; 0 never.
+    pub nack_every: u32,
+    /// How the connection starts.
+    pub opening: Opening,
+    /// Reads its socket at most this fast (a slow but steady reader, issue 14); `None`
+    /// reads whatever arrives at once. The world meters the bytes (`crate::slow`).
+    pub read_pace: Option<crate::slow::ReadPace>,
+    /// The script.
+    pub script: Vec<Step>,
+}
+
+impl ClientSpec {
+    /// A well-behaved guest client with this script.
+    #[must_use]
+    pub fn guest(kind: &'static str, start: Duration, script: Vec<Step>) -> Self {
+        ClientSpec {
+            kind,
+            start,
+            user: "guest".into(),
+            password: "guest".into(),
+            vhost: "/".into(),
+            failure_close: true,
+            blocked_cap: true,
+            frame_max: 131_072,
+            heartbeat: None,
+            amqplain: false,
+            nack_every: 0,
+            opening: Opening::Normal,
+            read_pace: None,
+            script,
+        }
+    }
+}
+
+/// How a client opens its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// The 0-9-1 protocol header, then the handshake.
+    Normal,
+    /// Connects and never says anything (the handshake timeout must drop it).
+    Silent,
+    /// Sends an AMQP 1.0 header (warren answers with its own header and closes, B13).
+    WrongHeader,
+}
