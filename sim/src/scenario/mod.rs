@@ -1,0 +1,307 @@
+//! A scenario: everything one run needs, drawn from its seed — configurations of warren and
+//! of the fake broker, network latencies, the clients and their scripts, and the fault plan.
+//!
+//! # Layout
+//!
+//! This file holds the scenario and how it is drawn from its seed (warren's and the broker's
+//! configurations, the fault plan, and the extra streams of the seed for credentials and
+//! large deliveries). The clients' scripts are built in `builder` (ordinary clients) and
+//! `fault_clients` (the clients a fault brings along).
+
+use crate::broker::BrokerConfig;
+use crate::client::{ClientSpec, Step};
+use crate::plan::{Fault, FaultPlan, FaultProfile};
+use crate::slow::ReadPace;
+use builder::Builder;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::Duration;
+use warren_core::handshake::HandshakeConfig;
+use warren_core::hub::{BackoffConfig, HubConfig, Placement};
+
+mod builder;
+mod fault_clients;
+
+/// Network and driver parameters of the world (what the runtime would decide).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConfig {
+    /// One-way latency between clients and the proxy.
+    pub client_latency: Duration,
+    /// One-way latency between the proxy and the broker.
+    pub upstream_latency: Duration,
+    /// Bytes a client's kernel buffers hold before warren's own queue grows.
+    pub socket_buffer: usize,
+    /// Bytes that may wait for a client without it having to make progress
+    /// (`client_queue_bytes`, B9): past them its socket must take bytes within
+    /// `slow_client_timeout`, past them plus one largest message it is cut off at once.
+    pub client_queue_limit: usize,
+    /// How long a client over `client_queue_limit` may go without its socket taking a byte
+    /// (`slow_client_timeout`).
+    pub slow_client_timeout: Duration,
+    /// How long a refused login is remembered (B2 negative cache).
+    pub auth_cache_ttl: Duration,
+    /// How long credentials the broker accepted are trusted without a new login, while no
+    /// event feed is up (age mode).
+    pub credentials_ttl: Duration,
+    /// Event mode: admission follows the broker's event exchange as `guest` on `/`, so a
+    /// changed password takes effect when the event arrives rather than after
+    /// `credentials_ttl` (B2). The feed's broker connection stays open for the whole run.
+    pub events: bool,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            client_latency: Duration::from_millis(1),
+            upstream_latency: Duration::from_millis(2),
+            socket_buffer: 16 * 1024,
+            client_queue_limit: 128 * 1024,
+            slow_client_timeout: Duration::from_secs(2),
+            auth_cache_ttl: Duration::from_secs(2),
+            credentials_ttl: Duration::from_secs(5),
+            events: false,
+        }
+    }
+}
+
+/// One run's worth of configuration, clients and faults.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The seed it was drawn from (also seeds the world's own randomness).
+    pub seed: u64,
+    /// Every hub's configuration.
+    pub hub: HubConfig,
+    /// The client handshake configuration.
+    pub handshake: HandshakeConfig,
+    /// The fake broker.
+    pub broker: BrokerConfig,
+    /// Latencies and driver limits.
+    pub net: NetConfig,
+    /// Board slots: named (`q0`...) and dynamic (server-named).
+    pub board: (usize, usize),
+    /// The clients.
+    pub clients: Vec<ClientSpec>,
+    /// The faults.
+    pub plan: FaultPlan,
+    /// Hard end of the run (virtual time).
+    pub limit: Duration,
+}
+
+fn ms(rng: &mut ChaCha8Rng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.random_range(lo..=hi))
+}
+
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
+    xs[rng.random_range(0..xs.len())]
+}
+
+/// Board layout of random scenarios: named queues `q0..q2`, then dynamic slots.
+const NAMED: u32 = 3;
+const DYNAMIC: u32 = 24;
+
+/// The user whose password a [`Fault::PasswordChange`] changes (only some clients use it).
+pub const ROTATED_USER: &str = "bob";
+/// Its password at the start.
+pub const OLD_PASSWORD: &str = "bob-old";
+/// Its password after the change.
+pub const NEW_PASSWORD: &str = "bob-new";
+
+impl Scenario {
+    /// A small quiet scenario with sane defaults and no clients, for hand-written tests.
+    #[must_use]
+    pub fn empty(seed: u64) -> Self {
+        Scenario {
+            seed,
+            hub: HubConfig {
+                upstream_heartbeat: 0,
+                connect_timeout: Duration::from_secs(2),
+                backoff: BackoffConfig {
+                    initial: Duration::from_millis(500),
+                    max: Duration::from_secs(4),
+                },
+                close_timeout: Duration::from_secs(1),
+                pool_idle_timeout: Duration::from_secs(3),
+                upstream_idle_timeout: Duration::from_secs(4),
+                ..HubConfig::default()
+            },
+            handshake: HandshakeConfig {
+                heartbeat: 2,
+                timeout: Duration::from_secs(3),
+                ..HandshakeConfig::default()
+            },
+            broker: BrokerConfig {
+                heartbeat: 2,
+                ..BrokerConfig::default()
+            },
+            net: NetConfig::default(),
+            board: (NAMED as usize, DYNAMIC as usize),
+            clients: Vec::new(),
+            plan: FaultPlan::none(),
+            limit: Duration::from_secs(120),
+        }
+    }
+
+    /// Draws a whole scenario from `seed`.
+    #[must_use]
+    pub fn random(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut s = Scenario::empty(seed);
+        s.broker = BrokerConfig {
+            users: vec![
+                ("guest".into(), "guest".into()),
+                ("alice".into(), "wonderland".into()),
+            ],
+            channel_max: pick(&mut rng, &[3, 5, 16, 2047, 2047]),
+            frame_max: pick(&mut rng, &[4096, 8192, 131_072]),
+            heartbeat: pick(&mut rng, &[0, 1, 2, 3, 5]),
+            batch_confirms: rng.random_bool(0.5),
+            ..BrokerConfig::default()
+        };
+        s.hub = HubConfig {
+            upstream_frame_max: pick(&mut rng, &[4096, 131_072]),
+            upstream_heartbeat: pick(&mut rng, &[0, 0, 1, 2, 4]),
+            max_channels_per_upstream: pick(&mut rng, &[2, 4, 65_535, 65_535]),
+            max_upstreams: rng.random_range(1..=3),
+            placement: if rng.random_bool(0.5) {
+                Placement::Fill
+            } else {
+                Placement::Spread
+            },
+            connect_timeout: ms(&mut rng, 500, 3000),
+            backoff: BackoffConfig {
+                initial: ms(&mut rng, 100, 600),
+                max: ms(&mut rng, 1000, 4000),
+            },
+            max_message_size: 64 * 1024,
+            client_buffer_limit: 1024 * 1024,
+            recycling: rng.random_bool(0.7),
+            pool_size: rng.random_range(0..=4),
+            pool_idle_timeout: ms(&mut rng, 500, 5000),
+            upstream_idle_timeout: ms(&mut rng, 1000, 6000),
+            close_timeout: ms(&mut rng, 500, 2000),
+            ..HubConfig::default()
+        };
+        s.handshake = HandshakeConfig {
+            frame_max: pick(&mut rng, &[4096, 16_384, 131_072]),
+            channel_max: pick(&mut rng, &[8, 2047]),
+            heartbeat: rng.random_range(1..=5),
+            timeout: Duration::from_secs(3),
+        };
+        s.net.upstream_latency = ms(&mut rng, 1, 5);
+        s.net.client_latency = ms(&mut rng, 1, 3);
+        let plan = FaultPlan::random(&mut rng, &FaultProfile::default());
+        let mut b = Builder {
+            rng: &mut rng,
+            clients: Vec::new(),
+            next_dynamic: NAMED,
+        };
+        let n = b.rng.random_range(3..=9);
+        for _ in 0..n {
+            let start = ms(b.rng, 0, 15_000);
+            b.random_client(start);
+        }
+        for sf in &plan.faults {
+            b.fault_clients(sf.at, &sf.fault);
+        }
+        s.clients = b.clients;
+        s.plan = plan;
+        s.credential_faults();
+        s.large_delivery_faults();
+        s
+    }
+
+    /// Large deliveries to readers of every speed (issue 14), drawn from a third stream of
+    /// the seed so that adding them left the rest of every seed's scenario as it was.
+    fn large_delivery_faults(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x6c61_7267_652b_2b2b);
+        if !rng.random_bool(0.3) {
+            return;
+        }
+        let at = ms(&mut rng, 1000, 20_000);
+        let messages = rng.random_range(1..=3);
+        let pace = ReadPace {
+            bytes: rng.random_range(2048..=16_384),
+            every: ms(&mut rng, 10, 50),
+        };
+        self.add_large_deliveries(&mut rng, at, messages, pace);
+    }
+
+    /// Adds a [`Fault::LargeDeliveries`] at `at`: shrinks `client_queue_bytes` to 64 KiB,
+    /// raises `max_message_size` to 384 KiB (above the 100–300 KiB messages), adds three
+    /// board slots for the readers' queues, and the readers, the publisher and a late
+    /// consumer of the stopped reader's queue (the `sweeper`, which gets its requeued
+    /// message).
+    pub fn add_large_deliveries(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        at: Duration,
+        messages: u32,
+        pace: ReadPace,
+    ) {
+        self.net.client_queue_limit = 64 * 1024;
+        self.hub.max_message_size = self.hub.max_message_size.max(384 * 1024);
+        let first = (self.board.0 + self.board.1) as u32;
+        self.board.1 += 3;
+        self.plan =
+            std::mem::take(&mut self.plan).with(at, Fault::LargeDeliveries { messages, pace });
+        let mut b = Builder {
+            rng,
+            clients: Vec::new(),
+            next_dynamic: first,
+        };
+        b.large_deliveries(at, messages, pace, first, self.net.slow_client_timeout);
+        self.clients.extend(b.clients);
+    }
+
+    /// What the scenario draws from a second stream of the seed, so that adding it left the
+    /// rest of every seed's scenario as it was: event or age mode, a password change with
+    /// the clients around it, intruders on exclusive queues.
+    fn credential_faults(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x6576_656e_7473_2b2b);
+        self.net.events = rng.random_bool(0.5);
+        self.broker
+            .users
+            .push((ROTATED_USER.into(), OLD_PASSWORD.into()));
+        let mut b = Builder {
+            rng: &mut rng,
+            clients: Vec::new(),
+            next_dynamic: NAMED + DYNAMIC,
+        };
+        // Intruders share the credentials (hence usually the hub, the broker connection) of
+        // a client that declares an exclusive queue, and try it after its declare.
+        let owners: Vec<(usize, u32)> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.script.iter().find_map(|st| match st {
+                    // The last dynamic slot is shared when they run out: not a clear owner.
+                    Step::Declare {
+                        slot,
+                        exclusive: true,
+                        ..
+                    } if *slot < NAMED + DYNAMIC - 1 => Some((i, *slot)),
+                    _ => None,
+                })
+            })
+            .collect();
+        for (i, slot) in owners {
+            if b.rng.random_bool(0.35) {
+                let owner = self.clients[i].clone();
+                b.intruder(&owner, slot);
+            }
+        }
+        if b.rng.random_bool(0.3) {
+            let at = ms(b.rng, 2000, 20_000);
+            self.plan = std::mem::take(&mut self.plan).with(
+                at,
+                Fault::PasswordChange {
+                    user: ROTATED_USER.into(),
+                    password: NEW_PASSWORD.into(),
+                },
+            );
+            b.password_change(at, self.net.credentials_ttl);
+        }
+        self.clients.extend(b.clients);
+    }
+}
