@@ -1,7 +1,7 @@
-//! Layer 1: the pure-core world. The real [`Admission`] and [`Hub`]s of warren-core,
-//! a fake broker and scripted fake clients, connected by simulated links, stepped in virtual
-//! time. No async, no threads, no clock: one `Instant` is read per world as its epoch and
-//! everything else is an offset from it.
+//! Layer 1: the pure-core world. The real [`Admission`] and [`Hub`](warren_core::hub::Hub)s of
+//! warren-core, a fake broker and scripted fake clients, connected by simulated links, stepped
+//! in virtual time. No async, no threads, no clock: one `Instant` is read per world as its
+//! epoch and everything else is an offset from it.
 //!
 //! # Stepping
 //!
