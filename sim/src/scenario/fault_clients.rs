@@ -198,8 +198,8 @@ impl Builder<'_> {
         }
     }
 
-    /// See [`Scenario::add_large_deliveries`]: readers in slots `first`, `first + 1`,
-    /// `first + 2` (fast, steady, stopped).
+    /// See [`Scenario::add_large_deliveries`](super::Scenario::add_large_deliveries): readers
+    /// in slots `first`, `first + 1`, `first + 2` (fast, steady, stopped).
     pub(super) fn large_deliveries(
         &mut self,
         at: Duration,
