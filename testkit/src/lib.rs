@@ -9,9 +9,12 @@
 //!   are one-line wrappers around them, and `tests/fuzz_corpus.rs` replays the committed corpus
 //!   through them on stable Rust.
 //!
-//! The simulation (`sim/`) and core's hub harness still have fakes of their own; moving them
-//! here is the next step (issue 15).
+//! - [`broker`]: the fake RabbitMQ the simulation runs warren against;
+//! - [`hub_world`]: a scripted world around one hub, with a trace printer, for core's hub
+//!   scenarios.
 
+pub mod broker;
 pub mod frames;
 pub mod fuzz;
+pub mod hub_world;
 pub mod rules;

@@ -1,0 +1,1 @@
+//! The fake RabbitMQ (moving here from `sim/src/broker/`, issue 15).
