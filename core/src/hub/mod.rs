@@ -1157,6 +1157,3 @@ impl Hub {
             == Some(id)
     }
 }
-
-#[cfg(test)]
-mod tests;

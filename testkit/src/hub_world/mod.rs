@@ -1,0 +1,480 @@
+//! A scripted world around one hub: clients and a broker that are just the test's hands,
+//! virtual time, and a trace of everything that crosses the hub's boundary. Core's hub
+//! scenarios (`testkit/tests/hub_scenarios.rs`, `hub_control.rs`) drive it through warren-core's
+//! public API only; it lives here so that `core/src` holds production code only (issue 15).
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use warren_core::credentials::{Credentials, Secret};
+use warren_core::frame::{method_frame, Frame, FrameDecoder, FrameType, PROTOCOL_HEADER};
+use warren_core::handshake::{ClientCapabilities, ClientHello};
+use warren_core::hub::{ClientId, Hub, HubConfig, HubEvent, Input, Output, UpstreamId};
+use warren_core::method::{self, encode, ids, Close, ConnectionStart, Method, MethodId, Tune};
+use warren_core::nodes::NodeOrder;
+use warren_core::table::FieldTable;
+use warren_core::wire::Writer;
+
+/// An arbitrary origin for virtual time: worlds count from here, and nothing depends on its
+/// value. Reading the clock once for it is harmless.
+#[allow(clippy::disallowed_methods)]
+pub fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Who a line of the trace is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Peer {
+    C(ClientId),
+    U(UpstreamId),
+}
+
+pub struct World {
+    pub hub: Hub,
+    t0: Instant,
+    pub now: Instant,
+    trace: String,
+    /// Bytes each peer received and has not been decoded into whole frames yet.
+    rx: BTreeMap<Peer, BytesMut>,
+    /// Frames each peer received since the test last took them.
+    pub inbox: BTreeMap<Peer, Vec<Frame>>,
+    pub dials: Vec<UpstreamId>,
+    /// The node order of each dial; a dial connects to the first node of its order.
+    pub dial_orders: BTreeMap<UpstreamId, NodeOrder>,
+    pub closed: Vec<Peer>,
+    pub events: Vec<HubEvent>,
+}
+
+pub fn creds() -> Credentials {
+    Credentials {
+        user: "guest".into(),
+        password: Secret::new("guest"),
+        vhost: "/".into(),
+    }
+}
+
+pub fn hello(frame_max: u32, heartbeat: u16) -> ClientHello {
+    ClientHello {
+        credentials: creds(),
+        tune: Tune {
+            channel_max: 2047,
+            frame_max,
+            heartbeat,
+        },
+        capabilities: ClientCapabilities {
+            authentication_failure_close: true,
+            connection_blocked: true,
+            consumer_cancel_notify: true,
+        },
+        connection_name: None,
+        product: None,
+        version: None,
+    }
+}
+
+impl World {
+    pub fn new(config: HubConfig) -> World {
+        // A fixed epoch: traces print times relative to it.
+        let t0 = epoch();
+        World {
+            hub: Hub::new(config, creds(), 42),
+            t0,
+            now: t0,
+            trace: String::new(),
+            rx: BTreeMap::new(),
+            inbox: BTreeMap::new(),
+            dials: Vec::new(),
+            dial_orders: BTreeMap::new(),
+            closed: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn trace(&self) -> &str {
+        &self.trace
+    }
+
+    fn line(&mut self, s: impl std::fmt::Display) {
+        let t = self.now.duration_since(self.t0);
+        let _ = writeln!(self.trace, "+{:>7.3}s {s}", t.as_secs_f64());
+    }
+
+    /// Adds a client that finished its handshake.
+    pub fn join(&mut self, hello: ClientHello) -> ClientId {
+        let id = self.hub.add_client(self.now, hello);
+        self.line(format!("{id} joins"));
+        self.pump();
+        id
+    }
+
+    /// A client sends frames.
+    pub fn client_sends(&mut self, c: ClientId, frames: &[Bytes]) {
+        let mut batch = SmallVec::new();
+        for raw in frames {
+            let f = to_frame(raw);
+            self.line(format!("{c} -> {}", describe(&f)));
+            batch.push(f);
+        }
+        self.hub.handle(
+            self.now,
+            Input::ClientFrames {
+                client: c,
+                frames: batch,
+            },
+        );
+        self.pump();
+    }
+
+    /// A client's socket closes.
+    pub fn client_drops(&mut self, c: ClientId) {
+        self.line(format!("{c} socket closed"));
+        self.hub.handle(self.now, Input::ClientClosed { client: c });
+        self.pump();
+    }
+
+    /// The broker sends frames on upstream `u`.
+    pub fn broker_sends(&mut self, u: UpstreamId, frames: &[Bytes]) {
+        let mut batch = SmallVec::new();
+        for raw in frames {
+            let f = to_frame(raw);
+            self.line(format!("{u} -> {}", describe(&f)));
+            batch.push(f);
+        }
+        self.hub.handle(
+            self.now,
+            Input::UpstreamFrames {
+                upstream: u,
+                frames: batch,
+            },
+        );
+        self.pump();
+    }
+
+    /// Any input, traced by its debug form.
+    pub fn input(&mut self, what: &str, input: Input) {
+        self.line(what);
+        self.hub.handle(self.now, input);
+        self.pump();
+    }
+
+    /// The dial for `u` succeeds and the broker sends `Connection.Start`.
+    pub fn broker_starts(&mut self, u: UpstreamId) {
+        self.input(
+            &format!("{u} connected"),
+            Input::UpstreamConnected {
+                upstream: u,
+                node: self.dial_orders.get(&u).map_or(0, |o| o[0]),
+            },
+        );
+        let start = encode::start(&ConnectionStart {
+            server_properties: FieldTable::default(),
+            mechanisms: "AMQPLAIN PLAIN".into(),
+            locales: "en_US".into(),
+        });
+        self.broker_sends(u, &[start]);
+    }
+
+    /// The dial for `u` succeeds and the broker completes the handshake with the given tune.
+    pub fn broker_accepts(&mut self, u: UpstreamId, tune: Tune) {
+        self.broker_starts(u);
+        self.broker_sends(u, &[encode::tune(tune, false)]);
+        self.broker_sends(
+            u,
+            &[method_frame(0, ids::CONNECTION_OPEN_OK, |w| {
+                w.shortstr(b"");
+            })],
+        );
+    }
+
+    /// Dials the pending upstream and lets the broker accept with RabbitMQ's defaults.
+    pub fn accept_dial(&mut self) -> UpstreamId {
+        let u = self.dials.pop().expect("a dial was requested");
+        self.broker_accepts(
+            u,
+            Tune {
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat: 60,
+            },
+        );
+        u
+    }
+
+    /// Advances virtual time to `now + d`, firing every timer on the way at its own instant.
+    pub fn advance(&mut self, d: Duration) {
+        let target = self.now + d;
+        while let Some(at) = self.hub.poll_timeout() {
+            if at > target {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.hub.handle(self.now, Input::Timeout);
+            self.pump();
+        }
+        self.now = target;
+    }
+
+    /// Drains outputs into the trace and the peers' inboxes.
+    fn pump(&mut self) {
+        while let Some(o) = self.hub.poll_output() {
+            match o {
+                Output::ToClient { client, data } => self.deliver(Peer::C(client), &data),
+                Output::ToUpstream { upstream, data } => self.deliver(Peer::U(upstream), &data),
+                Output::CloseClient { client } => {
+                    self.line(format!("close {client}"));
+                    self.closed.push(Peer::C(client));
+                }
+                Output::CloseUpstream { upstream } => {
+                    self.line(format!("close {upstream}"));
+                    self.closed.push(Peer::U(upstream));
+                }
+                Output::Dial { upstream, nodes } => {
+                    self.line(format!("dial {upstream}"));
+                    self.dials.push(upstream);
+                    self.dial_orders.insert(upstream, nodes);
+                }
+                Output::Event(e) => {
+                    self.line(format!("event {}", describe_event(&e, self.now)));
+                    self.events.push(e);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, to: Peer, data: &[u8]) {
+        let buf = self.rx.entry(to).or_default();
+        buf.extend_from_slice(data);
+        let mut got = Vec::new();
+        if buf.starts_with(PROTOCOL_HEADER) {
+            let _ = buf.split_to(PROTOCOL_HEADER.len());
+            got.push("protocol header".to_owned());
+        }
+        let mut frames = Vec::new();
+        while let Some(f) = FrameDecoder::new(1 << 24)
+            .decode(buf)
+            .expect("valid frames")
+        {
+            got.push(describe(&f));
+            frames.push(f);
+        }
+        let who = match to {
+            Peer::C(c) => c.to_string(),
+            Peer::U(u) => u.to_string(),
+        };
+        for g in got {
+            self.line(format!("{who} <- {g}"));
+        }
+        self.inbox.entry(to).or_default().extend(frames);
+    }
+
+    /// Takes the frames a peer received so far.
+    pub fn take(&mut self, p: Peer) -> Vec<Frame> {
+        self.inbox.remove(&p).unwrap_or_default()
+    }
+}
+
+/// Parses one whole frame from bytes built by the test.
+pub fn to_frame(raw: &Bytes) -> Frame {
+    let mut buf = BytesMut::from(&raw[..]);
+    let f = FrameDecoder::new(1 << 24)
+        .decode(&mut buf)
+        .expect("test frame is valid")
+        .expect("test frame is whole");
+    assert!(buf.is_empty(), "one frame per buffer");
+    f
+}
+
+/// A readable one-line description of a frame.
+pub fn describe(f: &Frame) -> String {
+    let ch = f.channel();
+    match f.kind() {
+        FrameType::Heartbeat => format!("heartbeat ch{ch}"),
+        FrameType::Body => format!("ch{ch} body({})", f.payload().len()),
+        FrameType::Header => {
+            let size = warren_core::content::parse_header(f.payload())
+                .map(|h| h.body_size.to_string())
+                .unwrap_or_else(|_| "malformed".into());
+            format!("ch{ch} header(size={size})")
+        }
+        FrameType::Method => {
+            let Some(id) = f.method_id() else {
+                return format!("ch{ch} malformed method");
+            };
+            let detail = match method::decode(f.payload()) {
+                Ok(Method::ConnectionClose(c)) | Ok(Method::ChannelClose(c)) => {
+                    format!(" {} {:?}", c.code, c.text)
+                }
+                Ok(Method::Tune(t)) | Ok(Method::TuneOk(t)) => format!(
+                    " channel_max={} frame_max={} heartbeat={}",
+                    t.channel_max, t.frame_max, t.heartbeat
+                ),
+                Ok(Method::Blocked { reason }) => format!(" {reason:?}"),
+                Ok(Method::Flow { active }) | Ok(Method::FlowOk { active }) => {
+                    format!(" active={active}")
+                }
+                Ok(Method::QueueDeclare {
+                    queue, exclusive, ..
+                }) => format!(
+                    " {:?}{}",
+                    String::from_utf8_lossy(&queue),
+                    if exclusive { " exclusive" } else { "" }
+                ),
+                Ok(Method::QueueDeclareOk { queue }) | Ok(Method::QueueDelete { queue }) => {
+                    format!(" {:?}", String::from_utf8_lossy(&queue))
+                }
+                Ok(Method::StartOk(s)) => format!(
+                    " {} {:?}",
+                    s.mechanism,
+                    String::from_utf8_lossy(&s.response).replace('\0', "\\0")
+                ),
+                Ok(Method::Open { vhost }) => format!(" {vhost:?}"),
+                Ok(Method::Consume { tag, .. })
+                | Ok(Method::ConsumeOk { tag })
+                | Ok(Method::Cancel { tag })
+                | Ok(Method::CancelOk { tag }) => format!(" {:?}", String::from_utf8_lossy(&tag)),
+                Ok(Method::Publish { mandatory, .. }) if mandatory => " mandatory".into(),
+                _ => String::new(),
+            };
+            format!("ch{ch} {id:?}{detail}")
+        }
+    }
+}
+
+fn describe_event(e: &HubEvent, now: Instant) -> String {
+    match e {
+        HubEvent::ClientAdmitted { client } => format!("{client} admitted"),
+        HubEvent::ClientClosed { client, reply } => {
+            format!("{client} closed {} {:?}", reply.code, reply.text)
+        }
+        HubEvent::ClientLeft { client } => format!("{client} left"),
+        HubEvent::SlowClient { client } => format!("{client} slow"),
+        HubEvent::UpstreamOpen {
+            upstream,
+            channel_max,
+            frame_max,
+            heartbeat,
+        } => format!(
+            "{upstream} open channel_max={channel_max} frame_max={frame_max} heartbeat={heartbeat}"
+        ),
+        HubEvent::UpstreamFailed { upstream, reply } => {
+            format!("{upstream} failed {} {:?}", reply.code, reply.text)
+        }
+        HubEvent::UpstreamLost { upstream, reply } => {
+            format!("{upstream} lost {} {:?}", reply.code, reply.text)
+        }
+        HubEvent::AuthRejected { reply } => format!("auth rejected {}", reply.code),
+        HubEvent::HeartbeatMissed { peer } => format!("heartbeat missed {peer:?}"),
+        HubEvent::Redialling { upstream } => format!("redialling {upstream}"),
+        HubEvent::ReconnectScheduled { at, failures } => {
+            format!(
+                "reconnect scheduled in {:?} after {failures} failures",
+                at.duration_since(now)
+            )
+        }
+    }
+}
+
+// ----- frame builders ---------------------------------------------------------------
+
+/// A method frame with arguments written by `args`.
+pub fn m(ch: u16, id: MethodId, args: impl FnOnce(&mut Writer<'_>)) -> Bytes {
+    method_frame(ch, id, args)
+}
+
+pub fn channel_open(ch: u16) -> Bytes {
+    encode::channel_open(ch)
+}
+
+pub fn channel_open_ok(ch: u16) -> Bytes {
+    encode::channel_open_ok(ch)
+}
+
+pub fn channel_close(ch: u16, code: u16, text: &str) -> Bytes {
+    encode::close(
+        ch,
+        &Close {
+            code,
+            text: text.into(),
+            class_id: 0,
+            method_id: 0,
+        },
+    )
+}
+
+pub fn close_ok(ch: u16) -> Bytes {
+    encode::close_ok(ch)
+}
+
+pub fn publish(ch: u16, exchange: &str, mandatory: bool) -> Bytes {
+    m(ch, ids::BASIC_PUBLISH, |w| {
+        w.u16(0)
+            .shortstr(exchange.as_bytes())
+            .shortstr(b"rk")
+            .bit(mandatory)
+            .bit(false);
+    })
+}
+
+pub fn header(ch: u16, size: u64) -> Bytes {
+    let mut payload = BytesMut::new();
+    Writer::new(&mut payload).u16(60).u16(0).u64(size).u16(0);
+    Frame::new(FrameType::Header, ch, &payload).freeze()
+}
+
+pub fn body(ch: u16, data: &[u8]) -> Bytes {
+    Frame::new(FrameType::Body, ch, data).freeze()
+}
+
+pub fn deliver(ch: u16, tag: u64) -> Bytes {
+    m(ch, ids::BASIC_DELIVER, |w| {
+        w.shortstr(b"ctag")
+            .u64(tag)
+            .bit(false)
+            .shortstr(b"")
+            .shortstr(b"q");
+    })
+}
+
+pub fn queue_declare(ch: u16, name: &str, exclusive: bool) -> Bytes {
+    m(ch, ids::QUEUE_DECLARE, |w| {
+        w.u16(0)
+            .shortstr(name.as_bytes())
+            .bit(false)
+            .bit(false)
+            .bit(exclusive)
+            .bit(false)
+            .bit(false)
+            .u32(0);
+    })
+}
+
+pub fn queue_declare_ok(ch: u16, name: &str) -> Bytes {
+    m(ch, ids::QUEUE_DECLARE_OK, |w| {
+        w.shortstr(name.as_bytes()).u32(0).u32(0);
+    })
+}
+
+pub fn flow_ok(ch: u16) -> Bytes {
+    encode::flow(ch, true, true)
+}
+
+/// The reply code of a close frame.
+pub fn close_code(f: &Frame) -> Option<u16> {
+    match method::decode(f.payload()).ok()? {
+        Method::ConnectionClose(c) | Method::ChannelClose(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // A failing scenario shows what happened.
+        if std::thread::panicking() {
+            eprintln!("trace so far:\n{}", self.trace);
+        }
+    }
+}

@@ -1,0 +1,1527 @@
+//! Named scenarios of warren-core's hub, one per behaviour of docs/design.md, each with its
+//! trace snapshotted and the properties that matter asserted directly. They drive the hub
+//! through [`warren_testkit::hub_world`] and core's public API only, so they live here rather
+//! than in `core/src` (issue 15).
+
+use bytes::Bytes;
+use insta::assert_snapshot;
+use std::time::Duration;
+use warren_core::hub::{HubConfig, HubEvent, Placement, UpstreamId};
+use warren_core::method::{encode, ids, Tune};
+use warren_core::reply;
+use warren_core::wire::Writer;
+use warren_testkit::hub_world::*;
+
+fn world() -> World {
+    World::new(HubConfig::default())
+}
+
+fn no_recycling() -> World {
+    World::new(HubConfig {
+        recycling: false,
+        ..HubConfig::default()
+    })
+}
+
+/// A world with one admitted client that has channel `ch` open on the upstream.
+fn with_channel(mut w: World, ch: u16) -> (World, warren_core::hub::ClientId, UpstreamId) {
+    let c = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    w.client_sends(c, &[channel_open(ch)]);
+    let uch = w
+        .take(Peer::U(u))
+        .iter()
+        .rev()
+        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
+        .map(|f| f.channel())
+        .expect("channel.open went upstream");
+    w.broker_sends(u, &[channel_open_ok(uch)]);
+    w.take(Peer::C(c));
+    (w, c, u)
+}
+
+/// B2 and B13: a client's OpenOk waits until the broker has accepted the same credentials.
+#[test]
+fn admission_waits_for_the_broker() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    assert!(
+        w.take(Peer::C(c)).is_empty(),
+        "no OpenOk before the broker answers"
+    );
+    w.accept_dial();
+    let got = w.take(Peer::C(c));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].method_id(), Some(ids::CONNECTION_OPEN_OK));
+    assert_snapshot!(w.trace());
+}
+
+/// B2: a refused login is passed on with the broker's code, and nothing is left behind.
+#[test]
+fn refused_login_closes_waiting_clients() {
+    let mut w = world();
+    let mut h = hello(131_072, 0);
+    let c1 = w.join(h.clone());
+    h.capabilities.authentication_failure_close = false;
+    let c2 = w.join(h);
+    let u = w.dials.pop().unwrap();
+    w.broker_starts(u);
+    w.broker_sends(
+        u,
+        &[encode::close(
+            0,
+            &warren_core::method::Close {
+                code: 403,
+                text: "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN."
+                    .into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        )],
+    );
+    let c1_got = w.take(Peer::C(c1));
+    assert_eq!(close_code(&c1_got[0]), Some(403));
+    assert!(
+        w.take(Peer::C(c2)).is_empty(),
+        "no Close without authentication_failure_close"
+    );
+    assert!(w.closed.contains(&Peer::C(c2)));
+    assert!(w
+        .events
+        .iter()
+        .any(|e| matches!(e, HubEvent::AuthRejected { reply } if reply.code == 403)));
+    w.client_sends(c1, &[close_ok(0)]);
+    assert!(w.hub.is_finished(), "a failed login leaves no hub state");
+    assert_snapshot!(w.trace());
+}
+
+/// B1, B3: two clients use the same channel number; each lands on its own upstream channel
+/// and gets only its own deliveries.
+#[test]
+fn two_clients_share_an_upstream() {
+    let mut w = world();
+    let c1 = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let c2 = w.join(hello(131_072, 0));
+    w.client_sends(c1, &[channel_open(1)]);
+    w.client_sends(c2, &[channel_open(1)]);
+    w.broker_sends(u, &[channel_open_ok(1), channel_open_ok(2)]);
+    w.broker_sends(u, &[deliver(2, 1), header(2, 3), body(2, b"two")]);
+    w.broker_sends(u, &[deliver(1, 1), header(1, 3), body(1, b"one")]);
+    let got1 = w.take(Peer::C(c1));
+    let got2 = w.take(Peer::C(c2));
+    assert!(got1.iter().all(|f| f.channel() == 1 || f.channel() == 0));
+    assert_eq!(got1.last().unwrap().payload(), b"one");
+    assert_eq!(got2.last().unwrap().payload(), b"two");
+    assert_eq!(w.hub.upstream_count(), 1);
+    assert_snapshot!(w.trace());
+}
+
+/// B4: the broker closes a client's channel; the client's late frames are discarded, the
+/// upstream number stays quarantined until the client's CloseOk.
+#[test]
+fn broker_closes_a_channel() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.client_sends(c, &[queue_declare(1, "missing", false)]);
+    w.broker_sends(
+        u,
+        &[channel_close(1, 404, "NOT_FOUND - no queue 'missing'")],
+    );
+    let to_broker = w.take(Peer::U(u));
+    assert_eq!(
+        to_broker.last().unwrap().method_id(),
+        Some(ids::CHANNEL_CLOSE_OK)
+    );
+    // Late frames from the client, sent before it saw the Close.
+    w.client_sends(c, &[publish(1, "", false), header(1, 1), body(1, b"x")]);
+    assert!(
+        w.take(Peer::U(u)).is_empty(),
+        "late frames never reach the broker"
+    );
+    // Another client's open must not get number 1 while it is quarantined.
+    let c2 = w.join(hello(131_072, 0));
+    w.client_sends(c2, &[channel_open(1)]);
+    let opened = w.take(Peer::U(u));
+    assert_eq!(opened[0].channel(), 2);
+    w.client_sends(c, &[close_ok(1)]);
+    w.client_sends(c, &[channel_open(1)]);
+    let reopened = w.take(Peer::U(u));
+    assert_eq!(reopened[0].channel(), 1, "freed after the client's CloseOk");
+    assert_snapshot!(w.trace());
+}
+
+/// B4: a client closes its channel; the number is freed only after the broker's CloseOk.
+#[test]
+fn client_closes_a_channel() {
+    let (mut w, c, u) = with_channel(no_recycling(), 5);
+    w.client_sends(c, &[channel_close(5, 200, "bye")]);
+    assert_eq!(w.take(Peer::U(u))[0].method_id(), Some(ids::CHANNEL_CLOSE));
+    w.client_sends(c, &[channel_open(6)]);
+    assert_eq!(w.take(Peer::U(u))[0].channel(), 2, "number 1 still closing");
+    w.broker_sends(u, &[close_ok(1)]);
+    let got = w.take(Peer::C(c));
+    assert_eq!(got[0].channel(), 5);
+    assert_eq!(got[0].method_id(), Some(ids::CHANNEL_CLOSE_OK));
+    assert_snapshot!(w.trace());
+}
+
+/// B5: a client that drops its socket has its channels closed upstream (so the broker
+/// requeues its deliveries) and its exclusive queues deleted.
+#[test]
+fn client_leaves_and_is_cleaned_up() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.client_sends(c, &[queue_declare(1, "", true)]);
+    w.broker_sends(u, &[queue_declare_ok(1, "amq.gen-abc")]);
+    w.client_sends(c, &[publish(1, "", false), header(1, 10), body(1, b"half")]);
+    w.client_drops(c);
+    let to_broker = w.take(Peer::U(u));
+    let names: Vec<_> = to_broker.iter().map(describe).collect();
+    assert!(
+        !names.iter().any(|n| n.contains("basic.publish")),
+        "the unfinished publish is never sent: {names:?}"
+    );
+    assert!(names
+        .iter()
+        .any(|n| n.contains("queue.delete \"amq.gen-abc\"")));
+    assert!(names.iter().any(|n| n.starts_with("ch1 channel.close")));
+    assert_snapshot!(w.trace());
+}
+
+/// B8: a publish goes upstream only when whole, and body frames are re-chunked to a smaller
+/// upstream frame_max.
+#[test]
+fn publishes_are_forwarded_whole_and_rechunked() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    let u = w.dials.pop().unwrap();
+    w.broker_accepts(
+        u,
+        Tune {
+            channel_max: 2047,
+            frame_max: 4096,
+            heartbeat: 0,
+        },
+    );
+    w.client_sends(c, &[channel_open(1)]);
+    w.broker_sends(u, &[channel_open_ok(1)]);
+    w.take(Peer::U(u));
+    let big = vec![7u8; 10_000];
+    w.client_sends(
+        c,
+        &[
+            publish(1, "", false),
+            header(1, 10_000),
+            body(1, &big[..6000]),
+        ],
+    );
+    assert!(
+        w.take(Peer::U(u)).is_empty(),
+        "nothing before the body is complete"
+    );
+    w.client_sends(c, &[body(1, &big[6000..])]);
+    let sent = w.take(Peer::U(u));
+    assert_eq!(sent[0].method_id(), Some(ids::BASIC_PUBLISH));
+    let bodies: Vec<usize> = sent[2..].iter().map(|f| f.payload().len()).collect();
+    assert!(bodies.iter().all(|n| *n <= 4096 - 8), "{bodies:?}");
+    assert_eq!(bodies.iter().sum::<usize>(), 10_000);
+    assert_snapshot!(w.trace());
+}
+
+/// B9: deliveries are re-chunked to the client's frame_max.
+#[test]
+fn deliveries_are_rechunked_for_small_clients() {
+    let mut w = world();
+    let c = w.join(hello(4096, 0));
+    let u = w.accept_dial();
+    w.client_sends(c, &[channel_open(1)]);
+    w.broker_sends(u, &[channel_open_ok(1)]);
+    w.take(Peer::C(c));
+    let big = vec![1u8; 10_000];
+    w.broker_sends(u, &[deliver(1, 1), header(1, 10_000), body(1, &big)]);
+    let got = w.take(Peer::C(c));
+    let bodies: Vec<usize> = got[2..].iter().map(|f| f.payload().len()).collect();
+    assert_eq!(bodies, vec![4088, 4088, 1824]);
+    assert!(got.iter().all(|f| f.wire_len() <= 4096));
+}
+
+/// B9: a client that stops reading is disconnected and its channels closed upstream.
+#[test]
+fn slow_client_is_disconnected() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.input("c slow", warren_core::hub::Input::ClientSlow { client: c });
+    assert!(w.closed.contains(&Peer::C(c)));
+    let to_broker = w.take(Peer::U(u));
+    assert_eq!(to_broker[0].method_id(), Some(ids::CHANNEL_CLOSE));
+    assert_snapshot!(w.trace());
+}
+
+/// B3: when an upstream is full a new one is dialled; placement spreads or fills.
+#[test]
+fn full_upstreams_grow_the_pool() {
+    for placement in [Placement::Fill, Placement::Spread] {
+        let mut w = World::new(HubConfig {
+            max_channels_per_upstream: 2,
+            placement,
+            recycling: false,
+            ..HubConfig::default()
+        });
+        let c = w.join(hello(131_072, 0));
+        let u1 = w.accept_dial();
+        w.client_sends(c, &[channel_open(1), channel_open(2), channel_open(3)]);
+        let u2 = w.accept_dial();
+        assert_ne!(u1, u2);
+        w.broker_sends(u1, &[channel_open_ok(1), channel_open_ok(2)]);
+        w.broker_sends(u2, &[channel_open_ok(1)]);
+        assert_eq!(
+            w.take(Peer::C(c)).len(),
+            4,
+            "OpenOk x3 plus the connection's"
+        );
+        // Free one on u1, then open another: Fill goes to the newest (u2), Spread to u1.
+        w.client_sends(c, &[channel_close(1, 200, "")]);
+        w.broker_sends(u1, &[close_ok(1)]);
+        w.take(Peer::U(u1));
+        w.take(Peer::U(u2));
+        w.client_sends(c, &[channel_open(4)]);
+        let target = if placement == Placement::Fill { u2 } else { u1 };
+        assert_eq!(
+            w.take(Peer::U(target)).len(),
+            1,
+            "{placement:?} put the channel on {target}"
+        );
+    }
+}
+
+/// B3: the per-client channel cap is the channel_max the client negotiated.
+#[test]
+fn channel_beyond_the_client_cap_is_refused() {
+    let mut w = world();
+    let mut h = hello(131_072, 0);
+    h.tune.channel_max = 2;
+    let c = w.join(h);
+    w.accept_dial();
+    w.take(Peer::C(c));
+    w.client_sends(c, &[channel_open(3)]);
+    assert_eq!(close_code(&w.take(Peer::C(c))[0]), Some(reply::NOT_ALLOWED));
+}
+
+/// B11: a lost upstream closes the clients that had channels on it with the broker's reply;
+/// a client without channels keeps its connection; the hub redials with backoff.
+#[test]
+fn upstream_loss_closes_affected_clients_and_redials() {
+    let (mut w, c1, u) = with_channel(no_recycling(), 1);
+    let c2 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c2));
+    w.broker_sends(
+        u,
+        &[encode::close(
+            0,
+            &warren_core::method::Close {
+                code: 320,
+                text: "CONNECTION_FORCED - Closed via management plugin".into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        )],
+    );
+    let got = w.take(Peer::C(c1));
+    assert_eq!(close_code(&got[0]), Some(320));
+    assert!(w.take(Peer::C(c2)).is_empty(), "c2 had no channel there");
+    // The redial is delayed by the backoff.
+    assert!(w.dials.is_empty());
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.dials.len(), 1, "redialled after the backoff");
+    let u2 = w.dials.pop().unwrap();
+    w.input(
+        "refused",
+        warren_core::hub::Input::UpstreamClosed {
+            upstream: u2,
+            reason: "connection refused".into(),
+        },
+    );
+    // While waiting, new clients are refused at once.
+    let c3 = w.join(hello(131_072, 0));
+    assert_eq!(close_code(&w.take(Peer::C(c3))[0]), Some(320));
+    assert_snapshot!(w.trace());
+}
+
+/// B10: warren sends heartbeats on write-idleness and declares a silent client dead after
+/// two intervals.
+#[test]
+fn client_heartbeats() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 2));
+    w.accept_dial();
+    w.take(Peer::C(c));
+    w.advance(Duration::from_millis(1500));
+    let got = w.take(Peer::C(c));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].kind(), warren_core::frame::FrameType::Heartbeat);
+    w.advance(Duration::from_secs(3));
+    let got = w.take(Peer::C(c));
+    assert_eq!(
+        close_code(got.last().unwrap()),
+        Some(reply::CONNECTION_FORCED)
+    );
+    assert_snapshot!(w.trace());
+}
+
+/// B10: a silent broker is detected after two intervals.
+#[test]
+fn upstream_heartbeats() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    let u = w.dials.pop().unwrap();
+    w.broker_accepts(
+        u,
+        Tune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 1,
+        },
+    );
+    w.client_sends(c, &[channel_open(1)]);
+    w.broker_sends(u, &[channel_open_ok(1)]);
+    w.take(Peer::U(u));
+    w.take(Peer::C(c));
+    w.advance(Duration::from_millis(600));
+    assert_eq!(
+        w.take(Peer::U(u))[0].kind(),
+        warren_core::frame::FrameType::Heartbeat
+    );
+    w.advance(Duration::from_millis(1500));
+    assert!(w
+        .events
+        .iter()
+        .any(|e| matches!(e, HubEvent::UpstreamLost { .. })));
+    assert_eq!(
+        close_code(&w.take(Peer::C(c))[0]),
+        Some(reply::CONNECTION_FORCED)
+    );
+    assert_snapshot!(w.trace());
+}
+
+/// B12: Blocked goes to clients with channels on the upstream and is replayed to a client
+/// that joins it while blocked.
+#[test]
+fn blocked_is_forwarded_and_replayed() {
+    let (mut w, c1, u) = with_channel(no_recycling(), 1);
+    w.broker_sends(u, &[encode::blocked("low on memory")]);
+    assert_eq!(
+        w.take(Peer::C(c1))[0].method_id(),
+        Some(ids::CONNECTION_BLOCKED)
+    );
+    let c2 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c2));
+    w.client_sends(c2, &[channel_open(1)]);
+    assert_eq!(
+        w.take(Peer::C(c2))[0].method_id(),
+        Some(ids::CONNECTION_BLOCKED)
+    );
+    w.broker_sends(u, &[encode::unblocked()]);
+    assert_eq!(
+        w.take(Peer::C(c1))[0].method_id(),
+        Some(ids::CONNECTION_UNBLOCKED)
+    );
+    assert_eq!(
+        w.take(Peer::C(c2))[0].method_id(),
+        Some(ids::CONNECTION_UNBLOCKED)
+    );
+    assert_snapshot!(w.trace());
+}
+
+/// B6: a publish-only channel is fenced and pooled when its client closes it, and the next
+/// Channel.Open is answered from the pool without a broker round trip.
+#[test]
+fn clean_channel_is_recycled() {
+    let (mut w, c1, u) = with_channel(world(), 1);
+    w.client_sends(c1, &[publish(1, "", false), header(1, 2), body(1, b"hi")]);
+    w.client_sends(c1, &[channel_close(1, 200, "")]);
+    assert_eq!(
+        w.take(Peer::C(c1))[0].method_id(),
+        Some(ids::CHANNEL_CLOSE_OK),
+        "answered locally"
+    );
+    let fence = w.take(Peer::U(u));
+    assert_eq!(fence.last().unwrap().method_id(), Some(ids::CHANNEL_FLOW));
+    w.broker_sends(u, &[flow_ok(1)]);
+    assert_eq!(w.hub.pooled_channels(), 1);
+    let c2 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c2));
+    w.client_sends(c2, &[channel_open(3)]);
+    assert_eq!(
+        w.take(Peer::C(c2))[0].method_id(),
+        Some(ids::CHANNEL_OPEN_OK)
+    );
+    assert!(w.take(Peer::U(u)).is_empty(), "no broker round trip");
+    w.client_sends(c2, &[publish(3, "", false), header(3, 1), body(3, b"x")]);
+    assert!(w.take(Peer::U(u)).iter().all(|f| f.channel() == 1));
+    assert_eq!(w.hub.stats().opens_from_pool, 1);
+    assert_snapshot!(w.trace());
+}
+
+/// B6: an error for the previous owner that arrives during the fence closes the channel
+/// instead of pooling it, and never reaches anyone.
+#[test]
+fn failed_fence_is_not_pooled() {
+    let (mut w, c1, u) = with_channel(world(), 1);
+    w.client_sends(
+        c1,
+        &[publish(1, "missing", false), header(1, 1), body(1, b"x")],
+    );
+    w.client_drops(c1);
+    w.take(Peer::U(u));
+    w.broker_sends(
+        u,
+        &[channel_close(1, 404, "NOT_FOUND - no exchange 'missing'")],
+    );
+    assert_eq!(
+        w.take(Peer::U(u))[0].method_id(),
+        Some(ids::CHANNEL_CLOSE_OK)
+    );
+    assert_eq!(w.hub.pooled_channels(), 0);
+    let c2 = w.join(hello(131_072, 0));
+    w.client_sends(c2, &[channel_open(1)]);
+    assert!(w
+        .take(Peer::C(c2))
+        .iter()
+        .all(|f| f.method_id() != Some(ids::CHANNEL_CLOSE)));
+    assert_snapshot!(w.trace());
+}
+
+/// B6: every method outside the clean list makes the channel non-recyclable for good.
+#[test]
+fn dirty_methods_prevent_recycling() {
+    use warren_core::method::MethodId;
+    let cases: Vec<(&str, bytes::Bytes)> = vec![
+        (
+            "consume",
+            m(1, ids::BASIC_CONSUME, |w| {
+                w.u16(0)
+                    .shortstr(b"q")
+                    .shortstr(b"")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(0);
+            }),
+        ),
+        (
+            "get",
+            m(1, ids::BASIC_GET, |w| {
+                w.u16(0).shortstr(b"q").bit(false);
+            }),
+        ),
+        (
+            "qos",
+            m(1, ids::BASIC_QOS, |w| {
+                w.u32(0).u16(10).bit(false);
+            }),
+        ),
+        (
+            "ack",
+            m(1, ids::BASIC_ACK, |w| {
+                w.u64(1).bit(false);
+            }),
+        ),
+        (
+            "nack",
+            m(1, ids::BASIC_NACK, |w| {
+                w.u64(1).bit(false).bit(true);
+            }),
+        ),
+        (
+            "reject",
+            m(1, ids::BASIC_REJECT, |w| {
+                w.u64(1).bit(true);
+            }),
+        ),
+        (
+            "recover",
+            m(1, ids::BASIC_RECOVER, |w| {
+                w.bit(true);
+            }),
+        ),
+        (
+            "confirm.select",
+            m(1, ids::CONFIRM_SELECT, |w| {
+                w.bit(false);
+            }),
+        ),
+        ("tx.select", m(1, ids::TX_SELECT, |_| {})),
+        ("flow", encode::flow(1, true, false)),
+        ("mandatory publish", publish(1, "", true)),
+        ("exclusive declare", queue_declare(1, "mine", true)),
+    ];
+    let mut summary = String::new();
+    for (name, frame) in cases {
+        let (mut w, c, u) = with_channel(world(), 1);
+        w.client_sends(c, &[frame]);
+        if name == "mandatory publish" {
+            w.client_sends(c, &[header(1, 0)]);
+        }
+        w.take(Peer::U(u));
+        w.client_sends(c, &[channel_close(1, 200, "")]);
+        let sent: Vec<MethodId> = w
+            .take(Peer::U(u))
+            .iter()
+            .filter_map(|f| f.method_id())
+            .collect();
+        assert_eq!(
+            sent,
+            vec![ids::CHANNEL_CLOSE],
+            "{name}: the channel is closed, not fenced"
+        );
+        assert_eq!(w.hub.stats().channels_recycled, 0);
+        summary.push_str(&format!("{name}: closed\n"));
+    }
+    assert_snapshot!(summary);
+}
+
+/// B6: the pool has a size bound and closes channels idle past its timeout.
+#[test]
+fn pool_is_bounded_and_expires() {
+    let mut w = World::new(HubConfig {
+        pool_size: 1,
+        pool_idle_timeout: Duration::from_secs(10),
+        ..HubConfig::default()
+    });
+    let c = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    w.client_sends(c, &[channel_open(1), channel_open(2)]);
+    w.broker_sends(u, &[channel_open_ok(1), channel_open_ok(2)]);
+    w.take(Peer::U(u));
+    w.client_sends(c, &[channel_close(1, 200, ""), channel_close(2, 200, "")]);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        sent,
+        vec![
+            "ch1 channel.flow active=true",
+            "ch2 channel.close 200 \"closed by client\""
+        ],
+        "one fenced, the other closed: the pool holds one"
+    );
+    w.broker_sends(u, &[flow_ok(1), close_ok(2)]);
+    assert_eq!(w.hub.pooled_channels(), 1);
+    w.advance(Duration::from_secs(11));
+    assert_eq!(w.hub.pooled_channels(), 0);
+    assert_eq!(w.take(Peer::U(u))[0].method_id(), Some(ids::CHANNEL_CLOSE));
+    assert_snapshot!(w.trace());
+}
+
+/// B14: drain lets clients finish until the deadline, then closes them with 320 and closes
+/// the upstream cleanly.
+#[test]
+fn drain_closes_the_rest_at_the_deadline() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    let deadline = w.now + Duration::from_secs(5);
+    w.input("drain", warren_core::hub::Input::Drain { deadline });
+    assert!(w.take(Peer::C(c)).is_empty(), "busy clients keep working");
+    w.advance(Duration::from_secs(5));
+    assert_eq!(close_code(&w.take(Peer::C(c))[0]), Some(320));
+    w.client_sends(c, &[close_ok(0)]);
+    // Its close is due at once: the driver fires due timers before it waits.
+    w.advance(Duration::ZERO);
+    let to_broker: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        to_broker,
+        vec![
+            "ch1 channel.close 200 \"client left\"",
+            "ch0 connection.close 200 \"warren is shutting down\""
+        ],
+        "the upstream closes as soon as the hub has no client"
+    );
+    w.broker_sends(u, &[close_ok(1)]);
+    w.broker_sends(u, &[close_ok(0)]);
+    assert!(w.hub.is_finished());
+    assert_snapshot!(w.trace());
+}
+
+/// B14, B17: a client whose handshake was under way when warren stopped accepting joins a
+/// draining hub and is served like the others (a hand-over refuses no one); with no open
+/// upstream to serve it, it is told warren is shutting down.
+#[test]
+fn drain_serves_a_late_joiner_while_an_upstream_is_open() {
+    let (mut w, _c, _u) = with_channel(no_recycling(), 1);
+    let deadline = w.now + Duration::from_secs(5);
+    w.input("drain", warren_core::hub::Input::Drain { deadline });
+    let late = w.join(hello(131_072, 0));
+    let got: Vec<_> = w.take(Peer::C(late)).iter().map(describe).collect();
+    assert_eq!(got, ["ch0 connection.open-ok"], "served");
+
+    let mut idle = world();
+    idle.input("drain", warren_core::hub::Input::Drain { deadline });
+    let refused = idle.join(hello(131_072, 0));
+    let got = idle.take(Peer::C(refused));
+    assert_eq!(close_code(&got[0]), Some(320), "no upstream to serve it");
+}
+
+/// B7: every kind of bad client input closes that client (or only its channel) with the
+/// reply code the spec names, and nothing harmful reaches the shared upstream.
+#[test]
+fn bad_client_input_gets_the_spec_reply_code() {
+    use warren_core::frame::{Frame, FrameError, FrameType};
+    use warren_core::hub::Input;
+    let consume = |tag: &[u8]| {
+        m(1, ids::BASIC_CONSUME, |w| {
+            w.u16(0)
+                .shortstr(b"q")
+                .shortstr(tag)
+                .bit(false)
+                .bit(false)
+                .bit(false)
+                .bit(false)
+                .u32(0);
+        })
+    };
+    let cases: Vec<(&str, Vec<bytes::Bytes>)> = vec![
+        ("body frame without a method", vec![body(1, b"x")]),
+        ("header frame without a method", vec![header(1, 1)]),
+        (
+            "body larger than its header declared",
+            vec![publish(1, "", false), header(1, 1), body(1, b"xy")],
+        ),
+        (
+            "method in the middle of content",
+            vec![publish(1, "", false), header(1, 5), publish(1, "", false)],
+        ),
+        (
+            "content header for another class",
+            vec![publish(1, "", false), {
+                let mut p = bytes::BytesMut::new();
+                warren_core::wire::Writer::new(&mut p)
+                    .u16(50)
+                    .u16(0)
+                    .u64(1)
+                    .u16(0);
+                Frame::new(FrameType::Header, 1, &p).freeze()
+            }],
+        ),
+        ("method on an unopened channel", vec![publish(9, "", false)]),
+        ("second channel.open", vec![channel_open(1)]),
+        ("channel beyond channel_max", vec![channel_open(3000)]),
+        (
+            "heartbeat on channel 1",
+            vec![Frame::new(FrameType::Heartbeat, 1, b"").freeze()],
+        ),
+        ("content header on channel 0", vec![header(0, 1)]),
+        ("channel.open on channel 0", vec![channel_open(0)]),
+        (
+            "connection.tune-ok after the handshake",
+            vec![encode::tune(
+                Tune {
+                    channel_max: 1,
+                    frame_max: 4096,
+                    heartbeat: 0,
+                },
+                true,
+            )],
+        ),
+        (
+            "connection method on channel 1",
+            vec![m(1, ids::CONNECTION_BLOCKED, |w| {
+                w.shortstr(b"x");
+            })],
+        ),
+        (
+            "unknown method",
+            vec![m(1, warren_core::method::MethodId::new(60, 99), |_| {})],
+        ),
+        ("server-only method (basic.deliver)", vec![deliver(1, 1)]),
+        (
+            "truncated arguments",
+            vec![m(1, ids::BASIC_QOS, |w| {
+                w.u16(1);
+            })],
+        ),
+        (
+            "trailing bytes after arguments",
+            vec![m(1, ids::BASIC_QOS, |w| {
+                w.u32(0).u16(1).bit(false).u8(9);
+            })],
+        ),
+        (
+            "bad field table type",
+            vec![m(1, ids::QUEUE_DECLARE, |w| {
+                w.u16(0)
+                    .shortstr(b"q")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(3)
+                    .u8(1)
+                    .u8(b'k')
+                    .u8(b'Z');
+            })],
+        ),
+        (
+            "basic.publish immediate=true",
+            vec![m(1, ids::BASIC_PUBLISH, |w| {
+                w.u16(0).shortstr(b"").shortstr(b"q").bit(false).bit(true);
+            })],
+        ),
+        (
+            "basic.qos prefetch_size != 0",
+            vec![m(1, ids::BASIC_QOS, |w| {
+                w.u32(10).u16(1).bit(false);
+            })],
+        ),
+        (
+            "basic.recover requeue=false",
+            vec![m(1, ids::BASIC_RECOVER, |w| {
+                w.bit(false);
+            })],
+        ),
+        (
+            "unknown exchange type",
+            vec![m(1, ids::EXCHANGE_DECLARE, |w| {
+                w.u16(0)
+                    .shortstr(b"x")
+                    .shortstr(b"x-nope")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(0);
+            })],
+        ),
+        (
+            "consumer tag reused on a channel",
+            vec![consume(b"t"), consume(b"t")],
+        ),
+        (
+            "method while tx.commit is in flight",
+            vec![
+                m(1, ids::TX_SELECT, |_| {}),
+                m(1, ids::TX_COMMIT, |_| {}),
+                publish(1, "", false),
+            ],
+        ),
+        ("channel.close-ok on an open channel", vec![close_ok(1)]),
+        (
+            "message larger than max_message_size",
+            vec![publish(1, "", false), header(1, 1 << 40)],
+        ),
+    ];
+    let mut table = String::new();
+    for (name, frames) in cases {
+        let (mut w, c, u) = with_channel(no_recycling(), 1);
+        w.take(Peer::U(u));
+        w.client_sends(c, &frames);
+        let got = w.take(Peer::C(c));
+        let close = got
+            .iter()
+            .find(|f| close_code(f).is_some())
+            .unwrap_or_else(|| panic!("{name}: no close"));
+        let level = if close.channel() == 0 {
+            "connection"
+        } else {
+            "channel"
+        };
+        let text = match warren_core::method::decode(close.payload()) {
+            Ok(
+                warren_core::method::Method::ConnectionClose(c)
+                | warren_core::method::Method::ChannelClose(c),
+            ) => c.text,
+            _ => String::new(),
+        };
+        // Nothing but channel clean-up may have reached the broker.
+        for f in w.take(Peer::U(u)) {
+            let id = f.method_id();
+            assert!(
+                matches!(
+                    id,
+                    Some(ids::CHANNEL_CLOSE)
+                        | Some(ids::TX_SELECT)
+                        | Some(ids::TX_COMMIT)
+                        | Some(ids::BASIC_CONSUME)
+                ),
+                "{name}: {} reached the broker",
+                describe(&f)
+            );
+        }
+        table.push_str(&format!(
+            "{name}: {level} {} {text}\n",
+            close_code(close).unwrap()
+        ));
+    }
+    // Frame-level errors come from the runtime's decoder.
+    for (name, error) in [
+        ("bad frame end octet", FrameError::BadEnd(0)),
+        (
+            "frame larger than frame_max",
+            FrameError::TooLarge {
+                size: 200_000,
+                max: 131_072,
+            },
+        ),
+        ("unknown frame type", FrameError::BadType(9)),
+    ] {
+        let (mut w, c, _) = with_channel(no_recycling(), 1);
+        w.input(name, Input::ClientFrameError { client: c, error });
+        let got = w.take(Peer::C(c));
+        table.push_str(&format!(
+            "{name}: connection {}\n",
+            close_code(&got[0]).unwrap()
+        ));
+    }
+    assert_snapshot!(table);
+}
+
+/// B7: Channel.Flow and connection.update-secret from a client are answered by warren and
+/// never forwarded (RabbitMQ answers flow active=false with a connection error).
+#[test]
+fn flow_and_update_secret_are_answered_locally() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.take(Peer::U(u));
+    w.client_sends(c, &[encode::flow(1, false, false)]);
+    w.client_sends(
+        c,
+        &[m(0, ids::CONNECTION_UPDATE_SECRET, |w| {
+            w.longstr(b"new-token").shortstr(b"refresh");
+        })],
+    );
+    let got: Vec<_> = w.take(Peer::C(c)).iter().map(describe).collect();
+    assert_eq!(
+        got,
+        vec![
+            "ch1 channel.flow-ok active=false",
+            "ch0 connection.update-secret-ok"
+        ]
+    );
+    assert!(w.take(Peer::U(u)).is_empty());
+}
+
+/// B6: RabbitMQ resolves an empty queue name to the last queue declared on the channel; on a
+/// recycled channel that would be the previous owner's queue, so warren answers like a fresh
+/// channel would (404), and the shortcut works again once the new owner declares.
+#[test]
+fn recycled_channel_forgets_the_last_declared_queue() {
+    let (mut w, c1, u) = with_channel(world(), 1);
+    w.client_sends(c1, &[channel_open(2)]);
+    w.broker_sends(u, &[channel_open_ok(2)]);
+    for ch in [1, 2] {
+        w.client_sends(c1, &[queue_declare(ch, "a-queue", false)]);
+        w.broker_sends(u, &[queue_declare_ok(ch, "a-queue")]);
+        w.client_sends(c1, &[channel_close(ch, 200, "")]);
+        w.broker_sends(u, &[flow_ok(ch)]);
+    }
+    assert_eq!(w.hub.pooled_channels(), 2);
+    w.take(Peer::U(u));
+    let purge_shortcut = |ch| {
+        m(ch, ids::QUEUE_PURGE, |w| {
+            w.u16(0).shortstr(b"").bit(false);
+        })
+    };
+    let c2 = w.join(hello(131_072, 0));
+    w.client_sends(c2, &[channel_open(1), purge_shortcut(1)]);
+    let got = w.take(Peer::C(c2));
+    assert_eq!(close_code(got.last().unwrap()), Some(reply::NOT_FOUND));
+    assert!(
+        w.take(Peer::U(u))
+            .iter()
+            .all(|f| f.method_id() != Some(ids::QUEUE_PURGE)),
+        "the shortcut never reaches the broker"
+    );
+    let c3 = w.join(hello(131_072, 0));
+    w.client_sends(
+        c3,
+        &[
+            channel_open(1),
+            queue_declare(1, "mine", false),
+            purge_shortcut(1),
+        ],
+    );
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(sent, vec!["ch1 queue.declare \"mine\"", "ch1 queue.purge"]);
+    assert_snapshot!(w.trace());
+}
+
+/// B11: right after an upstream is lost, before any redial has failed, a new client is not
+/// refused: it waits for the scheduled reconnect and is admitted when it opens.
+#[test]
+fn new_client_waits_for_the_reconnect_after_a_loss() {
+    let (mut w, c1, u) = with_channel(no_recycling(), 1);
+    // A client without channels stays connected, so the hub schedules a reconnect.
+    let idle = w.join(hello(131_072, 0));
+    w.take(Peer::C(idle));
+    w.input(
+        "u socket closed",
+        warren_core::hub::Input::UpstreamClosed {
+            upstream: u,
+            reason: "connection reset".into(),
+        },
+    );
+    assert_eq!(close_code(&w.take(Peer::C(c1))[0]), Some(320));
+    let c2 = w.join(hello(131_072, 0));
+    assert!(
+        w.take(Peer::C(c2)).is_empty(),
+        "neither refused nor admitted yet"
+    );
+    assert!(w.dials.is_empty(), "the redial waits for the backoff");
+    w.advance(Duration::from_secs(1));
+    w.accept_dial();
+    assert_eq!(
+        w.take(Peer::C(c2))[0].method_id(),
+        Some(ids::CONNECTION_OPEN_OK)
+    );
+    assert_snapshot!(w.trace());
+}
+
+/// B5 (found by the simulation, seeds 0 and 97): a client that leaves while its exclusive,
+/// server-named queue.declare is in flight still gets the queue deleted once the broker's
+/// declare-ok names it.
+#[test]
+fn exclusive_queue_declared_in_flight_is_deleted_after_its_client_left() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.client_sends(c, &[queue_declare(1, "", true)]);
+    w.client_drops(c);
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[queue_declare_ok(1, "amq.gen-late"), close_ok(1)]);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert!(
+        sent.iter()
+            .any(|d| d == "ch2 queue.delete \"amq.gen-late\""),
+        "{sent:?}"
+    );
+}
+
+/// B3/B11 (simulation seeds 604, 1448): when the dial for a new upstream fails while the
+/// only open one is full, the channels waiting for room are refused instead of hanging.
+#[test]
+fn failed_growth_dial_refuses_waiting_channels() {
+    let mut w = World::new(HubConfig {
+        max_channels_per_upstream: 1,
+        recycling: false,
+        ..HubConfig::default()
+    });
+    let c = w.join(hello(131_072, 0));
+    w.accept_dial();
+    w.client_sends(c, &[channel_open(1), channel_open(2)]);
+    let u2 = w.dials.pop().expect("growth dial");
+    w.take(Peer::C(c));
+    w.input(
+        "growth dial refused",
+        warren_core::hub::Input::UpstreamClosed {
+            upstream: u2,
+            reason: "connection refused".into(),
+        },
+    );
+    let got = w.take(Peer::C(c));
+    assert_eq!(got[0].channel(), 2);
+    assert_eq!(close_code(&got[0]), Some(reply::RESOURCE_ERROR));
+}
+
+/// B2/B11 (simulation seeds 58, 143): a broker socket that closes during the login is the
+/// broker going away, not a refused login: 320, and nothing for the negative cache.
+#[test]
+fn socket_closed_during_login_is_not_a_refused_login() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    let u = w.dials.pop().unwrap();
+    w.broker_starts(u);
+    w.input(
+        "broker resets",
+        warren_core::hub::Input::UpstreamClosed {
+            upstream: u,
+            reason: "connection reset by peer".into(),
+        },
+    );
+    assert_eq!(
+        close_code(&w.take(Peer::C(c))[0]),
+        Some(reply::CONNECTION_FORCED)
+    );
+    assert!(!w
+        .events
+        .iter()
+        .any(|e| matches!(e, HubEvent::AuthRejected { .. })));
+}
+
+/// B3/B5 (simulation seed 17227): a client closed by the hub while one of its channel opens
+/// waits for another upstream does not get that open served later for nobody.
+#[test]
+fn waiting_open_of_a_closed_client_is_dropped() {
+    let mut w = World::new(HubConfig {
+        max_channels_per_upstream: 1,
+        recycling: false,
+        ..HubConfig::default()
+    });
+    let c = w.join(hello(131_072, 0));
+    let u1 = w.accept_dial();
+    w.client_sends(c, &[channel_open(1), channel_open(2)]);
+    w.broker_sends(u1, &[channel_open_ok(1)]);
+    // u1 is lost: c is closed (it had a channel there) while channel 2 waits for u2.
+    w.input(
+        "u1 reset",
+        warren_core::hub::Input::UpstreamClosed {
+            upstream: u1,
+            reason: "reset".into(),
+        },
+    );
+    let u2 = w.dials.pop().expect("growth dial still pending");
+    w.broker_accepts(
+        u2,
+        Tune {
+            channel_max: 1,
+            frame_max: 131_072,
+            heartbeat: 0,
+        },
+    );
+    assert!(
+        w.take(Peer::U(u2))
+            .iter()
+            .all(|f| f.method_id() != Some(ids::CHANNEL_OPEN)),
+        "no channel opened for a client that is gone"
+    );
+}
+
+/// B10 (simulation seed 86577): heartbeats towards the broker start with TuneOk, not OpenOk.
+#[test]
+fn upstream_heartbeats_start_at_tune_ok() {
+    let mut w = world();
+    w.join(hello(131_072, 0));
+    let u = w.dials.pop().unwrap();
+    w.broker_starts(u);
+    w.broker_sends(
+        u,
+        &[encode::tune(
+            Tune {
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat: 2,
+            },
+            false,
+        )],
+    );
+    w.take(Peer::U(u));
+    w.advance(Duration::from_millis(1100));
+    let got = w.take(Peer::U(u));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].kind(), warren_core::frame::FrameType::Heartbeat);
+}
+
+/// B5: an exclusive queue belongs to the client that declared it. Every method RabbitMQ
+/// refuses on another connection's exclusive queue is refused to another client of the same
+/// hub with the same 405 and text (although the broker sees one connection), without touching
+/// the broker or the owner; publishing to it stays allowed.
+#[test]
+fn another_clients_exclusive_queue_is_locked() {
+    let (mut w, owner, u) = with_channel(world(), 1);
+    w.client_sends(owner, &[queue_declare(1, "rpc-reply", true)]);
+    let uch = w.take(Peer::U(u)).last().map(|f| f.channel()).unwrap();
+    w.broker_sends(u, &[queue_declare_ok(uch, "rpc-reply")]);
+    w.take(Peer::C(owner));
+    let other = w.join(hello(131_072, 0));
+    w.take(Peer::C(other));
+    let attempts = intrusions(1, "rpc-reply");
+    let mut upstream_before = 0;
+    for (what, frame) in attempts {
+        w.client_sends(other, &[channel_open(1)]);
+        let opened = w.take(Peer::U(u));
+        if let Some(open) = opened
+            .iter()
+            .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
+        {
+            w.broker_sends(u, &[channel_open_ok(open.channel())]);
+        }
+        w.take(Peer::C(other));
+        upstream_before += 1;
+        w.client_sends(other, &[frame]);
+        let got = w.take(Peer::C(other));
+        assert_eq!(got.len(), 1, "{what}: one channel.close");
+        assert_eq!(got[0].method_id(), Some(ids::CHANNEL_CLOSE), "{what}");
+        assert_eq!(close_code(&got[0]), Some(reply::RESOURCE_LOCKED), "{what}");
+        let sent = w.take(Peer::U(u));
+        assert!(
+            sent.iter()
+                .all(|f| f.method_id() != Some(ids::QUEUE_DECLARE)
+                    && f.method_id() != Some(ids::BASIC_GET)
+                    && f.method_id() != Some(ids::QUEUE_DELETE)),
+            "{what}: nothing about the queue reached the broker"
+        );
+        let upstream_close = sent
+            .iter()
+            .find(|f| f.method_id() == Some(ids::CHANNEL_CLOSE))
+            .map(|f| f.channel());
+        if let Some(ch) = upstream_close {
+            w.broker_sends(u, &[close_ok(ch)]);
+        }
+        w.client_sends(other, &[close_ok(1)]);
+    }
+    assert!(upstream_before > 0);
+    // Publishing to it through the default exchange is allowed, as on RabbitMQ.
+    w.client_sends(other, &[channel_open(2)]);
+    let open = w
+        .take(Peer::U(u))
+        .into_iter()
+        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN));
+    if let Some(open) = open {
+        w.broker_sends(u, &[channel_open_ok(open.channel())]);
+    }
+    w.client_sends(
+        other,
+        &[publish(2, "", false), header(2, 2), body(2, b"hi")],
+    );
+    assert!(w
+        .take(Peer::C(other))
+        .iter()
+        .all(|f| f.method_id() != Some(ids::CHANNEL_CLOSE)));
+    // The owner keeps using its queue.
+    w.client_sends(
+        owner,
+        &[m(1, ids::BASIC_GET, |w| {
+            w.u16(0).shortstr(b"rpc-reply").bit(false);
+        })],
+    );
+    assert!(w
+        .take(Peer::U(u))
+        .iter()
+        .any(|f| f.method_id() == Some(ids::BASIC_GET)));
+    // Once the owner leaves, the name is free.
+    w.client_drops(owner);
+    assert_snapshot!(w.trace());
+}
+
+/// Every method RabbitMQ checks exclusivity on, naming `queue`, on channel `ch`.
+fn intrusions(ch: u16, queue: &str) -> Vec<(&'static str, Bytes)> {
+    let q = |w: &mut Writer<'_>| {
+        w.u16(0).shortstr(queue.as_bytes());
+    };
+    vec![
+        ("declare", queue_declare(ch, queue, true)),
+        (
+            "passive declare",
+            m(ch, ids::QUEUE_DECLARE, |w| {
+                q(w);
+                w.bit(true).bit(false).bit(false).bit(false).bit(false);
+                w.u32(0);
+            }),
+        ),
+        (
+            "consume",
+            m(ch, ids::BASIC_CONSUME, |w| {
+                q(w);
+                w.shortstr(b"")
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .u32(0);
+            }),
+        ),
+        (
+            "get",
+            m(ch, ids::BASIC_GET, |w| {
+                q(w);
+                w.bit(false);
+            }),
+        ),
+        (
+            "bind",
+            m(ch, ids::QUEUE_BIND, |w| {
+                q(w);
+                w.shortstr(b"amq.direct").shortstr(b"k").bit(false).u32(0);
+            }),
+        ),
+        (
+            "unbind",
+            m(ch, ids::QUEUE_UNBIND, |w| {
+                q(w);
+                w.shortstr(b"amq.direct").shortstr(b"k").u32(0);
+            }),
+        ),
+        (
+            "purge",
+            m(ch, ids::QUEUE_PURGE, |w| {
+                q(w);
+                w.bit(false);
+            }),
+        ),
+        (
+            "delete",
+            m(ch, ids::QUEUE_DELETE, |w| {
+                q(w);
+                w.bit(false).bit(false).bit(false);
+            }),
+        ),
+    ]
+}
+
+/// The code, text and cause of a `Channel.Close`.
+fn channel_close_reply(f: &warren_core::frame::Frame) -> Option<(u16, String, (u16, u16))> {
+    match warren_core::method::decode(f.payload()).ok()? {
+        warren_core::method::Method::ChannelClose(c) => {
+            Some((c.code, c.text, (c.class_id, c.method_id)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether any frame in `sent` names `queue` (a queue-class method, consume or get).
+fn names_queue(sent: &[warren_core::frame::Frame], queue: &str) -> bool {
+    sent.iter().any(|f| {
+        f.kind() == warren_core::frame::FrameType::Method
+            && f.method_id()
+                .is_some_and(|id| id.class == 50 || id.class == 60)
+            && f.payload()
+                .windows(queue.len())
+                .any(|w| w == queue.as_bytes())
+    })
+}
+
+/// Opens client channel `ch` of `c` on upstream `u` and lets the broker confirm it; returns
+/// the upstream channel number.
+fn open_on(w: &mut World, c: warren_core::hub::ClientId, ch: u16, u: UpstreamId) -> u16 {
+    w.client_sends(c, &[channel_open(ch)]);
+    let uch = w
+        .take(Peer::U(u))
+        .iter()
+        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
+        .map(|f| f.channel())
+        .expect("channel.open went upstream");
+    w.broker_sends(u, &[channel_open_ok(uch)]);
+    w.take(Peer::C(c));
+    uch
+}
+
+/// B5 (simulation seeds 43666, 50457, 76446, 107744, 140962, 145776): the owner of an
+/// exclusive queue leaves while every channel of its upstream is taken, so the queue's
+/// delete has to wait for one. Meanwhile the queue is still on the shared connection, and
+/// another client of the hub must not reach it: what RabbitMQ answers with 404 once the
+/// owner's connection took the queue along gets that 404 with RabbitMQ's text, a delete or
+/// a new declare (which would need the old queue gone) still the lock, and nothing about
+/// the queue reaches the broker. The next channel number that frees goes to the delete,
+/// and only then is the name free.
+#[test]
+fn departed_owners_queue_is_gone_until_its_delete_goes_out() {
+    let mut w = World::new(HubConfig {
+        max_channels_per_upstream: 9,
+        max_upstreams: 1,
+        recycling: false,
+        ..HubConfig::default()
+    });
+    let owner = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let owner_uch = open_on(&mut w, owner, 1, u);
+    w.client_sends(owner, &[queue_declare(1, "q", true)]);
+    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    let other = w.join(hello(131_072, 0));
+    let attempts = intrusions(1, "q");
+    let mut other_uchs = Vec::new();
+    for ch in 1..=attempts.len() as u16 {
+        other_uchs.push(open_on(&mut w, other, ch, u));
+    }
+    w.take(Peer::C(other));
+    // The owner leaves with all nine channels of the upstream taken.
+    w.client_drops(owner);
+    let sent = w.take(Peer::U(u));
+    assert!(!names_queue(&sent, "q"), "no channel for the delete yet");
+    for (ch, (what, frame)) in (1..).zip(attempts) {
+        let frame = {
+            let mut f = to_frame(&frame);
+            f.set_channel(ch);
+            f.freeze()
+        };
+        w.client_sends(other, std::slice::from_ref(&frame));
+        let got = w.take(Peer::C(other));
+        assert_eq!(got.len(), 1, "{what}: one channel.close");
+        let (code, text, cause) = channel_close_reply(&got[0]).expect("a channel.close");
+        let mid = to_frame(&frame).method_id().unwrap();
+        assert_eq!(cause, (mid.class, mid.method), "{what}");
+        if matches!(what, "declare" | "delete") {
+            assert_eq!(code, reply::RESOURCE_LOCKED, "{what}");
+        } else {
+            assert_eq!(
+                (code, text.as_str()),
+                (reply::NOT_FOUND, "NOT_FOUND - no queue 'q' in vhost '/'"),
+                "{what}"
+            );
+        }
+        let sent = w.take(Peer::U(u));
+        assert!(
+            !names_queue(&sent, "q"),
+            "{what}: nothing reached the broker"
+        );
+        w.client_sends(other, &[close_ok(ch)]);
+    }
+    // The owner's channel is the first number to come back: the delete takes it.
+    w.broker_sends(u, &[close_ok(owner_uch)]);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        sent,
+        [
+            format!("ch{owner_uch} channel.open"),
+            format!("ch{owner_uch} queue.delete \"q\""),
+            format!("ch{owner_uch} channel.close 200 \"exclusive queue cleanup\""),
+        ]
+    );
+    // Sent: the name is free, and the broker answers for it from now on.
+    for uch in other_uchs {
+        w.broker_sends(u, &[close_ok(uch)]);
+    }
+    open_on(&mut w, other, 1, u);
+    let (_, get) = intrusions(1, "q").swap_remove(3);
+    w.client_sends(other, &[get]);
+    assert!(w
+        .take(Peer::U(u))
+        .iter()
+        .any(|f| f.method_id() == Some(ids::BASIC_GET)));
+    assert_snapshot!(w.trace());
+}
+
+/// B5: with recycling, freed channels go to the pool instead of becoming free numbers, so
+/// a departed client's queue waiting for a channel would be starved by clients taking
+/// pooled channels. A channel that is pooled when the owner leaves, or fenced for the pool
+/// while the delete waits, carries the delete instead (it is open and clean).
+#[test]
+fn a_pending_delete_takes_pooled_channels_before_any_open() {
+    let config = HubConfig {
+        max_channels_per_upstream: 2,
+        ..HubConfig::default()
+    };
+    // A channel already pooled when the owner leaves.
+    let mut w = World::new(config.clone());
+    let owner = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let owner_uch = open_on(&mut w, owner, 1, u);
+    w.client_sends(owner, &[queue_declare(1, "q", true)]);
+    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    let other = w.join(hello(131_072, 0));
+    let pooled = open_on(&mut w, other, 1, u);
+    w.client_sends(
+        other,
+        &[encode::close(
+            1,
+            &warren_core::method::Close::from(&reply::Reply::verbatim(200, "bye")),
+        )],
+    );
+    w.broker_sends(u, &[flow_ok(pooled)]);
+    w.take(Peer::U(u));
+    w.client_drops(owner);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert!(
+        sent.contains(&format!("ch{pooled} queue.delete \"q\"")),
+        "the pooled channel carries the delete: {sent:?}"
+    );
+    assert!(
+        !sent.contains(&format!("ch{pooled} channel.open")),
+        "{sent:?}"
+    );
+
+    // A channel fenced for the pool while the delete waits.
+    let mut w = World::new(config);
+    let owner = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let owner_uch = open_on(&mut w, owner, 1, u);
+    w.client_sends(owner, &[queue_declare(1, "q", true)]);
+    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    let other = w.join(hello(131_072, 0));
+    let fenced = open_on(&mut w, other, 1, u);
+    w.client_drops(owner);
+    assert!(
+        !names_queue(&w.take(Peer::U(u)), "q"),
+        "every number is taken"
+    );
+    w.client_sends(
+        other,
+        &[encode::close(
+            1,
+            &warren_core::method::Close::from(&reply::Reply::verbatim(200, "bye")),
+        )],
+    );
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[flow_ok(fenced)]);
+    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        sent,
+        [
+            format!("ch{fenced} queue.delete \"q\""),
+            format!("ch{fenced} channel.close 200 \"exclusive queue cleanup\""),
+        ]
+    );
+    // A new client's open finds no pooled channel to take on this upstream.
+    let late = w.join(hello(131_072, 0));
+    w.client_sends(late, &[channel_open(1)]);
+    assert!(w
+        .take(Peer::U(u))
+        .iter()
+        .all(|f| f.method_id() != Some(ids::CHANNEL_OPEN)));
+}
+
+/// B10: a client waiting in its hub for the first upstream to open (its `OpenOk` waits on
+/// the broker) hears heartbeats at its negotiated interval meanwhile.
+#[test]
+fn a_client_waiting_for_its_first_upstream_hears_heartbeats() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 1));
+    assert!(w.take(Peer::C(c)).is_empty());
+    w.advance(Duration::from_millis(1600));
+    let got = w.take(Peer::C(c));
+    assert_eq!(got.len(), 3, "one every half interval");
+    assert!(got
+        .iter()
+        .all(|f| f.kind() == warren_core::frame::FrameType::Heartbeat));
+    w.accept_dial();
+    assert_eq!(
+        w.take(Peer::C(c))[0].method_id(),
+        Some(ids::CONNECTION_OPEN_OK)
+    );
+}
+
+/// B17: with `spread`, a hub that needs several broker connections puts each new one on the
+/// node it uses least; with `fill`, every dial starts at the node that answered last.
+#[test]
+fn spread_dials_each_new_upstream_on_the_least_used_node() {
+    for placement in [Placement::Fill, Placement::Spread] {
+        let mut w = World::new(HubConfig {
+            max_channels_per_upstream: 2,
+            nodes: 3,
+            placement,
+            recycling: false,
+            ..HubConfig::default()
+        });
+        let c = w.join(hello(131_072, 0));
+        let mut firsts = Vec::new();
+        let u = w.accept_dial();
+        firsts.push(w.dial_orders[&u][0]);
+        for ch in 1..=6u16 {
+            w.client_sends(c, &[channel_open(ch)]);
+            if let Some(&u) = w.dials.last() {
+                firsts.push(w.dial_orders[&u][0]);
+                w.accept_dial();
+            }
+        }
+        let expected: &[usize] = match placement {
+            Placement::Fill => &[0, 0, 0],
+            Placement::Spread => &[0, 1, 2],
+        };
+        assert_eq!(firsts, expected, "{placement:?}");
+    }
+}
+
+/// B16: a reload that turns recycling off closes the pooled channels at once.
+#[test]
+fn a_reload_without_recycling_empties_the_pool() {
+    let (mut w, c, u) = with_channel(world(), 1);
+    w.client_sends(c, &[channel_close(1, 200, "")]);
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[flow_ok(1)]);
+    assert_eq!(w.hub.pooled_channels(), 1);
+    w.input(
+        "reload",
+        warren_core::hub::Input::Reconfigure(Box::new(HubConfig {
+            recycling: false,
+            ..HubConfig::default()
+        })),
+    );
+    assert_eq!(w.hub.pooled_channels(), 0);
+    let closes: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    assert_eq!(
+        closes,
+        ["ch1 channel.close 200 \"pool shrunk by a reload\""]
+    );
+}
