@@ -11,7 +11,8 @@
 //!
 //! - [`broker`]: the fake RabbitMQ the simulation runs warren against;
 //! - [`hub_world`]: a scripted world around one hub, with a trace printer, for core's hub
-//!   scenarios.
+//!   scenarios (`tests/hub_scenarios.rs`, `tests/hub_control.rs`); the `hub_client` fuzz
+//!   target's world is built from the same pieces.
 
 pub mod broker;
 pub mod frames;

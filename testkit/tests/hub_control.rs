@@ -104,7 +104,7 @@ fn waiters_that_leave_are_forgotten() {
     let c2 = w.join(hello(131_072, 0));
     w.client_drops(c2);
     w.client_sends(c1, &[channel_open(1)]);
-    w.client_sends(c1, &[channel_close(1, 200, "")]);
+    w.client_sends(c1, &[close(1, 200, "")]);
     assert_eq!(
         w.take(Peer::C(c1))[0].method_id(),
         Some(ids::CHANNEL_CLOSE_OK)
@@ -142,7 +142,7 @@ fn redial_moves_new_channels_and_retires_the_old_upstream() {
         "a new channel goes to the new upstream"
     );
     w.take(Peer::U(old));
-    w.client_sends(c1, &[channel_close(1, 200, "")]);
+    w.client_sends(c1, &[close(1, 200, "")]);
     w.broker_sends(old, &[close_ok(1)]);
     w.advance(Duration::from_millis(1));
     let closed = w.take(Peer::U(old));

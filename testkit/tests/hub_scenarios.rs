@@ -68,15 +68,10 @@ fn refused_login_closes_waiting_clients() {
     w.broker_starts(u);
     w.broker_sends(
         u,
-        &[encode::close(
+        &[close(
             0,
-            &warren_core::method::Close {
-                code: 403,
-                text: "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN."
-                    .into(),
-                class_id: 0,
-                method_id: 0,
-            },
+            403,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN.",
         )],
     );
     let c1_got = w.take(Peer::C(c1));
@@ -123,10 +118,7 @@ fn two_clients_share_an_upstream() {
 fn broker_closes_a_channel() {
     let (mut w, c, u) = with_channel(no_recycling(), 1);
     w.client_sends(c, &[queue_declare(1, "missing", false)]);
-    w.broker_sends(
-        u,
-        &[channel_close(1, 404, "NOT_FOUND - no queue 'missing'")],
-    );
+    w.broker_sends(u, &[close(1, 404, "NOT_FOUND - no queue 'missing'")]);
     let to_broker = w.take(Peer::U(u));
     assert_eq!(
         to_broker.last().unwrap().method_id(),
@@ -154,7 +146,7 @@ fn broker_closes_a_channel() {
 #[test]
 fn client_closes_a_channel() {
     let (mut w, c, u) = with_channel(no_recycling(), 5);
-    w.client_sends(c, &[channel_close(5, 200, "bye")]);
+    w.client_sends(c, &[close(5, 200, "bye")]);
     assert_eq!(w.take(Peer::U(u))[0].method_id(), Some(ids::CHANNEL_CLOSE));
     w.client_sends(c, &[channel_open(6)]);
     assert_eq!(w.take(Peer::U(u))[0].channel(), 2, "number 1 still closing");
@@ -278,7 +270,7 @@ fn full_upstreams_grow_the_pool() {
             "OpenOk x3 plus the connection's"
         );
         // Free one on u1, then open another: Fill goes to the newest (u2), Spread to u1.
-        w.client_sends(c, &[channel_close(1, 200, "")]);
+        w.client_sends(c, &[close(1, 200, "")]);
         w.broker_sends(u1, &[close_ok(1)]);
         w.take(Peer::U(u1));
         w.take(Peer::U(u2));
@@ -314,14 +306,10 @@ fn upstream_loss_closes_affected_clients_and_redials() {
     w.take(Peer::C(c2));
     w.broker_sends(
         u,
-        &[encode::close(
+        &[close(
             0,
-            &warren_core::method::Close {
-                code: 320,
-                text: "CONNECTION_FORCED - Closed via management plugin".into(),
-                class_id: 0,
-                method_id: 0,
-            },
+            320,
+            "CONNECTION_FORCED - Closed via management plugin",
         )],
     );
     let got = w.take(Peer::C(c1));
@@ -436,7 +424,7 @@ fn blocked_is_forwarded_and_replayed() {
 fn clean_channel_is_recycled() {
     let (mut w, c1, u) = with_channel(world(), 1);
     w.client_sends(c1, &[publish(1, "", false), header(1, 2), body(1, b"hi")]);
-    w.client_sends(c1, &[channel_close(1, 200, "")]);
+    w.client_sends(c1, &[close(1, 200, "")]);
     assert_eq!(
         w.take(Peer::C(c1))[0].method_id(),
         Some(ids::CHANNEL_CLOSE_OK),
@@ -471,10 +459,7 @@ fn failed_fence_is_not_pooled() {
     );
     w.client_drops(c1);
     w.take(Peer::U(u));
-    w.broker_sends(
-        u,
-        &[channel_close(1, 404, "NOT_FOUND - no exchange 'missing'")],
-    );
+    w.broker_sends(u, &[close(1, 404, "NOT_FOUND - no exchange 'missing'")]);
     assert_eq!(
         w.take(Peer::U(u))[0].method_id(),
         Some(ids::CHANNEL_CLOSE_OK)
@@ -562,7 +547,7 @@ fn dirty_methods_prevent_recycling() {
             w.client_sends(c, &[header(1, 0)]);
         }
         w.take(Peer::U(u));
-        w.client_sends(c, &[channel_close(1, 200, "")]);
+        w.client_sends(c, &[close(1, 200, "")]);
         let sent: Vec<MethodId> = w
             .take(Peer::U(u))
             .iter()
@@ -592,7 +577,7 @@ fn pool_is_bounded_and_expires() {
     w.client_sends(c, &[channel_open(1), channel_open(2)]);
     w.broker_sends(u, &[channel_open_ok(1), channel_open_ok(2)]);
     w.take(Peer::U(u));
-    w.client_sends(c, &[channel_close(1, 200, ""), channel_close(2, 200, "")]);
+    w.client_sends(c, &[close(1, 200, ""), close(2, 200, "")]);
     let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
     assert_eq!(
         sent,
@@ -907,7 +892,7 @@ fn recycled_channel_forgets_the_last_declared_queue() {
     for ch in [1, 2] {
         w.client_sends(c1, &[queue_declare(ch, "a-queue", false)]);
         w.broker_sends(u, &[queue_declare_ok(ch, "a-queue")]);
-        w.client_sends(c1, &[channel_close(ch, 200, "")]);
+        w.client_sends(c1, &[close(ch, 200, "")]);
         w.broker_sends(u, &[flow_ok(ch)]);
     }
     assert_eq!(w.hub.pooled_channels(), 2);
@@ -1392,13 +1377,7 @@ fn a_pending_delete_takes_pooled_channels_before_any_open() {
     w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
     let other = w.join(hello(131_072, 0));
     let pooled = open_on(&mut w, other, 1, u);
-    w.client_sends(
-        other,
-        &[encode::close(
-            1,
-            &warren_core::method::Close::from(&reply::Reply::verbatim(200, "bye")),
-        )],
-    );
+    w.client_sends(other, &[close(1, 200, "bye")]);
     w.broker_sends(u, &[flow_ok(pooled)]);
     w.take(Peer::U(u));
     w.client_drops(owner);
@@ -1426,13 +1405,7 @@ fn a_pending_delete_takes_pooled_channels_before_any_open() {
         !names_queue(&w.take(Peer::U(u)), "q"),
         "every number is taken"
     );
-    w.client_sends(
-        other,
-        &[encode::close(
-            1,
-            &warren_core::method::Close::from(&reply::Reply::verbatim(200, "bye")),
-        )],
-    );
+    w.client_sends(other, &[close(1, 200, "bye")]);
     w.take(Peer::U(u));
     w.broker_sends(u, &[flow_ok(fenced)]);
     let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
@@ -1507,7 +1480,7 @@ fn spread_dials_each_new_upstream_on_the_least_used_node() {
 #[test]
 fn a_reload_without_recycling_empties_the_pool() {
     let (mut w, c, u) = with_channel(world(), 1);
-    w.client_sends(c, &[channel_close(1, 200, "")]);
+    w.client_sends(c, &[close(1, 200, "")]);
     w.take(Peer::U(u));
     w.broker_sends(u, &[flow_ok(1)]);
     assert_eq!(w.hub.pooled_channels(), 1);

@@ -23,8 +23,7 @@ mod hub;
 pub use hub::{hub_client, hub_client_stats, hub_client_trace, Build, HubInput, HubOp};
 
 use bytes::{Bytes, BytesMut};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use warren_core::content;
 use warren_core::frame::{
     Frame, FrameDecoder, FrameError, FrameType, FRAME_END, FRAME_MIN_SIZE, FRAME_OVERHEAD,
@@ -130,14 +129,6 @@ pub fn client_handshake(data: &[u8]) {
             }
         }
     }
-}
-
-/// The one origin all handshake times are offsets from. Reading the clock once for an
-/// origin is harmless: the code under test only ever compares offsets from it.
-#[allow(clippy::disallowed_methods)]
-fn base_instant() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
 }
 
 /// How many leading bytes [`Cut::Bytewise`] feeds one at a time.
@@ -535,7 +526,7 @@ struct HandshakeRun {
 }
 
 fn run_handshake(data: &[u8], config: HandshakeConfig, cut: Cut) -> HandshakeRun {
-    let base = base_instant();
+    let base = crate::hub_world::epoch();
     let deadline = base + config.timeout;
     let early = base + config.timeout / 2;
     let mut hs = ClientHandshake::new(base, config);

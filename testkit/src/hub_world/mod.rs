@@ -2,6 +2,10 @@
 //! virtual time, and a trace of everything that crosses the hub's boundary. Core's hub
 //! scenarios (`testkit/tests/hub_scenarios.rs`, `hub_control.rs`) drive it through warren-core's
 //! public API only; it lives here so that `core/src` holds production code only (issue 15).
+//!
+//! Its pieces are shared with the `hub_client` fuzz target's world ([`crate::fuzz`]): the
+//! credentials and [`ClientHello`]s, the broker's side of the handshake, the [`FrameReader`]
+//! that cuts what the hub sent into frames, the [`epoch`] and [`trace_line`] stamp.
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -10,7 +14,9 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use warren_core::credentials::{Credentials, Secret};
-use warren_core::frame::{method_frame, Frame, FrameDecoder, FrameType, PROTOCOL_HEADER};
+use warren_core::frame::{
+    method_frame, Frame, FrameDecoder, FrameError, FrameType, PROTOCOL_HEADER,
+};
 use warren_core::handshake::{ClientCapabilities, ClientHello};
 use warren_core::hub::{ClientId, Hub, HubConfig, HubEvent, Input, Output, UpstreamId};
 use warren_core::method::{self, encode, ids, Close, ConnectionStart, Method, MethodId, Tune};
@@ -26,29 +32,77 @@ pub fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// One line of a trace: `what`, stamped with the virtual time since [`epoch`] right-aligned
+/// in `width` characters.
+pub fn trace_line(now: Instant, width: usize, what: impl std::fmt::Display) -> String {
+    let t = now.duration_since(epoch()).as_secs_f64();
+    format!("+{t:>width$.3}s {what}")
+}
+
+/// Bytes one side received and has not cut into whole frames yet, cut as the runtime's
+/// reader cuts them.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    /// More bytes arrived.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Takes the protocol header if the bytes start with it.
+    pub fn protocol_header(&mut self) -> bool {
+        let found = self.buf.starts_with(PROTOCOL_HEADER);
+        if found {
+            let _ = self.buf.split_to(PROTOCOL_HEADER.len());
+        }
+        found
+    }
+
+    /// The next whole frame no larger than `frame_max`, if one has arrived.
+    pub fn next_frame(&mut self, frame_max: u32) -> Result<Option<Frame>, FrameError> {
+        FrameDecoder::new(frame_max).decode(&mut self.buf)
+    }
+
+    /// No bytes are left over (no half frame is held).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
 /// Who a line of the trace is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Peer {
+    /// A client.
     C(ClientId),
+    /// An upstream (the broker's end of it).
     U(UpstreamId),
 }
 
+/// One hub, the test's clients and broker around it, and virtual time.
 pub struct World {
+    /// The hub under test.
     pub hub: Hub,
-    t0: Instant,
+    /// Virtual time.
     pub now: Instant,
     trace: String,
     /// Bytes each peer received and has not been decoded into whole frames yet.
-    rx: BTreeMap<Peer, BytesMut>,
+    rx: BTreeMap<Peer, FrameReader>,
     /// Frames each peer received since the test last took them.
     pub inbox: BTreeMap<Peer, Vec<Frame>>,
+    /// Dials the hub asked for that the test has not answered yet.
     pub dials: Vec<UpstreamId>,
     /// The node order of each dial; a dial connects to the first node of its order.
     pub dial_orders: BTreeMap<UpstreamId, NodeOrder>,
+    /// Sockets the hub closed.
     pub closed: Vec<Peer>,
+    /// Events the hub reported.
     pub events: Vec<HubEvent>,
 }
 
+/// guest/guest on vhost `/`: the credentials of every client and hub in these worlds.
 pub fn creds() -> Credentials {
     Credentials {
         user: "guest".into(),
@@ -57,33 +111,59 @@ pub fn creds() -> Credentials {
     }
 }
 
-pub fn hello(frame_max: u32, heartbeat: u16) -> ClientHello {
+/// A handshake finished with [`creds`], `tune` and `capabilities`.
+pub fn hello_with(tune: Tune, capabilities: ClientCapabilities) -> ClientHello {
     ClientHello {
         credentials: creds(),
-        tune: Tune {
-            channel_max: 2047,
-            frame_max,
-            heartbeat,
-        },
-        capabilities: ClientCapabilities {
-            authentication_failure_close: true,
-            connection_blocked: true,
-            consumer_cancel_notify: true,
-        },
+        tune,
+        capabilities,
         connection_name: None,
         product: None,
         version: None,
     }
 }
 
+/// A handshake finished with [`creds`], channel_max 2047 and every capability.
+pub fn hello(frame_max: u32, heartbeat: u16) -> ClientHello {
+    hello_with(
+        Tune {
+            channel_max: 2047,
+            frame_max,
+            heartbeat,
+        },
+        ClientCapabilities {
+            authentication_failure_close: true,
+            connection_blocked: true,
+            consumer_cancel_notify: true,
+        },
+    )
+}
+
+/// The broker's `Connection.Start`, offering PLAIN.
+pub fn connection_start() -> Bytes {
+    encode::start(&ConnectionStart {
+        server_properties: FieldTable::default(),
+        mechanisms: "AMQPLAIN PLAIN".into(),
+        locales: "en_US".into(),
+    })
+}
+
+/// What a broker sends, one frame at a time, to accept warren's login: `Connection.Start`,
+/// `Connection.Tune` offering `tune`, and (after warren's `TuneOk` and `Open`) `OpenOk`.
+pub fn broker_handshake(tune: Tune) -> [Bytes; 3] {
+    [
+        connection_start(),
+        encode::tune(tune, false),
+        encode::open_ok(),
+    ]
+}
+
 impl World {
+    /// A hub with `config`, no clients yet, at [`epoch`].
     pub fn new(config: HubConfig) -> World {
-        // A fixed epoch: traces print times relative to it.
-        let t0 = epoch();
         World {
             hub: Hub::new(config, creds(), 42),
-            t0,
-            now: t0,
+            now: epoch(),
             trace: String::new(),
             rx: BTreeMap::new(),
             inbox: BTreeMap::new(),
@@ -94,13 +174,13 @@ impl World {
         }
     }
 
+    /// The trace so far.
     pub fn trace(&self) -> &str {
         &self.trace
     }
 
     fn line(&mut self, s: impl std::fmt::Display) {
-        let t = self.now.duration_since(self.t0);
-        let _ = writeln!(self.trace, "+{:>7.3}s {s}", t.as_secs_f64());
+        let _ = writeln!(self.trace, "{}", trace_line(self.now, 7, s));
     }
 
     /// Adds a client that finished its handshake.
@@ -163,31 +243,22 @@ impl World {
 
     /// The dial for `u` succeeds and the broker sends `Connection.Start`.
     pub fn broker_starts(&mut self, u: UpstreamId) {
-        self.input(
-            &format!("{u} connected"),
-            Input::UpstreamConnected {
-                upstream: u,
-                node: self.dial_orders.get(&u).map_or(0, |o| o[0]),
-            },
-        );
-        let start = encode::start(&ConnectionStart {
-            server_properties: FieldTable::default(),
-            mechanisms: "AMQPLAIN PLAIN".into(),
-            locales: "en_US".into(),
-        });
-        self.broker_sends(u, &[start]);
+        self.connected(u);
+        self.broker_sends(u, &[connection_start()]);
     }
 
     /// The dial for `u` succeeds and the broker completes the handshake with the given tune.
     pub fn broker_accepts(&mut self, u: UpstreamId, tune: Tune) {
-        self.broker_starts(u);
-        self.broker_sends(u, &[encode::tune(tune, false)]);
-        self.broker_sends(
-            u,
-            &[method_frame(0, ids::CONNECTION_OPEN_OK, |w| {
-                w.shortstr(b"");
-            })],
-        );
+        self.connected(u);
+        for frame in broker_handshake(tune) {
+            self.broker_sends(u, &[frame]);
+        }
+    }
+
+    fn connected(&mut self, u: UpstreamId) {
+        let node = self.dial_orders.get(&u).map_or(0, |o| o[0]);
+        let input = Input::UpstreamConnected { upstream: u, node };
+        self.input(&format!("{u} connected"), input);
     }
 
     /// Dials the pending upstream and lets the broker accept with RabbitMQ's defaults.
@@ -246,18 +317,14 @@ impl World {
     }
 
     fn deliver(&mut self, to: Peer, data: &[u8]) {
-        let buf = self.rx.entry(to).or_default();
-        buf.extend_from_slice(data);
+        let rx = self.rx.entry(to).or_default();
+        rx.push(data);
         let mut got = Vec::new();
-        if buf.starts_with(PROTOCOL_HEADER) {
-            let _ = buf.split_to(PROTOCOL_HEADER.len());
+        if rx.protocol_header() {
             got.push("protocol header".to_owned());
         }
         let mut frames = Vec::new();
-        while let Some(f) = FrameDecoder::new(1 << 24)
-            .decode(buf)
-            .expect("valid frames")
-        {
+        while let Some(f) = rx.next_frame(1 << 24).expect("valid frames") {
             got.push(describe(&f));
             frames.push(f);
         }
@@ -277,14 +344,18 @@ impl World {
     }
 }
 
+/// The first whole frame of bytes a world built itself, if they hold one.
+pub fn parse_frame(raw: &[u8]) -> Option<Frame> {
+    FrameDecoder::new(u32::MAX)
+        .decode(&mut BytesMut::from(raw))
+        .ok()
+        .flatten()
+}
+
 /// Parses one whole frame from bytes built by the test.
 pub fn to_frame(raw: &Bytes) -> Frame {
-    let mut buf = BytesMut::from(&raw[..]);
-    let f = FrameDecoder::new(1 << 24)
-        .decode(&mut buf)
-        .expect("test frame is valid")
-        .expect("test frame is whole");
-    assert!(buf.is_empty(), "one frame per buffer");
+    let f = parse_frame(raw).expect("test frame is valid and whole");
+    assert_eq!(f.wire_len(), raw.len(), "one frame per buffer");
     f
 }
 
@@ -344,7 +415,8 @@ pub fn describe(f: &Frame) -> String {
     }
 }
 
-fn describe_event(e: &HubEvent, now: Instant) -> String {
+/// A readable one-line description of a hub event; times are shown relative to `now`.
+pub fn describe_event(e: &HubEvent, now: Instant) -> String {
     match e {
         HubEvent::ClientAdmitted { client } => format!("{client} admitted"),
         HubEvent::ClientClosed { client, reply } => {
@@ -393,7 +465,8 @@ pub fn channel_open_ok(ch: u16) -> Bytes {
     encode::channel_open_ok(ch)
 }
 
-pub fn channel_close(ch: u16, code: u16, text: &str) -> Bytes {
+/// A `Channel.Close` on `ch`, or a `Connection.Close` on channel 0.
+pub fn close(ch: u16, code: u16, text: &str) -> Bytes {
     encode::close(
         ch,
         &Close {
@@ -419,6 +492,7 @@ pub fn publish(ch: u16, exchange: &str, mandatory: bool) -> Bytes {
     })
 }
 
+/// A content header of class 60 with no properties.
 pub fn header(ch: u16, size: u64) -> Bytes {
     let mut payload = BytesMut::new();
     Writer::new(&mut payload).u16(60).u16(0).u64(size).u16(0);

@@ -3,13 +3,13 @@
 //! queues.
 
 use super::*;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use warren_core::content::parse_header;
-use warren_core::frame::{method_frame, Frame, FrameDecoder, FrameType, FRAME_MIN_SIZE};
+use warren_core::frame::{method_frame, Frame, FrameType, FRAME_MIN_SIZE};
 use warren_core::hub::UpstreamId;
 use warren_core::method::{self, encode, ids, Method, MethodId};
-use warren_core::wire::{Reader, Writer};
+use warren_core::wire::Reader;
 
 /// The scripted broker behind one upstream.
 pub(super) struct Broker {
@@ -334,13 +334,6 @@ pub(super) fn flag(args: &[u8], shorts: usize, strs: usize, bit: usize) -> bool 
     r.bit().unwrap_or(false)
 }
 
-/// A content header of class 60 with no properties.
-pub(super) fn header(ch: u16, size: u64) -> Bytes {
-    let mut payload = BytesMut::new();
-    Writer::new(&mut payload).u16(60).u16(0).u64(size).u16(0);
-    Frame::new(FrameType::Header, ch, &payload).freeze()
-}
-
 /// A header and body frames within `frame_max`.
 pub(super) fn content(ch: u16, body: &[u8], frame_max: u32) -> Vec<Bytes> {
     let mut out = vec![header(ch, body.len() as u64)];
@@ -352,10 +345,4 @@ pub(super) fn content(ch: u16, body: &[u8], frame_max: u32) -> Vec<Bytes> {
         out.push(Frame::new(FrameType::Body, ch, part).freeze());
     }
     out
-}
-
-/// Parses one whole frame the world built itself.
-pub(super) fn to_frame(raw: &Bytes) -> Option<Frame> {
-    let mut buf = BytesMut::from(&raw[..]);
-    FrameDecoder::new(u32::MAX).decode(&mut buf).ok().flatten()
 }

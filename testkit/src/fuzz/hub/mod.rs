@@ -1,6 +1,7 @@
 //! The `hub_client` fuzz target (see [`hub_client`] for the world it builds, its input and
 //! what it checks) and the [`UpstreamChecker`] of RabbitMQ's connection-level rules it
-//! relies on.
+//! relies on. Credentials, hellos, the broker's handshake, frame cutting and trace stamps
+//! come from [`crate::hub_world`], which core's hub scenarios use too.
 
 mod broker;
 mod build;
@@ -8,25 +9,27 @@ mod input;
 #[cfg(test)]
 mod tests;
 
+use crate::hub_world::{
+    broker_handshake, describe_event, epoch, header, hello_with, parse_frame, trace_line,
+    FrameReader,
+};
 use crate::rules::*;
 use broker::*;
 use build::*;
 use input::*;
 pub use input::{Build, HubInput, HubOp};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
-use warren_core::credentials::{Credentials, Secret};
-use warren_core::frame::{method_frame, Frame, FrameDecoder, FrameType, FRAME_MIN_SIZE, HEARTBEAT};
+use warren_core::frame::{method_frame, Frame, FrameType, FRAME_MIN_SIZE, HEARTBEAT};
 use warren_core::handshake::{ClientCapabilities, ClientHello};
 use warren_core::hub::{
     ClientId, Hub, HubConfig, HubEvent, HubStats, Input, Output, Peer, Placement, UpstreamId,
 };
-use warren_core::method::{encode, ids, Close, ConnectionStart, MethodId, Tune};
-use warren_core::table::FieldTable;
+use warren_core::method::{encode, ids, Close, MethodId, Tune};
 
 // ----- the fuzz body --------------------------------------------------------------------
 
@@ -49,9 +52,10 @@ use warren_core::table::FieldTable;
 /// Four configuration bytes (see [`HubInput::new`]), then operations: a code byte
 /// ([`HubOp`], taken modulo 16) and its argument bytes. Missing bytes read as zero, so every
 /// input is valid and a truncated input is a shorter run. Client bytes always go through a
-/// [`FrameDecoder`] at the client's frame_max, as the runtime's reader does: whole frames
-/// become `Input::ClientFrames`, a decode error becomes `Input::ClientFrameError`. Time is a
-/// fixed origin plus offsets, so a failing input replays exactly.
+/// [`FrameDecoder`](warren_core::frame::FrameDecoder) at the client's frame_max, as the
+/// runtime's reader does: whole frames become `Input::ClientFrames`, a decode error becomes
+/// `Input::ClientFrameError`. Time is a fixed origin plus offsets, so a failing input replays
+/// exactly.
 ///
 /// # What is checked
 ///
@@ -154,7 +158,7 @@ struct Canary {
     to_broker: VecDeque<(FrameType, Vec<u8>)>,
     /// Frames the broker sent on the canary's channel that the canary must receive next.
     to_client: VecDeque<(FrameType, Vec<u8>)>,
-    rx: BytesMut,
+    rx: FrameReader,
     published: u64,
     delivered: u64,
 }
@@ -165,13 +169,13 @@ struct Fuzzed {
     frame_max: u32,
     channel_max: u16,
     /// Bytes the input wrote that are not a whole frame yet.
-    tx: BytesMut,
+    tx: FrameReader,
     /// The byte stream broke; the runtime reads no more of it.
     broken: bool,
     /// The hub closed the socket.
     gone: bool,
     /// Bytes from the hub not yet decoded.
-    rx: BytesMut,
+    rx: FrameReader,
 }
 
 struct World {
@@ -195,21 +199,6 @@ struct World {
 /// The item a byte picks.
 fn pick<T: Copy>(items: &[T], b: u8) -> T {
     items[usize::from(b) % items.len()]
-}
-
-fn hello(tune: Tune, caps: ClientCapabilities) -> ClientHello {
-    ClientHello {
-        credentials: Credentials {
-            user: "guest".into(),
-            password: Secret::new("guest"),
-            vhost: "/".into(),
-        },
-        tune,
-        capabilities: caps,
-        connection_name: None,
-        product: None,
-        version: None,
-    }
 }
 
 impl World {
@@ -249,7 +238,7 @@ impl World {
             frame_max: [131_072, 4096, 0, 8192][two(broker_byte, 3)],
             heartbeat: [60, 5, 0, 600][two(broker_byte, 5)],
         };
-        let template = hello(
+        let template = hello_with(
             Tune {
                 channel_max: [2047, 1, 4, 65535][two(client_byte, 2)],
                 frame_max: [131_072, 4096, 8192, 65_536][two(client_byte, 0)],
@@ -261,13 +250,13 @@ impl World {
                 connection_blocked: client_byte & 0x80 == 0,
             },
         );
-        let now = super::base_instant();
+        let now = epoch();
         let mut hub = Hub::new(
             hub_config.clone(),
             template.credentials.clone(),
             u64::from(seed),
         );
-        let canary_hello = hello(
+        let canary_hello = hello_with(
             Tune {
                 channel_max: 2047,
                 frame_max: CANARY_FRAME_MAX,
@@ -293,7 +282,7 @@ impl World {
                 up: None,
                 to_broker: VecDeque::new(),
                 to_client: VecDeque::new(),
-                rx: BytesMut::new(),
+                rx: FrameReader::default(),
                 published: 0,
                 delivered: 0,
             },
@@ -308,8 +297,7 @@ impl World {
 
     fn note(&mut self, line: impl FnOnce() -> String) {
         if let Some(t) = &mut self.trace {
-            let at = self.now.duration_since(super::base_instant());
-            t.push(format!("+{:>8.3}s {}", at.as_secs_f64(), line()));
+            t.push(trace_line(self.now, 8, line()));
         }
     }
 
@@ -510,10 +498,10 @@ impl World {
             id,
             frame_max,
             channel_max,
-            tx: BytesMut::new(),
+            tx: FrameReader::default(),
             broken: false,
             gone: false,
-            rx: BytesMut::new(),
+            rx: FrameReader::default(),
         });
         self.pump();
         self.accept_dials();
@@ -525,12 +513,11 @@ impl World {
         if c.broken {
             return;
         }
-        c.tx.extend_from_slice(bytes);
-        let decoder = FrameDecoder::new(c.frame_max);
+        c.tx.push(bytes);
         let mut frames: SmallVec<[Frame; 8]> = SmallVec::new();
         let mut error = None;
         loop {
-            match decoder.decode(&mut c.tx) {
+            match c.tx.next_frame(c.frame_max) {
                 Ok(Some(f)) => frames.push(f),
                 Ok(None) => break,
                 Err(e) => {
@@ -560,7 +547,7 @@ impl World {
     fn canary_sends(&mut self, frames: &[Bytes], skip: usize) {
         let mut batch: SmallVec<[Frame; 8]> = SmallVec::new();
         for (n, raw) in frames.iter().enumerate() {
-            let Some(f) = to_frame(raw) else { continue };
+            let Some(f) = parse_frame(raw) else { continue };
             if n >= skip {
                 self.canary
                     .to_broker
@@ -796,7 +783,7 @@ impl World {
             if fired > 10_000 {
                 self.fail(format!(
                     "a timer keeps firing at {:?}",
-                    at.duration_since(super::base_instant())
+                    at.duration_since(epoch())
                 ));
             }
             self.now = self.now.max(at);
@@ -819,7 +806,7 @@ impl World {
         };
         let mut batch: SmallVec<[Frame; 8]> = SmallVec::new();
         for raw in &frames {
-            let Some(f) = to_frame(raw) else { continue };
+            let Some(f) = parse_frame(raw) else { continue };
             self.brokers[i].check.from_broker(&f);
             if self.canary.up == Some((up, f.channel())) {
                 self.canary
@@ -856,17 +843,9 @@ impl World {
                 },
             );
             self.pump();
-            let start = encode::start(&ConnectionStart {
-                server_properties: FieldTable::default(),
-                mechanisms: "PLAIN AMQPLAIN".into(),
-                locales: "en_US".into(),
-            });
-            self.broker_sends(up, vec![start]);
-            self.broker_sends(up, vec![encode::tune(self.offer, false)]);
-            let open_ok = method_frame(0, ids::CONNECTION_OPEN_OK, |w| {
-                w.shortstr(b"");
-            });
-            self.broker_sends(up, vec![open_ok]);
+            for frame in broker_handshake(self.offer) {
+                self.broker_sends(up, vec![frame]);
+            }
         }
         self.accepting = false;
     }
@@ -906,7 +885,8 @@ impl World {
         let canary = self.canary.id;
         match e {
             HubEvent::ClientClosed { client, reply } => {
-                self.note(|| format!("event {client} closed {} {:?}", reply.code, reply.text));
+                let now = self.now;
+                self.note(|| format!("event {}", describe_event(e, now)));
                 if *client == canary {
                     self.fail(format!(
                         "the canary was closed: {} {}",
@@ -991,10 +971,10 @@ impl World {
         if self.clients[i].gone {
             self.fail(format!("bytes for {client} after CloseClient"));
         }
-        self.clients[i].rx.extend_from_slice(data);
+        self.clients[i].rx.push(data);
         loop {
             let c = &mut self.clients[i];
-            let decoded = FrameDecoder::new(c.frame_max).decode(&mut c.rx);
+            let decoded = c.rx.next_frame(c.frame_max);
             let f = match decoded {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
@@ -1011,9 +991,9 @@ impl World {
     }
 
     fn canary_receives(&mut self, data: &[u8]) {
-        self.canary.rx.extend_from_slice(data);
+        self.canary.rx.push(data);
         loop {
-            let f = match FrameDecoder::new(CANARY_FRAME_MAX).decode(&mut self.canary.rx) {
+            let f = match self.canary.rx.next_frame(CANARY_FRAME_MAX) {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
                 Err(e) => self.fail(format!("the canary was sent a frame it cannot read: {e}")),

@@ -1,8 +1,11 @@
 //! Tests of the `hub_client` target and its checker.
 
 use super::*;
+use crate::hub_world::connection_start;
+use bytes::BytesMut;
 use warren_core::frame::PROTOCOL_HEADER;
 use warren_core::method::StartOk;
+use warren_core::table::FieldTable;
 use warren_core::wire::Writer;
 
 fn checker() -> UpstreamChecker {
@@ -10,18 +13,14 @@ fn checker() -> UpstreamChecker {
 }
 
 fn frame(raw: &Bytes) -> Frame {
-    to_frame(raw).expect("a whole frame")
+    parse_frame(raw).expect("a whole frame")
 }
 
 /// A checker after a complete handshake with the given broker tune.
 fn running_with(offer: Tune, accept: Tune) -> UpstreamChecker {
     let mut c = checker();
     c.from_warren(PROTOCOL_HEADER).unwrap();
-    c.from_broker(&frame(&encode::start(&ConnectionStart {
-        server_properties: FieldTable::default(),
-        mechanisms: "PLAIN".into(),
-        locales: "en_US".into(),
-    })));
+    c.from_broker(&frame(&connection_start()));
     c.from_warren(&encode::start_ok(&StartOk {
         client_properties: FieldTable::default(),
         mechanism: "PLAIN".into(),
@@ -90,15 +89,7 @@ fn consume(ch: u16, tag: &[u8]) -> Bytes {
 }
 
 fn close(ch: u16) -> Bytes {
-    encode::close(
-        ch,
-        &Close {
-            code: 200,
-            text: "bye".into(),
-            class_id: 0,
-            method_id: 0,
-        },
-    )
+    crate::hub_world::close(ch, 200, "bye")
 }
 
 #[test]
@@ -134,11 +125,7 @@ fn handshake_out_of_order_is_reported() {
     // A tune-ok above what the broker offered.
     let mut c = checker();
     c.from_warren(PROTOCOL_HEADER).unwrap();
-    c.from_broker(&frame(&encode::start(&ConnectionStart {
-        server_properties: FieldTable::default(),
-        mechanisms: "PLAIN".into(),
-        locales: "en_US".into(),
-    })));
+    c.from_broker(&frame(&connection_start()));
     c.from_warren(&encode::start_ok(&StartOk {
         client_properties: FieldTable::default(),
         mechanism: "PLAIN".into(),
