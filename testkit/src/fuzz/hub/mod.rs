@@ -10,7 +10,7 @@ mod input;
 mod tests;
 
 use crate::hub_world::{
-    broker_handshake, describe_event, epoch, header, hello_with, parse_frame, trace_line,
+    broker_handshake, describe_event, epoch, header, hello, hello_with, parse_frame, trace_line,
     FrameReader,
 };
 use crate::rules::*;
@@ -256,19 +256,7 @@ impl World {
             template.credentials.clone(),
             u64::from(seed),
         );
-        let canary_hello = hello_with(
-            Tune {
-                channel_max: 2047,
-                frame_max: CANARY_FRAME_MAX,
-                heartbeat: 0,
-            },
-            ClientCapabilities {
-                authentication_failure_close: true,
-                consumer_cancel_notify: true,
-                connection_blocked: true,
-            },
-        );
-        let canary = hub.add_client(now, canary_hello);
+        let canary = hub.add_client(now, hello(CANARY_FRAME_MAX, 0));
         World {
             hub,
             now,
