@@ -43,9 +43,10 @@ const FRAME_MAXES: [u32; 6] = [7, 64, FRAME_MIN_SIZE, HANDSHAKE_FRAME_MAX, 131_0
 
 /// Fuzz target: the frame decoder, which sees every byte a client or the broker sends.
 ///
-/// For each frame_max in [`FRAME_MAXES`], the input is split into frames by a small reference
-/// model of the wire format, and then fed to [`FrameDecoder`] in three chunkings (all at once,
-/// one byte per read, and read sizes derived from the data). It asserts that:
+/// For each frame_max in `FRAME_MAXES` (7, 64, the spec minimum, the handshake limit, 128 KiB
+/// and 1 MiB), the input is split into frames by a small reference model of the wire format,
+/// and then fed to [`FrameDecoder`] in three chunkings (all at once, one byte per read, and
+/// read sizes derived from the data). It asserts that:
 /// - the decoder never panics and agrees with the model in every chunking (same frames, same
 ///   error, or the same "need more bytes");
 /// - each decoded frame is exactly the input bytes at its offset, and rebuilding it with
