@@ -3,7 +3,8 @@
 //! Two layers:
 //!
 //! 1. **The pure-core world** ([`world`]): the real `warren_core::hub::Hub` and
-//!    `ClientHandshake` with a sans-IO fake broker ([`broker`]) and scripted fake clients
+//!    `ClientHandshake` with the test kit's sans-IO fake broker ([`broker`],
+//!    `warren_testkit::broker`) and scripted fake clients
 //!    ([`client`]), stepped in virtual time with no async at all. Thousands of seeds per
 //!    second in release. Faults come from a [`plan::FaultPlan`] drawn from the seed; the
 //!    invariants of [`check`] are checked after every run.
@@ -16,7 +17,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod broker;
 pub mod check;
 pub mod client;
 pub mod layer2;
@@ -24,7 +24,11 @@ pub mod plan;
 pub mod scenario;
 pub mod seeds;
 pub mod slow;
-pub mod tag;
 pub mod trace;
 pub mod turmoil_net;
 pub mod world;
+
+// The fake broker and the message tags moved to the test kit (issue 15); re-exported so that
+// `warren_sim::broker` and `warren_sim::tag` keep working.
+pub use warren_testkit::broker;
+pub use warren_testkit::broker::tag;

@@ -1,6 +1,8 @@
 //! Message tags: every body a fake client publishes starts with its origin (client, channel,
 //! sequence number, target queue), so the checks can tell where each delivery, return and
-//! confirm came from without trusting the proxy's bookkeeping.
+//! confirm came from without trusting the proxy's bookkeeping. It lives beside the fake
+//! broker because the broker reads it too (publish order, body integrity, its log of what
+//! it confirmed); the simulation's clients write it.
 
 use std::fmt;
 

@@ -3,15 +3,15 @@
 //! delivered round-robin to consumers with room, as header and body frames.
 
 use super::state::{ChanState, Msg, Pending, Phase};
+use super::tag::Origin;
 use super::{Broker, ConnId};
-use crate::tag::Origin;
+use crate::frames::content_header;
 use bytes::{Bytes, BytesMut};
 use std::time::Instant;
 use warren_core::frame::{method_frame, Frame, FrameType};
 use warren_core::method::ids;
 use warren_core::reply;
 use warren_core::table::FieldTable;
-use warren_core::wire::Writer;
 
 impl Broker {
     /// A whole message arrived: check it, route it, return or confirm it.
@@ -146,15 +146,12 @@ impl Broker {
         let Some(frame_max) = self.conns.get(&id).map(|c| c.tune.frame_max) else {
             return;
         };
-        let mut payload = BytesMut::new();
-        Writer::new(&mut payload)
-            .u16(60)
-            .u16(0)
-            .u64(body.len() as u64)
-            .u16(if headers.is_some() { 1 << 13 } else { 0 });
+        let mut props = BytesMut::new();
         if let Some(h) = headers {
-            h.encode(&mut payload);
+            h.encode(&mut props);
         }
+        let flags = if headers.is_some() { 1 << 13 } else { 0 };
+        let payload = content_header(60, body.len() as u64, flags, &props);
         let mut data = BytesMut::new();
         data.extend_from_slice(&Frame::new(FrameType::Header, ch, &payload).freeze());
         let max = (frame_max as usize).saturating_sub(8).max(1);
