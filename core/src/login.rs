@@ -178,6 +178,21 @@ impl Login {
         self.tune
     }
 
+    /// The largest frame the broker may send on this connection: what warren asks for until
+    /// its `TuneOk` has gone out, the negotiated value after. The driver decodes the
+    /// connection's bytes under it, so the limit is decided here, once.
+    #[must_use]
+    pub fn frame_max(&self) -> u32 {
+        match self.phase {
+            LoginPhase::Dialing | LoginPhase::AwaitStart | LoginPhase::AwaitTune => {
+                self.wanted.frame_max
+            }
+            LoginPhase::AwaitVhost | LoginPhase::AwaitOpenOk | LoginPhase::Open => {
+                self.tune.frame_max
+            }
+        }
+    }
+
     /// Whether the connection is still on its way to `OpenOk`.
     #[must_use]
     pub fn is_connecting(&self) -> bool {

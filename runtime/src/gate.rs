@@ -417,7 +417,11 @@ impl<N: Network> Gate<N> {
                         self.sockets.close(c.key);
                     }
                 }
-                Output::Dial { link, nodes } => self.dial(link, nodes),
+                Output::Dial {
+                    link,
+                    nodes,
+                    frame_max,
+                } => self.dial(link, nodes, frame_max),
                 Output::ToLink { link, data } => {
                     if let Some(key) = self.link_mut(link).and_then(|l| l.key) {
                         self.sockets.send(key, data);
@@ -508,15 +512,16 @@ impl<N: Network> Gate<N> {
         }
     }
 
-    /// Connects a link in the background; the result comes back as [`GateMsg::Dialed`].
-    fn dial(&mut self, link: LinkId, nodes: NodeOrder) {
+    /// Connects a link in the background; the result comes back as [`GateMsg::Dialed`]. Its
+    /// frames will be decoded under `frame_max`.
+    fn dial(&mut self, link: LinkId, nodes: NodeOrder, frame_max: u32) {
         put(
             &mut self.links,
             link.index(),
             LinkInfo {
                 id: link,
                 key: None,
-                decoder: FrameDecoder::new(self.ctx.live().config.frame_max),
+                decoder: FrameDecoder::new(frame_max),
             },
         );
         let (ctx, tx) = (self.ctx.clone(), self.tx.clone());

@@ -85,7 +85,6 @@ pub(crate) fn spawn_hub<N: Network>(
     let metrics = ctx.metrics.hub(&key.user, &key.vhost);
     let task = HubTask {
         slow_rule: ctx.live().config.slow_rule(),
-        upstream_frame_max: ctx.live().config.frame_max,
         ctx: ctx.clone(),
         hub: *hub,
         key,
@@ -141,7 +140,6 @@ struct HubTask<N: Network> {
     watch_at: Option<Instant>,
     /// A broker connection is over its high-water mark: client sockets are not read.
     congested: bool,
-    upstream_frame_max: u32,
     metrics: HubMetrics,
     last_stats: HubStats,
     last_record: Instant,
@@ -285,7 +283,9 @@ impl<N: Network> HubTask<N> {
                 frames,
                 node,
             } => {
+                let frame_max = login.frame_max();
                 let id = self.hub.adopt_upstream(now(), *login, node);
+                self.track_upstream(id, frame_max, self.ctx.abort.child_token());
                 self.attach_upstream(id, stream, rbuf, unsent);
                 self.apply_outputs();
                 if !frames.is_empty() {
@@ -300,7 +300,6 @@ impl<N: Network> HubTask<N> {
                     // A reload: the runtime's own settings too, for what starts from now on.
                     let live = self.ctx.live();
                     self.slow_rule = live.config.slow_rule();
-                    self.upstream_frame_max = live.config.frame_max;
                 }
                 self.handle(input);
             }
@@ -586,7 +585,11 @@ impl<N: Network> HubTask<N> {
                         None => u.cancel.cancel(),
                     }
                 }
-                Output::Dial { upstream, nodes } => self.dial(upstream, nodes),
+                Output::Dial {
+                    upstream,
+                    nodes,
+                    frame_max,
+                } => self.dial(upstream, nodes, frame_max),
                 Output::Event(e) => self.event(e),
             }
         }
@@ -648,20 +651,10 @@ impl<N: Network> HubTask<N> {
     }
 
     /// Dials the broker for `id` (TCP, then TLS if configured; the nodes in the hub's order)
-    /// in a connect task.
-    fn dial(&mut self, id: UpstreamId, nodes: NodeOrder) {
+    /// in a connect task; its frames will be decoded under `frame_max`.
+    fn dial(&mut self, id: UpstreamId, nodes: NodeOrder, frame_max: u32) {
         let cancel = self.ctx.abort.child_token();
-        put(
-            &mut self.upstreams,
-            id.index(),
-            UpstreamConn {
-                id,
-                key: None,
-                decoder: FrameDecoder::new(self.upstream_frame_max),
-                cancel: cancel.clone(),
-                local_port: None,
-            },
-        );
+        self.track_upstream(id, frame_max, cancel.clone());
         let (ctx, tx) = (self.ctx.clone(), self.dial_tx.clone());
         tokio::spawn(async move {
             let result = tokio::select! {
@@ -695,7 +688,24 @@ impl<N: Network> HubTask<N> {
         }
     }
 
-    /// Gives upstream `id` its socket in the set.
+    /// Starts tracking upstream `id`, whose frames are decoded under `frame_max` (core's
+    /// [`warren_core::login::Login::frame_max`]); it has no socket until
+    /// [`Self::attach_upstream`].
+    fn track_upstream(&mut self, id: UpstreamId, frame_max: u32, cancel: CancellationToken) {
+        put(
+            &mut self.upstreams,
+            id.index(),
+            UpstreamConn {
+                id,
+                key: None,
+                decoder: FrameDecoder::new(frame_max),
+                cancel,
+                local_port: None,
+            },
+        );
+    }
+
+    /// Gives tracked upstream `id` its socket in the set.
     fn attach_upstream(
         &mut self,
         id: UpstreamId,
@@ -706,21 +716,8 @@ impl<N: Network> HubTask<N> {
         let key = self
             .sockets
             .insert(Conn::Upstream(id), stream, rbuf, unsent);
-        let frame_max = self.upstream_frame_max;
-        let cancel = self.ctx.abort.child_token();
-        match self.upstream_mut(id) {
-            Some(u) => u.key = Some(key),
-            None => put(
-                &mut self.upstreams,
-                id.index(),
-                UpstreamConn {
-                    id,
-                    key: Some(key),
-                    decoder: FrameDecoder::new(frame_max),
-                    cancel,
-                    local_port: None,
-                },
-            ),
+        if let Some(u) = self.upstream_mut(id) {
+            u.key = Some(key);
         }
     }
 

@@ -128,6 +128,8 @@ pub enum Output {
         link: LinkId,
         /// The nodes of the upstream list to try, in this order (B17).
         nodes: NodeOrder,
+        /// The largest frame to accept from it ([`crate::login::Login::frame_max`]).
+        frame_max: u32,
     },
     /// Write bytes to a link.
     ToLink {

@@ -139,6 +139,7 @@ impl Admission {
             idx: self.links.vacant_key() as u32,
             gen: self.gen(),
         };
+        let frame_max = login.frame_max();
         self.links.insert(Link {
             id,
             login,
@@ -150,7 +151,11 @@ impl Admission {
         if self.config.hub.placement == hub::Placement::Spread {
             self.nodes.rotate();
         }
-        self.out.push_back(Output::Dial { link: id, nodes });
+        self.out.push_back(Output::Dial {
+            link: id,
+            nodes,
+            frame_max,
+        });
         self.schedule_link(now, id);
         id
     }

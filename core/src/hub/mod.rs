@@ -315,6 +315,8 @@ pub enum Output {
         upstream: UpstreamId,
         /// The nodes of the upstream list to try, in this order (B17).
         nodes: NodeOrder,
+        /// The largest frame to accept from it ([`Login::frame_max`]).
+        frame_max: u32,
     },
     /// Queue bytes for an upstream.
     ToUpstream {
@@ -1024,12 +1026,14 @@ impl Hub {
             Some(&c.vhost),
             name,
         );
+        let frame_max = login.frame_max();
         let mut u = upstream::Upstream::new(id, now, login);
         u.aim = nodes.first().copied().unwrap_or(0);
         self.upstreams.insert(u);
         self.out.push_back(Output::Dial {
             upstream: id,
             nodes,
+            frame_max,
         });
         self.schedule_upstream(id);
         id

@@ -66,11 +66,12 @@ impl World {
                 }
                 self.obs.handshake_closed(cid);
             }
-            A::Dial { link, .. } => {
+            A::Dial {
+                link, frame_max, ..
+            } => {
                 self.next_up += 1;
                 let uid = self.next_up;
                 self.adm_links.insert(link, uid);
-                let frame_max = self.sc.hub.upstream_frame_max;
                 self.ups
                     .insert(uid, UpSlot::new(Owner::Admission(link), frame_max));
                 self.line(format!("w dials u{uid} (admission {link})"));

@@ -70,7 +70,11 @@ impl World {
                 }
             }
             // One broker: every node of the order is it.
-            Output::Dial { upstream, .. } => {
+            Output::Dial {
+                upstream,
+                frame_max,
+                ..
+            } => {
                 self.next_up += 1;
                 let uid = self.next_up;
                 self.hubs[i].ups.insert(upstream, uid);
@@ -81,7 +85,7 @@ impl World {
                             hub: hid,
                             id: upstream,
                         },
-                        self.sc.hub.upstream_frame_max,
+                        frame_max,
                     ),
                 );
                 self.line(format!("w dials u{uid} (hub h{hid})"));

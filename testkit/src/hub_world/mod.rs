@@ -303,7 +303,9 @@ impl World {
                     self.line(format!("close {upstream}"));
                     self.closed.push(Peer::U(upstream));
                 }
-                Output::Dial { upstream, nodes } => {
+                Output::Dial {
+                    upstream, nodes, ..
+                } => {
                     self.line(format!("dial {upstream}"));
                     self.dials.push(upstream);
                     self.dial_orders.insert(upstream, nodes);
