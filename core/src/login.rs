@@ -5,7 +5,7 @@
 //! Admission proves unknown credentials with a login started at a client's `StartOk`: the
 //! broker's `Tune` says the password is good before any vhost is named, so the login waits in
 //! [`LoginPhase::AwaitVhost`] until the client's `Open` names one, then opens it and is handed
-//! to that vhost's hub as an ordinary upstream ([`Login::into_open`]).
+//! to that vhost's hub as an ordinary upstream (`Login::into_open`).
 //!
 //! Sans-IO like the rest of `core`: every call takes `now` and returns what to send.
 
