@@ -315,6 +315,3 @@ impl Admission {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,17 +1,30 @@
 //! Admission scenarios: scripted clients and a scripted broker behind admission's links, in
-//! virtual time, rendered as a readable trace and snapshotted.
+//! virtual time, rendered as a readable trace and snapshotted. They drive warren-core's
+//! `Admission` through its public API only, and live here rather than in `core/src` so that
+//! the production library holds production code only (issue 15). The broker's frames, frame
+//! parsing and the epoch come from [`hub_world`], the client's `StartOk`, `TuneOk` and content
+//! header from [`frames`]; the trace keeps its own millisecond stamp and short frame names,
+//! which its snapshots are written in.
 
-use super::*;
-use crate::credentials::Secret;
-use crate::frame::{FrameDecoder, PROTOCOL_HEADER};
-use crate::hub::HubConfig;
-use crate::method::encode;
-use crate::method::{self, ids, ConnectionStart, Method, StartOk, Tune};
-use crate::table::{longstr, FieldTable, FieldValue};
 use bytes::Bytes;
 use smallvec::SmallVec;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use warren_core::admission::{
+    events, Admission, AdmissionConfig, AdmissionEvent, ConnId, HubId, Input, LinkId, Output,
+    Refusal, SILENT_CLOSE_DELAY,
+};
+use warren_core::credentials::{Credentials, Secret};
+use warren_core::frame::{FrameType, HEARTBEAT, PROTOCOL_HEADER};
+use warren_core::hub::HubConfig;
+use warren_core::method::{self, encode, ids, Method, Tune};
+use warren_core::reply;
+use warren_core::table::{longstr, FieldTable};
+use warren_testkit::frames;
+use warren_testkit::hub_world::{
+    broker_handshake, close, connection_start, epoch, m, parse_frame, to_frame,
+};
 
 struct World {
     adm: Admission,
@@ -29,7 +42,7 @@ struct World {
 
 impl World {
     fn new(config: AdmissionConfig) -> World {
-        let t0 = crate::test_epoch();
+        let t0 = epoch();
         let mut w = World {
             adm: Admission::new(t0, config, 7),
             t0,
@@ -47,14 +60,18 @@ impl World {
     fn at(&mut self, d: Duration) {
         self.now = self.t0 + d;
         while self.adm.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.adm.handle(self.now, Input::Timeout);
-            self.drain();
+            self.input(Input::Timeout);
         }
     }
 
     fn line(&mut self, s: impl std::fmt::Display) {
         let ms = self.now.duration_since(self.t0).as_millis();
         let _ = writeln!(self.trace, "+{ms}ms {s}");
+    }
+
+    fn input(&mut self, input: Input) {
+        self.adm.handle(self.now, input);
+        self.drain();
     }
 
     fn accept(&mut self) -> ConnId {
@@ -64,76 +81,71 @@ impl World {
     }
 
     fn client(&mut self, conn: ConnId, data: Bytes) {
-        self.adm.handle(
-            self.now,
-            Input::ClientData {
-                conn,
-                data: data.clone(),
-            },
-        );
-        self.drain();
+        self.input(Input::ClientData { conn, data });
+    }
+
+    /// A client's protocol header and `StartOk`.
+    fn start_ok(&mut self, conn: ConnId, user: &str, password: &str, failure_close: bool) {
+        self.client(conn, Bytes::from_static(PROTOCOL_HEADER));
+        let response = format!("\0{user}\0{password}");
+        let start_ok = frames::start_ok_plain(response.as_bytes(), failure_close);
+        self.client(conn, start_ok.into());
     }
 
     /// A client up to `StartOk`.
     fn login(&mut self, user: &str, password: &str, failure_close: bool) -> ConnId {
         let c = self.accept();
         self.line(format!("{c} connects as {user}"));
-        self.client(c, Bytes::from_static(PROTOCOL_HEADER));
-        self.client(c, start_ok(user, password, failure_close));
+        self.start_ok(c, user, password, failure_close);
         c
     }
 
     /// The client's `TuneOk` and `Open`.
     fn open(&mut self, conn: ConnId, vhost: &str) {
         self.line(format!("{conn} opens {vhost:?}"));
-        let mut b = encode::tune(
-            Tune {
-                channel_max: 0,
-                frame_max: 131_072,
-                heartbeat: 60,
-            },
-            true,
-        )
-        .to_vec();
+        self.tune_ok_and_open(conn, 60, vhost);
+    }
+
+    /// The client's `TuneOk` with `heartbeat` and its `Open` of `vhost`, traced as such.
+    fn tune_ok_with(&mut self, conn: ConnId, heartbeat: u16, vhost: &str) {
+        self.line(format!(
+            "{conn} tune-ok heartbeat={heartbeat}, opens {vhost:?}"
+        ));
+        self.tune_ok_and_open(conn, heartbeat, vhost);
+    }
+
+    fn tune_ok_and_open(&mut self, conn: ConnId, heartbeat: u16, vhost: &str) {
+        let mut b = frames::tune_ok(0, 131_072, heartbeat);
         b.extend_from_slice(&encode::open(vhost));
-        self.client(conn, Bytes::from(b));
+        self.client(conn, b.into());
     }
 
     fn link(&mut self, link: LinkId, frame: Bytes) {
-        let mut buf = BytesMut::from(&frame[..]);
-        let f = FrameDecoder::new(1 << 20)
-            .decode(&mut buf)
-            .unwrap()
-            .unwrap();
-        let mut frames = SmallVec::new();
-        frames.push(f);
-        self.adm
-            .handle(self.now, Input::LinkFrames { link, frames });
-        self.drain();
+        let frames = SmallVec::from_elem(to_frame(&frame), 1);
+        self.input(Input::LinkFrames { link, frames });
+    }
+
+    fn connected(&mut self, link: LinkId) {
+        self.input(Input::LinkConnected { link, node: 0 });
     }
 
     /// The broker answers a link's dial and login up to `Tune`.
     fn broker_accepts_login(&mut self, link: LinkId) {
-        self.adm
-            .handle(self.now, Input::LinkConnected { link, node: 0 });
-        self.drain();
-        self.link(link, broker_start());
-        self.link(
-            link,
-            encode::tune(
-                Tune {
-                    channel_max: 2047,
-                    frame_max: 131_072,
-                    heartbeat: 60,
-                },
-                false,
-            ),
-        );
+        self.connected(link);
+        let [start, tune, _open_ok] = broker_handshake(Tune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 60,
+        });
+        self.link(link, start);
+        self.link(link, tune);
     }
 
-    fn broker_refuses(&mut self, link: LinkId, code: u16, text: &str) {
-        let close = method::Close::from(&Reply::verbatim(code, text));
-        self.link(link, encode::close(0, &close));
+    /// The broker answers a link's dial with `Start`, then refuses the login.
+    fn broker_refuses_login(&mut self, link: LinkId, text: &str) {
+        self.connected(link);
+        self.link(link, connection_start());
+        self.link(link, close(0, reply::ACCESS_REFUSED, text));
     }
 
     fn drain(&mut self) {
@@ -209,39 +221,15 @@ fn describe_event(e: &AdmissionEvent) -> String {
     }
 }
 
-fn start_ok(user: &str, password: &str, failure_close: bool) -> Bytes {
-    let caps = FieldTable::default().with(
-        "authentication_failure_close",
-        FieldValue::Bool(failure_close),
-    );
-    encode::start_ok(&StartOk {
-        client_properties: FieldTable::default().with("capabilities", FieldValue::Table(caps)),
-        mechanism: "PLAIN".into(),
-        response: format!("\0{user}\0{password}").into_bytes(),
-        locale: "en_US".into(),
-    })
-}
-
-fn broker_start() -> Bytes {
-    encode::start(&ConnectionStart {
-        server_properties: FieldTable::default().with("product", longstr("RabbitMQ")),
-        mechanisms: "PLAIN AMQPLAIN".into(),
-        locales: "en_US".into(),
-    })
-}
-
+/// The first frame of what admission wrote, named briefly.
 fn describe(data: &[u8]) -> String {
     if data == PROTOCOL_HEADER {
         return "protocol header".into();
     }
-    if data == crate::frame::HEARTBEAT {
+    if data == HEARTBEAT {
         return "heartbeat".into();
     }
-    let mut buf = BytesMut::from(data);
-    let f = FrameDecoder::new(1 << 20)
-        .decode(&mut buf)
-        .unwrap()
-        .unwrap();
+    let f = parse_frame(data).expect("admission writes whole frames");
     match method::decode(f.payload()) {
         Ok(Method::ConnectionClose(c)) => format!("close {} {:?}", c.code, c.text),
         Ok(Method::Open { vhost }) => format!("open {vhost:?}"),
@@ -282,12 +270,8 @@ fn a_wrong_password_is_refused_instead_of_tune_and_remembered() {
     let mut w = World::new(config());
     let c1 = w.login("app", "wrong", true);
     let c2 = w.login("app", "wrong", false);
-    let link = w.dials[0];
-    w.adm.handle(w.now, Input::LinkConnected { link, node: 0 });
-    w.link(link, broker_start());
-    w.broker_refuses(
-        link,
-        reply::ACCESS_REFUSED,
+    w.broker_refuses_login(
+        w.dials[0],
         "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
     );
     assert!(w.closed.contains(&c1), "closed after its Connection.Close");
@@ -313,11 +297,12 @@ fn a_refused_vhost_reaches_the_client_at_open_with_the_brokers_text() {
     let link = w.dials[0];
     w.broker_accepts_login(link);
     w.open(c, "nowhere");
-    w.broker_refuses(
-        link,
+    let refusal = close(
+        0,
         reply::NOT_ALLOWED,
         "NOT_ALLOWED - vhost nowhere not found",
     );
+    w.link(link, refusal);
     assert!(w.closed.contains(&c));
     // The account stays trusted; the vhost refusal is remembered.
     let c2 = w.login("app", "secret", true);
@@ -331,14 +316,10 @@ fn an_unreachable_broker_refuses_new_logins_at_once_until_the_backoff_ends() {
     let mut w = World::new(config());
     w.login("app", "secret", true);
     let link = w.dials[0];
-    w.adm.handle(
-        w.now,
-        Input::LinkClosed {
-            link,
-            reason: "connection refused (127.0.0.1:5672)".into(),
-        },
-    );
-    w.drain();
+    w.input(Input::LinkClosed {
+        link,
+        reason: "connection refused (127.0.0.1:5672)".into(),
+    });
     w.login("other", "secret", true);
     assert_eq!(w.dials.len(), 1, "no dial while unreachable");
     w.at(Duration::from_secs(1));
@@ -389,13 +370,11 @@ fn limits_and_drain_refuse_with_the_documented_codes() {
     w.open(c2, "other");
     // A client accepted while two are connected.
     let c3 = w.adm.accept(w.now, 2);
-    w.client(c3, Bytes::from_static(PROTOCOL_HEADER));
-    w.client(c3, start_ok("a", "p", true));
+    w.start_ok(c3, "a", "p", true);
     w.open(c3, "/");
     // Draining: a client mid-handshake is closed with 320.
     let c4 = w.login("a", "p", true);
-    w.adm.handle(w.now, Input::Drain);
-    w.drain();
+    w.input(Input::Drain);
     assert!([c2, c3, c4].iter().all(|c| w.closed.contains(c)));
     insta::assert_snapshot!(w.trace);
 }
@@ -409,11 +388,9 @@ fn a_hub_stops_only_when_nothing_is_on_its_way_to_it() {
     w.link(w.dials[0], encode::open_ok());
     let (hub, handoffs) = w.hubs.iter().next().map(|(h, n)| (*h, *n)).unwrap();
     assert_eq!(handoffs, 2, "the proof and the client");
-    w.adm.handle(w.now, Input::HubIdle { hub, handoffs: 1 });
-    w.drain();
+    w.input(Input::HubIdle { hub, handoffs: 1 });
     assert!(!w.trace.contains("stop"), "a handoff is still on its way");
-    w.adm.handle(w.now, Input::HubIdle { hub, handoffs: 2 });
-    w.drain();
+    w.input(Input::HubIdle { hub, handoffs: 2 });
     assert!(w.trace.contains(&format!("stop {hub}")));
     assert_eq!(w.adm.hub_count(), 0);
 }
@@ -433,7 +410,7 @@ fn revocations_from_the_event_feed() {
     w.broker_accepts_login(feed);
     w.link(feed, encode::open_ok());
     assert!(w.adm.feed_is_up());
-    let declare_ok = crate::frame::method_frame(1, ids::QUEUE_DECLARE_OK, |wr| {
+    let declare_ok = m(1, ids::QUEUE_DECLARE_OK, |wr| {
         wr.shortstr(b"amq.gen-feed").u32(0).u32(0);
     });
     w.link(feed, declare_ok);
@@ -452,19 +429,7 @@ fn revocations_from_the_event_feed() {
     deliver_event(&mut w, feed, "user.password.changed", &[("name", "app")]);
     let c3 = w.login("app", "old", true);
     assert_eq!(w.dials.len(), 3);
-    w.adm.handle(
-        w.now,
-        Input::LinkConnected {
-            link: w.dials[2],
-            node: 0,
-        },
-    );
-    w.link(w.dials[2], broker_start());
-    w.broker_refuses(
-        w.dials[2],
-        reply::ACCESS_REFUSED,
-        "ACCESS_REFUSED - Login was refused",
-    );
+    w.broker_refuses_login(w.dials[2], "ACCESS_REFUSED - Login was refused");
     assert!(w.closed.contains(&c3));
     // The user is deleted: its hubs close their clients as RabbitMQ would.
     deliver_event(&mut w, feed, "user.deleted", &[("name", "app")]);
@@ -473,7 +438,7 @@ fn revocations_from_the_event_feed() {
 
 fn deliver_event(w: &mut World, feed: LinkId, key: &str, headers: &[(&str, &str)]) {
     w.line(format!("broker event {key}"));
-    let deliver = crate::frame::method_frame(1, ids::BASIC_DELIVER, |wr| {
+    let deliver = m(1, ids::BASIC_DELIVER, |wr| {
         wr.shortstr(b"warren-events")
             .u64(1)
             .bit(false)
@@ -484,33 +449,9 @@ fn deliver_event(w: &mut World, feed: LinkId, key: &str, headers: &[(&str, &str)
     let table = headers
         .iter()
         .fold(FieldTable::default(), |t, (k, v)| t.with(k, longstr(v)));
-    let mut payload = BytesMut::new();
-    use bytes::BufMut;
-    payload.put_u16(60);
-    payload.put_u16(0);
-    payload.put_u64(0);
-    payload.put_u16(1 << 13);
-    table.encode(&mut payload);
-    let header = crate::frame::Frame::new(crate::frame::FrameType::Header, 1, &payload).freeze();
-    w.link(feed, header);
-}
-
-/// The client's `TuneOk` with `heartbeat` and its `Open` of `vhost`.
-fn tune_ok_and_open(w: &mut World, conn: ConnId, heartbeat: u16, vhost: &str) {
-    w.line(format!(
-        "{conn} tune-ok heartbeat={heartbeat}, opens {vhost:?}"
-    ));
-    let mut b = encode::tune(
-        Tune {
-            channel_max: 0,
-            frame_max: 131_072,
-            heartbeat,
-        },
-        true,
-    )
-    .to_vec();
-    b.extend_from_slice(&encode::open(vhost));
-    w.client(conn, Bytes::from(b));
+    let props = frames::Args::new().table(&table).done();
+    let header = frames::content_header(60, 0, 1 << 13, &props);
+    w.link(feed, frames::frame(FrameType::Header, 1, &header).into());
 }
 
 /// B10/B13 (simulation seeds 27945, 71384, 139499, 142810): a client whose `Open` waits on
@@ -525,13 +466,13 @@ fn a_client_waiting_at_open_hears_heartbeats() {
     let silent = w.login("app", "secret", true);
     let link = w.dials[0];
     w.broker_accepts_login(link);
-    tune_ok_and_open(&mut w, beating, 1, "/");
-    tune_ok_and_open(&mut w, silent, 1, "/");
+    w.tune_ok_with(beating, 1, "/");
+    w.tune_ok_with(silent, 1, "/");
     w.line("the broker falls silent");
     for ms in (250..=5_000).step_by(250) {
         w.at(Duration::from_millis(ms));
         if ms % 500 == 0 && !w.closed.contains(&beating) {
-            w.client(beating, Bytes::from_static(crate::frame::HEARTBEAT));
+            w.client(beating, Bytes::from_static(HEARTBEAT));
         }
     }
     assert!(w.closed.contains(&silent) && w.closed.contains(&beating));
@@ -564,7 +505,7 @@ fn a_client_waiting_at_open_past_the_handshake_deadline_is_told_why() {
     let mut w = World::new(AdmissionConfig { hub, ..config() });
     let c = w.login("app", "secret", true);
     w.broker_accepts_login(w.dials[0]);
-    tune_ok_and_open(&mut w, c, 0, "/");
+    w.tune_ok_with(c, 0, "/");
     w.at(Duration::from_millis(9_999));
     assert!(!w.closed.contains(&c));
     w.at(Duration::from_secs(10));
@@ -619,12 +560,10 @@ fn paused_vhosts_and_drained_hubs() {
     assert_eq!(w.adm.find_hub(first.get()), Some(first));
     assert_eq!(w.adm.find_hub(999), None);
     w.line("pause vhost /");
-    w.adm.handle(w.now, Input::PauseVhost { vhost: "/".into() });
-    w.drain();
+    w.input(Input::PauseVhost { vhost: "/".into() });
     assert_eq!(w.adm.paused_vhosts(), ["/"]);
     w.line("drain the first hub");
-    w.adm.handle(w.now, Input::DetachHub { hub: first });
-    w.drain();
+    w.input(Input::DetachHub { hub: first });
     let list = w.adm.hub_list();
     assert_eq!((list[0].user.as_str(), list[0].attached), ("a", false));
     // The next client of the same credentials starts a second hub, paused from the start.
@@ -633,9 +572,7 @@ fn paused_vhosts_and_drained_hubs() {
     let second = w.joins[1].1;
     assert_ne!(first, second);
     w.line("resume vhost /");
-    w.adm
-        .handle(w.now, Input::ResumeVhost { vhost: "/".into() });
-    w.drain();
+    w.input(Input::ResumeVhost { vhost: "/".into() });
     assert!(w.adm.paused_vhosts().is_empty());
     let trace = w.trace.clone();
     let start = trace.find(&format!("start {second}")).unwrap();
@@ -693,14 +630,10 @@ fn a_reload_applies_to_the_next_client_and_reaches_every_hub() {
     w.open(c1, "/");
     w.link(link, encode::open_ok());
     assert_eq!(w.joins.len(), 1);
-    w.adm.handle(
-        w.now,
-        Input::Reconfigure(Box::new(AdmissionConfig {
-            max_clients: 0,
-            ..config()
-        })),
-    );
-    w.drain();
+    w.input(Input::Reconfigure(Box::new(AdmissionConfig {
+        max_clients: 0,
+        ..config()
+    })));
     assert!(w.trace.contains("gets Reconfigure"), "{}", w.trace);
     let c2 = w.login("app", "secret", true);
     w.open(c2, "/");
