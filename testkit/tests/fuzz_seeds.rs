@@ -5,6 +5,9 @@
 //! `WARREN_WRITE_CORPUS=1 cargo test -p warren-testkit --test fuzz_seeds` also (re)writes them
 //! to `fuzz/corpus/<target>/<name>`; commit the result. Inputs that the fuzzer itself found
 //! are added to the same folders under their hash names and are never overwritten here.
+//!
+//! Why one file of ~1,400 lines: it is a catalogue — one short function per seed, grouped by
+//! target — and a reader looks up one seed at a time; it holds no logic worth a module.
 
 use std::path::PathBuf;
 use warren_core::frame::{FrameType, FRAME_END, HEARTBEAT, PROTOCOL_HEADER};

@@ -2,6 +2,9 @@
 //! trace snapshotted and the properties that matter asserted directly. They drive the hub
 //! through [`warren_testkit::hub_world`] and core's public API only, so they live here rather
 //! than in `core/src` (issue 15).
+//!
+//! Why one file of ~1,500 lines: it is a catalogue of independent scenarios, each a few dozen
+//! lines that read alone with its snapshot; the shared world is in `hub_world`.
 
 use bytes::Bytes;
 use insta::assert_snapshot;
