@@ -2,11 +2,11 @@
 //! over [`Network`] so it runs unchanged under the simulation:
 //!
 //! - the operations endpoint on the `metrics` listener: `GET /metrics`, `/healthz`, `/readyz`;
-//! - the admin API on the `admin_listen` listener: JSON under `/api/` (see [`crate::api`]).
+//! - the admin API on the `admin_listen` listener: JSON under `/api/` (see `api.rs`).
 //!
 //! Every connection is bounded: a request head over 8 KiB gets `431`, a body over
 //! [`MAX_BODY`] gets `413`, and a connection that has not finished within
-//! [`REQUEST_TIMEOUT`] is dropped.
+//! `REQUEST_TIMEOUT` is dropped.
 
 use crate::api::ApiState;
 use crate::http::text;
@@ -110,7 +110,7 @@ enum Endpoint {
 }
 
 /// Serves the operations endpoint on `listener` until `shutdown`; each connection gets its
-/// own task and at most [`REQUEST_TIMEOUT`].
+/// own task and at most `REQUEST_TIMEOUT`.
 pub async fn serve<N: Network>(
     net: N,
     listener: N::Listener,

@@ -346,7 +346,7 @@ impl Metrics {
     }
 
     /// Everything, in the OpenMetrics text format (served with
-    /// [`CONTENT_TYPE`](crate::metrics::CONTENT_TYPE)).
+    /// [`CONTENT_TYPE`]).
     #[must_use]
     pub fn encode(&self) -> String {
         let mut out = String::new();
