@@ -22,6 +22,8 @@ pub mod tls;
 mod conn;
 mod ctx;
 mod gate;
+#[cfg(test)]
+mod generated_docs;
 mod http;
 mod hub_task;
 mod msg;
