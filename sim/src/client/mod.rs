@@ -25,11 +25,8 @@ use state::{Chan, Phase, Wait};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
-use warren_core::frame::{
-    method_frame, Frame, FrameDecoder, FrameType, HEARTBEAT, PROTOCOL_HEADER,
-};
+use warren_core::frame::{method_frame, Frame, FrameDecoder, HEARTBEAT, PROTOCOL_HEADER};
 use warren_core::method::{ids, Tune};
-use warren_core::wire::Writer;
 
 mod board;
 mod channel;
@@ -485,25 +482,6 @@ pub fn publish(ch: u16, exchange: &str, rk: &str, mandatory: bool, immediate: bo
     })
 }
 
-/// A basic-class content header with no properties.
-#[must_use]
-pub fn header(ch: u16, size: u64) -> Bytes {
-    let mut payload = BytesMut::new();
-    Writer::new(&mut payload).u16(60).u16(0).u64(size).u16(0);
-    Frame::new(FrameType::Header, ch, &payload).freeze()
-}
-
-/// `queue.declare` (non-durable, not auto-delete, waiting for the reply).
-#[must_use]
-pub fn queue_declare(ch: u16, name: &str, exclusive: bool) -> Bytes {
-    method_frame(ch, ids::QUEUE_DECLARE, |w| {
-        w.u16(0)
-            .shortstr(name.as_bytes())
-            .bit(false)
-            .bit(false)
-            .bit(exclusive)
-            .bit(false)
-            .bit(false)
-            .u32(0);
-    })
-}
+/// The content header and `queue.declare` frames are the test kit's (the same bytes the hub
+/// scenarios send).
+pub use warren_testkit::hub_world::{header, queue_declare};

@@ -515,6 +515,7 @@ pub fn deliver(ch: u16, tag: u64) -> Bytes {
     })
 }
 
+/// `queue.declare` (non-durable, not auto-delete, waiting for the reply).
 pub fn queue_declare(ch: u16, name: &str, exclusive: bool) -> Bytes {
     m(ch, ids::QUEUE_DECLARE, |w| {
         w.u16(0)
