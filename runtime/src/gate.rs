@@ -102,18 +102,24 @@ impl<N: Network> Gate<N> {
     /// A drain first stops accepting: what the kernel already accepted is taken (closing a
     /// listener would reset it), and handshakes under way may finish (up to the handshake
     /// timeout) and join their hubs, which serve them like the clients they have; only then
-    /// is admission told to drain. So a warren handing its address over to a new one
-    /// (`reuse_port`) refuses no client.
+    /// is admission told to drain, and it tells the hubs (which must not close their last
+    /// broker connection while a client may still join). So a warren handing its address
+    /// over to a new one (`reuse_port`) refuses no client.
     pub(crate) async fn run(mut self) {
-        let mut wake = Wake::new(&self.ctx.abort, &self.ctx.drain);
-        // While draining: until when handshakes under way may finish.
+        let mut wake = Wake::new(&self.ctx.abort);
+        // The first signal (the second aborts).
+        let mut drain_signal = Box::pin(self.ctx.drain.clone().cancelled_owned());
+        // While draining: until when handshakes under way may finish, and when the hubs close
+        // the clients still connected (drain_timeout after the signal).
         let mut grace: Option<tokio::time::Instant> = None;
+        let mut drain_deadline = now();
         loop {
             self.apply();
             if let Some(until) = grace {
                 if self.admission.handshakes() == 0 || tokio::time::Instant::now() >= until {
                     grace = None;
-                    self.admission.handle(now(), Input::Drain);
+                    let deadline = drain_deadline;
+                    self.admission.handle(now(), Input::Drain { deadline });
                     self.apply();
                 }
             }
@@ -133,8 +139,9 @@ impl<N: Network> Gate<N> {
             tokio::select! {
                 biased;
                 _ = wake.abort.as_mut() => break,
-                _ = wake.drain.as_mut(), if !draining => {
+                _ = drain_signal.as_mut(), if !draining => {
                     self.draining = true;
+                    drain_deadline = now() + self.ctx.live().config.drain_timeout;
                     self.stop_listening().await;
                     self.ctx.admin.readiness.set_listening(false);
                     let timeout = self.ctx.live().config.handshake_timeout;

@@ -106,10 +106,9 @@ pub(crate) fn spawn_hub<N: Network>(
         last_stats: HubStats::default(),
         last_record: now(),
         report_pending: false,
-        draining: false,
         ready_open: false,
         ready_unreachable: false,
-        wake: Wake::new(&ctx.abort, &ctx.drain),
+        wake: Wake::new(&ctx.abort),
     };
     ctx.tracker.spawn(task.run());
     msg_tx
@@ -145,7 +144,6 @@ struct HubTask<N: Network> {
     last_record: Instant,
     /// Counters changed since the last copy into metrics, which was too recent to repeat.
     report_pending: bool,
-    draining: bool,
     ready_open: bool,
     ready_unreachable: bool,
     wake: Wake,
@@ -199,7 +197,7 @@ impl<N: Network> HubTask<N> {
         false
     }
 
-    /// Waits for the next message, socket event, timer, drain or abort; false means stop now.
+    /// Waits for the next message, socket event, timer or abort; false means stop now.
     /// The futures it waits on live as long as the task, so a wait registers nothing new.
     async fn wait(&mut self) -> bool {
         let deadline = [
@@ -214,16 +212,10 @@ impl<N: Network> HubTask<N> {
         .chain(self.sockets.next_deadline())
         .min();
         self.wake.set(deadline);
-        let draining = self.draining;
         let w = &mut self.wake;
         tokio::select! {
             biased;
             _ = w.abort.as_mut() => return false,
-            _ = w.drain.as_mut(), if !draining => {
-                self.draining = true;
-                let deadline = now() + self.ctx.live().config.drain_timeout;
-                self.handle(Input::Drain { deadline });
-            }
             Some(msg) = self.msgs.recv() => self.hub_msg(msg),
             ev = poll_fn(|cx| self.sockets.poll_event(cx)) => self.socket_event(ev),
             _ = w.sleep.as_mut(), if w.armed() => {

@@ -1,5 +1,5 @@
-//! What a task waits on besides its channels and sockets — abort, drain and its earliest
-//! deadline — made once for the task's life. A `select!` over freshly made futures would
+//! What a task waits on besides its channels and sockets — abort and its earliest deadline —
+//! made once for the task's life. A `select!` over freshly made futures would
 //! register a new timer (and a new cancellation listener) at every wait; these are polled
 //! again instead, and the one timer is moved only when the deadline changes.
 
@@ -11,8 +11,6 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 pub(crate) struct Wake {
     /// Completes on the second signal: stop at once.
     pub(crate) abort: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Completes on the first signal: drain.
-    pub(crate) drain: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Fires at [`Wake::at`]; only polled while that is set.
     pub(crate) sleep: Pin<Box<Sleep>>,
     /// The deadline the timer is set to, if any.
@@ -20,11 +18,10 @@ pub(crate) struct Wake {
 }
 
 impl Wake {
-    /// Futures for the server's abort and drain tokens, and an unset timer.
-    pub(crate) fn new(abort: &CancellationToken, drain: &CancellationToken) -> Wake {
+    /// A future for the server's abort token, and an unset timer.
+    pub(crate) fn new(abort: &CancellationToken) -> Wake {
         Wake {
             abort: Box::pin(abort.clone().cancelled_owned()),
-            drain: Box::pin(drain.clone().cancelled_owned()),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             at: None,
         }

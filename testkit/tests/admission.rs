@@ -17,7 +17,7 @@ use warren_core::admission::{
 };
 use warren_core::credentials::{Credentials, Secret};
 use warren_core::frame::{FrameType, HEARTBEAT, PROTOCOL_HEADER};
-use warren_core::hub::HubConfig;
+use warren_core::hub::{self, HubConfig};
 use warren_core::method::{self, encode, ids, Method, Tune};
 use warren_core::reply;
 use warren_core::table::{longstr, FieldTable};
@@ -189,6 +189,14 @@ impl World {
                         pipelined.len()
                     )
                 }
+                // Instants print as the time since the world's start, so traces replay.
+                Output::ToHub {
+                    hub,
+                    input: hub::Input::Drain { deadline },
+                } => format!(
+                    "{hub} gets Drain (deadline +{}ms)",
+                    deadline.duration_since(self.t0).as_millis()
+                ),
                 Output::ToHub { hub, input } => format!("{hub} gets {input:?}"),
                 Output::StopHub { hub } => format!("stop {hub}"),
                 Output::Event(e) => describe_event(&e),
@@ -372,10 +380,16 @@ fn limits_and_drain_refuse_with_the_documented_codes() {
     let c3 = w.adm.accept(w.now, 2);
     w.start_ok(c3, "a", "p", true);
     w.open(c3, "/");
-    // Draining: a client mid-handshake is closed with 320.
+    // Draining: a client mid-handshake is closed with 320, and the hub is told to drain.
     let c4 = w.login("a", "p", true);
-    w.input(Input::Drain);
+    let deadline = w.now + Duration::from_secs(30);
+    w.input(Input::Drain { deadline });
     assert!([c2, c3, c4].iter().all(|c| w.closed.contains(c)));
+    assert!(
+        w.trace.contains("h1 gets Drain (deadline +30000ms)"),
+        "the hub hears of the drain from admission: {}",
+        w.trace
+    );
     insta::assert_snapshot!(w.trace);
 }
 

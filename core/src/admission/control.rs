@@ -62,7 +62,7 @@ impl Admission {
         }
     }
 
-    pub(super) fn drain(&mut self, now: Instant) {
+    pub(super) fn drain(&mut self, now: Instant, deadline: Instant) {
         if self.draining {
             return;
         }
@@ -81,6 +81,10 @@ impl Admission {
         let links: Vec<LinkId> = self.links.iter().map(|(_, l)| l.id).collect();
         for id in links {
             self.close_link(id, "warren is shutting down");
+        }
+        let hubs: Vec<HubId> = self.hubs.keys().copied().collect();
+        for hub in hubs {
+            self.send_to_hub(hub, hub::Input::Drain { deadline });
         }
         if let Some(at) = self.feed_redial.take() {
             self.agenda.reschedule(Timer::FeedRedial, Some(at), None);

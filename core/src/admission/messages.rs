@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Something that happened, for admission to act on.
 #[derive(Debug)]
@@ -78,8 +78,15 @@ pub enum Input {
     /// A deadline from [`Admission::poll_timeout`](super::Admission::poll_timeout) passed.
     Timeout,
     /// Graceful shutdown (B14): clients in their handshake are closed with 320, nothing new
-    /// is admitted, links close.
-    Drain,
+    /// is admitted, links close, and every hub is told to drain by `deadline`. Hubs drain
+    /// only now, after the last client admission let in has joined them: a draining hub
+    /// closes its last upstream once it has no client, and a client that joined after that
+    /// would be refused (a hand-over to a new warren must refuse no one). The driver gives
+    /// this once the handshakes it lets finish are done.
+    Drain {
+        /// When the hubs close the clients still connected (320).
+        deadline: Instant,
+    },
     /// New settings (a live reload): limits, handshake settings and trust periods apply from
     /// now on, and every hub gets its new settings. The event feed (`events`) is kept: it
     /// changes with a restart.

@@ -270,7 +270,7 @@ impl Admission {
             Input::HubIdle { hub, handoffs } => self.hub_idle(hub, handoffs),
             Input::HubRefused { hub, reply } => self.hub_refused(now, hub, reply),
             Input::Timeout => self.fire_timers(now),
-            Input::Drain => self.drain(now),
+            Input::Drain { deadline } => self.drain(now, deadline),
             Input::Reconfigure(config) => self.reconfigure(*config),
             Input::PauseVhost { vhost } => self.pause_vhost(vhost),
             Input::ResumeVhost { vhost } => self.resume_vhost(vhost),

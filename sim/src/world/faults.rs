@@ -9,7 +9,6 @@ use crate::plan::Fault;
 use rand::Rng;
 use std::time::Duration;
 use warren_core::admission;
-use warren_core::hub::Input;
 
 impl World {
     pub(super) fn fault_start(&mut self, i: usize) {
@@ -119,11 +118,8 @@ impl World {
             Fault::Drain { timeout } => {
                 let deadline = now + timeout;
                 self.draining = Some(deadline);
-                self.admission_input(admission::Input::Drain);
-                let hids: Vec<u32> = self.hubs.iter().map(|h| h.hid).collect();
-                for hid in hids {
-                    self.hub_input(hid, Input::Drain { deadline });
-                }
+                // Admission tells every hub, as the runtime's gate has it do.
+                self.admission_input(admission::Input::Drain { deadline });
             }
             _ => {}
         }
