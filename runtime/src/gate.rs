@@ -111,14 +111,12 @@ impl<N: Network> Gate<N> {
         let mut drain_signal = Box::pin(self.ctx.drain.clone().cancelled_owned());
         // While draining: until when handshakes under way may finish, and when the hubs close
         // the clients still connected (drain_timeout after the signal).
-        let mut grace: Option<tokio::time::Instant> = None;
-        let mut drain_deadline = now();
+        let mut grace: Option<(tokio::time::Instant, Instant)> = None;
         loop {
             self.apply();
-            if let Some(until) = grace {
+            if let Some((until, deadline)) = grace {
                 if self.admission.handshakes() == 0 || tokio::time::Instant::now() >= until {
                     grace = None;
-                    let deadline = drain_deadline;
                     self.admission.handle(now(), Input::Drain { deadline });
                     self.apply();
                 }
@@ -132,7 +130,7 @@ impl<N: Network> Gate<N> {
                 .map(tokio::time::Instant::from_std)
                 .into_iter()
                 .chain(self.sockets.next_deadline())
-                .chain(grace)
+                .chain(grace.map(|(until, _)| until))
                 .min();
             wake.set(deadline);
             let draining = self.draining;
@@ -141,11 +139,11 @@ impl<N: Network> Gate<N> {
                 _ = wake.abort.as_mut() => break,
                 _ = drain_signal.as_mut(), if !draining => {
                     self.draining = true;
-                    drain_deadline = now() + self.ctx.live().config.drain_timeout;
+                    let deadline = now() + self.ctx.live().config.drain_timeout;
                     self.stop_listening().await;
                     self.ctx.admin.readiness.set_listening(false);
                     let timeout = self.ctx.live().config.handshake_timeout;
-                    grace = Some(tokio::time::Instant::now() + timeout);
+                    grace = Some((tokio::time::Instant::now() + timeout, deadline));
                 }
                 Some(msg) = self.rx.recv() => self.message(msg),
                 ev = poll_fn(|cx| self.sockets.poll_event(cx)) => self.socket_event(ev),
