@@ -55,7 +55,6 @@ impl FrameType {
 
 /// A frame the decoder refused. Each maps to `501 FRAME_ERROR`; the text is RabbitMQ's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum FrameError {
     /// The declared size exceeds the negotiated frame_max. Detected from the header alone,
     /// before anything is buffered for the payload.

@@ -132,7 +132,6 @@ impl Close {
 
 /// The methods the proxy reads. Methods it only forwards are [`Method::Other`].
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Method {
     /// `connection.start`
     Start(ConnectionStart),

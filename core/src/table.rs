@@ -17,7 +17,6 @@ use bytes::BytesMut;
 
 /// One value in a field table, with the type tags RabbitMQ reads and writes.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum FieldValue {
     /// `t`
     Bool(bool),

@@ -11,7 +11,6 @@ use std::fmt;
 
 /// Why a field could not be read: the peer sent something that is not valid AMQP syntax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum WireError {
     /// The payload ended before the field did.
     Truncated,

@@ -36,7 +36,6 @@ pub use server::{Server, Shutdown};
 /// Errors the runtime reports to its caller (configuration and start-up problems; everything
 /// that happens to a connection is handled inside).
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Error {
     /// A socket could not be bound: the address, the setting that names it, and why.
     Bind(std::net::SocketAddr, &'static str, std::io::Error),

@@ -24,11 +24,12 @@ pub mod plan;
 pub mod scenario;
 pub mod seeds;
 pub mod slow;
-pub mod trace;
 pub mod turmoil_net;
 pub mod world;
 
-// The fake broker and the message tags moved to the test kit (issue 15); re-exported so that
-// `warren_sim::broker` and `warren_sim::tag` keep working.
+// The fake broker, the message tags and the trace printer live in the test kit (issue 15);
+// re-exported so that `warren_sim::broker`, `warren_sim::tag` and `warren_sim::trace` keep
+// working.
 pub use warren_testkit::broker;
 pub use warren_testkit::broker::tag;
+pub use warren_testkit::trace;

@@ -7,8 +7,10 @@
 //!   target's world is built from the same pieces;
 //! - [`frames`]: wire frames, method payloads and content headers written by hand,
 //!   independently of the encoders under test;
-//! - [`rules`]: the checker of the rules by which RabbitMQ closes a whole connection, applied
-//!   to what warren sends a broker;
+//! - [`rules`]: the one checker of the rules by which RabbitMQ closes a whole connection,
+//!   applied to what warren sends a broker (by the fuzz target and inside [`broker`]);
+//! - [`trace`]: the one trace printer (time stamps, frames by name, a tap that cuts a byte
+//!   stream into described frames) every snapshot and failure report is written with;
 //! - [`fuzz`]: the fuzz target bodies (the str0m pattern): the cargo-fuzz binaries in `fuzz/`
 //!   are one-line wrappers around them, and `tests/fuzz_corpus.rs` replays the committed corpus
 //!   through them on stable Rust.
@@ -18,3 +20,4 @@ pub mod frames;
 pub mod fuzz;
 pub mod hub_world;
 pub mod rules;
+pub mod trace;

@@ -18,13 +18,12 @@ use warren_core::admission::{
 use warren_core::credentials::{Credentials, Secret};
 use warren_core::frame::{FrameType, HEARTBEAT, PROTOCOL_HEADER};
 use warren_core::hub::{self, HubConfig};
-use warren_core::method::{self, encode, ids, Method, Tune};
+use warren_core::method::{encode, ids, Tune};
 use warren_core::reply;
 use warren_core::table::{longstr, FieldTable};
 use warren_testkit::frames;
-use warren_testkit::hub_world::{
-    broker_handshake, close, connection_start, epoch, m, parse_frame, to_frame,
-};
+use warren_testkit::hub_world::{broker_handshake, close, connection_start, epoch, m, to_frame};
+use warren_testkit::trace::{self, Tap};
 
 struct World {
     adm: Admission,
@@ -65,8 +64,7 @@ impl World {
     }
 
     fn line(&mut self, s: impl std::fmt::Display) {
-        let ms = self.now.duration_since(self.t0).as_millis();
-        let _ = writeln!(self.trace, "+{ms}ms {s}");
+        let _ = writeln!(self.trace, "{}", trace::line(self.now - self.t0, s));
     }
 
     fn input(&mut self, input: Input) {
@@ -194,8 +192,8 @@ impl World {
                     hub,
                     input: hub::Input::Drain { deadline },
                 } => format!(
-                    "{hub} gets Drain (deadline +{}ms)",
-                    deadline.duration_since(self.t0).as_millis()
+                    "{hub} gets Drain (deadline {})",
+                    trace::stamp(deadline - self.t0)
                 ),
                 Output::ToHub { hub, input } => format!("{hub} gets {input:?}"),
                 Output::StopHub { hub } => format!("stop {hub}"),
@@ -229,20 +227,9 @@ fn describe_event(e: &AdmissionEvent) -> String {
     }
 }
 
-/// The first frame of what admission wrote, named briefly.
+/// What admission wrote, frame by frame, by the test kit's trace printer.
 fn describe(data: &[u8]) -> String {
-    if data == PROTOCOL_HEADER {
-        return "protocol header".into();
-    }
-    if data == HEARTBEAT {
-        return "heartbeat".into();
-    }
-    let f = parse_frame(data).expect("admission writes whole frames");
-    match method::decode(f.payload()) {
-        Ok(Method::ConnectionClose(c)) => format!("close {} {:?}", c.code, c.text),
-        Ok(Method::Open { vhost }) => format!("open {vhost:?}"),
-        _ => f.method_id().map(|id| id.to_string()).unwrap_or_default(),
-    }
+    Tap::default().feed(data).join(", ")
 }
 
 fn config() -> AdmissionConfig {
@@ -386,7 +373,7 @@ fn limits_and_drain_refuse_with_the_documented_codes() {
     w.input(Input::Drain { deadline });
     assert!([c2, c3, c4].iter().all(|c| w.closed.contains(c)));
     assert!(
-        w.trace.contains("h1 gets Drain (deadline +30000ms)"),
+        w.trace.contains("h1 gets Drain (deadline +30.000s)"),
         "the hub hears of the drain from admission: {}",
         w.trace
     );
@@ -500,10 +487,10 @@ fn a_client_waiting_at_open_hears_heartbeats() {
         "one every half second until the proof fails at 5s"
     );
     assert!(w.trace.contains(&format!(
-        "{silent} <- close 320 \"CONNECTION_FORCED - missed heartbeats from client, timeout\""
+        "{silent} <- ch0 connection.close 320 \"CONNECTION_FORCED - missed heartbeats from client, timeout\""
     )));
     assert!(w.trace.contains(&format!(
-        "{beating} <- close 320 \"CONNECTION_FORCED - broker unreachable: timed out connecting\""
+        "{beating} <- ch0 connection.close 320 \"CONNECTION_FORCED - broker unreachable: timed out connecting\""
     )));
     insta::assert_snapshot!(w.trace);
 }
@@ -525,7 +512,7 @@ fn a_client_waiting_at_open_past_the_handshake_deadline_is_told_why() {
     w.at(Duration::from_secs(10));
     assert!(w.closed.contains(&c));
     assert!(w.trace.contains(&format!(
-        "{c} <- close 320 \"CONNECTION_FORCED - broker unreachable: timed out opening the vhost\""
+        "{c} <- ch0 connection.close 320 \"CONNECTION_FORCED - broker unreachable: timed out opening the vhost\""
     )));
 }
 

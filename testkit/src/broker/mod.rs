@@ -14,6 +14,9 @@
 //! (a frame on a closed or unopened channel, a second `channel.open`, a frame larger than
 //! `frame_max`, content out of sequence, an unknown method, `immediate=true`, ...) is logged
 //! as a [`BrokerViolation`] before the broker closes the connection the way RabbitMQ does.
+//! Those rules are not written here: every connection reads its bytes through an
+//! [`UpstreamChecker`] (the [`rules`](crate::rules) the `hub_client` fuzz target holds warren
+//! to), one frame at a time, so that the broker acts only on frames that break none.
 //! warren promises (B7) that nothing a client sends can do that to the shared connection,
 //! so any violation is a failed run. Channel errors (404 on a missing exchange, 405 on a
 //! locked queue, 406 on an unknown delivery tag) are normal behaviour and close only the
@@ -28,18 +31,19 @@
 //! This file holds the public face (configuration, outputs, the log) and the calls that
 //! drive the broker, with the helpers every part uses (sending, dropping a connection,
 //! connection and channel errors). The rest is split by what it handles: `state` is what
-//! the broker keeps per connection, channel, queue and exchange; `connection` reads frames and
-//! runs the handshake; `channel` checks a channel's methods and dispatches them by class to
+//! the broker keeps per connection, channel, queue and exchange; `connection` reads checked
+//! frames, runs the handshake and opens and closes channels; `channel` checks a channel's methods and dispatches them by class to
 //! `exchange`, `queue` and `basic`; `delivery` routes, confirms and delivers messages;
 //! `tag` is the origin tag a fake client starts every body with, which the broker reads to
 //! check and log what it receives.
 
+use crate::rules::UpstreamChecker;
 use bytes::{Bytes, BytesMut};
 use state::{Chan, ChanState, Conn, Exchange, Msg, Phase, Queue};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 use tag::Origin;
-use warren_core::frame::{method_frame, FrameDecoder, HEARTBEAT};
+use warren_core::frame::{method_frame, HEARTBEAT};
 use warren_core::method::{encode, ids, Close, MethodId, Tune};
 use warren_core::reply;
 use warren_core::table::FieldTable;
@@ -381,8 +385,7 @@ impl Broker {
             Conn {
                 phase: Phase::Header,
                 accepted: now,
-                buf: BytesMut::new(),
-                decoder: FrameDecoder::new(131_072),
+                check: UpstreamChecker::at_broker(&[]),
                 tune: Tune {
                     channel_max: self.config.channel_max,
                     frame_max: self.config.frame_max,
@@ -408,7 +411,7 @@ impl Broker {
             return;
         };
         c.last_rx = now;
-        c.buf.extend_from_slice(data);
+        c.check.feed(data);
         self.process(now, conn);
         self.flush_confirms(now, conn);
         self.dispatch_all(now);
@@ -520,6 +523,7 @@ impl Broker {
     fn send(&mut self, now: Instant, conn: ConnId, data: Bytes) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.last_tx = now;
+            c.check.from_broker_bytes(&data);
         }
         self.pending
             .entry(conn)

@@ -2,10 +2,10 @@
 //! by every part of the broker, so they live apart from the code that changes them.
 
 use super::ConnId;
+use crate::rules::UpstreamChecker;
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
-use warren_core::frame::FrameDecoder;
 use warren_core::method::{MethodId, Tune};
 use warren_core::table::FieldTable;
 
@@ -24,8 +24,8 @@ pub(super) enum Phase {
 pub(super) struct Conn {
     pub(super) phase: Phase,
     pub(super) accepted: Instant,
-    pub(super) buf: BytesMut,
-    pub(super) decoder: FrameDecoder,
+    /// Reads what the connection sends, holding it to RabbitMQ's connection-level rules.
+    pub(super) check: UpstreamChecker,
     pub(super) tune: Tune,
     pub(super) heartbeat: Option<Duration>,
     pub(super) last_rx: Instant,

@@ -5,8 +5,11 @@
 //!
 //! Its pieces are shared with the `hub_client` fuzz target's world ([`crate::fuzz`]): the
 //! credentials and [`ClientHello`]s, the broker's side of the handshake, the [`FrameReader`]
-//! that cuts what the hub sent into frames, the [`epoch`] and [`trace_line`] stamp.
+//! that cuts what the hub sent into frames, the [`epoch`]. Its trace is written with
+//! [`crate::trace`], the test kit's one trace printer.
 
+pub use crate::trace::describe;
+use crate::trace::line;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
@@ -30,13 +33,6 @@ use warren_core::wire::Writer;
 pub fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
-}
-
-/// One line of a trace: `what`, stamped with the virtual time since [`epoch`] right-aligned
-/// in `width` characters.
-pub fn trace_line(now: Instant, width: usize, what: impl std::fmt::Display) -> String {
-    let t = now.duration_since(epoch()).as_secs_f64();
-    format!("+{t:>width$.3}s {what}")
 }
 
 /// Bytes one side received and has not cut into whole frames yet, cut as the runtime's
@@ -180,7 +176,7 @@ impl World {
     }
 
     fn line(&mut self, s: impl std::fmt::Display) {
-        let _ = writeln!(self.trace, "{}", trace_line(self.now, 7, s));
+        let _ = writeln!(self.trace, "{}", line(self.now - epoch(), s));
     }
 
     /// Adds a client that finished its handshake.
@@ -359,62 +355,6 @@ pub fn to_frame(raw: &Bytes) -> Frame {
     let f = parse_frame(raw).expect("test frame is valid and whole");
     assert_eq!(f.wire_len(), raw.len(), "one frame per buffer");
     f
-}
-
-/// A readable one-line description of a frame.
-pub fn describe(f: &Frame) -> String {
-    let ch = f.channel();
-    match f.kind() {
-        FrameType::Heartbeat => format!("heartbeat ch{ch}"),
-        FrameType::Body => format!("ch{ch} body({})", f.payload().len()),
-        FrameType::Header => {
-            let size = warren_core::content::parse_header(f.payload())
-                .map(|h| h.body_size.to_string())
-                .unwrap_or_else(|_| "malformed".into());
-            format!("ch{ch} header(size={size})")
-        }
-        FrameType::Method => {
-            let Some(id) = f.method_id() else {
-                return format!("ch{ch} malformed method");
-            };
-            let detail = match method::decode(f.payload()) {
-                Ok(Method::ConnectionClose(c)) | Ok(Method::ChannelClose(c)) => {
-                    format!(" {} {:?}", c.code, c.text)
-                }
-                Ok(Method::Tune(t)) | Ok(Method::TuneOk(t)) => format!(
-                    " channel_max={} frame_max={} heartbeat={}",
-                    t.channel_max, t.frame_max, t.heartbeat
-                ),
-                Ok(Method::Blocked { reason }) => format!(" {reason:?}"),
-                Ok(Method::Flow { active }) | Ok(Method::FlowOk { active }) => {
-                    format!(" active={active}")
-                }
-                Ok(Method::QueueDeclare {
-                    queue, exclusive, ..
-                }) => format!(
-                    " {:?}{}",
-                    String::from_utf8_lossy(&queue),
-                    if exclusive { " exclusive" } else { "" }
-                ),
-                Ok(Method::QueueDeclareOk { queue }) | Ok(Method::QueueDelete { queue }) => {
-                    format!(" {:?}", String::from_utf8_lossy(&queue))
-                }
-                Ok(Method::StartOk(s)) => format!(
-                    " {} {:?}",
-                    s.mechanism,
-                    String::from_utf8_lossy(&s.response).replace('\0', "\\0")
-                ),
-                Ok(Method::Open { vhost }) => format!(" {vhost:?}"),
-                Ok(Method::Consume { tag, .. })
-                | Ok(Method::ConsumeOk { tag })
-                | Ok(Method::Cancel { tag })
-                | Ok(Method::CancelOk { tag }) => format!(" {:?}", String::from_utf8_lossy(&tag)),
-                Ok(Method::Publish { mandatory, .. }) if mandatory => " mandatory".into(),
-                _ => String::new(),
-            };
-            format!("ch{ch} {id:?}{detail}")
-        }
-    }
 }
 
 /// A readable one-line description of a hub event; times are shown relative to `now`.

@@ -1,22 +1,27 @@
 //! The rules by which RabbitMQ closes a whole connection (a "hard" error), and
-//! [`UpstreamChecker`], which holds what warren writes to a broker to them. The `hub_client`
-//! fuzz target runs it on every upstream; a violation is a proxy bug.
+//! [`UpstreamChecker`], which holds what warren writes to a broker to them. It is the one
+//! place these rules are written: the `hub_client` fuzz target runs it on every upstream,
+//! and the fake [`Broker`](crate::broker::Broker) of the simulation reads every byte it
+//! receives through it. A violation is a proxy bug.
 
+use crate::trace::describe;
 use bytes::BytesMut;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use warren_core::content::parse_header;
 use warren_core::frame::{
-    Frame, FrameDecoder, FrameError, FrameType, FRAME_MIN_SIZE, PROTOCOL_HEADER,
+    Frame, FrameDecoder, FrameError, FrameType, FRAME_MIN_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER,
 };
 use warren_core::method::{self, ids, Method, MethodId, Tune};
+
+#[cfg(test)]
+mod tests;
 
 // ----- the checker ----------------------------------------------------------------------
 
 /// One of the rules by which RabbitMQ closes a whole connection (a "hard" error), as far as
 /// what a client sends can break it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Rule {
     /// The protocol header, then `start-ok`, `tune-ok` and `open` in order, each after the
     /// broker's prompt, with tune values the broker accepts.
@@ -67,6 +72,32 @@ pub enum Rule {
     /// Anything but a heartbeat or the answer to the broker's close once the connection is
     /// closing.
     AfterConnectionClose,
+}
+
+impl Rule {
+    /// The reply code RabbitMQ closes the connection with when the rule is broken (the most
+    /// common one where RabbitMQ uses several, e.g. 502 and 540 for a bad method).
+    #[must_use]
+    pub fn reply_code(self) -> u16 {
+        use warren_core::reply::*;
+        match self {
+            Rule::Handshake
+            | Rule::ChannelZero
+            | Rule::UnexpectedCloseOk
+            | Rule::ExchangeType
+            | Rule::DuringCommit
+            | Rule::AfterConnectionClose => COMMAND_INVALID,
+            Rule::Malformed | Rule::FrameMax | Rule::HeartbeatChannel => FRAME_ERROR,
+            Rule::ChannelMax | Rule::ConsumerTagReuse => NOT_ALLOWED,
+            Rule::BadMethod => SYNTAX_ERROR,
+            Rule::UnopenedChannel | Rule::SecondOpen | Rule::ClosingChannel => CHANNEL_ERROR,
+            Rule::ContentSequence => UNEXPECTED_FRAME,
+            Rule::FlowInactive
+            | Rule::PublishImmediate
+            | Rule::QosPrefetchSize
+            | Rule::RecoverNoRequeue => NOT_IMPLEMENTED,
+        }
+    }
 }
 
 /// Something warren sent upstream that would make RabbitMQ close the whole connection.
@@ -175,11 +206,12 @@ impl Chan {
 /// which RabbitMQ closes a whole connection (B7: nothing a client sends may do that to the
 /// connection it shares with its neighbours).
 ///
-/// It reads what warren sends with [`UpstreamChecker::from_warren`] and learns the broker's
-/// side of the conversation from [`UpstreamChecker::from_broker`]: the handshake prompts,
-/// channel open and close answers, `tx.commit-ok`, consumer tags the broker chose or
-/// cancelled. Like RabbitMQ it processes both streams in order, so its idea of each channel
-/// is the broker's at the moment warren's frame arrives.
+/// It reads what warren sends ([`UpstreamChecker::feed`] and [`UpstreamChecker::next`], or
+/// [`UpstreamChecker::from_warren`] for both at once) and learns the broker's side of the
+/// conversation from [`UpstreamChecker::from_broker`]: the handshake prompts, channel open
+/// and close answers, `tx.commit-ok`, consumer tags the broker chose or cancelled. Like
+/// RabbitMQ it processes both streams in order, so its idea of each channel is the broker's
+/// at the moment warren's frame arrives.
 #[derive(Debug)]
 pub struct UpstreamChecker {
     conn: Conn,
@@ -188,11 +220,24 @@ pub struct UpstreamChecker {
     tune: Option<Tune>,
     channels: BTreeMap<u16, Chan>,
     extra_types: Vec<String>,
+    /// Whether frames that crossed the broker's `close` on the wire are discarded, as
+    /// RabbitMQ discards them, rather than reported (see [`UpstreamChecker::at_broker`]).
+    in_flight: bool,
+}
+
+/// What [`UpstreamChecker::next`] read.
+#[derive(Debug)]
+pub enum Read {
+    /// The protocol header: the broker answers it with `connection.start`.
+    Header,
+    /// A frame that breaks no rule, for the broker to act on.
+    Frame(Frame),
 }
 
 impl UpstreamChecker {
-    /// A checker for a fresh connection to a broker that knows the four built-in exchange
-    /// types plus `extra_exchange_types` (plugins).
+    /// A checker where warren has seen every broker frame before it writes (the fuzz
+    /// target's world, with no wire in between): a frame after the broker's `close` on its
+    /// channel or connection is a violation, since warren knew better.
     #[must_use]
     pub fn new(extra_exchange_types: &[String]) -> Self {
         UpstreamChecker {
@@ -202,7 +247,25 @@ impl UpstreamChecker {
             tune: None,
             channels: BTreeMap::new(),
             extra_types: extra_exchange_types.to_vec(),
+            in_flight: false,
         }
+    }
+
+    /// A checker inside a broker, at the far end of a wire: frames warren sent before the
+    /// broker's `channel.close` or `connection.close` reached it are discarded, as RabbitMQ
+    /// discards them (only the `close` and `close-ok` of the closing side are read).
+    #[must_use]
+    pub fn at_broker(extra_exchange_types: &[String]) -> Self {
+        UpstreamChecker {
+            in_flight: true,
+            ..UpstreamChecker::new(extra_exchange_types)
+        }
+    }
+
+    /// Whether the protocol header has arrived.
+    #[must_use]
+    pub fn header_received(&self) -> bool {
+        self.conn != Conn::Header
     }
 
     /// The limits warren accepted in `tune-ok`, once it has sent it.
@@ -231,23 +294,46 @@ impl UpstreamChecker {
     /// Bytes warren wrote to the connection, in any chunking. Returns the frames completed by
     /// them, or the first rule they break; after a violation the checker is of no further use.
     pub fn from_warren(&mut self, data: &[u8]) -> Result<Vec<Frame>, Violation> {
+        self.feed(data);
+        let mut frames = Vec::new();
+        while let Some(read) = self.next() {
+            if let Read::Frame(f) = read? {
+                frames.push(f);
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Bytes warren wrote to the connection, in any chunking, to be read by
+    /// [`UpstreamChecker::next`].
+    pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// The next thing warren sent, checked: `None` when more bytes are needed. A broker
+    /// reads one frame at a time and answers it (through [`UpstreamChecker::from_broker`])
+    /// before the next, so that each frame is checked against the state the broker's
+    /// answers to the frames before it left. After a frame that does not decode, the
+    /// buffered bytes are dropped: nothing after it can be read.
+    #[allow(clippy::should_implement_trait)] // fallible and stateful; not an iterator
+    pub fn next(&mut self) -> Option<Result<Read, Violation>> {
         if self.conn == Conn::Header {
             let n = self.buf.len().min(PROTOCOL_HEADER.len());
             if self.buf[..n] != PROTOCOL_HEADER[..n] {
-                return Err(violation(
+                self.buf.clear();
+                return Some(Err(violation(
                     Rule::Handshake,
                     0,
                     "the connection does not start with the AMQP 0-9-1 protocol header",
-                ));
+                )));
             }
             if n < PROTOCOL_HEADER.len() {
-                return Ok(Vec::new());
+                return None;
             }
             let _ = self.buf.split_to(n);
             self.conn = Conn::AwaitStart;
+            return Some(Ok(Read::Header));
         }
-        let mut frames = Vec::new();
         loop {
             // Decoded with room to spare so that an oversize frame is reported by name.
             let max = self.frame_max();
@@ -256,32 +342,80 @@ impl UpstreamChecker {
                 Some(b) => u16::from_be_bytes([b[0], b[1]]),
                 None => 0,
             };
-            match decoder.decode(&mut self.buf) {
-                Ok(Some(f)) => {
-                    if f.wire_len() as u64 > u64::from(max) {
-                        return Err(violation(
+            let f = match decoder.decode(&mut self.buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.buf.clear();
+                    let v = match e {
+                        FrameError::TooLarge { size, max } => violation(
                             Rule::FrameMax,
                             ch,
-                            format!(
-                                "{} is a {}-byte frame, over frame_max {max}",
-                                describe(&f),
-                                f.wire_len()
-                            ),
-                        ));
-                    }
-                    self.check(&f)?;
-                    frames.push(f);
+                            format!("a {size}-byte frame exceeds frame_max {max}"),
+                        ),
+                        e => violation(Rule::Malformed, ch, e.to_string()),
+                    };
+                    return Some(Err(v));
                 }
-                Ok(None) => return Ok(frames),
-                Err(FrameError::TooLarge { size, max }) => {
-                    return Err(violation(
-                        Rule::FrameMax,
-                        ch,
-                        format!("a {size}-byte frame exceeds frame_max {max}"),
-                    ))
-                }
-                Err(e) => return Err(violation(Rule::Malformed, ch, e.to_string())),
+            };
+            if f.wire_len() as u64 > u64::from(max) {
+                return Some(Err(violation(
+                    Rule::FrameMax,
+                    ch,
+                    format!(
+                        "{} is a {}-byte frame, over frame_max {max}",
+                        describe(&f),
+                        f.wire_len()
+                    ),
+                )));
             }
+            if self.discarded(&f) {
+                continue;
+            }
+            return Some(self.check(&f).map(|()| Read::Frame(f)));
+        }
+    }
+
+    /// Whether RabbitMQ, having sent `close` on the frame's channel or connection, drops the
+    /// frame unread: only at the broker, and never the closing side's `close` or `close-ok`.
+    fn discarded(&self, f: &Frame) -> bool {
+        if !self.in_flight || f.kind() == FrameType::Heartbeat {
+            return false;
+        }
+        let closing = matches!(
+            f.method_id(),
+            Some(ids::CHANNEL_CLOSE | ids::CHANNEL_CLOSE_OK)
+        );
+        let conn_closing = matches!(
+            f.method_id(),
+            Some(ids::CONNECTION_CLOSE | ids::CONNECTION_CLOSE_OK)
+        );
+        match self.conn {
+            Conn::BrokerClosed | Conn::Closed => !(f.channel() == 0 && conn_closing),
+            _ => {
+                let closed_by_broker = self.channels.get(&f.channel()).is_some_and(|c| {
+                    matches!(
+                        c.state,
+                        ChannelState::ClosedByBroker | ChannelState::Crossed
+                    )
+                });
+                f.channel() != 0 && closed_by_broker && !closing
+            }
+        }
+    }
+
+    /// Frames the broker wrote, whole and back to back (as [`UpstreamChecker::from_broker`]).
+    pub fn from_broker_bytes(&mut self, mut data: &[u8]) {
+        while data.len() >= FRAME_OVERHEAD {
+            let ch = u16::from_be_bytes([data[1], data[2]]);
+            let size = u32::from_be_bytes([data[3], data[4], data[5], data[6]]) as usize;
+            let Some(payload) = data.get(7..7 + size) else {
+                return;
+            };
+            if data[0] == 1 {
+                self.from_broker(&Frame::new(FrameType::Method, ch, payload));
+            }
+            data = &data[(FRAME_OVERHEAD + size).min(data.len())..];
         }
     }
 
@@ -465,6 +599,8 @@ impl UpstreamChecker {
                 self.conn = Conn::Closed;
                 Ok(())
             }
+            // warren's own close crossed the broker's on the wire.
+            Conn::BrokerClosed if self.in_flight && is_close => Ok(()),
             Conn::Closing | Conn::BrokerClosed | Conn::Closed => Err(violation(
                 Rule::AfterConnectionClose,
                 ch,
@@ -486,6 +622,9 @@ impl UpstreamChecker {
             let (mid, _) = client_method(f)?;
             if mid == ids::CONNECTION_CLOSE {
                 self.conn = Conn::Closing;
+                return Ok(());
+            }
+            if mid == ids::CONNECTION_UPDATE_SECRET {
                 return Ok(());
             }
             return Err(violation(
@@ -527,6 +666,11 @@ impl UpstreamChecker {
                 ))
             }
             ChannelState::ClosedByBroker | ChannelState::Crossed => {
+                if self.in_flight && f.method_id() == Some(ids::CHANNEL_CLOSE) {
+                    // warren's close crossed the broker's on the wire.
+                    client_method(f)?;
+                    return Ok(());
+                }
                 if f.method_id() != Some(ids::CHANNEL_CLOSE_OK) {
                     return Err(violation(
                         Rule::ClosingChannel,
@@ -717,17 +861,4 @@ pub(crate) fn handshake_method(f: &Frame, want: MethodId) -> Result<Method, Viol
         ));
     }
     Ok(m)
-}
-
-/// A short name for a frame: its method, or its type.
-pub(crate) fn describe(f: &Frame) -> String {
-    match f.kind() {
-        FrameType::Method => match f.method_id() {
-            Some(id) => format!("{id}"),
-            None => "a method frame too short for an id".into(),
-        },
-        FrameType::Header => "a content header".into(),
-        FrameType::Body => format!("a {}-byte content body", f.payload().len()),
-        FrameType::Heartbeat => "a heartbeat".into(),
-    }
 }

@@ -1,9 +1,10 @@
-//! The readable trace of a run: one line per frame that crosses a link, per hub event and per
-//! fault, with time relative to the world's epoch (`+1.500s`), world-level ids (`c1`, `u2`)
-//! and frames by name (`ch1 basic.publish`), never raw bytes or `Instant`s. Snapshots of
-//! named scenarios and failure reports are made of these lines.
+//! The one trace printer of the test kit: one line per frame that crosses a link, per hub
+//! event and per fault, with time relative to the world's epoch (`+1.500s`), world-level ids
+//! (`c1`, `u2`) and frames by name (`ch1 BasicPublish "" "rk"`), never raw bytes or
+//! `Instant`s. The simulation's and core's scenario snapshots, the fuzz target's trace, the
+//! checker's violations and failure reports are all made of these lines.
 
-use crate::tag::Origin;
+use crate::broker::tag::Origin;
 use bytes::BytesMut;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -40,11 +41,7 @@ impl Trace {
     /// Appends one line stamped with `now`.
     pub fn line(&mut self, now: Instant, what: impl std::fmt::Display) {
         if self.enabled {
-            let _ = writeln!(
-                self.text,
-                "{} {what}",
-                stamp(now.duration_since(self.epoch))
-            );
+            let _ = writeln!(self.text, "{}", line(now.duration_since(self.epoch), what));
         }
     }
 
@@ -75,6 +72,12 @@ impl Trace {
 #[must_use]
 pub fn stamp(d: Duration) -> String {
     format!("+{}.{:03}s", d.as_secs(), d.subsec_millis())
+}
+
+/// One trace line: `what`, stamped with the time `since` the epoch.
+#[must_use]
+pub fn line(since: Duration, what: impl std::fmt::Display) -> String {
+    format!("{} {what}", stamp(since))
 }
 
 /// Splits a byte stream into frames for display only (it never affects the run).
@@ -204,7 +207,9 @@ fn method_detail(id: method::MethodId, payload: &[u8]) -> String {
             )),
             Ok(Method::Open { vhost }) => Some(format!(" {vhost:?}")),
             Ok(Method::Blocked { reason }) => Some(format!(" {reason:?}")),
-            Ok(Method::Flow { active }) => Some(format!(" active={active}")),
+            Ok(Method::Flow { active }) | Ok(Method::FlowOk { active }) => {
+                Some(format!(" active={active}"))
+            }
             Ok(Method::QueueDeclare {
                 queue, exclusive, ..
             }) => Some(format!(
