@@ -280,13 +280,17 @@ impl Hub {
             idx: self.upstreams.vacant_key() as u32,
             gen: self.gen(),
         };
+        // Its word on the credentials counts even when the connection itself is one too
+        // many; then it retires before it opens, so that no channel is placed on a
+        // connection about to close (a waiting open placed there was lost).
+        let surplus = self.upstreams.len() >= self.config.max_upstreams || self.drain.is_some();
         let mut u = upstream::Upstream::new(id, now, login);
         (u.node, u.aim) = (Some(node), node);
+        u.retiring = surplus.then_some(now);
         self.nodes.answered(node);
         self.upstreams.insert(u);
         self.upstream_opened(now, id);
-        if self.upstreams.len() > self.config.max_upstreams || self.drain.is_some() {
-            // Its word on the credentials counts; the connection itself is one too many.
+        if surplus {
             self.close_upstream_gracefully(now, id, "not needed");
         }
         id
@@ -739,9 +743,13 @@ impl Hub {
         }
     }
 
-    /// Whether `id` is the one upstream kept open for a hub that still has clients.
+    /// Whether `id` is the one upstream kept open for a hub that still has clients. Clients
+    /// the hub is closing do not count: they need no broker to say `close-ok`, and keeping
+    /// the upstream for them would start its close only after theirs ended (at a drain
+    /// deadline, one close timeout after the other).
     fn keeps_last_upstream(&self, id: UpstreamId) -> bool {
-        if self.clients.is_empty() {
+        let closing = |c: &client::Client| matches!(c.phase, client::Phase::Closing { .. });
+        if self.clients.iter().all(|(_, c)| closing(c)) {
             return false;
         }
         // The oldest open upstream is the keeper (not one retired by a re-dial).
