@@ -19,8 +19,9 @@ fn frame(raw: &Bytes) -> Frame {
     parse_frame(raw).expect("a whole frame")
 }
 
-/// A checker after a complete handshake with the given broker tune.
-fn running_with(offer: Tune, accept: Tune) -> UpstreamChecker {
+/// A checker that has seen the header, the broker's start and warren's start-ok, and the
+/// broker's tune offer.
+fn offered(offer: Tune) -> UpstreamChecker {
     let mut c = checker();
     c.from_warren(PROTOCOL_HEADER).unwrap();
     c.from_broker(&frame(&connection_start()));
@@ -32,6 +33,12 @@ fn running_with(offer: Tune, accept: Tune) -> UpstreamChecker {
     }))
     .unwrap();
     c.from_broker(&frame(&encode::tune(offer, false)));
+    c
+}
+
+/// A checker after a complete handshake with the given broker tune.
+fn running_with(offer: Tune, accept: Tune) -> UpstreamChecker {
+    let mut c = offered(offer);
     c.from_warren(&[encode::tune(accept, true), encode::open("/")].concat())
         .unwrap();
     c.from_broker(&frame(&encode::open_ok()));
@@ -126,17 +133,7 @@ fn handshake_out_of_order_is_reported() {
     c.from_warren(PROTOCOL_HEADER).unwrap();
     assert_eq!(rule(&mut c, &encode::open("/")), Rule::Handshake);
     // A tune-ok above what the broker offered.
-    let mut c = checker();
-    c.from_warren(PROTOCOL_HEADER).unwrap();
-    c.from_broker(&frame(&connection_start()));
-    c.from_warren(&encode::start_ok(&StartOk {
-        client_properties: FieldTable::default(),
-        mechanism: "PLAIN".into(),
-        response: b"\0u\0p".to_vec(),
-        locale: "en_US".into(),
-    }))
-    .unwrap();
-    c.from_broker(&frame(&encode::tune(TUNE, false)));
+    let mut c = offered(TUNE);
     let greedy = Tune {
         frame_max: 8192,
         ..TUNE
