@@ -27,9 +27,25 @@ fn no_recycling() -> World {
 }
 
 /// A world with one admitted client that has channel `ch` open on the upstream.
-fn with_channel(mut w: World, ch: u16) -> (World, warren_core::hub::ClientId, UpstreamId) {
+fn with_channel(w: World, ch: u16) -> (World, warren_core::hub::ClientId, UpstreamId) {
+    with_channel_tuned(w, ch, RABBITMQ_TUNE)
+}
+
+/// RabbitMQ's default tune.
+const RABBITMQ_TUNE: Tune = Tune {
+    channel_max: 2047,
+    frame_max: 131_072,
+    heartbeat: 60,
+};
+
+/// [`with_channel`] with a broker that tunes the upstream to `tune`.
+fn with_channel_tuned(
+    mut w: World,
+    ch: u16,
+    tune: Tune,
+) -> (World, warren_core::hub::ClientId, UpstreamId) {
     let c = w.join(hello(131_072, 0));
-    let u = w.accept_dial();
+    let u = w.accept_dial_with(tune);
     w.client_sends(c, &[channel_open(ch)]);
     let uch = w
         .take(Peer::U(u))
@@ -186,20 +202,12 @@ fn client_leaves_and_is_cleaned_up() {
 /// upstream frame_max.
 #[test]
 fn publishes_are_forwarded_whole_and_rechunked() {
-    let mut w = world();
-    let c = w.join(hello(131_072, 0));
-    let u = w.dials.pop().unwrap();
-    w.broker_accepts(
-        u,
-        Tune {
-            channel_max: 2047,
-            frame_max: 4096,
-            heartbeat: 0,
-        },
-    );
-    w.client_sends(c, &[channel_open(1)]);
-    w.broker_sends(u, &[channel_open_ok(1)]);
-    w.take(Peer::U(u));
+    let tune = Tune {
+        channel_max: 2047,
+        frame_max: 4096,
+        heartbeat: 0,
+    };
+    let (mut w, c, u) = with_channel_tuned(world(), 1, tune);
     let big = vec![7u8; 10_000];
     w.client_sends(
         c,
@@ -360,21 +368,11 @@ fn client_heartbeats() {
 /// B10: a silent broker is detected after two intervals.
 #[test]
 fn upstream_heartbeats() {
-    let mut w = world();
-    let c = w.join(hello(131_072, 0));
-    let u = w.dials.pop().unwrap();
-    w.broker_accepts(
-        u,
-        Tune {
-            channel_max: 2047,
-            frame_max: 131_072,
-            heartbeat: 1,
-        },
-    );
-    w.client_sends(c, &[channel_open(1)]);
-    w.broker_sends(u, &[channel_open_ok(1)]);
-    w.take(Peer::U(u));
-    w.take(Peer::C(c));
+    let tune = Tune {
+        heartbeat: 1,
+        ..RABBITMQ_TUNE
+    };
+    let (mut w, c, u) = with_channel_tuned(world(), 1, tune);
     w.advance(Duration::from_millis(600));
     assert_eq!(
         w.take(Peer::U(u))[0].kind(),
@@ -1050,15 +1048,11 @@ fn waiting_open_of_a_closed_client_is_dropped() {
             reason: "reset".into(),
         },
     );
-    let u2 = w.dials.pop().expect("growth dial still pending");
-    w.broker_accepts(
-        u2,
-        Tune {
-            channel_max: 1,
-            frame_max: 131_072,
-            heartbeat: 0,
-        },
-    );
+    let u2 = w.accept_dial_with(Tune {
+        channel_max: 1,
+        frame_max: 131_072,
+        heartbeat: 0,
+    });
     assert!(
         w.take(Peer::U(u2))
             .iter()

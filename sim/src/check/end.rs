@@ -3,7 +3,7 @@
 //! arrived, heartbeats up to the end, the drain, revocation (B2), exclusive queues (B5), and
 //! messages a large-delivery publisher lost.
 
-use super::{Invariant, Observer};
+use super::{Invariant, Observer, Side};
 use crate::broker::BrokerLog;
 use crate::client::{Board, End, FakeClient, Misbehaviour};
 use crate::plan::Fault;
@@ -62,11 +62,10 @@ impl Observer {
         self.take_slow_violations();
         self.revocation_checks(clients, sc);
         self.exclusive_checks(log, board);
-        for (cid, hb) in self.clients_hb.clone() {
-            self.check_gap(now, format!("c{cid}"), &hb);
-        }
-        for (uid, hb) in self.ups_hb.clone() {
-            self.check_gap(now, format!("u{uid}"), &hb);
+        for side in [Side::Client, Side::Upstream] {
+            for (id, hb) in self.watched(side).clone() {
+                self.check_gap(now, side.name(id), &hb);
+            }
         }
         for v in &log.violations {
             let at = self.rel(v.at);

@@ -130,6 +130,23 @@ struct HubObs {
 /// Lateness tolerated in warren's heartbeat sends (the world fires timers exactly).
 const HB_SLACK: Duration = Duration::from_millis(1);
 
+/// Which of warren's two kinds of peer a heartbeat watch is on.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+impl Side {
+    /// The peer's name in violations: `c3`, `u2`.
+    fn name(self, id: u32) -> String {
+        match self {
+            Side::Client => format!("c{id}"),
+            Side::Upstream => format!("u{id}"),
+        }
+    }
+}
+
 /// Watches a run and collects violations.
 #[derive(Debug)]
 pub struct Observer {
@@ -329,25 +346,39 @@ impl Observer {
         }
     }
 
-    /// warren queued bytes for the client.
-    pub fn proxy_sent_client(&mut self, now: Instant, cid: u32, data: &[u8]) {
-        let Some(hb) = self.clients_hb.get(&cid).cloned() else {
+    /// warren wrote to a watched peer (`Some(bytes)`) or closed its socket (`None`): the gap
+    /// since its last write is checked, and a `connection.close` or a closed socket ends the
+    /// watch.
+    fn proxy_wrote(&mut self, now: Instant, side: Side, id: u32, data: Option<&[u8]>) {
+        let Some(hb) = self.watched(side).get(&id).cloned() else {
             return;
         };
-        self.check_gap(now, format!("c{cid}"), &hb);
-        let hb = self.clients_hb.get_mut(&cid).expect("present");
-        hb.last_send = now;
-        if is_connection_close(data) {
-            hb.active = false;
+        self.check_gap(now, side.name(id), &hb);
+        let hb = self.watched(side).get_mut(&id).expect("present");
+        match data {
+            Some(data) => {
+                hb.last_send = now;
+                hb.active &= !is_connection_close(data);
+            }
+            None => hb.active = false,
         }
+    }
+
+    fn watched(&mut self, side: Side) -> &mut BTreeMap<u32, Hb> {
+        match side {
+            Side::Client => &mut self.clients_hb,
+            Side::Upstream => &mut self.ups_hb,
+        }
+    }
+
+    /// warren queued bytes for the client.
+    pub fn proxy_sent_client(&mut self, now: Instant, cid: u32, data: &[u8]) {
+        self.proxy_wrote(now, Side::Client, cid, Some(data));
     }
 
     /// warren closed the client's socket.
     pub fn proxy_closed_client(&mut self, now: Instant, cid: u32) {
-        if let Some(hb) = self.clients_hb.get(&cid).cloned() {
-            self.check_gap(now, format!("c{cid}"), &hb);
-            self.clients_hb.get_mut(&cid).expect("present").active = false;
-        }
+        self.proxy_wrote(now, Side::Client, cid, None);
     }
 
     /// The hub closed the client with this code.
@@ -403,23 +434,12 @@ impl Observer {
 
     /// warren queued bytes for the broker on `uid`.
     pub fn proxy_sent_upstream(&mut self, now: Instant, uid: u32, data: &[u8]) {
-        let Some(hb) = self.ups_hb.get(&uid).cloned() else {
-            return;
-        };
-        self.check_gap(now, format!("u{uid}"), &hb);
-        let hb = self.ups_hb.get_mut(&uid).expect("present");
-        hb.last_send = now;
-        if is_connection_close(data) {
-            hb.active = false;
-        }
+        self.proxy_wrote(now, Side::Upstream, uid, Some(data));
     }
 
     /// warren closed an upstream socket.
     pub fn proxy_closed_upstream(&mut self, now: Instant, uid: u32) {
-        if let Some(hb) = self.ups_hb.get(&uid).cloned() {
-            self.check_gap(now, format!("u{uid}"), &hb);
-            self.ups_hb.get_mut(&uid).expect("present").active = false;
-        }
+        self.proxy_wrote(now, Side::Upstream, uid, None);
     }
 
     /// The hub got frames from the broker on `uid`.

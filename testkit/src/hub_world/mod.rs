@@ -259,15 +259,17 @@ impl World {
 
     /// Dials the pending upstream and lets the broker accept with RabbitMQ's defaults.
     pub fn accept_dial(&mut self) -> UpstreamId {
+        self.accept_dial_with(Tune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 60,
+        })
+    }
+
+    /// Dials the pending upstream and lets the broker accept with `tune`.
+    pub fn accept_dial_with(&mut self, tune: Tune) -> UpstreamId {
         let u = self.dials.pop().expect("a dial was requested");
-        self.broker_accepts(
-            u,
-            Tune {
-                channel_max: 2047,
-                frame_max: 131_072,
-                heartbeat: 60,
-            },
-        );
+        self.broker_accepts(u, tune);
         u
     }
 
