@@ -21,22 +21,12 @@ impl Builder<'_> {
             }
             Fault::SlowClient => {
                 let slot = self.dynamic_slot();
-                let s = vec![
-                    Step::Open(1),
-                    Step::Declare {
-                        ch: 1,
-                        slot,
-                        exclusive: true,
-                    },
-                    Step::Consume {
-                        ch: 1,
-                        slot,
-                        no_ack: true,
-                    },
+                let mut s = consumer(slot, true, true);
+                s.extend([
                     Step::StopReading,
                     Step::Sleep(Duration::from_secs(20)),
                     Step::CloseConnection,
-                ];
+                ]);
                 self.spec("slow-consumer", at, s);
                 let mut p = vec![Step::Open(1)];
                 for _ in 0..200 {
@@ -138,19 +128,7 @@ impl Builder<'_> {
         for _ in 0..self.rng.random_range(0..=2) {
             let start = at.saturating_sub(ms(self.rng, 300, 3000));
             let slot = self.named_slot();
-            let mut s = vec![
-                Step::Open(1),
-                Step::Declare {
-                    ch: 1,
-                    slot,
-                    exclusive: false,
-                },
-                Step::Consume {
-                    ch: 1,
-                    slot,
-                    no_ack: false,
-                },
-            ];
+            let mut s = consumer(slot, false, false);
             // Across the change, then publishing on the connection it already has.
             let d = at.saturating_sub(start) + ms(self.rng, 200, 4000);
             s.push(Step::Sleep(d));
@@ -224,20 +202,8 @@ impl Builder<'_> {
             .enumerate()
         {
             let slot = first + r as u32;
-            let mut s = vec![
-                Step::Open(1),
-                Step::Declare {
-                    ch: 1,
-                    slot,
-                    exclusive: false,
-                },
-                Step::Qos(1, 1),
-                Step::Consume {
-                    ch: 1,
-                    slot,
-                    no_ack: false,
-                },
-            ];
+            let mut s = consumer(slot, false, false);
+            s.insert(2, Step::Qos(1, 1)); // before the consume: one delivery at a time
             if r == 2 {
                 s.push(Step::StopReading);
             }
@@ -263,25 +229,29 @@ impl Builder<'_> {
         p.extend([Step::WaitConfirms(1), Step::CloseConnection]);
         self.spec(LARGE_PUBLISHER, at + Duration::from_millis(500), p);
         let slot = first + 2;
-        let sweeper = vec![
-            Step::Open(1),
-            Step::Declare {
-                ch: 1,
-                slot,
-                exclusive: false,
-            },
-            Step::Consume {
-                ch: 1,
-                slot,
-                no_ack: false,
-            },
-            Step::Sleep(Duration::from_secs(3)),
-            Step::CloseConnection,
-        ];
+        let mut sweeper = consumer(slot, false, false);
+        sweeper.extend([Step::Sleep(Duration::from_secs(3)), Step::CloseConnection]);
         self.spec(
             "sweeper",
             at + timeout * 2 + Duration::from_secs(3),
             sweeper,
         );
     }
+}
+
+/// Opens channel 1, declares the queue of `slot` and consumes from it.
+fn consumer(slot: u32, exclusive: bool, no_ack: bool) -> Vec<Step> {
+    vec![
+        Step::Open(1),
+        Step::Declare {
+            ch: 1,
+            slot,
+            exclusive,
+        },
+        Step::Consume {
+            ch: 1,
+            slot,
+            no_ack,
+        },
+    ]
 }
