@@ -763,17 +763,7 @@ fn bad_client_input_gets_the_spec_reply_code() {
         ),
         (
             "unknown exchange type",
-            vec![m(1, ids::EXCHANGE_DECLARE, |w| {
-                w.u16(0)
-                    .shortstr(b"x")
-                    .shortstr(b"x-nope")
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .u32(0);
-            })],
+            vec![exchange_declare(1, "x", "x-nope")],
         ),
         (
             "consumer tag reused on a channel",

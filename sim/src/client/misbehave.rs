@@ -1,7 +1,7 @@
 //! Misbehaviour: the protocol violations a client commits on purpose, the bytes that commit
 //! them, and the reply code warren must close it with.
 
-use super::{header, publish, queue_declare, FakeClient};
+use super::{exchange_declare, header, publish, queue_declare, FakeClient};
 use bytes::{Bytes, BytesMut};
 use warren_core::frame::{method_frame, Frame, FrameType, FRAME_END};
 use warren_core::method::{encode, ids, MethodId};
@@ -148,17 +148,7 @@ impl FakeClient {
             })),
             PublishImmediate => b.extend_from_slice(&publish(1, "", "x", false, true)),
             UnknownExchangeType => {
-                b.extend_from_slice(&method_frame(1, ids::EXCHANGE_DECLARE, |w| {
-                    w.u16(0)
-                        .shortstr(b"ex-bad")
-                        .shortstr(b"x-nonsense")
-                        .bit(false)
-                        .bit(false)
-                        .bit(false)
-                        .bit(false)
-                        .bit(false)
-                        .u32(0);
-                }));
+                b.extend_from_slice(&exchange_declare(1, "ex-bad", "x-nonsense"));
             }
             QosPrefetchSize => b.extend_from_slice(&method_frame(1, ids::BASIC_QOS, |w| {
                 w.u32(4096).u16(1).bit(false);

@@ -3,7 +3,8 @@
 
 use super::state::{ChState, Chan, Phase, Reply, Wait};
 use super::{
-    header, publish, queue_declare, Board, ClientOut, End, FakeClient, Misbehaviour, Step, Target,
+    exchange_declare, header, publish, queue_declare, Board, ClientOut, End, FakeClient,
+    Misbehaviour, Step, Target,
 };
 use crate::tag::{Origin, NO_QUEUE, TAG_LEN};
 use bytes::BytesMut;
@@ -277,20 +278,7 @@ impl FakeClient {
             }
             Step::ExchangeDeclare { ch, name, kind } => {
                 if self.expect(ch, Reply::ExchangeDeclareOk) {
-                    self.send(
-                        now,
-                        method_frame(ch, ids::EXCHANGE_DECLARE, |w| {
-                            w.u16(0)
-                                .shortstr(name.as_bytes())
-                                .shortstr(kind.as_bytes())
-                                .bit(false)
-                                .bit(false)
-                                .bit(false)
-                                .bit(false)
-                                .bit(false)
-                                .u32(0);
-                        }),
-                    );
+                    self.send(now, exchange_declare(ch, &name, &kind));
                 }
             }
             Step::Bind {

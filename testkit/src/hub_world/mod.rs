@@ -471,6 +471,22 @@ pub fn queue_declare(ch: u16, name: &str, exclusive: bool) -> Bytes {
     })
 }
 
+/// `exchange.declare` of type `kind` (not passive, durable, auto-delete or internal, waiting
+/// for the reply, no arguments).
+pub fn exchange_declare(ch: u16, name: &str, kind: &str) -> Bytes {
+    m(ch, ids::EXCHANGE_DECLARE, |w| {
+        w.u16(0)
+            .shortstr(name.as_bytes())
+            .shortstr(kind.as_bytes())
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .u32(0);
+    })
+}
+
 pub fn queue_declare_ok(ch: u16, name: &str) -> Bytes {
     m(ch, ids::QUEUE_DECLARE_OK, |w| {
         w.shortstr(name.as_bytes()).u32(0).u32(0);
