@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 use warren_core::content::parse_header;
 use warren_core::frame::{Frame, FrameDecoder, FrameType, PROTOCOL_HEADER};
+use warren_core::hub::{HubEvent, Peer};
 use warren_core::method::{self, ids, Method};
 use warren_core::wire::Reader;
 
@@ -229,4 +230,42 @@ fn method_detail(id: method::MethodId, payload: &[u8]) -> String {
         },
     };
     detail.unwrap_or_default()
+}
+
+/// A hub event in one line, its peers named by `name` (world-level ids in the simulation, the
+/// hub's own in core's scenarios) and times shown relative to `now`.
+#[must_use]
+pub fn describe_event(e: &HubEvent, now: Instant, name: impl Fn(Peer) -> String) -> String {
+    let c = |id| name(Peer::Client(id));
+    let u = |id| name(Peer::Upstream(id));
+    match e {
+        HubEvent::ClientAdmitted { client } => format!("{} admitted", c(*client)),
+        HubEvent::ClientClosed { client, reply } => {
+            format!("{} closed {} {:?}", c(*client), reply.code, reply.text)
+        }
+        HubEvent::ClientLeft { client } => format!("{} left", c(*client)),
+        HubEvent::SlowClient { client } => format!("{} slow", c(*client)),
+        HubEvent::UpstreamOpen {
+            upstream,
+            channel_max,
+            frame_max,
+            heartbeat,
+        } => format!(
+            "{} open channel_max={channel_max} frame_max={frame_max} heartbeat={heartbeat}",
+            u(*upstream)
+        ),
+        HubEvent::UpstreamFailed { upstream, reply } => {
+            format!("{} failed {} {:?}", u(*upstream), reply.code, reply.text)
+        }
+        HubEvent::UpstreamLost { upstream, reply } => {
+            format!("{} lost {} {:?}", u(*upstream), reply.code, reply.text)
+        }
+        HubEvent::AuthRejected { reply } => format!("login rejected {}", reply.code),
+        HubEvent::HeartbeatMissed { peer } => format!("heartbeat missed by {}", name(*peer)),
+        HubEvent::ReconnectScheduled { at, failures } => format!(
+            "reconnect in {}ms after {failures} failures",
+            at.duration_since(now).as_millis()
+        ),
+        HubEvent::Redialling { upstream } => format!("redialling onto {}", u(*upstream)),
+    }
 }

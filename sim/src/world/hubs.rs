@@ -5,8 +5,9 @@
 use super::net::{Dir, Item};
 use super::slots::{Owner, ProxyClient, UpSlot};
 use super::{Ev, World};
+use crate::trace::describe_event;
 use warren_core::admission::{self, HubId};
-use warren_core::hub::{ClientId, HubEvent, Output, Peer, UpstreamId};
+use warren_core::hub::{HubEvent, Output, Peer};
 
 impl World {
     pub(super) fn hub_outputs(&mut self, hid: u32) {
@@ -116,51 +117,17 @@ impl World {
     fn hub_event(&mut self, hid: u32, e: HubEvent) {
         let now = self.now;
         let i = self.hub_index(hid).expect("caller checked");
-        let c = |id: &ClientId| {
-            self.hubs[i]
+        let hub = &self.hubs[i];
+        let text = describe_event(&e, now, |p| match p {
+            Peer::Client(id) => hub
                 .clients
-                .get(id)
-                .map_or_else(|| "c?".to_owned(), |c| format!("c{c}"))
-        };
-        let u = |id: &UpstreamId| {
-            self.hubs[i]
+                .get(&id)
+                .map_or_else(|| "c?".to_owned(), |c| format!("c{c}")),
+            Peer::Upstream(id) => hub
                 .ups
-                .get(id)
-                .map_or_else(|| "u?".to_owned(), |u| format!("u{u}"))
-        };
-        let text = match &e {
-            HubEvent::ClientAdmitted { client } => format!("{} admitted", c(client)),
-            HubEvent::ClientClosed { client, reply } => {
-                format!("{} closed {} {:?}", c(client), reply.code, reply.text)
-            }
-            HubEvent::ClientLeft { client } => format!("{} left", c(client)),
-            HubEvent::SlowClient { client } => format!("{} slow", c(client)),
-            HubEvent::UpstreamOpen {
-                upstream,
-                channel_max,
-                frame_max,
-                heartbeat,
-            } => format!(
-                "{} open channel_max={channel_max} frame_max={frame_max} heartbeat={heartbeat}",
-                u(upstream)
-            ),
-            HubEvent::UpstreamFailed { upstream, reply } => {
-                format!("{} failed {} {:?}", u(upstream), reply.code, reply.text)
-            }
-            HubEvent::UpstreamLost { upstream, reply } => {
-                format!("{} lost {} {:?}", u(upstream), reply.code, reply.text)
-            }
-            HubEvent::AuthRejected { reply } => format!("login rejected {}", reply.code),
-            HubEvent::HeartbeatMissed { peer } => match peer {
-                Peer::Client(id) => format!("heartbeat missed by {}", c(id)),
-                Peer::Upstream(id) => format!("heartbeat missed by {}", u(id)),
-            },
-            HubEvent::ReconnectScheduled { at, failures } => format!(
-                "reconnect in {}ms after {failures} failures",
-                at.duration_since(now).as_millis()
-            ),
-            HubEvent::Redialling { upstream } => format!("redialling onto {}", u(upstream)),
-        };
+                .get(&id)
+                .map_or_else(|| "u?".to_owned(), |u| format!("u{u}")),
+        });
         let line = format!("h{hid} {text}");
         self.line(line);
         let what = match &e {

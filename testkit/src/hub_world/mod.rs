@@ -21,7 +21,7 @@ use warren_core::frame::{
     method_frame, Frame, FrameDecoder, FrameError, FrameType, PROTOCOL_HEADER,
 };
 use warren_core::handshake::{ClientCapabilities, ClientHello};
-use warren_core::hub::{ClientId, Hub, HubConfig, HubEvent, Input, Output, UpstreamId};
+use warren_core::hub::{self, ClientId, Hub, HubConfig, HubEvent, Input, Output, UpstreamId};
 use warren_core::method::{self, encode, ids, Close, ConnectionStart, Method, MethodId, Tune};
 use warren_core::nodes::NodeOrder;
 use warren_core::table::FieldTable;
@@ -359,39 +359,12 @@ pub fn to_frame(raw: &Bytes) -> Frame {
     f
 }
 
-/// A readable one-line description of a hub event; times are shown relative to `now`.
+/// A hub event in one line, by the test kit's trace printer, with the hub's own ids.
 pub fn describe_event(e: &HubEvent, now: Instant) -> String {
-    match e {
-        HubEvent::ClientAdmitted { client } => format!("{client} admitted"),
-        HubEvent::ClientClosed { client, reply } => {
-            format!("{client} closed {} {:?}", reply.code, reply.text)
-        }
-        HubEvent::ClientLeft { client } => format!("{client} left"),
-        HubEvent::SlowClient { client } => format!("{client} slow"),
-        HubEvent::UpstreamOpen {
-            upstream,
-            channel_max,
-            frame_max,
-            heartbeat,
-        } => format!(
-            "{upstream} open channel_max={channel_max} frame_max={frame_max} heartbeat={heartbeat}"
-        ),
-        HubEvent::UpstreamFailed { upstream, reply } => {
-            format!("{upstream} failed {} {:?}", reply.code, reply.text)
-        }
-        HubEvent::UpstreamLost { upstream, reply } => {
-            format!("{upstream} lost {} {:?}", reply.code, reply.text)
-        }
-        HubEvent::AuthRejected { reply } => format!("auth rejected {}", reply.code),
-        HubEvent::HeartbeatMissed { peer } => format!("heartbeat missed {peer:?}"),
-        HubEvent::Redialling { upstream } => format!("redialling {upstream}"),
-        HubEvent::ReconnectScheduled { at, failures } => {
-            format!(
-                "reconnect scheduled in {:?} after {failures} failures",
-                at.duration_since(now)
-            )
-        }
-    }
+    crate::trace::describe_event(e, now, |p| match p {
+        hub::Peer::Client(c) => c.to_string(),
+        hub::Peer::Upstream(u) => u.to_string(),
+    })
 }
 
 // ----- frame builders ---------------------------------------------------------------
