@@ -480,19 +480,7 @@ fn failed_fence_is_not_pooled() {
 fn dirty_methods_prevent_recycling() {
     use warren_core::method::MethodId;
     let cases: Vec<(&str, bytes::Bytes)> = vec![
-        (
-            "consume",
-            m(1, ids::BASIC_CONSUME, |w| {
-                w.u16(0)
-                    .shortstr(b"q")
-                    .shortstr(b"")
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .u32(0);
-            }),
-        ),
+        ("consume", consume(1, b"q", b"", false, false)),
         (
             "get",
             m(1, ids::BASIC_GET, |w| {
@@ -649,18 +637,7 @@ fn drain_serves_a_late_joiner_while_an_upstream_is_open() {
 fn bad_client_input_gets_the_spec_reply_code() {
     use warren_core::frame::{Frame, FrameError, FrameType};
     use warren_core::hub::Input;
-    let consume = |tag: &[u8]| {
-        m(1, ids::BASIC_CONSUME, |w| {
-            w.u16(0)
-                .shortstr(b"q")
-                .shortstr(tag)
-                .bit(false)
-                .bit(false)
-                .bit(false)
-                .bit(false)
-                .u32(0);
-        })
-    };
+    let consume = |tag: &[u8]| warren_testkit::hub_world::consume(1, b"q", tag, false, false);
     let cases: Vec<(&str, Vec<bytes::Bytes>)> = vec![
         ("body frame without a method", vec![body(1, b"x")]),
         ("header frame without a method", vec![header(1, 1)]),

@@ -1,7 +1,7 @@
 //! Intrusions: what a client tries on another client's exclusive queue, and how it judges
 //! the answer (RabbitMQ's 405 RESOURCE_LOCKED, or 404 once the queue is gone; B5).
 
-use super::{Board, FakeClient};
+use super::{consume, Board, FakeClient};
 use bytes::Bytes;
 use warren_core::frame::method_frame;
 use warren_core::method::{ids, MethodId};
@@ -80,16 +80,7 @@ impl Intrusion {
                     .bit(false)
                     .u32(0);
             }),
-            Intrusion::Consume => method_frame(ch, ids::BASIC_CONSUME, |w| {
-                w.u16(0)
-                    .shortstr(q)
-                    .shortstr(b"")
-                    .bit(false)
-                    .bit(true)
-                    .bit(false)
-                    .bit(false)
-                    .u32(0);
-            }),
+            Intrusion::Consume => consume(ch, q, b"", true, false),
             Intrusion::Get => method_frame(ch, ids::BASIC_GET, |w| {
                 w.u16(0).shortstr(q).bit(false);
             }),

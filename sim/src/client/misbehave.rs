@@ -1,7 +1,7 @@
 //! Misbehaviour: the protocol violations a client commits on purpose, the bytes that commit
 //! them, and the reply code warren must close it with.
 
-use super::{exchange_declare, header, publish, queue_declare, FakeClient};
+use super::{consume, exchange_declare, header, publish, queue_declare, FakeClient};
 use bytes::{Bytes, BytesMut};
 use warren_core::frame::{method_frame, Frame, FrameType, FRAME_END};
 use warren_core::method::{encode, ids, MethodId};
@@ -168,16 +168,7 @@ impl FakeClient {
             })),
             ConsumerTagReuse => {
                 for _ in 0..2 {
-                    b.extend_from_slice(&method_frame(1, ids::BASIC_CONSUME, |w| {
-                        w.u16(0)
-                            .shortstr(b"q0")
-                            .shortstr(b"dup-tag")
-                            .bit(false)
-                            .bit(true)
-                            .bit(false)
-                            .bit(true)
-                            .u32(0);
-                    }));
+                    b.extend_from_slice(&consume(1, b"q0", b"dup-tag", true, true));
                 }
             }
             FlowInactive => b.extend_from_slice(&encode::flow(1, false, false)),

@@ -3,7 +3,7 @@
 
 use super::state::{ChState, Chan, Phase, Reply, Wait};
 use super::{
-    exchange_declare, header, publish, queue_declare, Board, ClientOut, End, FakeClient,
+    consume, exchange_declare, header, publish, queue_declare, Board, ClientOut, End, FakeClient,
     Misbehaviour, Step, Target,
 };
 use crate::tag::{Origin, NO_QUEUE, TAG_LEN};
@@ -134,19 +134,7 @@ impl FakeClient {
                     c.no_ack = no_ack;
                 }
                 if self.expect(ch, Reply::ConsumeOk(slot)) {
-                    self.send(
-                        now,
-                        method_frame(ch, ids::BASIC_CONSUME, |w| {
-                            w.u16(0)
-                                .shortstr(name.as_bytes())
-                                .shortstr(b"")
-                                .bit(false)
-                                .bit(no_ack)
-                                .bit(false)
-                                .bit(false)
-                                .u32(0);
-                        }),
-                    );
+                    self.send(now, consume(ch, name.as_bytes(), b"", no_ack, false));
                 }
             }
             Step::Cancel(ch) => {

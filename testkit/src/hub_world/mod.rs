@@ -460,6 +460,21 @@ pub fn exchange_declare(ch: u16, name: &str, kind: &str) -> Bytes {
     })
 }
 
+/// `basic.consume` from `queue` (not no-local or exclusive, no arguments); an empty `tag`
+/// leaves the consumer tag to the broker.
+pub fn consume(ch: u16, queue: &[u8], tag: &[u8], no_ack: bool, nowait: bool) -> Bytes {
+    m(ch, ids::BASIC_CONSUME, |w| {
+        w.u16(0)
+            .shortstr(queue)
+            .shortstr(tag)
+            .bit(false)
+            .bit(no_ack)
+            .bit(false)
+            .bit(nowait)
+            .u32(0);
+    })
+}
+
 pub fn queue_declare_ok(ch: u16, name: &str) -> Bytes {
     m(ch, ids::QUEUE_DECLARE_OK, |w| {
         w.shortstr(name.as_bytes()).u32(0).u32(0);

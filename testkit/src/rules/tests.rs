@@ -86,16 +86,7 @@ fn body(ch: u16, n: usize) -> Bytes {
 }
 
 fn consume(ch: u16, tag: &[u8]) -> Bytes {
-    method_frame(ch, ids::BASIC_CONSUME, |w| {
-        w.u16(0)
-            .shortstr(b"q")
-            .shortstr(tag)
-            .bit(false)
-            .bit(false)
-            .bit(false)
-            .bit(false)
-            .raw(&[0; 4]); // no arguments
-    })
+    crate::hub_world::consume(ch, b"q", tag, false, false)
 }
 
 fn close(ch: u16) -> Bytes {

@@ -305,16 +305,7 @@ impl World {
         self.pump();
         self.accept_dials();
         let open = encode::channel_open(CANARY_CH);
-        let consume = method_frame(CANARY_CH, ids::BASIC_CONSUME, |w| {
-            w.u16(0)
-                .shortstr(b"canary-q")
-                .shortstr(CANARY_TAG)
-                .bit(false)
-                .bit(false)
-                .bit(false)
-                .bit(false)
-                .raw(&EMPTY_TABLE);
-        });
+        let consume = crate::hub_world::consume(CANARY_CH, b"canary-q", CANARY_TAG, false, false);
         self.canary_sends(&[open, consume], 1);
         self.settle();
         if self.canary.up.is_none() {
