@@ -315,6 +315,21 @@ fn methods_during_a_commit_are_reported() {
 }
 
 #[test]
+fn channel_zero_takes_update_secret_and_close_only() {
+    // RabbitMQ answers connection.update-secret on an open connection (OAuth token refresh).
+    let mut c = open();
+    let update = method_frame(0, ids::CONNECTION_UPDATE_SECRET, |w| {
+        w.longstr(b"token").shortstr(b"refresh");
+    });
+    assert_eq!(c.from_warren(&update).unwrap().len(), 1);
+    assert_eq!(
+        rule(&mut c, &encode::open("/")),
+        Rule::ChannelZero,
+        "a second connection.open"
+    );
+}
+
+#[test]
 fn nothing_after_connection_close() {
     let mut c = open();
     c.from_warren(&close(0)).unwrap();
