@@ -743,13 +743,15 @@ impl Hub {
         }
     }
 
-    /// Whether `id` is the one upstream kept open for a hub that still has clients. Clients
-    /// the hub is closing do not count: they need no broker to say `close-ok`, and keeping
-    /// the upstream for them would start its close only after theirs ended (at a drain
-    /// deadline, one close timeout after the other).
+    /// Whether `id` is the one upstream kept open for a hub that still has clients. Draining,
+    /// clients the hub is closing do not count: they need no broker to say `close-ok`, and
+    /// keeping the upstream for them would start its close one close timeout after theirs,
+    /// past the drain's bound. (Checked while draining only: this runs on every upstream
+    /// reschedule, and outside a drain nothing waits on it.)
     fn keeps_last_upstream(&self, id: UpstreamId) -> bool {
         let closing = |c: &client::Client| matches!(c.phase, client::Phase::Closing { .. });
-        if self.clients.iter().all(|(_, c)| closing(c)) {
+        let all_closing = || self.clients.iter().all(|(_, c)| closing(c));
+        if self.clients.is_empty() || (self.drain.is_some() && all_closing()) {
             return false;
         }
         // The oldest open upstream is the keeper (not one retired by a re-dial).
