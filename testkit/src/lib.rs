@@ -1,7 +1,8 @@
 //! warren's test kit: what the tests and the fuzzers share, kept out of `core/src` so that
 //! the production library holds production code only.
 //!
-//! - [`broker`]: the fake RabbitMQ the simulation runs warren against;
+//! - [`broker`]: the fake RabbitMQ the simulation and the `hub_client` fuzz target run
+//!   warren against;
 //! - [`hub_world`]: a scripted world around one hub, with a trace printer, for core's hub
 //!   scenarios (`tests/hub_scenarios.rs`, `tests/hub_control.rs`); the `hub_client` fuzz
 //!   target's world is built from the same pieces;

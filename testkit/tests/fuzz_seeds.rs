@@ -609,6 +609,13 @@ fn hub_client_seeds() -> Seeds {
             },
         )
     };
+    // ...consuming from queue 'q' with `Build::Consume` flags `consume`, answered.
+    let consuming = |c: [u8; 4], consume: u8| {
+        opened(c)
+            .build(0, 0, Build::QueueDeclare, &[0x20])
+            .build(0, 0, Build::Consume, &[consume])
+            .op(HubOp::Settle, &[])
+    };
     let settle = |i: HubInput| i.op(HubOp::Settle, &[]);
     let publish = |i: HubInput, flags: u8, size: u8, chunk: u8| {
         i.build(0, 0, Build::Publish, &[flags, size, chunk])
@@ -707,10 +714,10 @@ fn hub_client_seeds() -> Seeds {
         &mut s,
         "crossing-closes",
         settle(
+            // The broker refuses the consume (no queue 'q') while warren's close is on its way.
             opened([0; 4])
-                .build(0, 0, Build::Consume, &[0x10])
-                .raw(0, &close(1))
-                .op(HubOp::Broker, &[0, 0, 0, 0]),
+                .build(0, 0, Build::Consume, &[0x50])
+                .raw(0, &close(1)),
         ),
     );
     add(
@@ -779,21 +786,17 @@ fn hub_client_seeds() -> Seeds {
         &mut s,
         "server-cancel",
         settle(
-            opened([0; 4])
-                .build(0, 0, Build::Consume, &[0x10])
-                .op(HubOp::Settle, &[])
+            consuming([0; 4], 0x50)
                 .op(HubOp::Broker, &[0, 4, 0, 0])
-                .build(0, 0, Build::Consume, &[0x10]),
+                .build(0, 0, Build::QueueDeclare, &[0x20])
+                .build(0, 0, Build::Consume, &[0x50]),
         ),
     );
     add(
         &mut s,
         "server-cancel-without-notify",
         settle(
-            opened([0, 0, CLIENT_NO_CANCEL_NOTIFY, 0])
-                .build(0, 0, Build::Consume, &[0x10])
-                .op(HubOp::Settle, &[])
-                .op(HubOp::Broker, &[0, 4, 0, 0]),
+            consuming([0, 0, CLIENT_NO_CANCEL_NOTIFY, 0], 0x50).op(HubOp::Broker, &[0, 4, 0, 0]),
         ),
     );
     add(
@@ -1196,7 +1199,7 @@ fn hub_client_seeds() -> Seeds {
     add(
         &mut s,
         "deliveries-rechunked-to-client",
-        opened([0, 0, CLIENT_SMALL_FRAMES, 0])
+        consuming([0, 0, CLIENT_SMALL_FRAMES, 0], 0x42)
             .op(HubOp::Broker, &[0, 2, 0, 6])
             .op(HubOp::Broker, &[0, 3, 0, 0])
             .op(HubOp::CanaryDelivery, &[]),
@@ -1204,7 +1207,7 @@ fn hub_client_seeds() -> Seeds {
     add(
         &mut s,
         "deliveries-from-small-frame-broker",
-        opened([0, BROKER_SMALL_FRAMES, 0, 0]).op(HubOp::Broker, &[0, 2, 0, 6]),
+        consuming([0, BROKER_SMALL_FRAMES, 0, 0], 0x42).op(HubOp::Broker, &[0, 2, 0, 6]),
     );
     add(
         &mut s,

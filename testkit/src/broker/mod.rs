@@ -1,7 +1,9 @@
 //! A sans-IO fake RabbitMQ: enough of the broker to be warren's upstream in a simulation,
 //! and strict where RabbitMQ is strict. It lives in the test kit so that there is one fake
 //! RabbitMQ for every test that needs one (issue 15); `warren-sim` runs warren against it in
-//! both of its layers (directly in the pure-core world, behind turmoil TCP in layer 2).
+//! both of its layers (directly in the pure-core world, behind turmoil TCP in layer 2), and
+//! the `hub_client` fuzz target runs a hub against it with the input deciding when its
+//! replies arrive.
 //!
 //! It speaks the handshake (refusing a wrong password with 403 and an unknown vhost with
 //! 530), channels up to `channel_max`, exchanges and bindings, queues (exclusive and
@@ -34,8 +36,10 @@
 //! the broker keeps per connection, channel, queue and exchange; `connection` reads checked
 //! frames, runs the handshake and opens and closes channels; `channel` checks a channel's methods and dispatches them by class to
 //! `exchange`, `queue` and `basic`; `delivery` routes, confirms and delivers messages;
-//! `tag` is the origin tag a fake client starts every body with, which the broker reads to
-//! check and log what it receives.
+//! `operator` is what happens to the broker from outside the connections (a message from
+//! elsewhere, a queue deleted by an operator, a channel failing), at a moment a test
+//! chooses; `tag` is the origin tag a fake client starts every body with, which the broker
+//! reads to check and log what it receives.
 
 use crate::rules::UpstreamChecker;
 use bytes::{Bytes, BytesMut};
@@ -61,6 +65,7 @@ mod channel;
 mod connection;
 mod delivery;
 mod exchange;
+mod operator;
 mod queue;
 mod state;
 pub mod tag;
@@ -103,6 +108,9 @@ pub struct BrokerConfig {
     /// How long a connection may take to finish the AMQP handshake (RabbitMQ's
     /// `handshake_timeout`, 10 s by default) before the broker drops it.
     pub handshake_timeout: Duration,
+    /// Exchange types from plugins (e.g. `x-delayed-message`), accepted besides the four
+    /// built-in ones.
+    pub plugin_exchange_types: Vec<String>,
 }
 
 impl Default for BrokerConfig {
@@ -116,6 +124,7 @@ impl Default for BrokerConfig {
             batch_confirms: false,
             close_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
+            plugin_exchange_types: Vec::new(),
         }
     }
 }
@@ -205,8 +214,9 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker with no connections, the default exchange, `amq.direct`, `amq.fanout` and the
-    /// event exchange `amq.rabbitmq.event`.
+    /// A broker with no connections, RabbitMQ's built-in exchanges (the default one,
+    /// `amq.direct`, `amq.fanout`, `amq.topic`, `amq.headers`, `amq.match`) and the event
+    /// exchange `amq.rabbitmq.event`.
     #[must_use]
     pub fn new(config: BrokerConfig) -> Self {
         let mut b = Broker {
@@ -228,11 +238,14 @@ impl Broker {
     }
 
     fn builtin_exchanges(&mut self) {
-        // The event exchange is a topic exchange; the routing here matches binding keys
-        // exactly, which is all its subscribers use.
+        // Topic and headers exchanges route here by exact binding key, which is all the
+        // event exchange's subscribers use and all the tests need.
         for (name, kind) in [
             ("amq.direct", "direct"),
             ("amq.fanout", "fanout"),
+            ("amq.topic", "topic"),
+            ("amq.headers", "headers"),
+            ("amq.match", "headers"),
             (EVENT_EXCHANGE, "topic"),
         ] {
             self.exchanges.insert(
@@ -385,7 +398,7 @@ impl Broker {
             Conn {
                 phase: Phase::Header,
                 accepted: now,
-                check: UpstreamChecker::at_broker(&[]),
+                check: UpstreamChecker::at_broker(&self.config.plugin_exchange_types),
                 tune: Tune {
                     channel_max: self.config.channel_max,
                     frame_max: self.config.frame_max,

@@ -14,9 +14,9 @@
 //! Inputs are processed deterministically: the chunkings are derived from the input bytes, and
 //! time is a fixed origin plus offsets, so a crashing input replays exactly.
 //!
-//! The `hub_client` target, a whole hub with a scripted broker and a canary neighbour, lives
-//! in its own submodule; the checker of RabbitMQ's connection-level rules it relies on is
-//! [`crate::rules`].
+//! The `hub_client` target, a whole hub in front of the test kit's fake RabbitMQ
+//! ([`crate::broker`]) with a canary neighbour, lives in its own submodule; the checker of
+//! RabbitMQ's connection-level rules it relies on is [`crate::rules`].
 
 mod hub;
 

@@ -24,18 +24,17 @@ impl World {
         self.settle();
         // Before any idle timer: exclusive queues die with their connection, which would
         // hide a leak on an upstream that idles out.
-        for b in self.brokers.iter().filter(|b| !b.gone) {
-            if !b.exclusive.is_empty() {
-                let names: Vec<String> = b
-                    .exclusive
-                    .iter()
-                    .map(|q| String::from_utf8_lossy(q).into_owned())
-                    .collect();
-                self.fail(format!(
-                    "exclusive queues {names:?} on {} outlived the clients that declared them (B5)",
-                    b.id
-                ));
-            }
+        let left: Vec<String> = self
+            .broker
+            .exclusive_queues()
+            .into_iter()
+            .map(|(q, _)| q)
+            .filter(|q| q != CANARY_QUEUE)
+            .collect();
+        if !left.is_empty() {
+            self.fail(format!(
+                "exclusive queues {left:?} outlived the clients that declared them (B5)"
+            ));
         }
         self.advance(self.config.pool_idle_timeout + STEP);
         self.settle();
@@ -50,10 +49,10 @@ impl World {
         }
         if self.hub.channels_in_use() != 1 || self.hub.pooled_channels() != 0 {
             let states: Vec<String> = self
-                .brokers
+                .links
                 .iter()
-                .filter(|b| !b.gone)
-                .map(|b| format!("{}: {:?}", b.id, b.check.channels().collect::<Vec<_>>()))
+                .filter(|l| !l.gone)
+                .map(|l| format!("{}: {:?}", l.id, l.check.channels().collect::<Vec<_>>()))
                 .collect();
             self.fail(format!(
                 "upstream channels leaked: {} in use ({} pooled) where only the canary's should be; broker view {states:?}",
@@ -67,17 +66,20 @@ impl World {
                 self.hub.upstream_count()
             ));
         }
-        for b in self.brokers.iter().filter(|b| !b.gone) {
+        for l in self.links.iter().filter(|l| !l.gone) {
             // The broker's own view: nothing half-closed, nothing owed.
-            let expected: Vec<(u16, ChannelState)> = match self.canary.up {
-                Some((up, ch)) if up == b.id => vec![(ch, ChannelState::Open)],
-                _ => Vec::new(),
-            };
-            let got: Vec<(u16, ChannelState)> = b.check.channels().collect();
-            if got != expected {
+            let canary = self.canary.up.filter(|(up, _)| *up == l.id);
+            let expected: Vec<u16> = canary.map(|(_, ch)| ch).into_iter().collect();
+            let open = self.broker.open_channels(l.conn);
+            let seen: Vec<(u16, ChannelState)> = l.check.channels().collect();
+            let all_open: Vec<(u16, ChannelState)> = expected
+                .iter()
+                .map(|&ch| (ch, ChannelState::Open))
+                .collect();
+            if open != expected || seen != all_open {
                 self.fail(format!(
-                    "{} still has channels {got:?} at the broker after everything settled",
-                    b.id
+                    "{} still has channels {open:?} at the broker ({seen:?} as warren saw them) after everything settled",
+                    l.id
                 ));
             }
         }
@@ -117,23 +119,23 @@ impl World {
     }
 
     pub(super) fn upstream_receives(&mut self, up: UpstreamId, data: &[u8]) {
-        let Some(i) = self.brokers.iter().position(|b| b.id == up) else {
+        let Some(i) = self.links.iter().position(|l| l.id == up) else {
             self.fail(format!("bytes for {up}, which was never dialled"));
         };
-        if self.brokers[i].gone {
-            self.fail(format!("bytes for {up} after CloseUpstream"));
+        if self.links[i].gone {
+            self.fail(format!("bytes for {up} after its socket closed"));
         }
-        let frames = match self.brokers[i].check.from_warren(data) {
+        let frames = match self.links[i].check.from_warren(data) {
             Ok(frames) => frames,
             Err(v) => self.fail(format!(
                 "{up} would be closed by RabbitMQ: {v}; the frame came from {}",
                 self.culprit(up, v.channel)
             )),
         };
-        for f in frames {
+        for f in &frames {
             let ch = f.channel();
             if self.trace.is_some() && f.kind() != FrameType::Heartbeat {
-                let d = describe(&f);
+                let d = describe(f);
                 self.note(|| format!("{up} <- {d}"));
             }
             if self.canary.up == Some((up, ch)) {
@@ -141,7 +143,7 @@ impl World {
                 if self.canary.to_broker.front() != Some(&got) {
                     self.fail(format!(
                         "the canary's upstream channel {up}/{ch} carried {}, which the canary did not send",
-                        describe(&f)
+                        describe(f)
                     ));
                 }
                 self.canary.to_broker.pop_front();
@@ -151,8 +153,9 @@ impl World {
             {
                 self.canary.up = Some((up, ch));
             }
-            self.brokers[i].react(&f);
         }
+        let conn = self.links[i].conn;
+        self.broker.handle_bytes(self.now, conn, data);
     }
 
     /// Who the upstream channel belongs to, for a failure message.
@@ -247,6 +250,12 @@ impl World {
         }
         if let Some(c) = self.clients.iter().find(|c| !c.rx.is_empty()) {
             self.fail(format!("{} holds half a frame", c.id));
+        }
+        if let Some(v) = self.broker.log.violations.first() {
+            self.fail(format!(
+                "the broker closed connection {} for a protocol error: {} {}",
+                v.conn, v.code, v.text
+            ));
         }
     }
 }

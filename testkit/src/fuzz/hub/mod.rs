@@ -1,51 +1,54 @@
 //! The `hub_client` fuzz target (see [`hub_client`] for the world it builds, its input and
 //! what it checks). This file holds the world and its operations; `checks` what it checks,
-//! `broker` the scripted broker behind each upstream, `build` the frames a fuzzed client
-//! sends, `input` how the input bytes read. The rules warren is held to are
-//! [`crate::rules`]; credentials, hellos, the broker's handshake, frame cutting and trace
-//! stamps come from [`crate::hub_world`], which core's hub scenarios use too.
+//! `links` warren's connections to the broker (the test kit's fake RabbitMQ,
+//! [`crate::broker`]), `build` the frames a fuzzed client sends, `input` how the input bytes
+//! read. The rules warren is held to are [`crate::rules`]; credentials, hellos, frame
+//! cutting and trace stamps come from [`crate::hub_world`], which core's hub scenarios use
+//! too.
 
-mod broker;
 mod build;
 mod checks;
 mod input;
+mod links;
 
+use crate::broker::{Broker, BrokerConfig, BrokerOutput, ConnId};
 use crate::hub_world::{
-    broker_handshake, describe_event, epoch, header, hello, hello_with, parse_frame, FrameReader,
+    describe_event, epoch, header, hello, hello_with, parse_frame, FrameReader,
 };
 use crate::rules::*;
 use crate::trace::describe;
-use broker::*;
 use build::*;
 use input::*;
 pub use input::{Build, HubInput, HubOp};
+use links::*;
 
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
-use warren_core::frame::{method_frame, Frame, FrameType, FRAME_MIN_SIZE, HEARTBEAT};
+use warren_core::frame::{method_frame, Frame, FrameType, FRAME_MIN_SIZE};
 use warren_core::handshake::{ClientCapabilities, ClientHello};
 use warren_core::hub::{
     ClientId, Hub, HubConfig, HubEvent, HubStats, Input, Output, Peer, Placement, UpstreamId,
 };
-use warren_core::method::{encode, ids, Close, MethodId, Tune};
+use warren_core::method::{encode, ids, MethodId, Tune};
 
 // ----- the fuzz body --------------------------------------------------------------------
 
 /// Fuzz target: a hub fed arbitrary client bytes after a valid handshake and admission,
-/// with a scripted broker and a well-behaved neighbour, checked against the rules by which
+/// with the test kit's fake RabbitMQ and a well-behaved neighbour, checked against the rules by which
 /// RabbitMQ closes a whole connection (B7). It panics, naming the broken property, when one
 /// does not hold.
 ///
 /// # The world
 ///
-/// One hub; a scripted broker behind every upstream the hub dials (it accepts every dial and
-/// answers what warren sends, but only when the input says so); a well-behaved *canary*
-/// client; and up to four *fuzzed* clients. The canary joins first, opens its channel 1 and
-/// starts a consumer; it then publishes and receives deliveries whenever the input asks, and
-/// once more at the end. Fuzzed clients join after it and everything they send is decided
+/// One hub; the test kit's fake RabbitMQ ([`crate::broker`]) behind every upstream the hub
+/// dials (it accepts every dial and answers what warren sends as RabbitMQ would, but its
+/// replies reach warren only when the input lets them through; its heartbeats at once); a
+/// well-behaved *canary* client; and up to four *fuzzed* clients. The canary joins first,
+/// opens its channel 1, declares its exclusive queue and consumes from it; it then publishes
+/// to that queue and receives deliveries whenever the input asks, and once more at the end. Fuzzed clients join after it and everything they send is decided
 /// by the input.
 ///
 /// # The input
@@ -68,7 +71,9 @@ use warren_core::method::{encode, ids, Close, MethodId, Tune};
 ///   publishes and deliveries keep flowing to the end;
 /// - a fuzzed client receives whole frames within its frame_max, never a canary delivery,
 ///   and nothing after its socket was closed;
-/// - no upstream is lost or fails (the scripted broker is always reachable and alive);
+/// - the broker closes no connection for a protocol error either ([`crate::broker`] reads
+///   warren's bytes through the same rules);
+/// - no upstream is lost or fails (the broker is always reachable and alive);
 /// - once every fuzzed client has left and the broker has answered everything, no exclusive
 ///   queue they declared is left on the connections (B5);
 /// - after the pool and idle timers have run, only the canary's channel is in use upstream,
@@ -99,12 +104,14 @@ const MAX_CLIENTS: usize = 4;
 const BODY_BUDGET: usize = 2 << 20;
 /// Virtual time the input may let pass, so that a run stays fast.
 const TIME_BUDGET: Duration = Duration::from_secs(600);
-/// The broker sends a heartbeat on every upstream once per step of virtual time.
+/// Virtual time let pass beyond a timeout, so that it has surely fired.
 const STEP: Duration = Duration::from_secs(1);
 /// The canary's frame_max and channel.
 const CANARY_FRAME_MAX: u32 = 131_072;
 const CANARY_CH: u16 = 1;
 const CANARY_TAG: &[u8] = b"canary-ctag";
+/// The canary's exclusive queue: what it publishes comes back to it.
+const CANARY_QUEUE: &str = "canary-q";
 /// What [`HubOp::Advance`] lets pass, by its step byte.
 const ADVANCES: [Duration; 9] = [
     Duration::ZERO,
@@ -183,17 +190,15 @@ struct World {
     hub: Hub,
     now: Instant,
     config: HubConfig,
-    offer: Tune,
     template: ClientHello,
-    brokers: Vec<Broker>,
+    broker: Broker,
+    links: Vec<Link>,
     dials: VecDeque<UpstreamId>,
     canary: Canary,
     clients: Vec<Fuzzed>,
     body_budget: usize,
     time_left: Duration,
     setting_up: bool,
-    /// Inside [`World::accept_dials`]: dials requested meanwhile wait for its loop.
-    accepting: bool,
     trace: Option<Vec<String>>,
 }
 
@@ -234,10 +239,12 @@ impl World {
             upstream_name: "warren-fuzz".into(),
             ..HubConfig::default()
         };
-        let offer = Tune {
+        let broker = BrokerConfig {
             channel_max: [0, 2047, 2, 3, 5, 8, 1, 64][usize::from(broker_byte & 7)],
             frame_max: [131_072, 4096, 0, 8192][two(broker_byte, 3)],
             heartbeat: [60, 5, 0, 600][two(broker_byte, 5)],
+            plugin_exchange_types: hub_config.extra_exchange_types.clone(),
+            ..BrokerConfig::default()
         };
         let template = hello_with(
             Tune {
@@ -262,9 +269,9 @@ impl World {
             hub,
             now,
             config: hub_config,
-            offer,
             template,
-            brokers: Vec::new(),
+            broker: Broker::new(broker),
+            links: Vec::new(),
             dials: VecDeque::new(),
             canary: Canary {
                 id: canary,
@@ -279,7 +286,6 @@ impl World {
             body_budget: BODY_BUDGET,
             time_left: TIME_BUDGET,
             setting_up: true,
-            accepting: false,
             trace: trace.then(Vec::new),
         }
     }
@@ -299,14 +305,15 @@ impl World {
 
     // ----- setup and end ----------------------------------------------------------------
 
-    /// The canary is admitted, opens its channel and starts a consumer; the first fuzzed
-    /// client joins.
+    /// The canary is admitted, opens its channel, declares its queue and consumes from it;
+    /// the first fuzzed client joins.
     fn setup(&mut self) {
-        self.pump();
-        self.accept_dials();
+        self.flow();
         let open = encode::channel_open(CANARY_CH);
-        let consume = crate::hub_world::consume(CANARY_CH, b"canary-q", CANARY_TAG, false, false);
-        self.canary_sends(&[open, consume], 1);
+        let declare = crate::hub_world::queue_declare(CANARY_CH, CANARY_QUEUE, true);
+        let queue = CANARY_QUEUE.as_bytes();
+        let consume = crate::hub_world::consume(CANARY_CH, queue, CANARY_TAG, true, false);
+        self.canary_sends(&[open, declare, consume], 1);
         self.settle();
         if self.canary.up.is_none() {
             self.fail("the canary's channel.open never reached the broker");
@@ -467,41 +474,31 @@ impl World {
         let publish = method_frame(CANARY_CH, ids::BASIC_PUBLISH, |w| {
             w.u16(0)
                 .shortstr(b"")
-                .shortstr(b"canary-q")
+                .shortstr(CANARY_QUEUE.as_bytes())
                 .bit(false)
                 .bit(false);
         });
-        let mut frames = vec![publish];
-        frames.extend(content(CANARY_CH, &body, FRAME_MIN_SIZE));
+        let mut frames = vec![publish, header(CANARY_CH, body.len() as u64)];
+        frames.extend(
+            body.chunks(FRAME_MIN_SIZE as usize - 8)
+                .map(|part| crate::hub_world::body(CANARY_CH, part)),
+        );
         self.canary_sends(&frames, 0);
     }
 
+    /// A message for the canary arrives in its queue from elsewhere.
     fn canary_delivery(&mut self) {
-        let Some((up, ch)) = self.canary.up else {
-            return;
-        };
         self.canary.delivered += 1;
-        let n = self.canary.delivered;
+        let body = format!("canary-delivery-{}", self.canary.delivered);
         self.note(|| "op canary delivery".into());
-        let mut frames = vec![method_frame(ch, ids::BASIC_DELIVER, |w| {
-            w.shortstr(CANARY_TAG)
-                .u64(n)
-                .bit(false)
-                .shortstr(b"")
-                .shortstr(b"canary-q");
-        })];
-        frames.extend(content(
-            ch,
-            format!("canary-delivery-{n}").as_bytes(),
-            FRAME_MIN_SIZE,
-        ));
-        self.broker_sends(up, frames);
+        self.broker.inject(self.now, CANARY_QUEUE, body.into());
+        self.flow();
     }
 
-    /// Brokers that can send (not closed by the hub).
+    /// Links whose socket is open.
     fn live(&self) -> Vec<usize> {
-        (0..self.brokers.len())
-            .filter(|&i| !self.brokers[i].gone)
+        (0..self.links.len())
+            .filter(|&i| !self.links[i].gone)
             .collect()
     }
 
@@ -511,172 +508,99 @@ impl World {
             return;
         }
         let i = pick(&live, which);
-        let b = &mut self.brokers[i];
         let n = match count {
-            0 => b.pending.len(),
+            0 => self.links[i].held.len(),
             c => usize::from(c % 16),
         };
-        let frames = b.take(n);
-        let up = b.id;
+        let up = self.links[i].id;
         self.note(|| format!("op {up} replies {n}"));
-        if !frames.is_empty() {
-            self.broker_sends(up, frames);
-        }
+        self.release(i, n);
+        self.flow();
     }
 
-    /// The broker sends everything it owes on every connection, until nothing is owed.
-    fn settle(&mut self) {
-        for _ in 0..64 {
-            let mut any = false;
-            for i in self.live() {
-                if self.brokers[i].gone || self.brokers[i].pending.is_empty() {
-                    continue;
-                }
-                any = true;
-                let frames = self.brokers[i].take(usize::MAX);
-                let up = self.brokers[i].id;
-                self.broker_sends(up, frames);
-            }
-            if !any {
-                return;
-            }
-        }
-        self.fail("the broker kept owing replies after 64 rounds of answers");
-    }
-
+    /// The broker does something of its own on a running connection: closes a channel,
+    /// delivers to a consumer, loses a consumer's queue, or raises or clears an alarm.
     fn broker_acts(&mut self, which: u8, kind: u8, pick_byte: u8, size: u8) {
         let live: Vec<usize> = self
             .live()
             .into_iter()
-            .filter(|&i| self.brokers[i].check.is_running())
+            .filter(|&i| self.links[i].check.is_running())
             .collect();
         if live.is_empty() {
             return;
         }
         let i = pick(&live, which);
-        let up = self.brokers[i].id;
+        let (up, conn) = (self.links[i].id, self.links[i].conn);
         let canary = self.canary.up;
-        let channels: Vec<(u16, ChannelState)> = self.brokers[i]
-            .check
-            .channels()
-            .filter(|(ch, _)| canary != Some((up, *ch)))
+        let not_canary = |ch: &u16| canary != Some((up, *ch));
+        let consumers: Vec<(u16, String)> = self
+            .broker
+            .consumers_on(conn)
+            .into_iter()
+            .filter(|(ch, _)| not_canary(ch))
             .collect();
-        let open: Vec<u16> = channels
-            .iter()
-            .filter(|(_, s)| *s == ChannelState::Open)
-            .map(|(ch, _)| *ch)
-            .collect();
+        let now = self.now;
         match kind % 6 {
             0 | 1 => {
-                let closable: Vec<u16> = channels
-                    .iter()
-                    .filter(|(_, s)| matches!(s, ChannelState::Open | ChannelState::Closing))
-                    .map(|(ch, _)| *ch)
+                let open: Vec<u16> = self
+                    .broker
+                    .open_channels(conn)
+                    .into_iter()
+                    .filter(not_canary)
                     .collect();
-                if closable.is_empty() {
-                    return;
-                }
-                let ch = pick(&closable, pick_byte);
-                self.note(|| format!("op {up} closes ch{ch} with 404"));
-                self.brokers[i].prune(ch);
-                let close = encode::close(
-                    ch,
-                    &Close {
-                        code: 404,
-                        text: "NOT_FOUND - no queue 'fuzz' in vhost '/'".into(),
-                        class_id: 50,
-                        method_id: 10,
-                    },
-                );
-                self.broker_sends(up, vec![close]);
-            }
-            2 | 3 => {
                 if open.is_empty() {
                     return;
                 }
                 let ch = pick(&open, pick_byte);
-                let n = pick(&SIZES, size).min(self.body_budget);
-                self.body_budget -= n;
-                let tag = self.brokers[i]
-                    .check
-                    .consumer_tags(ch)
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| b"fz-ctag".to_vec());
-                let dtag = self.brokers[i].next_delivery(ch);
-                self.note(|| format!("op {up} delivers {n} bytes on ch{ch}"));
-                let mut frames = vec![method_frame(ch, ids::BASIC_DELIVER, |w| {
-                    w.shortstr(&tag)
-                        .u64(dtag)
-                        .bit(false)
-                        .shortstr(b"")
-                        .shortstr(b"q");
-                })];
-                frames.extend(content(ch, &vec![b'f'; n], self.brokers[i].frame_max()));
-                self.broker_sends(up, frames);
+                self.note(|| format!("op {up} closes ch{ch} with 404"));
+                let text = "no queue 'fuzz' in vhost '/'";
+                let cause = ids::QUEUE_DECLARE;
+                self.broker.fail_channel(now, conn, ch, 404, text, cause);
             }
-            4 => {
-                let with_tags: Vec<(u16, Vec<u8>)> = open
-                    .iter()
-                    .flat_map(|&ch| {
-                        self.brokers[i]
-                            .check
-                            .consumer_tags(ch)
-                            .iter()
-                            .map(move |t| (ch, t.clone()))
-                    })
-                    .collect();
-                if with_tags.is_empty() {
+            2 | 3 => {
+                if consumers.is_empty() {
                     return;
                 }
-                let (ch, tag) = with_tags[usize::from(pick_byte) % with_tags.len()].clone();
-                self.note(|| format!("op {up} cancels consumer on ch{ch}"));
-                let cancel = method_frame(ch, ids::BASIC_CANCEL, |w| {
-                    w.shortstr(&tag).bit(true);
-                });
-                self.broker_sends(up, vec![cancel]);
+                let (ch, queue) = &consumers[usize::from(pick_byte) % consumers.len()];
+                let n = pick(&SIZES, size).min(self.body_budget);
+                self.body_budget -= n;
+                self.note(|| format!("op {up} delivers {n} bytes to ch{ch}'s queue"));
+                self.broker.inject(now, queue, vec![b'f'; n].into());
+            }
+            4 => {
+                if consumers.is_empty() {
+                    return;
+                }
+                let (ch, queue) = &consumers[usize::from(pick_byte) % consumers.len()];
+                self.note(|| format!("op {up} loses the queue ch{ch} consumes from"));
+                self.broker.delete_queue_by_operator(now, queue);
             }
             _ => {
-                let frame = if pick_byte & 1 == 1 {
-                    encode::blocked("low on memory")
-                } else {
-                    encode::unblocked()
-                };
-                self.note(|| format!("op {up} (un)blocks"));
-                self.broker_sends(up, vec![frame]);
+                let alarm = (pick_byte & 1 == 1).then_some("low on memory");
+                self.note(|| format!("op broker alarm {alarm:?}"));
+                self.broker.set_blocked(now, alarm);
             }
         }
+        self.flow();
     }
 
     // ----- time -------------------------------------------------------------------------
 
-    /// Lets `d` pass: timers fire at their own instants, and the broker sends a heartbeat on
-    /// every open upstream once per [`STEP`].
+    /// Lets `d` pass: the hub's and the broker's timers fire at their own instants.
     fn advance(&mut self, d: Duration) {
         let target = self.now + d;
-        while self.now < target {
-            let next = (self.now + STEP).min(target);
-            self.fire_until(next);
-            self.now = next;
-            let ups: Vec<UpstreamId> = self
-                .brokers
-                .iter()
-                .filter(|b| !b.gone && b.check.negotiated().is_some())
-                .map(|b| b.id)
-                .collect();
-            for up in ups {
-                self.broker_sends(up, vec![Bytes::from_static(HEARTBEAT)]);
-            }
-        }
-        self.fire_until(self.now);
+        self.fire_until(target);
+        self.now = target;
     }
 
     fn fire_until(&mut self, t: Instant) {
         let mut fired = 0;
-        while let Some(at) = self.hub.poll_timeout() {
-            if at > t {
+        loop {
+            let hub = self.hub.poll_timeout().filter(|&at| at <= t);
+            let broker = self.broker.poll_timeout().filter(|&at| at <= t);
+            let Some(at) = hub.into_iter().chain(broker).min() else {
                 return;
-            }
+            };
             fired += 1;
             if fired > 10_000 {
                 self.fail(format!(
@@ -685,7 +609,12 @@ impl World {
                 ));
             }
             self.now = self.now.max(at);
-            self.input(Input::Timeout);
+            if hub == Some(at) {
+                self.input(Input::Timeout);
+            } else {
+                self.broker.handle_timeout(self.now);
+                self.flow();
+            }
         }
     }
 
@@ -693,59 +622,7 @@ impl World {
 
     fn input(&mut self, input: Input) {
         self.hub.handle(self.now, input);
-        self.pump();
-        self.accept_dials();
-    }
-
-    /// The broker sends whole frames on upstream `up`.
-    fn broker_sends(&mut self, up: UpstreamId, frames: Vec<Bytes>) {
-        let Some(i) = self.brokers.iter().position(|b| b.id == up) else {
-            return;
-        };
-        let mut batch: SmallVec<[Frame; 8]> = SmallVec::new();
-        for raw in &frames {
-            let Some(f) = parse_frame(raw) else { continue };
-            self.brokers[i].check.from_broker(&f);
-            if self.canary.up == Some((up, f.channel())) {
-                self.canary
-                    .to_client
-                    .push_back((f.kind(), f.payload().to_vec()));
-            }
-            if self.trace.is_some() && f.kind() != FrameType::Heartbeat {
-                let d = describe(&f);
-                self.note(|| format!("{up} -> {d}"));
-            }
-            batch.push(f);
-        }
-        self.input(Input::UpstreamFrames {
-            upstream: up,
-            frames: batch,
-        });
-    }
-
-    /// Accepts every dial at once and plays the broker's side of the handshake.
-    fn accept_dials(&mut self) {
-        if self.accepting {
-            return;
-        }
-        self.accepting = true;
-        while let Some(up) = self.dials.pop_front() {
-            self.note(|| format!("{up} dialled and accepted"));
-            self.brokers
-                .push(Broker::new(up, &self.config.extra_exchange_types));
-            self.hub.handle(
-                self.now,
-                Input::UpstreamConnected {
-                    upstream: up,
-                    node: 0,
-                },
-            );
-            self.pump();
-            for frame in broker_handshake(self.offer) {
-                self.broker_sends(up, vec![frame]);
-            }
-        }
-        self.accepting = false;
+        self.flow();
     }
 
     fn pump(&mut self) {
@@ -769,10 +646,13 @@ impl World {
                     if self.canary.up.is_some_and(|(u, _)| u == upstream) {
                         self.fail("the hub closed the canary's upstream");
                     }
-                    match self.brokers.iter_mut().find(|b| b.id == upstream) {
-                        Some(b) => b.gone = true,
-                        None => self.fail(format!("CloseUpstream for undialled {upstream}")),
-                    }
+                    let Some(l) = self.links.iter_mut().find(|l| l.id == upstream) else {
+                        self.fail(format!("CloseUpstream for undialled {upstream}"));
+                    };
+                    l.gone = true;
+                    l.held.clear();
+                    let conn = l.conn;
+                    self.broker.handle_closed(self.now, conn);
                 }
                 Output::Event(e) => self.event(&e),
             }

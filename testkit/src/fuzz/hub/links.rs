@@ -1,0 +1,168 @@
+//! warren's connections to the broker in the `hub_client` world. What warren writes reaches
+//! the broker at once; what the broker writes is held until the input lets it through, as
+//! a busy broker's replies are late, except its heartbeats, which RabbitMQ writes past its
+//! other output, and the handshake.
+
+use super::*;
+
+/// One upstream: warren's connection to the broker.
+pub(super) struct Link {
+    pub(super) id: UpstreamId,
+    pub(super) conn: ConnId,
+    /// Holds warren to RabbitMQ's rules as warren sees the broker: strict, because every
+    /// broker frame it reads reached warren before what warren writes next.
+    pub(super) check: UpstreamChecker,
+    /// Cuts what the broker writes into frames.
+    rx: FrameReader,
+    /// Frames the broker wrote that the input has not let through yet, in order.
+    pub(super) held: VecDeque<Frame>,
+    /// Frames let through, for warren's next read.
+    ready: Vec<Frame>,
+    /// The broker closes the socket once everything it wrote has gone through.
+    broker_closes: bool,
+    /// The socket is closed (by the hub, or by the broker with everything through).
+    pub(super) gone: bool,
+}
+
+impl World {
+    /// Accepts every dial at once: the broker takes the connection and warren hears that
+    /// it is connected. Returns whether there was one.
+    pub(super) fn accept_dials(&mut self) -> bool {
+        let any = !self.dials.is_empty();
+        while let Some(up) = self.dials.pop_front() {
+            let conn = self.broker.accept(self.now);
+            self.note(|| format!("{up} dialled and accepted"));
+            self.links.push(Link {
+                id: up,
+                conn,
+                check: UpstreamChecker::new(&self.config.extra_exchange_types),
+                rx: FrameReader::default(),
+                held: VecDeque::new(),
+                ready: Vec::new(),
+                broker_closes: false,
+                gone: false,
+            });
+            let connected = Input::UpstreamConnected {
+                upstream: up,
+                node: 0,
+            };
+            self.hub.handle(self.now, connected);
+        }
+        any
+    }
+
+    /// What the broker wrote goes onto its links: held, unless it is a heartbeat or part of
+    /// the handshake.
+    pub(super) fn broker_writes(&mut self) {
+        while let Some(o) = self.broker.poll_output() {
+            let conn = match &o {
+                BrokerOutput::Send { conn, .. } | BrokerOutput::Close { conn } => *conn,
+            };
+            let Some(l) = self.links.iter_mut().find(|l| l.conn == conn && !l.gone) else {
+                continue;
+            };
+            match o {
+                BrokerOutput::Send { data, .. } => {
+                    l.rx.push(&data);
+                    while let Ok(Some(f)) = l.rx.next_frame(u32::MAX) {
+                        let at_once = f.kind() == FrameType::Heartbeat
+                            || (l.held.is_empty() && !l.check.is_running());
+                        if at_once {
+                            l.ready.push(f);
+                        } else {
+                            l.held.push_back(f);
+                        }
+                    }
+                }
+                BrokerOutput::Close { .. } => l.broker_closes = true,
+            }
+        }
+    }
+
+    /// Lets the first `n` frames held on link `i` through.
+    pub(super) fn release(&mut self, i: usize, n: usize) {
+        let l = &mut self.links[i];
+        let n = n.min(l.held.len());
+        l.ready.extend(l.held.drain(..n));
+    }
+
+    /// warren reads what was let through on each link, and hears of a socket the broker
+    /// closed once everything before the close has been read. Returns whether it read
+    /// anything.
+    fn deliver(&mut self) -> bool {
+        let mut any = false;
+        for i in 0..self.links.len() {
+            if self.links[i].gone {
+                continue;
+            }
+            let up = self.links[i].id;
+            let frames = std::mem::take(&mut self.links[i].ready);
+            if frames.is_empty() {
+                let l = &mut self.links[i];
+                if l.broker_closes && l.held.is_empty() {
+                    l.gone = true;
+                    any = true;
+                    self.note(|| format!("{up} closed by the broker"));
+                    let reason = "connection closed by the broker".into();
+                    let closed = Input::UpstreamClosed {
+                        upstream: up,
+                        reason,
+                    };
+                    self.hub.handle(self.now, closed);
+                }
+                continue;
+            }
+            any = true;
+            let mut batch: SmallVec<[Frame; 8]> = SmallVec::new();
+            for f in frames {
+                self.links[i].check.from_broker(&f);
+                if self.canary.up == Some((up, f.channel())) {
+                    self.canary
+                        .to_client
+                        .push_back((f.kind(), f.payload().to_vec()));
+                }
+                if self.trace.is_some() && f.kind() != FrameType::Heartbeat {
+                    let d = describe(&f);
+                    self.note(|| format!("{up} -> {d}"));
+                }
+                batch.push(f);
+            }
+            let read = Input::UpstreamFrames {
+                upstream: up,
+                frames: batch,
+            };
+            self.hub.handle(self.now, read);
+        }
+        any
+    }
+
+    /// Runs the world until it is quiet: the hub's output is carried out, dials are
+    /// accepted, and warren reads what the broker let through.
+    pub(super) fn flow(&mut self) {
+        loop {
+            self.pump();
+            let accepted = self.accept_dials();
+            self.broker_writes();
+            if !self.deliver() && !accepted {
+                return;
+            }
+        }
+    }
+
+    /// The broker lets everything through on every link, until nothing is held.
+    pub(super) fn settle(&mut self) {
+        for _ in 0..64 {
+            let held: Vec<usize> = (0..self.links.len())
+                .filter(|&i| !self.links[i].gone && !self.links[i].held.is_empty())
+                .collect();
+            if held.is_empty() {
+                return;
+            }
+            for i in held {
+                self.release(i, usize::MAX);
+            }
+            self.flow();
+        }
+        self.fail("the broker kept writing replies after 64 rounds of answers");
+    }
+}
