@@ -1389,6 +1389,67 @@ fn a_pending_delete_takes_pooled_channels_before_any_open() {
         .all(|f| f.method_id() != Some(ids::CHANNEL_OPEN)));
 }
 
+/// B5: the deletes on a housekeeping channel count once the broker answers its close. A
+/// broker that closes the channel itself (its close crossing ours) discarded them: they go
+/// out again on another channel, and the name stays locked until they have run.
+#[test]
+fn deletes_the_broker_discarded_are_sent_again() {
+    let mut w = world();
+    let owner = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let owner_uch = open_on(&mut w, owner, 1, u);
+    w.client_sends(owner, &[queue_declare(1, "q", true)]);
+    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    w.client_drops(owner);
+    let deletes_on = |sent: &[warren_core::frame::Frame]| -> Vec<u16> {
+        sent.iter()
+            .filter(|f| describe(f).ends_with("queue.delete \"q\""))
+            .map(|f| f.channel())
+            .collect()
+    };
+    let first = deletes_on(&w.take(Peer::U(u)));
+    assert_eq!(first.len(), 1, "one housekeeping channel");
+    let hk = first[0];
+    w.broker_sends(
+        u,
+        &[
+            channel_open_ok(hk),
+            close(hk, 404, "NOT_FOUND - no queue 'x' in vhost '/'"),
+        ],
+    );
+    let again = deletes_on(&w.take(Peer::U(u)));
+    assert_eq!(again.len(), 1, "the delete goes out again");
+    assert_ne!(again[0], hk, "on another channel");
+
+    // Until the broker has run it, the name is locked for the next client.
+    let next = w.join(hello(131_072, 0));
+    open_on(&mut w, next, 1, u);
+    w.client_sends(next, &[queue_declare(1, "q", true)]);
+    let answer = w.take(Peer::C(next));
+    assert_eq!(answer.first().and_then(close_code), Some(405), "locked");
+    w.client_sends(next, &[close_ok(1)]);
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[close_ok(hk)]);
+    let hk2 = again[0];
+    let delete_ok = m(hk2, ids::QUEUE_DELETE_OK, |a| {
+        a.u32(0);
+    });
+    w.broker_sends(u, &[channel_open_ok(hk2), delete_ok, close_ok(hk2)]);
+    w.client_sends(next, &[channel_open(1)]);
+    let uch = w
+        .take(Peer::U(u))
+        .iter()
+        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
+        .map(|f| f.channel())
+        .expect("channel.open went upstream");
+    w.broker_sends(u, &[channel_open_ok(uch)]);
+    w.client_sends(next, &[queue_declare(1, "q", true)]);
+    assert!(
+        names_queue(&w.take(Peer::U(u)), "q"),
+        "free once the delete ran"
+    );
+}
+
 /// B10: a client waiting in its hub for the first upstream to open (its `OpenOk` waits on
 /// the broker) hears heartbeats at its negotiated interval meanwhile.
 #[test]

@@ -79,11 +79,11 @@ pub(crate) enum Timer {
 pub(crate) enum Holder {
     /// The client that declared it.
     Client(ClientId),
-    /// Its client left and warren's `queue.delete` has not gone out yet (every channel of
-    /// its upstream was taken). The queue still exists on the shared connection, where any
-    /// client of the hub could reach it, so it stays out of reach until the delete is sent:
-    /// other clients are answered as RabbitMQ answers once the owner's connection took the
-    /// queue along.
+    /// Its client left and the broker has not run warren's `queue.delete` yet (it waits for
+    /// a channel, or the housekeeping channel's close is unanswered). The queue still exists
+    /// on the shared connection, where any client of the hub could reach it, so it stays out
+    /// of reach until the delete has run: other clients are answered as RabbitMQ answers
+    /// once the owner's connection took the queue along.
     Departed,
 }
 
@@ -118,8 +118,12 @@ pub struct Hub {
     /// next number their upstream frees, or the next channel it pools, goes to them before
     /// any client's open can take it.
     pending_deletes: Vec<(UpstreamId, Vec<u8>)>,
-    /// Every exclusive queue a client of this hub declared, by name, until its delete has
-    /// been sent: another client that touches one is refused as RabbitMQ refuses another
+    /// Deletes sent on each housekeeping channel. Their queues stay locked until the broker
+    /// answers the channel's close, by which it has run them: a `channel.close` of its own
+    /// crossing ours means it discarded them, and they are sent again.
+    housekeeping: Vec<(UpRef, Vec<Vec<u8>>)>,
+    /// Every exclusive queue a client of this hub declared, by name, until the broker has
+    /// run its delete: another client that touches one is refused as RabbitMQ refuses another
     /// connection (B5), although the broker sees one connection for both.
     exclusive_owners: BTreeMap<Vec<u8>, Holder>,
     /// Channels whose fence round trip is in flight (they count against the pool size).
@@ -181,6 +185,7 @@ impl Hub {
             held_frames: Vec::new(),
             orphan_declares: Vec::new(),
             pending_deletes: Vec::new(),
+            housekeeping: Vec::new(),
             exclusive_owners: BTreeMap::new(),
             fencing: 0,
             pool: Vec::new(),

@@ -221,6 +221,13 @@ impl Hub {
         for (_, q) in gone {
             self.unlock_departed(&q);
         }
+        let (gone, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.housekeeping)
+            .into_iter()
+            .partition(|(r, _)| r.up == id);
+        self.housekeeping = rest;
+        for q in gone.into_iter().flat_map(|(_, names)| names) {
+            self.unlock_departed(&q);
+        }
         self.upstreams.remove(id.index());
         self.out.push_back(Output::CloseUpstream { upstream: id });
     }
@@ -522,9 +529,14 @@ impl Hub {
                 Some(ids::CHANNEL_CLOSE_OK) => {
                     self.set_slot(now, r, Slot::Free);
                     self.orphan_declares.retain(|(o, _, _)| *o != r);
+                    self.housekept(r);
                 }
-                // Crossing closes: RabbitMQ answers ours as well, so keep waiting for it.
-                Some(ids::CHANNEL_CLOSE) => self.send_upstream(now, id, encode::close_ok(ch)),
+                // Crossing closes: RabbitMQ answers ours as well, so keep waiting for it. It
+                // discarded what we sent after its close: deletes go out again elsewhere.
+                Some(ids::CHANNEL_CLOSE) => {
+                    self.send_upstream(now, id, encode::close_ok(ch));
+                    self.redo_housekeeping(now, r);
+                }
                 Some(ids::QUEUE_DECLARE_OK) => {
                     if let Ok(m) = method::decode(frame.payload()) {
                         self.orphan_declare_ok(now, r, &m);
@@ -712,20 +724,44 @@ impl Hub {
     }
 
     /// Sends the deletes of `names` and the close on housekeeping channel `r` (open, or
-    /// with its `Channel.Open` just sent); from here on the names are free.
+    /// with its `Channel.Open` just sent). The names stay locked until the broker answers
+    /// the close ([`Hub::housekept`]).
     fn housekeep(&mut self, now: Instant, r: UpRef, names: Vec<Vec<u8>>) {
         for q in &names {
             self.send_upstream(now, r.up, encode::queue_delete(r.ch, q));
-            self.unlock_departed(q);
         }
         let close = Close::from(&Reply::verbatim(
             reply::REPLY_SUCCESS,
             "exclusive queue cleanup",
         ));
         self.send_upstream(now, r.up, encode::close(r.ch, &close));
+        self.housekeeping.push((r, names));
     }
 
-    /// Lifts the lock a departed client's queue kept until its delete went out.
+    /// The broker answered housekeeping channel `r`'s close: it ran the deletes before it,
+    /// and the names are free.
+    fn housekept(&mut self, r: UpRef) {
+        let Some(i) = self.housekeeping.iter().position(|(h, _)| *h == r) else {
+            return;
+        };
+        let (_, names) = self.housekeeping.swap_remove(i);
+        for q in &names {
+            self.unlock_departed(q);
+        }
+    }
+
+    /// The broker closed housekeeping channel `r` itself, so the deletes on it may not have
+    /// run: they are sent again on another channel (a delete that did run deletes nothing).
+    fn redo_housekeeping(&mut self, now: Instant, r: UpRef) {
+        let Some(i) = self.housekeeping.iter().position(|(h, _)| *h == r) else {
+            return;
+        };
+        let (_, names) = self.housekeeping.swap_remove(i);
+        let queues = names.into_iter().map(|q| (r.up, q)).collect();
+        self.delete_exclusive_queues(now, queues);
+    }
+
+    /// Lifts the lock a departed client's queue kept until its delete ran.
     fn unlock_departed(&mut self, queue: &[u8]) {
         if self.exclusive_owners.get(queue) == Some(&Holder::Departed) {
             self.exclusive_owners.remove(queue);

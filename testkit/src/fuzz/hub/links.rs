@@ -96,7 +96,20 @@ impl World {
                 continue;
             }
             let up = self.links[i].id;
-            let frames = std::mem::take(&mut self.links[i].ready);
+            let mut frames = std::mem::take(&mut self.links[i].ready);
+            // A broker close starts a read of its own: what warren writes on reading the
+            // frames before it is checked before the checker knows of the close (warren
+            // could not have known either).
+            let is_close = |f: &Frame| {
+                matches!(
+                    f.method_id(),
+                    Some(ids::CHANNEL_CLOSE | ids::CONNECTION_CLOSE)
+                )
+            };
+            let cut = frames.iter().skip(1).position(is_close);
+            if let Some(at) = cut {
+                self.links[i].ready = frames.split_off(at + 1);
+            }
             if frames.is_empty() {
                 let l = &mut self.links[i];
                 if l.broker_closes && l.held.is_empty() {
