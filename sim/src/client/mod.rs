@@ -484,4 +484,6 @@ pub fn publish(ch: u16, exchange: &str, rk: &str, mandatory: bool, immediate: bo
 
 /// The content header, `basic.consume`, `exchange.declare` and `queue.declare` frames are the
 /// test kit's (the same bytes the hub scenarios send).
-pub use warren_testkit::hub_world::{consume, exchange_declare, header, queue_declare};
+pub use warren_testkit::hub_world::{
+    consume, exchange_declare, header, queue_declare, queue_declare_passive,
+};

@@ -3,8 +3,8 @@
 
 use super::state::{ChState, Chan, Phase, Reply, Wait};
 use super::{
-    consume, exchange_declare, header, publish, queue_declare, Board, ClientOut, End, FakeClient,
-    Misbehaviour, Step, Target,
+    consume, exchange_declare, header, publish, queue_declare, queue_declare_passive, Board,
+    ClientOut, End, FakeClient, Misbehaviour, Step, Target,
 };
 use crate::tag::{Origin, NO_QUEUE, TAG_LEN};
 use bytes::BytesMut;
@@ -105,7 +105,13 @@ impl FakeClient {
             } => {
                 let name = board.name(slot).unwrap_or("").to_owned();
                 if self.expect(ch, Reply::DeclareOk(slot, exclusive)) {
-                    self.send(now, queue_declare(ch, &name, exclusive));
+                    // A name the broker chose can only be declared passively (403 otherwise).
+                    let frame = if name.starts_with("amq.") {
+                        queue_declare_passive(ch, &name)
+                    } else {
+                        queue_declare(ch, &name, exclusive)
+                    };
+                    self.send(now, frame);
                 }
             }
             Step::DeclareAndDrop { ch, slot } => {

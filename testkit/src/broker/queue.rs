@@ -29,6 +29,13 @@ impl Broker {
                 let exclusive = rd!(r.bit());
                 let _auto_delete = rd!(r.bit());
                 let nowait = rd!(r.bit());
+                if !passive && name.starts_with("amq.") {
+                    return Err(ChannelError(
+                        reply::ACCESS_REFUSED,
+                        format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+                        mid,
+                    ));
+                }
                 match self.queues.get(&name) {
                     Some(q) if q.exclusive.is_some_and(|o| o != id) => {
                         self.log.locked_refusals += 1;

@@ -444,6 +444,21 @@ pub fn queue_declare(ch: u16, name: &str, exclusive: bool) -> Bytes {
     })
 }
 
+/// A passive `queue.declare`: how a client reaches a queue the broker named, since RabbitMQ
+/// refuses any other declare of an `amq.` name (403).
+pub fn queue_declare_passive(ch: u16, name: &str) -> Bytes {
+    m(ch, ids::QUEUE_DECLARE, |w| {
+        w.u16(0)
+            .shortstr(name.as_bytes())
+            .bit(true)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .u32(0);
+    })
+}
+
 /// `exchange.declare` of type `kind` (not passive, durable, auto-delete or internal, waiting
 /// for the reply, no arguments).
 pub fn exchange_declare(ch: u16, name: &str, kind: &str) -> Bytes {
