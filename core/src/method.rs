@@ -204,6 +204,8 @@ pub enum Method {
     QueueDelete {
         /// Queue name.
         queue: Vec<u8>,
+        /// No `delete-ok` comes back.
+        nowait: bool,
     },
     /// `exchange.declare`: the type, which RabbitMQ checks with a connection error.
     ExchangeDeclare {
@@ -350,8 +352,12 @@ pub fn decode(payload: &[u8]) -> Result<Method, WireError> {
         },
         ids::QUEUE_DELETE => {
             r.u16()?;
+            let queue = r.shortstr()?.to_vec();
+            let _if_unused = r.bit()?;
+            let _if_empty = r.bit()?;
             Method::QueueDelete {
-                queue: r.shortstr()?.to_vec(),
+                queue,
+                nowait: r.bit()?,
             }
         }
         ids::EXCHANGE_DECLARE => {
@@ -616,6 +622,7 @@ mod tests {
                 encode::queue_delete(2, b"q1"),
                 Method::QueueDelete {
                     queue: b"q1".to_vec(),
+                    nowait: false,
                 },
             ),
         ];

@@ -218,7 +218,7 @@ fn method_detail(id: method::MethodId, payload: &[u8]) -> String {
                 lossy(&queue),
                 if exclusive { " exclusive" } else { "" }
             )),
-            Ok(Method::QueueDeclareOk { queue }) | Ok(Method::QueueDelete { queue }) => {
+            Ok(Method::QueueDeclareOk { queue }) | Ok(Method::QueueDelete { queue, .. }) => {
                 Some(format!(" {:?}", lossy(&queue)))
             }
             Ok(Method::Consume { tag, .. })

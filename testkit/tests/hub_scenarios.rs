@@ -1450,6 +1450,42 @@ fn deletes_the_broker_discarded_are_sent_again() {
     );
 }
 
+/// B5: a client's delete of its exclusive queue counts once the broker answers it. A channel
+/// error on a method before it (RabbitMQ then discards the delete) leaves the queue the
+/// client's, and warren deletes it when the client leaves.
+#[test]
+fn a_delete_the_broker_discarded_leaves_the_queue_to_warren() {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let uch = open_on(&mut w, c, 1, u);
+    w.client_sends(c, &[queue_declare(1, "q", true)]);
+    w.broker_sends(u, &[queue_declare_ok(uch, "q")]);
+    w.client_sends(
+        c,
+        &[
+            exchange_declare(1, "x", "direct"),
+            m(1, ids::QUEUE_DELETE, |a| {
+                a.u16(0).shortstr(b"q").bit(false).bit(false).bit(false);
+            }),
+        ],
+    );
+    w.take(Peer::U(u));
+    w.broker_sends(
+        u,
+        &[close(
+            uch,
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x'",
+        )],
+    );
+    w.client_drops(c);
+    assert!(
+        names_queue(&w.take(Peer::U(u)), "q"),
+        "warren deletes the queue the broker did not"
+    );
+}
+
 /// B10: a client waiting in its hub for the first upstream to open (its `OpenOk` waits on
 /// the broker) hears heartbeats at its negotiated interval meanwhile.
 #[test]

@@ -194,6 +194,11 @@ pub(crate) struct ClientChannel {
     shortcut_unset: bool,
     /// The `queue.declare`s awaiting their `declare-ok`, in order.
     declares: VecDeque<Declare>,
+    /// The `queue.delete`s awaiting their `delete-ok`, in order, each with the name of an
+    /// exclusive queue of this client that is gone once the broker has run it. A channel
+    /// error discards the deletes behind it: the queue stays the client's, and is deleted
+    /// when it leaves (B5).
+    deletes: VecDeque<Option<Vec<u8>>>,
     /// For each `basic.consume` awaiting its `consume-ok`: was the tag left to the broker?
     consumes: VecDeque<bool>,
     /// Consumer tags in use on this channel, as the broker will see them when it processes

@@ -377,7 +377,10 @@ fn reencode(m: &Method) -> Option<Bytes> {
         Method::ChannelOpen => encode::channel_open(1),
         Method::ChannelOpenOk => encode::channel_open_ok(1),
         Method::Flow { active } => encode::flow(1, *active, false),
-        Method::QueueDelete { queue } => encode::queue_delete(1, queue),
+        Method::QueueDelete {
+            queue,
+            nowait: false,
+        } => encode::queue_delete(1, queue),
         Method::Other(id) if *id == ids::CONNECTION_UPDATE_SECRET_OK => encode::update_secret_ok(),
         Method::Other(id) if *id == ids::CHANNEL_FLOW_OK => encode::flow(1, true, true),
         // No encoder: the proxy only forwards or inspects these.

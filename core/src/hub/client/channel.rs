@@ -248,6 +248,11 @@ impl Hub {
             // The broker cancelled a consumer (queue deleted, ...): the tag is free again.
             Method::Cancel { tag } => chan.consumers.retain(|t| t != tag),
             _ if mid == ids::TX_COMMIT_OK => chan.committing = false,
+            _ if mid == ids::QUEUE_DELETE_OK => {
+                if let Some(queue) = chan.deletes.pop_front().flatten() {
+                    self.forget_exclusive(id, &queue);
+                }
+            }
             _ => {}
         }
         true

@@ -56,6 +56,16 @@ impl Hub {
         }
     }
 
+    /// Client `id`'s exclusive queue `queue` is gone (its delete ran): the name is free.
+    pub(super) fn forget_exclusive(&mut self, id: ClientId, queue: &[u8]) {
+        if let Some(c) = self.client_mut(id) {
+            c.exclusive.retain(|(_, q)| q != queue);
+        }
+        if self.exclusive_owners.get(queue) == Some(&Holder::Client(id)) {
+            self.exclusive_owners.remove(queue);
+        }
+    }
+
     /// Records that client `id` declared the exclusive queue `queue` on upstream `up`.
     pub(super) fn own_exclusive(&mut self, id: ClientId, up: UpstreamId, queue: Vec<u8>) {
         let Some(c) = self.client_mut(id) else { return };

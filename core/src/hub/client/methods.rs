@@ -59,22 +59,29 @@ impl Hub {
             Method::ExchangeDeclare { .. } | Method::QueueDeclare { .. } => {
                 chan.declare_method(m, extra_types)
             }
-            Method::QueueDelete { queue } => self.queue_delete(id, ch, queue),
+            Method::QueueDelete { queue, nowait } => self.queue_delete(id, ch, queue, nowait),
             _ => chan.other_method(mid),
         }
     }
 
     /// `queue.delete`: deleting one of its own exclusive queues ends the client's claim on it.
-    fn queue_delete(&mut self, id: ClientId, ch: u16, queue: Vec<u8>) -> Verdict {
-        if let Some(c) = self.client_mut(id) {
-            let before = c.exclusive.len();
-            c.exclusive.retain(|(_, q)| *q != queue);
-            if c.exclusive.len() != before {
-                if let Some(chan) = c.channels.get_mut(&ch) {
-                    chan.recyclable = false;
-                }
-                self.exclusive_owners.remove(&queue);
-            }
+    fn queue_delete(&mut self, id: ClientId, ch: u16, queue: Vec<u8>, nowait: bool) -> Verdict {
+        let Some(c) = self.client_mut(id) else {
+            return Verdict::Forward;
+        };
+        let owned = c.exclusive.iter().any(|(_, q)| *q == queue);
+        let Some(chan) = c.channels.get_mut(&ch) else {
+            return Verdict::Forward;
+        };
+        if owned {
+            chan.recyclable = false;
+        }
+        match (owned, nowait) {
+            // Nothing will say whether it ran: the queue is taken to be gone.
+            (true, true) => self.forget_exclusive(id, &queue),
+            (true, false) => chan.deletes.push_back(Some(queue)),
+            (false, false) => chan.deletes.push_back(None),
+            (false, true) => {}
         }
         Verdict::Forward
     }
