@@ -1,5 +1,6 @@
 //! The exchange class: `exchange.declare` (direct, fanout, topic and headers; passive or
-//! not), `exchange.delete` and exchange-to-exchange bindings (answered, not routed).
+//! not; RabbitMQ's 403 for the default exchange and a new `amq.` name), `exchange.delete`
+//! and exchange-to-exchange bindings (answered, not routed).
 
 use super::state::{ChannelError, Exchange};
 use super::{lossy, Broker, ConnId};
@@ -36,6 +37,12 @@ impl Broker {
                             mid,
                         ));
                     }
+                } else if name.is_empty() {
+                    return Err(ChannelError(
+                        reply::ACCESS_REFUSED,
+                        "operation not permitted on the default exchange".into(),
+                        mid,
+                    ));
                 } else {
                     match self.exchanges.get(&name) {
                         Some(e) if e.kind != kind => {
@@ -46,6 +53,13 @@ impl Broker {
                             ))
                         }
                         Some(_) => {}
+                        None if name.starts_with("amq.") => {
+                            return Err(ChannelError(
+                                reply::ACCESS_REFUSED,
+                                format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
+                                mid,
+                            ))
+                        }
                         None => {
                             self.exchanges.insert(
                                 name,
