@@ -1452,38 +1452,57 @@ fn deletes_the_broker_discarded_are_sent_again() {
 
 /// B5: a client's delete of its exclusive queue counts once the broker answers it. A channel
 /// error on a method before it (RabbitMQ then discards the delete) leaves the queue the
-/// client's, and warren deletes it when the client leaves.
+/// client's, and warren deletes it when the client leaves. A delete sent with nowait goes up
+/// asking for the reply, which warren keeps to itself.
 #[test]
 fn a_delete_the_broker_discarded_leaves_the_queue_to_warren() {
-    let mut w = world();
-    let c = w.join(hello(131_072, 0));
-    let u = w.accept_dial();
-    let uch = open_on(&mut w, c, 1, u);
-    w.client_sends(c, &[queue_declare(1, "q", true)]);
-    w.broker_sends(u, &[queue_declare_ok(uch, "q")]);
-    w.client_sends(
-        c,
-        &[
-            exchange_declare(1, "x", "direct"),
-            m(1, ids::QUEUE_DELETE, |a| {
-                a.u16(0).shortstr(b"q").bit(false).bit(false).bit(false);
-            }),
-        ],
-    );
+    let delete = |nowait: bool| {
+        m(1, ids::QUEUE_DELETE, |a| {
+            a.u16(0).shortstr(b"q").bit(false).bit(false).bit(nowait);
+        })
+    };
+    let declared = || {
+        let mut w = world();
+        let c = w.join(hello(131_072, 0));
+        let u = w.accept_dial();
+        let uch = open_on(&mut w, c, 1, u);
+        w.client_sends(c, &[queue_declare(1, "q", true)]);
+        w.broker_sends(u, &[queue_declare_ok(uch, "q")]);
+        w.take(Peer::C(c));
+        (w, c, u, uch)
+    };
+    for nowait in [false, true] {
+        let (mut w, c, u, uch) = declared();
+        w.client_sends(c, &[exchange_declare(1, "x", "direct"), delete(nowait)]);
+        let sent = w.take(Peer::U(u));
+        let up = sent.last().expect("the delete went up");
+        assert_eq!(
+            up.payload().last().map(|flags| flags & 4),
+            Some(0),
+            "asks for the reply"
+        );
+        let text = "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x'";
+        w.broker_sends(u, &[close(uch, 406, text)]);
+        w.client_drops(c);
+        assert!(
+            names_queue(&w.take(Peer::U(u)), "q"),
+            "nowait={nowait}: warren deletes the queue the broker did not"
+        );
+    }
+    // The delete ran: nothing is left to delete, and a nowait client hears nothing of it.
+    let (mut w, c, u, uch) = declared();
+    w.client_sends(c, &[delete(true)]);
     w.take(Peer::U(u));
-    w.broker_sends(
-        u,
-        &[close(
-            uch,
-            406,
-            "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x'",
-        )],
+    let delete_ok = m(uch, ids::QUEUE_DELETE_OK, |a| {
+        a.u32(0);
+    });
+    w.broker_sends(u, &[delete_ok]);
+    assert!(
+        w.take(Peer::C(c)).is_empty(),
+        "the reply it did not ask for"
     );
     w.client_drops(c);
-    assert!(
-        names_queue(&w.take(Peer::U(u)), "q"),
-        "warren deletes the queue the broker did not"
-    );
+    assert!(!names_queue(&w.take(Peer::U(u)), "q"));
 }
 
 /// B10: a client waiting in its hub for the first upstream to open (its `OpenOk` waits on

@@ -132,6 +132,17 @@ pub(crate) enum Declare {
     ExclusiveUnasked,
 }
 
+/// A `queue.delete` whose `delete-ok` is on its way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Delete {
+    /// Of a queue that is not an exclusive queue of this client.
+    Other,
+    /// Of an exclusive queue of this client, which is gone once the broker answers; `asked`
+    /// is false when the client sent it with nowait and warren asked for the reply itself
+    /// (it is not forwarded).
+    Exclusive { queue: Vec<u8>, asked: bool },
+}
+
 /// A client's channels by number: a sorted vector, because most clients have one or two
 /// channels and a tree node would cost more than a kilobyte per idle client (P6).
 #[derive(Debug, Default)]
@@ -194,11 +205,10 @@ pub(crate) struct ClientChannel {
     shortcut_unset: bool,
     /// The `queue.declare`s awaiting their `declare-ok`, in order.
     declares: VecDeque<Declare>,
-    /// The `queue.delete`s awaiting their `delete-ok`, in order, each with the name of an
-    /// exclusive queue of this client that is gone once the broker has run it. A channel
-    /// error discards the deletes behind it: the queue stays the client's, and is deleted
-    /// when it leaves (B5).
-    deletes: VecDeque<Option<Vec<u8>>>,
+    /// The `queue.delete`s awaiting their `delete-ok`, in order. A channel error discards
+    /// the deletes behind it: an exclusive queue stays the client's, and is deleted when it
+    /// leaves (B5).
+    deletes: VecDeque<Delete>,
     /// For each `basic.consume` awaiting its `consume-ok`: was the tag left to the broker?
     consumes: VecDeque<bool>,
     /// Consumer tags in use on this channel, as the broker will see them when it processes
@@ -239,8 +249,9 @@ struct PendingPublish {
 enum Verdict {
     /// Forward the frame (or park it while its channel waits for an upstream).
     Forward,
-    /// Forward an exclusive `queue.declare` with its nowait flag cleared, so the broker's reply
-    /// names the queue (the reply is not forwarded).
+    /// Forward an exclusive `queue.declare`, or the delete of an exclusive queue, with its
+    /// nowait flag cleared, so the broker's reply names the queue or says it is gone (the
+    /// reply is not forwarded).
     ForwardAskingForReply,
     /// Part of a publish: keep it until the message is complete (B8).
     Hold,

@@ -3,7 +3,7 @@
 //! broker, with the upstream number quarantined until the client acknowledges (B4); and the
 //! broker's replies on a client channel that warren keeps track of.
 
-use super::{ChanState, ClientChannel, Declare};
+use super::{ChanState, ClientChannel, Declare, Delete};
 use crate::frame::Frame;
 use crate::hub::channels::Slot;
 use crate::hub::{ClientId, Hub, UpRef, UpstreamId};
@@ -249,8 +249,9 @@ impl Hub {
             Method::Cancel { tag } => chan.consumers.retain(|t| t != tag),
             _ if mid == ids::TX_COMMIT_OK => chan.committing = false,
             _ if mid == ids::QUEUE_DELETE_OK => {
-                if let Some(queue) = chan.deletes.pop_front().flatten() {
+                if let Some(Delete::Exclusive { queue, asked }) = chan.deletes.pop_front() {
                     self.forget_exclusive(id, &queue);
+                    return asked;
                 }
             }
             _ => {}

@@ -2,7 +2,7 @@
 //! frames on a channel that is not open (or no longer), the dispatch of the rest to the
 //! method, header and body rules, and the carrying out of the [`Verdict`] (B4, B7).
 
-use super::exclusive::clear_declare_nowait;
+use super::exclusive::clear_nowait;
 use super::{checked_method, unexpected, ChanState, Phase, Verdict};
 use crate::frame::{Frame, FrameType};
 use crate::hub::channels::Slot;
@@ -65,7 +65,7 @@ impl Hub {
             }
             Verdict::ForwardAskingForReply => {
                 let mut frame = frame;
-                clear_declare_nowait(&mut frame);
+                clear_nowait(&mut frame);
                 self.forward_client_frame(now, id, frame);
                 true
             }

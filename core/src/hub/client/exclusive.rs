@@ -118,13 +118,19 @@ impl Hub {
     }
 }
 
-/// Clears the nowait flag of a `queue.declare` in place: the flags octet follows the reserved
-/// short and the queue name; nowait is its fifth bit.
-pub(super) fn clear_declare_nowait(frame: &mut Frame) {
+/// Clears the nowait flag of a `queue.declare` or `queue.delete` in place: the flags octet
+/// follows the reserved short and the queue name; nowait is its fifth bit in a declare, its
+/// third in a delete.
+pub(super) fn clear_nowait(frame: &mut Frame) {
+    let bit = if frame.method_id() == Some(ids::QUEUE_DELETE) {
+        2
+    } else {
+        4
+    };
     let p = frame.payload_mut();
     let Some(&name_len) = p.get(6) else { return };
     if let Some(flags) = p.get_mut(7 + usize::from(name_len)) {
-        *flags &= !(1 << 4);
+        *flags &= !(1 << bit);
     }
 }
 

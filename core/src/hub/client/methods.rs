@@ -4,7 +4,7 @@
 //! on to the broker — or why it goes no further (B6, B7).
 
 use super::exclusive::uses_queue_shortcut;
-use super::{checked_method, unexpected, ClientChannel, Declare, PendingPublish, Verdict};
+use super::{checked_method, unexpected, ClientChannel, Declare, Delete, PendingPublish, Verdict};
 use crate::frame::Frame;
 use crate::hub::{ClientId, Hub};
 use crate::method::{encode, ids, Method, MethodId};
@@ -77,10 +77,14 @@ impl Hub {
             chan.recyclable = false;
         }
         match (owned, nowait) {
-            // Nothing will say whether it ran: the queue is taken to be gone.
-            (true, true) => self.forget_exclusive(id, &queue),
-            (true, false) => chan.deletes.push_back(Some(queue)),
-            (false, false) => chan.deletes.push_back(None),
+            (true, _) => {
+                let asked = !nowait;
+                chan.deletes.push_back(Delete::Exclusive { queue, asked });
+                if !asked {
+                    return Verdict::ForwardAskingForReply;
+                }
+            }
+            (false, false) => chan.deletes.push_back(Delete::Other),
             (false, true) => {}
         }
         Verdict::Forward
