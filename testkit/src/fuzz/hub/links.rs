@@ -1,7 +1,7 @@
 //! warren's connections to the broker in the `hub_client` world. What warren writes reaches
-//! the broker at once; what the broker writes is held until the input lets it through, as
-//! a busy broker's replies are late, except its heartbeats, which RabbitMQ writes past its
-//! other output, and the handshake.
+//! the broker at once. What the broker writes waits until the input lets it through, as a
+//! busy broker's replies come late; its heartbeats (which RabbitMQ writes past its other
+//! output) and the handshake go at once, and each broker close starts a read of its own.
 
 use super::*;
 
