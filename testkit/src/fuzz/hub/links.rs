@@ -2,6 +2,9 @@
 //! the broker at once. What the broker writes waits until the input lets it through, as a
 //! busy broker's replies come late; its heartbeats (which RabbitMQ writes past its other
 //! output) and the handshake go at once, and each broker close starts a read of its own.
+//! RabbitMQ sends a heartbeat when nothing went out on the socket for half an interval,
+//! whatever it has produced: so does each link, since the broker's own timer counts the
+//! replies it holds as sent.
 
 use super::*;
 
@@ -22,6 +25,8 @@ pub(super) struct Link {
     broker_closes: bool,
     /// The socket is closed (by the hub, or by the broker with everything through).
     pub(super) gone: bool,
+    /// When warren last read anything on it.
+    last_read: Instant,
 }
 
 impl World {
@@ -41,6 +46,7 @@ impl World {
                 ready: Vec::new(),
                 broker_closes: false,
                 gone: false,
+                last_read: self.now,
             });
             let connected = Input::UpstreamConnected {
                 upstream: up,
@@ -77,6 +83,27 @@ impl World {
                 BrokerOutput::Close { .. } => l.broker_closes = true,
             }
         }
+    }
+
+    /// When the next link falls silent for half its heartbeat interval, and which.
+    pub(super) fn next_beat(&self) -> Option<(Instant, usize)> {
+        (0..self.links.len())
+            .filter(|&i| !self.links[i].gone)
+            .filter_map(|i| {
+                let l = &self.links[i];
+                let hb = l.check.negotiated().map_or(0, |t| t.heartbeat);
+                let half = Duration::from_millis(u64::from(hb) * 500);
+                (hb > 0 && l.check.is_running()).then_some((l.last_read + half, i))
+            })
+            .min()
+    }
+
+    /// Link `i` was silent for half an interval: a heartbeat goes through at once.
+    pub(super) fn beat(&mut self, i: usize) {
+        self.links[i]
+            .ready
+            .push(Frame::new(FrameType::Heartbeat, 0, &[]));
+        self.flow();
     }
 
     /// Lets the first `n` frames held on link `i` through.
@@ -126,6 +153,7 @@ impl World {
                 continue;
             }
             any = true;
+            self.links[i].last_read = self.now;
             let mut batch: SmallVec<[Frame; 8]> = SmallVec::new();
             for f in frames {
                 self.links[i].check.from_broker(&f);

@@ -598,7 +598,13 @@ impl World {
         loop {
             let hub = self.hub.poll_timeout().filter(|&at| at <= t);
             let broker = self.broker.poll_timeout().filter(|&at| at <= t);
-            let Some(at) = hub.into_iter().chain(broker).min() else {
+            let beat = self.next_beat().filter(|&(at, _)| at <= t);
+            let Some(at) = hub
+                .into_iter()
+                .chain(broker)
+                .chain(beat.map(|(at, _)| at))
+                .min()
+            else {
                 return;
             };
             fired += 1;
@@ -609,11 +615,13 @@ impl World {
                 ));
             }
             self.now = self.now.max(at);
-            if hub == Some(at) {
-                self.input(Input::Timeout);
-            } else {
-                self.broker.handle_timeout(self.now);
-                self.flow();
+            match beat {
+                _ if hub == Some(at) => self.input(Input::Timeout),
+                Some((when, i)) if when == at => self.beat(i),
+                _ => {
+                    self.broker.handle_timeout(self.now);
+                    self.flow();
+                }
             }
         }
     }
