@@ -1389,17 +1389,25 @@ fn a_pending_delete_takes_pooled_channels_before_any_open() {
         .all(|f| f.method_id() != Some(ids::CHANNEL_OPEN)));
 }
 
+/// A world with one client that declared the exclusive queue "q" on its channel 1: the
+/// client, its upstream and the upstream channel.
+fn with_exclusive_queue() -> (World, warren_core::hub::ClientId, UpstreamId, u16) {
+    let mut w = world();
+    let c = w.join(hello(131_072, 0));
+    let u = w.accept_dial();
+    let uch = open_on(&mut w, c, 1, u);
+    w.client_sends(c, &[queue_declare(1, "q", true)]);
+    w.broker_sends(u, &[queue_declare_ok(uch, "q")]);
+    w.take(Peer::C(c));
+    (w, c, u, uch)
+}
+
 /// B5: the deletes on a housekeeping channel count once the broker answers its close. A
 /// broker that closes the channel itself (its close crossing ours) discarded them: they go
 /// out again on another channel, and the name stays locked until they have run.
 #[test]
 fn deletes_the_broker_discarded_are_sent_again() {
-    let mut w = world();
-    let owner = w.join(hello(131_072, 0));
-    let u = w.accept_dial();
-    let owner_uch = open_on(&mut w, owner, 1, u);
-    w.client_sends(owner, &[queue_declare(1, "q", true)]);
-    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    let (mut w, owner, u, _) = with_exclusive_queue();
     w.client_drops(owner);
     let deletes_on = |sent: &[warren_core::frame::Frame]| -> Vec<u16> {
         sent.iter()
@@ -1435,14 +1443,7 @@ fn deletes_the_broker_discarded_are_sent_again() {
         a.u32(0);
     });
     w.broker_sends(u, &[channel_open_ok(hk2), delete_ok, close_ok(hk2)]);
-    w.client_sends(next, &[channel_open(1)]);
-    let uch = w
-        .take(Peer::U(u))
-        .iter()
-        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
-        .map(|f| f.channel())
-        .expect("channel.open went upstream");
-    w.broker_sends(u, &[channel_open_ok(uch)]);
+    open_on(&mut w, next, 1, u);
     w.client_sends(next, &[queue_declare(1, "q", true)]);
     assert!(
         names_queue(&w.take(Peer::U(u)), "q"),
@@ -1461,18 +1462,8 @@ fn a_delete_the_broker_discarded_leaves_the_queue_to_warren() {
             a.u16(0).shortstr(b"q").bit(false).bit(false).bit(nowait);
         })
     };
-    let declared = || {
-        let mut w = world();
-        let c = w.join(hello(131_072, 0));
-        let u = w.accept_dial();
-        let uch = open_on(&mut w, c, 1, u);
-        w.client_sends(c, &[queue_declare(1, "q", true)]);
-        w.broker_sends(u, &[queue_declare_ok(uch, "q")]);
-        w.take(Peer::C(c));
-        (w, c, u, uch)
-    };
     for nowait in [false, true] {
-        let (mut w, c, u, uch) = declared();
+        let (mut w, c, u, uch) = with_exclusive_queue();
         w.client_sends(c, &[exchange_declare(1, "x", "direct"), delete(nowait)]);
         let sent = w.take(Peer::U(u));
         let up = sent.last().expect("the delete went up");
@@ -1490,7 +1481,7 @@ fn a_delete_the_broker_discarded_leaves_the_queue_to_warren() {
         );
     }
     // The delete ran: nothing is left to delete, and a nowait client hears nothing of it.
-    let (mut w, c, u, uch) = declared();
+    let (mut w, c, u, uch) = with_exclusive_queue();
     w.client_sends(c, &[delete(true)]);
     w.take(Peer::U(u));
     let delete_ok = m(uch, ids::QUEUE_DELETE_OK, |a| {

@@ -1,7 +1,7 @@
 //! Intrusions: what a client tries on another client's exclusive queue, and how it judges
 //! the answer (RabbitMQ's 405 RESOURCE_LOCKED, or 404 once the queue is gone; B5).
 
-use super::{consume, Board, FakeClient};
+use super::{consume, queue_declare_passive, Board, FakeClient};
 use bytes::Bytes;
 use warren_core::frame::method_frame;
 use warren_core::method::{ids, MethodId};
@@ -70,16 +70,7 @@ impl Intrusion {
     pub(super) fn frame(self, ch: u16, queue: &str) -> Bytes {
         let q = queue.as_bytes();
         match self {
-            Intrusion::PassiveDeclare => method_frame(ch, ids::QUEUE_DECLARE, |w| {
-                w.u16(0)
-                    .shortstr(q)
-                    .bit(true)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .u32(0);
-            }),
+            Intrusion::PassiveDeclare => queue_declare_passive(ch, queue),
             Intrusion::Consume => consume(ch, q, b"", true, false),
             Intrusion::Get => method_frame(ch, ids::BASIC_GET, |w| {
                 w.u16(0).shortstr(q).bit(false);
