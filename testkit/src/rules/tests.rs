@@ -2,7 +2,7 @@
 //! crossed the broker's close on the wire is discarded instead.
 
 use super::*;
-use crate::hub_world::{connection_start, header, parse_frame};
+use crate::hub_world::{connection_start, exchange_declare, header, parse_frame};
 use bytes::{Bytes, BytesMut};
 use warren_core::frame::PROTOCOL_HEADER;
 use warren_core::frame::{method_frame, HEARTBEAT};
@@ -229,20 +229,7 @@ fn refused_arguments_are_reported() {
             }),
             Rule::RecoverNoRequeue,
         ),
-        (
-            method_frame(1, ids::EXCHANGE_DECLARE, |w| {
-                w.u16(0)
-                    .shortstr(b"x")
-                    .shortstr(b"bogus")
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .raw(&[0; 4]); // no arguments
-            }),
-            Rule::ExchangeType,
-        ),
+        (exchange_declare(1, "x", "bogus"), Rule::ExchangeType),
         (
             method_frame(1, ids::CONNECTION_UPDATE_SECRET, |w| {
                 w.longstr(b"t").shortstr(b"r");
@@ -257,18 +244,8 @@ fn refused_arguments_are_reported() {
     }
     // Plugin types and passive declares are fine.
     let mut c = open();
-    c.from_warren(&method_frame(1, ids::EXCHANGE_DECLARE, |w| {
-        w.u16(0)
-            .shortstr(b"x")
-            .shortstr(b"x-delayed-message")
-            .bit(false)
-            .bit(false)
-            .bit(false)
-            .bit(false)
-            .bit(false)
-            .raw(&[0; 4]); // no arguments
-    }))
-    .unwrap();
+    c.from_warren(&exchange_declare(1, "x", "x-delayed-message"))
+        .unwrap();
 }
 
 #[test]
