@@ -64,7 +64,8 @@ impl Hub {
         }
     }
 
-    /// `queue.delete`: deleting one of its own exclusive queues ends the client's claim on it.
+    /// `queue.delete`: deleting one of its own exclusive queues ends the client's claim on it
+    /// once the broker answers (a nowait delete goes up asking for that answer).
     fn queue_delete(&mut self, id: ClientId, ch: u16, queue: Vec<u8>, nowait: bool) -> Verdict {
         let Some(c) = self.client_mut(id) else {
             return Verdict::Forward;
