@@ -1066,7 +1066,15 @@ fn another_clients_exclusive_queue_is_locked() {
     w.take(Peer::C(owner));
     let other = w.join(hello(131_072, 0));
     w.take(Peer::C(other));
-    let attempts = intrusions(1, "rpc-reply");
+    // RabbitMQ drops CR and LF from the name in a declare, a bind, an unbind and a delete.
+    let with_cr_lf = intrusions(1, "rpc-\r\nreply")
+        .into_iter()
+        .filter(|(what, _)| !matches!(*what, "consume" | "get" | "purge"))
+        .map(|(what, frame)| (format!("{what} with CR LF"), frame));
+    let attempts = intrusions(1, "rpc-reply")
+        .into_iter()
+        .map(|(what, frame)| (what.to_owned(), frame))
+        .chain(with_cr_lf);
     let mut upstream_before = 0;
     for (what, frame) in attempts {
         w.client_sends(other, &[channel_open(1)]);
@@ -1494,6 +1502,52 @@ fn a_delete_the_broker_discarded_leaves_the_queue_to_warren() {
     );
     w.client_drops(c);
     assert!(!names_queue(&w.take(Peer::U(u)), "q"));
+}
+
+/// B5: a client can delete its exclusive queue by any name RabbitMQ reads as the queue's: the
+/// channel's shortcut (the empty name, for the queue it declared last) or the name with CR and
+/// LF in it (RabbitMQ drops them). Once the broker answers, the name is free for another
+/// client and warren has nothing left to delete. A shortcut naming another queue (declared
+/// after the exclusive one) leaves the claim as it was.
+#[test]
+fn a_client_deletes_its_queue_by_the_shortcut_or_a_name_with_cr_lf() {
+    let delete = |queue: &str| {
+        m(1, ids::QUEUE_DELETE, |a| {
+            a.u16(0)
+                .shortstr(queue.as_bytes())
+                .bit(false)
+                .bit(false)
+                .bit(false);
+        })
+    };
+    let delete_ok = |uch| m(uch, ids::QUEUE_DELETE_OK, |a| _ = a.u32(0));
+    for name in ["", "q\r\n", "\nq"] {
+        let (mut w, c, u, uch) = with_exclusive_queue();
+        w.client_sends(c, &[delete(name)]);
+        w.take(Peer::U(u));
+        w.broker_sends(u, &[delete_ok(uch)]);
+        let other = w.join(hello(131_072, 0));
+        open_on(&mut w, other, 1, u);
+        w.client_sends(other, &[queue_declare(1, "q", true)]);
+        assert!(
+            names_queue(&w.take(Peer::U(u)), "q"),
+            "{name:?}: the name is free"
+        );
+        w.client_drops(c);
+        assert!(
+            !names_queue(&w.take(Peer::U(u)), "q"),
+            "{name:?}: nothing left to delete"
+        );
+    }
+    let (mut w, c, u, uch) = with_exclusive_queue();
+    w.client_sends(c, &[queue_declare(1, "", false), delete("")]);
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[queue_declare_ok(uch, "amq.gen-1"), delete_ok(uch)]);
+    w.client_drops(c);
+    assert!(
+        names_queue(&w.take(Peer::U(u)), "q"),
+        "the shortcut named another queue: warren deletes q"
+    );
 }
 
 /// B10: a client waiting in its hub for the first upstream to open (its `OpenOk` waits on

@@ -412,7 +412,9 @@ async fn a_deleted_user_is_closed_everywhere_with_rabbitmqs_reply() -> Result<()
 
 /// B5: an exclusive queue belongs to the client that declared it. Another client of the same
 /// user (through warren, the same broker connection) gets RabbitMQ's 405 and text for each
-/// method RabbitMQ refuses across connections; publishing to it works.
+/// method RabbitMQ refuses across connections, also by the name with CR and LF in it (which
+/// RabbitMQ drops in a declare, a bind and a delete); publishing to it works. Once the owner
+/// deletes it by the channel's shortcut (the empty name), the name is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusive_queues_are_locked_to_their_client_as_on_rabbitmq() -> Result<()> {
     bounded(async {
@@ -429,10 +431,20 @@ async fn exclusive_queues_are_locked_to_their_client_as_on_rabbitmq() -> Result<
             };
             och.queue_declare(name.as_str().into(), opts, FieldTable::default())
                 .await?;
+            let (op, target) = match op.strip_suffix(" with CR LF") {
+                Some(op) => (op, format!("{name}\r\n")),
+                None => (op, name.clone()),
+            };
+            let freed = op == "declare after the owner's shortcut delete";
+            if freed {
+                och.queue_delete("".into(), QueueDeleteOptions::default())
+                    .await?;
+            }
+            let name = &target;
             let other = client::lapin_connect(&url).await?;
             let ch = other.create_channel().await?;
             let r = match op {
-                "declare" => ch
+                "declare" | "declare after the owner's shortcut delete" => ch
                     .queue_declare(name.as_str().into(), opts, FieldTable::default())
                     .await
                     .map(drop),
@@ -494,11 +506,13 @@ async fn exclusive_queues_are_locked_to_their_client_as_on_rabbitmq() -> Result<
             };
             let out = match r {
                 Ok(()) => "ok".to_owned(),
-                Err(e) => format!("{e}").replace(&name, "<queue>"),
+                Err(e) => format!("{e}").replace(name.trim_end(), "<queue>"),
             };
-            // The owner is undisturbed.
-            och.basic_get(name.as_str().into(), BasicGetOptions::default())
-                .await?;
+            if !freed {
+                // The owner is undisturbed.
+                och.basic_get(name.trim_end().into(), BasicGetOptions::default())
+                    .await?;
+            }
             owner.close(200, "bye".into()).await?;
             other.close(200, "bye".into()).await.ok();
             Ok(out)
@@ -511,6 +525,11 @@ async fn exclusive_queues_are_locked_to_their_client_as_on_rabbitmq() -> Result<
             "delete",
             "bind",
             "publish",
+            "declare with CR LF",
+            "passive declare with CR LF",
+            "delete with CR LF",
+            "bind with CR LF",
+            "declare after the owner's shortcut delete",
         ] {
             let direct = outcome(broker(), op).await?;
             let through = outcome(warren.addr(), op).await?;

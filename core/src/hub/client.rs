@@ -143,6 +143,21 @@ pub(crate) enum Delete {
     Exclusive { queue: Vec<u8>, asked: bool },
 }
 
+/// What a method naming its queue with the empty string means on a client channel: RabbitMQ
+/// takes the last queue declared on the (upstream) channel (B5, B6).
+#[derive(Debug, Default)]
+pub(crate) enum Shortcut {
+    /// What the broker knows: no declare yet (it answers 404 itself), or one that let the
+    /// broker name the queue.
+    #[default]
+    Broker,
+    /// The upstream channel came from the pool and this client has not declared a queue on
+    /// it: the broker would name the previous owner's queue, so warren answers 404.
+    Recycled,
+    /// The queue the client named in its last declare, as RabbitMQ reads the name.
+    Named(Vec<u8>),
+}
+
 /// A client's channels by number: a sorted vector, because most clients have one or two
 /// channels and a tree node would cost more than a kilobyte per idle client (P6).
 #[derive(Debug, Default)]
@@ -200,9 +215,8 @@ pub(crate) struct ClientChannel {
     publish: Option<PendingPublish>,
     /// Whether the channel's whole history is in the clean list of B6.
     pub(crate) recyclable: bool,
-    /// The upstream channel came from the pool and this client has not declared a queue on
-    /// it: RabbitMQ's "last declared queue" shortcut would name the previous owner's queue.
-    shortcut_unset: bool,
+    /// What RabbitMQ's empty-name queue shortcut names on this channel.
+    shortcut: Shortcut,
     /// The `queue.declare`s awaiting their `declare-ok`, in order.
     declares: VecDeque<Declare>,
     /// The `queue.delete`s awaiting their `delete-ok`, in order. A channel error discards

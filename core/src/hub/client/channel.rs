@@ -3,7 +3,7 @@
 //! broker, with the upstream number quarantined until the client acknowledges (B4); and the
 //! broker's replies on a client channel that warren keeps track of.
 
-use super::{ChanState, ClientChannel, Declare, Delete};
+use super::{ChanState, ClientChannel, Declare, Delete, Shortcut};
 use crate::frame::Frame;
 use crate::hub::channels::Slot;
 use crate::hub::{ClientId, Hub, UpRef, UpstreamId};
@@ -41,7 +41,7 @@ impl Hub {
     pub(in crate::hub) fn serve_open(&mut self, now: Instant, id: ClientId, ch: u16) {
         if let Some(r) = self.take_pooled() {
             if let Some(chan) = self.client_mut(id).and_then(|c| c.channels.get_mut(&ch)) {
-                chan.shortcut_unset = true;
+                chan.shortcut = Shortcut::Recycled;
             }
             self.stats.opens_from_pool += 1;
             self.set_slot(now, r, Slot::Owned { client: id, ch });

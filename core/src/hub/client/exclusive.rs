@@ -8,6 +8,7 @@ use crate::frame::Frame;
 use crate::hub::{ClientId, Holder, Hub, UpRef, UpstreamId};
 use crate::method::{ids, Method, MethodId};
 use crate::reply::{self, Reply};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -79,8 +80,8 @@ impl Hub {
     pub(super) fn locked_queue(&self, id: ClientId, mid: MethodId, frame: &Frame) -> Option<Reply> {
         let payload = frame.payload();
         let queue = queue_named(mid, payload)?;
-        let holder = *self.exclusive_owners.get(queue)?;
-        let name = String::from_utf8_lossy(queue);
+        let holder = *self.exclusive_owners.get(queue.as_ref())?;
+        let name = String::from_utf8_lossy(&queue);
         let vhost = &self.credentials.vhost;
         let locked = || {
             Reply::new(
@@ -160,14 +161,31 @@ fn names_queue(mid: MethodId) -> bool {
     )
 }
 
-/// The queue name such a method carries (class, method, reserved short, then the name's
-/// length octet); `None` for other methods and for the empty name.
-fn queue_named(mid: MethodId, payload: &[u8]) -> Option<&[u8]> {
+/// The queue such a method names (class, method, reserved short, then the name's length
+/// octet), as the broker reads the name; `None` for other methods and for the empty name.
+fn queue_named(mid: MethodId, payload: &[u8]) -> Option<Cow<'_, [u8]>> {
     if !names_queue(mid) {
         return None;
     }
     let len = usize::from(*payload.get(6)?);
-    payload.get(7..7 + len).filter(|q| !q.is_empty())
+    let sent = payload.get(7..7 + len)?;
+    Some(as_broker_reads(mid, sent)).filter(|q| !q.is_empty())
+}
+
+/// A queue name as RabbitMQ 3.10 reads it: a declare, a delete, a bind and an unbind drop
+/// every CR and LF from the name (a get, a consume and a purge take it as sent). Comparing
+/// names as sent would let another client reach an exclusive queue `q` as `q\n`.
+pub(super) fn as_broker_reads(mid: MethodId, name: &[u8]) -> Cow<'_, [u8]> {
+    let strips = matches!(
+        mid,
+        ids::QUEUE_DECLARE | ids::QUEUE_DELETE | ids::QUEUE_BIND | ids::QUEUE_UNBIND
+    );
+    let cr_lf = |b: &u8| matches!(b, b'\r' | b'\n');
+    if strips && name.iter().any(cr_lf) {
+        Cow::Owned(name.iter().copied().filter(|b| !cr_lf(b)).collect())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// Whether a method names its queue with the empty string, which RabbitMQ resolves to the

@@ -3,8 +3,10 @@
 //! `basic.*`, the declares and `queue.delete` change on the channel before the method goes
 //! on to the broker — or why it goes no further (B6, B7).
 
-use super::exclusive::uses_queue_shortcut;
-use super::{checked_method, unexpected, ClientChannel, Declare, Delete, PendingPublish, Verdict};
+use super::exclusive::{as_broker_reads, uses_queue_shortcut};
+use super::{
+    checked_method, unexpected, ClientChannel, Declare, Delete, PendingPublish, Shortcut, Verdict,
+};
 use crate::frame::Frame;
 use crate::hub::{ClientId, Hub};
 use crate::method::{encode, ids, Method, MethodId};
@@ -64,16 +66,21 @@ impl Hub {
         }
     }
 
-    /// `queue.delete`: deleting one of its own exclusive queues ends the client's claim on it
-    /// once the broker answers (a nowait delete goes up asking for that answer).
+    /// `queue.delete`: deleting one of its own exclusive queues (by its name as the broker
+    /// reads it, or by the channel's shortcut) ends the client's claim on it once the broker
+    /// answers (a nowait delete goes up asking for that answer).
     fn queue_delete(&mut self, id: ClientId, ch: u16, queue: Vec<u8>, nowait: bool) -> Verdict {
         let Some(c) = self.client_mut(id) else {
             return Verdict::Forward;
         };
-        let owned = c.exclusive.iter().any(|(_, q)| *q == queue);
         let Some(chan) = c.channels.get_mut(&ch) else {
             return Verdict::Forward;
         };
+        let queue = match &chan.shortcut {
+            Shortcut::Named(last) if queue.is_empty() => last.clone(),
+            _ => as_broker_reads(ids::QUEUE_DELETE, &queue).into_owned(),
+        };
+        let owned = !queue.is_empty() && c.exclusive.iter().any(|(_, q)| *q == queue);
         if owned {
             chan.recyclable = false;
         }
@@ -93,9 +100,9 @@ impl Hub {
 }
 
 impl ClientChannel {
-    /// The checks every method on an open channel passes first, and what any method does to
-    /// the channel's recyclability (B6) and its queue shortcut. `Err` holds the verdict on a
-    /// method that goes no further.
+    /// The checks every method on an open channel passes first (a recycled channel's queue
+    /// shortcut among them), and what any method does to the channel's recyclability (B6).
+    /// `Err` holds the verdict on a method that goes no further.
     fn admit_method(&mut self, ch: u16, mid: MethodId, payload: &[u8]) -> Result<(), Verdict> {
         if self.publish.is_some() {
             return Err(Verdict::Fatal(unexpected(format!(
@@ -118,16 +125,12 @@ impl ClientChannel {
         if !is_clean(mid) {
             self.recyclable = false;
         }
-        if self.shortcut_unset {
-            if mid == ids::QUEUE_DECLARE {
-                self.shortcut_unset = false;
-            } else if uses_queue_shortcut(mid, payload) {
-                // What RabbitMQ answers on a fresh channel; the recycled one would instead
-                // resolve the empty name to the previous owner's queue.
-                return Err(Verdict::CloseChannel(
-                    Reply::new(reply::NOT_FOUND, "no previously declared queue").caused_by(mid),
-                ));
-            }
+        if matches!(self.shortcut, Shortcut::Recycled) && uses_queue_shortcut(mid, payload) {
+            // What RabbitMQ answers on a fresh channel; the recycled one would instead
+            // resolve the empty name to the previous owner's queue.
+            return Err(Verdict::CloseChannel(
+                Reply::new(reply::NOT_FOUND, "no previously declared queue").caused_by(mid),
+            ));
         }
         Ok(())
     }
@@ -187,8 +190,8 @@ impl ClientChannel {
         Verdict::Forward
     }
 
-    /// `exchange.declare` (of a type the broker knows) and `queue.declare` (whose reply must
-    /// be seen if the queue is exclusive, B5).
+    /// `exchange.declare` (of a type the broker knows) and `queue.declare` (which sets the
+    /// channel's shortcut, and whose reply must be seen if the queue is exclusive, B5).
     fn declare_method(&mut self, m: Method, extra_types: &[String]) -> Verdict {
         match m {
             Method::ExchangeDeclare {
@@ -199,11 +202,16 @@ impl ClientChannel {
                 format!("unknown exchange type '{}'", String::from_utf8_lossy(&kind)),
             )),
             Method::QueueDeclare {
+                queue,
                 exclusive,
                 nowait,
                 passive,
-                ..
             } => {
+                self.shortcut = if queue.is_empty() {
+                    Shortcut::Broker
+                } else {
+                    Shortcut::Named(as_broker_reads(ids::QUEUE_DECLARE, &queue).into_owned())
+                };
                 let exclusive = exclusive && !passive;
                 if exclusive {
                     self.recyclable = false;
