@@ -749,6 +749,23 @@ fn hub_client_seeds() -> Seeds {
                 .op(HubOp::Drop, &[0]),
         ),
     );
+    // Name 7 is the canary's exclusive queue with an LF, which RabbitMQ drops in a delete.
+    add(
+        &mut s,
+        "canary-queue-delete-by-a-name-with-lf",
+        settle(opened([0; 4]).build(0, 0, Build::QueueDelete, &[0xE0])),
+    );
+    add(
+        &mut s,
+        "exclusive-queue-deleted-by-the-shortcut",
+        settle(
+            opened([0; 4])
+                .build(0, 0, Build::QueueDeclare, &[0x24])
+                .build(0, 0, Build::QueueDelete, &[0])
+                .op(HubOp::Settle, &[])
+                .op(HubOp::Drop, &[0]),
+        ),
+    );
     add(
         &mut s,
         "exclusive-queue-connection-close",
@@ -1379,4 +1396,14 @@ fn hub_seeds_reach_what_they_are_named_for() {
     closed_with("tx-commit-then-publish", 504);
     closed_with("unfinished-publish-over-buffer-limit", 506);
     closed_with("channel-over-channel-max", 530);
+    let bytes = &seeds
+        .iter()
+        .find(|(k, _)| k == "canary-queue-delete-by-a-name-with-lf");
+    let trace = warren_testkit::fuzz::hub_client_trace(&bytes.unwrap().1);
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.contains("c3 <- ch1 channel.close 405")),
+        "the fuzzed client meets the canary's lock: {trace:#?}"
+    );
 }

@@ -29,7 +29,7 @@ impl Broker {
             }
             ids::BASIC_CONSUME => {
                 rd!(r.u16());
-                let queue = lossy(rd!(r.shortstr()));
+                let queue = self.queue_arg(id, ch, rd!(r.shortstr()), mid)?;
                 let mut tag = rd!(r.shortstr()).to_vec();
                 let _no_local = rd!(r.bit());
                 let no_ack = rd!(r.bit());
@@ -95,7 +95,7 @@ impl Broker {
             }
             ids::BASIC_GET => {
                 rd!(r.u16());
-                let queue = lossy(rd!(r.shortstr()));
+                let queue = self.queue_arg(id, ch, rd!(r.shortstr()), mid)?;
                 let no_ack = rd!(r.bit());
                 self.check_queue(id, &queue, mid)?;
                 let q = self.queues.get_mut(&queue).expect("checked");

@@ -23,7 +23,7 @@ impl Broker {
         match mid {
             ids::QUEUE_DECLARE => {
                 rd!(r.u16());
-                let mut name = lossy(rd!(r.shortstr()));
+                let mut name = self.queue_arg(id, ch, rd!(r.shortstr()), mid)?;
                 let passive = rd!(r.bit());
                 let _durable = rd!(r.bit());
                 let exclusive = rd!(r.bit());
@@ -67,6 +67,7 @@ impl Broker {
                         );
                     }
                 }
+                self.chan(id, ch).last_declared.clone_from(&name);
                 if !nowait {
                     let q = &self.queues[&name];
                     let (msgs, consumers) = (q.msgs.len() as u32, q.consumers.len() as u32);
@@ -81,9 +82,7 @@ impl Broker {
             }
             ids::QUEUE_BIND => {
                 rd!(r.u16());
-                let queue = lossy(rd!(r.shortstr()));
-                let exchange = lossy(rd!(r.shortstr()));
-                let rk = lossy(rd!(r.shortstr()));
+                let (queue, exchange, rk) = self.binding_args(id, ch, r, mid)?;
                 let nowait = rd!(r.bit());
                 self.check_queue(id, &queue, mid)?;
                 let Some(ex) = self.exchanges.get_mut(&exchange) else {
@@ -102,9 +101,7 @@ impl Broker {
             }
             ids::QUEUE_UNBIND => {
                 rd!(r.u16());
-                let queue = lossy(rd!(r.shortstr()));
-                let exchange = lossy(rd!(r.shortstr()));
-                let rk = lossy(rd!(r.shortstr()));
+                let (queue, exchange, rk) = self.binding_args(id, ch, r, mid)?;
                 // RabbitMQ: 404 for a missing queue, 405 for another connection's exclusive one.
                 self.check_queue(id, &queue, mid)?;
                 if let Some(ex) = self.exchanges.get_mut(&exchange) {
@@ -114,7 +111,7 @@ impl Broker {
             }
             ids::QUEUE_PURGE => {
                 rd!(r.u16());
-                let queue = lossy(rd!(r.shortstr()));
+                let queue = self.queue_arg(id, ch, rd!(r.shortstr()), mid)?;
                 let nowait = rd!(r.bit());
                 self.check_queue(id, &queue, mid)?;
                 if self
@@ -141,7 +138,7 @@ impl Broker {
             }
             ids::QUEUE_DELETE => {
                 rd!(r.u16());
-                let queue = lossy(rd!(r.shortstr()));
+                let queue = self.queue_arg(id, ch, rd!(r.shortstr()), mid)?;
                 let (_if_unused, _if_empty, nowait) = (rd!(r.bit()), rd!(r.bit()), rd!(r.bit()));
                 if self
                     .queues
@@ -176,6 +173,52 @@ impl Broker {
             _ => self.not_valid_here(now, id, mid),
         }
         Ok(())
+    }
+
+    /// The queue a method names, as RabbitMQ 3.10 reads it: the empty name stands for the
+    /// queue the channel declared last (404 if none; a declare asks for a new name instead),
+    /// and a declare, a bind, an unbind and a delete drop CR and LF from the name.
+    pub(super) fn queue_arg(
+        &mut self,
+        id: ConnId,
+        ch: u16,
+        sent: &[u8],
+        mid: MethodId,
+    ) -> Result<String, ChannelError> {
+        if sent.is_empty() && mid != ids::QUEUE_DECLARE {
+            let last = self.chan(id, ch).last_declared.clone();
+            if last.is_empty() {
+                let text = "no previously declared queue".to_owned();
+                return Err(ChannelError(reply::NOT_FOUND, text, mid));
+            }
+            return Ok(last);
+        }
+        let name = lossy(sent);
+        Ok(match mid {
+            ids::QUEUE_DECLARE | ids::QUEUE_BIND | ids::QUEUE_UNBIND | ids::QUEUE_DELETE => {
+                name.replace(['\r', '\n'], "")
+            }
+            _ => name,
+        })
+    }
+
+    /// The queue, exchange and routing key of a bind or an unbind; an empty routing key with
+    /// the empty queue name also stands for the queue the channel declared last.
+    fn binding_args(
+        &mut self,
+        id: ConnId,
+        ch: u16,
+        r: &mut Reader<'_>,
+        mid: MethodId,
+    ) -> Result<(String, String, String), ChannelError> {
+        let sent = rd!(r.shortstr());
+        let queue = self.queue_arg(id, ch, sent, mid)?;
+        let exchange = lossy(rd!(r.shortstr()));
+        let rk = match rd!(r.shortstr()) {
+            b"" if sent.is_empty() => queue.clone(),
+            rk => lossy(rk),
+        };
+        Ok((queue, exchange, rk))
     }
 
     /// RabbitMQ's checks of a queue a method names: 404 if it does not exist, 405 if it is

@@ -69,6 +69,8 @@ pub(super) struct Chan {
     /// The client channel whose publishes this upstream channel carries since the last
     /// open or fence.
     pub(super) owner: Option<(u32, u16)>,
+    /// The queue the channel declared last, which the empty name stands for.
+    pub(super) last_declared: String,
 }
 
 impl Chan {
@@ -85,6 +87,7 @@ impl Chan {
             prefetch: 0,
             consumers: Vec::new(),
             owner: None,
+            last_declared: String::new(),
         }
     }
 }

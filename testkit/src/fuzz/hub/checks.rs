@@ -257,5 +257,35 @@ impl World {
                 v.conn, v.code, v.text
             ));
         }
+        self.check_canary_queue();
+    }
+
+    /// B5: no fuzzed client reaches the canary's exclusive queue, although the broker sees
+    /// them all on one connection: nothing deletes or purges it, and only the canary consumes
+    /// from it.
+    fn check_canary_queue(&self) {
+        let log = &self.broker.log.exclusive_ops;
+        if let Some((_, _, op)) = log.iter().find(|(_, q, _)| q == CANARY_QUEUE) {
+            self.fail(format!(
+                "a fuzzed client {op}d the canary's exclusive queue"
+            ));
+        }
+        for l in self.links.iter().filter(|l| !l.gone) {
+            let canary = self
+                .canary
+                .up
+                .filter(|(up, _)| *up == l.id)
+                .map(|(_, ch)| ch);
+            let consumers = self.broker.consumers_on(l.conn);
+            if let Some((ch, _)) = consumers
+                .iter()
+                .find(|(ch, q)| q == CANARY_QUEUE && Some(*ch) != canary)
+            {
+                self.fail(format!(
+                    "{} ch{ch} consumes from the canary's exclusive queue",
+                    l.id
+                ));
+            }
+        }
     }
 }

@@ -64,11 +64,11 @@ pub enum Build {
     Body = 6,
     /// `type`, `flags` (passive, nowait, durable; bits 4-5 name).
     ExchangeDeclare = 7,
-    /// `flags` (passive, durable, exclusive, auto-delete, nowait; bits 5-6 name).
+    /// `flags` (passive, durable, exclusive, auto-delete, nowait; bits 5-7 name).
     QueueDeclare = 8,
-    /// `flags` (if-unused, if-empty, nowait; bits 5-6 name).
+    /// `flags` (if-unused, if-empty, nowait; bits 5-7 name).
     QueueDelete = 9,
-    /// `flags` (modulo 3 bind, unbind, purge; bit 2 nowait; bits 5-6 queue).
+    /// `flags` (modulo 3 bind, unbind, purge; bit 2 nowait; bits 5-7 queue).
     QueueOther = 10,
     /// `flags` (no-local, no-ack, exclusive, nowait; bits 4-5 tag; bits 6-7 queue).
     Consume = 11,
@@ -86,7 +86,7 @@ pub enum Build {
     Ack = 17,
     /// `flags` (async; requeue).
     Recover = 18,
-    /// `flags` (no-ack; bits 5-6 queue).
+    /// `flags` (no-ack; bits 5-7 queue).
     Get = 19,
     /// `which` (modulo 6: connection.close, connection.close-ok, update-secret, a
     /// heartbeat frame, tune-ok, connection.open), on the picked channel.

@@ -127,7 +127,19 @@ const ADVANCES: [Duration; 9] = [
 /// Body sizes, around the frame sizes that matter.
 const SIZES: [usize; 10] = [0, 1, 10, 100, 4088, 4089, 8000, 131_064, 131_065, 300_000];
 const EXCHANGES: [&[u8]; 4] = [b"", b"amq.direct", b"x", b"amq.topic"];
-const QUEUES: [&[u8]; 4] = [b"", b"q", b"q2", b"amq.gen-1"];
+/// Queue names: the canary's exclusive queue is among them, which warren must lock against
+/// every fuzzed client; the last three name `q`, `q2` and the canary's queue for a declare, a
+/// bind or a delete (RabbitMQ drops CR and LF there), and other queues elsewhere.
+const QUEUES: [&[u8]; 8] = [
+    b"",
+    b"q",
+    b"q2",
+    b"amq.gen-1",
+    CANARY_QUEUE.as_bytes(),
+    b"q\r\n",
+    b"q2\n",
+    b"canary-q\n",
+];
 const TAGS: [&[u8]; 4] = [b"", b"t1", b"t2", b"amq.ctag-1"];
 const EXCHANGE_TYPES: [&[u8]; 8] = [
     b"direct",

@@ -1,0 +1,126 @@
+//! The fake RabbitMQ reads a queue name as RabbitMQ 3.10 does (each case checked against it
+//! with pika): the empty name stands for the queue the channel declared last, and a declare,
+//! a bind and a delete drop CR and LF from the name. warren's exclusive-queue locks (B5) rest
+//! on the same reading, so the simulation and the fuzz target must see it.
+
+use bytes::{Bytes, BytesMut};
+use std::time::Instant;
+use warren_core::frame::{FrameDecoder, PROTOCOL_HEADER};
+use warren_core::method::{encode, ids, StartOk, Tune};
+use warren_core::table::FieldTable;
+use warren_testkit::broker::{Broker, BrokerConfig, BrokerOutput, ConnId};
+use warren_testkit::hub_world::{channel_open, m, queue_declare, queue_declare_passive};
+use warren_testkit::trace::describe;
+
+/// One connection to the broker, past its handshake.
+struct Session {
+    broker: Broker,
+    conn: ConnId,
+    now: Instant,
+}
+
+impl Session {
+    fn open() -> Self {
+        let now = Instant::now();
+        let mut broker = Broker::new(BrokerConfig::default());
+        let conn = broker.accept(now);
+        let tune = Tune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 0,
+        };
+        let start_ok = encode::start_ok(&StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: b"\0guest\0guest".to_vec(),
+            locale: "en_US".into(),
+        });
+        let mut s = Session { broker, conn, now };
+        for step in [
+            Bytes::from_static(PROTOCOL_HEADER),
+            start_ok,
+            encode::tune(tune, true),
+            encode::open("/"),
+        ] {
+            s.send(&[step]);
+        }
+        s
+    }
+
+    /// What the broker answers to `frames`, one line per frame.
+    fn send(&mut self, frames: &[Bytes]) -> Vec<String> {
+        for f in frames {
+            self.broker.handle_bytes(self.now, self.conn, f);
+        }
+        let mut out = BytesMut::new();
+        while let Some(o) = self.broker.poll_output() {
+            if let BrokerOutput::Send { data, .. } = o {
+                out.extend_from_slice(&data);
+            }
+        }
+        let decoder = FrameDecoder::new(u32::MAX);
+        std::iter::from_fn(|| decoder.decode(&mut out).ok().flatten())
+            .map(|f| describe(&f))
+            .collect()
+    }
+}
+
+/// A queue-class method with the reserved short, the queue name and three flags or fewer
+/// (purge and delete).
+fn queue_method(ch: u16, id: warren_core::method::MethodId, queue: &str) -> Bytes {
+    m(ch, id, |w| {
+        w.u16(0)
+            .shortstr(queue.as_bytes())
+            .bit(false)
+            .bit(false)
+            .bit(false);
+    })
+}
+
+#[test]
+fn the_empty_name_is_the_channels_last_declared_queue() {
+    let mut s = Session::open();
+    s.send(&[channel_open(1), channel_open(2)]);
+    assert_eq!(
+        s.send(&[queue_method(1, ids::QUEUE_PURGE, "")]),
+        ["ch1 channel.close 404 \"NOT_FOUND - no previously declared queue\""]
+    );
+    let got = s.send(&[
+        queue_declare(2, "q", false),
+        queue_declare(2, "", false),
+        queue_method(2, ids::QUEUE_DELETE, ""),
+        queue_declare_passive(2, "q"),
+    ]);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got[2].contains("queue.delete-ok"), "{got:?}");
+    assert!(got[3].contains("queue.declare-ok \"q\""), "{got:?}");
+    assert_eq!(
+        s.send(&[queue_declare_passive(2, "amq.gen-1")]),
+        ["ch2 channel.close 404 \"NOT_FOUND - no queue 'amq.gen-1' in vhost '/'\""],
+        "the shortcut deleted the server-named queue declared last"
+    );
+}
+
+#[test]
+fn declares_and_deletes_drop_cr_and_lf_from_the_name() {
+    let mut s = Session::open();
+    s.send(&[channel_open(1)]);
+    let got = s.send(&[
+        queue_declare(1, "q\r\n", true),
+        queue_declare_passive(1, "\nq"),
+        queue_method(1, ids::QUEUE_PURGE, "q\n"),
+    ]);
+    assert!(got[0].contains("queue.declare-ok \"q\""), "{got:?}");
+    assert!(got[1].contains("queue.declare-ok \"q\""), "{got:?}");
+    assert_eq!(
+        got[2], r#"ch1 channel.close 404 "NOT_FOUND - no queue 'q\n' in vhost '/'""#,
+        "a purge takes the name as sent"
+    );
+    s.send(&[channel_open(2)]);
+    let got = s.send(&[
+        queue_method(2, ids::QUEUE_DELETE, "q\r"),
+        queue_declare_passive(2, "q"),
+    ]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[1].contains("404"), "deleted: {got:?}");
+}
