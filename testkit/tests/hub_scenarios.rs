@@ -994,6 +994,41 @@ fn socket_closed_during_login_is_not_a_refused_login() {
         .any(|e| matches!(e, HubEvent::AuthRejected { .. })));
 }
 
+/// B2/B11 (simulation seed 924399): a client that waits for a fresh login (the last one is
+/// older than the proof TTL) while an upstream is open is refused with the dial's failure when
+/// that login cannot reach the broker, as a client is while the broker is unreachable; it
+/// waited for nothing before (no dial left, no reconnect scheduled) until it gave up.
+#[test]
+fn a_client_waiting_for_a_fresh_login_that_fails_is_refused() {
+    let mut w = World::new(HubConfig {
+        proof_ttl: Some(Duration::from_secs(10)),
+        ..HubConfig::default()
+    });
+    let first = w.join(hello(131_072, 0));
+    w.accept_dial();
+    w.take(Peer::C(first));
+    w.advance(Duration::from_secs(11));
+    let next = w.join(hello(131_072, 0));
+    let proof = w.dials.pop().expect("a fresh login");
+    assert!(w.take(Peer::C(next)).is_empty(), "waits for it");
+    w.input(
+        "the login times out",
+        warren_core::hub::Input::UpstreamClosed {
+            upstream: proof,
+            reason: "timed out connecting".into(),
+        },
+    );
+    let got = w.take(Peer::C(next));
+    assert_eq!(
+        got.first().and_then(close_code),
+        Some(reply::CONNECTION_FORCED)
+    );
+    assert!(
+        w.take(Peer::C(first)).is_empty(),
+        "the admitted client keeps its connection"
+    );
+}
+
 /// B3/B5 (simulation seed 17227): a client closed by the hub while one of its channel opens
 /// waits for another upstream does not get that open served later for nobody.
 #[test]

@@ -289,11 +289,9 @@ impl Hub {
                 reply: reply.clone(),
             });
         }
-        if !self
-            .upstreams
-            .iter()
-            .any(|(_, u)| u.is_connecting() || u.is_open())
-        {
+        // Waiting clients wait for a dial: with none left, they are refused, also when an
+        // upstream is open (they wait for a fresh login, which this one was).
+        if !self.upstreams.iter().any(|(_, u)| u.is_connecting()) {
             let waiting: Vec<ClientId> = self
                 .clients
                 .iter()
