@@ -5,7 +5,7 @@
 
 use super::{Invariant, Observer, Side};
 use crate::broker::BrokerLog;
-use crate::client::{Board, End, FakeClient, Misbehaviour};
+use crate::client::{Board, End, FakeClient, Misbehaviour, Waited};
 use crate::plan::Fault;
 use crate::scenario::Scenario;
 use std::collections::BTreeMap;
@@ -385,15 +385,13 @@ impl Observer {
                     bad(self, "was refused while warren was not draining".into());
                 }
             }
-            End::TimedOut => {
+            End::TimedOut(waited) => {
                 if !self.broken.contains(&cid) {
-                    self.violation(
-                        t,
-                        Invariant::Heartbeat,
-                        format!(
-                            "c{cid} ({kind}) heard nothing from warren for two heartbeat intervals"
-                        ),
-                    );
+                    let inv = match waited {
+                        Waited::Heartbeats => Invariant::Heartbeat,
+                        Waited::Handshake | Waited::CloseOk => Invariant::Hang,
+                    };
+                    self.violation(t, inv, format!("c{cid} ({kind}) {end}"));
                 }
             }
         }

@@ -64,8 +64,20 @@ pub enum End {
     Broken,
     /// The connection was refused (warren not accepting).
     Refused,
-    /// The proxy sent nothing for two heartbeat intervals; the client gave up on it.
-    TimedOut,
+    /// The client gave up waiting for what it names: the handshake's next step, a
+    /// `close-ok`, or any byte for two heartbeat intervals.
+    TimedOut(Waited),
+}
+
+/// What a client that gave up on the proxy was waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The next step of the handshake (`Start`, `Tune` or `OpenOk`).
+    Handshake,
+    /// The `CloseOk` of its `Connection.Close`.
+    CloseOk,
+    /// Anything: the proxy was silent for two heartbeat intervals.
+    Heartbeats,
 }
 
 impl fmt::Display for End {
@@ -77,7 +89,9 @@ impl fmt::Display for End {
             End::Dropped => f.write_str("dropped by the proxy"),
             End::Broken => f.write_str("broken by the network"),
             End::Refused => f.write_str("refused"),
-            End::TimedOut => {
+            End::TimedOut(Waited::Handshake) => f.write_str("gave up waiting for the handshake"),
+            End::TimedOut(Waited::CloseOk) => f.write_str("gave up waiting for close-ok"),
+            End::TimedOut(Waited::Heartbeats) => {
                 f.write_str("gave up: the proxy was silent for two heartbeat intervals")
             }
         }
@@ -332,7 +346,7 @@ impl FakeClient {
             && now >= self.connected_at + HANDSHAKE_PATIENCE
         {
             self.out.push_back(ClientOut::Close);
-            return self.finish(now, End::TimedOut);
+            return self.finish(now, End::TimedOut(Waited::Handshake));
         }
         if self.phase == Phase::Closing
             && self
@@ -342,7 +356,7 @@ impl FakeClient {
             self.out.push_back(ClientOut::Close);
             // Not reading, it could not have seen the close-ok: it is done all the same.
             let end = if self.reading {
-                End::TimedOut
+                End::TimedOut(Waited::CloseOk)
             } else {
                 End::Finished
             };
@@ -366,7 +380,7 @@ impl FakeClient {
                 if self.reading && now >= self.last_rx + h * 2 {
                     // Like a real client library: a silent peer is a dead peer.
                     self.out.push_back(ClientOut::Close);
-                    return self.finish(now, End::TimedOut);
+                    return self.finish(now, End::TimedOut(Waited::Heartbeats));
                 }
                 if now >= self.last_tx + h / 2 {
                     self.send(now, Bytes::from_static(HEARTBEAT));

@@ -102,7 +102,12 @@ impl Verdict {
             .map(|(at, _, _)| *at)
             .max()
             .unwrap_or_default();
-        let reconnect_margin = sc.hub.backoff.max + sc.hub.connect_timeout + Duration::from_secs(2);
+        // turmoil loses what a broken or partitioned link carried for good: an upstream it
+        // broke silently before the heal is found dead only by heartbeats, two of the
+        // broker's intervals after the last byte (B10), and clients on it are closed then.
+        let dead_link_found = Duration::from_secs(2 * u64::from(sc.broker.heartbeat));
+        let reconnect_margin =
+            sc.hub.backoff.max + sc.hub.connect_timeout + dead_link_found + Duration::from_secs(2);
         for r in results {
             let c = &r.client;
             let kind = c.spec.kind;
@@ -169,7 +174,7 @@ impl Verdict {
                         || ((c.spec.password == "wrong" || revoked) && !c.spec.failure_close)
                 }
                 // A client that stopped reading or froze is cut off (B9) or times out (B10).
-                End::TimedOut => shaky || paused,
+                End::TimedOut(_) => shaky || paused,
                 // A draining warren refuses; so does a link that turmoil fails mid-connect.
                 End::Refused => drained_at.is_some() || shaky,
             };

@@ -113,7 +113,7 @@ impl World {
                 Some((_, End::Dropped)) => "client end: dropped",
                 Some((_, End::Broken)) => "client end: broken",
                 Some((_, End::Refused)) => "client end: refused",
-                Some((_, End::TimedOut)) => "client end: timed out",
+                Some((_, End::TimedOut(_))) => "client end: timed out",
                 None => "client end: none",
             };
             *self.coverage.entry(what).or_default() += 1;
