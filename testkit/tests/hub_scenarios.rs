@@ -1029,6 +1029,73 @@ fn a_client_waiting_for_a_fresh_login_that_fails_is_refused() {
     );
 }
 
+/// B3/B11 (simulation seed 947188): a channel open that finds every open upstream full while
+/// a reconnect is scheduled waits for that reconnect, which dials for it even though an
+/// upstream (admission's proof, adopted meanwhile) is open; it used to dial only when none was,
+/// and the open waited forever.
+#[test]
+fn a_waiting_open_is_served_by_the_scheduled_reconnect() {
+    let mut w = World::new(HubConfig {
+        max_channels_per_upstream: 1,
+        recycling: false,
+        ..HubConfig::default()
+    });
+    let first = w.join(hello(131_072, 0));
+    let refused = w.dials.pop().expect("a dial");
+    w.input(
+        "the dial is refused",
+        warren_core::hub::Input::UpstreamClosed {
+            upstream: refused,
+            reason: "connection refused".into(),
+        },
+    );
+    assert_eq!(
+        close_code(&w.take(Peer::C(first))[0]),
+        Some(reply::CONNECTION_FORCED)
+    );
+    let reconnect_at = w
+        .events
+        .iter()
+        .find_map(|e| match e {
+            HubEvent::ReconnectScheduled { at, .. } => Some(*at),
+            _ => None,
+        })
+        .expect("a reconnect is scheduled");
+    let u = w.adopt(Tune {
+        channel_max: 1,
+        frame_max: 131_072,
+        heartbeat: 60,
+    });
+    let c = w.join(hello(131_072, 0));
+    open_on(&mut w, c, 1, u);
+    w.client_sends(c, &[channel_open(2)]);
+    assert!(w.take(Peer::C(c)).is_empty(), "channel 2 waits");
+    w.advance(reconnect_at - w.now);
+    let growth = w
+        .dials
+        .pop()
+        .expect("the reconnect dials for the waiting open");
+    w.broker_accepts(
+        growth,
+        Tune {
+            channel_max: 1,
+            frame_max: 131_072,
+            heartbeat: 60,
+        },
+    );
+    let uch = w
+        .take(Peer::U(growth))
+        .iter()
+        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
+        .map(|f| f.channel())
+        .expect("channel 2 opens on it");
+    w.broker_sends(growth, &[channel_open_ok(uch)]);
+    assert_eq!(
+        w.take(Peer::C(c)).first().and_then(|f| f.method_id()),
+        Some(ids::CHANNEL_OPEN_OK)
+    );
+}
+
 /// B3/B5 (simulation seed 17227): a client closed by the hub while one of its channel opens
 /// waits for another upstream does not get that open served later for nobody.
 #[test]

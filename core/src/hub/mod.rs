@@ -686,6 +686,10 @@ impl Hub {
 
     fn reconnect_timer(&mut self, now: Instant) {
         self.reconnect.at = None;
+        if !self.waiting_opens.is_empty() {
+            // Channels that found every open upstream full waited for this dial (`grow`).
+            return self.grow(now);
+        }
         let needed = self.clients_need_broker() && self.drain.is_none();
         let have_upstream = self
             .upstreams

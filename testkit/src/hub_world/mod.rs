@@ -22,6 +22,7 @@ use warren_core::frame::{
 };
 use warren_core::handshake::{ClientCapabilities, ClientHello};
 use warren_core::hub::{self, ClientId, Hub, HubConfig, HubEvent, Input, Output, UpstreamId};
+use warren_core::login::Login;
 use warren_core::method::{self, encode, ids, Close, ConnectionStart, Method, MethodId, Tune};
 use warren_core::nodes::NodeOrder;
 use warren_core::table::FieldTable;
@@ -81,6 +82,8 @@ pub enum Peer {
 pub struct World {
     /// The hub under test.
     pub hub: Hub,
+    /// Its configuration, for broker logins made outside it ([`World::adopt`]).
+    config: HubConfig,
     /// Virtual time.
     pub now: Instant,
     trace: String,
@@ -158,7 +161,8 @@ impl World {
     /// A hub with `config`, no clients yet, at [`epoch`].
     pub fn new(config: HubConfig) -> World {
         World {
-            hub: Hub::new(config, creds(), 42),
+            hub: Hub::new(config.clone(), creds(), 42),
+            config,
             now: epoch(),
             trace: String::new(),
             rx: BTreeMap::new(),
@@ -270,6 +274,29 @@ impl World {
     pub fn accept_dial_with(&mut self, tune: Tune) -> UpstreamId {
         let u = self.dials.pop().expect("a dial was requested");
         self.broker_accepts(u, tune);
+        u
+    }
+
+    /// Hands the hub a broker connection that admission logged in and opened with `tune`
+    /// (its proof of a new client's credentials), as [`Hub::adopt_upstream`] does.
+    pub fn adopt(&mut self, tune: Tune) -> UpstreamId {
+        let c = creds();
+        let name = "proof".to_owned();
+        let mut login = Login::new(
+            self.now,
+            &self.config,
+            &c.user,
+            &c.password,
+            Some("/"),
+            name,
+        );
+        login.on_connected(self.now);
+        for frame in broker_handshake(tune) {
+            login.on_frame(self.now, &to_frame(&frame));
+        }
+        let u = self.hub.adopt_upstream(self.now, login, 0);
+        self.line(format!("{u} adopted"));
+        self.pump();
         u
     }
 
