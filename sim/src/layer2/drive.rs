@@ -204,11 +204,10 @@ impl Driven {
 
 /// How long warren gets once every client is gone: long enough for warren's idle timers
 /// and for the broker to drop half-open connections (turmoil loses a FIN sent into a
-/// partition for good).
+/// partition for good). The idle timers run one after the other: a pooled channel idles out
+/// first, and only then is its upstream idle.
 fn settle_time(sc: &Scenario, close_timeout: Duration) -> Duration {
-    sc.hub
-        .pool_idle_timeout
-        .max(sc.hub.upstream_idle_timeout)
+    (sc.hub.pool_idle_timeout + sc.hub.upstream_idle_timeout)
         .max(sc.broker.handshake_timeout)
         .max(Duration::from_secs(u64::from(sc.broker.heartbeat) * 2))
         + close_timeout
