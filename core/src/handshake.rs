@@ -213,12 +213,15 @@ impl ClientHandshake {
         self.stage != Stage::Header
     }
 
-    /// The credentials are good: `Tune` goes out. Call [`ClientHandshake::handle_input`]
-    /// again for bytes that arrived meanwhile.
-    pub fn accept_login(&mut self) {
+    /// The credentials are good: `Tune` goes out. The client `waited` that long for the
+    /// verdict, which does not count against its deadline: it gets the rest of its time for
+    /// its own steps (a verdict just before the deadline would leave it none). Call
+    /// [`ClientHandshake::handle_input`] again for bytes that arrived meanwhile.
+    pub fn accept_login(&mut self, waited: Duration) {
         let Stage::Verdict(login) = std::mem::replace(&mut self.stage, Stage::Finished) else {
             return;
         };
+        self.deadline += waited;
         let tune = Tune {
             channel_max: self.config.channel_max,
             frame_max: self.config.frame_max,
@@ -539,7 +542,7 @@ mod tests {
                         // The credentials are good in these tests; admission's own tests
                         // cover the verdicts.
                         let _ = writeln!(self.trace, "login {user} {password}: accepted");
-                        self.hs.accept_login();
+                        self.hs.accept_login(Duration::ZERO);
                         self.hs.handle_input(&mut self.buf);
                     }
                     HandshakeOutput::Done(h) => {

@@ -516,6 +516,33 @@ fn a_client_waiting_at_open_past_the_handshake_deadline_is_told_why() {
     )));
 }
 
+/// B13 (simulation seed 2018609): the time a client waits for its login's verdict does not
+/// count against its handshake deadline. A verdict just before the deadline left it no time
+/// to answer `Tune`, and it lost its socket for warren's (or the broker's) slowness.
+#[test]
+fn a_late_login_verdict_leaves_the_client_its_own_time() {
+    let hub = HubConfig {
+        connect_timeout: Duration::from_secs(30),
+        ..HubConfig::default()
+    };
+    let mut w = World::new(AdmissionConfig { hub, ..config() });
+    let c = w.login("app", "secret", true);
+    let link = w.dials[0];
+    w.at(Duration::from_millis(9_900));
+    w.broker_accepts_login(link);
+    w.at(Duration::from_millis(10_500));
+    assert!(!w.closed.contains(&c), "{}", w.trace);
+    w.tune_ok_with(c, 0, "/");
+    w.link(link, encode::open_ok());
+    assert!(w.joins.iter().any(|(j, _)| *j == c), "{}", w.trace);
+    // Its own time still runs out: one that never answers is dropped.
+    let slow = w.login("app", "secret", true);
+    w.at(Duration::from_millis(20_400));
+    assert!(!w.closed.contains(&slow));
+    w.at(Duration::from_millis(20_600));
+    assert!(w.closed.contains(&slow), "{}", w.trace);
+}
+
 #[test]
 fn a_key_spreads_over_hubs_per_key_hubs_in_turn() {
     let mut w = World::new(AdmissionConfig {

@@ -13,7 +13,7 @@ use crate::proxy_header::{self, ProxyHeader};
 use crate::reply::{self, Reply};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub(super) struct Conn {
@@ -159,24 +159,24 @@ impl Admission {
                 user: account.user.clone(),
             });
             if let Some(c) = self.conn_mut(id) {
-                c.hs.accept_login();
+                c.hs.accept_login(Duration::ZERO);
             }
             return;
         }
         let pending = self.proof_logging_in(&account);
         if let Some(link) = pending {
-            return self.wait_for_login(id, link);
+            return self.wait_for_login(now, id, link);
         }
         if let Some((_, reply)) = self.unreachable.clone() {
             return self.refuse(now, id, Refusal::Unreachable, reply);
         }
         let link = self.dial_proof(now, account);
-        self.wait_for_login(id, link);
+        self.wait_for_login(now, id, link);
     }
 
-    pub(super) fn wait_for_login(&mut self, id: ConnId, link: LinkId) {
+    pub(super) fn wait_for_login(&mut self, now: Instant, id: ConnId, link: LinkId) {
         if let Some(c) = self.conn_mut(id) {
-            c.wait = Wait::Login(link);
+            c.wait = Wait::Login(link, now);
         }
         if let Some(Link {
             purpose: Purpose::Proof { logins, .. },
@@ -282,7 +282,7 @@ impl Admission {
     pub(super) fn unwait(&mut self, id: ConnId, wait: Wait) {
         let link = match wait {
             Wait::Input | Wait::Reset(_) => return,
-            Wait::Login(l) | Wait::Open(l) => l,
+            Wait::Login(l, _) | Wait::Open(l) => l,
         };
         if let Some(Link {
             purpose: Purpose::Proof { logins, opens, .. },
@@ -300,7 +300,7 @@ impl Admission {
             Wait::Reset(at) => Some(at),
             // Past `Open` the handshake is done, but its deadline still bounds the wait.
             Wait::Open(_) => Some(c.hs.deadline()),
-            Wait::Input | Wait::Login(_) => c.hs.poll_timeout(),
+            Wait::Input | Wait::Login(..) => c.hs.poll_timeout(),
         };
         let beat = match c.wait {
             Wait::Reset(_) => None,
@@ -330,7 +330,7 @@ impl Admission {
             return;
         }
         let waiting_on = match c.wait {
-            Wait::Login(_) => Some("checking the login"),
+            Wait::Login(..) => Some("checking the login"),
             Wait::Open(_) => Some("opening the vhost"),
             Wait::Input | Wait::Reset(_) => None,
         };

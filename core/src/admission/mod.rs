@@ -82,8 +82,8 @@ enum Wait {
     Input,
     /// Refused without a close: nothing more is read, and the socket is reset at this time.
     Reset(Instant),
-    /// The verdict of a proof on its login.
-    Login(LinkId),
+    /// The verdict of a proof on its login, awaited since the given time.
+    Login(LinkId, Instant),
     /// A proof opening its vhost.
     Open(LinkId),
 }

@@ -13,7 +13,7 @@ use crate::login::{Login, LoginEvent, LoginPhase, LoginStep};
 use crate::method::{encode, Close};
 use crate::reply::{self, Reply};
 use smallvec::SmallVec;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a link is for.
 #[derive(Debug)]
@@ -240,8 +240,12 @@ impl Admission {
         });
         for conn in &waiting {
             if let Some(c) = self.conn_mut(*conn) {
+                let waited = match c.wait {
+                    Wait::Login(_, since) => now.saturating_duration_since(since),
+                    _ => Duration::ZERO,
+                };
                 c.wait = Wait::Input;
-                c.hs.accept_login();
+                c.hs.accept_login(waited);
             }
         }
         // They go on to `Open`, where the first names the vhost this login opens. One that

@@ -116,7 +116,8 @@ settings! {
     /// Concurrent hubs (distinct user, password and vhost); clients of more are refused.
     #[arg(value_name = "N", help_heading = "Clients")]
     max_hubs: usize,
-    /// Time from accept to Connection.Open before a client is dropped.
+    /// Time from accept to Connection.Open before a client is dropped (waiting for the broker
+    /// to check its login does not count).
     #[arg(value_name = "DURATION", help_heading = "Clients")]
     #[serde(default, deserialize_with = "text")]
     handshake_timeout: humantime::Duration,
