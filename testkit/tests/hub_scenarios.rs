@@ -331,13 +331,7 @@ fn upstream_loss_closes_affected_clients_and_redials() {
     w.advance(Duration::from_secs(1));
     assert_eq!(w.dials.len(), 1, "redialled after the backoff");
     let u2 = w.dials.pop().unwrap();
-    w.input(
-        "refused",
-        warren_core::hub::Input::UpstreamClosed {
-            upstream: u2,
-            reason: "connection refused".into(),
-        },
-    );
+    w.upstream_closed("refused", u2, "connection refused");
     // While waiting, new clients are refused at once.
     let c3 = w.join(hello(131_072, 0));
     assert_eq!(close_code(&w.take(Peer::C(c3))[0]), Some(320));
@@ -902,13 +896,7 @@ fn new_client_waits_for_the_reconnect_after_a_loss() {
     // A client without channels stays connected, so the hub schedules a reconnect.
     let idle = w.join(hello(131_072, 0));
     w.take(Peer::C(idle));
-    w.input(
-        "u socket closed",
-        warren_core::hub::Input::UpstreamClosed {
-            upstream: u,
-            reason: "connection reset".into(),
-        },
-    );
+    w.upstream_closed("u socket closed", u, "connection reset");
     assert_eq!(close_code(&w.take(Peer::C(c1))[0]), Some(320));
     let c2 = w.join(hello(131_072, 0));
     assert!(
@@ -957,13 +945,7 @@ fn failed_growth_dial_refuses_waiting_channels() {
     w.client_sends(c, &[channel_open(1), channel_open(2)]);
     let u2 = w.dials.pop().expect("growth dial");
     w.take(Peer::C(c));
-    w.input(
-        "growth dial refused",
-        warren_core::hub::Input::UpstreamClosed {
-            upstream: u2,
-            reason: "connection refused".into(),
-        },
-    );
+    w.upstream_closed("growth dial refused", u2, "connection refused");
     let got = w.take(Peer::C(c));
     assert_eq!(got[0].channel(), 2);
     assert_eq!(close_code(&got[0]), Some(reply::RESOURCE_ERROR));
@@ -977,13 +959,7 @@ fn socket_closed_during_login_is_not_a_refused_login() {
     let c = w.join(hello(131_072, 0));
     let u = w.dials.pop().unwrap();
     w.broker_starts(u);
-    w.input(
-        "broker resets",
-        warren_core::hub::Input::UpstreamClosed {
-            upstream: u,
-            reason: "connection reset by peer".into(),
-        },
-    );
+    w.upstream_closed("broker resets", u, "connection reset by peer");
     assert_eq!(
         close_code(&w.take(Peer::C(c))[0]),
         Some(reply::CONNECTION_FORCED)
@@ -1011,13 +987,7 @@ fn a_client_waiting_for_a_fresh_login_that_fails_is_refused() {
     let next = w.join(hello(131_072, 0));
     let proof = w.dials.pop().expect("a fresh login");
     assert!(w.take(Peer::C(next)).is_empty(), "waits for it");
-    w.input(
-        "the login times out",
-        warren_core::hub::Input::UpstreamClosed {
-            upstream: proof,
-            reason: "timed out connecting".into(),
-        },
-    );
+    w.upstream_closed("the login times out", proof, "timed out connecting");
     let got = w.take(Peer::C(next));
     assert_eq!(
         got.first().and_then(close_code),
@@ -1042,13 +1012,7 @@ fn a_waiting_open_is_served_by_the_scheduled_reconnect() {
     });
     let first = w.join(hello(131_072, 0));
     let refused = w.dials.pop().expect("a dial");
-    w.input(
-        "the dial is refused",
-        warren_core::hub::Input::UpstreamClosed {
-            upstream: refused,
-            reason: "connection refused".into(),
-        },
-    );
+    w.upstream_closed("the dial is refused", refused, "connection refused");
     assert_eq!(
         close_code(&w.take(Peer::C(first))[0]),
         Some(reply::CONNECTION_FORCED)
@@ -1110,13 +1074,7 @@ fn waiting_open_of_a_closed_client_is_dropped() {
     w.client_sends(c, &[channel_open(1), channel_open(2)]);
     w.broker_sends(u1, &[channel_open_ok(1)]);
     // u1 is lost: c is closed (it had a channel there) while channel 2 waits for u2.
-    w.input(
-        "u1 reset",
-        warren_core::hub::Input::UpstreamClosed {
-            upstream: u1,
-            reason: "reset".into(),
-        },
-    );
+    w.upstream_closed("u1 reset", u1, "reset");
     let u2 = w.accept_dial_with(Tune {
         channel_max: 1,
         frame_max: 131_072,

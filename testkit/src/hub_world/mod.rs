@@ -241,6 +241,19 @@ impl World {
         self.pump();
     }
 
+    /// The socket of upstream `u` closes (a refused or failed dial, a reset), traced as
+    /// `what`.
+    pub fn upstream_closed(&mut self, what: &str, u: UpstreamId, reason: &str) {
+        let reason = reason.to_owned();
+        self.input(
+            what,
+            Input::UpstreamClosed {
+                upstream: u,
+                reason,
+            },
+        );
+    }
+
     /// The dial for `u` succeeds and the broker sends `Connection.Start`.
     pub fn broker_starts(&mut self, u: UpstreamId) {
         self.connected(u);
