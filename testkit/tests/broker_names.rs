@@ -9,7 +9,9 @@ use warren_core::frame::{FrameDecoder, PROTOCOL_HEADER};
 use warren_core::method::{encode, ids, StartOk, Tune};
 use warren_core::table::FieldTable;
 use warren_testkit::broker::{Broker, BrokerConfig, BrokerOutput, ConnId};
-use warren_testkit::hub_world::{channel_open, m, queue_declare, queue_declare_passive};
+use warren_testkit::hub_world::{
+    body, channel_open, header, m, queue_declare, queue_declare_passive,
+};
 use warren_testkit::trace::describe;
 
 /// One connection to the broker, past its handshake.
@@ -123,4 +125,26 @@ fn declares_and_deletes_drop_cr_and_lf_from_the_name() {
     ]);
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(got[1].contains("404"), "deleted: {got:?}");
+}
+
+/// A bind of the empty name with the empty routing key binds the last declared queue by its
+/// own name (RabbitMQ expands both).
+#[test]
+fn a_bind_by_the_shortcut_routes_by_the_queue_name() {
+    let mut s = Session::open();
+    s.send(&[channel_open(1), queue_declare(1, "q", true)]);
+    let bind = m(1, ids::QUEUE_BIND, |w| {
+        w.u16(0).shortstr(b"").shortstr(b"amq.direct").shortstr(b"");
+        w.bit(false).u32(0);
+    });
+    let publish = m(1, ids::BASIC_PUBLISH, |w| {
+        w.u16(0).shortstr(b"amq.direct").shortstr(b"q");
+        w.bit(false).bit(false);
+    });
+    let get = m(1, ids::BASIC_GET, |w| {
+        w.u16(0).shortstr(b"q").bit(true);
+    });
+    let got = s.send(&[bind, publish, header(1, 1), body(1, b"x"), get]);
+    assert!(got[0].contains("queue.bind-ok"), "{got:?}");
+    assert!(got[1].contains("basic.get-ok"), "routed to q: {got:?}");
 }
