@@ -88,6 +88,47 @@ func passive(queue string) func(ch *amqp.Channel) error {
 	}
 }
 
+const replyTo = "amq.rabbitmq.reply-to"
+
+// directReplyTo is an RPC over direct reply-to: the requester consumes amq.rabbitmq.reply-to and
+// publishes a request naming it; a second channel gets the request and publishes the answer to
+// the name the broker put in its ReplyTo.
+func directReplyTo(conn *amqp.Connection, queue string) (result, error) {
+	requester, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	replies, err := requester.Consume(replyTo, "", true, false, false, false, nil)
+	if err != nil {
+		return nil, err
+	}
+	responder, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := responder.QueueDeclare(queue, false, false, false, false, nil); err != nil {
+		return nil, err
+	}
+	if err := requester.Publish("", queue, false, false, amqp.Publishing{ReplyTo: replyTo, Body: []byte("ping")}); err != nil {
+		return nil, err
+	}
+	var request amqp.Delivery
+	for got := false; !got; {
+		if request, got, err = responder.Get(queue, true); err != nil {
+			return nil, err
+		}
+	}
+	if err := responder.Publish("", request.ReplyTo, false, false, amqp.Publishing{Body: []byte("pong")}); err != nil {
+		return nil, err
+	}
+	reply := <-replies
+	if _, err := responder.QueueDelete(queue, false, false, false); err != nil {
+		return nil, err
+	}
+	generated := len(request.ReplyTo) > len(replyTo) && request.ReplyTo[:len(replyTo)+1] == replyTo+"."
+	return result{"request": string(request.Body), "reply": string(reply.Body), "generated": generated}, nil
+}
+
 func run(host, port, user, password, vhost, scenario, queue string) (result, error) {
 	switch scenario {
 	case "wrong_password", "unknown_vhost":
@@ -150,6 +191,28 @@ func run(host, port, user, password, vhost, scenario, queue string) (result, err
 			return nil, err
 		}
 		return r, owner.Close()
+	case "direct_reply_to":
+		conn, err := connect(host, port, user, password, vhost)
+		if err != nil {
+			return nil, err
+		}
+		r := result{
+			"rpc": step(func() (result, error) { return directReplyTo(conn, queue) }),
+			// The broker closes the channel; a later call would race the close, so the probe
+			// reports the close itself.
+			"no_consumer": step(onNewChannel(conn, func(ch *amqp.Channel) error {
+				closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+				if err := ch.Publish("", queue, false, false, amqp.Publishing{ReplyTo: replyTo, Body: []byte("ping")}); err != nil {
+					return err
+				}
+				return <-closed
+			})),
+			"acking": step(onNewChannel(conn, func(ch *amqp.Channel) error {
+				_, err := ch.Consume(replyTo, "", false, false, false, false, nil)
+				return err
+			})),
+		}
+		return r, conn.Close()
 	}
 	fmt.Fprintf(os.Stderr, "unknown scenario %q\n", scenario)
 	os.Exit(2)

@@ -43,6 +43,32 @@ async function publishGet(conn, queue) {
   return {body: msg ? msg.content.toString() : null};
 }
 
+// An RPC over direct reply-to: the requester consumes amq.rabbitmq.reply-to and publishes a
+// request naming it; a second channel gets the request and publishes the answer to the name
+// the broker put in its replyTo.
+async function directReplyTo(conn, queue) {
+  const requester = await channel(conn);
+  let answered;
+  const reply = new Promise((resolve) => { answered = resolve; });
+  await requester.consume('amq.rabbitmq.reply-to', (msg) => answered(msg.content.toString()), {noAck: true});
+  const responder = await channel(conn);
+  await responder.assertQueue(queue, {durable: false});
+  requester.sendToQueue(queue, Buffer.from('ping'), {replyTo: 'amq.rabbitmq.reply-to'});
+  let request = false;
+  while (!request) request = await responder.get(queue, {noAck: true});
+  const to = request.properties.replyTo;
+  responder.sendToQueue(to, Buffer.from('pong'));
+  const result = {request: request.content.toString(), reply: await reply, generated: to.startsWith('amq.rabbitmq.reply-to.')};
+  await responder.deleteQueue(queue);
+  return result;
+}
+
+async function replyToWithoutConsumer(conn, queue) {
+  const ch = await channel(conn);
+  ch.sendToQueue(queue, Buffer.from('ping'), {replyTo: 'amq.rabbitmq.reply-to'});
+  await ch.get(queue); // the broker's channel error comes first
+}
+
 async function run(host, port, user, password, vhost, scenario, queue) {
   const open = () => connect(host, port, user, password, vhost);
   switch (scenario) {
@@ -81,6 +107,16 @@ async function run(host, port, user, password, vhost, scenario, queue) {
       await other.close();
       await ownerCh.deleteQueue(queue);
       await owner.close();
+      return result;
+    }
+    case 'direct_reply_to': {
+      const conn = await open();
+      const result = {
+        rpc: await step(() => directReplyTo(conn, queue)),
+        no_consumer: await step(() => replyToWithoutConsumer(conn, queue)),
+        acking: await step(async () => void (await (await channel(conn)).consume('amq.rabbitmq.reply-to', () => {}, {noAck: false}))),
+      };
+      await conn.close();
       return result;
     }
     default:

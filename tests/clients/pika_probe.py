@@ -57,6 +57,37 @@ def publish_get(conn, queue):
     return {"body": body.decode() if body is not None else None}
 
 
+def direct_reply_to(conn, queue):
+    """An RPC over direct reply-to: the requester consumes amq.rabbitmq.reply-to and publishes
+    a request naming it; a second channel gets the request and publishes the answer to the
+    name the broker put in its reply_to."""
+    requester = conn.channel()
+    replies = []
+    requester.basic_consume(
+        "amq.rabbitmq.reply-to", lambda _ch, _m, _p, body: replies.append(body), auto_ack=True
+    )
+    responder = conn.channel()
+    responder.queue_declare(queue)
+    props = pika.BasicProperties(reply_to="amq.rabbitmq.reply-to")
+    requester.basic_publish("", queue, b"ping", props)
+    method = None
+    while method is None:
+        method, request, body = responder.basic_get(queue, auto_ack=True)
+    responder.basic_publish("", request.reply_to, b"pong")
+    while not replies:
+        conn.process_data_events(time_limit=1)
+    responder.queue_delete(queue)
+    generated = request.reply_to.startswith("amq.rabbitmq.reply-to.")
+    return {"request": body.decode(), "reply": replies[0].decode(), "generated": generated}
+
+
+def reply_to_without_consumer(conn, queue):
+    ch = conn.channel()
+    props = pika.BasicProperties(reply_to="amq.rabbitmq.reply-to")
+    ch.basic_publish("", queue, b"ping", props)
+    ch.basic_get(queue)  # the broker's channel error comes first
+
+
 def main():
     host, port, user, password, vhost, scenario, queue = sys.argv[1:8]
     port = int(port)
@@ -89,6 +120,20 @@ def main():
         other.close()
         owner_ch.queue_delete(queue)
         owner.close()
+        return result
+    if scenario == "direct_reply_to":
+        conn = connect(host, port, user, password, vhost)
+        result = {
+            "rpc": step(lambda: direct_reply_to(conn, queue)),
+            "no_consumer": step(lambda: reply_to_without_consumer(conn, queue)),
+            "acking": step(
+                lambda: conn.channel().basic_consume(
+                    "amq.rabbitmq.reply-to", lambda *_: None, auto_ack=False
+                )
+                and None
+            ),
+        }
+        conn.close()
         return result
     raise SystemExit(f"unknown scenario {scenario!r}")
 

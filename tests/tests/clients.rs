@@ -111,6 +111,10 @@ enum Scenario {
     /// Connection A declares an exclusive queue; connection B (same credentials) tries a
     /// passive declare, a get and a delete of it, each on a new channel (405 each).
     ExclusiveLocked,
+    /// An RPC over direct reply-to (`amq.rabbitmq.reply-to`) between two channels of one
+    /// connection, then the two ways to misuse it: publishing with that reply-to without
+    /// consuming it, and consuming it with acknowledgements (406 each).
+    DirectReplyTo,
 }
 
 impl Scenario {
@@ -121,6 +125,7 @@ impl Scenario {
             "unknown_vhost" => Scenario::UnknownVhost,
             "passive_missing_queue" => Scenario::PassiveMissingQueue,
             "exclusive_locked" => Scenario::ExclusiveLocked,
+            "direct_reply_to" => Scenario::DirectReplyTo,
             _ => panic!("no scenario {name}"),
         }
     }
@@ -132,6 +137,7 @@ impl Scenario {
             Scenario::UnknownVhost => "unknown_vhost",
             Scenario::PassiveMissingQueue => "passive_missing_queue",
             Scenario::ExclusiveLocked => "exclusive_locked",
+            Scenario::DirectReplyTo => "direct_reply_to",
         }
     }
 
@@ -153,6 +159,15 @@ impl Scenario {
             Scenario::ExclusiveLocked => ["passive", "get", "delete"]
                 .iter()
                 .all(|step| refused(&v[step], 405)),
+            Scenario::DirectReplyTo => {
+                let rpc = &v["rpc"];
+                is(rpc, "ok")
+                    && rpc["request"] == "ping"
+                    && rpc["reply"] == "pong"
+                    && rpc["generated"] == true
+                    && refused(&v["no_consumer"], 406)
+                    && refused(&v["acking"], 406)
+            }
         };
         ensure!(
             expected,
@@ -575,15 +590,18 @@ macro_rules! client_tests {
 
 client_tests! {
     pika => Client::Pika,
-        [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked];
+        [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked,
+         direct_reply_to];
     aio_pika => Client::AioPika,
         [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked];
     bunny => Client::Bunny,
         [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked];
     amqp091_go => Client::Amqp091Go,
-        [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked];
+        [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked,
+         direct_reply_to];
     amqplib => Client::Amqplib,
-        [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked];
+        [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked,
+         direct_reply_to];
     php_amqp => Client::PhpAmqp,
         [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked];
     // Each amqp-tools command is a connection of its own: no scenario with a second step on
