@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -125,7 +126,7 @@ func directReplyTo(conn *amqp.Connection, queue string) (result, error) {
 	if _, err := responder.QueueDelete(queue, false, false, false); err != nil {
 		return nil, err
 	}
-	generated := len(request.ReplyTo) > len(replyTo) && request.ReplyTo[:len(replyTo)+1] == replyTo+"."
+	generated := strings.HasPrefix(request.ReplyTo, replyTo+".")
 	return result{"request": string(request.Body), "reply": string(reply.Body), "generated": generated}, nil
 }
 
