@@ -3,7 +3,7 @@
 //! through [`warren_testkit::hub_world`] and core's public API only, so they live here rather
 //! than in `core/src` (issue 15).
 //!
-//! Why one file of ~1,500 lines: it is a catalogue of independent scenarios, each a few dozen
+//! Why one file of ~1,700 lines: it is a catalogue of independent scenarios, each a few dozen
 //! lines that read alone with its snapshot; the shared world is in `hub_world`.
 
 use bytes::Bytes;
@@ -280,18 +280,75 @@ fn full_upstreams_grow_the_pool() {
             4,
             "OpenOk x3 plus the connection's"
         );
-        // Free one on u1, then open another: Fill goes to the newest (u2), Spread to u1.
+        // Free one on u1, then another client opens one: Fill puts it on the newest (u2),
+        // Spread on the least used (u1).
         w.client_sends(c, &[close(1, 200, "")]);
         w.broker_sends(u1, &[close_ok(1)]);
         w.take(Peer::U(u1));
         w.take(Peer::U(u2));
-        w.client_sends(c, &[channel_open(4)]);
+        let d = w.join(hello(131_072, 0));
+        w.take(Peer::C(d));
+        w.client_sends(d, &[channel_open(1)]);
         let target = if placement == Placement::Fill { u2 } else { u1 };
         assert_eq!(
             w.take(Peer::U(target)).len(),
             1,
             "{placement:?} put the channel on {target}"
         );
+    }
+}
+
+/// B3, B5: a client's channels go to its home upstream, the one its first channel went to,
+/// while that has room, whatever the placement and the pool hold: RabbitMQ keeps an exclusive
+/// queue to the connection that declared it, so the client's own would answer 405 on another.
+/// When its home is full, a channel goes where the policy says.
+#[test]
+fn a_clients_channels_stay_on_its_home_upstream_while_it_has_room() {
+    for placement in [Placement::Fill, Placement::Spread] {
+        let mut w = World::new(HubConfig {
+            max_channels_per_upstream: 3,
+            placement,
+            ..HubConfig::default()
+        });
+        // c's first channel is on u1; a second client fills u1 and makes the hub dial u2.
+        let c = w.join(hello(131_072, 0));
+        let u1 = w.accept_dial();
+        w.client_sends(c, &[channel_open(1)]);
+        w.broker_sends(u1, &[channel_open_ok(1)]);
+        let other = w.join(hello(131_072, 0));
+        w.client_sends(other, &[channel_open(1), channel_open(2), channel_open(3)]);
+        w.broker_sends(u1, &[channel_open_ok(2), channel_open_ok(3)]);
+        let u2 = w.accept_dial();
+        w.broker_sends(u2, &[channel_open_ok(1)]);
+        // The other client leaves a clean channel in the pool (on u1) and closes a dirty
+        // one there: u1 has room again, u2 has a channel in use.
+        w.client_sends(other, &[close(1, 200, "")]);
+        w.broker_sends(u1, &[flow_ok(2)]);
+        w.client_sends(
+            other,
+            &[consume(2, b"q", b"t", true, false), close(2, 200, "")],
+        );
+        w.broker_sends(u1, &[close_ok(3)]);
+        assert_eq!(w.hub.pooled_channels(), 1);
+        w.take(Peer::U(u1));
+        w.take(Peer::U(u2));
+        w.take(Peer::C(c));
+        w.take(Peer::C(other));
+        // c's next channels: from the pool on u1, then a new one on u1, whatever the policy.
+        w.client_sends(c, &[channel_open(2), channel_open(3)]);
+        let on_u1 = w.take(Peer::U(u1));
+        assert_eq!(
+            on_u1.len(),
+            1,
+            "{placement:?}: one new channel on c's home, the other from its pool: {on_u1:?}"
+        );
+        assert!(
+            w.take(Peer::U(u2)).is_empty(),
+            "{placement:?}: nothing on u2"
+        );
+        // u1 is full now: c's next channel goes where the policy puts it, u2.
+        w.client_sends(c, &[channel_open(4)]);
+        assert_eq!(w.take(Peer::U(u2)).len(), 1, "{placement:?}: u1 is full");
     }
 }
 

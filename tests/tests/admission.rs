@@ -543,3 +543,62 @@ async fn exclusive_queues_are_locked_to_their_client_as_on_rabbitmq() -> Result<
     })
     .await
 }
+
+/// What a client whose first channel declared an exclusive queue gets when it uses the queue
+/// on a second channel, opened after a neighbour's channels made warren dial a second broker
+/// connection (two channels per connection) and freed one on the first: the queue belongs to
+/// the client, so each use works, as on its one connection to RabbitMQ. Also the number of
+/// broker connections the user had, to show the scenario had two to choose from.
+async fn own_exclusive_queue_from_a_later_channel(
+    addr: SocketAddr,
+    user: &TestUser,
+) -> Result<(String, usize)> {
+    let opts = RawOptions::new(&user.name, &user.password, "/");
+    let mut owner = RawClient::connect(addr, &opts).await?;
+    owner.open_channel(1).await?;
+    let queue = owner.declare_queue(1, "", true).await?;
+    let mut neighbour = RawClient::connect(addr, &opts).await?;
+    neighbour.open_channel(1).await?;
+    neighbour.open_channel(2).await?;
+    // Dirty, so that its close frees the number instead of pooling the channel.
+    neighbour.qos(1, 1).await?;
+    neighbour.close_channel(1).await?;
+    let connections = rabbitmqctl(&["list_connections", "user"])
+        .await?
+        .lines()
+        .filter(|l| l.trim() == user.name)
+        .count();
+    owner.open_channel(2).await?;
+    owner.publish(2, &queue, b"mine").await?;
+    let outcome = match owner.get_within(2, &queue, LIMIT).await {
+        Ok(d) => format!("got {:?}", String::from_utf8_lossy(&d.body)),
+        Err(e) => format!("{e:#}").replace(&queue, "<queue>"),
+    };
+    // Dropped, not closed: RabbitMQ 3.10 keeps these sockets open for 30 s after CloseOk.
+    drop((owner, neighbour));
+    Ok((outcome, connections))
+}
+
+/// B3, B5: a client's later channels go to the broker connection of its first one while that
+/// has room, so its exclusive queues stay within reach (RabbitMQ refuses them with 405 to any
+/// other connection, and warren used to open a client's channel on whichever connection the
+/// placement picked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_exclusive_queue_is_reachable_from_all_its_channels_as_on_rabbitmq() -> Result<()>
+{
+    bounded(async {
+        let user = TestUser::create("warren-adm-home").await?;
+        let warren = Warren::start_configured(|c| c.max_channels_per_upstream = 2)?;
+        let (direct, _) = own_exclusive_queue_from_a_later_channel(broker(), &user).await?;
+        let (through, connections) =
+            own_exclusive_queue_from_a_later_channel(warren.addr(), &user).await?;
+        ensure!(
+            connections == 2,
+            "warren had {connections} broker connection(s) for the user, not two"
+        );
+        ensure!(direct == through, "RabbitMQ: {direct}; warren: {through}");
+        ensure!(direct == "got \"mine\"", "RabbitMQ itself: {direct}");
+        Ok(())
+    })
+    .await
+}

@@ -53,6 +53,10 @@ pub(crate) struct Client {
     pub(crate) buffered: usize,
     /// Exclusive queues this client declared, by the upstream that owns them.
     pub(crate) exclusive: Vec<(UpstreamId, Vec<u8>)>,
+    /// The upstream its first channel went to, where its later ones go too while it has room
+    /// (B3): RabbitMQ keeps an exclusive queue to the connection that declared it, so a
+    /// channel on another upstream could not reach the client's own.
+    pub(crate) home: Option<UpstreamId>,
     /// Blocked upstreams this client has been told about (B12).
     pub(crate) blocked_by: Vec<UpstreamId>,
     /// What it said about itself, for the admin API.
@@ -98,6 +102,7 @@ impl Client {
             channels: ChannelMap::default(),
             buffered: 0,
             exclusive: Vec::new(),
+            home: None,
             blocked_by: Vec::new(),
             labels,
             counters: ClientCounters {

@@ -80,7 +80,9 @@ impl fmt::Display for UpstreamId {
     }
 }
 
-/// Where a new upstream channel goes when a hub has several upstreams (B3).
+/// Where a client's first channel goes when a hub has several upstreams (B3). Its later
+/// channels follow it to that upstream while it has room (its exclusive queues live there);
+/// only when it is full does the policy pick again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Placement {
     /// The newest upstream that has room, so older ones drain and can be closed.

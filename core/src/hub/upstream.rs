@@ -621,6 +621,22 @@ impl Hub {
 
     // ----- placement and growth (B3) ----------------------------------------------------
 
+    /// The open upstream that should take client `id`'s new channel: its home while that has
+    /// room, else one by the placement policy.
+    pub(super) fn place_for(&self, id: ClientId) -> Option<UpstreamId> {
+        match self.home(id) {
+            Some(home) if self.upstream(home).is_some_and(|u| u.table.has_room()) => Some(home),
+            _ => self.place(),
+        }
+    }
+
+    /// Client `id`'s home upstream, while it is open and not retiring.
+    pub(super) fn home(&self, id: ClientId) -> Option<UpstreamId> {
+        let home = self.client(id)?.home?;
+        let u = self.upstream(home)?;
+        (u.is_open() && u.retiring.is_none()).then_some(home)
+    }
+
     /// The open upstream that should take a new channel, by the placement policy.
     pub(super) fn place(&self) -> Option<UpstreamId> {
         let candidates = self
@@ -807,10 +823,22 @@ impl Hub {
         self.schedule_pool();
     }
 
-    /// Takes the most recently pooled channel.
-    pub(super) fn take_pooled(&mut self) -> Option<UpRef> {
-        let r = self.pool.pop()?;
-        self.schedule_pool();
+    /// A pooled channel for client `id`: one on its home upstream; none while its home has
+    /// room for a new one (a channel elsewhere could not reach its exclusive queues); else
+    /// the most recently pooled.
+    pub(super) fn take_pooled_for(&mut self, id: ClientId) -> Option<UpRef> {
+        let home = self.home(id);
+        let r = match home.and_then(|h| self.take_pooled_on(h)) {
+            Some(r) => r,
+            None if home.is_some_and(|h| self.upstream(h).is_some_and(|u| u.table.has_room())) => {
+                return None
+            }
+            None => {
+                let r = self.pool.pop()?;
+                self.schedule_pool();
+                r
+            }
+        };
         if let Some(u) = self.upstream_mut(r.up) {
             u.idle_since = None;
         }

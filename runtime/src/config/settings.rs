@@ -141,8 +141,9 @@ settings! {
     /// Channels per broker connection (the broker's channel_max also applies).
     #[arg(value_name = "N", help_heading = "Upstreams")]
     max_channels_per_upstream: u16,
-    /// Which broker connection gets a new channel: the newest with room, or the least used;
-    /// with `spread`, a hub's new broker connections also go to the node it uses least.
+    /// Which broker connection gets a client's first channel: the newest with room, or the
+    /// least used (its later channels go to the same one while it has room); with `spread`,
+    /// a hub's new broker connections also go to the node it uses least.
     #[arg(value_name = "fill|spread", help_heading = "Upstreams")]
     #[serde(default, deserialize_with = "text")]
     placement: PlacementName,

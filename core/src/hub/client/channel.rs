@@ -39,7 +39,7 @@ impl Hub {
     /// Serves a client's `Channel.Open`: from the pool, on an upstream with room, or once one
     /// has room.
     pub(in crate::hub) fn serve_open(&mut self, now: Instant, id: ClientId, ch: u16) {
-        if let Some(r) = self.take_pooled() {
+        if let Some(r) = self.take_pooled_for(id) {
             if let Some(chan) = self.client_mut(id).and_then(|c| c.channels.get_mut(&ch)) {
                 chan.shortcut = Shortcut::Recycled;
             }
@@ -49,7 +49,7 @@ impl Hub {
             self.send_client(now, id, encode::channel_open_ok(ch));
             return;
         }
-        match self.place() {
+        match self.place_for(id) {
             Some(up) => self.open_on(now, id, ch, up),
             None => {
                 self.waiting_opens.push_back((id, ch));
@@ -74,10 +74,15 @@ impl Hub {
         self.schedule_upstream(up);
     }
 
-    /// Maps client channel `ch` to `r`, replays a blocked state (B12) and flushes held frames.
+    /// Maps client channel `ch` to `r` (the client's home if it has none), replays a blocked
+    /// state (B12) and flushes held frames.
     pub(super) fn bind_channel(&mut self, now: Instant, id: ClientId, ch: u16, r: UpRef) {
         let blocked = self.upstream(r.up).and_then(|u| u.blocked.clone());
+        let homeless = self.home(id).is_none();
         let Some(c) = self.client_mut(id) else { return };
+        if homeless {
+            c.home = Some(r.up);
+        }
         if let Some(chan) = c.channels.get_mut(&ch) {
             chan.state = ChanState::Open(r);
         }
@@ -262,7 +267,7 @@ impl Hub {
     /// Serves channels waiting for an upstream, in order, while there is room.
     pub(in crate::hub) fn serve_waiting_opens(&mut self, now: Instant) {
         while let Some(&(id, ch)) = self.waiting_opens.front() {
-            let Some(up) = self.place() else { break };
+            let Some(up) = self.place_for(id) else { break };
             self.waiting_opens.pop_front();
             self.open_on(now, id, ch, up);
         }
