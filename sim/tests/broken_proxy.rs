@@ -369,6 +369,53 @@ fn a_consume_on_another_clients_exclusive_queue_answered_ok_is_caught() {
     check_caught("locked consume answered ok", &[Invariant::Exclusive], runs);
 }
 
+/// A proxy that opens a client's second channel on another broker connection: there the
+/// broker refuses the client's own exclusive queue with 405, as RabbitMQ refuses another
+/// connection. The tampering answers the owner's `basic.consume` on its second channel with
+/// that refusal.
+#[test]
+fn the_clients_own_queue_refused_on_its_second_channel_is_caught() {
+    let mut runs = Vec::new();
+    for seed in 0..8 {
+        let mut sc = exclusive_scene(seed, true, vec![Step::Open(1), Step::CloseConnection]);
+        let owner = &mut sc.clients[0].script;
+        let at = owner
+            .iter()
+            .position(|st| matches!(st, Step::Consume { .. }))
+            .expect("the owner consumes");
+        owner[at] = Step::Consume {
+            ch: 2,
+            slot: 3,
+            no_ack: false,
+        };
+        owner.insert(at, Step::Open(2));
+        untampered_is_clean(&sc);
+        let (report, hits) = tampered(sc, |hits| {
+            Box::new(move |_now, out: &mut Output| {
+                if let Output::ToClient { data, .. } = out {
+                    if is_method(data, ids::BASIC_CONSUME_OK) && hits.load(Ordering::Relaxed) == 0 {
+                        let ch = u16::from_be_bytes([data[1], data[2]]);
+                        *data = method_frame(ch, ids::CHANNEL_CLOSE, |w| {
+                            w.u16(405)
+                                .shortstr(b"RESOURCE_LOCKED - cannot obtain exclusive access")
+                                .u16(60)
+                                .u16(20);
+                        });
+                        hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                true
+            })
+        });
+        runs.push((seed, report, hits));
+    }
+    check_caught(
+        "the client's own queue refused on its second channel",
+        &[Invariant::Exclusive],
+        runs,
+    );
+}
+
 /// A proxy whose event feed does not listen for password changes (it binds a wrong routing
 /// key): in event mode it trusts the old password of a user for ever after the broker
 /// changed it, and clients with the old password keep being admitted.

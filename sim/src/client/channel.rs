@@ -11,6 +11,7 @@ use std::time::Instant;
 use warren_core::content::parse_header;
 use warren_core::frame::{method_frame, Frame, FrameType};
 use warren_core::method::{self, encode, ids, MethodId};
+use warren_core::reply;
 use warren_core::wire::Reader;
 
 impl FakeClient {
@@ -58,6 +59,15 @@ impl FakeClient {
                         self.wait = Wait::Nothing;
                     }
                     return;
+                }
+                if code == reply::RESOURCE_LOCKED {
+                    // Only an intrusion touches another client's exclusive queue: this was the
+                    // client's own, out of reach of this channel's broker connection.
+                    self.violation(format!(
+                        "channel {ch} was closed with 405 {text:?} (cause {cause:?}) on the \
+                         client's own queue: RabbitMQ locks an exclusive queue to the \
+                         connection that declared it, and that is this client's"
+                    ));
                 }
                 match self.wait.clone() {
                     Wait::ChannelClose(c) if c == ch => self.wait = Wait::Nothing,

@@ -207,7 +207,58 @@ impl Scenario {
         s.plan = plan;
         s.credential_faults();
         s.large_delivery_faults();
+        s.own_queue_on_another_channel();
         s
+    }
+
+    /// Some clients that declare an exclusive queue use it on a second channel (qos,
+    /// consume, get, recover and cancel move there), drawn from a fourth stream of the seed so
+    /// that adding it left the rest of every seed's scenario as it was. RabbitMQ lets every
+    /// channel of the declaring connection use the queue, so warren must open the second
+    /// channel on the client's upstream, not by the placement policy or from another
+    /// upstream's pool (B3, B5); a 405 there is a violation. Only where an upstream has room
+    /// for every client's channels: a client whose upstream is full gets its next channel
+    /// elsewhere, where RabbitMQ does refuse its queue (a documented limit).
+    fn own_queue_on_another_channel(&mut self) {
+        let room = self
+            .hub
+            .max_channels_per_upstream
+            .min(self.broker.channel_max);
+        if room < 2047 {
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x686f_6d65_2b2b_2b2b);
+        for c in &mut self.clients {
+            let Some((at, ch)) = c.script.iter().enumerate().find_map(|(i, st)| match st {
+                Step::Declare {
+                    ch,
+                    exclusive: true,
+                    ..
+                } => Some((i, *ch)),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let other = ch + 3;
+            if !rng.random_bool(0.4) || c.script.contains(&Step::Open(other)) {
+                continue;
+            }
+            for st in &mut c.script[at + 1..] {
+                match st {
+                    Step::Qos(x, _)
+                    | Step::Recover(x)
+                    | Step::Cancel(x)
+                    | Step::Consume { ch: x, .. }
+                    | Step::Get { ch: x, .. }
+                        if *x == ch =>
+                    {
+                        *x = other;
+                    }
+                    _ => {}
+                }
+            }
+            c.script.insert(at + 1, Step::Open(other));
+        }
     }
 
     /// Large deliveries to readers of every speed (issue 14), drawn from a third stream of
