@@ -531,3 +531,44 @@ fn the_old_queue_bound_rule_is_caught() {
     }
     check_caught("old queue-bound rule", &[Invariant::SlowClient], runs);
 }
+
+/// A proxy that closes the broker connection holding a client's exclusive queue while the
+/// client is still connected (for idleness, say): the broker deletes the queue, and the
+/// client's next use of it is refused with 404. The tampering answers the owner's
+/// `basic.consume` with that refusal, naming the queue its `queue.declare-ok` named.
+#[test]
+fn the_clients_own_queue_gone_while_it_is_connected_is_caught() {
+    let mut runs = Vec::new();
+    for seed in 0..8 {
+        let sc = exclusive_scene(seed, true, vec![Step::Open(1), Step::CloseConnection]);
+        untampered_is_clean(&sc);
+        let (report, hits) = tampered(sc, |hits| {
+            let mut declared: Option<Vec<u8>> = None;
+            Box::new(move |_now, out: &mut Output| {
+                if let Output::ToClient { data, .. } = out {
+                    if is_method(data, ids::QUEUE_DECLARE_OK) {
+                        let len = usize::from(data[11]);
+                        declared = Some(data[12..12 + len].to_vec());
+                    } else if is_method(data, ids::BASIC_CONSUME_OK)
+                        && hits.load(Ordering::Relaxed) == 0
+                    {
+                        let name = String::from_utf8_lossy(declared.as_deref().unwrap_or_default());
+                        let ch = u16::from_be_bytes([data[1], data[2]]);
+                        let text = format!("NOT_FOUND - no queue '{name}' in vhost '/'");
+                        *data = method_frame(ch, ids::CHANNEL_CLOSE, |w| {
+                            w.u16(404).shortstr(text.as_bytes()).u16(60).u16(20);
+                        });
+                        hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                true
+            })
+        });
+        runs.push((seed, report, hits));
+    }
+    check_caught(
+        "the client's own queue gone while it is connected",
+        &[Invariant::Exclusive],
+        runs,
+    );
+}

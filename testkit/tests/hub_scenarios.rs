@@ -988,6 +988,88 @@ fn exclusive_queue_declared_in_flight_is_deleted_after_its_client_left() {
     );
 }
 
+/// A client (`owner`) whose exclusive queue `amq.gen-mine` lives on an upstream where it has
+/// no channel left, as on the returned `u2`: `u1` is full with another client's channel, so
+/// the owner's channel made the hub dial `u2`; the owner declared the queue there and closed
+/// that channel, keeping its connection.
+fn owner_of_a_queue_on_a_channelless_upstream() -> (World, warren_core::hub::ClientId, UpstreamId) {
+    let mut w = World::new(HubConfig {
+        max_channels_per_upstream: 1,
+        recycling: false,
+        upstream_idle_timeout: Duration::from_secs(5),
+        ..HubConfig::default()
+    });
+    let other = w.join(hello(131_072, 0));
+    let u1 = w.accept_dial();
+    w.client_sends(other, &[channel_open(1)]);
+    w.broker_sends(u1, &[channel_open_ok(1)]);
+    let owner = w.join(hello(131_072, 0));
+    w.client_sends(owner, &[channel_open(1)]);
+    let u2 = w.accept_dial();
+    w.broker_sends(u2, &[channel_open_ok(1)]);
+    w.client_sends(owner, &[queue_declare(1, "", true)]);
+    w.broker_sends(u2, &[queue_declare_ok(1, "amq.gen-mine")]);
+    w.client_sends(owner, &[close(1, 200, "")]);
+    w.broker_sends(u2, &[close_ok(1)]);
+    w.take(Peer::U(u2));
+    w.take(Peer::C(owner));
+    (w, owner, u2)
+}
+
+/// B5: an upstream that holds a connected client's exclusive queue stays open while the
+/// client is here, even with no channel on it: closing it for idleness would make the broker
+/// delete the queue under its client, which RabbitMQ never does while the declaring
+/// connection lives. Once the client leaves, its queue is deleted there and the upstream may
+/// idle out.
+#[test]
+fn an_upstream_holding_a_clients_exclusive_queue_does_not_idle_out_under_it() {
+    let (mut w, owner, u2) = owner_of_a_queue_on_a_channelless_upstream();
+    w.advance(Duration::from_secs(30));
+    let sent: Vec<_> = w.take(Peer::U(u2)).iter().map(describe).collect();
+    assert!(
+        !sent.iter().any(|d| d.contains("connection.close")),
+        "u2 closed under the owner's exclusive queue: {sent:?}"
+    );
+    // The owner leaves: its queue is deleted on u2, which may then idle out.
+    w.client_drops(owner);
+    let sent: Vec<_> = w.take(Peer::U(u2)).iter().map(describe).collect();
+    assert_eq!(
+        sent,
+        [
+            "ch1 channel.open",
+            "ch1 queue.delete \"amq.gen-mine\"",
+            "ch1 channel.close 200 \"exclusive queue cleanup\""
+        ]
+    );
+    let delete_ok = m(1, ids::QUEUE_DELETE_OK, |a| _ = a.u32(0));
+    w.broker_sends(u2, &[channel_open_ok(1), delete_ok, close_ok(1)]);
+    w.take(Peer::U(u2));
+    w.advance(Duration::from_secs(6));
+    let sent: Vec<_> = w.take(Peer::U(u2)).iter().map(describe).collect();
+    assert!(
+        sent.contains(&"ch0 connection.close 200 \"idle\"".to_string()),
+        "{sent:?}"
+    );
+}
+
+/// B5/B11: when the broker connection holding a client's exclusive queue is lost, the queue
+/// is gone with it, so the client is closed as a direct RabbitMQ client's connection would
+/// be, even though it had no channel there; left open it would find its own queue missing.
+#[test]
+fn losing_the_upstream_of_a_clients_exclusive_queue_closes_the_client() {
+    let (mut w, owner, u2) = owner_of_a_queue_on_a_channelless_upstream();
+    w.broker_sends(
+        u2,
+        &[close(
+            0,
+            320,
+            "CONNECTION_FORCED - Closed via management plugin",
+        )],
+    );
+    let got = w.take(Peer::C(owner));
+    assert_eq!(got.first().and_then(close_code), Some(320), "{got:?}");
+}
+
 /// B3/B11 (simulation seeds 604, 1448): when the dial for a new upstream fails while the
 /// only open one is full, the channels waiting for room are refused instead of hanging.
 #[test]

@@ -602,3 +602,54 @@ async fn a_clients_exclusive_queue_is_reachable_from_all_its_channels_as_on_rabb
     })
     .await
 }
+
+/// B5: a client's exclusive queue survives a spell in which the client has no channel on the
+/// broker connection that holds it, as on RabbitMQ, where it lives as long as the client's
+/// connection. warren used to close that broker connection for idleness (one second here),
+/// and RabbitMQ deleted the queue with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_exclusive_queue_outlives_a_spell_without_channels_as_on_rabbitmq() -> Result<()>
+{
+    bounded(async {
+        let user = TestUser::create("warren-adm-idle").await?;
+        let warren = Warren::start_configured(|c| {
+            c.max_channels_per_upstream = 1;
+            c.recycling = false;
+            c.upstream_idle_timeout = Duration::from_secs(1);
+        })?;
+        let direct = own_exclusive_queue_after_a_spell_without_channels(broker(), &user).await?;
+        let through =
+            own_exclusive_queue_after_a_spell_without_channels(warren.addr(), &user).await?;
+        ensure!(direct == through, "RabbitMQ: {direct}; warren: {through}");
+        ensure!(direct == "got \"mine\"", "RabbitMQ itself: {direct}");
+        Ok(())
+    })
+    .await
+}
+
+/// What a client gets from its exclusive queue after closing the channel that declared it and
+/// waiting three seconds with no channel open. A neighbour holds a channel first, so that
+/// through warren (one channel per broker connection) the client's queue is on a broker
+/// connection of its own.
+async fn own_exclusive_queue_after_a_spell_without_channels(
+    addr: SocketAddr,
+    user: &TestUser,
+) -> Result<String> {
+    let opts = RawOptions::new(&user.name, &user.password, "/");
+    let mut neighbour = RawClient::connect(addr, &opts).await?;
+    neighbour.open_channel(1).await?;
+    let mut owner = RawClient::connect(addr, &opts).await?;
+    owner.open_channel(1).await?;
+    let queue = owner.declare_queue(1, "", true).await?;
+    owner.close_channel(1).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    owner.open_channel(2).await?;
+    owner.publish(2, &queue, b"mine").await?;
+    let outcome = match owner.get_within(2, &queue, LIMIT).await {
+        Ok(d) => format!("got {:?}", String::from_utf8_lossy(&d.body)),
+        Err(e) => format!("{e:#}").replace(&queue, "<queue>"),
+    };
+    // Dropped, not closed: RabbitMQ 3.10 keeps these sockets open for 30 s after CloseOk.
+    drop((owner, neighbour));
+    Ok(outcome)
+}

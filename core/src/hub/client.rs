@@ -367,7 +367,8 @@ impl Hub {
         let exclusive = std::mem::take(&mut c.exclusive);
         c.buffered = 0;
         // Locked until their delete goes out (below, or when a channel frees up).
-        for (_, q) in &exclusive {
+        for (up, q) in &exclusive {
+            self.count_client_queue(*up, false);
             if let Some(h) = self.exclusive_owners.get_mut(q) {
                 if *h == Holder::Client(id) {
                     *h = Holder::Departed;

@@ -51,6 +51,10 @@ pub(crate) struct Upstream {
     pub(crate) retiring: Option<Instant>,
     /// When it was dialled, then when it opened.
     pub(crate) since: Instant,
+    /// Exclusive queues it holds for clients still connected (B5). RabbitMQ deletes them
+    /// when this connection closes, so it must not close under them for idleness, a drain's
+    /// early close or a retirement while their clients are here.
+    pub(crate) client_queues: u32,
 }
 
 impl Upstream {
@@ -72,6 +76,7 @@ impl Upstream {
             aim: 0,
             retiring: None,
             since: now,
+            client_queues: 0,
         }
     }
 
@@ -91,9 +96,10 @@ impl Upstream {
         }
     }
 
-    /// Whether a client channel still lives on this connection.
+    /// Whether a client channel, or a connected client's exclusive queue, still lives on
+    /// this connection.
     fn serves_clients(&self) -> bool {
-        self.table.iter().any(|(_, s)| s.owner().is_some())
+        self.client_queues > 0 || self.table.iter().any(|(_, s)| s.owner().is_some())
     }
 }
 
@@ -109,7 +115,7 @@ impl Hub {
             (!u.serves_clients()).then_some(at)
         } else if let Some(at) = self.detached.filter(|_| self.clients.is_empty()) {
             Some(at)
-        } else if self.keeps_last_upstream(u.id) {
+        } else if self.keeps_last_upstream(u.id) || u.client_queues > 0 {
             None
         } else {
             u.idle_since
@@ -316,12 +322,21 @@ impl Hub {
         let Some(u) = self.upstream(id) else { return };
         tracing::debug!(upstream = %id, code = reply.code, text = %reply.text, "upstream lost");
         let node = u.node;
-        let affected: BTreeSet<ClientId> = u
+        let mut affected: BTreeSet<ClientId> = u
             .table
             .iter()
             .filter_map(|(_, s)| s.owner())
             .map(|(c, _)| c)
             .collect();
+        if u.client_queues > 0 {
+            // Their exclusive queues went with it, as with their own connection on RabbitMQ.
+            affected.extend(
+                self.clients
+                    .iter()
+                    .filter(|(_, c)| c.exclusive.iter().any(|(up, _)| *up == id))
+                    .map(|(_, c)| c.id),
+            );
+        }
         if let Some(node) = node {
             // Its node went away or cut it: new upstreams try another first.
             self.nodes.failed(node);

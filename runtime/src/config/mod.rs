@@ -104,7 +104,8 @@ pub struct Config {
     pub pool_size: usize,
     /// Pooled channels idle longer than this are closed.
     pub pool_idle_timeout: Duration,
-    /// An upstream without channels is closed after this long.
+    /// An upstream without channels (or a connected client's exclusive queue) is closed
+    /// after this long.
     pub upstream_idle_timeout: Duration,
     /// How long refused logins are remembered (B2); zero disables.
     pub auth_cache_ttl: Duration,

@@ -162,7 +162,8 @@ settings! {
     #[arg(value_name = "DURATION", help_heading = "Upstreams")]
     #[serde(default, deserialize_with = "text")]
     backoff_max: humantime::Duration,
-    /// A broker connection without channels is closed after this long.
+    /// A broker connection without channels (and without a connected client's exclusive
+    /// queue) is closed after this long.
     #[arg(value_name = "DURATION", help_heading = "Upstreams")]
     #[serde(default, deserialize_with = "text")]
     upstream_idle_timeout: humantime::Duration,

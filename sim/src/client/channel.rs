@@ -69,6 +69,15 @@ impl FakeClient {
                          connection that declared it, and that is this client's"
                     ));
                 }
+                if code == reply::NOT_FOUND && self.lost_own_queue(&text, now, board) {
+                    // Clients never delete their own queues, and RabbitMQ keeps an exclusive
+                    // one while its connection lives: the proxy closed the broker connection
+                    // under it.
+                    self.violation(format!(
+                        "channel {ch} was closed with 404 {text:?} (cause {cause:?}): the \
+                         client's own exclusive queue is gone while it is connected"
+                    ));
+                }
                 match self.wait.clone() {
                     Wait::ChannelClose(c) if c == ch => self.wait = Wait::Nothing,
                     Wait::Reply(c) | Wait::Confirms(c) if c == ch => {
@@ -433,5 +442,15 @@ impl FakeClient {
                 }
             }
         }
+    }
+
+    /// Whether `text` is RabbitMQ's 404 for a queue this client declared exclusively.
+    fn lost_own_queue(&self, text: &str, now: Instant, board: &Board) -> bool {
+        let name = text
+            .strip_prefix("NOT_FOUND - no queue '")
+            .and_then(|rest| rest.rsplit_once("' in vhost '"))
+            .map(|(name, _)| name);
+        name.and_then(|n| board.owner_of(n, now))
+            .is_some_and(|(owner, _)| owner == self.id)
     }
 }

@@ -59,8 +59,10 @@ impl Hub {
 
     /// Client `id`'s exclusive queue `queue` is gone (its delete ran): the name is free.
     pub(super) fn forget_exclusive(&mut self, id: ClientId, queue: &[u8]) {
-        if let Some(c) = self.client_mut(id) {
-            c.exclusive.retain(|(_, q)| q != queue);
+        let Some(c) = self.client_mut(id) else { return };
+        if let Some(i) = c.exclusive.iter().position(|(_, q)| q == queue) {
+            let (up, _) = c.exclusive.swap_remove(i);
+            self.count_client_queue(up, false);
         }
         if self.exclusive_owners.get(queue) == Some(&Holder::Client(id)) {
             self.exclusive_owners.remove(queue);
@@ -70,8 +72,25 @@ impl Hub {
     /// Records that client `id` declared the exclusive queue `queue` on upstream `up`.
     pub(super) fn own_exclusive(&mut self, id: ClientId, up: UpstreamId, queue: Vec<u8>) {
         let Some(c) = self.client_mut(id) else { return };
-        c.exclusive.push((up, queue.clone()));
+        if !c.exclusive.iter().any(|(_, q)| *q == queue) {
+            c.exclusive.push((up, queue.clone()));
+            self.count_client_queue(up, true);
+        }
         self.exclusive_owners.insert(queue, Holder::Client(id));
+    }
+
+    /// Keeps `Upstream::client_queues` in step as a client gains (`held`) or loses an
+    /// exclusive queue on `up`, and reschedules the upstream, whose idle close depends on it.
+    pub(super) fn count_client_queue(&mut self, up: UpstreamId, held: bool) {
+        let Some(u) = self.upstream_mut(up) else {
+            return;
+        };
+        if held {
+            u.client_queues += 1;
+        } else {
+            u.client_queues = u.client_queues.saturating_sub(1);
+        }
+        self.schedule_upstream(up);
     }
 
     /// RabbitMQ's refusal of a method on another connection's exclusive queue, if `frame`
