@@ -3,7 +3,7 @@
 //! through [`warren_testkit::hub_world`] and core's public API only, so they live here rather
 //! than in `core/src` (issue 15).
 //!
-//! Why one file of ~1,700 lines: it is a catalogue of independent scenarios, each a few dozen
+//! Why one file of ~1,800 lines: it is a catalogue of independent scenarios, each a few dozen
 //! lines that read alone with its snapshot; the shared world is in `hub_world`.
 
 use bytes::Bytes;

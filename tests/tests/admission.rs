@@ -568,12 +568,7 @@ async fn own_exclusive_queue_from_a_later_channel(
         .lines()
         .filter(|l| l.trim() == user.name)
         .count();
-    owner.open_channel(2).await?;
-    owner.publish(2, &queue, b"mine").await?;
-    let outcome = match owner.get_within(2, &queue, LIMIT).await {
-        Ok(d) => format!("got {:?}", String::from_utf8_lossy(&d.body)),
-        Err(e) => format!("{e:#}").replace(&queue, "<queue>"),
-    };
+    let outcome = use_own_queue_on_channel_2(&mut owner, &queue).await?;
     // Dropped, not closed: RabbitMQ 3.10 keeps these sockets open for 30 s after CloseOk.
     drop((owner, neighbour));
     Ok((outcome, connections))
@@ -643,13 +638,19 @@ async fn own_exclusive_queue_after_a_spell_without_channels(
     let queue = owner.declare_queue(1, "", true).await?;
     owner.close_channel(1).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    owner.open_channel(2).await?;
-    owner.publish(2, &queue, b"mine").await?;
-    let outcome = match owner.get_within(2, &queue, LIMIT).await {
-        Ok(d) => format!("got {:?}", String::from_utf8_lossy(&d.body)),
-        Err(e) => format!("{e:#}").replace(&queue, "<queue>"),
-    };
+    let outcome = use_own_queue_on_channel_2(&mut owner, &queue).await?;
     // Dropped, not closed: RabbitMQ 3.10 keeps these sockets open for 30 s after CloseOk.
     drop((owner, neighbour));
     Ok(outcome)
+}
+
+/// Opens channel 2, publishes "mine" to the client's own `queue` there and gets it back: what
+/// the get gave, with the queue's name masked in an error.
+async fn use_own_queue_on_channel_2(owner: &mut RawClient, queue: &str) -> Result<String> {
+    owner.open_channel(2).await?;
+    owner.publish(2, queue, b"mine").await?;
+    Ok(match owner.get_within(2, queue, LIMIT).await {
+        Ok(d) => format!("got {:?}", String::from_utf8_lossy(&d.body)),
+        Err(e) => format!("{e:#}").replace(queue, "<queue>"),
+    })
 }
