@@ -161,6 +161,51 @@ fn redial_moves_new_channels_and_retires_the_old_upstream() {
     assert_snapshot!(w.trace());
 }
 
+/// B5: after a re-dial, a client whose exclusive queue lives on the retiring upstream still
+/// opens its channels there, where the queue is within reach (RabbitMQ would refuse it with
+/// 405 on the new connection), and the retiring upstream stays until that client has left,
+/// since closing it would delete the queue under its client.
+#[test]
+fn a_retiring_upstream_keeps_serving_the_owner_of_an_exclusive_queue_on_it() {
+    let mut w = World::new(HubConfig {
+        recycling: false,
+        ..HubConfig::default()
+    });
+    let owner = w.join(hello(131_072, 0));
+    let old = w.accept_dial();
+    w.client_sends(owner, &[channel_open(1)]);
+    w.broker_sends(old, &[channel_open_ok(1)]);
+    w.client_sends(owner, &[queue_declare(1, "", true)]);
+    w.broker_sends(old, &[queue_declare_ok(1, "amq.gen-mine")]);
+    w.client_sends(owner, &[close(1, 200, "")]);
+    w.broker_sends(old, &[close_ok(1)]);
+    w.input("redial", Input::Redial);
+    let new = w.accept_dial();
+    w.take(Peer::U(new));
+    w.take(Peer::U(old));
+    w.advance(Duration::from_secs(1));
+    assert!(
+        !w.take(Peer::U(old))
+            .iter()
+            .any(|f| f.method_id() == Some(ids::CONNECTION_CLOSE)),
+        "the retiring upstream closed under the owner's queue"
+    );
+    w.client_sends(owner, &[channel_open(2)]);
+    assert_eq!(
+        w.take(Peer::U(old)).first().map(|f| f.method_id()),
+        Some(Some(ids::CHANNEL_OPEN)),
+        "the owner's channel goes where its queue is"
+    );
+    assert!(w.take(Peer::U(new)).is_empty());
+    // Another client goes to the new upstream.
+    let other = w.join(hello(131_072, 0));
+    w.client_sends(other, &[channel_open(1)]);
+    assert_eq!(
+        w.take(Peer::U(new)).first().map(|f| f.method_id()),
+        Some(Some(ids::CHANNEL_OPEN))
+    );
+}
+
 /// A detached hub keeps serving its client, and closes its upstream the moment the client
 /// is gone (not after the idle timeout), then is finished.
 #[test]

@@ -24,8 +24,8 @@
 //! the nodes in the configured order (the first listed first; spreading: the least used), not
 //! starting with the node that answered last as other dials do. Once it
 //! opens, every other open upstream *retires*: it takes no new channel (placement and the
-//! pool skip it, its pooled channels are closed) and closes as soon as no client channel is
-//! left on it. New channels therefore land on the new connection — on the node that answered
+//! pool skip it, its pooled channels are closed) but those of a client whose exclusive queue
+//! it holds, and closes as soon as no client channel, nor such a client, is left on it (B5). New channels therefore land on the new connection — on the node that answered
 //! it, e.g. one that came back. If the new dial fails nothing changes.
 //!
 //! **Detach** (the admin API's drain). Admission sends no new client to the hub; the hub

@@ -46,8 +46,8 @@ pub(crate) struct Upstream {
     pub(crate) node: Option<usize>,
     /// The node its dial tries first: where it counts for spreading until it connects.
     pub(crate) aim: usize,
-    /// Retired by an operator's re-dial at this time: it takes no new channel and closes
-    /// once no client channel is left on it.
+    /// Retired by an operator's re-dial at this time: it takes no new channel (but those of a
+    /// client whose exclusive queue it holds) and closes once it serves no client.
     pub(crate) retiring: Option<Instant>,
     /// When it was dialled, then when it opened.
     pub(crate) since: Instant,
@@ -645,11 +645,14 @@ impl Hub {
         }
     }
 
-    /// Client `id`'s home upstream, while it is open and not retiring.
+    /// Client `id`'s home upstream, while it is open and not retiring, or retiring but
+    /// holding one of the client's exclusive queues, which only that connection reaches (B5).
     pub(super) fn home(&self, id: ClientId) -> Option<UpstreamId> {
-        let home = self.client(id)?.home?;
+        let c = self.client(id)?;
+        let home = c.home?;
         let u = self.upstream(home)?;
-        (u.is_open() && u.retiring.is_none()).then_some(home)
+        let holds_its_queue = || c.exclusive.iter().any(|(up, _)| *up == home);
+        (u.is_open() && (u.retiring.is_none() || holds_its_queue())).then_some(home)
     }
 
     /// The open upstream that should take a new channel, by the placement policy.
