@@ -772,6 +772,10 @@ fn bad_client_input_gets_the_spec_reply_code() {
             })],
         ),
         (
+            "channel.flow active=false",
+            vec![encode::flow(1, false, false)],
+        ),
+        (
             "basic.publish immediate=true",
             vec![m(1, ids::BASIC_PUBLISH, |w| {
                 w.u16(0).shortstr(b"").shortstr(b"q").bit(false).bit(true);
@@ -877,12 +881,13 @@ fn bad_client_input_gets_the_spec_reply_code() {
 }
 
 /// B7: Channel.Flow and connection.update-secret from a client are answered by warren and
-/// never forwarded (RabbitMQ answers flow active=false with a connection error).
+/// never forwarded: RabbitMQ answers flow active=false with a connection error (540 in the
+/// bad-input table), which would close the shared connection.
 #[test]
 fn flow_and_update_secret_are_answered_locally() {
     let (mut w, c, u) = with_channel(no_recycling(), 1);
     w.take(Peer::U(u));
-    w.client_sends(c, &[encode::flow(1, false, false)]);
+    w.client_sends(c, &[encode::flow(1, true, false)]);
     w.client_sends(
         c,
         &[m(0, ids::CONNECTION_UPDATE_SECRET, |w| {
@@ -893,7 +898,7 @@ fn flow_and_update_secret_are_answered_locally() {
     assert_eq!(
         got,
         vec![
-            "ch1 channel.flow-ok active=false",
+            "ch1 channel.flow-ok active=true",
             "ch0 connection.update-secret-ok"
         ]
     );

@@ -304,6 +304,33 @@ async fn publish_immediate_gets_540_and_only_its_sender_is_closed() -> Result<()
     .await
 }
 
+/// `channel.flow active=false`: RabbitMQ closes the connection with 540 "NOT_IMPLEMENTED -
+/// active=false" (checked here against it directly); warren closes only the sender, with the
+/// same code and text, and never forwards it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_flow_inactive_gets_rabbitmqs_540_and_only_its_sender_is_closed() -> Result<()> {
+    const TEXT: &str = "NOT_IMPLEMENTED - active=false";
+    bounded(async {
+        let broker_addr = format!(
+            "{}:{}",
+            warren_tests::BROKER_HOST,
+            warren_tests::BROKER_PORT
+        );
+        let opts = RawOptions::new("guest", "guest", "/");
+        let mut direct = RawClient::connect(broker_addr.parse()?, &opts).await?;
+        direct.open_channel(1).await?;
+        direct.send(&[build::flow(1, false)]).await?;
+        let closed = direct.expect_close().await?;
+        ensure!(
+            (closed.channel, closed.code, closed.text.as_str()) == (0, 540, TEXT),
+            "RabbitMQ itself answered {closed:?}"
+        );
+        direct.finish_close().await
+    })
+    .await?;
+    bad_input("flow-inactive", |_| vec![build::flow(1, false)], 540, TEXT).await
+}
+
 /// `basic.qos` with a prefetch_size: RabbitMQ's 540 stays with the sender.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_prefetch_size_gets_540_and_only_its_sender_is_closed() -> Result<()> {
@@ -441,22 +468,20 @@ async fn more_bad_input_from_the_hub_table_closes_only_its_sender() -> Result<()
 
 // ----- answered locally (B7) -----------------------------------------------------------------
 
-/// `Channel.Flow active=false` (RabbitMQ answers it with a connection error) is answered by
-/// warren with `flow-ok active=false`; the client's connection and channel stay usable.
+/// `Channel.Flow active=true` is answered by warren with `flow-ok active=true`, as RabbitMQ
+/// answers it, and never forwarded; the client's connection and channel stay usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_flow_is_answered_by_warren_and_the_client_stays_up() -> Result<()> {
     bounded(async {
         let mut scene = Scene::start("flow").await?;
         let mut raw = scene.raw_on_channel_1().await?;
-        for active in [false, true] {
-            raw.send(&[build::flow(1, active)]).await?;
-            let ok = raw.expect_method(1, ids::CHANNEL_FLOW_OK).await?;
-            ensure!(
-                decode_method(&ok)? == Method::FlowOk { active },
-                "expected flow-ok active={active}, got {}",
-                describe(&ok)
-            );
-        }
+        raw.send(&[build::flow(1, true)]).await?;
+        let ok = raw.expect_method(1, ids::CHANNEL_FLOW_OK).await?;
+        ensure!(
+            decode_method(&ok)? == Method::FlowOk { active: true },
+            "expected flow-ok active=true, got {}",
+            describe(&ok)
+        );
         // The same channel still works: declare, publish, get.
         let queue = raw.declare_queue(1, &unique("iso-flow"), false).await?;
         raw.publish(1, &queue, b"after flow").await?;

@@ -5,7 +5,7 @@
 
 use super::{Invariant, Observer, Side};
 use crate::broker::BrokerLog;
-use crate::client::{Board, End, FakeClient, Misbehaviour, Waited};
+use crate::client::{Board, End, FakeClient, Waited};
 use crate::plan::Fault;
 use crate::scenario::Scenario;
 use std::collections::BTreeMap;
@@ -331,7 +331,7 @@ impl Observer {
                     );
                 } else if let Some(m) = misbehaved {
                     let expect = m.expected_code();
-                    if expect != Some(code) && code != reply::CONNECTION_FORCED {
+                    if expect != code && code != reply::CONNECTION_FORCED {
                         bad(
                             self,
                             format!("misbehaved ({m:?}) and was closed with {code} {text:?}, expected {expect:?}"),
@@ -392,17 +392,6 @@ impl Observer {
                         Waited::Handshake | Waited::CloseOk => Invariant::Hang,
                     };
                     self.violation(t, inv, format!("c{cid} ({kind}) {end}"));
-                }
-            }
-        }
-        if misbehaved == Some(Misbehaviour::FlowInactive) && matches!(end, End::Closed(..)) {
-            // Tolerated misbehaviour: closing it is a bug unless something else closed it.
-            if let End::Closed(code, text) = &end {
-                if *code != reply::CONNECTION_FORCED {
-                    bad(
-                        self,
-                        format!("sent channel.flow(false) and was closed: {code} {text:?}"),
-                    );
                 }
             }
         }

@@ -49,7 +49,7 @@ pub enum Misbehaviour {
     MalformedArgs,
     /// `basic.consume` reusing a consumer tag on the same channel (530).
     ConsumerTagReuse,
-    /// `channel.flow active=false`: RabbitMQ would close the connection; warren answers it.
+    /// `channel.flow active=false` (540, as RabbitMQ closes the connection).
     FlowInactive,
 }
 
@@ -78,24 +78,25 @@ impl Misbehaviour {
         Misbehaviour::FlowInactive,
     ];
 
-    /// The connection-close code warren must answer with (`None`: no close).
+    /// The connection-close code warren must answer with.
     #[must_use]
-    pub fn expected_code(self) -> Option<u16> {
+    pub fn expected_code(self) -> u16 {
         use Misbehaviour::*;
-        Some(match self {
+        match self {
             FrameOnUnopenedChannel | SecondOpen => reply::CHANNEL_ERROR,
             HeaderWithoutMethod | BodyWithoutHeader | MethodInsideContent | BodyTooLong => {
                 reply::UNEXPECTED_FRAME
             }
             OversizedFrame | BadFrameEnd | BadFrameType | HeartbeatOnChannel => reply::FRAME_ERROR,
-            UnknownMethod | PublishImmediate | QosPrefetchSize => reply::NOT_IMPLEMENTED,
+            UnknownMethod | PublishImmediate | QosPrefetchSize | FlowInactive => {
+                reply::NOT_IMPLEMENTED
+            }
             ConnectionMethodAfterOpen | ServerOnlyMethod | UnknownExchangeType => {
                 reply::COMMAND_INVALID
             }
             ChannelAboveMax | ConsumerTagReuse => reply::NOT_ALLOWED,
             MalformedArgs => reply::SYNTAX_ERROR,
-            FlowInactive => return None,
-        })
+        }
     }
 }
 

@@ -331,7 +331,7 @@ impl FakeClient {
                 }
             });
         let wait = match self.wait {
-            Wait::Until(t) | Wait::Verdict(t) => Some(t),
+            Wait::Until(t) => Some(t),
             _ => None,
         };
         [patience, hb, wait].into_iter().flatten().min()

@@ -4,11 +4,11 @@
 use super::state::{ChState, Chan, Phase, Reply, Wait};
 use super::{
     consume, exchange_declare, header, publish, queue_declare, queue_declare_passive, Board,
-    ClientOut, End, FakeClient, Misbehaviour, Step, Target,
+    ClientOut, End, FakeClient, Step, Target,
 };
 use crate::tag::{Origin, NO_QUEUE, TAG_LEN};
 use bytes::BytesMut;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use warren_core::frame::{method_frame, Frame, FrameType};
 use warren_core::method::{encode, ids, Close};
 use warren_core::reply;
@@ -39,7 +39,7 @@ impl FakeClient {
     fn waiting(&self, now: Instant) -> bool {
         match &self.wait {
             Wait::Nothing => false,
-            Wait::Until(t) | Wait::Verdict(t) => now < *t,
+            Wait::Until(t) => now < *t,
             _ => true,
         }
     }
@@ -257,18 +257,8 @@ impl FakeClient {
                 self.misbehaved = Some(kind);
                 self.misbehaved_at = Some(now);
                 let bad = self.bad_bytes(kind);
-                if kind == Misbehaviour::FlowInactive {
-                    if let Some(c) = self.chans.get_mut(&1) {
-                        c.expect = Some(Reply::FlowOk);
-                    }
-                }
                 self.send(now, bad);
-                self.wait = if kind.expected_code().is_some() {
-                    Wait::Forever
-                } else {
-                    // Tolerated: give the proxy a moment to (not) react, then carry on.
-                    Wait::Verdict(now + Duration::from_millis(200))
-                };
+                self.wait = Wait::Forever;
             }
             Step::ExchangeDeclare { ch, name, kind } => {
                 if self.expect(ch, Reply::ExchangeDeclareOk) {

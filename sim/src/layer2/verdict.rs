@@ -151,7 +151,7 @@ impl Verdict {
                 End::Closed(code, _) => {
                     let code = *code;
                     if let Some(m) = misbehaved {
-                        m.expected_code() == Some(code) || code == reply::CONNECTION_FORCED
+                        m.expected_code() == code || code == reply::CONNECTION_FORCED
                     } else if wrong_login || revoked {
                         matches!(
                             code,

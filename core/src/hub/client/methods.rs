@@ -48,9 +48,13 @@ impl Hub {
                 reply::COMMAND_INVALID,
                 format!("unexpected channel.close-ok on open channel {ch}"),
             )),
-            Method::Flow { active } => {
-                // RabbitMQ refuses active=false with a connection error; the proxy answers.
-                self.send_client(now, id, encode::flow(ch, active, true));
+            // Never forwarded (B7): RabbitMQ answers active=false with a connection error,
+            // which must close this client, not the shared connection.
+            Method::Flow { active: false } => {
+                Verdict::Fatal(Reply::new(reply::NOT_IMPLEMENTED, "active=false"))
+            }
+            Method::Flow { active: true } => {
+                self.send_client(now, id, encode::flow(ch, true, true));
                 Verdict::Done
             }
             Method::Publish { .. }
