@@ -43,7 +43,9 @@ impl FrameType {
         }
     }
 
-    fn octet(self) -> u8 {
+    /// The type octet on the wire.
+    #[must_use]
+    pub fn octet(self) -> u8 {
         match self {
             FrameType::Method => 1,
             FrameType::Header => 2,

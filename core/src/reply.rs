@@ -131,9 +131,53 @@ impl fmt::Display for Reply {
     }
 }
 
+/// Bytes as RabbitMQ prints them in its reply texts (Erlang's `~p` of a binary):
+/// `<<"text">>` when every byte is printable, else `<<0,60,255>>`. Frame errors quote the
+/// offending payload this way, and a client must read the same text through warren.
+#[must_use]
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    let escaped = |b: u8| match b {
+        b'"' => Some("\\\"".to_owned()),
+        b'\\' => Some("\\\\".to_owned()),
+        b'\n' => Some("\\n".to_owned()),
+        b'\r' => Some("\\r".to_owned()),
+        b'\t' => Some("\\t".to_owned()),
+        0x0b => Some("\\v".to_owned()),
+        0x08 => Some("\\b".to_owned()),
+        0x0c => Some("\\f".to_owned()),
+        0x1b => Some("\\e".to_owned()),
+        32..=126 => Some(char::from(b).to_string()),
+        _ => None,
+    };
+    if bytes.is_empty() {
+        return "<<>>".to_owned();
+    }
+    // The text is cut at 255 bytes anyway; a whole frame need not be printed first.
+    let bytes = &bytes[..bytes.len().min(256)];
+    match bytes
+        .iter()
+        .map(|&b| escaped(b))
+        .collect::<Option<String>>()
+    {
+        Some(text) => format!("<<\"{text}\">>"),
+        None => {
+            let numbers: Vec<String> = bytes.iter().map(u8::to_string).collect();
+            format!("<<{}>>", numbers.join(","))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_are_printed_as_erlang_prints_a_binary() {
+        assert_eq!(erlang_binary(b""), "<<>>");
+        assert_eq!(erlang_binary(b"ab"), "<<\"ab\">>");
+        assert_eq!(erlang_binary(b"a\"b\n"), "<<\"a\\\"b\\n\">>");
+        assert_eq!(erlang_binary(&[0, 0, 0, 10, b'x']), "<<0,0,0,10,120>>");
+    }
 
     #[test]
     fn long_texts_are_cut_as_rabbitmq_cuts_them() {

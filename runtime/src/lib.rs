@@ -49,8 +49,9 @@ impl std::fmt::Display for Error {
             Error::Bind(addr, setting, e) if e.kind() == std::io::ErrorKind::AddrInUse => write!(
                 f,
                 "cannot listen on {addr} ({setting}): port {} is in use, by another warren \
-                 or another program; stop it, or choose another address with --{setting}",
-                addr.port()
+                 or another program; stop it, or choose another address with --{}",
+                addr.port(),
+                setting.replace('_', "-")
             ),
             Error::Bind(addr, setting, e) => write!(f, "cannot listen on {addr} ({setting}): {e}"),
             Error::Tls(e) => write!(f, "TLS: {e}"),

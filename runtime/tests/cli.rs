@@ -110,6 +110,7 @@ fn sigterm_drains_and_exits_zero() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut child = warren()
         .args(["--listen", "127.0.0.1:0", "--metrics", &metrics])
+        .args(["--admin-listen", "off"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -164,7 +165,7 @@ fn a_port_in_use_is_named_with_its_setting() {
     let (code, _, stderr) = output(
         warren()
             .args(["--listen", &addr.to_string(), "--metrics", "off"])
-            .args(["--log-format", "human"]),
+            .args(["--admin-listen", "off", "--log-format", "human"]),
     );
     assert_eq!(code, Some(1), "{stderr}");
     let want = format!(
@@ -174,9 +175,22 @@ fn a_port_in_use_is_named_with_its_setting() {
     assert!(stderr.contains(&want), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line, not a stack: {stderr}");
 
-    let (code, _, stderr) =
-        output(warren().args(["--listen", "127.0.0.1:0", "--metrics", &addr.to_string()]));
+    let (code, _, stderr) = output(
+        warren()
+            .args(["--listen", "127.0.0.1:0", "--metrics", &addr.to_string()])
+            .args(["--admin-listen", "off"]),
+    );
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("(metrics): port"), "{stderr}");
     assert!(stderr.contains("--metrics"), "{stderr}");
+
+    // The flag is named as it is typed, with dashes.
+    let (code, _, stderr) = output(
+        warren()
+            .args(["--listen", "127.0.0.1:0", "--metrics", "off"])
+            .args(["--admin-listen", &addr.to_string()]),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("(admin_listen): port"), "{stderr}");
+    assert!(stderr.contains("--admin-listen"), "{stderr}");
 }

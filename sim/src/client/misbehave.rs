@@ -1,6 +1,7 @@
 //! Misbehaviour: the protocol violations a client commits on purpose, the bytes that commit
 //! them, and the reply code warren must close it with.
 
+use super::state::Chan;
 use super::{consume, exchange_declare, header, publish, queue_declare, FakeClient};
 use bytes::{Bytes, BytesMut};
 use warren_core::frame::{method_frame, Frame, FrameType, FRAME_END};
@@ -29,11 +30,11 @@ pub enum Misbehaviour {
     BadFrameEnd,
     /// A frame type octet AMQP does not define (501).
     BadFrameType,
-    /// A heartbeat on channel 1 (501).
+    /// A heartbeat on channel 1 (505, as RabbitMQ answers it).
     HeartbeatOnChannel,
     /// A method id that does not exist (540).
     UnknownMethod,
-    /// `connection.tune` after the handshake (503).
+    /// `connection.tune-ok` after the handshake (504, as RabbitMQ answers it).
     ConnectionMethodAfterOpen,
     /// `basic.deliver` sent by a client (503).
     ServerOnlyMethod,
@@ -43,9 +44,10 @@ pub enum Misbehaviour {
     UnknownExchangeType,
     /// `basic.qos` with prefetch_size != 0 (540).
     QosPrefetchSize,
-    /// A channel number above the negotiated channel_max (530).
+    /// One channel more than the negotiated channel_max (530); the client asks for at most
+    /// 8 and numbers them past the cap, which RabbitMQ allows while fewer are open.
     ChannelAboveMax,
-    /// `basic.publish` with a truncated argument list (502).
+    /// `basic.publish` with a truncated argument list (501 "cannot decode", as RabbitMQ).
     MalformedArgs,
     /// `basic.consume` reusing a consumer tag on the same channel (530).
     ConsumerTagReuse,
@@ -87,21 +89,20 @@ impl Misbehaviour {
             HeaderWithoutMethod | BodyWithoutHeader | MethodInsideContent | BodyTooLong => {
                 reply::UNEXPECTED_FRAME
             }
-            OversizedFrame | BadFrameEnd | BadFrameType | HeartbeatOnChannel => reply::FRAME_ERROR,
+            OversizedFrame | BadFrameEnd | BadFrameType | MalformedArgs => reply::FRAME_ERROR,
+            HeartbeatOnChannel => reply::UNEXPECTED_FRAME,
             UnknownMethod | PublishImmediate | QosPrefetchSize | FlowInactive => {
                 reply::NOT_IMPLEMENTED
             }
-            ConnectionMethodAfterOpen | ServerOnlyMethod | UnknownExchangeType => {
-                reply::COMMAND_INVALID
-            }
+            ServerOnlyMethod | UnknownExchangeType => reply::COMMAND_INVALID,
+            ConnectionMethodAfterOpen => reply::CHANNEL_ERROR,
             ChannelAboveMax | ConsumerTagReuse => reply::NOT_ALLOWED,
-            MalformedArgs => reply::SYNTAX_ERROR,
         }
     }
 }
 
 impl FakeClient {
-    pub(super) fn bad_bytes(&self, kind: Misbehaviour) -> Bytes {
+    pub(super) fn bad_bytes(&mut self, kind: Misbehaviour) -> Bytes {
         use Misbehaviour::*;
         let mut b = BytesMut::new();
         let frame_max = self.tune.frame_max as usize;
@@ -155,14 +156,19 @@ impl FakeClient {
                 w.u32(4096).u16(1).bit(false);
             })),
             ChannelAboveMax => {
-                let ch = self.tune.channel_max.saturating_add(1).max(1);
-                b.extend_from_slice(&encode::channel_open(
-                    if self.tune.channel_max == u16::MAX {
-                        u16::MAX
-                    } else {
-                        ch
-                    },
-                ));
+                // New channels, numbered past the cap as RabbitMQ allows, until one more is
+                // open than channel_max.
+                let open = self.chans.len();
+                let max = usize::from(self.tune.channel_max);
+                let fresh: Vec<u16> = (self.tune.channel_max..=u16::MAX)
+                    .filter(|c| !self.chans.contains_key(c))
+                    .take((max + 1).saturating_sub(open))
+                    .collect();
+                for ch in fresh {
+                    // Answers to the ones within the cap may come before the close.
+                    self.chans.insert(ch, Chan::new());
+                    b.extend_from_slice(&encode::channel_open(ch));
+                }
             }
             MalformedArgs => b.extend_from_slice(&method_frame(1, ids::BASIC_PUBLISH, |w| {
                 w.u16(0).shortstr(b"");

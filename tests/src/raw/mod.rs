@@ -123,6 +123,8 @@ pub struct Closed {
     pub code: u16,
     /// The reply text.
     pub text: String,
+    /// The (class, method) the server named as the cause; (0, 0) for none.
+    pub cause: (u16, u16),
 }
 
 /// What a bounded read produced.
@@ -723,6 +725,7 @@ pub fn as_close(f: &Frame) -> Result<Option<Closed>> {
                 channel: f.channel(),
                 code: c.code,
                 text: c.text,
+                cause: (c.class_id, c.method_id),
             })),
             _ => Ok(None),
         },

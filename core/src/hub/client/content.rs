@@ -3,10 +3,11 @@
 //! client's frames interleave with it on the shared channel (B8); a body frame larger than
 //! the broker's `frame_max` is re-chunked (B9).
 
-use super::{unexpected, ChanState, Verdict};
+use super::{content_without_method, unexpected, ChanState, Verdict};
 use crate::content::{parse_header, rechunk_body};
 use crate::frame::{Frame, FrameType};
 use crate::hub::{ClientId, Hub};
+use crate::method::ids;
 use crate::reply::{self, Reply};
 use std::time::Instant;
 
@@ -22,12 +23,10 @@ impl Hub {
             return Verdict::Done;
         };
         let Some(p) = chan.publish.as_mut() else {
-            return Verdict::Fatal(unexpected(format!(
-                "content header on channel {ch} without a content method"
-            )));
+            return Verdict::Fatal(content_without_method());
         };
         if p.remaining.is_some() {
-            return Verdict::Fatal(unexpected(format!("second content header on channel {ch}")));
+            return Verdict::Fatal(p.out_of_sequence());
         }
         let h = match parse_header(frame.payload()) {
             Ok(h) => h,
@@ -39,10 +38,13 @@ impl Hub {
             }
         };
         if h.class_id != 60 {
-            return Verdict::Fatal(unexpected(format!(
-                "content header for class {} does not match basic.publish",
-                h.class_id
-            )));
+            return Verdict::Fatal(
+                unexpected(format!(
+                    "expected content header for class 60, got one for class {} instead",
+                    h.class_id
+                ))
+                .caused_by(ids::BASIC_PUBLISH),
+            );
         }
         if h.body_size > max {
             let held = chan.publish.take().map_or(0, |p| p.bytes);
@@ -71,14 +73,10 @@ impl Hub {
             return Verdict::Done;
         };
         let Some(p) = chan.publish.as_mut() else {
-            return Verdict::Fatal(unexpected(format!(
-                "content body on channel {ch} without a content method"
-            )));
+            return Verdict::Fatal(content_without_method());
         };
         let Some(remaining) = p.remaining.as_mut() else {
-            return Verdict::Fatal(unexpected(format!(
-                "content body on channel {ch} before its header"
-            )));
+            return Verdict::Fatal(p.out_of_sequence());
         };
         let len = frame.payload().len() as u64;
         if len > *remaining {

@@ -3,11 +3,11 @@
 //! method, header and body rules, and the carrying out of the [`Verdict`] (B4, B7).
 
 use super::exclusive::clear_nowait;
-use super::{checked_method, unexpected, ChanState, Phase, Verdict};
+use super::{checked_method, misplaced_frame, unimplemented_method, ChanState, Phase, Verdict};
 use crate::frame::{Frame, FrameType};
 use crate::hub::channels::Slot;
 use crate::hub::{ClientId, Hub, HubEvent};
-use crate::method::{encode, ids, Method};
+use crate::method::{self, encode, ids, Method};
 use crate::reply::{self, Reply};
 use std::time::Instant;
 
@@ -96,9 +96,24 @@ impl Hub {
     /// Frames on channel 0: heartbeats and connection-class methods, all handled here.
     fn channel_zero_frame(&mut self, now: Instant, id: ClientId, frame: &Frame) -> Verdict {
         match frame.kind() {
-            FrameType::Heartbeat => return Verdict::Done,
+            FrameType::Heartbeat if frame.payload().is_empty() => return Verdict::Done,
             FrameType::Method => {}
-            _ => return Verdict::Fatal(unexpected("content frame on channel 0")),
+            _ => return Verdict::Fatal(misplaced_frame(frame)),
+        }
+        // Once open, RabbitMQ takes only these on channel 0 (an unknown method is 540 below).
+        let running = [
+            ids::CONNECTION_CLOSE,
+            ids::CONNECTION_CLOSE_OK,
+            ids::CONNECTION_UPDATE_SECRET,
+        ];
+        if frame
+            .method_id()
+            .is_some_and(|mid| method::spec(mid).is_some() && !running.contains(&mid))
+        {
+            return Verdict::Fatal(Reply::new(
+                reply::CHANNEL_ERROR,
+                "unexpected method in connection state running",
+            ));
         }
         let (mid, m) = match checked_method(frame) {
             Ok(x) => x,
@@ -120,10 +135,7 @@ impl Hub {
                 self.send_client(now, id, encode::update_secret_ok());
                 Verdict::Done
             }
-            _ => Verdict::Fatal(Reply::new(
-                reply::COMMAND_INVALID,
-                format!("{mid} is not allowed on channel 0 after the handshake"),
-            )),
+            _ => Verdict::Fatal(unimplemented_method()),
         }
     }
 
@@ -134,19 +146,7 @@ impl Hub {
             return Verdict::Done;
         };
         if frame.kind() == FrameType::Heartbeat {
-            return Verdict::Fatal(Reply::new(
-                reply::FRAME_ERROR,
-                format!("heartbeat frame on channel {ch}"),
-            ));
-        }
-        if ch > c.channel_max {
-            return Verdict::Fatal(Reply::new(
-                reply::NOT_ALLOWED,
-                format!(
-                    "channel {ch} exceeds the negotiated channel_max {}",
-                    c.channel_max
-                ),
-            ));
+            return Verdict::Fatal(misplaced_frame(frame));
         }
         let Some(chan) = c.channels.get(&ch) else {
             return self.frame_on_unopened_channel(now, id, frame);
@@ -165,9 +165,27 @@ impl Hub {
         }
     }
 
+    /// Whether client `id` has as many channels as the channel_max it negotiated.
+    fn channels_at_max(&self, id: ClientId) -> bool {
+        self.client(id)
+            .is_some_and(|c| c.channels.len() >= usize::from(c.channel_max))
+    }
+
     fn frame_on_unopened_channel(&mut self, now: Instant, id: ClientId, frame: &Frame) -> Verdict {
         match frame.method_id() {
             Some(ids::CHANNEL_OPEN) => match checked_method(frame) {
+                // RabbitMQ counts channels against channel_max (their numbers may be higher),
+                // and names no method as the cause: the close goes out here, not as a Fatal
+                // verdict, which would name channel.open.
+                Ok(_) if self.channels_at_max(id) => {
+                    let max = self.client(id).map_or(0, |c| c.channel_max);
+                    let text = format!(
+                        "number of channels opened ({max}) has reached the negotiated \
+                         channel_max ({max})"
+                    );
+                    self.close_client(now, id, Reply::new(reply::NOT_ALLOWED, text));
+                    Verdict::Done
+                }
                 Ok(_) => {
                     self.open_channel(now, id, frame.channel());
                     Verdict::Done
@@ -176,10 +194,7 @@ impl Hub {
             },
             // A late CloseOk for a channel already forgotten: harmless.
             Some(ids::CHANNEL_CLOSE_OK) => Verdict::Done,
-            _ => Verdict::Fatal(Reply::new(
-                reply::CHANNEL_ERROR,
-                format!("expected 'channel.open' on channel {}", frame.channel()),
-            )),
+            _ => Verdict::Fatal(Reply::new(reply::CHANNEL_ERROR, "expected 'channel.open'")),
         }
     }
 

@@ -5,7 +5,8 @@
 
 use super::exclusive::{as_broker_reads, uses_queue_shortcut};
 use super::{
-    checked_method, unexpected, ClientChannel, Declare, Delete, PendingPublish, Shortcut, Verdict,
+    checked_method, unimplemented_method, ClientChannel, Declare, Delete, PendingPublish, Shortcut,
+    Verdict,
 };
 use crate::frame::Frame;
 use crate::hub::{ClientId, Hub};
@@ -17,6 +18,14 @@ impl Hub {
     /// A method on an open (or waiting) channel: checked, tracked, and mostly forwarded.
     pub(super) fn channel_method(&mut self, now: Instant, id: ClientId, frame: &Frame) -> Verdict {
         let ch = frame.channel();
+        // Content comes first, whatever the method is (RabbitMQ's frame assembler).
+        if let Some(p) = self
+            .client(id)
+            .and_then(|c| c.channels.get(&ch))
+            .and_then(|chan| chan.publish.as_ref())
+        {
+            return Verdict::Fatal(p.out_of_sequence());
+        }
         let (mid, m) = match checked_method(frame) {
             Ok(x) => x,
             Err(r) => return Verdict::Fatal(r),
@@ -32,22 +41,19 @@ impl Hub {
         else {
             return Verdict::Done;
         };
-        if let Err(v) = chan.admit_method(ch, mid, frame.payload()) {
+        if let Err(v) = chan.admit_method(mid, frame.payload()) {
             return v;
         }
         match m {
             Method::ChannelOpen => Verdict::Fatal(Reply::new(
                 reply::CHANNEL_ERROR,
-                format!("second 'channel.open' seen on channel {ch}"),
+                "second 'channel.open' seen",
             )),
             Method::ChannelClose(_) => {
                 self.client_closes_channel(now, id, ch);
                 Verdict::Done
             }
-            Method::ChannelCloseOk => Verdict::Fatal(Reply::new(
-                reply::COMMAND_INVALID,
-                format!("unexpected channel.close-ok on open channel {ch}"),
-            )),
+            Method::ChannelCloseOk => Verdict::Fatal(unimplemented_method()),
             // Never forwarded (B7): RabbitMQ answers active=false with a connection error,
             // which must close this client, not the shared connection.
             Method::Flow { active: false } => {
@@ -107,12 +113,7 @@ impl ClientChannel {
     /// The checks every method on an open channel passes first (a recycled channel's queue
     /// shortcut among them), and what any method does to the channel's recyclability (B6).
     /// `Err` holds the verdict on a method that goes no further.
-    fn admit_method(&mut self, ch: u16, mid: MethodId, payload: &[u8]) -> Result<(), Verdict> {
-        if self.publish.is_some() {
-            return Err(Verdict::Fatal(unexpected(format!(
-                "expected content header or body on channel {ch}, got {mid}"
-            ))));
-        }
+    fn admit_method(&mut self, mid: MethodId, payload: &[u8]) -> Result<(), Verdict> {
         if self.committing && mid != ids::CHANNEL_CLOSE {
             return Err(Verdict::Fatal(Reply::new(
                 reply::CHANNEL_ERROR,
@@ -120,10 +121,7 @@ impl ClientChannel {
             )));
         }
         if mid.class == 10 {
-            return Err(Verdict::Fatal(Reply::new(
-                reply::COMMAND_INVALID,
-                format!("{mid} on channel {ch}"),
-            )));
+            return Err(Verdict::Fatal(unimplemented_method()));
         }
         // Anything outside the clean list of B6 makes the channel non-recyclable for good.
         if !is_clean(mid) {

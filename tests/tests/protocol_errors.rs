@@ -1,0 +1,192 @@
+//! A client's protocol errors answered as RabbitMQ answers them (B7): for each malformed or
+//! misplaced frame, the same frames go once straight to RabbitMQ and once through warren, on
+//! a fresh connection with channel 1 open, and the close that comes back — its channel, reply
+//! code, text and the method it names as the cause — must be the same. warren answers these
+//! itself (forwarded, most would close the shared broker connection), so this is where it
+//! could drift from RabbitMQ unnoticed.
+//!
+//! Left out, with what RabbitMQ 3.10 does instead: an unknown class or method and a field
+//! table with an unknown value type (it drops the socket without a close; warren sends 540
+//! and 502), a body longer than its header declared (it notices only at the next frame),
+//! server methods that carry content such as `basic.deliver` (it waits for their content),
+//! and a bad frame type or end octet (same code; its text quotes Erlang terms).
+
+use anyhow::{ensure, Result};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use warren_core::frame::{method_frame, Frame, FrameType};
+use warren_core::method::{encode, MethodId, Tune};
+use warren_tests::lapin_ops::bounded;
+use warren_tests::raw::{build, Closed, RawClient, RawOptions};
+use warren_tests::{TestUser, Warren, BROKER_HOST, BROKER_PORT};
+
+/// The frames of each case, sent after channel 1 is open.
+fn cases() -> Vec<(&'static str, Vec<Bytes>)> {
+    let m = |ch: u16, class: u16, method: u16, args: &[u8]| -> Bytes {
+        let args = args.to_vec();
+        method_frame(ch, MethodId::new(class, method), move |w| {
+            w.raw(&args);
+        })
+    };
+    let raw = |kind: FrameType, ch: u16, payload: &[u8]| Frame::new(kind, ch, payload).freeze();
+    let tune_ok = encode::tune(
+        Tune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 0,
+        },
+        true,
+    );
+    vec![
+        (
+            "a method on an unopened channel",
+            vec![build::qos(9, 0, 10)],
+        ),
+        ("a second channel.open", vec![encode::channel_open(1)]),
+        (
+            "a heartbeat on channel 1",
+            vec![raw(FrameType::Heartbeat, 1, b"")],
+        ),
+        (
+            "a heartbeat with a payload",
+            vec![raw(FrameType::Heartbeat, 1, b"ab")],
+        ),
+        ("a content header on channel 0", vec![build::header(0, 3)]),
+        ("a content body on channel 0", vec![build::body(0, b"abc")]),
+        ("channel.open on channel 0", vec![encode::channel_open(0)]),
+        ("connection.tune-ok after the handshake", vec![tune_ok]),
+        (
+            "connection.blocked on channel 0",
+            vec![m(0, 10, 60, b"\x01x")],
+        ),
+        (
+            "connection.blocked on channel 1",
+            vec![m(1, 10, 60, b"\x01x")],
+        ),
+        ("truncated arguments", vec![m(1, 60, 10, b"\x00\x00")]),
+        (
+            "trailing bytes after the arguments",
+            vec![m(1, 60, 10, b"\x00\x00\x00\x00\x00\x0a\x00xyz")],
+        ),
+        (
+            "basic.qos with a prefetch size",
+            vec![build::qos(1, 4096, 10)],
+        ),
+        (
+            "basic.recover requeue=false",
+            vec![build::recover(1, false)],
+        ),
+        (
+            "an unknown exchange type",
+            vec![build::exchange_declare(1, "warren-pe-x", "x-nope")],
+        ),
+        (
+            "channel.close-ok on an open channel",
+            vec![m(1, 20, 41, b"")],
+        ),
+        ("channel.flow active=false", vec![build::flow(1, false)]),
+        ("a body without a method", vec![build::body(1, b"abc")]),
+        ("a header without a method", vec![build::header(1, 3)]),
+        (
+            "a method inside content",
+            vec![
+                build::publish(1, "", "nowhere", false, false),
+                build::header(1, 10),
+                build::qos(1, 0, 10),
+            ],
+        ),
+        (
+            "a header of another class",
+            vec![
+                build::publish(1, "", "nowhere", false, false),
+                raw(
+                    FrameType::Header,
+                    1,
+                    &[0, 50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0],
+                ),
+            ],
+        ),
+        (
+            "basic.publish immediate=true",
+            vec![
+                build::publish(1, "", "nowhere", false, true),
+                build::header(1, 2),
+                build::body(1, b"hi"),
+            ],
+        ),
+        (
+            "a server's method (queue.declare-ok)",
+            vec![m(1, 50, 11, b"\x01q\x00\x00\x00\x00\x00\x00\x00\x00")],
+        ),
+        ("a server's method (basic.qos-ok)", vec![m(1, 60, 11, b"")]),
+    ]
+}
+
+/// The close `frames` bring back from the server at `addr`.
+async fn answer(addr: SocketAddr, opts: &RawOptions, frames: &[Bytes]) -> Result<Closed> {
+    let mut client = RawClient::connect(addr, opts).await?;
+    client.open_channel(1).await?;
+    client.send(frames).await?;
+    let closed = client.expect_close().await?;
+    if closed.channel == 0 {
+        client.finish_close().await?;
+    }
+    Ok(closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_get_rabbitmqs_close_frame_for_frame() -> Result<()> {
+    bounded(async {
+        let user = TestUser::create("warren-pe").await?;
+        let opts = RawOptions::new(&user.name, &user.password, "/");
+        let warren = Warren::start()?;
+        let broker: SocketAddr = format!("{BROKER_HOST}:{BROKER_PORT}").parse()?;
+        let mut differences = Vec::new();
+        for (case, frames) in cases() {
+            let direct = answer(broker, &opts, &frames).await?;
+            let through = answer(warren.addr(), &opts, &frames).await?;
+            if direct != through {
+                differences.push(format!(
+                    "{case}:\n  RabbitMQ {direct:?}\n  warren   {through:?}"
+                ));
+            }
+        }
+        ensure!(differences.is_empty(), "{}", differences.join("\n"));
+        Ok(())
+    })
+    .await
+}
+
+/// RabbitMQ counts channels against the channel_max a client negotiated; their numbers may
+/// be higher. The open past the count closes the connection with 530, naming no method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_max_is_a_count_as_on_rabbitmq() -> Result<()> {
+    bounded(async {
+        let user = TestUser::create("warren-pe-max").await?;
+        let mut opts = RawOptions::new(&user.name, &user.password, "/");
+        opts.channel_max = 2;
+        let warren = Warren::start()?;
+        let broker: SocketAddr = format!("{BROKER_HOST}:{BROKER_PORT}").parse()?;
+        for addr in [broker, warren.addr()] {
+            let mut client = RawClient::connect(addr, &opts).await?;
+            client.open_channel(7).await?;
+            client.open_channel(1).await?;
+            client.send(&[encode::channel_open(2)]).await?;
+            let closed = client.expect_close().await?;
+            let want = "NOT_ALLOWED - number of channels opened (2) has reached the negotiated \
+                        channel_max (2)";
+            ensure!(
+                (
+                    closed.channel,
+                    closed.code,
+                    closed.text.as_str(),
+                    closed.cause
+                ) == (0, 530, want, (0, 0)),
+                "{addr}: {closed:?}"
+            );
+            client.finish_close().await?;
+        }
+        Ok(())
+    })
+    .await
+}
