@@ -11,9 +11,10 @@
 
 use crate::credentials::{parse_sasl, Credentials, SaslError, Secret};
 use crate::frame::{FrameDecoder, FrameError, FrameType, FRAME_MIN_SIZE, PROTOCOL_HEADER};
-use crate::method::{self, encode, ConnectionStart, Method, MethodId, StartOk, Tune};
+use crate::method::{self, encode, ids, ConnectionStart, Method, MethodId, StartOk, Tune};
 use crate::reply::{self, Reply};
 use crate::table::{longstr, FieldTable, FieldValue};
+use crate::wire::WireError;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -272,20 +273,12 @@ impl ClientHandshake {
             match frame.kind() {
                 FrameType::Heartbeat => continue,
                 FrameType::Method if frame.channel() == 0 => {}
-                _ => {
-                    return self.fail(Reply::new(
-                        reply::UNEXPECTED_FRAME,
-                        "expected a connection method on channel 0 during the handshake",
-                    ))
-                }
+                kind => return self.fail(reply::misplaced_frame(kind.octet(), frame.payload())),
             }
             let id = frame.method_id();
             match method::decode(frame.payload()) {
                 Ok(m) => self.on_method(m, id),
-                Err(e) => self.fail(Reply::new(
-                    reply::SYNTAX_ERROR,
-                    format!("malformed method: {e}"),
-                )),
+                Err(e) => self.fail(malformed(frame.payload(), e)),
             }
         }
     }
@@ -359,14 +352,17 @@ impl ClientHandshake {
                 self.out.push_back(HandshakeOutput::Close);
             }
             (stage, _) => {
-                let what = id.map_or_else(|| "method".to_owned(), |id| id.to_string());
-                self.fail(Reply::new(
-                    reply::COMMAND_INVALID,
+                let reply = Reply::new(
+                    reply::CHANNEL_ERROR,
                     format!(
-                        "unexpected {what} during handshake stage {:?}",
-                        stage.name()
+                        "unexpected method in connection state {}",
+                        stage.rabbitmq_state()
                     ),
-                ))
+                );
+                self.fail(match id {
+                    Some(id) => reply.caused_by(id),
+                    None => reply,
+                })
             }
         }
     }
@@ -391,10 +387,13 @@ impl ClientHandshake {
                 });
                 self.stage = Stage::Verdict(Login { user, password });
             }
-            Err(SaslError::UnsupportedMechanism(m)) => self.fail(Reply::new(
-                reply::COMMAND_INVALID,
-                format!("unknown authentication mechanism '{m}'"),
-            )),
+            Err(SaslError::UnsupportedMechanism(m)) => self.fail(
+                Reply::new(
+                    reply::COMMAND_INVALID,
+                    format!("unknown authentication mechanism '{m}'"),
+                )
+                .caused_by(ids::CONNECTION_START_OK),
+            ),
             Err(SaslError::Malformed(why)) => self.refuse(&Reply::new(reply::ACCESS_REFUSED, why)),
         }
     }
@@ -466,6 +465,28 @@ impl Stage {
             Stage::Open(..) => "open",
             Stage::Finished => "finished",
         }
+    }
+
+    /// The state RabbitMQ names in its refusal of a method out of turn.
+    fn rabbitmq_state(&self) -> &'static str {
+        match self {
+            Stage::Header | Stage::StartOk | Stage::Verdict(_) => "starting",
+            Stage::TuneOk(_) => "tuning",
+            Stage::Open(..) => "opening",
+            Stage::Finished => "closing",
+        }
+    }
+}
+
+/// RabbitMQ's refusal of a handshake method that does not decode: arguments it cannot split
+/// into fields are 501 "cannot decode", anything else (an unknown method, a bad field table)
+/// a 502 naming the fault.
+fn malformed(payload: &[u8], e: WireError) -> Reply {
+    match method::split_payload(payload) {
+        Ok((mid, args)) if matches!(e, WireError::Truncated | WireError::TrailingBytes) => {
+            reply::cannot_decode(args).caused_by(mid)
+        }
+        _ => Reply::new(reply::SYNTAX_ERROR, format!("malformed method: {e}")),
     }
 }
 

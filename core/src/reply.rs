@@ -167,6 +167,26 @@ pub fn erlang_binary(bytes: &[u8]) -> String {
     }
 }
 
+/// RabbitMQ's refusal of a frame it cannot place (given its type octet and payload): a
+/// content frame on channel 0, a heartbeat on another channel or any frame on a channel
+/// during the handshake is 505, a heartbeat with a payload 501 — each quoting the frame.
+#[must_use]
+pub fn misplaced_frame(kind: u8, payload: &[u8]) -> Reply {
+    let octets = format!("type {kind}, all octets = {}", erlang_binary(payload));
+    if kind == 8 && !payload.is_empty() {
+        Reply::new(FRAME_ERROR, format!("{octets}: unknown_frame"))
+    } else {
+        Reply::new(UNEXPECTED_FRAME, octets)
+    }
+}
+
+/// RabbitMQ's refusal of method arguments it cannot split into fields (too short, or bytes
+/// left over).
+#[must_use]
+pub fn cannot_decode(args: &[u8]) -> Reply {
+    Reply::new(FRAME_ERROR, format!("cannot decode {}", erlang_binary(args)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ mod methods;
 use super::channels::Slot;
 use super::liveness::Liveness;
 use super::{ClientId, Holder, Hub, HubEvent, Output, UpRef, UpstreamId};
-use crate::frame::{Frame, FrameType};
+use crate::frame::Frame;
 use crate::handshake::{refusal, ClientCapabilities, ClientHello};
 use crate::method::{self, encode, Close, Method, MethodId};
 use crate::reply::{self, Reply};
@@ -304,19 +304,9 @@ fn unexpected(detail: impl std::fmt::Display) -> Reply {
     Reply::new(reply::UNEXPECTED_FRAME, detail)
 }
 
-/// RabbitMQ's refusal of a frame it cannot place: a content frame on channel 0 or a heartbeat
-/// on another channel is 505, a heartbeat with a payload is 501 — each quoting the frame.
+/// RabbitMQ's refusal of `frame` where it came (see [`reply::misplaced_frame`]).
 fn misplaced_frame(frame: &Frame) -> Reply {
-    let octets = format!(
-        "type {}, all octets = {}",
-        frame.kind().octet(),
-        reply::erlang_binary(frame.payload())
-    );
-    if frame.kind() == FrameType::Heartbeat && !frame.payload().is_empty() {
-        Reply::new(reply::FRAME_ERROR, format!("{octets}: unknown_frame"))
-    } else {
-        unexpected(octets)
-    }
+    reply::misplaced_frame(frame.kind().octet(), frame.payload())
 }
 
 /// RabbitMQ's answer to a method a client may not send where it was sent (a server's
@@ -507,11 +497,7 @@ fn checked_method(frame: &Frame) -> Result<(MethodId, Method), Reply> {
     }
     method::validate_args(spec, args).map_err(|e| match e {
         // RabbitMQ cannot split such arguments into fields at all.
-        WireError::Truncated | WireError::TrailingBytes => Reply::new(
-            reply::FRAME_ERROR,
-            format!("cannot decode {}", reply::erlang_binary(args)),
-        )
-        .caused_by(mid),
+        WireError::Truncated | WireError::TrailingBytes => reply::cannot_decode(args).caused_by(mid),
         _ => Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid),
     })?;
     let m = method::decode(frame.payload()).map_err(|e| {
