@@ -400,6 +400,21 @@ impl ClientHandshake {
 
     fn on_tune_ok(&mut self, login: Login, t: Tune) {
         let ours = self.config;
+        let checks = [
+            ("frame_max", t.frame_max, FRAME_MIN_SIZE, ours.frame_max),
+            (
+                "channel_max",
+                u32::from(t.channel_max),
+                1,
+                u32::from(ours.channel_max),
+            ),
+        ];
+        for (field, client, min, max) in checks {
+            if let Some(reply) = refused_tune_value(field, client, min, max) {
+                return self.fail(reply);
+            }
+        }
+        // Zero takes ours.
         let frame_max = if t.frame_max == 0 {
             ours.frame_max
         } else {
@@ -410,24 +425,6 @@ impl ClientHandshake {
         } else {
             t.channel_max
         };
-        if frame_max < FRAME_MIN_SIZE {
-            return self.fail(Reply::new(
-                reply::NOT_ALLOWED,
-                format!("frame_max={frame_max} < {FRAME_MIN_SIZE} min size"),
-            ));
-        }
-        if frame_max > ours.frame_max {
-            return self.fail(Reply::new(
-                reply::NOT_ALLOWED,
-                format!("frame_max={frame_max} > {} max size", ours.frame_max),
-            ));
-        }
-        if channel_max > ours.channel_max {
-            return self.fail(Reply::new(
-                reply::NOT_ALLOWED,
-                format!("channel_max={channel_max} > {} max", ours.channel_max),
-            ));
-        }
         let tune = Tune {
             channel_max,
             frame_max,
@@ -476,6 +473,21 @@ impl Stage {
             Stage::Finished => "closing",
         }
     }
+}
+
+/// RabbitMQ's refusal of a `TuneOk` value below `min` or above `max` (zero, no limit, is
+/// either). RabbitMQ 3.10 also refuses a client's zero when it has a limit; warren takes it
+/// as "the server's value", as it always has, which no client working with RabbitMQ sends.
+fn refused_tune_value(field: &str, client: u32, min: u32, max: u32) -> Option<Reply> {
+    let (side, bound) = if client != 0 && client < min {
+        ("lower than the minimum", min)
+    } else if max != 0 && client > max {
+        ("higher than the maximum", max)
+    } else {
+        return None;
+    };
+    let text = format!("negotiated {field} = {client} is {side} allowed value ({bound})");
+    Some(Reply::new(reply::NOT_ALLOWED, text).caused_by(ids::CONNECTION_TUNE))
 }
 
 /// RabbitMQ's refusal of a handshake method that does not decode: arguments it cannot split
