@@ -184,7 +184,10 @@ pub fn misplaced_frame(kind: u8, payload: &[u8]) -> Reply {
 /// left over).
 #[must_use]
 pub fn cannot_decode(args: &[u8]) -> Reply {
-    Reply::new(FRAME_ERROR, format!("cannot decode {}", erlang_binary(args)))
+    Reply::new(
+        FRAME_ERROR,
+        format!("cannot decode {}", erlang_binary(args)),
+    )
 }
 
 #[cfg(test)]

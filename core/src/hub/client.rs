@@ -497,7 +497,9 @@ fn checked_method(frame: &Frame) -> Result<(MethodId, Method), Reply> {
     }
     method::validate_args(spec, args).map_err(|e| match e {
         // RabbitMQ cannot split such arguments into fields at all.
-        WireError::Truncated | WireError::TrailingBytes => reply::cannot_decode(args).caused_by(mid),
+        WireError::Truncated | WireError::TrailingBytes => {
+            reply::cannot_decode(args).caused_by(mid)
+        }
         _ => Reply::new(reply::SYNTAX_ERROR, format!("{}: {e}", spec.name)).caused_by(mid),
     })?;
     let m = method::decode(frame.payload()).map_err(|e| {
