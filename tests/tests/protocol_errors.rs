@@ -190,3 +190,44 @@ async fn channel_max_is_a_count_as_on_rabbitmq() -> Result<()> {
     })
     .await
 }
+
+/// A message above max_message_size (128 MiB on both): RabbitMQ refuses it with 406 once the
+/// whole body is in, naming basic.publish; warren refuses at the header, before buffering any
+/// of it, with the same channel close. The client here sends RabbitMQ the whole body and
+/// warren only the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_gets_rabbitmqs_406() -> Result<()> {
+    bounded(async {
+        let user = TestUser::create("warren-pe-size").await?;
+        let opts = RawOptions::new(&user.name, &user.password, "/");
+        let warren = Warren::start()?;
+        let broker: SocketAddr = format!("{BROKER_HOST}:{BROKER_PORT}").parse()?;
+        let size: u64 = (128 << 20) + 1;
+        let announce = [
+            build::publish(1, "", "nowhere", false, false),
+            build::header(1, size),
+        ];
+        let mut direct = RawClient::connect(broker, &opts).await?;
+        direct.open_channel(1).await?;
+        direct.send(&announce).await?;
+        let chunk = vec![b'x'; 131_064];
+        let mut sent = 0;
+        while sent < size {
+            let n = chunk.len().min(usize::try_from(size - sent)?);
+            direct.send(&[build::body(1, &chunk[..n])]).await?;
+            sent += n as u64;
+        }
+        let from_rabbitmq = direct.expect_close().await?;
+        let mut through = RawClient::connect(warren.addr(), &opts).await?;
+        through.open_channel(1).await?;
+        through.send(&announce).await?;
+        let from_warren = through.expect_close().await?;
+        ensure!(
+            from_rabbitmq == from_warren,
+            "RabbitMQ {from_rabbitmq:?}\nwarren   {from_warren:?}"
+        );
+        ensure!(from_warren.code == 406, "{from_warren:?}");
+        Ok(())
+    })
+    .await
+}

@@ -51,13 +51,16 @@ impl Hub {
             if let Some(c) = self.clients.get_mut(id.index()) {
                 c.buffered -= held;
             }
-            return Verdict::CloseChannel(Reply::new(
-                reply::PRECONDITION_FAILED,
-                format!(
-                    "message size {} is larger than configured max size {max}",
-                    h.body_size
-                ),
-            ));
+            return Verdict::CloseChannel(
+                Reply::new(
+                    reply::PRECONDITION_FAILED,
+                    format!(
+                        "message size {} is larger than configured max size {max}",
+                        h.body_size
+                    ),
+                )
+                .caused_by(ids::BASIC_PUBLISH),
+            );
         }
         p.remaining = Some(h.body_size);
         Verdict::Hold
