@@ -61,6 +61,8 @@ pub enum FrameError {
     /// The declared size exceeds the negotiated frame_max. Detected from the header alone,
     /// before anything is buffered for the payload.
     TooLarge {
+        /// The frame's type octet.
+        kind: u8,
         /// Size of the whole frame as declared.
         size: u64,
         /// The negotiated limit.
@@ -83,9 +85,13 @@ impl FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::TooLarge { size, max } => {
-                write!(f, "FRAME_ERROR - frame size {size} exceeds frame_max {max}")
-            }
+            // RabbitMQ's words: the payload's size, and the largest payload frame_max leaves.
+            FrameError::TooLarge { kind, size, max } => write!(
+                f,
+                "FRAME_ERROR - type {kind}, all octets = <<>>: {{frame_too_large,{},{}}}",
+                size.saturating_sub(FRAME_OVERHEAD as u64),
+                max.saturating_sub(FRAME_OVERHEAD as u32)
+            ),
             FrameError::BadEnd(b) => {
                 write!(f, "FRAME_ERROR - invalid frame end marker 0x{b:02x}")
             }
@@ -195,6 +201,8 @@ impl Frame {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameDecoder {
     max_frame_size: u32,
+    /// Bytes tolerated beyond `max_frame_size` (see [`FrameDecoder::for_client`]).
+    slack: u32,
 }
 
 impl FrameDecoder {
@@ -202,7 +210,21 @@ impl FrameDecoder {
     /// negotiated frame_max, which counts header and end octet).
     #[must_use]
     pub fn new(max_frame_size: u32) -> Self {
-        FrameDecoder { max_frame_size }
+        FrameDecoder {
+            max_frame_size,
+            slack: 0,
+        }
+    }
+
+    /// A decoder for a client's frames, as RabbitMQ reads them: a payload may be as large as
+    /// frame_max itself, 8 bytes more than the limit allows, for clients that forget the
+    /// framing (RabbitMQ's "fudge"; a client that works against it must work through warren).
+    #[must_use]
+    pub fn for_client(max_frame_size: u32) -> Self {
+        FrameDecoder {
+            max_frame_size,
+            slack: FRAME_OVERHEAD as u32,
+        }
     }
 
     /// Changes the limit, as after `Connection.Tune`.
@@ -230,8 +252,9 @@ impl FrameDecoder {
         }
         let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as u64;
         let total = size + FRAME_OVERHEAD as u64;
-        if total > u64::from(self.max_frame_size) {
+        if total > u64::from(self.max_frame_size) + u64::from(self.slack) {
             return Err(FrameError::TooLarge {
+                kind: buf[0],
                 size: total,
                 max: self.max_frame_size,
             });
@@ -362,6 +385,26 @@ mod tests {
         let payload = vec![0u8; 4096 - FRAME_OVERHEAD + 1];
         let mut too_big = BytesMut::from(&wire(3, 1, &payload, FRAME_END)[..]);
         assert!(FrameDecoder::new(4096).decode(&mut too_big).is_err());
+    }
+
+    #[test]
+    fn a_clients_payload_may_be_as_large_as_frame_max() {
+        let payload = vec![0u8; 4096];
+        let mut ok = BytesMut::from(&wire(3, 1, &payload, FRAME_END)[..]);
+        assert!(FrameDecoder::for_client(4096)
+            .decode(&mut ok)
+            .unwrap()
+            .is_some());
+        let payload = vec![0u8; 4097];
+        let mut too_big = BytesMut::from(&wire(3, 1, &payload, FRAME_END)[..]);
+        assert_eq!(
+            FrameDecoder::for_client(4096).decode(&mut too_big),
+            Err(FrameError::TooLarge {
+                kind: 3,
+                size: 4097 + FRAME_OVERHEAD as u64,
+                max: 4096
+            })
+        );
     }
 
     #[test]

@@ -130,7 +130,11 @@ proptest! {
             prop_assert_eq!(got.0.len(), first_big);
             prop_assert_eq!(
                 got.1,
-                Err(FrameError::TooLarge { size: largest as u64, max: max - 1 })
+                Err(FrameError::TooLarge {
+                    kind: frames[first_big].0.octet(),
+                    size: largest as u64,
+                    max: max - 1
+                })
             );
         }
     }

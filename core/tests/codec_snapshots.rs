@@ -311,6 +311,7 @@ fn start_ok_decode_keeps_every_field_type() {
 fn frame_error_texts() {
     let errors = [
         FrameError::TooLarge {
+            kind: 3,
             size: 131_081,
             max: 131_072,
         },

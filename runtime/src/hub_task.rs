@@ -333,7 +333,7 @@ impl<N: Network> HubTask<N> {
             ClientConn {
                 id,
                 key,
-                decoder: FrameDecoder::new(frame_max),
+                decoder: FrameDecoder::for_client(frame_max),
                 slow: false,
                 watch: DrainWatch::default(),
                 reset,

@@ -895,6 +895,7 @@ fn bad_client_input_gets_the_spec_reply_code() {
         (
             "frame larger than frame_max",
             FrameError::TooLarge {
+                kind: 3,
                 size: 200_000,
                 max: 131_072,
             },

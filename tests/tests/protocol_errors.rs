@@ -119,6 +119,26 @@ fn cases() -> Vec<(&'static str, Vec<Bytes>)> {
             vec![m(1, 50, 11, b"\x01q\x00\x00\x00\x00\x00\x00\x00\x00")],
         ),
         ("a server's method (basic.qos-ok)", vec![m(1, 60, 11, b"")]),
+        (
+            "a body frame larger than frame_max",
+            vec![
+                build::publish(1, "", "nowhere", false, false),
+                build::header(1, 300_000),
+                build::body(1, &[b'x'; 200_000]),
+            ],
+        ),
+        (
+            // RabbitMQ takes a payload of frame_max itself (its "fudge" for clients that forget
+            // the 8 bytes of framing): the open after it is refused as a method inside
+            // content, not the frame as too large.
+            "a body frame whose payload is frame_max, then a second channel.open",
+            vec![
+                build::publish(1, "", "nowhere", false, false),
+                build::header(1, 300_000),
+                build::body(1, &[b'x'; 131_072]),
+                encode::channel_open(1),
+            ],
+        ),
     ]
 }
 

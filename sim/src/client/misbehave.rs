@@ -24,7 +24,8 @@ pub enum Misbehaviour {
     MethodInsideContent,
     /// More body bytes than the header declared (505).
     BodyTooLong,
-    /// A frame larger than the negotiated frame_max (501).
+    /// A frame whose payload is larger than the negotiated frame_max (501; RabbitMQ takes a
+    /// payload of frame_max itself).
     OversizedFrame,
     /// A frame whose end octet is not 0xCE (501).
     BadFrameEnd,
@@ -128,7 +129,8 @@ impl FakeClient {
                 b.extend_from_slice(&Frame::new(FrameType::Body, 1, b"abc").freeze());
             }
             OversizedFrame => {
-                let big = vec![0u8; frame_max];
+                // RabbitMQ takes a payload of frame_max itself; one byte more is too large.
+                let big = vec![0u8; frame_max + 1];
                 b.extend_from_slice(&Frame::new(FrameType::Body, 1, &big).freeze());
             }
             BadFrameEnd => {

@@ -155,7 +155,7 @@ impl World {
                     hub: hid,
                     id,
                     buf: pipelined,
-                    decoder: FrameDecoder::new(frame_max),
+                    decoder: FrameDecoder::for_client(frame_max),
                     dead: false,
                 };
                 self.hub_outputs(hid);

@@ -216,7 +216,11 @@ fn model_frames(data: &[u8], max: u32) -> Decoded {
         let size = u64::from(u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]]));
         let total = size + FRAME_OVERHEAD as u64;
         if total > u64::from(max) {
-            break Err(FrameError::TooLarge { size: total, max });
+            break Err(FrameError::TooLarge {
+                kind,
+                size: total,
+                max,
+            });
         }
         let total = total as usize;
         if rest.len() < total {

@@ -348,7 +348,7 @@ impl UpstreamChecker {
                 Err(e) => {
                     self.buf.clear();
                     let v = match e {
-                        FrameError::TooLarge { size, max } => violation(
+                        FrameError::TooLarge { size, max, .. } => violation(
                             Rule::FrameMax,
                             ch,
                             format!("a {size}-byte frame exceeds frame_max {max}"),
