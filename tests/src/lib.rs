@@ -38,6 +38,12 @@ pub use warren::Warren;
 pub const BROKER_HOST: &str = "127.0.0.1";
 /// AMQP port of the broker the tests use.
 pub const BROKER_PORT: u16 = 5672;
+/// The broker's own address, for comparing its answers with warren's.
+#[must_use]
+pub fn broker_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::new(BROKER_HOST.parse().expect("an IP address"), BROKER_PORT)
+}
+
 /// The broker's default user (and its password), allowed from localhost only.
 pub const GUEST: &str = "guest";
 

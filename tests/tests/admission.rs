@@ -22,13 +22,7 @@ use warren_tests::broker::{rabbitmqctl, TestUser};
 use warren_tests::client::{self, amqp_url};
 use warren_tests::lapin_ops::{bounded, lapin_declare, lapin_round_trip, LIMIT};
 use warren_tests::raw::{RawClient, RawOptions};
-use warren_tests::{unique, wait_until, Warren, BROKER_HOST, BROKER_PORT};
-
-fn broker() -> SocketAddr {
-    format!("{BROKER_HOST}:{BROKER_PORT}")
-        .parse()
-        .expect("address")
-}
+use warren_tests::{broker_addr, unique, wait_until, Warren};
 
 /// What a server answers to a `StartOk`, on the wire: the next frame's method, or the socket
 /// closing.
@@ -106,7 +100,7 @@ async fn the_login_is_answered_at_start_ok_as_rabbitmq_answers_it() -> Result<()
             ("wrong", false),
             (user.password.as_str(), true),
         ] {
-            let direct = answer_to_start_ok(broker(), &user.name, password, caps).await?;
+            let direct = answer_to_start_ok(broker_addr(), &user.name, password, caps).await?;
             let through = answer_to_start_ok(warren.addr(), &user.name, password, caps).await?;
             eprintln!(
                 "password ok={} caps={caps}: {direct}",
@@ -142,7 +136,7 @@ async fn client_libraries_report_refusals_as_they_do_directly() -> Result<()> {
                     Err(e) => Ok(format!("{:?}", e.kind())),
                 }
             };
-            let (direct, through) = (lapin(broker()).await?, lapin(warren.addr()).await?);
+            let (direct, through) = (lapin(broker_addr()).await?, lapin(warren.addr()).await?);
             ensure!(
                 direct == through,
                 "lapin, {what}: RabbitMQ {direct}; warren {through}"
@@ -153,7 +147,7 @@ async fn client_libraries_report_refusals_as_they_do_directly() -> Result<()> {
                     Err(e) => Ok(e.to_string()),
                 }
             };
-            let (direct, through) = (amqprs(broker()).await?, amqprs(warren.addr()).await?);
+            let (direct, through) = (amqprs(broker_addr()).await?, amqprs(warren.addr()).await?);
             ensure!(
                 direct == through,
                 "amqprs, {what}: RabbitMQ {direct}; warren {through}"
@@ -304,7 +298,7 @@ async fn revoked_permissions_refuse_operations_and_new_clients_as_rabbitmq_does(
         let warren = Warren::start_configured(with_events)?;
         events_followed(&warren).await?;
         let direct = client::lapin_connect(&amqp_url(
-            broker(),
+            broker_addr(),
             &direct_user.name,
             &direct_user.password,
             "/",
@@ -345,7 +339,7 @@ async fn revoked_permissions_refuse_operations_and_new_clients_as_rabbitmq_does(
             let opts = RawOptions::new(&u.name, &u.password, "/");
             async move { RawClient::try_connect(addr, &opts).await }
         };
-        let d = refused(&direct_user, broker())
+        let d = refused(&direct_user, broker_addr())
             .await?
             .err()
             .context("RabbitMQ let the user in")?;
@@ -382,7 +376,7 @@ async fn a_deleted_user_is_closed_everywhere_with_rabbitmqs_reply() -> Result<()
         let warren = Warren::start_configured(with_events)?;
         events_followed(&warren).await?;
         let mut clients = Vec::new();
-        for (u, addr) in [(&direct_user, broker()), (&user, warren.addr())] {
+        for (u, addr) in [(&direct_user, broker_addr()), (&user, warren.addr())] {
             let opts = RawOptions::new(&u.name, &u.password, "/");
             let mut with_channel = RawClient::connect(addr, &opts).await?;
             with_channel.open_channel(1).await?;
@@ -531,7 +525,7 @@ async fn exclusive_queues_are_locked_to_their_client_as_on_rabbitmq() -> Result<
             "bind with CR LF",
             "declare after the owner's shortcut delete",
         ] {
-            let direct = outcome(broker(), op).await?;
+            let direct = outcome(broker_addr(), op).await?;
             let through = outcome(warren.addr(), op).await?;
             eprintln!("{op}: {through}");
             ensure!(
@@ -584,7 +578,7 @@ async fn a_clients_exclusive_queue_is_reachable_from_all_its_channels_as_on_rabb
     bounded(async {
         let user = TestUser::create("warren-adm-home").await?;
         let warren = Warren::start_configured(|c| c.max_channels_per_upstream = 2)?;
-        let (direct, _) = own_exclusive_queue_from_a_later_channel(broker(), &user).await?;
+        let (direct, _) = own_exclusive_queue_from_a_later_channel(broker_addr(), &user).await?;
         let (through, connections) =
             own_exclusive_queue_from_a_later_channel(warren.addr(), &user).await?;
         ensure!(
@@ -612,7 +606,8 @@ async fn a_clients_exclusive_queue_outlives_a_spell_without_channels_as_on_rabbi
             c.recycling = false;
             c.upstream_idle_timeout = Duration::from_secs(1);
         })?;
-        let direct = own_exclusive_queue_after_a_spell_without_channels(broker(), &user).await?;
+        let direct =
+            own_exclusive_queue_after_a_spell_without_channels(broker_addr(), &user).await?;
         let through =
             own_exclusive_queue_after_a_spell_without_channels(warren.addr(), &user).await?;
         ensure!(direct == through, "RabbitMQ: {direct}; warren: {through}");

@@ -311,13 +311,8 @@ async fn publish_immediate_gets_540_and_only_its_sender_is_closed() -> Result<()
 async fn channel_flow_inactive_gets_rabbitmqs_540_and_only_its_sender_is_closed() -> Result<()> {
     const TEXT: &str = "NOT_IMPLEMENTED - active=false";
     bounded(async {
-        let broker_addr = format!(
-            "{}:{}",
-            warren_tests::BROKER_HOST,
-            warren_tests::BROKER_PORT
-        );
-        let opts = RawOptions::new("guest", "guest", "/");
-        let mut direct = RawClient::connect(broker_addr.parse()?, &opts).await?;
+        let opts = RawOptions::new(warren_tests::GUEST, warren_tests::GUEST, "/");
+        let mut direct = RawClient::connect(warren_tests::broker_addr(), &opts).await?;
         direct.open_channel(1).await?;
         direct.send(&[build::flow(1, false)]).await?;
         let closed = direct.expect_close().await?;

@@ -323,7 +323,7 @@ async fn tables_of_any_depth_go_through_unchanged() -> Result<()> {
     within(TEST_LIMIT, "the test", async {
         let user = TestUser::create("warren-deep").await?;
         let (p, addr) = warren(&[]).await?;
-        let broker: SocketAddr = format!("{BROKER_HOST}:{BROKER_PORT}").parse()?;
+        let broker = warren_tests::broker_addr();
         let t = Instant::now();
         let direct = deep_tables_through(broker, &user).await?;
         let d = t.elapsed();

@@ -21,18 +21,11 @@ use warren_tests::faulty_net::BreakableNetwork;
 use warren_tests::lapin_ops::{bounded, lapin_declare, lapin_round_trip, the_upstream_of, LIMIT};
 use warren_tests::metrics::metric;
 use warren_tests::raw::{as_close, describe, Incoming, RawClient, RawOptions};
-use warren_tests::{
-    unique, wait_until, TestUser, TestVhost, Warren, BROKER_HOST, BROKER_PORT, GUEST,
-};
+use warren_tests::{broker_addr, unique, wait_until, TestUser, TestVhost, Warren, GUEST};
 
 /// Upper bound for a silent peer to be noticed with a 1 s heartbeat: two intervals, plus
 /// generous room for timers and a loaded machine. A hang past it is a failure.
 const DETECTION_LIMIT: Duration = Duration::from_secs(15);
-
-/// The broker's own address, for comparing its answers with warren's.
-fn broker_addr() -> SocketAddr {
-    SocketAddr::new(BROKER_HOST.parse().expect("an IP address"), BROKER_PORT)
-}
 
 /// lapin's view of a refused login: the reply code and text, or a description of whatever
 /// else happened.

@@ -18,7 +18,7 @@ use warren_core::frame::{method_frame, Frame, FrameType};
 use warren_core::method::{encode, MethodId, Tune};
 use warren_tests::lapin_ops::bounded;
 use warren_tests::raw::{build, Closed, RawClient, RawOptions};
-use warren_tests::{TestUser, Warren, BROKER_HOST, BROKER_PORT};
+use warren_tests::{broker_addr, TestUser, Warren};
 
 /// The frames of each case, sent after channel 1 is open.
 fn cases() -> Vec<(&'static str, Vec<Bytes>)> {
@@ -142,6 +142,14 @@ fn cases() -> Vec<(&'static str, Vec<Bytes>)> {
     ]
 }
 
+/// A test's own broker user (each gets its own hub in warren), raw-client options for it, and
+/// a warren.
+async fn own_user_and_warren(prefix: &str) -> Result<(TestUser, RawOptions, Warren)> {
+    let user = TestUser::create(prefix).await?;
+    let opts = RawOptions::new(&user.name, &user.password, "/");
+    Ok((user, opts, Warren::start()?))
+}
+
 /// The close `frames` bring back from the server at `addr`.
 async fn answer(addr: SocketAddr, opts: &RawOptions, frames: &[Bytes]) -> Result<Closed> {
     let mut client = RawClient::connect(addr, opts).await?;
@@ -157,13 +165,10 @@ async fn answer(addr: SocketAddr, opts: &RawOptions, frames: &[Bytes]) -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_errors_get_rabbitmqs_close_frame_for_frame() -> Result<()> {
     bounded(async {
-        let user = TestUser::create("warren-pe").await?;
-        let opts = RawOptions::new(&user.name, &user.password, "/");
-        let warren = Warren::start()?;
-        let broker: SocketAddr = format!("{BROKER_HOST}:{BROKER_PORT}").parse()?;
+        let (_user, opts, warren) = own_user_and_warren("warren-pe").await?;
         let mut differences = Vec::new();
         for (case, frames) in cases() {
-            let direct = answer(broker, &opts, &frames).await?;
+            let direct = answer(broker_addr(), &opts, &frames).await?;
             let through = answer(warren.addr(), &opts, &frames).await?;
             if direct != through {
                 differences.push(format!(
@@ -182,12 +187,9 @@ async fn protocol_errors_get_rabbitmqs_close_frame_for_frame() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_max_is_a_count_as_on_rabbitmq() -> Result<()> {
     bounded(async {
-        let user = TestUser::create("warren-pe-max").await?;
-        let mut opts = RawOptions::new(&user.name, &user.password, "/");
+        let (_user, mut opts, warren) = own_user_and_warren("warren-pe-max").await?;
         opts.channel_max = 2;
-        let warren = Warren::start()?;
-        let broker: SocketAddr = format!("{BROKER_HOST}:{BROKER_PORT}").parse()?;
-        for addr in [broker, warren.addr()] {
+        for addr in [broker_addr(), warren.addr()] {
             let mut client = RawClient::connect(addr, &opts).await?;
             client.open_channel(7).await?;
             client.open_channel(1).await?;
@@ -218,16 +220,13 @@ async fn channel_max_is_a_count_as_on_rabbitmq() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_message_gets_rabbitmqs_406() -> Result<()> {
     bounded(async {
-        let user = TestUser::create("warren-pe-size").await?;
-        let opts = RawOptions::new(&user.name, &user.password, "/");
-        let warren = Warren::start()?;
-        let broker: SocketAddr = format!("{BROKER_HOST}:{BROKER_PORT}").parse()?;
+        let (_user, opts, warren) = own_user_and_warren("warren-pe-size").await?;
         let size: u64 = (128 << 20) + 1;
         let announce = [
             build::publish(1, "", "nowhere", false, false),
             build::header(1, size),
         ];
-        let mut direct = RawClient::connect(broker, &opts).await?;
+        let mut direct = RawClient::connect(broker_addr(), &opts).await?;
         direct.open_channel(1).await?;
         direct.send(&announce).await?;
         let chunk = vec![b'x'; 131_064];

@@ -158,7 +158,11 @@ impl Hub {
             ChanState::Waiting | ChanState::Open(_) => {}
         }
         match frame.kind() {
-            FrameType::Method => self.channel_method(now, id, frame),
+            // Content comes first, whatever the method is (RabbitMQ's frame assembler).
+            FrameType::Method => match &chan.publish {
+                Some(p) => Verdict::Fatal(p.out_of_sequence()),
+                None => self.channel_method(now, id, frame),
+            },
             FrameType::Header => self.content_header(id, frame),
             FrameType::Body => self.content_body(id, frame),
             FrameType::Heartbeat => Verdict::Done,

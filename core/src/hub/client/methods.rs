@@ -18,14 +18,6 @@ impl Hub {
     /// A method on an open (or waiting) channel: checked, tracked, and mostly forwarded.
     pub(super) fn channel_method(&mut self, now: Instant, id: ClientId, frame: &Frame) -> Verdict {
         let ch = frame.channel();
-        // Content comes first, whatever the method is (RabbitMQ's frame assembler).
-        if let Some(p) = self
-            .client(id)
-            .and_then(|c| c.channels.get(&ch))
-            .and_then(|chan| chan.publish.as_ref())
-        {
-            return Verdict::Fatal(p.out_of_sequence());
-        }
         let (mid, m) = match checked_method(frame) {
             Ok(x) => x,
             Err(r) => return Verdict::Fatal(r),
