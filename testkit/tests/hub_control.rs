@@ -106,7 +106,7 @@ fn waiters_that_leave_are_forgotten() {
     w.client_sends(c1, &[channel_open(1)]);
     w.client_sends(c1, &[close(1, 200, "")]);
     assert_eq!(
-        w.take(Peer::C(c1))[0].method_id(),
+        w.take_first_method(Peer::C(c1)),
         Some(ids::CHANNEL_CLOSE_OK)
     );
     assert_eq!(w.hub.snapshot().waiting, 0);
@@ -137,7 +137,7 @@ fn redial_moves_new_channels_and_retires_the_old_upstream() {
     w.take(Peer::U(new));
     w.client_sends(c1, &[channel_open(2)]);
     assert_eq!(
-        w.take(Peer::U(new))[0].method_id(),
+        w.take_first_method(Peer::U(new)),
         Some(ids::CHANNEL_OPEN),
         "a new channel goes to the new upstream"
     );

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use insta::assert_snapshot;
 use std::time::Duration;
-use warren_core::hub::{HubConfig, HubEvent, Placement, UpstreamId};
+use warren_core::hub::{ClientId, HubConfig, HubEvent, Placement, UpstreamId};
 use warren_core::method::{encode, ids, Tune};
 use warren_core::reply;
 use warren_core::wire::Writer;
@@ -19,45 +19,18 @@ fn world() -> World {
     World::new(HubConfig::default())
 }
 
-fn no_recycling() -> World {
+/// A hub that holds one channel per upstream, without recycling: every further channel
+/// needs another upstream.
+fn one_channel_per_upstream() -> World {
     World::new(HubConfig {
+        max_channels_per_upstream: 1,
         recycling: false,
         ..HubConfig::default()
     })
 }
 
-/// A world with one admitted client that has channel `ch` open on the upstream.
-fn with_channel(w: World, ch: u16) -> (World, warren_core::hub::ClientId, UpstreamId) {
-    with_channel_tuned(w, ch, RABBITMQ_TUNE)
-}
-
-/// RabbitMQ's default tune.
-const RABBITMQ_TUNE: Tune = Tune {
-    channel_max: 2047,
-    frame_max: 131_072,
-    heartbeat: 60,
-};
-
-/// [`with_channel`] with a broker that tunes the upstream to `tune`.
-fn with_channel_tuned(
-    mut w: World,
-    ch: u16,
-    tune: Tune,
-) -> (World, warren_core::hub::ClientId, UpstreamId) {
-    let c = w.join(hello(131_072, 0));
-    let u = w.accept_dial_with(tune);
-    w.client_sends(c, &[channel_open(ch)]);
-    let uch = w
-        .take(Peer::U(u))
-        .iter()
-        .rev()
-        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
-        .map(|f| f.channel())
-        .expect("channel.open went upstream");
-    w.broker_sends(u, &[channel_open_ok(uch)]);
-    w.take(Peer::C(c));
-    (w, c, u)
-}
+/// RabbitMQ's text when an operator closes a connection in its management UI.
+const CLOSED_VIA_MANAGEMENT: &str = "CONNECTION_FORCED - Closed via management plugin";
 
 /// B2 and B13: a client's OpenOk waits until the broker has accepted the same credentials.
 #[test]
@@ -166,7 +139,7 @@ fn broker_closes_a_channel() {
 fn client_closes_a_channel() {
     let (mut w, c, u) = with_channel(no_recycling(), 5);
     w.client_sends(c, &[close(5, 200, "bye")]);
-    assert_eq!(w.take(Peer::U(u))[0].method_id(), Some(ids::CHANNEL_CLOSE));
+    assert_eq!(w.take_first_method(Peer::U(u)), Some(ids::CHANNEL_CLOSE));
     w.client_sends(c, &[channel_open(6)]);
     assert_eq!(w.take(Peer::U(u))[0].channel(), 2, "number 1 still closing");
     w.broker_sends(u, &[close_ok(1)]);
@@ -236,9 +209,7 @@ fn deliveries_are_rechunked_for_small_clients() {
     let mut w = world();
     let c = w.join(hello(4096, 0));
     let u = w.accept_dial();
-    w.client_sends(c, &[channel_open(1)]);
-    w.broker_sends(u, &[channel_open_ok(1)]);
-    w.take(Peer::C(c));
+    w.open_on(c, 1, u);
     let big = vec![1u8; 10_000];
     w.broker_sends(u, &[deliver(1, 1), header(1, 10_000), body(1, &big)]);
     let got = w.take(Peer::C(c));
@@ -365,7 +336,7 @@ fn channel_beyond_the_client_cap_is_refused() {
     w.take(Peer::C(c));
     w.client_sends(c, &[channel_open(7)]);
     w.broker_sends(u, &[channel_open_ok(1)]);
-    let got: Vec<_> = w.take(Peer::C(c)).iter().map(describe).collect();
+    let got = w.take_described(Peer::C(c));
     assert_eq!(got, ["ch7 channel.open-ok"]);
     w.client_sends(c, &[channel_open(1)]);
     w.broker_sends(u, &[channel_open_ok(2)]);
@@ -380,16 +351,12 @@ fn channel_beyond_the_client_cap_is_refused() {
           the negotiated channel_max (2)\""
         ]
     );
-    match warren_core::method::decode(got[0].payload()) {
-        Ok(warren_core::method::Method::ConnectionClose(close)) => {
-            assert_eq!(
-                (close.class_id, close.method_id),
-                (0, 0),
-                "no method is the cause"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let close = close_reply(&got[0]).expect("a connection.close");
+    assert_eq!(
+        (close.class_id, close.method_id),
+        (0, 0),
+        "no method is the cause"
+    );
 }
 
 /// B11: a lost upstream closes the clients that had channels on it with the broker's reply;
@@ -399,14 +366,7 @@ fn upstream_loss_closes_affected_clients_and_redials() {
     let (mut w, c1, u) = with_channel(no_recycling(), 1);
     let c2 = w.join(hello(131_072, 0));
     w.take(Peer::C(c2));
-    w.broker_sends(
-        u,
-        &[close(
-            0,
-            320,
-            "CONNECTION_FORCED - Closed via management plugin",
-        )],
-    );
+    w.broker_sends(u, &[close(0, 320, CLOSED_VIA_MANAGEMENT)]);
     let got = w.take(Peer::C(c1));
     assert_eq!(close_code(&got[0]), Some(320));
     assert!(w.take(Peer::C(c2)).is_empty(), "c2 had no channel there");
@@ -475,23 +435,23 @@ fn blocked_is_forwarded_and_replayed() {
     let (mut w, c1, u) = with_channel(no_recycling(), 1);
     w.broker_sends(u, &[encode::blocked("low on memory")]);
     assert_eq!(
-        w.take(Peer::C(c1))[0].method_id(),
+        w.take_first_method(Peer::C(c1)),
         Some(ids::CONNECTION_BLOCKED)
     );
     let c2 = w.join(hello(131_072, 0));
     w.take(Peer::C(c2));
     w.client_sends(c2, &[channel_open(1)]);
     assert_eq!(
-        w.take(Peer::C(c2))[0].method_id(),
+        w.take_first_method(Peer::C(c2)),
         Some(ids::CONNECTION_BLOCKED)
     );
     w.broker_sends(u, &[encode::unblocked()]);
     assert_eq!(
-        w.take(Peer::C(c1))[0].method_id(),
+        w.take_first_method(Peer::C(c1)),
         Some(ids::CONNECTION_UNBLOCKED)
     );
     assert_eq!(
-        w.take(Peer::C(c2))[0].method_id(),
+        w.take_first_method(Peer::C(c2)),
         Some(ids::CONNECTION_UNBLOCKED)
     );
     assert_snapshot!(w.trace());
@@ -505,7 +465,7 @@ fn clean_channel_is_recycled() {
     w.client_sends(c1, &[publish(1, "", false), header(1, 2), body(1, b"hi")]);
     w.client_sends(c1, &[close(1, 200, "")]);
     assert_eq!(
-        w.take(Peer::C(c1))[0].method_id(),
+        w.take_first_method(Peer::C(c1)),
         Some(ids::CHANNEL_CLOSE_OK),
         "answered locally"
     );
@@ -516,10 +476,7 @@ fn clean_channel_is_recycled() {
     let c2 = w.join(hello(131_072, 0));
     w.take(Peer::C(c2));
     w.client_sends(c2, &[channel_open(3)]);
-    assert_eq!(
-        w.take(Peer::C(c2))[0].method_id(),
-        Some(ids::CHANNEL_OPEN_OK)
-    );
+    assert_eq!(w.take_first_method(Peer::C(c2)), Some(ids::CHANNEL_OPEN_OK));
     assert!(w.take(Peer::U(u)).is_empty(), "no broker round trip");
     w.client_sends(c2, &[publish(3, "", false), header(3, 1), body(3, b"x")]);
     assert!(w.take(Peer::U(u)).iter().all(|f| f.channel() == 1));
@@ -539,10 +496,7 @@ fn failed_fence_is_not_pooled() {
     w.client_drops(c1);
     w.take(Peer::U(u));
     w.broker_sends(u, &[close(1, 404, "NOT_FOUND - no exchange 'missing'")]);
-    assert_eq!(
-        w.take(Peer::U(u))[0].method_id(),
-        Some(ids::CHANNEL_CLOSE_OK)
-    );
+    assert_eq!(w.take_first_method(Peer::U(u)), Some(ids::CHANNEL_CLOSE_OK));
     assert_eq!(w.hub.pooled_channels(), 0);
     let c2 = w.join(hello(131_072, 0));
     w.client_sends(c2, &[channel_open(1)]);
@@ -559,12 +513,7 @@ fn dirty_methods_prevent_recycling() {
     use warren_core::method::MethodId;
     let cases: Vec<(&str, bytes::Bytes)> = vec![
         ("consume", consume(1, b"q", b"", false, false)),
-        (
-            "get",
-            m(1, ids::BASIC_GET, |w| {
-                w.u16(0).shortstr(b"q").bit(false);
-            }),
-        ),
+        ("get", basic_get(1, "q", false)),
         (
             "qos",
             m(1, ids::BASIC_QOS, |w| {
@@ -645,7 +594,7 @@ fn pool_is_bounded_and_expires() {
     w.broker_sends(u, &[channel_open_ok(1), channel_open_ok(2)]);
     w.take(Peer::U(u));
     w.client_sends(c, &[close(1, 200, ""), close(2, 200, "")]);
-    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    let sent = w.take_described(Peer::U(u));
     assert_eq!(
         sent,
         vec![
@@ -658,7 +607,7 @@ fn pool_is_bounded_and_expires() {
     assert_eq!(w.hub.pooled_channels(), 1);
     w.advance(Duration::from_secs(11));
     assert_eq!(w.hub.pooled_channels(), 0);
-    assert_eq!(w.take(Peer::U(u))[0].method_id(), Some(ids::CHANNEL_CLOSE));
+    assert_eq!(w.take_first_method(Peer::U(u)), Some(ids::CHANNEL_CLOSE));
     assert_snapshot!(w.trace());
 }
 
@@ -675,7 +624,7 @@ fn drain_closes_the_rest_at_the_deadline() {
     w.client_sends(c, &[close_ok(0)]);
     // Its close is due at once: the driver fires due timers before it waits.
     w.advance(Duration::ZERO);
-    let to_broker: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    let to_broker = w.take_described(Peer::U(u));
     assert_eq!(
         to_broker,
         vec![
@@ -699,7 +648,7 @@ fn drain_serves_a_late_joiner_while_an_upstream_is_open() {
     let deadline = w.now + Duration::from_secs(5);
     w.input("drain", warren_core::hub::Input::Drain { deadline });
     let late = w.join(hello(131_072, 0));
-    let got: Vec<_> = w.take(Peer::C(late)).iter().map(describe).collect();
+    let got = w.take_described(Peer::C(late));
     assert_eq!(got, ["ch0 connection.open-ok"], "served");
 
     let mut idle = world();
@@ -862,13 +811,9 @@ fn bad_client_input_gets_the_spec_reply_code() {
         } else {
             "channel"
         };
-        let text = match warren_core::method::decode(close.payload()) {
-            Ok(
-                warren_core::method::Method::ConnectionClose(c)
-                | warren_core::method::Method::ChannelClose(c),
-            ) => format!("{} (cause {}.{})", c.text, c.class_id, c.method_id),
-            _ => String::new(),
-        };
+        let text = close_reply(close).map_or(String::new(), |c| {
+            format!("{} (cause {}.{})", c.text, c.class_id, c.method_id)
+        });
         // Nothing but channel clean-up may have reached the broker.
         for f in w.take(Peer::U(u)) {
             let id = f.method_id();
@@ -927,7 +872,7 @@ fn flow_and_update_secret_are_answered_locally() {
             w.longstr(b"new-token").shortstr(b"refresh");
         })],
     );
-    let got: Vec<_> = w.take(Peer::C(c)).iter().map(describe).collect();
+    let got = w.take_described(Peer::C(c));
     assert_eq!(
         got,
         vec![
@@ -954,11 +899,7 @@ fn recycled_channel_forgets_the_last_declared_queue() {
     }
     assert_eq!(w.hub.pooled_channels(), 2);
     w.take(Peer::U(u));
-    let purge_shortcut = |ch| {
-        m(ch, ids::QUEUE_PURGE, |w| {
-            w.u16(0).shortstr(b"").bit(false);
-        })
-    };
+    let purge_shortcut = |ch| queue_purge(ch, "");
     let c2 = w.join(hello(131_072, 0));
     w.client_sends(c2, &[channel_open(1), purge_shortcut(1)]);
     let got = w.take(Peer::C(c2));
@@ -978,7 +919,7 @@ fn recycled_channel_forgets_the_last_declared_queue() {
             purge_shortcut(1),
         ],
     );
-    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    let sent = w.take_described(Peer::U(u));
     assert_eq!(sent, vec!["ch1 queue.declare \"mine\"", "ch1 queue.purge"]);
     assert_snapshot!(w.trace());
 }
@@ -1002,7 +943,7 @@ fn new_client_waits_for_the_reconnect_after_a_loss() {
     w.advance(Duration::from_secs(1));
     w.accept_dial();
     assert_eq!(
-        w.take(Peer::C(c2))[0].method_id(),
+        w.take_first_method(Peer::C(c2)),
         Some(ids::CONNECTION_OPEN_OK)
     );
     assert_snapshot!(w.trace());
@@ -1018,7 +959,7 @@ fn exclusive_queue_declared_in_flight_is_deleted_after_its_client_left() {
     w.client_drops(c);
     w.take(Peer::U(u));
     w.broker_sends(u, &[queue_declare_ok(1, "amq.gen-late"), close_ok(1)]);
-    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    let sent = w.take_described(Peer::U(u));
     assert!(
         sent.iter()
             .any(|d| d == "ch2 queue.delete \"amq.gen-late\""),
@@ -1030,7 +971,7 @@ fn exclusive_queue_declared_in_flight_is_deleted_after_its_client_left() {
 /// no channel left, as on the returned `u2`: `u1` is full with another client's channel, so
 /// the owner's channel made the hub dial `u2`; the owner declared the queue there and closed
 /// that channel, keeping its connection.
-fn owner_of_a_queue_on_a_channelless_upstream() -> (World, warren_core::hub::ClientId, UpstreamId) {
+fn owner_of_a_queue_on_a_channelless_upstream() -> (World, ClientId, UpstreamId) {
     let mut w = World::new(HubConfig {
         max_channels_per_upstream: 1,
         recycling: false,
@@ -1063,14 +1004,14 @@ fn owner_of_a_queue_on_a_channelless_upstream() -> (World, warren_core::hub::Cli
 fn an_upstream_holding_a_clients_exclusive_queue_does_not_idle_out_under_it() {
     let (mut w, owner, u2) = owner_of_a_queue_on_a_channelless_upstream();
     w.advance(Duration::from_secs(30));
-    let sent: Vec<_> = w.take(Peer::U(u2)).iter().map(describe).collect();
+    let sent = w.take_described(Peer::U(u2));
     assert!(
         !sent.iter().any(|d| d.contains("connection.close")),
         "u2 closed under the owner's exclusive queue: {sent:?}"
     );
     // The owner leaves: its queue is deleted on u2, which may then idle out.
     w.client_drops(owner);
-    let sent: Vec<_> = w.take(Peer::U(u2)).iter().map(describe).collect();
+    let sent = w.take_described(Peer::U(u2));
     assert_eq!(
         sent,
         [
@@ -1079,11 +1020,10 @@ fn an_upstream_holding_a_clients_exclusive_queue_does_not_idle_out_under_it() {
             "ch1 channel.close 200 \"exclusive queue cleanup\""
         ]
     );
-    let delete_ok = m(1, ids::QUEUE_DELETE_OK, |a| _ = a.u32(0));
-    w.broker_sends(u2, &[channel_open_ok(1), delete_ok, close_ok(1)]);
+    w.broker_sends(u2, &[channel_open_ok(1), queue_delete_ok(1), close_ok(1)]);
     w.take(Peer::U(u2));
     w.advance(Duration::from_secs(6));
-    let sent: Vec<_> = w.take(Peer::U(u2)).iter().map(describe).collect();
+    let sent = w.take_described(Peer::U(u2));
     assert!(
         sent.contains(&"ch0 connection.close 200 \"idle\"".to_string()),
         "{sent:?}"
@@ -1096,14 +1036,7 @@ fn an_upstream_holding_a_clients_exclusive_queue_does_not_idle_out_under_it() {
 #[test]
 fn losing_the_upstream_of_a_clients_exclusive_queue_closes_the_client() {
     let (mut w, owner, u2) = owner_of_a_queue_on_a_channelless_upstream();
-    w.broker_sends(
-        u2,
-        &[close(
-            0,
-            320,
-            "CONNECTION_FORCED - Closed via management plugin",
-        )],
-    );
+    w.broker_sends(u2, &[close(0, 320, CLOSED_VIA_MANAGEMENT)]);
     let got = w.take(Peer::C(owner));
     assert_eq!(got.first().and_then(close_code), Some(320), "{got:?}");
 }
@@ -1112,11 +1045,7 @@ fn losing_the_upstream_of_a_clients_exclusive_queue_closes_the_client() {
 /// only open one is full, the channels waiting for room are refused instead of hanging.
 #[test]
 fn failed_growth_dial_refuses_waiting_channels() {
-    let mut w = World::new(HubConfig {
-        max_channels_per_upstream: 1,
-        recycling: false,
-        ..HubConfig::default()
-    });
+    let mut w = one_channel_per_upstream();
     let c = w.join(hello(131_072, 0));
     w.accept_dial();
     w.client_sends(c, &[channel_open(1), channel_open(2)]);
@@ -1182,11 +1111,7 @@ fn a_client_waiting_for_a_fresh_login_that_fails_is_refused() {
 /// and the open waited forever.
 #[test]
 fn a_waiting_open_is_served_by_the_scheduled_reconnect() {
-    let mut w = World::new(HubConfig {
-        max_channels_per_upstream: 1,
-        recycling: false,
-        ..HubConfig::default()
-    });
+    let mut w = one_channel_per_upstream();
     let first = w.join(hello(131_072, 0));
     let refused = w.dials.pop().expect("a dial");
     w.upstream_closed("the dial is refused", refused, "connection refused");
@@ -1202,13 +1127,13 @@ fn a_waiting_open_is_served_by_the_scheduled_reconnect() {
             _ => None,
         })
         .expect("a reconnect is scheduled");
-    let u = w.adopt(Tune {
+    let one_channel = Tune {
         channel_max: 1,
-        frame_max: 131_072,
-        heartbeat: 60,
-    });
+        ..RABBITMQ_TUNE
+    };
+    let u = w.adopt(one_channel);
     let c = w.join(hello(131_072, 0));
-    open_on(&mut w, c, 1, u);
+    w.open_on(c, 1, u);
     w.client_sends(c, &[channel_open(2)]);
     assert!(w.take(Peer::C(c)).is_empty(), "channel 2 waits");
     w.advance(reconnect_at - w.now);
@@ -1216,14 +1141,7 @@ fn a_waiting_open_is_served_by_the_scheduled_reconnect() {
         .dials
         .pop()
         .expect("the reconnect dials for the waiting open");
-    w.broker_accepts(
-        growth,
-        Tune {
-            channel_max: 1,
-            frame_max: 131_072,
-            heartbeat: 60,
-        },
-    );
+    w.broker_accepts(growth, one_channel);
     let uch = w
         .take(Peer::U(growth))
         .iter()
@@ -1231,21 +1149,14 @@ fn a_waiting_open_is_served_by_the_scheduled_reconnect() {
         .map(|f| f.channel())
         .expect("channel 2 opens on it");
     w.broker_sends(growth, &[channel_open_ok(uch)]);
-    assert_eq!(
-        w.take(Peer::C(c)).first().and_then(|f| f.method_id()),
-        Some(ids::CHANNEL_OPEN_OK)
-    );
+    assert_eq!(w.take_first_method(Peer::C(c)), Some(ids::CHANNEL_OPEN_OK));
 }
 
 /// B3/B5 (simulation seed 17227): a client closed by the hub while one of its channel opens
 /// waits for another upstream does not get that open served later for nobody.
 #[test]
 fn waiting_open_of_a_closed_client_is_dropped() {
-    let mut w = World::new(HubConfig {
-        max_channels_per_upstream: 1,
-        recycling: false,
-        ..HubConfig::default()
-    });
+    let mut w = one_channel_per_upstream();
     let c = w.join(hello(131_072, 0));
     let u1 = w.accept_dial();
     w.client_sends(c, &[channel_open(1), channel_open(2)]);
@@ -1276,9 +1187,8 @@ fn upstream_heartbeats_start_at_tune_ok() {
         u,
         &[encode::tune(
             Tune {
-                channel_max: 2047,
-                frame_max: 131_072,
                 heartbeat: 2,
+                ..RABBITMQ_TUNE
             },
             false,
         )],
@@ -1365,12 +1275,7 @@ fn another_clients_exclusive_queue_is_locked() {
         .iter()
         .all(|f| f.method_id() != Some(ids::CHANNEL_CLOSE)));
     // The owner keeps using its queue.
-    w.client_sends(
-        owner,
-        &[m(1, ids::BASIC_GET, |w| {
-            w.u16(0).shortstr(b"rpc-reply").bit(false);
-        })],
-    );
+    w.client_sends(owner, &[basic_get(1, "rpc-reply", false)]);
     assert!(w
         .take(Peer::U(u))
         .iter()
@@ -1387,33 +1292,9 @@ fn intrusions(ch: u16, queue: &str) -> Vec<(&'static str, Bytes)> {
     };
     vec![
         ("declare", queue_declare(ch, queue, true)),
-        (
-            "passive declare",
-            m(ch, ids::QUEUE_DECLARE, |w| {
-                q(w);
-                w.bit(true).bit(false).bit(false).bit(false).bit(false);
-                w.u32(0);
-            }),
-        ),
-        (
-            "consume",
-            m(ch, ids::BASIC_CONSUME, |w| {
-                q(w);
-                w.shortstr(b"")
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .bit(false)
-                    .u32(0);
-            }),
-        ),
-        (
-            "get",
-            m(ch, ids::BASIC_GET, |w| {
-                q(w);
-                w.bit(false);
-            }),
-        ),
+        ("passive declare", queue_declare_passive(ch, queue)),
+        ("consume", consume(ch, queue.as_bytes(), b"", false, false)),
+        ("get", basic_get(ch, queue, false)),
         (
             "bind",
             m(ch, ids::QUEUE_BIND, |w| {
@@ -1428,31 +1309,9 @@ fn intrusions(ch: u16, queue: &str) -> Vec<(&'static str, Bytes)> {
                 w.shortstr(b"amq.direct").shortstr(b"k").u32(0);
             }),
         ),
-        (
-            "purge",
-            m(ch, ids::QUEUE_PURGE, |w| {
-                q(w);
-                w.bit(false);
-            }),
-        ),
-        (
-            "delete",
-            m(ch, ids::QUEUE_DELETE, |w| {
-                q(w);
-                w.bit(false).bit(false).bit(false);
-            }),
-        ),
+        ("purge", queue_purge(ch, queue)),
+        ("delete", queue_delete(ch, queue, false)),
     ]
-}
-
-/// The code, text and cause of a `Channel.Close`.
-fn channel_close_reply(f: &warren_core::frame::Frame) -> Option<(u16, String, (u16, u16))> {
-    match warren_core::method::decode(f.payload()).ok()? {
-        warren_core::method::Method::ChannelClose(c) => {
-            Some((c.code, c.text, (c.class_id, c.method_id)))
-        }
-        _ => None,
-    }
 }
 
 /// Whether any frame in `sent` names `queue` (a queue-class method, consume or get).
@@ -1467,21 +1326,6 @@ fn names_queue(sent: &[warren_core::frame::Frame], queue: &str) -> bool {
     })
 }
 
-/// Opens client channel `ch` of `c` on upstream `u` and lets the broker confirm it; returns
-/// the upstream channel number.
-fn open_on(w: &mut World, c: warren_core::hub::ClientId, ch: u16, u: UpstreamId) -> u16 {
-    w.client_sends(c, &[channel_open(ch)]);
-    let uch = w
-        .take(Peer::U(u))
-        .iter()
-        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
-        .map(|f| f.channel())
-        .expect("channel.open went upstream");
-    w.broker_sends(u, &[channel_open_ok(uch)]);
-    w.take(Peer::C(c));
-    uch
-}
-
 /// B5 (simulation seeds 43666, 50457, 76446, 107744, 140962, 145776): the owner of an
 /// exclusive queue leaves while every channel of its upstream is taken, so the queue's
 /// delete has to wait for one. Meanwhile the queue is still on the shared connection, and
@@ -1492,22 +1336,17 @@ fn open_on(w: &mut World, c: warren_core::hub::ClientId, ch: u16, u: UpstreamId)
 /// and only then is the name free.
 #[test]
 fn departed_owners_queue_is_gone_until_its_delete_goes_out() {
-    let mut w = World::new(HubConfig {
+    let (mut w, owner, u, owner_uch) = with_exclusive_queue_in(World::new(HubConfig {
         max_channels_per_upstream: 9,
         max_upstreams: 1,
         recycling: false,
         ..HubConfig::default()
-    });
-    let owner = w.join(hello(131_072, 0));
-    let u = w.accept_dial();
-    let owner_uch = open_on(&mut w, owner, 1, u);
-    w.client_sends(owner, &[queue_declare(1, "q", true)]);
-    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    }));
     let other = w.join(hello(131_072, 0));
     let attempts = intrusions(1, "q");
     let mut other_uchs = Vec::new();
     for ch in 1..=attempts.len() as u16 {
-        other_uchs.push(open_on(&mut w, other, ch, u));
+        other_uchs.push(w.open_on(other, ch, u));
     }
     w.take(Peer::C(other));
     // The owner leaves with all nine channels of the upstream taken.
@@ -1523,14 +1362,19 @@ fn departed_owners_queue_is_gone_until_its_delete_goes_out() {
         w.client_sends(other, std::slice::from_ref(&frame));
         let got = w.take(Peer::C(other));
         assert_eq!(got.len(), 1, "{what}: one channel.close");
-        let (code, text, cause) = channel_close_reply(&got[0]).expect("a channel.close");
+        assert_eq!(got[0].method_id(), Some(ids::CHANNEL_CLOSE), "{what}");
+        let close = close_reply(&got[0]).expect("a channel.close");
         let mid = to_frame(&frame).method_id().unwrap();
-        assert_eq!(cause, (mid.class, mid.method), "{what}");
+        assert_eq!(
+            (close.class_id, close.method_id),
+            (mid.class, mid.method),
+            "{what}"
+        );
         if matches!(what, "declare" | "delete") {
-            assert_eq!(code, reply::RESOURCE_LOCKED, "{what}");
+            assert_eq!(close.code, reply::RESOURCE_LOCKED, "{what}");
         } else {
             assert_eq!(
-                (code, text.as_str()),
+                (close.code, close.text.as_str()),
                 (reply::NOT_FOUND, "NOT_FOUND - no queue 'q' in vhost '/'"),
                 "{what}"
             );
@@ -1544,7 +1388,7 @@ fn departed_owners_queue_is_gone_until_its_delete_goes_out() {
     }
     // The owner's channel is the first number to come back: the delete takes it.
     w.broker_sends(u, &[close_ok(owner_uch)]);
-    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    let sent = w.take_described(Peer::U(u));
     assert_eq!(
         sent,
         [
@@ -1557,9 +1401,8 @@ fn departed_owners_queue_is_gone_until_its_delete_goes_out() {
     for uch in other_uchs {
         w.broker_sends(u, &[close_ok(uch)]);
     }
-    open_on(&mut w, other, 1, u);
-    let (_, get) = intrusions(1, "q").swap_remove(3);
-    w.client_sends(other, &[get]);
+    w.open_on(other, 1, u);
+    w.client_sends(other, &[basic_get(1, "q", false)]);
     assert!(w
         .take(Peer::U(u))
         .iter()
@@ -1578,19 +1421,14 @@ fn a_pending_delete_takes_pooled_channels_before_any_open() {
         ..HubConfig::default()
     };
     // A channel already pooled when the owner leaves.
-    let mut w = World::new(config.clone());
-    let owner = w.join(hello(131_072, 0));
-    let u = w.accept_dial();
-    let owner_uch = open_on(&mut w, owner, 1, u);
-    w.client_sends(owner, &[queue_declare(1, "q", true)]);
-    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    let (mut w, owner, u, _) = with_exclusive_queue_in(World::new(config.clone()));
     let other = w.join(hello(131_072, 0));
-    let pooled = open_on(&mut w, other, 1, u);
+    let pooled = w.open_on(other, 1, u);
     w.client_sends(other, &[close(1, 200, "bye")]);
     w.broker_sends(u, &[flow_ok(pooled)]);
     w.take(Peer::U(u));
     w.client_drops(owner);
-    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    let sent = w.take_described(Peer::U(u));
     assert!(
         sent.contains(&format!("ch{pooled} queue.delete \"q\"")),
         "the pooled channel carries the delete: {sent:?}"
@@ -1601,14 +1439,9 @@ fn a_pending_delete_takes_pooled_channels_before_any_open() {
     );
 
     // A channel fenced for the pool while the delete waits.
-    let mut w = World::new(config);
-    let owner = w.join(hello(131_072, 0));
-    let u = w.accept_dial();
-    let owner_uch = open_on(&mut w, owner, 1, u);
-    w.client_sends(owner, &[queue_declare(1, "q", true)]);
-    w.broker_sends(u, &[queue_declare_ok(owner_uch, "q")]);
+    let (mut w, owner, u, _) = with_exclusive_queue_in(World::new(config));
     let other = w.join(hello(131_072, 0));
-    let fenced = open_on(&mut w, other, 1, u);
+    let fenced = w.open_on(other, 1, u);
     w.client_drops(owner);
     assert!(
         !names_queue(&w.take(Peer::U(u)), "q"),
@@ -1617,7 +1450,7 @@ fn a_pending_delete_takes_pooled_channels_before_any_open() {
     w.client_sends(other, &[close(1, 200, "bye")]);
     w.take(Peer::U(u));
     w.broker_sends(u, &[flow_ok(fenced)]);
-    let sent: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    let sent = w.take_described(Peer::U(u));
     assert_eq!(
         sent,
         [
@@ -1634,13 +1467,17 @@ fn a_pending_delete_takes_pooled_channels_before_any_open() {
         .all(|f| f.method_id() != Some(ids::CHANNEL_OPEN)));
 }
 
-/// A world with one client that declared the exclusive queue "q" on its channel 1: the
-/// client, its upstream and the upstream channel.
-fn with_exclusive_queue() -> (World, warren_core::hub::ClientId, UpstreamId, u16) {
-    let mut w = world();
+/// A default world with one client that declared the exclusive queue "q" on its channel 1:
+/// the client, its upstream and the upstream channel.
+fn with_exclusive_queue() -> (World, ClientId, UpstreamId, u16) {
+    with_exclusive_queue_in(world())
+}
+
+/// [`with_exclusive_queue`] in `w`.
+fn with_exclusive_queue_in(mut w: World) -> (World, ClientId, UpstreamId, u16) {
     let c = w.join(hello(131_072, 0));
     let u = w.accept_dial();
-    let uch = open_on(&mut w, c, 1, u);
+    let uch = w.open_on(c, 1, u);
     w.client_sends(c, &[queue_declare(1, "q", true)]);
     w.broker_sends(u, &[queue_declare_ok(uch, "q")]);
     w.take(Peer::C(c));
@@ -1676,7 +1513,7 @@ fn deletes_the_broker_discarded_are_sent_again() {
 
     // Until the broker has run it, the name is locked for the next client.
     let next = w.join(hello(131_072, 0));
-    open_on(&mut w, next, 1, u);
+    w.open_on(next, 1, u);
     w.client_sends(next, &[queue_declare(1, "q", true)]);
     let answer = w.take(Peer::C(next));
     assert_eq!(answer.first().and_then(close_code), Some(405), "locked");
@@ -1684,11 +1521,11 @@ fn deletes_the_broker_discarded_are_sent_again() {
     w.take(Peer::U(u));
     w.broker_sends(u, &[close_ok(hk)]);
     let hk2 = again[0];
-    let delete_ok = m(hk2, ids::QUEUE_DELETE_OK, |a| {
-        a.u32(0);
-    });
-    w.broker_sends(u, &[channel_open_ok(hk2), delete_ok, close_ok(hk2)]);
-    open_on(&mut w, next, 1, u);
+    w.broker_sends(
+        u,
+        &[channel_open_ok(hk2), queue_delete_ok(hk2), close_ok(hk2)],
+    );
+    w.open_on(next, 1, u);
     w.client_sends(next, &[queue_declare(1, "q", true)]);
     assert!(
         names_queue(&w.take(Peer::U(u)), "q"),
@@ -1702,11 +1539,7 @@ fn deletes_the_broker_discarded_are_sent_again() {
 /// asking for the reply, which warren keeps to itself.
 #[test]
 fn a_delete_the_broker_discarded_leaves_the_queue_to_warren() {
-    let delete = |nowait: bool| {
-        m(1, ids::QUEUE_DELETE, |a| {
-            a.u16(0).shortstr(b"q").bit(false).bit(false).bit(nowait);
-        })
-    };
+    let delete = |nowait| queue_delete(1, "q", nowait);
     for nowait in [false, true] {
         let (mut w, c, u, uch) = with_exclusive_queue();
         w.client_sends(c, &[exchange_declare(1, "x", "direct"), delete(nowait)]);
@@ -1729,10 +1562,7 @@ fn a_delete_the_broker_discarded_leaves_the_queue_to_warren() {
     let (mut w, c, u, uch) = with_exclusive_queue();
     w.client_sends(c, &[delete(true)]);
     w.take(Peer::U(u));
-    let delete_ok = m(uch, ids::QUEUE_DELETE_OK, |a| {
-        a.u32(0);
-    });
-    w.broker_sends(u, &[delete_ok]);
+    w.broker_sends(u, &[queue_delete_ok(uch)]);
     assert!(
         w.take(Peer::C(c)).is_empty(),
         "the reply it did not ask for"
@@ -1748,23 +1578,14 @@ fn a_delete_the_broker_discarded_leaves_the_queue_to_warren() {
 /// after the exclusive one) leaves the claim as it was.
 #[test]
 fn a_client_deletes_its_queue_by_the_shortcut_or_a_name_with_cr_lf() {
-    let delete = |queue: &str| {
-        m(1, ids::QUEUE_DELETE, |a| {
-            a.u16(0)
-                .shortstr(queue.as_bytes())
-                .bit(false)
-                .bit(false)
-                .bit(false);
-        })
-    };
-    let delete_ok = |uch| m(uch, ids::QUEUE_DELETE_OK, |a| _ = a.u32(0));
+    let delete = |queue| queue_delete(1, queue, false);
     for name in ["", "q\r\n", "\nq"] {
         let (mut w, c, u, uch) = with_exclusive_queue();
         w.client_sends(c, &[delete(name)]);
         w.take(Peer::U(u));
-        w.broker_sends(u, &[delete_ok(uch)]);
+        w.broker_sends(u, &[queue_delete_ok(uch)]);
         let other = w.join(hello(131_072, 0));
-        open_on(&mut w, other, 1, u);
+        w.open_on(other, 1, u);
         w.client_sends(other, &[queue_declare(1, "q", true)]);
         assert!(
             names_queue(&w.take(Peer::U(u)), "q"),
@@ -1779,7 +1600,10 @@ fn a_client_deletes_its_queue_by_the_shortcut_or_a_name_with_cr_lf() {
     let (mut w, c, u, uch) = with_exclusive_queue();
     w.client_sends(c, &[queue_declare(1, "", false), delete("")]);
     w.take(Peer::U(u));
-    w.broker_sends(u, &[queue_declare_ok(uch, "amq.gen-1"), delete_ok(uch)]);
+    w.broker_sends(
+        u,
+        &[queue_declare_ok(uch, "amq.gen-1"), queue_delete_ok(uch)],
+    );
     w.client_drops(c);
     assert!(
         names_queue(&w.take(Peer::U(u)), "q"),
@@ -1802,7 +1626,7 @@ fn a_client_waiting_for_its_first_upstream_hears_heartbeats() {
         .all(|f| f.kind() == warren_core::frame::FrameType::Heartbeat));
     w.accept_dial();
     assert_eq!(
-        w.take(Peer::C(c))[0].method_id(),
+        w.take_first_method(Peer::C(c)),
         Some(ids::CONNECTION_OPEN_OK)
     );
 }
@@ -1854,7 +1678,7 @@ fn a_reload_without_recycling_empties_the_pool() {
         })),
     );
     assert_eq!(w.hub.pooled_channels(), 0);
-    let closes: Vec<_> = w.take(Peer::U(u)).iter().map(describe).collect();
+    let closes = w.take_described(Peer::U(u));
     assert_eq!(
         closes,
         ["ch1 channel.close 200 \"pool shrunk by a reload\""]

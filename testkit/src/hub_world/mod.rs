@@ -13,7 +13,7 @@ use crate::trace::line;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use warren_core::credentials::{Credentials, Secret};
@@ -101,6 +101,14 @@ pub struct World {
     pub events: Vec<HubEvent>,
 }
 
+/// RabbitMQ's default tune: what its broker offers, and what these worlds' brokers offer
+/// unless a test says otherwise.
+pub const RABBITMQ_TUNE: Tune = Tune {
+    channel_max: 2047,
+    frame_max: 131_072,
+    heartbeat: 60,
+};
+
 /// guest/guest on vhost `/`: the credentials of every client and hub in these worlds.
 pub fn creds() -> Credentials {
     Credentials {
@@ -179,7 +187,7 @@ impl World {
         &self.trace
     }
 
-    fn line(&mut self, s: impl std::fmt::Display) {
+    fn line(&mut self, s: impl Display) {
         let _ = writeln!(self.trace, "{}", line(self.now - epoch(), s));
     }
 
@@ -191,21 +199,22 @@ impl World {
         id
     }
 
-    /// A client sends frames.
-    pub fn client_sends(&mut self, c: ClientId, frames: &[Bytes]) {
+    /// Parses frames a peer sends, tracing each as sent by `from`.
+    fn traced_frames(&mut self, from: impl Display, frames: &[Bytes]) -> SmallVec<[Frame; 8]> {
         let mut batch = SmallVec::new();
         for raw in frames {
             let f = to_frame(raw);
-            self.line(format!("{c} -> {}", describe(&f)));
+            self.line(format!("{from} -> {}", describe(&f)));
             batch.push(f);
         }
-        self.hub.handle(
-            self.now,
-            Input::ClientFrames {
-                client: c,
-                frames: batch,
-            },
-        );
+        batch
+    }
+
+    /// A client sends frames.
+    pub fn client_sends(&mut self, c: ClientId, frames: &[Bytes]) {
+        let frames = self.traced_frames(c, frames);
+        self.hub
+            .handle(self.now, Input::ClientFrames { client: c, frames });
         self.pump();
     }
 
@@ -218,19 +227,12 @@ impl World {
 
     /// The broker sends frames on upstream `u`.
     pub fn broker_sends(&mut self, u: UpstreamId, frames: &[Bytes]) {
-        let mut batch = SmallVec::new();
-        for raw in frames {
-            let f = to_frame(raw);
-            self.line(format!("{u} -> {}", describe(&f)));
-            batch.push(f);
-        }
-        self.hub.handle(
-            self.now,
-            Input::UpstreamFrames {
-                upstream: u,
-                frames: batch,
-            },
-        );
+        let frames = self.traced_frames(u, frames);
+        let input = Input::UpstreamFrames {
+            upstream: u,
+            frames,
+        };
+        self.hub.handle(self.now, input);
         self.pump();
     }
 
@@ -276,11 +278,7 @@ impl World {
 
     /// Dials the pending upstream and lets the broker accept with RabbitMQ's defaults.
     pub fn accept_dial(&mut self) -> UpstreamId {
-        self.accept_dial_with(Tune {
-            channel_max: 2047,
-            frame_max: 131_072,
-            heartbeat: 60,
-        })
+        self.accept_dial_with(RABBITMQ_TUNE)
     }
 
     /// Dials the pending upstream and lets the broker accept with `tune`.
@@ -382,6 +380,54 @@ impl World {
     pub fn take(&mut self, p: Peer) -> Vec<Frame> {
         self.inbox.remove(&p).unwrap_or_default()
     }
+
+    /// Takes the frames a peer received so far, each as the trace describes it.
+    pub fn take_described(&mut self, p: Peer) -> Vec<String> {
+        self.take(p).iter().map(describe).collect()
+    }
+
+    /// Takes the frames a peer received so far and gives the method of the first one.
+    pub fn take_first_method(&mut self, p: Peer) -> Option<MethodId> {
+        self.take(p).first().and_then(Frame::method_id)
+    }
+
+    /// Opens channel `ch` of client `c` on upstream `u` and lets the broker confirm it;
+    /// returns the upstream channel number.
+    pub fn open_on(&mut self, c: ClientId, ch: u16, u: UpstreamId) -> u16 {
+        self.client_sends(c, &[channel_open(ch)]);
+        let uch = self
+            .take(Peer::U(u))
+            .iter()
+            .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
+            .map(|f| f.channel())
+            .expect("channel.open went upstream");
+        self.broker_sends(u, &[channel_open_ok(uch)]);
+        self.take(Peer::C(c));
+        uch
+    }
+}
+
+/// A world whose hub never pools channels, for scenarios that follow a channel's close to
+/// the broker.
+pub fn no_recycling() -> World {
+    World::new(HubConfig {
+        recycling: false,
+        ..HubConfig::default()
+    })
+}
+
+/// `w` with one admitted client that has channel `ch` open on the upstream: the world, the
+/// client and the upstream.
+pub fn with_channel(w: World, ch: u16) -> (World, ClientId, UpstreamId) {
+    with_channel_tuned(w, ch, RABBITMQ_TUNE)
+}
+
+/// [`with_channel`] with a broker that tunes the upstream to `tune`.
+pub fn with_channel_tuned(mut w: World, ch: u16, tune: Tune) -> (World, ClientId, UpstreamId) {
+    let c = w.join(hello(131_072, 0));
+    let u = w.accept_dial_with(tune);
+    w.open_on(c, ch, u);
+    (w, c, u)
 }
 
 /// The first whole frame of bytes a world built itself, if they hold one.
@@ -530,6 +576,38 @@ pub fn consume(ch: u16, queue: &[u8], tag: &[u8], no_ack: bool, nowait: bool) ->
     })
 }
 
+/// `basic.get` from `queue`.
+pub fn basic_get(ch: u16, queue: &str, no_ack: bool) -> Bytes {
+    m(ch, ids::BASIC_GET, |w| {
+        w.u16(0).shortstr(queue.as_bytes()).bit(no_ack);
+    })
+}
+
+/// `queue.purge` of `queue`, waiting for the reply.
+pub fn queue_purge(ch: u16, queue: &str) -> Bytes {
+    m(ch, ids::QUEUE_PURGE, |w| {
+        w.u16(0).shortstr(queue.as_bytes()).bit(false);
+    })
+}
+
+/// `queue.delete` of `queue`, whether or not it is used or empty.
+pub fn queue_delete(ch: u16, queue: &str, nowait: bool) -> Bytes {
+    m(ch, ids::QUEUE_DELETE, |w| {
+        w.u16(0)
+            .shortstr(queue.as_bytes())
+            .bit(false)
+            .bit(false)
+            .bit(nowait);
+    })
+}
+
+/// The broker's `queue.delete-ok`, with no messages deleted.
+pub fn queue_delete_ok(ch: u16) -> Bytes {
+    m(ch, ids::QUEUE_DELETE_OK, |w| {
+        w.u32(0);
+    })
+}
+
 pub fn queue_declare_ok(ch: u16, name: &str) -> Bytes {
     m(ch, ids::QUEUE_DECLARE_OK, |w| {
         w.shortstr(name.as_bytes()).u32(0).u32(0);
@@ -540,12 +618,17 @@ pub fn flow_ok(ch: u16) -> Bytes {
     encode::flow(ch, true, true)
 }
 
-/// The reply code of a close frame.
-pub fn close_code(f: &Frame) -> Option<u16> {
+/// The reply (code, text and cause) of a close frame.
+pub fn close_reply(f: &Frame) -> Option<Close> {
     match method::decode(f.payload()).ok()? {
-        Method::ConnectionClose(c) | Method::ChannelClose(c) => Some(c.code),
+        Method::ConnectionClose(c) | Method::ChannelClose(c) => Some(c),
         _ => None,
     }
+}
+
+/// The reply code of a close frame.
+pub fn close_code(f: &Frame) -> Option<u16> {
+    close_reply(f).map(|c| c.code)
 }
 
 impl Drop for World {
