@@ -18,11 +18,13 @@ use warren_core::admission::{
 use warren_core::credentials::{Credentials, Secret};
 use warren_core::frame::{FrameType, HEARTBEAT, PROTOCOL_HEADER};
 use warren_core::hub::{self, HubConfig};
-use warren_core::method::{encode, ids, Tune};
+use warren_core::method::{encode, ids};
 use warren_core::reply;
 use warren_core::table::{longstr, FieldTable};
 use warren_testkit::frames;
-use warren_testkit::hub_world::{broker_handshake, close, connection_start, epoch, m, to_frame};
+use warren_testkit::hub_world::{
+    broker_handshake, close, connection_start, epoch, m, to_frame, RABBITMQ_TUNE,
+};
 use warren_testkit::trace::{self, Tap};
 
 struct World {
@@ -98,6 +100,17 @@ impl World {
         c
     }
 
+    /// A client of `user` that the broker proves on a new link and that opens vhost `/`,
+    /// joining a hub.
+    fn proved_and_open(&mut self, user: &str, password: &str) {
+        let proofs_before = self.dials.len();
+        let c = self.login(user, password, true);
+        let link = self.dials[proofs_before];
+        self.broker_accepts_login(link);
+        self.open(c, "/");
+        self.link(link, encode::open_ok());
+    }
+
     /// The client's `TuneOk` and `Open`.
     fn open(&mut self, conn: ConnId, vhost: &str) {
         self.line(format!("{conn} opens {vhost:?}"));
@@ -130,11 +143,7 @@ impl World {
     /// The broker answers a link's dial and login up to `Tune`.
     fn broker_accepts_login(&mut self, link: LinkId) {
         self.connected(link);
-        let [start, tune, _open_ok] = broker_handshake(Tune {
-            channel_max: 2047,
-            frame_max: 131_072,
-            heartbeat: 60,
-        });
+        let [start, tune, _open_ok] = broker_handshake(RABBITMQ_TUNE);
         self.link(link, start);
         self.link(link, tune);
     }
@@ -326,10 +335,7 @@ fn an_unreachable_broker_refuses_new_logins_at_once_until_the_backoff_ends() {
 #[test]
 fn trusted_accounts_expire_in_age_mode() {
     let mut w = World::new(config());
-    let c = w.login("app", "secret", true);
-    w.broker_accepts_login(w.dials[0]);
-    w.open(c, "/");
-    w.link(w.dials[0], encode::open_ok());
+    w.proved_and_open("app", "secret");
     w.at(Duration::from_secs(29));
     let c2 = w.login("app", "secret", true);
     w.open(c2, "/");
@@ -356,10 +362,7 @@ fn limits_and_drain_refuse_with_the_documented_codes() {
         max_clients: 1,
         ..config()
     });
-    let c = w.login("a", "p", true);
-    w.broker_accepts_login(w.dials[0]);
-    w.open(c, "/");
-    w.link(w.dials[0], encode::open_ok());
+    w.proved_and_open("a", "p");
     // Another vhost would need a second hub.
     let c2 = w.login("a", "p", true);
     w.open(c2, "other");
@@ -383,10 +386,7 @@ fn limits_and_drain_refuse_with_the_documented_codes() {
 #[test]
 fn a_hub_stops_only_when_nothing_is_on_its_way_to_it() {
     let mut w = World::new(config());
-    let c = w.login("a", "p", true);
-    w.broker_accepts_login(w.dials[0]);
-    w.open(c, "/");
-    w.link(w.dials[0], encode::open_ok());
+    w.proved_and_open("a", "p");
     let (hub, handoffs) = w.hubs.iter().next().map(|(h, n)| (*h, *n)).unwrap();
     assert_eq!(handoffs, 2, "the proof and the client");
     w.input(Input::HubIdle { hub, handoffs: 1 });
@@ -416,11 +416,7 @@ fn revocations_from_the_event_feed() {
     });
     w.link(feed, declare_ok);
     // A client is proved and joins.
-    let c = w.login("app", "old", true);
-    let proof = w.dials[1];
-    w.broker_accepts_login(proof);
-    w.open(c, "/");
-    w.link(proof, encode::open_ok());
+    w.proved_and_open("app", "old");
     // Trusted beyond credentials_ttl while the feed is up (and its heartbeats too).
     w.at(Duration::from_secs(100));
     let c2 = w.login("app", "old", true);
@@ -549,11 +545,7 @@ fn a_key_spreads_over_hubs_per_key_hubs_in_turn() {
         hubs_per_key: 2,
         ..config()
     });
-    let c1 = w.login("app", "secret", true);
-    let link = w.dials[0];
-    w.broker_accepts_login(link);
-    w.open(c1, "/");
-    w.link(link, encode::open_ok());
+    w.proved_and_open("app", "secret");
     // The proof's hub is the first; the next client starts the second; then they take turns.
     let mut hub_of = Vec::new();
     for _ in 0..5 {
@@ -580,10 +572,7 @@ fn a_key_spreads_over_hubs_per_key_hubs_in_turn() {
 #[test]
 fn paused_vhosts_and_drained_hubs() {
     let mut w = World::new(config());
-    let c = w.login("a", "p", true);
-    w.broker_accepts_login(w.dials[0]);
-    w.open(c, "/");
-    w.link(w.dials[0], encode::open_ok());
+    w.proved_and_open("a", "p");
     let first = w.joins[0].1;
     assert_eq!(w.adm.find_hub(first.get()), Some(first));
     assert_eq!(w.adm.find_hub(999), None);
@@ -652,11 +641,7 @@ fn a_proxy_header_names_the_client_and_a_missing_one_is_refused_silently() {
 #[test]
 fn a_reload_applies_to_the_next_client_and_reaches_every_hub() {
     let mut w = World::new(config());
-    let c1 = w.login("app", "secret", true);
-    let link = w.dials[0];
-    w.broker_accepts_login(link);
-    w.open(c1, "/");
-    w.link(link, encode::open_ok());
+    w.proved_and_open("app", "secret");
     assert_eq!(w.joins.len(), 1);
     w.input(Input::Reconfigure(Box::new(AdmissionConfig {
         max_clients: 0,

@@ -10,7 +10,8 @@ use warren_core::method::{encode, ids, StartOk, Tune};
 use warren_core::table::FieldTable;
 use warren_testkit::broker::{Broker, BrokerConfig, BrokerOutput, ConnId};
 use warren_testkit::hub_world::{
-    body, channel_open, header, m, queue_declare, queue_declare_passive,
+    basic_get, body, channel_open, header, m, queue_declare, queue_declare_passive, queue_delete,
+    queue_purge, RABBITMQ_TUNE,
 };
 use warren_testkit::trace::describe;
 
@@ -27,9 +28,8 @@ impl Session {
         let mut broker = Broker::new(BrokerConfig::default());
         let conn = broker.accept(now);
         let tune = Tune {
-            channel_max: 2047,
-            frame_max: 131_072,
             heartbeat: 0,
+            ..RABBITMQ_TUNE
         };
         let start_ok = encode::start_ok(&StartOk {
             client_properties: FieldTable::default(),
@@ -67,30 +67,18 @@ impl Session {
     }
 }
 
-/// A queue-class method with the reserved short, the queue name and three flags or fewer
-/// (purge and delete).
-fn queue_method(ch: u16, id: warren_core::method::MethodId, queue: &str) -> Bytes {
-    m(ch, id, |w| {
-        w.u16(0)
-            .shortstr(queue.as_bytes())
-            .bit(false)
-            .bit(false)
-            .bit(false);
-    })
-}
-
 #[test]
 fn the_empty_name_is_the_channels_last_declared_queue() {
     let mut s = Session::open();
     s.send(&[channel_open(1), channel_open(2)]);
     assert_eq!(
-        s.send(&[queue_method(1, ids::QUEUE_PURGE, "")]),
+        s.send(&[queue_purge(1, "")]),
         ["ch1 channel.close 404 \"NOT_FOUND - no previously declared queue\""]
     );
     let got = s.send(&[
         queue_declare(2, "q", false),
         queue_declare(2, "", false),
-        queue_method(2, ids::QUEUE_DELETE, ""),
+        queue_delete(2, "", false),
         queue_declare_passive(2, "q"),
     ]);
     assert_eq!(got.len(), 4, "{got:?}");
@@ -110,7 +98,7 @@ fn declares_and_deletes_drop_cr_and_lf_from_the_name() {
     let got = s.send(&[
         queue_declare(1, "q\r\n", true),
         queue_declare_passive(1, "\nq"),
-        queue_method(1, ids::QUEUE_PURGE, "q\n"),
+        queue_purge(1, "q\n"),
     ]);
     assert!(got[0].contains("queue.declare-ok \"q\""), "{got:?}");
     assert!(got[1].contains("queue.declare-ok \"q\""), "{got:?}");
@@ -119,10 +107,7 @@ fn declares_and_deletes_drop_cr_and_lf_from_the_name() {
         "a purge takes the name as sent"
     );
     s.send(&[channel_open(2)]);
-    let got = s.send(&[
-        queue_method(2, ids::QUEUE_DELETE, "q\r"),
-        queue_declare_passive(2, "q"),
-    ]);
+    let got = s.send(&[queue_delete(2, "q\r", false), queue_declare_passive(2, "q")]);
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(got[1].contains("404"), "deleted: {got:?}");
 }
@@ -141,9 +126,7 @@ fn a_bind_by_the_shortcut_routes_by_the_queue_name() {
         w.u16(0).shortstr(b"amq.direct").shortstr(b"q");
         w.bit(false).bit(false);
     });
-    let get = m(1, ids::BASIC_GET, |w| {
-        w.u16(0).shortstr(b"q").bit(true);
-    });
+    let get = basic_get(1, "q", true);
     let got = s.send(&[bind, publish, header(1, 1), body(1, b"x"), get]);
     assert!(got[0].contains("queue.bind-ok"), "{got:?}");
     assert!(got[1].contains("basic.get-ok"), "routed to q: {got:?}");

@@ -20,12 +20,7 @@ fn paused_world() -> World {
 /// wait, and a resume lets both through at once.
 #[test]
 fn pause_holds_new_clients_and_channels_until_resume() {
-    let mut w = paused_world();
-    let c1 = w.join(hello(131_072, 0));
-    let u = w.accept_dial();
-    w.client_sends(c1, &[channel_open(1)]);
-    w.broker_sends(u, &[channel_open_ok(1)]);
-    w.take(Peer::C(c1));
+    let (mut w, c1, u) = with_channel(paused_world(), 1);
     w.take(Peer::U(u));
     w.input("pause", Input::Pause);
     assert_eq!(w.hub.state(), HubState::Paused);
@@ -120,14 +115,7 @@ fn waiters_that_leave_are_forgotten() {
 /// closes as soon as its last client channel is released.
 #[test]
 fn redial_moves_new_channels_and_retires_the_old_upstream() {
-    let mut w = World::new(HubConfig {
-        recycling: false,
-        ..HubConfig::default()
-    });
-    let c1 = w.join(hello(131_072, 0));
-    let old = w.accept_dial();
-    w.client_sends(c1, &[channel_open(1)]);
-    w.broker_sends(old, &[channel_open_ok(1)]);
+    let (mut w, c1, old) = with_channel(no_recycling(), 1);
     w.input("redial", Input::Redial);
     let new = w.accept_dial();
     assert_ne!(old, new);
@@ -167,14 +155,7 @@ fn redial_moves_new_channels_and_retires_the_old_upstream() {
 /// since closing it would delete the queue under its client.
 #[test]
 fn a_retiring_upstream_keeps_serving_the_owner_of_an_exclusive_queue_on_it() {
-    let mut w = World::new(HubConfig {
-        recycling: false,
-        ..HubConfig::default()
-    });
-    let owner = w.join(hello(131_072, 0));
-    let old = w.accept_dial();
-    w.client_sends(owner, &[channel_open(1)]);
-    w.broker_sends(old, &[channel_open_ok(1)]);
+    let (mut w, owner, old) = with_channel(no_recycling(), 1);
     w.client_sends(owner, &[queue_declare(1, "", true)]);
     w.broker_sends(old, &[queue_declare_ok(1, "amq.gen-mine")]);
     w.client_sends(owner, &[close(1, 200, "")]);
@@ -192,18 +173,15 @@ fn a_retiring_upstream_keeps_serving_the_owner_of_an_exclusive_queue_on_it() {
     );
     w.client_sends(owner, &[channel_open(2)]);
     assert_eq!(
-        w.take(Peer::U(old)).first().map(|f| f.method_id()),
-        Some(Some(ids::CHANNEL_OPEN)),
+        w.take_first_method(Peer::U(old)),
+        Some(ids::CHANNEL_OPEN),
         "the owner's channel goes where its queue is"
     );
     assert!(w.take(Peer::U(new)).is_empty());
     // Another client goes to the new upstream.
     let other = w.join(hello(131_072, 0));
     w.client_sends(other, &[channel_open(1)]);
-    assert_eq!(
-        w.take(Peer::U(new)).first().map(|f| f.method_id()),
-        Some(Some(ids::CHANNEL_OPEN))
-    );
+    assert_eq!(w.take_first_method(Peer::U(new)), Some(ids::CHANNEL_OPEN));
 }
 
 /// A detached hub keeps serving its client, and closes its upstream the moment the client

@@ -5,7 +5,7 @@ use warren_core::credentials::Secret;
 use warren_core::hub::{Hub, HubConfig, Output};
 use warren_core::login::{Login, LoginPhase};
 use warren_core::method::Tune;
-use warren_testkit::hub_world::{broker_handshake, creds, epoch, hello, to_frame};
+use warren_testkit::hub_world::{broker_handshake, creds, epoch, hello, to_frame, RABBITMQ_TUNE};
 
 fn config(upstream_frame_max: u32) -> HubConfig {
     HubConfig {
@@ -28,9 +28,8 @@ fn frame_max_is_what_warren_asks_until_tune_then_the_negotiated_value() {
     assert_eq!(login.frame_max(), 65_536, "dialing");
     let _ = login.on_connected(now);
     let [start, tune, open_ok] = broker_handshake(Tune {
-        channel_max: 2047,
         frame_max: 8_192,
-        heartbeat: 60,
+        ..RABBITMQ_TUNE
     });
     let _ = login.on_frame(now, &to_frame(&start));
     assert_eq!(login.phase(), LoginPhase::AwaitTune);
