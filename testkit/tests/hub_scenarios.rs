@@ -1142,13 +1142,7 @@ fn a_waiting_open_is_served_by_the_scheduled_reconnect() {
         .pop()
         .expect("the reconnect dials for the waiting open");
     w.broker_accepts(growth, one_channel);
-    let uch = w
-        .take(Peer::U(growth))
-        .iter()
-        .find(|f| f.method_id() == Some(ids::CHANNEL_OPEN))
-        .map(|f| f.channel())
-        .expect("channel 2 opens on it");
-    w.broker_sends(growth, &[channel_open_ok(uch)]);
+    w.broker_confirms_open(growth);
     assert_eq!(w.take_first_method(Peer::C(c)), Some(ids::CHANNEL_OPEN_OK));
 }
 

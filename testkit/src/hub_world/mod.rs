@@ -395,6 +395,14 @@ impl World {
     /// returns the upstream channel number.
     pub fn open_on(&mut self, c: ClientId, ch: u16, u: UpstreamId) -> u16 {
         self.client_sends(c, &[channel_open(ch)]);
+        let uch = self.broker_confirms_open(u);
+        self.take(Peer::C(c));
+        uch
+    }
+
+    /// The broker confirms the `Channel.Open` the hub sent on upstream `u` (taking what `u`
+    /// received); returns the upstream channel number.
+    pub fn broker_confirms_open(&mut self, u: UpstreamId) -> u16 {
         let uch = self
             .take(Peer::U(u))
             .iter()
@@ -402,7 +410,6 @@ impl World {
             .map(|f| f.channel())
             .expect("channel.open went upstream");
         self.broker_sends(u, &[channel_open_ok(uch)]);
-        self.take(Peer::C(c));
         uch
     }
 }
@@ -518,27 +525,23 @@ pub fn deliver(ch: u16, tag: u64) -> Bytes {
 
 /// `queue.declare` (non-durable, not auto-delete, waiting for the reply).
 pub fn queue_declare(ch: u16, name: &str, exclusive: bool) -> Bytes {
-    m(ch, ids::QUEUE_DECLARE, |w| {
-        w.u16(0)
-            .shortstr(name.as_bytes())
-            .bit(false)
-            .bit(false)
-            .bit(exclusive)
-            .bit(false)
-            .bit(false)
-            .u32(0);
-    })
+    declare_queue(ch, name, false, exclusive)
 }
 
 /// A passive `queue.declare`: how a client reaches a queue the broker named, since RabbitMQ
 /// refuses any other declare of an `amq.` name (403).
 pub fn queue_declare_passive(ch: u16, name: &str) -> Bytes {
+    declare_queue(ch, name, true, false)
+}
+
+/// `queue.declare` with the given passive and exclusive flags, the others off, no arguments.
+fn declare_queue(ch: u16, name: &str, passive: bool, exclusive: bool) -> Bytes {
     m(ch, ids::QUEUE_DECLARE, |w| {
         w.u16(0)
             .shortstr(name.as_bytes())
-            .bit(true)
+            .bit(passive)
             .bit(false)
-            .bit(false)
+            .bit(exclusive)
             .bit(false)
             .bit(false)
             .u32(0);
