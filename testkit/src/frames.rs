@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use warren_core::frame::{Frame, FrameType, FRAME_END, PROTOCOL_HEADER};
-use warren_core::method::{self, ids, Field, MethodId, MethodSpec, StartOk, Tune};
+use warren_core::method::{self, ids, Close, Field, MethodId, MethodSpec, StartOk, Tune};
 use warren_core::table::{longstr, FieldTable, FieldValue};
 
 /// The wire bytes of one frame.
@@ -218,6 +218,17 @@ pub fn tune_ok(channel_max: u16, frame_max: u32, heartbeat: u16) -> Vec<u8> {
         true,
     )
     .to_vec()
+}
+
+/// A client's ordinary goodbye: `connection.close` (channel 0) or `channel.close` 200 "bye".
+pub fn close_bye(channel: u16) -> Vec<u8> {
+    let bye = Close {
+        code: 200,
+        text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    };
+    method::encode::close(channel, &bye).to_vec()
 }
 
 /// Everything a client writes from the protocol header to `Connection.Open`, PLAIN login.

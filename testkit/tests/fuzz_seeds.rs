@@ -25,6 +25,12 @@ fn seed(seeds: &mut Seeds, name: &str, bytes: impl AsRef<[u8]>) {
     seeds.push((name.to_owned(), bytes.as_ref().to_vec()));
 }
 
+/// The bytes of the seed called `name`, for the tests that check what a seed reaches.
+fn seed_named<'a>(seeds: &'a Seeds, name: &str) -> &'a [u8] {
+    let found = seeds.iter().find(|(n, _)| n == name);
+    &found.unwrap_or_else(|| panic!("no seed {name}")).1
+}
+
 /// Every frame the proxy's own encoders write, by name.
 fn encoder_frames() -> Vec<(&'static str, Vec<u8>)> {
     let close = Close {
@@ -229,15 +235,7 @@ fn frame_decoder_seeds() -> Seeds {
         &encode::channel_open(1),
         &publish_frames(1),
         &HEARTBEAT[..],
-        &encode::close(
-            1,
-            &Close {
-                code: 200,
-                text: "bye".into(),
-                class_id: 0,
-                method_id: 0,
-            },
-        ),
+        &close_bye(1),
         &encode::close_ok(0),
     ]
     .concat();
@@ -456,20 +454,7 @@ fn client_handshake_seeds() -> Seeds {
     seed(
         &mut s,
         "close-during-handshake",
-        [
-            header,
-            &plain,
-            &encode::close(
-                0,
-                &Close {
-                    code: 200,
-                    text: "bye".into(),
-                    class_id: 0,
-                    method_id: 0,
-                },
-            ),
-        ]
-        .concat(),
+        [header, &plain, &close_bye(0)].concat(),
     );
     let external = method::encode::start_ok(&method::StartOk {
         client_properties: FieldTable::default(),
@@ -598,17 +583,6 @@ fn hub_client_seeds() -> Seeds {
             .raw(0, &encode::channel_open(1))
             .op(HubOp::Settle, &[])
     };
-    let close = |ch: u16| {
-        encode::close(
-            ch,
-            &Close {
-                code: 200,
-                text: "bye".into(),
-                class_id: 0,
-                method_id: 0,
-            },
-        )
-    };
     // ...consuming from queue 'q' with `Build::Consume` flags `consume`, answered.
     let consuming = |c: [u8; 4], consume: u8| {
         opened(c)
@@ -626,7 +600,11 @@ fn hub_client_seeds() -> Seeds {
     add(
         &mut s,
         "open-publish-close",
-        settle(opened([0; 4]).raw(0, &publish_frames(1)).raw(0, &close(1))),
+        settle(
+            opened([0; 4])
+                .raw(0, &publish_frames(1))
+                .raw(0, &close_bye(1)),
+        ),
     );
     add(
         &mut s,
@@ -637,7 +615,7 @@ fn hub_client_seeds() -> Seeds {
                 &[
                     encode::channel_open(1).to_vec(),
                     publish_frames(1),
-                    close(1).to_vec(),
+                    close_bye(1),
                 ]
                 .concat(),
             ),
@@ -659,7 +637,7 @@ fn hub_client_seeds() -> Seeds {
     add(
         &mut s,
         "recycle-same-client",
-        settle(opened([0; 4]).raw(0, &close(1))).raw(0, &encode::channel_open(2)),
+        settle(opened([0; 4]).raw(0, &close_bye(1))).raw(0, &encode::channel_open(2)),
     );
     add(
         &mut s,
@@ -667,7 +645,7 @@ fn hub_client_seeds() -> Seeds {
         settle(
             opened([0; 4])
                 .build(0, 0, Build::QueueDeclare, &[0x20])
-                .raw(0, &close(1)),
+                .raw(0, &close_bye(1)),
         )
         .op(HubOp::Join, &[])
         .raw(1, &encode::channel_open(1))
@@ -680,14 +658,14 @@ fn hub_client_seeds() -> Seeds {
             opened([POOL_1, 0, 0, 0])
                 .raw(0, &encode::channel_open(2))
                 .op(HubOp::Settle, &[])
-                .raw(0, &close(1))
-                .raw(0, &close(2)),
+                .raw(0, &close_bye(1))
+                .raw(0, &close_bye(2)),
         ),
     );
     add(
         &mut s,
         "no-recycling",
-        settle(opened([NO_RECYCLING, 0, 0, 0]).raw(0, &close(1))),
+        settle(opened([NO_RECYCLING, 0, 0, 0]).raw(0, &close_bye(1))),
     );
     add(
         &mut s,
@@ -696,7 +674,7 @@ fn hub_client_seeds() -> Seeds {
             opened([0; 4])
                 .op(HubOp::Broker, &[0, 0, 0, 0])
                 .raw(0, &publish_frames(1))
-                .raw(0, &close(1))
+                .raw(0, &close_bye(1))
                 .raw(0, &encode::close_ok(1))
                 .raw(0, &encode::channel_open(1)),
         ),
@@ -717,7 +695,7 @@ fn hub_client_seeds() -> Seeds {
             // The broker refuses the consume (no queue 'q') while warren's close is on its way.
             opened([0; 4])
                 .build(0, 0, Build::Consume, &[0x50])
-                .raw(0, &close(1)),
+                .raw(0, &close_bye(1)),
         ),
     );
     add(
@@ -725,7 +703,7 @@ fn hub_client_seeds() -> Seeds {
         "broker-closes-fencing-channel",
         settle(
             opened([0; 4])
-                .raw(0, &close(1))
+                .raw(0, &close_bye(1))
                 .op(HubOp::Broker, &[0, 0, 0, 0]),
         ),
     );
@@ -748,12 +726,6 @@ fn hub_client_seeds() -> Seeds {
                 .build(0, 0, Build::QueueDelete, &[0x20])
                 .op(HubOp::Drop, &[0]),
         ),
-    );
-    // Name 7 is the canary's exclusive queue with an LF, which RabbitMQ drops in a delete.
-    add(
-        &mut s,
-        "canary-queue-delete-by-a-name-with-lf",
-        settle(opened([0; 4]).build(0, 0, Build::QueueDelete, &[0xE0])),
     );
     add(
         &mut s,
@@ -843,88 +815,113 @@ fn hub_client_seeds() -> Seeds {
             opened([0; 4])
                 .build(0, 0, Build::Tx, &[0])
                 .build(0, 0, Build::Tx, &[1])
-                .raw(0, &close(1)),
+                .raw(0, &close_bye(1)),
         ),
     );
-    add(
-        &mut s,
-        "confirms-acked",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::Confirm, &[0])
-                .build(0, 0, Build::Publish, &[0, 2, 0])
-                .build(0, 0, Build::Publish, &[0, 0, 0]),
+    // Seeds that build these frames, in order, on the fuzzed client's open channel 1, then
+    // settle.
+    let on_channel_1: &[(&str, &[(Build, &[u8])])] = &[
+        // Name 7 is the canary's exclusive queue with an LF, which RabbitMQ drops in a delete.
+        (
+            "canary-queue-delete-by-a-name-with-lf",
+            &[(Build::QueueDelete, &[0xE0])],
         ),
-    );
-    add(
-        &mut s,
-        "mandatory-returned",
-        settle(publish(opened([0; 4]), 0x41, 2, 0)),
-    );
-    add(
-        &mut s,
-        "acks-nacks-rejects",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::Ack, &[0, 1])
-                .build(0, 0, Build::Ack, &[5, 2])
-                .build(0, 0, Build::Ack, &[10, 3]),
+        (
+            "confirms-acked",
+            &[
+                (Build::Confirm, &[0]),
+                (Build::Publish, &[0, 2, 0]),
+                (Build::Publish, &[0, 0, 0]),
+            ],
         ),
-    );
-    add(
-        &mut s,
-        "get-ok-and-get-empty",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::Get, &[0x20])
-                .build(0, 0, Build::Get, &[0]),
+        ("mandatory-returned", &[(Build::Publish, &[0x41, 2, 0])]),
+        (
+            "acks-nacks-rejects",
+            &[
+                (Build::Ack, &[0, 1]),
+                (Build::Ack, &[5, 2]),
+                (Build::Ack, &[10, 3]),
+            ],
         ),
-    );
-    add(
-        &mut s,
-        "qos-recover-flow",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::Qos, &[0, 10])
-                .build(0, 0, Build::Recover, &[2])
-                .build(0, 0, Build::Recover, &[3])
-                .build(0, 0, Build::Flow, &[1]),
+        (
+            "get-ok-and-get-empty",
+            &[(Build::Get, &[0x20]), (Build::Get, &[0])],
         ),
-    );
-    add(
-        &mut s,
-        "exchanges-and-bindings",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::ExchangeDeclare, &[0, 0x20])
-                .build(0, 0, Build::ExchangeDeclare, &[4, 0x02])
-                .build(0, 0, Build::ExchangeDeclare, &[5, 0x01])
-                .build(0, 0, Build::ExchangeOther, &[1])
-                .build(0, 0, Build::ExchangeOther, &[2])
-                .build(0, 0, Build::ExchangeOther, &[0])
-                .build(0, 0, Build::QueueOther, &[0x20])
-                .build(0, 0, Build::QueueOther, &[0x21])
-                .build(0, 0, Build::QueueOther, &[0x26])
-                .build(0, 0, Build::ExchangeOther, &[3]),
+        (
+            "qos-recover-flow",
+            &[
+                (Build::Qos, &[0, 10]),
+                (Build::Recover, &[2]),
+                (Build::Recover, &[3]),
+                (Build::Flow, &[1]),
+            ],
         ),
-    );
-    // Everything the proxy refuses or answers itself instead of letting RabbitMQ close the
-    // shared connection.
-    for (name, kind, args) in [
-        ("flow-inactive", Build::Flow, &[0u8][..]),
-        ("publish-immediate", Build::PublishMethod, &[0x0e]),
-        ("qos-prefetch-size", Build::Qos, &[3, 1]),
-        ("recover-no-requeue", Build::Recover, &[0]),
-        ("recover-async-no-requeue", Build::Recover, &[1]),
-        ("exchange-unknown-type", Build::ExchangeDeclare, &[5, 0]),
-        ("exchange-empty-type", Build::ExchangeDeclare, &[6, 0]),
-        ("second-open", Build::Open, &[]),
-        ("close-ok-on-open-channel", Build::CloseOk, &[]),
-        ("header-without-publish", Build::Header, &[0, 2]),
-        ("body-without-publish", Build::Body, &[2]),
-        ("big-method-fits", Build::BigMethod, &[0]),
-    ] {
-        add(&mut s, name, settle(opened([0; 4]).build(0, 0, kind, args)));
+        (
+            "exchanges-and-bindings",
+            &[
+                (Build::ExchangeDeclare, &[0, 0x20]),
+                (Build::ExchangeDeclare, &[4, 0x02]),
+                (Build::ExchangeDeclare, &[5, 0x01]),
+                (Build::ExchangeOther, &[1]),
+                (Build::ExchangeOther, &[2]),
+                (Build::ExchangeOther, &[0]),
+                (Build::QueueOther, &[0x20]),
+                (Build::QueueOther, &[0x21]),
+                (Build::QueueOther, &[0x26]),
+                (Build::ExchangeOther, &[3]),
+            ],
+        ),
+        // Everything the proxy refuses or answers itself instead of letting RabbitMQ close the
+        // shared connection.
+        ("flow-inactive", &[(Build::Flow, &[0])]),
+        ("publish-immediate", &[(Build::PublishMethod, &[0x0e])]),
+        ("qos-prefetch-size", &[(Build::Qos, &[3, 1])]),
+        ("recover-no-requeue", &[(Build::Recover, &[0])]),
+        ("recover-async-no-requeue", &[(Build::Recover, &[1])]),
+        (
+            "exchange-unknown-type",
+            &[(Build::ExchangeDeclare, &[5, 0])],
+        ),
+        ("exchange-empty-type", &[(Build::ExchangeDeclare, &[6, 0])]),
+        ("second-open", &[(Build::Open, &[])]),
+        ("close-ok-on-open-channel", &[(Build::CloseOk, &[])]),
+        ("header-without-publish", &[(Build::Header, &[0, 2])]),
+        ("body-without-publish", &[(Build::Body, &[2])]),
+        ("big-method-fits", &[(Build::BigMethod, &[0])]),
+        (
+            "content-body-before-header",
+            &[(Build::PublishMethod, &[0]), (Build::Body, &[2])],
+        ),
+        (
+            "content-method-inside-publish",
+            &[
+                (Build::PublishMethod, &[0]),
+                (Build::Header, &[0, 3]),
+                (Build::Qos, &[0, 1]),
+            ],
+        ),
+        (
+            "content-body-too-long",
+            &[
+                (Build::PublishMethod, &[0]),
+                (Build::Header, &[0, 2]),
+                (Build::Body, &[3]),
+            ],
+        ),
+        (
+            "content-header-wrong-class",
+            &[(Build::PublishMethod, &[0]), (Build::Header, &[7, 2])],
+        ),
+        (
+            "content-header-malformed",
+            &[(Build::PublishMethod, &[0]), (Build::Header, &[0x10, 2])],
+        ),
+    ];
+    for (name, steps) in on_channel_1 {
+        let built = steps
+            .iter()
+            .fold(opened([0; 4]), |i, &(kind, args)| i.build(0, 0, kind, args));
+        add(&mut s, name, settle(built));
     }
     for (name, ch, which) in [
         ("connection-close", 192u8, 0u8),
@@ -958,53 +955,6 @@ fn hub_client_seeds() -> Seeds {
         &mut s,
         "channel-65535",
         cfg([0; 4]).build(0, 255, Build::Open, &[0xff, 0xff]),
-    );
-    add(
-        &mut s,
-        "content-body-before-header",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::PublishMethod, &[0])
-                .build(0, 0, Build::Body, &[2]),
-        ),
-    );
-    add(
-        &mut s,
-        "content-method-inside-publish",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::PublishMethod, &[0])
-                .build(0, 0, Build::Header, &[0, 3])
-                .build(0, 0, Build::Qos, &[0, 1]),
-        ),
-    );
-    add(
-        &mut s,
-        "content-body-too-long",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::PublishMethod, &[0])
-                .build(0, 0, Build::Header, &[0, 2])
-                .build(0, 0, Build::Body, &[3]),
-        ),
-    );
-    add(
-        &mut s,
-        "content-header-wrong-class",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::PublishMethod, &[0])
-                .build(0, 0, Build::Header, &[7, 2]),
-        ),
-    );
-    add(
-        &mut s,
-        "content-header-malformed",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::PublishMethod, &[0])
-                .build(0, 0, Build::Header, &[0x10, 2]),
-        ),
     );
     add(
         &mut s,
@@ -1116,8 +1066,8 @@ fn hub_client_seeds() -> Seeds {
             cfg([ONE_UPSTREAM, BROKER_TWO_CHANNELS, 0, 0])
                 .raw(0, &encode::channel_open(1))
                 .raw(0, &encode::channel_open(2))
-                .raw(0, &close(2))
-                .raw(0, &close(1)),
+                .raw(0, &close_bye(2))
+                .raw(0, &close_bye(1)),
         ),
     );
     add(
@@ -1139,7 +1089,7 @@ fn hub_client_seeds() -> Seeds {
             cfg([0, BROKER_ONE_CHANNEL, 0, 0])
                 .raw(0, &encode::channel_open(1))
                 .op(HubOp::Settle, &[])
-                .raw(0, &close(1)),
+                .raw(0, &close_bye(1)),
         )
         .op(HubOp::Advance, &[8])
         .op(HubOp::Settle, &[])
@@ -1148,7 +1098,7 @@ fn hub_client_seeds() -> Seeds {
     add(
         &mut s,
         "pool-idle-expiry",
-        settle(opened([0; 4]).raw(0, &close(1)))
+        settle(opened([0; 4]).raw(0, &close_bye(1)))
             .op(HubOp::Advance, &[7])
             .op(HubOp::Settle, &[]),
     );
@@ -1248,7 +1198,7 @@ fn hub_client_seeds() -> Seeds {
             .op(HubOp::Replies, &[0, 1])
             .op(HubOp::CanaryPublish, &[])
             .op(HubOp::Replies, &[0, 1])
-            .raw(0, &close(1))
+            .raw(0, &close_bye(1))
             .op(HubOp::Replies, &[0, 2]),
     );
     add(
@@ -1332,13 +1282,12 @@ fn seeds_hit_the_paths_they_are_named_for() {
     use warren_core::table::validate_table;
     use warren_core::wire::WireError;
     let seeds = frame_decoder_seeds();
-    let get = |seeds: &Seeds, n: &str| seeds.iter().find(|(k, _)| k == n).unwrap().1.clone();
-    let mut buf = get(&seeds, "bad-end").as_slice().into();
+    let mut buf = seed_named(&seeds, "bad-end").into();
     assert_eq!(
         FrameDecoder::new(4096).decode(&mut buf),
         Err(FrameError::BadEnd(0))
     );
-    let mut buf = get(&seeds, "session-plain").as_slice().into();
+    let mut buf = seed_named(&seeds, "session-plain").into();
     let mut n = 0;
     while FrameDecoder::new(131_072)
         .decode(&mut buf)
@@ -1349,19 +1298,25 @@ fn seeds_hit_the_paths_they_are_named_for() {
     }
     assert_eq!((n, buf.len()), (11, 0));
     let seeds = method_decoder_seeds();
-    assert_eq!(validate_table(&get(&seeds, "table-deep-arrays")), Ok(()));
     assert_eq!(
-        validate_table(&get(&seeds, "table-max-depth-arrays")),
+        validate_table(seed_named(&seeds, "table-deep-arrays")),
         Ok(())
     );
     assert_eq!(
-        validate_table(&get(&seeds, "table-nan-f64")),
+        validate_table(seed_named(&seeds, "table-max-depth-arrays")),
+        Ok(())
+    );
+    assert_eq!(
+        validate_table(seed_named(&seeds, "table-nan-f64")),
         Err(WireError::BadFloat)
     );
-    assert_eq!(validate_table(&get(&seeds, "table-every-type")), Ok(()));
-    let everything = get(&seeds, "header-every-property");
     assert_eq!(
-        warren_core::content::parse_header(&everything).map(|h| h.body_size),
+        validate_table(seed_named(&seeds, "table-every-type")),
+        Ok(())
+    );
+    let everything = seed_named(&seeds, "header-every-property");
+    assert_eq!(
+        warren_core::content::parse_header(everything).map(|h| h.body_size),
         Ok(1 << 40)
     );
 }
@@ -1370,10 +1325,7 @@ fn seeds_hit_the_paths_they_are_named_for() {
 fn hub_seeds_reach_what_they_are_named_for() {
     use warren_testkit::fuzz::hub_client_stats;
     let seeds = hub_client_seeds();
-    let stats = |n: &str| {
-        let bytes = &seeds.iter().find(|(k, _)| k == n).unwrap().1;
-        hub_client_stats(bytes)
-    };
+    let stats = |n: &str| hub_client_stats(seed_named(&seeds, n));
     let closed_with = |n: &str, code: u16| {
         let s = stats(n);
         assert!(
@@ -1398,10 +1350,8 @@ fn hub_seeds_reach_what_they_are_named_for() {
     closed_with("tx-commit-then-publish", 504);
     closed_with("unfinished-publish-over-buffer-limit", 506);
     closed_with("channel-over-channel-max", 530);
-    let bytes = &seeds
-        .iter()
-        .find(|(k, _)| k == "canary-queue-delete-by-a-name-with-lf");
-    let trace = warren_testkit::fuzz::hub_client_trace(&bytes.unwrap().1);
+    let lf_delete = seed_named(&seeds, "canary-queue-delete-by-a-name-with-lf");
+    let trace = warren_testkit::fuzz::hub_client_trace(lf_delete);
     assert!(
         trace
             .iter()

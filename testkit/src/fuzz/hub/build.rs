@@ -1,9 +1,10 @@
 //! Frames a fuzzed client sends, described by input bytes (see [`super::Build`]).
 
 use super::*;
+use crate::frames::close_bye;
 use bytes::BytesMut;
 use warren_core::frame::{method_frame, Frame, FrameType};
-use warren_core::method::{self, encode, ids, Close, Field, MethodId};
+use warren_core::method::{self, encode, ids, Field, MethodId};
 use warren_core::table::{FieldTable, FieldValue};
 use warren_core::wire::Writer;
 
@@ -48,16 +49,7 @@ pub(super) fn build(
     let name = |b: u8| pick(&QUEUES, b);
     match kind {
         0 => encode::channel_open(ch).to_vec(),
-        1 => encode::close(
-            ch,
-            &Close {
-                code: 200,
-                text: "bye".into(),
-                class_id: 0,
-                method_id: 0,
-            },
-        )
-        .to_vec(),
+        1 => close_bye(ch),
         2 => encode::close_ok(ch).to_vec(),
         3 => {
             let flags = src.byte();
