@@ -5,7 +5,6 @@ use super::state::{ChannelError, Consumer, Pending};
 use super::{lossy, Broker, ConnId};
 use bytes::BytesMut;
 use std::time::Instant;
-use warren_core::frame::method_frame;
 use warren_core::method::{ids, MethodId};
 use warren_core::reply;
 use warren_core::wire::Reader;
@@ -25,7 +24,7 @@ impl Broker {
                 let _size = rd!(r.u32()); // zero: the checker refuses any other
                 let count = rd!(r.u16());
                 self.chan(id, ch).prefetch = count;
-                self.send(now, id, method_frame(ch, ids::BASIC_QOS_OK, |_| {}));
+                self.send_method(now, id, ch, ids::BASIC_QOS_OK, |_| {});
             }
             ids::BASIC_CONSUME => {
                 rd!(r.u16());
@@ -53,13 +52,9 @@ impl Broker {
                         no_ack,
                     });
                 if !nowait {
-                    self.send(
-                        now,
-                        id,
-                        method_frame(ch, ids::BASIC_CONSUME_OK, |w| {
-                            w.shortstr(&tag);
-                        }),
-                    );
+                    self.send_method(now, id, ch, ids::BASIC_CONSUME_OK, |w| {
+                        w.shortstr(&tag);
+                    });
                 }
             }
             ids::BASIC_CANCEL => {
@@ -71,13 +66,9 @@ impl Broker {
                         .retain(|c| !(c.conn == id && c.ch == ch && c.tag == tag));
                 }
                 if !nowait {
-                    self.send(
-                        now,
-                        id,
-                        method_frame(ch, ids::BASIC_CANCEL_OK, |w| {
-                            w.shortstr(&tag);
-                        }),
-                    );
+                    self.send_method(now, id, ch, ids::BASIC_CANCEL_OK, |w| {
+                        w.shortstr(&tag);
+                    });
                 }
             }
             ids::BASIC_PUBLISH => {
@@ -108,25 +99,20 @@ impl Broker {
                         if !no_ack {
                             chan.unacked.insert(dtag, (queue.clone(), msg.clone()));
                         }
-                        let m = method_frame(ch, ids::BASIC_GET_OK, |w| {
+                        self.send_method(now, id, ch, ids::BASIC_GET_OK, |w| {
                             w.u64(dtag)
                                 .bit(msg.redelivered)
                                 .shortstr(msg.exchange.as_bytes())
                                 .shortstr(msg.rk.as_bytes())
                                 .u32(left);
                         });
-                        self.send(now, id, m);
                         self.send_content(now, id, ch, &msg.body, msg.headers.as_ref());
                         self.log.deliveries += 1;
                     }
                     None => {
-                        self.send(
-                            now,
-                            id,
-                            method_frame(ch, MethodId::new(60, 72), |w| {
-                                w.shortstr(b"");
-                            }),
-                        );
+                        self.send_method(now, id, ch, MethodId::new(60, 72), |w| {
+                            w.shortstr(b"");
+                        });
                     }
                 }
             }
@@ -185,7 +171,7 @@ impl Broker {
                     }
                 }
                 if mid == ids::BASIC_RECOVER {
-                    self.send(now, id, method_frame(ch, MethodId::new(60, 111), |_| {}));
+                    self.send_method(now, id, ch, MethodId::new(60, 111), |_| {});
                 }
             }
             _ => self.not_valid_here(now, id, mid),
@@ -214,7 +200,7 @@ impl Broker {
                 }
                 self.chan(id, ch).confirm = true;
                 if !nowait {
-                    self.send(now, id, method_frame(ch, MethodId::new(85, 11), |_| {}));
+                    self.send_method(now, id, ch, MethodId::new(85, 11), |_| {});
                 }
             }
             _ => self.not_valid_here(now, id, mid),
@@ -249,7 +235,7 @@ impl Broker {
                     ));
                 }
                 let ok = MethodId::new(90, mid.method + 1);
-                self.send(now, id, method_frame(ch, ok, |_| {}));
+                self.send_method(now, id, ch, ok, |_| {});
             }
             _ => self.not_valid_here(now, id, mid),
         }

@@ -6,7 +6,7 @@
 use super::state::ChannelError;
 use super::{Broker, ConnId};
 use std::time::Instant;
-use warren_core::frame::{method_frame, Frame};
+use warren_core::frame::Frame;
 use warren_core::method::{self, encode, ids, MethodId};
 use warren_core::wire::Reader;
 
@@ -89,13 +89,9 @@ impl Broker {
     ) -> Result<(), ChannelError> {
         match mid {
             ACCESS_REQUEST => {
-                self.send(
-                    now,
-                    id,
-                    method_frame(ch, MethodId::new(30, 11), |w| {
-                        w.u16(1);
-                    }),
-                );
+                self.send_method(now, id, ch, MethodId::new(30, 11), |w| {
+                    w.u16(1);
+                });
             }
             _ => self.not_valid_here(now, id, mid),
         }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use std::time::{Duration, Instant};
 use warren_core::content::parse_header;
 use warren_core::credentials::parse_sasl;
-use warren_core::frame::{method_frame, Frame, FrameType, PROTOCOL_HEADER};
+use warren_core::frame::{Frame, FrameType, PROTOCOL_HEADER};
 use warren_core::method::{self, encode, ids, ConnectionStart, Method, MethodId, Tune};
 use warren_core::reply;
 use warren_core::table::{FieldTable, FieldValue};
@@ -178,13 +178,9 @@ impl Broker {
                     );
                 }
                 self.conns.get_mut(&id).expect("checked").phase = Phase::Running;
-                self.send(
-                    now,
-                    id,
-                    method_frame(0, ids::CONNECTION_OPEN_OK, |w| {
-                        w.shortstr(b"");
-                    }),
-                );
+                self.send_method(now, id, 0, ids::CONNECTION_OPEN_OK, |w| {
+                    w.shortstr(b"");
+                });
                 self.tell_blocked(now, id);
             }
             (_, Method::ConnectionClose(_)) => {
@@ -239,8 +235,7 @@ impl Broker {
     /// checker lets through on an open connection.
     fn channel_zero(&mut self, now: Instant, id: ConnId, f: Frame) {
         if f.method_id() == Some(ids::CONNECTION_UPDATE_SECRET) {
-            let ok = method_frame(0, ids::CONNECTION_UPDATE_SECRET_OK, |_| {});
-            return self.send(now, id, ok);
+            return self.send_method(now, id, 0, ids::CONNECTION_UPDATE_SECRET_OK, |_| {});
         }
         self.send(now, id, encode::close_ok(0));
         self.drop_conn(now, id);

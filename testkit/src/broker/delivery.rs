@@ -71,13 +71,12 @@ impl Broker {
             self.log.unroutable.extend(Origin::parse(&body));
         }
         if targets.is_empty() && p.mandatory {
-            let m = method_frame(ch, ids::BASIC_RETURN, |w| {
+            self.send_method(now, id, ch, ids::BASIC_RETURN, |w| {
                 w.u16(312)
                     .shortstr(b"NO_ROUTE")
                     .shortstr(p.exchange.as_bytes())
                     .shortstr(p.rk.as_bytes());
             });
-            self.send(now, id, m);
             self.send_content(now, id, ch, &body, None);
         }
         for q in &targets {
@@ -101,10 +100,9 @@ impl Broker {
             }
             if !self.config.batch_confirms {
                 self.chan(id, ch).unconfirmed.clear();
-                let ack = method_frame(ch, ids::BASIC_ACK, |w| {
+                self.send_method(now, id, ch, ids::BASIC_ACK, |w| {
                     w.u64(seq).bit(false);
                 });
-                self.send(now, id, ack);
             }
         }
     }
@@ -200,14 +198,13 @@ impl Broker {
                 if !c.no_ack {
                     chan.unacked.insert(dtag, (name.clone(), msg.clone()));
                 }
-                let m = method_frame(c.ch, ids::BASIC_DELIVER, |w| {
+                self.send_method(now, c.conn, c.ch, ids::BASIC_DELIVER, |w| {
                     w.shortstr(&c.tag)
                         .u64(dtag)
                         .bit(msg.redelivered)
                         .shortstr(msg.exchange.as_bytes())
                         .shortstr(msg.rk.as_bytes());
                 });
-                self.send(now, c.conn, m);
                 self.send_content(now, c.conn, c.ch, &msg.body, msg.headers.as_ref());
                 if msg.headers.is_some() {
                     self.event_sends.push(c.conn);

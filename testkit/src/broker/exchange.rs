@@ -5,7 +5,6 @@
 use super::state::{ChannelError, Exchange};
 use super::{lossy, Broker, ConnId};
 use std::time::Instant;
-use warren_core::frame::method_frame;
 use warren_core::method::{ids, MethodId};
 use warren_core::reply;
 use warren_core::wire::Reader;
@@ -72,7 +71,7 @@ impl Broker {
                     }
                 }
                 if !nowait {
-                    self.send(now, id, method_frame(ch, ids::EXCHANGE_DECLARE_OK, |_| {}));
+                    self.send_method(now, id, ch, ids::EXCHANGE_DECLARE_OK, |_| {});
                 }
             }
             ids::EXCHANGE_DELETE => {
@@ -84,7 +83,7 @@ impl Broker {
                     self.exchanges.remove(&name);
                 }
                 if !nowait {
-                    self.send(now, id, method_frame(ch, MethodId::new(40, 21), |_| {}));
+                    self.send_method(now, id, ch, MethodId::new(40, 21), |_| {});
                 }
             }
             ids::EXCHANGE_BIND | ids::EXCHANGE_UNBIND => {
@@ -93,7 +92,7 @@ impl Broker {
                 } else {
                     MethodId::new(40, 51)
                 };
-                self.send(now, id, method_frame(ch, ok, |_| {}));
+                self.send_method(now, id, ch, ok, |_| {});
             }
             _ => self.not_valid_here(now, id, mid),
         }

@@ -51,6 +51,7 @@ use warren_core::frame::{method_frame, HEARTBEAT};
 use warren_core::method::{encode, ids, Close, MethodId, Tune};
 use warren_core::reply;
 use warren_core::table::FieldTable;
+use warren_core::wire::Writer;
 
 /// Reads a method argument. Arguments were validated against the method's layout, so reads
 /// cannot fail.
@@ -544,6 +545,19 @@ impl Broker {
             .extend_from_slice(&data);
     }
 
+    /// Sends method `mid` on channel `ch`, its arguments written by `args`: how the broker
+    /// answers and notifies.
+    fn send_method(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        ch: u16,
+        mid: MethodId,
+        args: impl FnOnce(&mut Writer<'_>),
+    ) {
+        self.send(now, conn, method_frame(ch, mid, args));
+    }
+
     fn flush(&mut self) {
         for (conn, data) in std::mem::take(&mut self.pending) {
             if !data.is_empty() {
@@ -611,10 +625,9 @@ impl Broker {
                 if let Some(chan) = open {
                     chan.consumers.retain(|t| *t != c.tag);
                     if notify {
-                        let f = method_frame(c.ch, ids::BASIC_CANCEL, |w| {
+                        self.send_method(now, c.conn, c.ch, ids::BASIC_CANCEL, |w| {
                             w.shortstr(&c.tag).bit(true);
                         });
-                        self.send(now, c.conn, f);
                     }
                 }
             }

@@ -5,7 +5,6 @@
 use super::state::{ChannelError, Queue};
 use super::{locked_text, lossy, Broker, ConnId};
 use std::time::Instant;
-use warren_core::frame::method_frame;
 use warren_core::method::{ids, MethodId};
 use warren_core::reply;
 use warren_core::wire::Reader;
@@ -71,13 +70,9 @@ impl Broker {
                 if !nowait {
                     let q = &self.queues[&name];
                     let (msgs, consumers) = (q.msgs.len() as u32, q.consumers.len() as u32);
-                    self.send(
-                        now,
-                        id,
-                        method_frame(ch, ids::QUEUE_DECLARE_OK, |w| {
-                            w.shortstr(name.as_bytes()).u32(msgs).u32(consumers);
-                        }),
-                    );
+                    self.send_method(now, id, ch, ids::QUEUE_DECLARE_OK, |w| {
+                        w.shortstr(name.as_bytes()).u32(msgs).u32(consumers);
+                    });
                 }
             }
             ids::QUEUE_BIND => {
@@ -96,7 +91,7 @@ impl Broker {
                     ex.bindings.push((queue, rk));
                 }
                 if !nowait {
-                    self.send(now, id, method_frame(ch, MethodId::new(50, 21), |_| {}));
+                    self.send_method(now, id, ch, MethodId::new(50, 21), |_| {});
                 }
             }
             ids::QUEUE_UNBIND => {
@@ -107,7 +102,7 @@ impl Broker {
                 if let Some(ex) = self.exchanges.get_mut(&exchange) {
                     ex.bindings.retain(|b| *b != (queue.clone(), rk.clone()));
                 }
-                self.send(now, id, method_frame(ch, MethodId::new(50, 51), |_| {}));
+                self.send_method(now, id, ch, MethodId::new(50, 51), |_| {});
             }
             ids::QUEUE_PURGE => {
                 rd!(r.u16());
@@ -127,13 +122,9 @@ impl Broker {
                     .map(|q| std::mem::take(&mut q.msgs).len())
                     .unwrap_or(0) as u32;
                 if !nowait {
-                    self.send(
-                        now,
-                        id,
-                        method_frame(ch, MethodId::new(50, 31), |w| {
-                            w.u32(n);
-                        }),
-                    );
+                    self.send_method(now, id, ch, MethodId::new(50, 31), |w| {
+                        w.u32(n);
+                    });
                 }
             }
             ids::QUEUE_DELETE => {
@@ -161,13 +152,9 @@ impl Broker {
                 }
                 let n = self.delete_queue(Some(now), &queue) as u32;
                 if !nowait {
-                    self.send(
-                        now,
-                        id,
-                        method_frame(ch, ids::QUEUE_DELETE_OK, |w| {
-                            w.u32(n);
-                        }),
-                    );
+                    self.send_method(now, id, ch, ids::QUEUE_DELETE_OK, |w| {
+                        w.u32(n);
+                    });
                 }
             }
             _ => self.not_valid_here(now, id, mid),
