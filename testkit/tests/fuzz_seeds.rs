@@ -6,7 +6,7 @@
 //! to `fuzz/corpus/<target>/<name>`; commit the result. Inputs that the fuzzer itself found
 //! are added to the same folders under their hash names and are never overwritten here.
 //!
-//! Why one file of ~1,400 lines: it is a catalogue — one short function per seed, grouped by
+//! Why one file of ~1,250 lines: it is a catalogue — one short function per seed, grouped by
 //! target — and a reader looks up one seed at a time; it holds no logic worth a module.
 
 use std::path::PathBuf;
@@ -15,20 +15,24 @@ use warren_core::method::{self, encode, ids, Close, ConnectionStart, MethodId, T
 use warren_core::table::{longstr, FieldTable, FieldValue, MAX_DECODE_DEPTH};
 use warren_testkit::frames::*;
 
-type Seeds = Vec<(String, Vec<u8>)>;
+/// One target's seeds, by name (its file name in the corpus, so each name is used once).
+#[derive(Default)]
+struct Seeds(Vec<(String, Vec<u8>)>);
 
-fn seed(seeds: &mut Seeds, name: &str, bytes: impl AsRef<[u8]>) {
-    assert!(
-        !seeds.iter().any(|(n, _)| n == name),
-        "duplicate seed name {name}"
-    );
-    seeds.push((name.to_owned(), bytes.as_ref().to_vec()));
-}
+impl Seeds {
+    fn add(&mut self, name: &str, bytes: impl AsRef<[u8]>) {
+        assert!(
+            !self.0.iter().any(|(n, _)| n == name),
+            "duplicate seed name {name}"
+        );
+        self.0.push((name.to_owned(), bytes.as_ref().to_vec()));
+    }
 
-/// The bytes of the seed called `name`, for the tests that check what a seed reaches.
-fn seed_named<'a>(seeds: &'a Seeds, name: &str) -> &'a [u8] {
-    let found = seeds.iter().find(|(n, _)| n == name);
-    &found.unwrap_or_else(|| panic!("no seed {name}")).1
+    /// The bytes of the seed called `name`, for the tests that check what a seed reaches.
+    fn named(&self, name: &str) -> &[u8] {
+        let found = self.0.iter().find(|(n, _)| n == name);
+        &found.unwrap_or_else(|| panic!("no seed {name}")).1
+    }
 }
 
 /// Every frame the proxy's own encoders write, by name.
@@ -228,7 +232,7 @@ fn nested(depth: usize, tag: u8) -> Vec<u8> {
 }
 
 fn frame_decoder_seeds() -> Seeds {
-    let mut s = Seeds::new();
+    let mut s = Seeds::default();
     // A client session after the protocol header: handshake, a channel, a publish, goodbye.
     let session = [
         &handshake_plain()[PROTOCOL_HEADER.len()..],
@@ -239,95 +243,75 @@ fn frame_decoder_seeds() -> Seeds {
         &encode::close_ok(0),
     ]
     .concat();
-    seed(&mut s, "session-plain", session);
-    seed(
-        &mut s,
+    s.add("session-plain", session);
+    s.add(
         "session-amqplain",
         &handshake_amqplain()[PROTOCOL_HEADER.len()..],
     );
     for (name, f) in encoder_frames() {
-        seed(&mut s, &format!("enc-{name}"), f);
+        s.add(&format!("enc-{name}"), f);
     }
     for (name, p) in client_method_payloads() {
-        seed(
-            &mut s,
-            &format!("client-{name}"),
-            frame(FrameType::Method, 1, &p),
-        );
+        s.add(&format!("client-{name}"), frame(FrameType::Method, 1, &p));
     }
-    seed(
-        &mut s,
+    s.add(
         "header-every-property",
         frame(FrameType::Header, 1, &content_header_every_property(5)),
     );
-    seed(
-        &mut s,
+    s.add(
         "header-no-property",
         frame(FrameType::Header, 1, &content_header(60, 0, 0, b"")),
     );
-    seed(&mut s, "body", frame(FrameType::Body, 1, b"hello"));
-    seed(&mut s, "body-empty", frame(FrameType::Body, 1, b""));
-    seed(&mut s, "heartbeat", HEARTBEAT);
-    seed(
-        &mut s,
+    s.add("body", frame(FrameType::Body, 1, b"hello"));
+    s.add("body-empty", frame(FrameType::Body, 1, b""));
+    s.add("heartbeat", HEARTBEAT);
+    s.add(
         "heartbeat-with-payload-on-channel",
         raw_frame(8, 7, b"??", FRAME_END),
     );
-    seed(&mut s, "bad-end", raw_frame(1, 0, b"\0\x0a\0\x33", 0x00));
-    seed(
-        &mut s,
+    s.add("bad-end", raw_frame(1, 0, b"\0\x0a\0\x33", 0x00));
+    s.add(
         "bad-end-after-good",
         [&HEARTBEAT[..], &raw_frame(3, 1, b"x", b'E')].concat(),
     );
-    seed(&mut s, "oversize-header", [3, 0, 1, 0x7f, 0xff, 0xff, 0xff]);
-    seed(
-        &mut s,
-        "max-size-header",
-        [3, 0, 1, 0xff, 0xff, 0xff, 0xff, 0],
-    );
-    seed(&mut s, "exactly-64", frame(FrameType::Body, 1, &[0x55; 56]));
-    seed(
-        &mut s,
-        "one-over-64",
-        frame(FrameType::Body, 1, &[0x55; 57]),
-    );
+    s.add("oversize-header", [3, 0, 1, 0x7f, 0xff, 0xff, 0xff]);
+    s.add("max-size-header", [3, 0, 1, 0xff, 0xff, 0xff, 0xff, 0]);
+    s.add("exactly-64", frame(FrameType::Body, 1, &[0x55; 56]));
+    s.add("one-over-64", frame(FrameType::Body, 1, &[0x55; 57]));
     let open = encode::open("/").to_vec();
-    seed(&mut s, "truncated-method", &open[..open.len() - 3]);
-    seed(&mut s, "truncated-header", &open[..5]);
-    seed(&mut s, "unknown-type-4", raw_frame(4, 0, b"", FRAME_END));
-    seed(&mut s, "unknown-type-0", [0u8]);
-    seed(&mut s, "protocol-header", PROTOCOL_HEADER);
-    seed(&mut s, "empty-method", frame(FrameType::Method, 0, b""));
+    s.add("truncated-method", &open[..open.len() - 3]);
+    s.add("truncated-header", &open[..5]);
+    s.add("unknown-type-4", raw_frame(4, 0, b"", FRAME_END));
+    s.add("unknown-type-0", [0u8]);
+    s.add("protocol-header", PROTOCOL_HEADER);
+    s.add("empty-method", frame(FrameType::Method, 0, b""));
     s
 }
 
 fn method_decoder_seeds() -> Seeds {
-    let mut s = Seeds::new();
+    let mut s = Seeds::default();
     for spec in METHODS {
-        seed(
-            &mut s,
+        s.add(
             &format!("spec-{}", spec.name),
             method_payload(spec.id, &minimal_args(spec)),
         );
     }
     for (name, f) in encoder_frames() {
-        seed(&mut s, &format!("enc-{name}"), payload_of(&f));
+        s.add(&format!("enc-{name}"), payload_of(&f));
     }
     for (name, p) in client_method_payloads() {
-        seed(&mut s, &format!("client-{name}"), p);
+        s.add(&format!("client-{name}"), p);
     }
     // Malformed methods.
     let publish = method_payload(ids::BASIC_PUBLISH, &publish_args(b"", b"rk", false, false));
-    seed(&mut s, "publish-truncated", &publish[..publish.len() - 1]);
-    seed(&mut s, "publish-trailing", [&publish[..], b"\0"].concat());
-    seed(
-        &mut s,
+    s.add("publish-truncated", &publish[..publish.len() - 1]);
+    s.add("publish-trailing", [&publish[..], b"\0"].concat());
+    s.add(
         "unknown-method",
         method_payload(MethodId::new(60, 99), b"abc"),
     );
-    seed(&mut s, "short-id", [0u8, 60, 0]);
-    seed(
-        &mut s,
+    s.add("short-id", [0u8, 60, 0]);
+    s.add(
         "close-non-utf8-text",
         method_payload(
             ids::CONNECTION_CLOSE,
@@ -339,8 +323,7 @@ fn method_decoder_seeds() -> Seeds {
                 .done(),
         ),
     );
-    seed(
-        &mut s,
+    s.add(
         "open-non-utf8-vhost",
         method_payload(
             ids::CONNECTION_OPEN,
@@ -348,64 +331,47 @@ fn method_decoder_seeds() -> Seeds {
         ),
     );
     // Content headers.
-    seed(
-        &mut s,
+    s.add(
         "header-every-property",
         content_header_every_property(1 << 40),
     );
-    seed(&mut s, "header-no-property", content_header(60, 11, 0, b""));
-    seed(
-        &mut s,
+    s.add("header-no-property", content_header(60, 11, 0, b""));
+    s.add(
         "header-continuation-flag",
         content_header(60, 11, 0x0001, b""),
     );
-    seed(
-        &mut s,
+    s.add(
         "header-missing-property",
         content_header(60, 11, 0x8000, b""),
     );
-    seed(
-        &mut s,
+    s.add(
         "header-bad-headers-table",
         content_header(60, 11, 0x2000, b"\0\0\0\x03\x01kZ"),
     );
     // Field table bodies.
-    seed(&mut s, "table-every-type", table_body(&every_type_table()));
+    s.add("table-every-type", table_body(&every_type_table()));
     let mut nan32 = b"\x03nanf".to_vec();
     nan32.extend_from_slice(&f32::NAN.to_bits().to_be_bytes());
-    seed(&mut s, "table-nan-f32", nan32);
+    s.add("table-nan-f32", nan32);
     let mut nan64 = b"\x03nand".to_vec();
     nan64.extend_from_slice(&f64::NAN.to_bits().to_be_bytes());
-    seed(&mut s, "table-nan-f64", nan64);
+    s.add("table-nan-f64", nan64);
     let mut inf = b"\x03infd".to_vec();
     inf.extend_from_slice(&f64::INFINITY.to_bits().to_be_bytes());
-    seed(&mut s, "table-inf-f64", inf);
-    seed(&mut s, "table-bad-type", b"\x01kZ");
-    seed(&mut s, "table-lying-length", b"\x01kF\x00\x00\x00\x09ab");
-    seed(&mut s, "table-key-without-value", b"\x01k");
-    seed(
-        &mut s,
-        "table-deep-tables",
-        nested(MAX_DECODE_DEPTH + 2, b'F'),
-    );
-    seed(
-        &mut s,
-        "table-deep-arrays",
-        nested(MAX_DECODE_DEPTH + 2, b'A'),
-    );
-    seed(
-        &mut s,
-        "table-max-depth-arrays",
-        nested(MAX_DECODE_DEPTH, b'A'),
-    );
+    s.add("table-inf-f64", inf);
+    s.add("table-bad-type", b"\x01kZ");
+    s.add("table-lying-length", b"\x01kF\x00\x00\x00\x09ab");
+    s.add("table-key-without-value", b"\x01k");
+    s.add("table-deep-tables", nested(MAX_DECODE_DEPTH + 2, b'F'));
+    s.add("table-deep-arrays", nested(MAX_DECODE_DEPTH + 2, b'A'));
+    s.add("table-max-depth-arrays", nested(MAX_DECODE_DEPTH, b'A'));
     // RabbitMQ accepts tables of any depth; the seed is as deep as the corpus size allows.
-    seed(&mut s, "table-500-deep-tables", nested(500, b'F'));
+    s.add("table-500-deep-tables", nested(500, b'F'));
     let mut non_utf8_key = vec![255u8];
     non_utf8_key.extend_from_slice(&[0xff; 255]);
     non_utf8_key.push(b'V');
-    seed(&mut s, "table-non-utf8-long-key", non_utf8_key);
-    seed(
-        &mut s,
+    s.add("table-non-utf8-long-key", non_utf8_key);
+    s.add(
         "queue.declare-nan-argument",
         method_payload(
             ids::QUEUE_DECLARE,
@@ -425,15 +391,14 @@ fn method_decoder_seeds() -> Seeds {
 }
 
 fn client_handshake_seeds() -> Seeds {
-    let mut s = Seeds::new();
+    let mut s = Seeds::default();
     let header = &PROTOCOL_HEADER[..];
     let plain = start_ok_plain(b"\0guest\0guest", true);
     let tune = tune_ok(2047, 131_072, 60);
     let open = encode::open("/").to_vec();
-    seed(&mut s, "full-plain", handshake_plain());
-    seed(&mut s, "full-amqplain", handshake_amqplain());
-    seed(
-        &mut s,
+    s.add("full-plain", handshake_plain());
+    s.add("full-amqplain", handshake_amqplain());
+    s.add(
         "full-plain-pipelined",
         [
             handshake_plain(),
@@ -442,17 +407,15 @@ fn client_handshake_seeds() -> Seeds {
         ]
         .concat(),
     );
-    seed(
-        &mut s,
+    s.add(
         "heartbeats-between",
         [header, &plain, HEARTBEAT, &tune, HEARTBEAT, &open].concat(),
     );
-    seed(&mut s, "header-only", header);
-    seed(&mut s, "header-0-9-legacy", b"AMQP\x01\x01\x00\x09");
-    seed(&mut s, "header-0-10", b"AMQP\x00\x00\x0a\x00");
-    seed(&mut s, "header-http", b"GET / HTTP/1.1\r\n\r\n");
-    seed(
-        &mut s,
+    s.add("header-only", header);
+    s.add("header-0-9-legacy", b"AMQP\x01\x01\x00\x09");
+    s.add("header-0-10", b"AMQP\x00\x00\x0a\x00");
+    s.add("header-http", b"GET / HTTP/1.1\r\n\r\n");
+    s.add(
         "close-during-handshake",
         [header, &plain, &close_bye(0)].concat(),
     );
@@ -462,19 +425,16 @@ fn client_handshake_seeds() -> Seeds {
         response: vec![],
         locale: "en_US".into(),
     });
-    seed(&mut s, "mechanism-external", [header, &external].concat());
-    seed(
-        &mut s,
+    s.add("mechanism-external", [header, &external].concat());
+    s.add(
         "plain-malformed-close",
         [header, &start_ok_plain(b"guest", true)].concat(),
     );
-    seed(
-        &mut s,
+    s.add(
         "plain-malformed-drop",
         [header, &start_ok_plain(b"guest", false)].concat(),
     );
-    seed(
-        &mut s,
+    s.add(
         "amqplain-no-password",
         [
             header,
@@ -494,35 +454,30 @@ fn client_handshake_seeds() -> Seeds {
         ("tune-zeros", tune_ok(0, 0, 0)),
         ("tune-min", tune_ok(1, 4096, 1)),
     ] {
-        seed(&mut s, name, [header, &plain, &t, &open].concat());
+        s.add(name, [header, &plain, &t, &open].concat());
     }
-    seed(&mut s, "open-before-tune", [header, &plain, &open].concat());
-    seed(&mut s, "tune-before-start-ok", [header, &tune].concat());
-    seed(
-        &mut s,
+    s.add("open-before-tune", [header, &plain, &open].concat());
+    s.add("tune-before-start-ok", [header, &tune].concat());
+    s.add(
         "body-during-handshake",
         [header, &frame(FrameType::Body, 0, b"x")].concat(),
     );
-    seed(
-        &mut s,
+    s.add(
         "method-on-channel-1",
         [header, &encode::channel_open(1)].concat(),
     );
-    seed(
-        &mut s,
+    s.add(
         "oversize-frame",
         [header, &[1, 0, 0, 0, 0x01, 0, 0][..]].concat(),
     );
-    seed(
-        &mut s,
+    s.add(
         "truncated-start-ok",
         [header, &plain[..plain.len() / 2]].concat(),
     );
     let mut bad_end = plain.clone();
     *bad_end.last_mut().unwrap() = 0;
-    seed(&mut s, "start-ok-bad-end", [header, &bad_end].concat());
-    seed(
-        &mut s,
+    s.add("start-ok-bad-end", [header, &bad_end].concat());
+    s.add(
         "start-ok-bad-table",
         [
             header,
@@ -575,7 +530,7 @@ const CLIENT_NO_CANCEL_NOTIFY: u8 = 0x40;
 
 fn hub_client_seeds() -> Seeds {
     use warren_testkit::fuzz::{Build, HubInput, HubOp};
-    let mut s = Seeds::new();
+    let mut s = Seeds::default();
     let cfg = |c: [u8; 4]| HubInput::new(c);
     // A fuzzed client with channel 1 open and answered.
     let opened = |c: [u8; 4]| {
@@ -594,11 +549,9 @@ fn hub_client_seeds() -> Seeds {
     let publish = |i: HubInput, flags: u8, size: u8, chunk: u8| {
         i.build(0, 0, Build::Publish, &[flags, size, chunk])
     };
-    let add = |s: &mut Seeds, name: &str, i: HubInput| seed(s, name, i.into_bytes());
 
-    add(&mut s, "admitted", cfg([0; 4]));
-    add(
-        &mut s,
+    s.add("admitted", cfg([0; 4]));
+    s.add(
         "open-publish-close",
         settle(
             opened([0; 4])
@@ -606,8 +559,7 @@ fn hub_client_seeds() -> Seeds {
                 .raw(0, &close_bye(1)),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "pipelined-session",
         settle(
             cfg([0; 4]).raw(
@@ -621,26 +573,22 @@ fn hub_client_seeds() -> Seeds {
             ),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "publish-rechunked-upstream",
         settle(publish(opened([0, 0x80, 0, 0]), 0, 6, 2)),
     );
-    add(
-        &mut s,
+    s.add(
         "recycle-to-next-client",
         settle(publish(opened([0; 4]), 0, 3, 0).build(0, 0, Build::Close, &[]))
             .op(HubOp::Join, &[])
             .raw(1, &encode::channel_open(1))
             .raw(1, &publish_frames(1)),
     );
-    add(
-        &mut s,
+    s.add(
         "recycle-same-client",
         settle(opened([0; 4]).raw(0, &close_bye(1))).raw(0, &encode::channel_open(2)),
     );
-    add(
-        &mut s,
+    s.add(
         "recycled-channel-queue-shortcut",
         settle(
             opened([0; 4])
@@ -651,8 +599,7 @@ fn hub_client_seeds() -> Seeds {
         .raw(1, &encode::channel_open(1))
         .build(1, 0, Build::QueueOther, &[0]),
     );
-    add(
-        &mut s,
+    s.add(
         "pool-of-one",
         settle(
             opened([POOL_1, 0, 0, 0])
@@ -662,13 +609,11 @@ fn hub_client_seeds() -> Seeds {
                 .raw(0, &close_bye(2)),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "no-recycling",
         settle(opened([NO_RECYCLING, 0, 0, 0]).raw(0, &close_bye(1))),
     );
-    add(
-        &mut s,
+    s.add(
         "broker-closes-channel-late-frames",
         settle(
             opened([0; 4])
@@ -679,8 +624,7 @@ fn hub_client_seeds() -> Seeds {
                 .raw(0, &encode::channel_open(1)),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "broker-closes-channel-client-drops",
         settle(
             opened([0; 4])
@@ -688,8 +632,7 @@ fn hub_client_seeds() -> Seeds {
                 .op(HubOp::Drop, &[0]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "crossing-closes",
         settle(
             // The broker refuses the consume (no queue 'q') while warren's close is on its way.
@@ -698,8 +641,7 @@ fn hub_client_seeds() -> Seeds {
                 .raw(0, &close_bye(1)),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "broker-closes-fencing-channel",
         settle(
             opened([0; 4])
@@ -707,8 +649,7 @@ fn hub_client_seeds() -> Seeds {
                 .op(HubOp::Broker, &[0, 0, 0, 0]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "exclusive-queue-then-drop",
         settle(
             opened([0; 4])
@@ -717,8 +658,7 @@ fn hub_client_seeds() -> Seeds {
                 .op(HubOp::Drop, &[0]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "exclusive-nowait-then-delete-then-drop",
         settle(
             opened([0; 4])
@@ -727,8 +667,7 @@ fn hub_client_seeds() -> Seeds {
                 .op(HubOp::Drop, &[0]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "exclusive-queue-deleted-by-the-shortcut",
         settle(
             opened([0; 4])
@@ -738,8 +677,7 @@ fn hub_client_seeds() -> Seeds {
                 .op(HubOp::Drop, &[0]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "exclusive-queue-connection-close",
         settle(
             opened([0; 4])
@@ -748,8 +686,7 @@ fn hub_client_seeds() -> Seeds {
                 .build(0, 192, Build::Connection, &[0]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "consume-cancel-consume",
         settle(
             opened([0; 4])
@@ -760,8 +697,7 @@ fn hub_client_seeds() -> Seeds {
                 .build(0, 0, Build::Consume, &[0x10]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "server-named-consumers",
         settle(
             opened([0; 4])
@@ -771,8 +707,7 @@ fn hub_client_seeds() -> Seeds {
                 .build(0, 0, Build::Consume, &[0x30]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "server-cancel",
         settle(
             consuming([0; 4], 0x50)
@@ -781,23 +716,20 @@ fn hub_client_seeds() -> Seeds {
                 .build(0, 0, Build::Consume, &[0x50]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "server-cancel-without-notify",
         settle(
             consuming([0, 0, CLIENT_NO_CANCEL_NOTIFY, 0], 0x50).op(HubOp::Broker, &[0, 4, 0, 0]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "tx-commit-then-publish",
         opened([0; 4])
             .build(0, 0, Build::Tx, &[0])
             .build(0, 0, Build::Tx, &[1])
             .build(0, 0, Build::PublishMethod, &[0]),
     );
-    add(
-        &mut s,
+    s.add(
         "tx-commit-ok-then-publish",
         settle(
             opened([0; 4])
@@ -808,8 +740,7 @@ fn hub_client_seeds() -> Seeds {
                 .build(0, 0, Build::Tx, &[2]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "tx-commit-then-close",
         settle(
             opened([0; 4])
@@ -921,7 +852,7 @@ fn hub_client_seeds() -> Seeds {
         let built = steps
             .iter()
             .fold(opened([0; 4]), |i, &(kind, args)| i.build(0, 0, kind, args));
-        add(&mut s, name, settle(built));
+        s.add(name, settle(built));
     }
     for (name, ch, which) in [
         ("connection-close", 192u8, 0u8),
@@ -933,31 +864,26 @@ fn hub_client_seeds() -> Seeds {
         ("connection-close-on-channel", 0, 0),
         ("heartbeat-on-channel", 0, 3),
     ] {
-        add(
-            &mut s,
+        s.add(
             name,
             settle(opened([0; 4]).build(0, ch, Build::Connection, &[which])),
         );
     }
-    add(
-        &mut s,
+    s.add(
         "frame-on-unopened-channel",
         cfg([0; 4]).raw(0, &publish_frames(3)),
     );
-    add(
-        &mut s,
+    s.add(
         "channel-over-channel-max",
         cfg([0, 0, CLIENT_ONE_CHANNEL, 0])
             .build(0, 0, Build::Open, &[])
             .build(0, 224, Build::Open, &[]),
     );
-    add(
-        &mut s,
+    s.add(
         "channel-65535",
         cfg([0; 4]).build(0, 255, Build::Open, &[0xff, 0xff]),
     );
-    add(
-        &mut s,
+    s.add(
         "content-split-across-reads",
         settle(
             opened([0; 4])
@@ -969,13 +895,11 @@ fn hub_client_seeds() -> Seeds {
                 .build(0, 0, Build::Body, &[4]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "message-over-max-size",
         settle(publish(opened([SMALL_MESSAGES, 0, 0, 0]), 0, 6, 0)),
     );
-    add(
-        &mut s,
+    s.add(
         "unfinished-publish-over-buffer-limit",
         opened([SMALL_BUFFER, 0, 0, 0])
             .build(0, 0, Build::PublishMethod, &[0])
@@ -984,8 +908,7 @@ fn hub_client_seeds() -> Seeds {
             .build(0, 0, Build::Body, &[4])
             .build(0, 0, Build::Body, &[4]),
     );
-    add(
-        &mut s,
+    s.add(
         "unfinished-publish-then-drop",
         settle(
             opened([0; 4])
@@ -994,35 +917,29 @@ fn hub_client_seeds() -> Seeds {
                 .op(HubOp::Drop, &[0]),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "client-frame-too-large",
         publish(opened([0, 0, CLIENT_SMALL_FRAMES, 0]), 0, 6, 2),
     );
-    add(
-        &mut s,
+    s.add(
         "client-frame-bad-end",
         opened([0; 4]).raw(0, &raw_frame(1, 1, &[0, 60, 0, 80], 0)),
     );
-    add(
-        &mut s,
+    s.add(
         "client-frame-unknown-type",
         opened([0; 4]).raw(0, &raw_frame(4, 1, b"", FRAME_END)),
     );
-    add(
-        &mut s,
+    s.add(
         "partial-frame-then-drop",
         opened([0; 4])
             .raw(0, &publish_frames(1)[..9])
             .op(HubOp::Drop, &[0]),
     );
-    add(
-        &mut s,
+    s.add(
         "method-too-short",
         opened([0; 4]).raw(0, &frame(FrameType::Method, 1, &[0, 60])),
     );
-    add(
-        &mut s,
+    s.add(
         "method-bad-table",
         opened([0; 4]).raw(
             0,
@@ -1038,8 +955,7 @@ fn hub_client_seeds() -> Seeds {
             ),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "waiting-open-dials-second-upstream",
         settle(
             cfg([0, BROKER_ONE_CHANNEL, 0, 0])
@@ -1050,8 +966,7 @@ fn hub_client_seeds() -> Seeds {
                 .raw(0, &encode::channel_open(2)),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "all-upstreams-full",
         settle(
             cfg([ONE_UPSTREAM, BROKER_ONE_CHANNEL, 0, 0])
@@ -1059,8 +974,7 @@ fn hub_client_seeds() -> Seeds {
                 .raw(0, &publish_frames(1)),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "waiting-open-closed-before-placement",
         settle(
             cfg([ONE_UPSTREAM, BROKER_TWO_CHANNELS, 0, 0])
@@ -1070,8 +984,7 @@ fn hub_client_seeds() -> Seeds {
                 .raw(0, &close_bye(1)),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "spread-over-three-upstreams",
         settle(
             cfg([SPREAD | THREE_UPSTREAMS, BROKER_TWO_CHANNELS, 0, 0])
@@ -1082,8 +995,7 @@ fn hub_client_seeds() -> Seeds {
                 .raw(1, &encode::channel_open(1)),
         ),
     );
-    add(
-        &mut s,
+    s.add(
         "upstream-idle-close",
         settle(
             cfg([0, BROKER_ONE_CHANNEL, 0, 0])
@@ -1095,22 +1007,19 @@ fn hub_client_seeds() -> Seeds {
         .op(HubOp::Settle, &[])
         .op(HubOp::Advance, &[8]),
     );
-    add(
-        &mut s,
+    s.add(
         "pool-idle-expiry",
         settle(opened([0; 4]).raw(0, &close_bye(1)))
             .op(HubOp::Advance, &[7])
             .op(HubOp::Settle, &[]),
     );
-    add(
-        &mut s,
+    s.add(
         "client-heartbeat-timeout",
         opened([0, 0, CLIENT_HEARTBEAT_5, 0])
             .op(HubOp::Advance, &[6])
             .op(HubOp::Advance, &[6]),
     );
-    add(
-        &mut s,
+    s.add(
         "client-heartbeats-kept",
         opened([0, BROKER_HEARTBEAT_5, CLIENT_HEARTBEAT_5, 0])
             .op(HubOp::Advance, &[4])
@@ -1119,30 +1028,26 @@ fn hub_client_seeds() -> Seeds {
             .build(0, 192, Build::Connection, &[3])
             .op(HubOp::Advance, &[5]),
     );
-    add(
-        &mut s,
+    s.add(
         "close-timeout-without-close-ok",
         opened([0; 4])
             .build(0, 0, Build::Open, &[])
             .op(HubOp::Advance, &[5]),
     );
-    add(
-        &mut s,
+    s.add(
         "close-ok-after-proxy-close",
         opened([0; 4])
             .build(0, 0, Build::Open, &[])
             .build(0, 192, Build::Connection, &[1])
             .raw(0, &publish_frames(1)),
     );
-    add(
-        &mut s,
+    s.add(
         "slow-client",
         settle(opened([0; 4]).build(0, 0, Build::Consume, &[0x10]))
             .op(HubOp::Slow, &[0])
             .op(HubOp::Settle, &[]),
     );
-    add(
-        &mut s,
+    s.add(
         "drop-with-everything",
         settle(
             opened([0; 4])
@@ -1155,8 +1060,7 @@ fn hub_client_seeds() -> Seeds {
         .op(HubOp::Drop, &[0])
         .op(HubOp::Settle, &[]),
     );
-    add(
-        &mut s,
+    s.add(
         "late-events-for-gone-client",
         settle(opened([0; 4]).op(HubOp::Drop, &[0]))
             .raw(0, &publish_frames(1))
@@ -1165,21 +1069,18 @@ fn hub_client_seeds() -> Seeds {
             .op(HubOp::Join, &[])
             .raw(1, &encode::channel_open(1)),
     );
-    add(
-        &mut s,
+    s.add(
         "deliveries-rechunked-to-client",
         consuming([0, 0, CLIENT_SMALL_FRAMES, 0], 0x42)
             .op(HubOp::Broker, &[0, 2, 0, 6])
             .op(HubOp::Broker, &[0, 3, 0, 0])
             .op(HubOp::CanaryDelivery, &[]),
     );
-    add(
-        &mut s,
+    s.add(
         "deliveries-from-small-frame-broker",
         consuming([0, BROKER_SMALL_FRAMES, 0, 0], 0x42).op(HubOp::Broker, &[0, 2, 0, 6]),
     );
-    add(
-        &mut s,
+    s.add(
         "blocked-and-unblocked",
         opened([0; 4])
             .op(HubOp::Broker, &[0, 5, 1, 0])
@@ -1188,8 +1089,7 @@ fn hub_client_seeds() -> Seeds {
             .op(HubOp::Settle, &[])
             .op(HubOp::Broker, &[0, 5, 0, 0]),
     );
-    add(
-        &mut s,
+    s.add(
         "replies-in-pieces",
         opened([0; 4])
             .build(0, 0, Build::QueueDeclare, &[0x04])
@@ -1201,8 +1101,7 @@ fn hub_client_seeds() -> Seeds {
             .raw(0, &close_bye(1))
             .op(HubOp::Replies, &[0, 2]),
     );
-    add(
-        &mut s,
+    s.add(
         "timers-and-spurious-timeouts",
         opened([0; 4])
             .op(HubOp::Advance, &[0])
@@ -1213,8 +1112,7 @@ fn hub_client_seeds() -> Seeds {
     );
     // Every method of the protocol, with zeroed arguments, on an open channel.
     for (i, spec) in METHODS.iter().enumerate() {
-        add(
-            &mut s,
+        s.add(
             &format!("any-{}", spec.name),
             settle(opened([0; 4]).build(0, 0, Build::AnyMethod, &[i as u8])),
         );
@@ -1253,12 +1151,12 @@ fn seeds_pass_their_fuzz_bodies_and_are_written_on_request() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     let mut total = 0;
     for (target, seeds, body) in all_seeds() {
-        assert!(!seeds.is_empty());
+        assert!(!seeds.0.is_empty());
         let dir = root.join(target);
         if write {
             std::fs::create_dir_all(&dir).unwrap();
         }
-        for (name, bytes) in seeds {
+        for (name, bytes) in seeds.0 {
             assert!(
                 bytes.len() <= 4096,
                 "{target}/{name} is {} bytes; keep seeds small",
@@ -1282,12 +1180,12 @@ fn seeds_hit_the_paths_they_are_named_for() {
     use warren_core::table::validate_table;
     use warren_core::wire::WireError;
     let seeds = frame_decoder_seeds();
-    let mut buf = seed_named(&seeds, "bad-end").into();
+    let mut buf = seeds.named("bad-end").into();
     assert_eq!(
         FrameDecoder::new(4096).decode(&mut buf),
         Err(FrameError::BadEnd(0))
     );
-    let mut buf = seed_named(&seeds, "session-plain").into();
+    let mut buf = seeds.named("session-plain").into();
     let mut n = 0;
     while FrameDecoder::new(131_072)
         .decode(&mut buf)
@@ -1298,23 +1196,17 @@ fn seeds_hit_the_paths_they_are_named_for() {
     }
     assert_eq!((n, buf.len()), (11, 0));
     let seeds = method_decoder_seeds();
+    assert_eq!(validate_table(seeds.named("table-deep-arrays")), Ok(()));
     assert_eq!(
-        validate_table(seed_named(&seeds, "table-deep-arrays")),
+        validate_table(seeds.named("table-max-depth-arrays")),
         Ok(())
     );
     assert_eq!(
-        validate_table(seed_named(&seeds, "table-max-depth-arrays")),
-        Ok(())
-    );
-    assert_eq!(
-        validate_table(seed_named(&seeds, "table-nan-f64")),
+        validate_table(seeds.named("table-nan-f64")),
         Err(WireError::BadFloat)
     );
-    assert_eq!(
-        validate_table(seed_named(&seeds, "table-every-type")),
-        Ok(())
-    );
-    let everything = seed_named(&seeds, "header-every-property");
+    assert_eq!(validate_table(seeds.named("table-every-type")), Ok(()));
+    let everything = seeds.named("header-every-property");
     assert_eq!(
         warren_core::content::parse_header(everything).map(|h| h.body_size),
         Ok(1 << 40)
@@ -1325,7 +1217,7 @@ fn seeds_hit_the_paths_they_are_named_for() {
 fn hub_seeds_reach_what_they_are_named_for() {
     use warren_testkit::fuzz::hub_client_stats;
     let seeds = hub_client_seeds();
-    let stats = |n: &str| hub_client_stats(seed_named(&seeds, n));
+    let stats = |n: &str| hub_client_stats(seeds.named(n));
     let closed_with = |n: &str, code: u16| {
         let s = stats(n);
         assert!(
@@ -1350,7 +1242,7 @@ fn hub_seeds_reach_what_they_are_named_for() {
     closed_with("tx-commit-then-publish", 504);
     closed_with("unfinished-publish-over-buffer-limit", 506);
     closed_with("channel-over-channel-max", 530);
-    let lf_delete = seed_named(&seeds, "canary-queue-delete-by-a-name-with-lf");
+    let lf_delete = seeds.named("canary-queue-delete-by-a-name-with-lf");
     let trace = warren_testkit::fuzz::hub_client_trace(lf_delete);
     assert!(
         trace

@@ -170,6 +170,13 @@ impl HubInput {
     }
 }
 
+/// The input's bytes so far, so that a seed corpus can store an input as it is.
+impl AsRef<[u8]> for HubInput {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Reads the input; missing bytes read as zero.
 pub(super) struct Src<'a> {
     pub(super) data: &'a [u8],
