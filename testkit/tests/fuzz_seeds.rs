@@ -533,19 +533,14 @@ fn hub_client_seeds() -> Seeds {
     let mut s = Seeds::default();
     let cfg = |c: [u8; 4]| HubInput::new(c);
     // A fuzzed client with channel 1 open and answered.
-    let opened = |c: [u8; 4]| {
-        HubInput::new(c)
-            .raw(0, &encode::channel_open(1))
-            .op(HubOp::Settle, &[])
-    };
+    let opened = |c: [u8; 4]| HubInput::new(c).raw(0, &encode::channel_open(1)).settle();
     // ...consuming from queue 'q' with `Build::Consume` flags `consume`, answered.
     let consuming = |c: [u8; 4], consume: u8| {
         opened(c)
             .build(0, 0, Build::QueueDeclare, &[0x20])
             .build(0, 0, Build::Consume, &[consume])
-            .op(HubOp::Settle, &[])
+            .settle()
     };
-    let settle = |i: HubInput| i.op(HubOp::Settle, &[]);
     let publish = |i: HubInput, flags: u8, size: u8, chunk: u8| {
         i.build(0, 0, Build::Publish, &[flags, size, chunk])
     };
@@ -553,16 +548,15 @@ fn hub_client_seeds() -> Seeds {
     s.add("admitted", cfg([0; 4]));
     s.add(
         "open-publish-close",
-        settle(
-            opened([0; 4])
-                .raw(0, &publish_frames(1))
-                .raw(0, &close_bye(1)),
-        ),
+        opened([0; 4])
+            .raw(0, &publish_frames(1))
+            .raw(0, &close_bye(1))
+            .settle(),
     );
     s.add(
         "pipelined-session",
-        settle(
-            cfg([0; 4]).raw(
+        cfg([0; 4])
+            .raw(
                 0,
                 &[
                     encode::channel_open(1).to_vec(),
@@ -570,157 +564,151 @@ fn hub_client_seeds() -> Seeds {
                     close_bye(1),
                 ]
                 .concat(),
-            ),
-        ),
+            )
+            .settle(),
     );
     s.add(
         "publish-rechunked-upstream",
-        settle(publish(opened([0, 0x80, 0, 0]), 0, 6, 2)),
+        publish(opened([0, 0x80, 0, 0]), 0, 6, 2).settle(),
     );
     s.add(
         "recycle-to-next-client",
-        settle(publish(opened([0; 4]), 0, 3, 0).build(0, 0, Build::Close, &[]))
+        publish(opened([0; 4]), 0, 3, 0)
+            .build(0, 0, Build::Close, &[])
+            .settle()
             .op(HubOp::Join, &[])
             .raw(1, &encode::channel_open(1))
             .raw(1, &publish_frames(1)),
     );
     s.add(
         "recycle-same-client",
-        settle(opened([0; 4]).raw(0, &close_bye(1))).raw(0, &encode::channel_open(2)),
+        opened([0; 4])
+            .raw(0, &close_bye(1))
+            .settle()
+            .raw(0, &encode::channel_open(2)),
     );
     s.add(
         "recycled-channel-queue-shortcut",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::QueueDeclare, &[0x20])
-                .raw(0, &close_bye(1)),
-        )
-        .op(HubOp::Join, &[])
-        .raw(1, &encode::channel_open(1))
-        .build(1, 0, Build::QueueOther, &[0]),
+        opened([0; 4])
+            .build(0, 0, Build::QueueDeclare, &[0x20])
+            .raw(0, &close_bye(1))
+            .settle()
+            .op(HubOp::Join, &[])
+            .raw(1, &encode::channel_open(1))
+            .build(1, 0, Build::QueueOther, &[0]),
     );
     s.add(
         "pool-of-one",
-        settle(
-            opened([POOL_1, 0, 0, 0])
-                .raw(0, &encode::channel_open(2))
-                .op(HubOp::Settle, &[])
-                .raw(0, &close_bye(1))
-                .raw(0, &close_bye(2)),
-        ),
+        opened([POOL_1, 0, 0, 0])
+            .raw(0, &encode::channel_open(2))
+            .settle()
+            .raw(0, &close_bye(1))
+            .raw(0, &close_bye(2))
+            .settle(),
     );
     s.add(
         "no-recycling",
-        settle(opened([NO_RECYCLING, 0, 0, 0]).raw(0, &close_bye(1))),
+        opened([NO_RECYCLING, 0, 0, 0])
+            .raw(0, &close_bye(1))
+            .settle(),
     );
     s.add(
         "broker-closes-channel-late-frames",
-        settle(
-            opened([0; 4])
-                .op(HubOp::Broker, &[0, 0, 0, 0])
-                .raw(0, &publish_frames(1))
-                .raw(0, &close_bye(1))
-                .raw(0, &encode::close_ok(1))
-                .raw(0, &encode::channel_open(1)),
-        ),
+        opened([0; 4])
+            .op(HubOp::Broker, &[0, 0, 0, 0])
+            .raw(0, &publish_frames(1))
+            .raw(0, &close_bye(1))
+            .raw(0, &encode::close_ok(1))
+            .raw(0, &encode::channel_open(1))
+            .settle(),
     );
     s.add(
         "broker-closes-channel-client-drops",
-        settle(
-            opened([0; 4])
-                .op(HubOp::Broker, &[0, 1, 0, 0])
-                .op(HubOp::Drop, &[0]),
-        ),
+        opened([0; 4])
+            .op(HubOp::Broker, &[0, 1, 0, 0])
+            .op(HubOp::Drop, &[0])
+            .settle(),
     );
     s.add(
         "crossing-closes",
-        settle(
-            // The broker refuses the consume (no queue 'q') while warren's close is on its way.
-            opened([0; 4])
-                .build(0, 0, Build::Consume, &[0x50])
-                .raw(0, &close_bye(1)),
-        ),
+        // The broker refuses the consume (no queue 'q') while warren's close is on its way.
+        opened([0; 4])
+            .build(0, 0, Build::Consume, &[0x50])
+            .raw(0, &close_bye(1))
+            .settle(),
     );
     s.add(
         "broker-closes-fencing-channel",
-        settle(
-            opened([0; 4])
-                .raw(0, &close_bye(1))
-                .op(HubOp::Broker, &[0, 0, 0, 0]),
-        ),
+        opened([0; 4])
+            .raw(0, &close_bye(1))
+            .op(HubOp::Broker, &[0, 0, 0, 0])
+            .settle(),
     );
     s.add(
         "exclusive-queue-then-drop",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::QueueDeclare, &[0x04])
-                .op(HubOp::Settle, &[])
-                .op(HubOp::Drop, &[0]),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::QueueDeclare, &[0x04])
+            .settle()
+            .op(HubOp::Drop, &[0])
+            .settle(),
     );
     s.add(
         "exclusive-nowait-then-delete-then-drop",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::QueueDeclare, &[0x34])
-                .build(0, 0, Build::QueueDelete, &[0x20])
-                .op(HubOp::Drop, &[0]),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::QueueDeclare, &[0x34])
+            .build(0, 0, Build::QueueDelete, &[0x20])
+            .op(HubOp::Drop, &[0])
+            .settle(),
     );
     s.add(
         "exclusive-queue-deleted-by-the-shortcut",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::QueueDeclare, &[0x24])
-                .build(0, 0, Build::QueueDelete, &[0])
-                .op(HubOp::Settle, &[])
-                .op(HubOp::Drop, &[0]),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::QueueDeclare, &[0x24])
+            .build(0, 0, Build::QueueDelete, &[0])
+            .settle()
+            .op(HubOp::Drop, &[0])
+            .settle(),
     );
     s.add(
         "exclusive-queue-connection-close",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::QueueDeclare, &[0x04])
-                .op(HubOp::Settle, &[])
-                .build(0, 192, Build::Connection, &[0]),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::QueueDeclare, &[0x04])
+            .settle()
+            .build(0, 192, Build::Connection, &[0])
+            .settle(),
     );
     s.add(
         "consume-cancel-consume",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::Consume, &[0x10])
-                .op(HubOp::Settle, &[])
-                .build(0, 0, Build::Cancel, &[0x10])
-                .build(0, 0, Build::Consume, &[0x10])
-                .build(0, 0, Build::Consume, &[0x10]),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::Consume, &[0x10])
+            .settle()
+            .build(0, 0, Build::Cancel, &[0x10])
+            .build(0, 0, Build::Consume, &[0x10])
+            .build(0, 0, Build::Consume, &[0x10])
+            .settle(),
     );
     s.add(
         "server-named-consumers",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::Consume, &[0])
-                .build(0, 0, Build::Consume, &[0])
-                .op(HubOp::Settle, &[])
-                .build(0, 0, Build::Consume, &[0x30]),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::Consume, &[0])
+            .build(0, 0, Build::Consume, &[0])
+            .settle()
+            .build(0, 0, Build::Consume, &[0x30])
+            .settle(),
     );
     s.add(
         "server-cancel",
-        settle(
-            consuming([0; 4], 0x50)
-                .op(HubOp::Broker, &[0, 4, 0, 0])
-                .build(0, 0, Build::QueueDeclare, &[0x20])
-                .build(0, 0, Build::Consume, &[0x50]),
-        ),
+        consuming([0; 4], 0x50)
+            .op(HubOp::Broker, &[0, 4, 0, 0])
+            .build(0, 0, Build::QueueDeclare, &[0x20])
+            .build(0, 0, Build::Consume, &[0x50])
+            .settle(),
     );
     s.add(
         "server-cancel-without-notify",
-        settle(
-            consuming([0, 0, CLIENT_NO_CANCEL_NOTIFY, 0], 0x50).op(HubOp::Broker, &[0, 4, 0, 0]),
-        ),
+        consuming([0, 0, CLIENT_NO_CANCEL_NOTIFY, 0], 0x50)
+            .op(HubOp::Broker, &[0, 4, 0, 0])
+            .settle(),
     );
     s.add(
         "tx-commit-then-publish",
@@ -731,23 +719,21 @@ fn hub_client_seeds() -> Seeds {
     );
     s.add(
         "tx-commit-ok-then-publish",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::Tx, &[0])
-                .build(0, 0, Build::Tx, &[1])
-                .op(HubOp::Settle, &[])
-                .build(0, 0, Build::Publish, &[0, 2, 0])
-                .build(0, 0, Build::Tx, &[2]),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::Tx, &[0])
+            .build(0, 0, Build::Tx, &[1])
+            .settle()
+            .build(0, 0, Build::Publish, &[0, 2, 0])
+            .build(0, 0, Build::Tx, &[2])
+            .settle(),
     );
     s.add(
         "tx-commit-then-close",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::Tx, &[0])
-                .build(0, 0, Build::Tx, &[1])
-                .raw(0, &close_bye(1)),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::Tx, &[0])
+            .build(0, 0, Build::Tx, &[1])
+            .raw(0, &close_bye(1))
+            .settle(),
     );
     // Seeds that build these frames, in order, on the fuzzed client's open channel 1, then
     // settle.
@@ -852,7 +838,7 @@ fn hub_client_seeds() -> Seeds {
         let built = steps
             .iter()
             .fold(opened([0; 4]), |i, &(kind, args)| i.build(0, 0, kind, args));
-        s.add(name, settle(built));
+        s.add(name, built.settle());
     }
     for (name, ch, which) in [
         ("connection-close", 192u8, 0u8),
@@ -866,7 +852,9 @@ fn hub_client_seeds() -> Seeds {
     ] {
         s.add(
             name,
-            settle(opened([0; 4]).build(0, ch, Build::Connection, &[which])),
+            opened([0; 4])
+                .build(0, ch, Build::Connection, &[which])
+                .settle(),
         );
     }
     s.add(
@@ -885,19 +873,18 @@ fn hub_client_seeds() -> Seeds {
     );
     s.add(
         "content-split-across-reads",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::PublishMethod, &[0])
-                .op(HubOp::Settle, &[])
-                .build(0, 0, Build::Header, &[0, 4])
-                .op(HubOp::CanaryPublish, &[])
-                .build(0, 0, Build::Body, &[3])
-                .build(0, 0, Build::Body, &[4]),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::PublishMethod, &[0])
+            .settle()
+            .build(0, 0, Build::Header, &[0, 4])
+            .op(HubOp::CanaryPublish, &[])
+            .build(0, 0, Build::Body, &[3])
+            .build(0, 0, Build::Body, &[4])
+            .settle(),
     );
     s.add(
         "message-over-max-size",
-        settle(publish(opened([SMALL_MESSAGES, 0, 0, 0]), 0, 6, 0)),
+        publish(opened([SMALL_MESSAGES, 0, 0, 0]), 0, 6, 0).settle(),
     );
     s.add(
         "unfinished-publish-over-buffer-limit",
@@ -910,12 +897,11 @@ fn hub_client_seeds() -> Seeds {
     );
     s.add(
         "unfinished-publish-then-drop",
-        settle(
-            opened([0; 4])
-                .build(0, 0, Build::PublishMethod, &[0])
-                .build(0, 0, Build::Header, &[0, 3])
-                .op(HubOp::Drop, &[0]),
-        ),
+        opened([0; 4])
+            .build(0, 0, Build::PublishMethod, &[0])
+            .build(0, 0, Build::Header, &[0, 3])
+            .op(HubOp::Drop, &[0])
+            .settle(),
     );
     s.add(
         "client-frame-too-large",
@@ -957,61 +943,58 @@ fn hub_client_seeds() -> Seeds {
     );
     s.add(
         "waiting-open-dials-second-upstream",
-        settle(
-            cfg([0, BROKER_ONE_CHANNEL, 0, 0])
-                .raw(
-                    0,
-                    &[encode::channel_open(1).to_vec(), publish_frames(1)].concat(),
-                )
-                .raw(0, &encode::channel_open(2)),
-        ),
+        cfg([0, BROKER_ONE_CHANNEL, 0, 0])
+            .raw(
+                0,
+                &[encode::channel_open(1).to_vec(), publish_frames(1)].concat(),
+            )
+            .raw(0, &encode::channel_open(2))
+            .settle(),
     );
     s.add(
         "all-upstreams-full",
-        settle(
-            cfg([ONE_UPSTREAM, BROKER_ONE_CHANNEL, 0, 0])
-                .raw(0, &encode::channel_open(1))
-                .raw(0, &publish_frames(1)),
-        ),
+        cfg([ONE_UPSTREAM, BROKER_ONE_CHANNEL, 0, 0])
+            .raw(0, &encode::channel_open(1))
+            .raw(0, &publish_frames(1))
+            .settle(),
     );
     s.add(
         "waiting-open-closed-before-placement",
-        settle(
-            cfg([ONE_UPSTREAM, BROKER_TWO_CHANNELS, 0, 0])
-                .raw(0, &encode::channel_open(1))
-                .raw(0, &encode::channel_open(2))
-                .raw(0, &close_bye(2))
-                .raw(0, &close_bye(1)),
-        ),
+        cfg([ONE_UPSTREAM, BROKER_TWO_CHANNELS, 0, 0])
+            .raw(0, &encode::channel_open(1))
+            .raw(0, &encode::channel_open(2))
+            .raw(0, &close_bye(2))
+            .raw(0, &close_bye(1))
+            .settle(),
     );
     s.add(
         "spread-over-three-upstreams",
-        settle(
-            cfg([SPREAD | THREE_UPSTREAMS, BROKER_TWO_CHANNELS, 0, 0])
-                .raw(0, &encode::channel_open(1))
-                .raw(0, &encode::channel_open(2))
-                .raw(0, &encode::channel_open(3))
-                .op(HubOp::Join, &[])
-                .raw(1, &encode::channel_open(1)),
-        ),
+        cfg([SPREAD | THREE_UPSTREAMS, BROKER_TWO_CHANNELS, 0, 0])
+            .raw(0, &encode::channel_open(1))
+            .raw(0, &encode::channel_open(2))
+            .raw(0, &encode::channel_open(3))
+            .op(HubOp::Join, &[])
+            .raw(1, &encode::channel_open(1))
+            .settle(),
     );
     s.add(
         "upstream-idle-close",
-        settle(
-            cfg([0, BROKER_ONE_CHANNEL, 0, 0])
-                .raw(0, &encode::channel_open(1))
-                .op(HubOp::Settle, &[])
-                .raw(0, &close_bye(1)),
-        )
-        .op(HubOp::Advance, &[8])
-        .op(HubOp::Settle, &[])
-        .op(HubOp::Advance, &[8]),
+        cfg([0, BROKER_ONE_CHANNEL, 0, 0])
+            .raw(0, &encode::channel_open(1))
+            .settle()
+            .raw(0, &close_bye(1))
+            .settle()
+            .op(HubOp::Advance, &[8])
+            .settle()
+            .op(HubOp::Advance, &[8]),
     );
     s.add(
         "pool-idle-expiry",
-        settle(opened([0; 4]).raw(0, &close_bye(1)))
+        opened([0; 4])
+            .raw(0, &close_bye(1))
+            .settle()
             .op(HubOp::Advance, &[7])
-            .op(HubOp::Settle, &[]),
+            .settle(),
     );
     s.add(
         "client-heartbeat-timeout",
@@ -1043,26 +1026,29 @@ fn hub_client_seeds() -> Seeds {
     );
     s.add(
         "slow-client",
-        settle(opened([0; 4]).build(0, 0, Build::Consume, &[0x10]))
+        opened([0; 4])
+            .build(0, 0, Build::Consume, &[0x10])
+            .settle()
             .op(HubOp::Slow, &[0])
-            .op(HubOp::Settle, &[]),
+            .settle(),
     );
     s.add(
         "drop-with-everything",
-        settle(
-            opened([0; 4])
-                .raw(0, &encode::channel_open(2))
-                .raw(0, &encode::channel_open(3))
-                .build(0, 1, Build::QueueDeclare, &[0x04])
-                .build(0, 2, Build::Consume, &[0x20])
-                .build(0, 0, Build::PublishMethod, &[0]),
-        )
-        .op(HubOp::Drop, &[0])
-        .op(HubOp::Settle, &[]),
+        opened([0; 4])
+            .raw(0, &encode::channel_open(2))
+            .raw(0, &encode::channel_open(3))
+            .build(0, 1, Build::QueueDeclare, &[0x04])
+            .build(0, 2, Build::Consume, &[0x20])
+            .build(0, 0, Build::PublishMethod, &[0])
+            .settle()
+            .op(HubOp::Drop, &[0])
+            .settle(),
     );
     s.add(
         "late-events-for-gone-client",
-        settle(opened([0; 4]).op(HubOp::Drop, &[0]))
+        opened([0; 4])
+            .op(HubOp::Drop, &[0])
+            .settle()
             .raw(0, &publish_frames(1))
             .op(HubOp::Slow, &[0])
             .op(HubOp::Drop, &[0])
@@ -1086,7 +1072,7 @@ fn hub_client_seeds() -> Seeds {
             .op(HubOp::Broker, &[0, 5, 1, 0])
             .op(HubOp::Join, &[])
             .raw(1, &encode::channel_open(1))
-            .op(HubOp::Settle, &[])
+            .settle()
             .op(HubOp::Broker, &[0, 5, 0, 0]),
     );
     s.add(
@@ -1114,7 +1100,9 @@ fn hub_client_seeds() -> Seeds {
     for (i, spec) in METHODS.iter().enumerate() {
         s.add(
             &format!("any-{}", spec.name),
-            settle(opened([0; 4]).build(0, 0, Build::AnyMethod, &[i as u8])),
+            opened([0; 4])
+                .build(0, 0, Build::AnyMethod, &[i as u8])
+                .settle(),
         );
     }
     s

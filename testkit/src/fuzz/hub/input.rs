@@ -136,6 +136,12 @@ impl HubInput {
         self
     }
 
+    /// Appends [`HubOp::Settle`]: the broker answers everything sent so far.
+    #[must_use]
+    pub fn settle(self) -> Self {
+        self.op(HubOp::Settle, &[])
+    }
+
     /// Appends raw bytes from fuzzed client `who`, writing the length for you (at most
     /// 65535 bytes).
     #[must_use]

@@ -688,11 +688,11 @@ mod tests {
     fn trivial_and_seeded_inputs_run() {
         let session = HubInput::new([0; 4])
             .raw(0, &encode::channel_open(1))
-            .op(HubOp::Settle, &[])
+            .settle()
             .build(0, 0, Build::Publish, &[0, 3, 0])
             .op(HubOp::Broker, &[0, 2, 0, 3])
             .build(0, 0, Build::Close, &[])
-            .op(HubOp::Settle, &[])
+            .settle()
             .op(HubOp::Join, &[])
             .raw(1, &encode::channel_open(1))
             .into_bytes();
