@@ -528,6 +528,9 @@ const CLIENT_HEARTBEAT_5: u8 = 0x20;
 /// Byte 2: fuzzed clients did not ask for broker-side cancels.
 const CLIENT_NO_CANCEL_NOTIFY: u8 = 0x40;
 
+/// Frames a fuzzed client builds, in order: each a `Build` kind and its argument bytes.
+type Steps<'a> = &'a [(warren_testkit::fuzz::Build, &'a [u8])];
+
 fn hub_client_seeds() -> Seeds {
     use warren_testkit::fuzz::{Build, HubInput, HubOp};
     let mut s = Seeds::default();
@@ -737,7 +740,7 @@ fn hub_client_seeds() -> Seeds {
     );
     // Seeds that build these frames, in order, on the fuzzed client's open channel 1, then
     // settle.
-    let on_channel_1: &[(&str, &[(Build, &[u8])])] = &[
+    let on_channel_1: &[(&str, Steps)] = &[
         // Name 7 is the canary's exclusive queue with an LF, which RabbitMQ drops in a delete.
         (
             "canary-queue-delete-by-a-name-with-lf",
