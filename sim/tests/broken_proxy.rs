@@ -224,30 +224,14 @@ fn exclusive_scene(seed: u64, consume: bool, third: Vec<Step>) -> warren_sim::sc
     sc.net.upstream_latency = Duration::from_millis(1 + seed % 4);
     sc.net.client_latency = Duration::from_millis(1 + seed % 3);
     let ms = Duration::from_millis;
-    let mut owner = vec![
-        Step::Open(1),
-        Step::Declare {
-            ch: 1,
-            slot: 3,
-            exclusive: true,
-        },
-    ];
+    let mut owner = vec![Step::Open(1), Step::declare(1, 3, true)];
     if consume {
-        owner.push(Step::Consume {
-            ch: 1,
-            slot: 3,
-            no_ack: false,
-        });
+        owner.push(Step::consume(1, 3, false));
     }
     owner.extend([Step::Sleep(ms(3000)), Step::CloseConnection]);
     let mut feeder = vec![Step::Open(1)];
     for _ in 0..5 {
-        feeder.push(Step::Publish {
-            ch: 1,
-            to: Target::Slot(3),
-            size: 100,
-            mandatory: false,
-        });
+        feeder.push(Step::publish(1, 3, 100));
     }
     feeder.push(Step::CloseConnection);
     sc.clients = vec![
@@ -267,14 +251,7 @@ fn a_get_from_another_clients_exclusive_queue_is_caught() {
     let mut runs = Vec::new();
     for seed in 0..8 {
         let ms = Duration::from_millis;
-        let mut third = vec![
-            Step::Open(1),
-            Step::Declare {
-                ch: 1,
-                slot: 0,
-                exclusive: false,
-            },
-        ];
+        let mut third = vec![Step::Open(1), Step::declare(1, 0, false)];
         for _ in 0..3 {
             third.push(Step::Get { ch: 1, slot: 0 });
             third.push(Step::Sleep(ms(100)));
@@ -383,11 +360,7 @@ fn the_clients_own_queue_refused_on_its_second_channel_is_caught() {
             .iter()
             .position(|st| matches!(st, Step::Consume { .. }))
             .expect("the owner consumes");
-        owner[at] = Step::Consume {
-            ch: 2,
-            slot: 3,
-            no_ack: false,
-        };
+        owner[at] = Step::consume(2, 3, false);
         owner.insert(at, Step::Open(2));
         untampered_is_clean(&sc);
         let (report, hits) = tampered(sc, |hits| {
@@ -439,12 +412,7 @@ fn an_old_password_admitted_after_the_change_is_caught() {
         let script = || {
             vec![
                 Step::Open(1),
-                Step::Publish {
-                    ch: 1,
-                    to: Target::Slot(0),
-                    size: 50,
-                    mandatory: false,
-                },
+                Step::publish(1, 0, 50),
                 Step::CloseConnection,
             ]
         };

@@ -104,28 +104,13 @@ fn slow_client_is_disconnected() {
     sc.broker.heartbeat = 2;
     sc.handshake.heartbeat = 2;
     let publish = |n: usize, size: usize| -> Vec<Step> {
-        (0..n)
-            .map(|_| Step::Publish {
-                ch: 1,
-                to: Target::Slot(0),
-                size,
-                mandatory: false,
-            })
-            .collect()
+        (0..n).map(|_| Step::publish(1, 0, size)).collect()
     };
-    let declare = Step::Declare {
-        ch: 1,
-        slot: 0,
-        exclusive: false,
-    };
+    let declare = Step::declare(1, 0, false);
     let mut slow = vec![
         Step::Open(1),
         declare.clone(),
-        Step::Consume {
-            ch: 1,
-            slot: 0,
-            no_ack: true,
-        },
+        Step::consume(1, 0, true),
         Step::StopReading,
         Step::Sleep(s(30)),
         Step::Drop,

@@ -23,13 +23,16 @@ fn client(kind: &'static str, start: u64, script: Vec<Step>) -> ClientSpec {
     c
 }
 
-fn publish(ch: u16, slot: u32, size: usize) -> Step {
-    Step::Publish {
-        ch,
-        to: Target::Slot(slot),
-        size,
-        mandatory: false,
-    }
+/// A consumer of the queue in `slot` that stays `stay` and then leaves.
+fn consumer(slot: u32, exclusive: bool, no_ack: bool, stay: Duration) -> Vec<Step> {
+    let mut s = Step::consumer(slot, exclusive, no_ack);
+    s.extend([Step::Sleep(stay), Step::CloseConnection]);
+    s
+}
+
+/// A client that opens a channel and leaves: it shows whether warren lets it in.
+fn open_and_leave() -> Vec<Step> {
+    vec![Step::Open(1), Step::CloseConnection]
 }
 
 /// A scenario with fixed, small settings and no broker heartbeats.
@@ -61,32 +64,14 @@ fn two_clients_share_an_upstream() {
     let mut sc = base(1);
     sc.hub.recycling = false;
     sc.clients = vec![
-        client(
-            "consumer",
-            0,
-            vec![
-                Step::Open(1),
-                Step::Declare {
-                    ch: 1,
-                    slot: 0,
-                    exclusive: false,
-                },
-                Step::Consume {
-                    ch: 1,
-                    slot: 0,
-                    no_ack: false,
-                },
-                Step::Sleep(ms(200)),
-                Step::CloseConnection,
-            ],
-        ),
+        client("consumer", 0, consumer(0, false, false, ms(200))),
         client(
             "publisher",
             50,
             vec![
                 Step::Open(1),
-                publish(1, 0, 40),
-                publish(1, 0, 40),
+                Step::publish(1, 0, 40),
+                Step::publish(1, 0, 40),
                 Step::CloseChannel(1),
                 Step::CloseConnection,
             ],
@@ -108,32 +93,28 @@ fn crash_mid_publish() {
             0,
             vec![
                 Step::Open(1),
-                Step::Declare {
-                    ch: 1,
-                    slot: 0,
-                    exclusive: false,
-                },
+                Step::declare(1, 0, false),
                 Step::Confirm(1),
-                publish(1, 0, 30),
+                Step::publish(1, 0, 30),
                 Step::Sleep(ms(100)),
-                publish(1, 0, 30),
+                Step::publish(1, 0, 30),
                 Step::Sleep(ms(100)),
-                publish(1, 0, 30),
+                Step::publish(1, 0, 30),
                 Step::Sleep(ms(100)),
-                publish(1, 0, 30),
+                Step::publish(1, 0, 30),
                 Step::WaitConfirms(1),
                 Step::CloseConnection,
             ],
         ),
-        client(
-            "during-backoff",
-            700,
-            vec![Step::Open(1), Step::CloseConnection],
-        ),
+        client("during-backoff", 700, open_and_leave()),
         client(
             "after-restart",
             2500,
-            vec![Step::Open(1), publish(1, 0, 30), Step::CloseConnection],
+            vec![
+                Step::Open(1),
+                Step::publish(1, 0, 30),
+                Step::CloseConnection,
+            ],
         ),
     ];
     sc.plan = FaultPlan::none().with(ms(250), Fault::BrokerCrash { downtime: ms(1000) });
@@ -153,23 +134,9 @@ fn silent_death_by_heartbeat() {
         client(
             "consumer",
             0,
-            vec![
-                Step::Open(1),
-                Step::Declare {
-                    ch: 1,
-                    slot: 0,
-                    exclusive: false,
-                },
-                Step::Consume {
-                    ch: 1,
-                    slot: 0,
-                    no_ack: false,
-                },
-                Step::Sleep(Duration::from_secs(10)),
-                Step::CloseConnection,
-            ],
+            consumer(0, false, false, Duration::from_secs(10)),
         ),
-        client("later", 5000, vec![Step::Open(1), Step::CloseConnection]),
+        client("later", 5000, open_and_leave()),
     ];
     sc.plan = FaultPlan::none().with(ms(1200), Fault::BrokerSilentDeath { downtime: ms(3000) });
     let r = run_named(sc);
@@ -194,16 +161,8 @@ fn reconnect_backoff() {
                 Step::CloseConnection,
             ],
         ),
-        client(
-            "during-outage",
-            1500,
-            vec![Step::Open(1), Step::CloseConnection],
-        ),
-        client(
-            "during-outage",
-            3000,
-            vec![Step::Open(1), Step::CloseConnection],
-        ),
+        client("during-outage", 1500, open_and_leave()),
+        client("during-outage", 3000, open_and_leave()),
     ];
     sc.plan = FaultPlan::none().with(ms(500), Fault::BrokerCrash { downtime: ms(6000) });
     let r = run_named(sc);
@@ -221,35 +180,21 @@ fn drain() {
         client(
             "consumer",
             0,
-            vec![
-                Step::Open(1),
-                Step::Declare {
-                    ch: 1,
-                    slot: 0,
-                    exclusive: false,
-                },
-                Step::Consume {
-                    ch: 1,
-                    slot: 0,
-                    no_ack: false,
-                },
-                Step::Sleep(Duration::from_secs(10)),
-                Step::CloseConnection,
-            ],
+            consumer(0, false, false, Duration::from_secs(10)),
         ),
         client(
             "publisher",
             100,
             vec![
                 Step::Open(1),
-                publish(1, 0, 30),
+                Step::publish(1, 0, 30),
                 Step::CloseChannel(1),
                 Step::Sleep(ms(1500)),
                 Step::Open(2),
                 Step::CloseConnection,
             ],
         ),
-        client("too-late", 1500, vec![Step::Open(1), Step::CloseConnection]),
+        client("too-late", 1500, open_and_leave()),
     ];
     sc.plan = FaultPlan::none().with(ms(1000), Fault::Drain { timeout: ms(2000) });
     let r = run_named(sc);
@@ -266,25 +211,7 @@ fn exclusive_queue_is_locked_to_its_client() {
     let mut sc = base(6);
     sc.hub.recycling = false;
     sc.clients = vec![
-        client(
-            "consumer",
-            0,
-            vec![
-                Step::Open(1),
-                Step::Declare {
-                    ch: 1,
-                    slot: 3,
-                    exclusive: true,
-                },
-                Step::Consume {
-                    ch: 1,
-                    slot: 3,
-                    no_ack: true,
-                },
-                Step::Sleep(ms(300)),
-                Step::CloseConnection,
-            ],
-        ),
+        client("consumer", 0, consumer(3, true, true, ms(300))),
         client(
             "intruder",
             100,
@@ -302,7 +229,7 @@ fn exclusive_queue_is_locked_to_its_client() {
                     op: Intrusion::Consume,
                 },
                 Step::Open(1),
-                publish(1, 3, 40),
+                Step::publish(1, 3, 40),
                 Step::CloseConnection,
             ],
         ),
@@ -334,7 +261,7 @@ fn password_change_in_event_mode() {
             vec![
                 Step::Open(1),
                 Step::Sleep(ms(600)),
-                publish(1, 0, 30),
+                Step::publish(1, 0, 30),
                 Step::CloseConnection,
             ],
         ),

@@ -129,6 +129,47 @@ pub enum Step {
     Drop,
 }
 
+/// Short forms of the steps scripts use most, so a script reads as a list of steps.
+impl Step {
+    /// [`Step::Declare`] of the queue in `slot` on channel `ch`.
+    #[must_use]
+    pub fn declare(ch: u16, slot: u32, exclusive: bool) -> Self {
+        Step::Declare {
+            ch,
+            slot,
+            exclusive,
+        }
+    }
+
+    /// [`Step::Consume`] from the queue in `slot` on channel `ch`.
+    #[must_use]
+    pub fn consume(ch: u16, slot: u32, no_ack: bool) -> Self {
+        Step::Consume { ch, slot, no_ack }
+    }
+
+    /// [`Step::Publish`] of `size` bytes to the queue in `slot` (default exchange, not
+    /// mandatory).
+    #[must_use]
+    pub fn publish(ch: u16, slot: u32, size: usize) -> Self {
+        Step::Publish {
+            ch,
+            to: Target::Slot(slot),
+            size,
+            mandatory: false,
+        }
+    }
+
+    /// The start of most consumers: open channel 1, declare the queue in `slot`, consume it.
+    #[must_use]
+    pub fn consumer(slot: u32, exclusive: bool, no_ack: bool) -> Vec<Step> {
+        vec![
+            Step::Open(1),
+            Step::declare(1, slot, exclusive),
+            Step::consume(1, slot, no_ack),
+        ]
+    }
+}
+
 /// What a client asks in the handshake.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientSpec {

@@ -96,11 +96,7 @@ impl Builder<'_> {
         let named = self.rng.random_bool(0.7);
         let slot = if named {
             let slot = self.named_slot();
-            s.push(Step::Declare {
-                ch,
-                slot,
-                exclusive: false,
-            });
+            s.push(Step::declare(ch, slot, false));
             slot
         } else {
             // A dynamic slot: some consumer may or may not have posted a queue there.
@@ -149,11 +145,7 @@ impl Builder<'_> {
         } else {
             self.named_slot()
         };
-        s.push(Step::Declare {
-            ch,
-            slot,
-            exclusive,
-        });
+        s.push(Step::declare(ch, slot, exclusive));
         let prefetch = self.rng.random_range(0..=10);
         s.push(Step::Qos(ch, prefetch));
         let nack_every = if self.rng.random_bool(0.3) {
@@ -161,11 +153,7 @@ impl Builder<'_> {
         } else {
             0
         };
-        s.push(Step::Consume {
-            ch,
-            slot,
-            no_ack: self.rng.random_bool(0.2),
-        });
+        s.push(Step::consume(ch, slot, self.rng.random_bool(0.2)));
         let d = ms(self.rng, 500, 15_000);
         s.push(Step::Sleep(d));
         if self.rng.random_bool(0.2) {
@@ -193,12 +181,7 @@ impl Builder<'_> {
             }
             for _ in 0..n {
                 let size = self.size();
-                p.push(Step::Publish {
-                    ch: pch,
-                    to: Target::Slot(slot),
-                    size,
-                    mandatory: false,
-                });
+                p.push(Step::publish(pch, slot, size));
                 let d = ms(self.rng, 0, 300);
                 p.push(Step::Sleep(d));
             }
@@ -213,14 +196,7 @@ impl Builder<'_> {
     fn getter(&mut self, start: Duration) {
         let ch = 1;
         let slot = self.named_slot();
-        let mut s = vec![
-            Step::Open(ch),
-            Step::Declare {
-                ch,
-                slot,
-                exclusive: false,
-            },
-        ];
+        let mut s = vec![Step::Open(ch), Step::declare(ch, slot, false)];
         for _ in 0..self.rng.random_range(1..=6) {
             s.push(Step::Get { ch, slot });
             let d = ms(self.rng, 0, 500);
@@ -238,20 +214,11 @@ impl Builder<'_> {
             s.push(Step::Open(ch));
         }
         let slot = self.named_slot();
-        s.push(Step::Declare {
-            ch: 1,
-            slot,
-            exclusive: false,
-        });
+        s.push(Step::declare(1, slot, false));
         for round in 0..self.rng.random_range(1..=4) {
             for &ch in &chans {
                 let size = self.size();
-                s.push(Step::Publish {
-                    ch,
-                    to: Target::Slot(slot),
-                    size,
-                    mandatory: false,
-                });
+                s.push(Step::publish(ch, slot, size));
             }
             if round % 2 == 1 {
                 let ch = chans[self.rng.random_range(0..chans.len())];
@@ -280,17 +247,8 @@ impl Builder<'_> {
             },
             Step::ExpectChannelClose(1),
             Step::Open(1),
-            Step::Declare {
-                ch: 1,
-                slot,
-                exclusive: false,
-            },
-            Step::Publish {
-                ch: 1,
-                to: Target::Slot(slot),
-                size: 60,
-                mandatory: false,
-            },
+            Step::declare(1, slot, false),
+            Step::publish(1, slot, 60),
             Step::CloseConnection,
         ];
         self.spec("channel-error", start, s);
@@ -301,12 +259,7 @@ impl Builder<'_> {
         let s = vec![
             Step::Open(1),
             Step::TxSelect(1),
-            Step::Publish {
-                ch: 1,
-                to: Target::Slot(slot),
-                size: 100,
-                mandatory: false,
-            },
+            Step::publish(1, slot, 100),
             Step::TxCommit(1),
             Step::CloseConnection,
         ];
@@ -346,22 +299,14 @@ impl Builder<'_> {
                     name: exchange.clone(),
                     kind: "fanout".into(),
                 },
-                Step::Declare {
-                    ch: 1,
-                    slot,
-                    exclusive: true,
-                },
+                Step::declare(1, slot, true),
                 Step::Bind {
                     ch: 1,
                     slot,
                     exchange: exchange.clone(),
                     rk: String::new(),
                 },
-                Step::Consume {
-                    ch: 1,
-                    slot,
-                    no_ack: false,
-                },
+                Step::consume(1, slot, false),
                 Step::Sleep(Duration::from_secs(4)),
                 Step::CloseConnection,
             ];
@@ -393,12 +338,7 @@ impl Builder<'_> {
         let slot = self.named_slot();
         let s = vec![
             Step::Open(1),
-            Step::Publish {
-                ch: 1,
-                to: Target::Slot(slot),
-                size: 50,
-                mandatory: false,
-            },
+            Step::publish(1, slot, 50),
             Step::PartialPublishAndDrop(1),
         ];
         self.spec("half-publisher", start, s);
@@ -424,18 +364,9 @@ impl Builder<'_> {
         let slot = self.named_slot();
         let mut s = vec![Step::Open(1)];
         if self.rng.random_bool(0.3) {
-            s.push(Step::Declare {
-                ch: 1,
-                slot,
-                exclusive: false,
-            });
+            s.push(Step::declare(1, slot, false));
         }
-        s.push(Step::Publish {
-            ch: 1,
-            to: Target::Slot(slot),
-            size: 100,
-            mandatory: false,
-        });
+        s.push(Step::publish(1, slot, 100));
         if self.rng.random_bool(0.8) {
             s.push(Step::CloseChannel(1));
         }

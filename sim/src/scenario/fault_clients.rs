@@ -21,7 +21,7 @@ impl Builder<'_> {
             }
             Fault::SlowClient => {
                 let slot = self.dynamic_slot();
-                let mut s = consumer(slot, true, true);
+                let mut s = Step::consumer(slot, true, true);
                 s.extend([
                     Step::StopReading,
                     Step::Sleep(Duration::from_secs(20)),
@@ -30,12 +30,7 @@ impl Builder<'_> {
                 self.spec("slow-consumer", at, s);
                 let mut p = vec![Step::Open(1)];
                 for _ in 0..200 {
-                    p.push(Step::Publish {
-                        ch: 1,
-                        to: Target::Slot(slot),
-                        size: 2000,
-                        mandatory: false,
-                    });
+                    p.push(Step::publish(1, slot, 2000));
                 }
                 p.push(Step::CloseConnection);
                 self.spec("flooder", at + Duration::from_millis(500), p);
@@ -44,18 +39,9 @@ impl Builder<'_> {
                 let slot = self.named_slot();
                 let s = vec![
                     Step::Open(1),
-                    Step::Declare {
-                        ch: 1,
-                        slot,
-                        exclusive: false,
-                    },
+                    Step::declare(1, slot, false),
                     Step::Stall(duration),
-                    Step::Publish {
-                        ch: 1,
-                        to: Target::Slot(slot),
-                        size: 50,
-                        mandatory: false,
-                    },
+                    Step::publish(1, slot, 50),
                     Step::CloseConnection,
                 ];
                 self.spec("staller", at, s);
@@ -63,11 +49,7 @@ impl Builder<'_> {
             Fault::Misbehaving { kind } => {
                 let mut s = vec![Step::Open(1)];
                 if kind == Misbehaviour::ConsumerTagReuse {
-                    s.push(Step::Declare {
-                        ch: 1,
-                        slot: 0,
-                        exclusive: false,
-                    });
+                    s.push(Step::declare(1, 0, false));
                 }
                 s.push(Step::Misbehave(kind));
                 s.push(Step::CloseConnection);
@@ -100,12 +82,7 @@ impl Builder<'_> {
             let d = ms(self.rng, 0, 400);
             s.push(Step::Sleep(d));
         }
-        s.push(Step::Publish {
-            ch: 1,
-            to: Target::Slot(slot),
-            size: 60,
-            mandatory: false,
-        });
+        s.push(Step::publish(1, slot, 60));
         self.ending(&mut s, 1);
         let mut c = ClientSpec::guest("intruder", start, s);
         c.user.clone_from(&owner.user);
@@ -128,17 +105,12 @@ impl Builder<'_> {
         for _ in 0..self.rng.random_range(0..=2) {
             let start = at.saturating_sub(ms(self.rng, 300, 3000));
             let slot = self.named_slot();
-            let mut s = consumer(slot, false, false);
+            let mut s = Step::consumer(slot, false, false);
             // Across the change, then publishing on the connection it already has.
             let d = at.saturating_sub(start) + ms(self.rng, 200, 4000);
             s.push(Step::Sleep(d));
             for _ in 0..self.rng.random_range(1..=4) {
-                s.push(Step::Publish {
-                    ch: 1,
-                    to: Target::Slot(slot),
-                    size: 80,
-                    mandatory: false,
-                });
+                s.push(Step::publish(1, slot, 80));
             }
             s.push(Step::Sleep(ms(self.rng, 0, 500)));
             self.ending(&mut s, 1);
@@ -151,12 +123,7 @@ impl Builder<'_> {
             let slot = b.named_slot();
             let s = vec![
                 Step::Open(1),
-                Step::Publish {
-                    ch: 1,
-                    to: Target::Slot(slot),
-                    size: 50,
-                    mandatory: false,
-                },
+                Step::publish(1, slot, 50),
                 Step::CloseConnection,
             ];
             b.spec(kind, start, s);
@@ -202,7 +169,7 @@ impl Builder<'_> {
             .enumerate()
         {
             let slot = first + r as u32;
-            let mut s = consumer(slot, false, false);
+            let mut s = Step::consumer(slot, false, false);
             s.insert(2, Step::Qos(1, 1)); // before the consume: one delivery at a time
             if r == 2 {
                 s.push(Step::StopReading);
@@ -218,18 +185,13 @@ impl Builder<'_> {
         let mut p = vec![Step::Open(1), Step::Confirm(1)];
         for i in 0..messages as usize {
             for (r, sizes) in sizes.iter().enumerate() {
-                p.push(Step::Publish {
-                    ch: 1,
-                    to: Target::Slot(first + r as u32),
-                    size: sizes[i],
-                    mandatory: false,
-                });
+                p.push(Step::publish(1, first + r as u32, sizes[i]));
             }
         }
         p.extend([Step::WaitConfirms(1), Step::CloseConnection]);
         self.spec(LARGE_PUBLISHER, at + Duration::from_millis(500), p);
         let slot = first + 2;
-        let mut sweeper = consumer(slot, false, false);
+        let mut sweeper = Step::consumer(slot, false, false);
         sweeper.extend([Step::Sleep(Duration::from_secs(3)), Step::CloseConnection]);
         self.spec(
             "sweeper",
@@ -237,21 +199,4 @@ impl Builder<'_> {
             sweeper,
         );
     }
-}
-
-/// Opens channel 1, declares the queue of `slot` and consumes from it.
-fn consumer(slot: u32, exclusive: bool, no_ack: bool) -> Vec<Step> {
-    vec![
-        Step::Open(1),
-        Step::Declare {
-            ch: 1,
-            slot,
-            exclusive,
-        },
-        Step::Consume {
-            ch: 1,
-            slot,
-            no_ack,
-        },
-    ]
 }
