@@ -1,6 +1,7 @@
 //! Seeds: replaying one (`SIM_SEED=n`), sweeping many (`SIM_SEEDS=N`), and the committed list
 //! of seeds that once failed (`sim/regression-seeds.txt`).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -12,10 +13,17 @@ const WATCHDOG_MS: u64 = 60_000;
 /// `SIM_SEED_START` (default 0), else `default_count` seeds from 0.
 #[must_use]
 pub fn from_env(default_count: u64) -> Vec<u64> {
+    from_env_counted("SIM_SEEDS", default_count)
+}
+
+/// Like [`from_env`] with the number of seeds in `count_var` (layer 2 has its own, its
+/// seeds being much slower).
+#[must_use]
+pub fn from_env_counted(count_var: &str, default_count: u64) -> Vec<u64> {
     if let Some(seed) = env_u64("SIM_SEED") {
         return vec![seed];
     }
-    let n = env_u64("SIM_SEEDS").unwrap_or(default_count);
+    let n = env_u64(count_var).unwrap_or(default_count);
     let start = env_u64("SIM_SEED_START").unwrap_or(0);
     (start..start.saturating_add(n)).collect()
 }
@@ -43,6 +51,26 @@ pub fn parse_regressions(text: &str) -> Vec<u64> {
 #[must_use]
 pub fn replay_command(seed: u64, test: &str) -> String {
     format!("SIM_SEED={seed} cargo test -p warren-sim --test {test} -- --nocapture")
+}
+
+/// Prints the `SIM_SUMMARY` coverage table of a sweep: per coverage event, how many seeds
+/// had it and how often it happened in all (`width`: of the event column).
+pub fn print_coverage<'a>(
+    coverages: impl IntoIterator<Item = &'a BTreeMap<&'static str, u64>>,
+    width: usize,
+) {
+    let mut cov: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for coverage in coverages {
+        for (k, v) in coverage {
+            let e = cov.entry(k).or_default();
+            e.0 += 1;
+            e.1 += v;
+        }
+    }
+    println!("coverage (seeds with it / total):");
+    for (k, (seeds, total)) in cov {
+        println!("  {k:width$} {seeds:6} {total:8}");
+    }
 }
 
 /// Runs `f` on every seed, spread over the machine's cores, and returns the results in seed

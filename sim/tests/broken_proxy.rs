@@ -8,15 +8,17 @@ use warren_core::hub::Output;
 use warren_core::method::ids;
 use warren_sim::check::Invariant;
 use warren_sim::scenario::Scenario;
-use warren_sim::world::{is_method, run, Report, RunOptions};
+use warren_sim::world::{is_method, run, Report, RunOptions, Tamper};
 
-/// Runs `seed` with `tamper` and says how many outputs it changed. Clients that stop
+/// Runs `sc` with a proxy that changes one of warren's outputs and says how many it changed
+/// (0 or 1): `edit` sees the outputs until it changes one, and then returns `Some(keep)`
+/// (`keep: false` drops the output); `None` leaves the output as it was. Clients that stop
 /// reading or freeze are left out: what warren sends them is never looked at, so tampering
 /// with it is rightly invisible. So are network faults: a connection reset right after the
 /// tampering would excuse what it broke.
 fn tampered(
     mut sc: Scenario,
-    make: impl Fn(Arc<AtomicU32>) -> warren_sim::world::Tamper,
+    mut edit: impl FnMut(&mut Output) -> Option<bool> + Send + 'static,
 ) -> (Report, u32) {
     sc.clients
         .retain(|c| !matches!(c.kind, "slow-consumer" | "staller" | "stopped-reader"));
@@ -34,21 +36,53 @@ fn tampered(
         }
     }
     let hits = Arc::new(AtomicU32::new(0));
+    let counted = hits.clone();
+    let tamper: Tamper = Box::new(move |_now, out: &mut Output| {
+        if counted.load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        let keep = edit(out);
+        if keep.is_some() {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+        keep.unwrap_or(true)
+    });
     let report = run(
         sc,
         RunOptions {
             trace: true,
-            tamper: Some(make(hits.clone())),
+            tamper: Some(tamper),
             ..RunOptions::default()
         },
     );
     (report, hits.load(Ordering::Relaxed))
 }
 
-fn check_caught(name: &str, expected: &[Invariant], runs: Vec<(u64, Report, u32)>) {
+/// Runs `run_seed` on every seed of `seeds` (a report and how many outputs were tampered
+/// with), then asserts that each tampered run reported one of the `expected` violations and
+/// that at least 5 runs were tampered with.
+/// The channel number of a frame.
+fn channel(frame: &[u8]) -> u16 {
+    u16::from_be_bytes([frame[1], frame[2]])
+}
+
+/// Moves a frame to channel `ch`.
+fn set_channel(frame: &mut bytes::Bytes, ch: u16) {
+    let mut v = frame.to_vec();
+    v[1..3].copy_from_slice(&ch.to_be_bytes());
+    *frame = v.into();
+}
+
+fn check_caught(
+    name: &str,
+    expected: &[Invariant],
+    seeds: std::ops::Range<u64>,
+    mut run_seed: impl FnMut(u64) -> (Report, u32),
+) {
+    let runs: Vec<(u64, (Report, u32))> = seeds.map(|seed| (seed, run_seed(seed))).collect();
     let mut tampered_runs = 0;
     let mut example = None;
-    for (seed, report, hits) in runs {
+    for (seed, (report, hits)) in runs {
         if hits == 0 {
             continue;
         }
@@ -86,53 +120,31 @@ fn check_caught(name: &str, expected: &[Invariant], runs: Vec<(u64, Report, u32)
 /// A proxy that moves one `basic.deliver` to another channel number.
 #[test]
 fn a_delivery_on_the_wrong_channel_is_caught() {
-    let mut runs = Vec::new();
-    for seed in 0..60 {
-        let (report, hits) = tampered(Scenario::random(seed), |hits| {
-            Box::new(move |_now, out: &mut Output| {
-                if let Output::ToClient { data, .. } = out {
-                    if hits.load(Ordering::Relaxed) == 0 && is_method(data, ids::BASIC_DELIVER) {
-                        let mut v = data.to_vec();
-                        let ch = u16::from_be_bytes([v[1], v[2]]);
-                        v[1..3].copy_from_slice(&(ch % 7 + 1 + ch).to_be_bytes());
-                        *data = v.into();
-                        hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                true
-            })
-        });
-        runs.push((seed, report, hits));
-    }
-    check_caught("swapped channel", &[Invariant::Routing], runs);
+    check_caught("swapped channel", &[Invariant::Routing], 0..60, |seed| {
+        tampered(Scenario::random(seed), |out| match out {
+            Output::ToClient { data, .. } if is_method(data, ids::BASIC_DELIVER) => {
+                let ch = channel(data);
+                set_channel(data, ch % 7 + 1 + ch);
+                Some(true)
+            }
+            _ => None,
+        })
+    });
 }
 
 /// A proxy that loses one publisher confirm on its way to the client.
 #[test]
 fn a_lost_confirm_is_caught() {
-    let mut runs = Vec::new();
-    for seed in 0..80 {
+    let caught = [Invariant::ConfirmLost, Invariant::Hang];
+    check_caught("dropped confirm", &caught, 0..80, |seed| {
         let mut sc = Scenario::random(seed);
         // One ack per message, so a dropped ack is not covered by a later `multiple` one.
         sc.broker.batch_confirms = false;
-        let (report, hits) = tampered(sc, |hits| {
-            Box::new(move |_now, out: &mut Output| {
-                if let Output::ToClient { data, .. } = out {
-                    if hits.load(Ordering::Relaxed) == 0 && is_method(data, ids::BASIC_ACK) {
-                        hits.fetch_add(1, Ordering::Relaxed);
-                        return false;
-                    }
-                }
-                true
-            })
-        });
-        runs.push((seed, report, hits));
-    }
-    check_caught(
-        "dropped confirm",
-        &[Invariant::ConfirmLost, Invariant::Hang],
-        runs,
-    );
+        tampered(sc, |out| match out {
+            Output::ToClient { data, .. } if is_method(data, ids::BASIC_ACK) => Some(false),
+            _ => None,
+        })
+    });
 }
 
 /// A proxy that forwards a frame for a channel the broker never opened (renumbers one
@@ -140,59 +152,42 @@ fn a_lost_confirm_is_caught() {
 /// check fires.
 #[test]
 fn a_frame_on_an_unopened_upstream_channel_is_caught() {
-    let mut runs = Vec::new();
-    for seed in 0..60 {
-        let (report, hits) = tampered(Scenario::random(seed), |hits| {
-            Box::new(move |_now, out: &mut Output| {
-                if let Output::ToUpstream { data, .. } = out {
-                    if hits.load(Ordering::Relaxed) == 0 && is_method(data, ids::QUEUE_DECLARE) {
-                        let mut v = data.to_vec();
-                        v[1..3].copy_from_slice(&900u16.to_be_bytes());
-                        *data = v.into();
-                        hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                true
-            })
-        });
-        runs.push((seed, report, hits));
-    }
-    check_caught(
-        "frame on an unopened upstream channel",
-        &[Invariant::BrokerProtocol],
-        runs,
-    );
+    let name = "frame on an unopened upstream channel";
+    check_caught(name, &[Invariant::BrokerProtocol], 0..60, |seed| {
+        tampered(Scenario::random(seed), |out| match out {
+            Output::ToUpstream { data, .. } if is_method(data, ids::QUEUE_DECLARE) => {
+                set_channel(data, 900);
+                Some(true)
+            }
+            _ => None,
+        })
+    });
 }
 
 /// A proxy that skips one heartbeat towards the broker is caught by the send-gap check.
 #[test]
 fn a_late_heartbeat_is_caught() {
-    let mut runs = Vec::new();
-    for seed in 0..60 {
-        let (report, hits) = tampered(Scenario::random(seed), |hits| {
-            Box::new(move |_now, out: &mut Output| {
-                if let Output::ToUpstream { data, .. } = out {
-                    if hits.load(Ordering::Relaxed) == 0 && data[..] == HEARTBEAT[..] {
-                        hits.fetch_add(1, Ordering::Relaxed);
-                        return false;
-                    }
-                }
-                true
-            })
-        });
-        runs.push((seed, report, hits));
-    }
     // The hub believes it sent the heartbeat; the world's record of what was really sent
     // shows the gap... only if the tamper hides the send from the observer too, which it
     // does: tampered outputs never reach the observer.
-    check_caught("skipped heartbeat", &[Invariant::Heartbeat], runs);
+    check_caught(
+        "skipped heartbeat",
+        &[Invariant::Heartbeat],
+        0..60,
+        |seed| {
+            tampered(Scenario::random(seed), |out| match out {
+                Output::ToUpstream { data, .. } if data[..] == HEARTBEAT[..] => Some(false),
+                _ => None,
+            })
+        },
+    );
 }
 
 // ----- exclusive queues and revoked passwords ------------------------------------------------
 
 use std::time::Duration;
 use warren_core::frame::method_frame;
-use warren_sim::client::{ClientSpec, Intrusion, Step, Target};
+use warren_sim::client::{ClientSpec, Intrusion, Step};
 use warren_sim::plan::{Fault, FaultPlan};
 use warren_sim::world::AdmissionTamper;
 
@@ -207,13 +202,6 @@ fn untampered_is_clean(sc: &warren_sim::scenario::Scenario) {
         },
     );
     assert!(r.ok(), "seed {}: {:#?}\n{}", sc.seed, r.violations, r.trace);
-}
-
-/// The queue name a method frame (reserved short, then a short string) carries.
-fn queue_name(data: &[u8]) -> Option<String> {
-    let len = usize::from(*data.get(13)?);
-    data.get(14..14 + len)
-        .map(|q| String::from_utf8_lossy(q).into_owned())
 }
 
 /// A hand-made scenario around an exclusive queue: its owner (`c1`, slot 3), a feeder and a
@@ -248,8 +236,8 @@ fn exclusive_scene(seed: u64, consume: bool, third: Vec<Step>) -> warren_sim::sc
 /// it (same connection), and the third client gets a message from the owner's queue.
 #[test]
 fn a_get_from_another_clients_exclusive_queue_is_caught() {
-    let mut runs = Vec::new();
-    for seed in 0..8 {
+    let name = "get from another client's exclusive queue";
+    check_caught(name, &[Invariant::Exclusive], 0..8, |seed| {
         let ms = Duration::from_millis;
         let mut third = vec![Step::Open(1), Step::declare(1, 0, false)];
         for _ in 0..3 {
@@ -259,45 +247,33 @@ fn a_get_from_another_clients_exclusive_queue_is_caught() {
         third.push(Step::CloseConnection);
         let sc = exclusive_scene(seed, false, third);
         untampered_is_clean(&sc);
-        let (report, hits) = tampered(sc, |hits| {
-            let mut exclusive: Option<String> = None;
-            Box::new(move |_now, out: &mut Output| {
-                match out {
-                    Output::ToClient { data, .. } if is_method(data, ids::QUEUE_DECLARE_OK) => {
-                        if let Some(q) = queue_name_at(data, 11) {
-                            if q.starts_with("amq.gen-") {
-                                exclusive = Some(q);
-                            }
-                        }
+        let mut exclusive: Option<String> = None;
+        tampered(sc, move |out| match out {
+            Output::ToClient { data, .. } if is_method(data, ids::QUEUE_DECLARE_OK) => {
+                if let Some(q) = queue_name_at(data, 11) {
+                    if q.starts_with("amq.gen-") {
+                        exclusive = Some(q);
                     }
-                    Output::ToUpstream { data, .. }
-                        if hits.load(Ordering::Relaxed) == 0
-                            && is_method(data, ids::BASIC_GET)
-                            && queue_name(data).as_deref() == Some("q0") =>
-                    {
-                        if let Some(q) = &exclusive {
-                            let ch = u16::from_be_bytes([data[1], data[2]]);
-                            *data = method_frame(ch, ids::BASIC_GET, |w| {
-                                w.u16(0).shortstr(q.as_bytes()).bit(false);
-                            });
-                            hits.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    _ => {}
                 }
-                true
-            })
-        });
-        runs.push((seed, report, hits));
-    }
-    check_caught(
-        "get from another client's exclusive queue",
-        &[Invariant::Exclusive],
-        runs,
-    );
+                None
+            }
+            Output::ToUpstream { data, .. }
+                if is_method(data, ids::BASIC_GET)
+                    && queue_name_at(data, 13).as_deref() == Some("q0") =>
+            {
+                let q = exclusive.as_ref()?;
+                *data = method_frame(channel(data), ids::BASIC_GET, |w| {
+                    w.u16(0).shortstr(q.as_bytes()).bit(false);
+                });
+                Some(true)
+            }
+            _ => None,
+        })
+    });
 }
 
-/// The name in a frame whose short string starts at `at`.
+/// The name in a frame whose short string starts at `at`: 11 in a `queue.declare-ok`, 13 in
+/// a method that starts with a reserved short (`basic.get`).
 fn queue_name_at(data: &[u8], at: usize) -> Option<String> {
     let len = usize::from(*data.get(at)?);
     data.get(at + 1..at + 1 + len)
@@ -309,41 +285,39 @@ fn queue_name_at(data: &[u8], at: usize) -> Option<String> {
 /// RabbitMQ's `Channel.Close 405`.
 #[test]
 fn a_consume_on_another_clients_exclusive_queue_answered_ok_is_caught() {
-    let mut runs = Vec::new();
-    for seed in 0..8 {
-        let ms = Duration::from_millis;
-        let third = vec![
-            Step::Open(1),
-            Step::Intrude {
-                ch: 1,
-                slot: 3,
-                op: Intrusion::Consume,
-            },
-            Step::Open(1),
-            Step::Sleep(ms(300)),
-            Step::CloseConnection,
-        ];
-        let sc = exclusive_scene(seed, true, third);
-        untampered_is_clean(&sc);
-        let (report, hits) = tampered(sc, |hits| {
-            Box::new(move |_now, out: &mut Output| {
-                if let Output::ToClient { data, .. } = out {
-                    let close = is_method(data, ids::CHANNEL_CLOSE)
-                        && u16::from_be_bytes([data[11], data[12]]) == 405;
-                    if close && hits.load(Ordering::Relaxed) == 0 {
-                        let ch = u16::from_be_bytes([data[1], data[2]]);
-                        *data = method_frame(ch, ids::BASIC_CONSUME_OK, |w| {
-                            w.shortstr(b"amq.ctag-forged");
-                        });
-                        hits.fetch_add(1, Ordering::Relaxed);
-                    }
+    check_caught(
+        "locked consume answered ok",
+        &[Invariant::Exclusive],
+        0..8,
+        |seed| {
+            let ms = Duration::from_millis;
+            let third = vec![
+                Step::Open(1),
+                Step::Intrude {
+                    ch: 1,
+                    slot: 3,
+                    op: Intrusion::Consume,
+                },
+                Step::Open(1),
+                Step::Sleep(ms(300)),
+                Step::CloseConnection,
+            ];
+            let sc = exclusive_scene(seed, true, third);
+            untampered_is_clean(&sc);
+            tampered(sc, |out| match out {
+                Output::ToClient { data, .. }
+                    if is_method(data, ids::CHANNEL_CLOSE)
+                        && u16::from_be_bytes([data[11], data[12]]) == 405 =>
+                {
+                    *data = method_frame(channel(data), ids::BASIC_CONSUME_OK, |w| {
+                        w.shortstr(b"amq.ctag-forged");
+                    });
+                    Some(true)
                 }
-                true
+                _ => None,
             })
-        });
-        runs.push((seed, report, hits));
-    }
-    check_caught("locked consume answered ok", &[Invariant::Exclusive], runs);
+        },
+    );
 }
 
 /// A proxy that opens a client's second channel on another broker connection: there the
@@ -352,8 +326,8 @@ fn a_consume_on_another_clients_exclusive_queue_answered_ok_is_caught() {
 /// that refusal.
 #[test]
 fn the_clients_own_queue_refused_on_its_second_channel_is_caught() {
-    let mut runs = Vec::new();
-    for seed in 0..8 {
+    let name = "the client's own queue refused on its second channel";
+    check_caught(name, &[Invariant::Exclusive], 0..8, |seed| {
         let mut sc = exclusive_scene(seed, true, vec![Step::Open(1), Step::CloseConnection]);
         let owner = &mut sc.clients[0].script;
         let at = owner
@@ -363,30 +337,19 @@ fn the_clients_own_queue_refused_on_its_second_channel_is_caught() {
         owner[at] = Step::consume(2, 3, false);
         owner.insert(at, Step::Open(2));
         untampered_is_clean(&sc);
-        let (report, hits) = tampered(sc, |hits| {
-            Box::new(move |_now, out: &mut Output| {
-                if let Output::ToClient { data, .. } = out {
-                    if is_method(data, ids::BASIC_CONSUME_OK) && hits.load(Ordering::Relaxed) == 0 {
-                        let ch = u16::from_be_bytes([data[1], data[2]]);
-                        *data = method_frame(ch, ids::CHANNEL_CLOSE, |w| {
-                            w.u16(405)
-                                .shortstr(b"RESOURCE_LOCKED - cannot obtain exclusive access")
-                                .u16(60)
-                                .u16(20);
-                        });
-                        hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                true
-            })
-        });
-        runs.push((seed, report, hits));
-    }
-    check_caught(
-        "the client's own queue refused on its second channel",
-        &[Invariant::Exclusive],
-        runs,
-    );
+        tampered(sc, |out| match out {
+            Output::ToClient { data, .. } if is_method(data, ids::BASIC_CONSUME_OK) => {
+                *data = method_frame(channel(data), ids::CHANNEL_CLOSE, |w| {
+                    w.u16(405)
+                        .shortstr(b"RESOURCE_LOCKED - cannot obtain exclusive access")
+                        .u16(60)
+                        .u16(20);
+                });
+                Some(true)
+            }
+            _ => None,
+        })
+    });
 }
 
 /// A proxy whose event feed does not listen for password changes (it binds a wrong routing
@@ -394,68 +357,71 @@ fn the_clients_own_queue_refused_on_its_second_channel_is_caught() {
 /// changed it, and clients with the old password keep being admitted.
 #[test]
 fn an_old_password_admitted_after_the_change_is_caught() {
-    let mut runs = Vec::new();
-    for seed in 0..8 {
-        let ms = Duration::from_millis;
-        let mut sc = warren_sim::scenario::Scenario::empty(seed);
-        sc.net.events = true;
-        sc.net.upstream_latency = Duration::from_millis(1 + seed % 4);
-        sc.broker.users.push(("bob".into(), "old".into()));
-        let at = ms(1500 + 131 * seed % 1000);
-        sc.plan = FaultPlan::none().with(
-            at,
-            Fault::PasswordChange {
-                user: "bob".into(),
-                password: "new".into(),
-            },
-        );
-        let script = || {
-            vec![
-                Step::Open(1),
-                Step::publish(1, 0, 50),
-                Step::CloseConnection,
-            ]
-        };
-        let bob = |kind, start: Duration, password: &str| {
-            let mut c = ClientSpec::guest(kind, start, script());
-            c.user = "bob".into();
-            c.password = password.into();
-            c
-        };
-        let ttl = sc.net.credentials_ttl;
-        sc.clients = vec![
-            bob("worker", ms(300), "old"),
-            bob("leaked-password", at + ms(500), "old"),
-            bob("leaked-password", at + ttl + ms(1000), "old"),
-            bob("leaked-password", at + ttl + ms(4000), "old"),
-            bob("new-password", at + ms(700), "new"),
-        ];
-        untampered_is_clean(&sc);
-        let hits = Arc::new(AtomicU32::new(0));
-        let h = hits.clone();
-        let tamper: AdmissionTamper = Box::new(move |_now, out| {
-            if let warren_core::admission::Output::ToLink { data, .. } = out {
-                let key = b"user.password.changed";
-                if let Some(i) = data.windows(key.len()).position(|w| w == key) {
-                    let mut v = data.to_vec();
-                    v[i..i + key.len()].copy_from_slice(b"user.password.xhanged");
-                    *data = v.into();
-                    h.fetch_add(1, Ordering::Relaxed);
+    check_caught(
+        "password change missed",
+        &[Invariant::Revocation],
+        0..8,
+        |seed| {
+            let ms = Duration::from_millis;
+            let mut sc = warren_sim::scenario::Scenario::empty(seed);
+            sc.net.events = true;
+            sc.net.upstream_latency = Duration::from_millis(1 + seed % 4);
+            sc.broker.users.push(("bob".into(), "old".into()));
+            let at = ms(1500 + 131 * seed % 1000);
+            sc.plan = FaultPlan::none().with(
+                at,
+                Fault::PasswordChange {
+                    user: "bob".into(),
+                    password: "new".into(),
+                },
+            );
+            let script = || {
+                vec![
+                    Step::Open(1),
+                    Step::publish(1, 0, 50),
+                    Step::CloseConnection,
+                ]
+            };
+            let bob = |kind, start: Duration, password: &str| {
+                let mut c = ClientSpec::guest(kind, start, script());
+                c.user = "bob".into();
+                c.password = password.into();
+                c
+            };
+            let ttl = sc.net.credentials_ttl;
+            sc.clients = vec![
+                bob("worker", ms(300), "old"),
+                bob("leaked-password", at + ms(500), "old"),
+                bob("leaked-password", at + ttl + ms(1000), "old"),
+                bob("leaked-password", at + ttl + ms(4000), "old"),
+                bob("new-password", at + ms(700), "new"),
+            ];
+            untampered_is_clean(&sc);
+            let hits = Arc::new(AtomicU32::new(0));
+            let h = hits.clone();
+            let tamper: AdmissionTamper = Box::new(move |_now, out| {
+                if let warren_core::admission::Output::ToLink { data, .. } = out {
+                    let key = b"user.password.changed";
+                    if let Some(i) = data.windows(key.len()).position(|w| w == key) {
+                        let mut v = data.to_vec();
+                        v[i..i + key.len()].copy_from_slice(b"user.password.xhanged");
+                        *data = v.into();
+                        h.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-            }
-            true
-        });
-        let report = run(
-            sc,
-            RunOptions {
-                trace: true,
-                tamper_admission: Some(tamper),
-                ..RunOptions::default()
-            },
-        );
-        runs.push((seed, report, hits.load(Ordering::Relaxed)));
-    }
-    check_caught("password change missed", &[Invariant::Revocation], runs);
+                true
+            });
+            let report = run(
+                sc,
+                RunOptions {
+                    trace: true,
+                    tamper_admission: Some(tamper),
+                    ..RunOptions::default()
+                },
+            );
+            (report, hits.load(Ordering::Relaxed))
+        },
+    );
 }
 
 // ----- slow clients (issue 14) ---------------------------------------------------------------
@@ -484,20 +450,23 @@ fn the_old_queue_bound_rule_is_caught() {
         );
         sc
     };
-    let mut runs = Vec::new();
-    for seed in 0..8 {
-        untampered_is_clean(&make(seed));
-        let report = run(
-            make(seed),
-            RunOptions {
-                trace: true,
-                slow_policy: SlowPolicy::QueueBound,
-                ..RunOptions::default()
-            },
-        );
-        runs.push((seed, report, 1));
-    }
-    check_caught("old queue-bound rule", &[Invariant::SlowClient], runs);
+    check_caught(
+        "old queue-bound rule",
+        &[Invariant::SlowClient],
+        0..8,
+        |seed| {
+            untampered_is_clean(&make(seed));
+            let report = run(
+                make(seed),
+                RunOptions {
+                    trace: true,
+                    slow_policy: SlowPolicy::QueueBound,
+                    ..RunOptions::default()
+                },
+            );
+            (report, 1)
+        },
+    );
 }
 
 /// A proxy that closes the broker connection holding a client's exclusive queue while the
@@ -506,37 +475,25 @@ fn the_old_queue_bound_rule_is_caught() {
 /// `basic.consume` with that refusal, naming the queue its `queue.declare-ok` named.
 #[test]
 fn the_clients_own_queue_gone_while_it_is_connected_is_caught() {
-    let mut runs = Vec::new();
-    for seed in 0..8 {
+    let name = "the client's own queue gone while it is connected";
+    check_caught(name, &[Invariant::Exclusive], 0..8, |seed| {
         let sc = exclusive_scene(seed, true, vec![Step::Open(1), Step::CloseConnection]);
         untampered_is_clean(&sc);
-        let (report, hits) = tampered(sc, |hits| {
-            let mut declared: Option<Vec<u8>> = None;
-            Box::new(move |_now, out: &mut Output| {
-                if let Output::ToClient { data, .. } = out {
-                    if is_method(data, ids::QUEUE_DECLARE_OK) {
-                        let len = usize::from(data[11]);
-                        declared = Some(data[12..12 + len].to_vec());
-                    } else if is_method(data, ids::BASIC_CONSUME_OK)
-                        && hits.load(Ordering::Relaxed) == 0
-                    {
-                        let name = String::from_utf8_lossy(declared.as_deref().unwrap_or_default());
-                        let ch = u16::from_be_bytes([data[1], data[2]]);
-                        let text = format!("NOT_FOUND - no queue '{name}' in vhost '/'");
-                        *data = method_frame(ch, ids::CHANNEL_CLOSE, |w| {
-                            w.u16(404).shortstr(text.as_bytes()).u16(60).u16(20);
-                        });
-                        hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                true
-            })
-        });
-        runs.push((seed, report, hits));
-    }
-    check_caught(
-        "the client's own queue gone while it is connected",
-        &[Invariant::Exclusive],
-        runs,
-    );
+        let mut declared: Option<String> = None;
+        tampered(sc, move |out| match out {
+            Output::ToClient { data, .. } if is_method(data, ids::QUEUE_DECLARE_OK) => {
+                declared = queue_name_at(data, 11);
+                None
+            }
+            Output::ToClient { data, .. } if is_method(data, ids::BASIC_CONSUME_OK) => {
+                let name = declared.as_deref().unwrap_or_default();
+                let text = format!("NOT_FOUND - no queue '{name}' in vhost '/'");
+                *data = method_frame(channel(data), ids::CHANNEL_CLOSE, |w| {
+                    w.u16(404).shortstr(text.as_bytes()).u16(60).u16(20);
+                });
+                Some(true)
+            }
+            _ => None,
+        })
+    });
 }

@@ -97,18 +97,7 @@ fn summarize(results: &[(u64, warren_sim::world::Report)]) {
         }
     }
     let failed = results.iter().filter(|(_, r)| !r.ok()).count();
-    let mut cov: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-    for (_, r) in results {
-        for (k, v) in &r.coverage {
-            let e = cov.entry(k).or_default();
-            e.0 += 1;
-            e.1 += v;
-        }
-    }
-    println!("coverage (seeds with it / total):");
-    for (k, (seeds, total)) in cov {
-        println!("  {k:32} {seeds:6} {total:8}");
-    }
+    seeds::print_coverage(results.iter().map(|(_, r)| &r.coverage), 32);
     println!("{failed}/{} seeds failed", results.len());
     for (k, seeds) in kinds {
         let first: Vec<u64> = seeds.iter().take(6).copied().collect();

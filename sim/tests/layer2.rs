@@ -9,19 +9,7 @@ const DEFAULT_SEEDS: u64 = 100;
 
 #[test]
 fn turmoil_sweep() {
-    let list = if seeds::replaying() {
-        seeds::from_env(0)
-    } else {
-        let n = std::env::var("SIM_L2_SEEDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_SEEDS);
-        let start = std::env::var("SIM_SEED_START")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0u64);
-        (start..start + n).collect()
-    };
+    let list = seeds::from_env_counted("SIM_L2_SEEDS", DEFAULT_SEEDS);
     let opts = L2Options {
         trace: seeds::replaying(),
         ..L2Options::default()
@@ -46,7 +34,8 @@ fn turmoil_sweep() {
             }
             eprintln!("  log: {}", r.log.join("\n       "));
             eprintln!(
-                "replay: SIM_SEED={seed} cargo test -p warren-sim --test layer2 turmoil_sweep -- --nocapture"
+                "replay: {}",
+                seeds::replay_command(*seed, "layer2 turmoil_sweep")
             );
         }
     }
@@ -57,18 +46,7 @@ fn turmoil_sweep() {
         failed.len()
     );
     if std::env::var("SIM_SUMMARY").is_ok() {
-        let mut cov: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-        for (_, r) in &results {
-            for (k, v) in &r.coverage {
-                let e = cov.entry(k).or_default();
-                e.0 += 1;
-                e.1 += v;
-            }
-        }
-        println!("coverage (seeds with it / total):");
-        for (k, (seeds, total)) in cov {
-            println!("  {k:42} {seeds:6} {total:8}");
-        }
+        seeds::print_coverage(results.iter().map(|(_, r)| &r.coverage), 42);
     }
     assert!(failed.is_empty(), "failing turmoil seeds: {failed:?}");
 }
@@ -95,7 +73,7 @@ fn turmoil_replay_is_deterministic() {
 #[test]
 fn slow_client_is_disconnected() {
     use std::time::Duration;
-    use warren_sim::client::{ClientSpec, Step, Target};
+    use warren_sim::client::{ClientSpec, Step};
     use warren_sim::layer2::run_scenario;
     use warren_sim::scenario::Scenario;
 
@@ -107,14 +85,8 @@ fn slow_client_is_disconnected() {
         (0..n).map(|_| Step::publish(1, 0, size)).collect()
     };
     let declare = Step::declare(1, 0, false);
-    let mut slow = vec![
-        Step::Open(1),
-        declare.clone(),
-        Step::consume(1, 0, true),
-        Step::StopReading,
-        Step::Sleep(s(30)),
-        Step::Drop,
-    ];
+    let mut slow = Step::consumer(0, false, true);
+    slow.extend([Step::StopReading, Step::Sleep(s(30)), Step::Drop]);
     slow.shrink_to_fit();
     let mut flood = vec![Step::Open(1), declare.clone()];
     flood.extend(publish(400, 2000));
@@ -139,16 +111,9 @@ fn slow_client_is_disconnected() {
     if seeds::replaying() {
         println!("{}", r.log.join("\n"));
     }
-    let slow = r
-        .clients
-        .iter()
-        .find(|c| c.kind == "slow-consumer")
-        .expect("ran");
-    let neighbour = r
-        .clients
-        .iter()
-        .find(|c| c.kind == "neighbour")
-        .expect("ran");
+    let client = |kind: &str| r.clients.iter().find(|c| c.kind == kind).expect("ran");
+    let slow = client("slow-consumer");
+    let neighbour = client("neighbour");
     assert!(
         matches!(neighbour.end, Some(warren_sim::client::End::Finished)),
         "the neighbour must not be stalled by the slow client: {:?}",

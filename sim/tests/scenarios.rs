@@ -7,7 +7,7 @@
 
 use insta::assert_snapshot;
 use std::time::Duration;
-use warren_sim::client::{ClientSpec, Step, Target};
+use warren_sim::client::{ClientSpec, Step};
 use warren_sim::plan::{Fault, FaultPlan};
 use warren_sim::scenario::Scenario;
 use warren_sim::world::{run, Report, RunOptions};

@@ -4,7 +4,7 @@
 
 use super::builder::Builder;
 use super::{ms, pick, NEW_PASSWORD, OLD_PASSWORD, ROTATED_USER};
-use crate::client::{ClientSpec, Intrusion, Misbehaviour, Step, Target};
+use crate::client::{ClientSpec, Intrusion, Misbehaviour, Step};
 use crate::plan::Fault;
 use crate::slow::{ReadPace, LARGE_PUBLISHER};
 use rand::Rng;
