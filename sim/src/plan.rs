@@ -127,6 +127,26 @@ impl Fault {
         }
     }
 
+    /// Whether the broker restarts (empty) when the fault heals.
+    #[must_use]
+    pub fn restarts_broker(&self) -> bool {
+        matches!(
+            self,
+            Fault::BrokerCrash { .. } | Fault::BrokerSilentDeath { .. }
+        )
+    }
+
+    /// Whether the fault disturbs the broker or the network under way: what it held or broke
+    /// excuses the checks that would otherwise expect it delivered in time.
+    #[must_use]
+    pub fn disturbs(&self) -> bool {
+        self.restarts_broker()
+            || matches!(
+                self,
+                Fault::Partition { .. } | Fault::Hold { .. } | Fault::ConnBreaks { .. }
+            )
+    }
+
     /// Whether the fault is carried out by extra clients rather than by the world.
     #[must_use]
     pub fn is_client(&self) -> bool {

@@ -6,7 +6,6 @@
 use super::{Invariant, Observer, Side};
 use crate::broker::BrokerLog;
 use crate::client::{Board, End, FakeClient, Waited};
-use crate::plan::Fault;
 use crate::scenario::Scenario;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -29,12 +28,7 @@ impl Observer {
             .plan
             .faults
             .iter()
-            .filter(|f| {
-                matches!(
-                    f.fault,
-                    Fault::BrokerCrash { .. } | Fault::BrokerSilentDeath { .. }
-                )
-            })
+            .filter(|f| f.fault.restarts_broker())
             .map(|f| self.epoch + f.at)
             .collect();
         for what in crate::slow::lost_messages(clients, log, queued, &restarts) {
@@ -235,16 +229,7 @@ impl Observer {
             .plan
             .faults
             .iter()
-            .filter(|f| {
-                matches!(
-                    f.fault,
-                    Fault::BrokerCrash { .. }
-                        | Fault::BrokerSilentDeath { .. }
-                        | Fault::Partition { .. }
-                        | Fault::Hold { .. }
-                        | Fault::ConnBreaks { .. }
-                )
-            })
+            .filter(|f| f.fault.disturbs())
             .map(|f| (self.epoch + f.at, self.epoch + f.at + f.fault.duration()))
             .collect();
         let mut end = t;
@@ -284,13 +269,7 @@ impl Observer {
     fn client_checks(&mut self, now: Instant, c: &FakeClient, sc: &Scenario) {
         let cid = c.id;
         for v in &c.violations {
-            let inv = if v.contains("order broken") {
-                Invariant::Order
-            } else if v.contains("exclusive queue") {
-                Invariant::Exclusive
-            } else {
-                Invariant::Routing
-            };
+            let inv = Invariant::of_client_violation(v);
             self.violation(now, inv, format!("c{cid} ({}): {v}", c.spec.kind));
         }
         let wrong_password = c.spec.password == "wrong";

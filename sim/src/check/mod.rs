@@ -62,6 +62,20 @@ pub enum Invariant {
     Hang,
 }
 
+impl Invariant {
+    /// The promise a violation a client noticed itself breaks, from its text.
+    #[must_use]
+    pub fn of_client_violation(text: &str) -> Self {
+        if text.contains("order broken") {
+            Invariant::Order
+        } else if text.contains("exclusive queue") {
+            Invariant::Exclusive
+        } else {
+            Invariant::Routing
+        }
+    }
+}
+
 impl fmt::Display for Invariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
@@ -388,7 +402,12 @@ impl Observer {
 
     /// The hub declared the client dead for missed heartbeats.
     pub fn client_declared_dead(&mut self, now: Instant, cid: u32) {
-        let Some(hb) = self.clients_hb.get(&cid).cloned() else {
+        self.declared_dead(now, Side::Client, cid);
+    }
+
+    /// warren declared a watched peer dead: only after two heartbeat intervals of silence.
+    fn declared_dead(&mut self, now: Instant, side: Side, id: u32) {
+        let Some(hb) = self.watched(side).get(&id).cloned() else {
             return;
         };
         if let Some(i) = hb.interval {
@@ -399,7 +418,8 @@ impl Observer {
                     now,
                     Invariant::Heartbeat,
                     format!(
-                        "warren declared c{cid} dead after {}ms of silence (last frame at {last}), heartbeat {}s",
+                        "warren declared {} dead after {}ms of silence (last frame at {last}), heartbeat {}s",
+                        side.name(id),
                         silent.as_millis(),
                         i.as_secs()
                     ),
@@ -537,24 +557,7 @@ impl Observer {
 
     /// The hub declared an upstream dead for missed heartbeats.
     pub fn upstream_declared_dead(&mut self, now: Instant, uid: u32) {
-        let Some(hb) = self.ups_hb.get(&uid).cloned() else {
-            return;
-        };
-        if let Some(i) = hb.interval {
-            let silent = now.duration_since(hb.last_rx);
-            if silent < i * 2 {
-                let last = self.rel(hb.last_rx);
-                self.violation(
-                    now,
-                    Invariant::Heartbeat,
-                    format!(
-                        "warren declared u{uid} dead after {}ms of silence (last frame at {last}), heartbeat {}s",
-                        silent.as_millis(),
-                        i.as_secs()
-                    ),
-                );
-            }
-        }
+        self.declared_dead(now, Side::Upstream, uid);
     }
 
     // ----- faults and hubs --------------------------------------------------------------
@@ -563,25 +566,14 @@ impl Observer {
     pub fn fault_started(&mut self, now: Instant, fault: &Fault) {
         match fault {
             Fault::Drain { timeout } => self.drain = Some((now, now + *timeout)),
-            Fault::BrokerCrash { .. }
-            | Fault::BrokerSilentDeath { .. }
-            | Fault::Partition { .. }
-            | Fault::Hold { .. }
-            | Fault::ConnBreaks { .. } => self.disturbances.push((now, None)),
+            f if f.disturbs() => self.disturbances.push((now, None)),
             _ => {}
         }
     }
 
     /// A fault healed.
     pub fn fault_ended(&mut self, now: Instant, fault: &Fault) {
-        if matches!(
-            fault,
-            Fault::BrokerCrash { .. }
-                | Fault::BrokerSilentDeath { .. }
-                | Fault::Partition { .. }
-                | Fault::Hold { .. }
-                | Fault::ConnBreaks { .. }
-        ) {
+        if fault.disturbs() {
             if let Some(d) = self.disturbances.iter_mut().find(|d| d.1.is_none()) {
                 d.1 = Some(now);
             }

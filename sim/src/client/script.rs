@@ -7,7 +7,7 @@ use super::{
     ClientOut, End, FakeClient, Step, Target,
 };
 use crate::tag::{Origin, NO_QUEUE, TAG_LEN};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::time::Instant;
 use warren_core::frame::{method_frame, Frame, FrameType};
 use warren_core::method::{encode, ids, Close};
@@ -58,6 +58,16 @@ impl FakeClient {
         }
     }
 
+    /// Sends a synchronous method on `ch` and waits for its `reply`, if the channel is open
+    /// (otherwise the step is skipped): says whether it was sent.
+    fn request(&mut self, now: Instant, ch: u16, reply: Reply, method: Bytes) -> bool {
+        let open = self.expect(ch, reply);
+        if open {
+            self.send(now, method);
+        }
+        open
+    }
+
     fn expect(&mut self, ch: u16, reply: Reply) -> bool {
         match self.chans.get_mut(&ch) {
             Some(c) if c.state == ChState::Open => {
@@ -103,34 +113,26 @@ impl FakeClient {
                 slot,
                 exclusive,
             } => {
-                let name = board.name(slot).unwrap_or("").to_owned();
-                if self.expect(ch, Reply::DeclareOk(slot, exclusive)) {
-                    // A name the broker chose can only be declared passively (403 otherwise).
-                    let frame = if name.starts_with("amq.") {
-                        queue_declare_passive(ch, &name)
-                    } else {
-                        queue_declare(ch, &name, exclusive)
-                    };
-                    self.send(now, frame);
-                }
+                let name = board.name(slot).unwrap_or("");
+                // A name the broker chose can only be declared passively (403 otherwise).
+                let frame = if name.starts_with("amq.") {
+                    queue_declare_passive(ch, name)
+                } else {
+                    queue_declare(ch, name, exclusive)
+                };
+                self.request(now, ch, Reply::DeclareOk(slot, exclusive), frame);
             }
             Step::DeclareAndDrop { ch, slot } => {
-                let name = board.name(slot).unwrap_or("").to_owned();
-                if self.expect(ch, Reply::DeclareOk(slot, true)) {
-                    self.send(now, queue_declare(ch, &name, true));
-                }
+                let frame = queue_declare(ch, board.name(slot).unwrap_or(""), true);
+                self.request(now, ch, Reply::DeclareOk(slot, true), frame);
                 self.out.push_back(ClientOut::Close);
                 self.finish(now, End::Left);
             }
             Step::Qos(ch, prefetch) => {
-                if self.expect(ch, Reply::QosOk) {
-                    self.send(
-                        now,
-                        method_frame(ch, ids::BASIC_QOS, |w| {
-                            w.u32(0).u16(prefetch).bit(false);
-                        }),
-                    );
-                }
+                let frame = method_frame(ch, ids::BASIC_QOS, |w| {
+                    w.u32(0).u16(prefetch).bit(false);
+                });
+                self.request(now, ch, Reply::QosOk, frame);
             }
             Step::Consume { ch, slot, no_ack } => {
                 let Some(name) = board.name(slot).map(str::to_owned) else {
@@ -139,9 +141,8 @@ impl FakeClient {
                 if let Some(c) = self.chans.get_mut(&ch) {
                     c.no_ack = no_ack;
                 }
-                if self.expect(ch, Reply::ConsumeOk(slot)) {
-                    self.send(now, consume(ch, name.as_bytes(), b"", no_ack, false));
-                }
+                let frame = consume(ch, name.as_bytes(), b"", no_ack, false);
+                self.request(now, ch, Reply::ConsumeOk(slot), frame);
             }
             Step::Cancel(ch) => {
                 let tag = self
@@ -150,34 +151,24 @@ impl FakeClient {
                     .and_then(|c| c.consumers.last())
                     .map(|(t, _, _)| t.clone());
                 let Some(tag) = tag else { return };
-                if self.expect(ch, Reply::CancelOk) {
-                    self.send(
-                        now,
-                        method_frame(ch, ids::BASIC_CANCEL, |w| {
-                            w.shortstr(&tag).bit(false);
-                        }),
-                    );
-                }
+                let frame = method_frame(ch, ids::BASIC_CANCEL, |w| {
+                    w.shortstr(&tag).bit(false);
+                });
+                self.request(now, ch, Reply::CancelOk, frame);
             }
             Step::Confirm(ch) => {
-                if self.expect(ch, Reply::SelectOk) {
-                    self.send(
-                        now,
-                        method_frame(ch, ids::CONFIRM_SELECT, |w| {
-                            w.bit(false);
-                        }),
-                    );
-                }
+                let frame = method_frame(ch, ids::CONFIRM_SELECT, |w| {
+                    w.bit(false);
+                });
+                self.request(now, ch, Reply::SelectOk, frame);
             }
             Step::TxSelect(ch) => {
-                if self.expect(ch, Reply::TxSelectOk) {
-                    self.send(now, method_frame(ch, ids::TX_SELECT, |_| {}));
-                }
+                let frame = method_frame(ch, ids::TX_SELECT, |_| {});
+                self.request(now, ch, Reply::TxSelectOk, frame);
             }
             Step::TxCommit(ch) => {
-                if self.expect(ch, Reply::TxCommitOk) {
-                    self.send(now, method_frame(ch, ids::TX_COMMIT, |_| {}));
-                }
+                let frame = method_frame(ch, ids::TX_COMMIT, |_| {});
+                self.request(now, ch, Reply::TxCommitOk, frame);
             }
             Step::Publish {
                 ch,
@@ -227,14 +218,10 @@ impl FakeClient {
                 let Some(name) = board.name(slot).map(str::to_owned) else {
                     return;
                 };
-                if self.expect(ch, Reply::Get(slot)) {
-                    self.send(
-                        now,
-                        method_frame(ch, ids::BASIC_GET, |w| {
-                            w.u16(0).shortstr(name.as_bytes()).bit(false);
-                        }),
-                    );
-                }
+                let frame = method_frame(ch, ids::BASIC_GET, |w| {
+                    w.u16(0).shortstr(name.as_bytes()).bit(false);
+                });
+                self.request(now, ch, Reply::Get(slot), frame);
             }
             Step::WaitConfirms(ch) => {
                 if self
@@ -261,9 +248,8 @@ impl FakeClient {
                 self.wait = Wait::Forever;
             }
             Step::ExchangeDeclare { ch, name, kind } => {
-                if self.expect(ch, Reply::ExchangeDeclareOk) {
-                    self.send(now, exchange_declare(ch, &name, &kind));
-                }
+                let frame = exchange_declare(ch, &name, &kind);
+                self.request(now, ch, Reply::ExchangeDeclareOk, frame);
             }
             Step::Bind {
                 ch,
@@ -274,41 +260,32 @@ impl FakeClient {
                 let Some(name) = board.name(slot).map(str::to_owned) else {
                     return;
                 };
-                if self.expect(ch, Reply::BindOk) {
-                    self.send(
-                        now,
-                        method_frame(ch, ids::QUEUE_BIND, |w| {
-                            w.u16(0)
-                                .shortstr(name.as_bytes())
-                                .shortstr(exchange.as_bytes())
-                                .shortstr(rk.as_bytes())
-                                .bit(false)
-                                .u32(0);
-                        }),
-                    );
-                }
+                let frame = method_frame(ch, ids::QUEUE_BIND, |w| {
+                    w.u16(0)
+                        .shortstr(name.as_bytes())
+                        .shortstr(exchange.as_bytes())
+                        .shortstr(rk.as_bytes())
+                        .bit(false)
+                        .u32(0);
+                });
+                self.request(now, ch, Reply::BindOk, frame);
             }
             Step::Intrude { ch, slot, op } => {
                 let Some(name) = board.name(slot).map(str::to_owned) else {
                     return;
                 };
                 let owner = board.exclusive_owner(slot);
-                if self.expect(ch, Reply::Intrusion(op, slot)) {
+                if self.request(now, ch, Reply::Intrusion(op, slot), op.frame(ch, &name)) {
                     if let Some(c) = self.chans.get_mut(&ch) {
-                        c.intrusion = Some((op, slot, name.clone(), owner));
+                        c.intrusion = Some((op, slot, name, owner));
                     }
-                    self.send(now, op.frame(ch, &name));
                 }
             }
             Step::Recover(ch) => {
-                if self.expect(ch, Reply::RecoverOk) {
-                    self.send(
-                        now,
-                        method_frame(ch, ids::BASIC_RECOVER, |w| {
-                            w.bit(true);
-                        }),
-                    );
-                }
+                let frame = method_frame(ch, ids::BASIC_RECOVER, |w| {
+                    w.bit(true);
+                });
+                self.request(now, ch, Reply::RecoverOk, frame);
             }
             Step::PartialPublishAndDrop(ch) => {
                 if self

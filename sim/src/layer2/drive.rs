@@ -182,13 +182,7 @@ impl Driven {
                 shared.shutdown.drain.cancel();
             }
             (L2Fault::PasswordChange { user, password }, _) => {
-                let old = sc
-                    .broker
-                    .users
-                    .iter()
-                    .find(|(u, _)| *u == user)
-                    .map(|(_, p)| p.clone())
-                    .unwrap_or_default();
+                let old = sc.initial_password(&user);
                 self.password_changes.push((t, user.clone(), old));
                 if self.broker_down > 0 {
                     // Changed elsewhere in the cluster; this node publishes nothing.

@@ -112,13 +112,7 @@ impl Verdict {
             let c = &r.client;
             let kind = c.spec.kind;
             for x in &c.violations {
-                let inv = if x.contains("order broken") {
-                    Invariant::Order
-                } else if x.contains("exclusive queue") {
-                    Invariant::Exclusive
-                } else {
-                    Invariant::Routing
-                };
+                let inv = Invariant::of_client_violation(x);
                 self.v(r.ended_at, inv, format!("c{} ({kind}): {x}", c.id));
             }
             let Some((_, end)) = &c.end else {

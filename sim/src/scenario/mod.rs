@@ -211,6 +211,18 @@ impl Scenario {
         s
     }
 
+    /// `user`'s password on the broker as the scenario starts (empty for an unknown user):
+    /// what a password change makes the old one.
+    #[must_use]
+    pub fn initial_password(&self, user: &str) -> String {
+        self.broker
+            .users
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    }
+
     /// Some clients that declare an exclusive queue use it on a second channel (qos,
     /// consume, get, recover and cancel move there), drawn from a fourth stream of the seed so
     /// that adding it left the rest of every seed's scenario as it was. RabbitMQ lets every

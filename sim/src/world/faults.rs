@@ -77,14 +77,7 @@ impl World {
                 self.broker_outputs();
             }
             Fault::PasswordChange { user, password } => {
-                let old = self
-                    .sc
-                    .broker
-                    .users
-                    .iter()
-                    .find(|(u, _)| *u == user)
-                    .map(|(_, p)| p.clone())
-                    .unwrap_or_default();
+                let old = self.sc.initial_password(&user);
                 self.obs.password_changed(now, &user, &old);
                 if self.broker_state != BrokerState::Up {
                     // Changed elsewhere in the cluster; this node publishes nothing.
