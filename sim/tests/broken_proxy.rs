@@ -58,9 +58,6 @@ fn tampered(
     (report, hits.load(Ordering::Relaxed))
 }
 
-/// Runs `run_seed` on every seed of `seeds` (a report and how many outputs were tampered
-/// with), then asserts that each tampered run reported one of the `expected` violations and
-/// that at least 5 runs were tampered with.
 /// The channel number of a frame.
 fn channel(frame: &[u8]) -> u16 {
     u16::from_be_bytes([frame[1], frame[2]])
@@ -73,6 +70,9 @@ fn set_channel(frame: &mut bytes::Bytes, ch: u16) {
     *frame = v.into();
 }
 
+/// Runs `run_seed` on every seed of `seeds` (a report and how many outputs were tampered
+/// with), then asserts that each tampered run reported one of the `expected` violations and
+/// that at least 5 runs were tampered with.
 fn check_caught(
     name: &str,
     expected: &[Invariant],
@@ -193,7 +193,7 @@ use warren_sim::world::AdmissionTamper;
 
 /// Without the tampering, the hand-made scenario passes every check: what the tampered run
 /// reports is the tampering's doing.
-fn untampered_is_clean(sc: &warren_sim::scenario::Scenario) {
+fn untampered_is_clean(sc: &Scenario) {
     let r = run(
         sc.clone(),
         RunOptions {
@@ -206,8 +206,8 @@ fn untampered_is_clean(sc: &warren_sim::scenario::Scenario) {
 
 /// A hand-made scenario around an exclusive queue: its owner (`c1`, slot 3), a feeder and a
 /// third client of the same hub and the same broker connection, with timings from the seed.
-fn exclusive_scene(seed: u64, consume: bool, third: Vec<Step>) -> warren_sim::scenario::Scenario {
-    let mut sc = warren_sim::scenario::Scenario::empty(seed);
+fn exclusive_scene(seed: u64, consume: bool, third: Vec<Step>) -> Scenario {
+    let mut sc = Scenario::empty(seed);
     sc.hub.max_upstreams = 1;
     sc.net.upstream_latency = Duration::from_millis(1 + seed % 4);
     sc.net.client_latency = Duration::from_millis(1 + seed % 3);
@@ -363,7 +363,7 @@ fn an_old_password_admitted_after_the_change_is_caught() {
         0..8,
         |seed| {
             let ms = Duration::from_millis;
-            let mut sc = warren_sim::scenario::Scenario::empty(seed);
+            let mut sc = Scenario::empty(seed);
             sc.net.events = true;
             sc.net.upstream_latency = Duration::from_millis(1 + seed % 4);
             sc.broker.users.push(("bob".into(), "old".into()));
@@ -432,32 +432,20 @@ fn an_old_password_admitted_after_the_change_is_caught() {
 /// output: the rule is the driver's, so the world applies the old one itself.)
 #[test]
 fn the_old_queue_bound_rule_is_caught() {
-    use rand::SeedableRng;
     use warren_sim::slow::{ReadPace, SlowPolicy};
-    let make = |seed: u64| {
-        let mut sc = Scenario::empty(seed);
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let pace = ReadPace {
-            bytes: 4096,
-            every: Duration::from_millis(10 + 10 * (seed % 4)),
-        };
-        sc.broker.users.push(("alice".into(), "wonderland".into()));
-        sc.add_large_deliveries(
-            &mut rng,
-            Duration::from_secs(1),
-            1 + (seed % 3) as u32,
-            pace,
-        );
-        sc
-    };
     check_caught(
         "old queue-bound rule",
         &[Invariant::SlowClient],
         0..8,
         |seed| {
-            untampered_is_clean(&make(seed));
+            let pace = ReadPace {
+                bytes: 4096,
+                every: Duration::from_millis(10 + 10 * (seed % 4)),
+            };
+            let sc = Scenario::large_deliveries(seed, 1 + (seed % 3) as u32, pace);
+            untampered_is_clean(&sc);
             let report = run(
-                make(seed),
+                sc,
                 RunOptions {
                     trace: true,
                     slow_policy: SlowPolicy::QueueBound,

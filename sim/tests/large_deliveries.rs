@@ -2,22 +2,10 @@
 //! but steady one and one that stops reading. Only the one that stops is cut off as slow,
 //! within `slow_client_timeout`, and its message comes back to its queue.
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use std::time::Duration;
 use warren_sim::scenario::Scenario;
 use warren_sim::slow::ReadPace;
 use warren_sim::world::{run, Report, RunOptions};
-
-/// A quiet scenario with only the fault's clients.
-fn scenario(seed: u64, messages: u32, pace: ReadPace) -> Scenario {
-    let mut sc = Scenario::empty(seed);
-    // Some clients log in as the second tenant, as in random scenarios.
-    sc.broker.users.push(("alice".into(), "wonderland".into()));
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    sc.add_large_deliveries(&mut rng, Duration::from_secs(1), messages, pace);
-    sc
-}
 
 fn count(r: &Report, what: &str) -> u64 {
     r.coverage.get(what).copied().unwrap_or(0)
@@ -42,7 +30,7 @@ fn only_the_reader_that_stops_is_cut_off_and_its_message_is_requeued() {
         every: Duration::from_millis(20),
     };
     let r = run(
-        scenario(14, 2, pace),
+        Scenario::large_deliveries(14, 2, pace),
         RunOptions {
             trace: true,
             ..RunOptions::default()
@@ -85,7 +73,10 @@ fn readers_of_every_speed() {
             every: Duration::from_millis(10 + 10 * (seed % 5)),
         };
         let messages = 1 + (seed % 3) as u32;
-        let r = run(scenario(seed, messages, pace), RunOptions::default());
+        let r = run(
+            Scenario::large_deliveries(seed, messages, pace),
+            RunOptions::default(),
+        );
         assert!(r.ok(), "seed {seed}: {:#?}", r.violations);
         assert_eq!(
             count(&r, "client reported slow"),

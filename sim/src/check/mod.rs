@@ -489,11 +489,7 @@ impl Observer {
         code: u16,
         others: usize,
     ) {
-        if let Some(uid) = uid {
-            if let Some(hb) = self.ups_hb.get_mut(&uid) {
-                hb.active = false;
-            }
-        }
+        self.upstream_gone(uid);
         let backoff = self.backoff;
         let h = self.hubs.entry(hid).or_default();
         h.failures += 1;
@@ -516,10 +512,13 @@ impl Observer {
 
     /// An open upstream was lost.
     pub fn upstream_lost(&mut self, _now: Instant, _hid: u32, uid: Option<u32>) {
-        if let Some(uid) = uid {
-            if let Some(hb) = self.ups_hb.get_mut(&uid) {
-                hb.active = false;
-            }
+        self.upstream_gone(uid);
+    }
+
+    /// An upstream (if it got that far) is gone: warren owes it no more heartbeats.
+    fn upstream_gone(&mut self, uid: Option<u32>) {
+        if let Some(hb) = uid.and_then(|uid| self.ups_hb.get_mut(&uid)) {
+            hb.active = false;
         }
     }
 

@@ -289,6 +289,17 @@ impl Scenario {
         self.add_large_deliveries(&mut rng, at, messages, pace);
     }
 
+    /// A quiet scenario with only the clients of large deliveries (issue 14) at +1s, for
+    /// hand-written tests; the second tenant's login exists, as in random scenarios.
+    #[must_use]
+    pub fn large_deliveries(seed: u64, messages: u32, pace: ReadPace) -> Self {
+        let mut sc = Scenario::empty(seed);
+        sc.broker.users.push(("alice".into(), "wonderland".into()));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        sc.add_large_deliveries(&mut rng, Duration::from_secs(1), messages, pace);
+        sc
+    }
+
     /// Adds a [`Fault::LargeDeliveries`] at `at`: shrinks `client_queue_bytes` to 64 KiB,
     /// raises `max_message_size` to 384 KiB (above the 100–300 KiB messages), adds three
     /// board slots for the readers' queues, and the readers, the publisher and a late
