@@ -375,15 +375,8 @@ fn an_old_password_admitted_after_the_change_is_caught() {
                     password: "new".into(),
                 },
             );
-            let script = || {
-                vec![
-                    Step::Open(1),
-                    Step::publish(1, 0, 50),
-                    Step::CloseConnection,
-                ]
-            };
             let bob = |kind, start: Duration, password: &str| {
-                let mut c = ClientSpec::guest(kind, start, script());
+                let mut c = ClientSpec::guest(kind, start, Step::publish_once(0, 50));
                 c.user = "bob".into();
                 c.password = password.into();
                 c

@@ -107,15 +107,7 @@ fn crash_mid_publish() {
             ],
         ),
         client("during-backoff", 700, open_and_leave()),
-        client(
-            "after-restart",
-            2500,
-            vec![
-                Step::Open(1),
-                Step::publish(1, 0, 30),
-                Step::CloseConnection,
-            ],
-        ),
+        client("after-restart", 2500, Step::publish_once(0, 30)),
     ];
     sc.plan = FaultPlan::none().with(ms(250), Fault::BrokerCrash { downtime: ms(1000) });
     let r = run_named(sc);

@@ -159,6 +159,16 @@ impl Step {
         }
     }
 
+    /// A short-lived publisher: open channel 1, publish once to the queue in `slot`, leave.
+    #[must_use]
+    pub fn publish_once(slot: u32, size: usize) -> Vec<Step> {
+        vec![
+            Step::Open(1),
+            Step::publish(1, slot, size),
+            Step::CloseConnection,
+        ]
+    }
+
     /// The start of most consumers: open channel 1, declare the queue in `slot`, consume it.
     #[must_use]
     pub fn consumer(slot: u32, exclusive: bool, no_ack: bool) -> Vec<Step> {

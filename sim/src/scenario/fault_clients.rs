@@ -121,12 +121,7 @@ impl Builder<'_> {
         }
         let short = |b: &mut Self, kind: &'static str, start: Duration, password: &str| {
             let slot = b.named_slot();
-            let s = vec![
-                Step::Open(1),
-                Step::publish(1, slot, 50),
-                Step::CloseConnection,
-            ];
-            b.spec(kind, start, s);
+            b.spec(kind, start, Step::publish_once(slot, 50));
             if let Some(c) = b.clients.last_mut() {
                 rotated(c, password);
             }
