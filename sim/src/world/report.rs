@@ -95,16 +95,17 @@ impl World {
             );
         }
         self.count("run");
-        for (k, v) in self.obs.slow_counts().clone() {
-            *self.coverage.entry(k).or_default() += v;
+        if self.sc.net.events {
+            self.count("event mode");
         }
-        for (k, v) in [
-            ("message published", self.broker.log.publishes),
-            ("message delivered", self.broker.log.deliveries),
-            ("message confirmed", self.broker.log.confirmed.len() as u64),
-        ] {
-            *self.coverage.entry(k).or_default() += v;
+        // Adds to a coverage count (while the clients and the broker's log are read).
+        let mut add = |what: &'static str, n: u64| *self.coverage.entry(what).or_default() += n;
+        for (k, v) in self.obs.slow_counts() {
+            add(k, *v);
         }
+        add("message published", self.broker.log.publishes);
+        add("message delivered", self.broker.log.deliveries);
+        add("message confirmed", self.broker.log.confirmed.len() as u64);
         for c in &self.clients {
             let what = match &c.client.end {
                 Some((_, End::Finished)) => "client end: finished",
@@ -116,18 +117,15 @@ impl World {
                 Some((_, End::TimedOut(_))) => "client end: timed out",
                 None => "client end: none",
             };
-            *self.coverage.entry(what).or_default() += 1;
+            add(what, 1);
             if c.client.received.iter().any(|r| r.redelivered) {
-                *self.coverage.entry("client got a redelivery").or_default() += 1;
+                add("client got a redelivery", 1);
             }
             if !c.client.acked.is_empty() {
-                *self.coverage.entry("client got confirms").or_default() += 1;
+                add("client got confirms", 1);
             }
             if !c.client.channel_closes.is_empty() {
-                *self
-                    .coverage
-                    .entry("client got a channel close")
-                    .or_default() += 1;
+                add("client got a channel close", 1);
             }
             for i in &c.client.intrusions {
                 let what = match i.refused {
@@ -139,7 +137,7 @@ impl World {
                         _ => "intrusion answered (not a delete)",
                     },
                 };
-                *self.coverage.entry(what).or_default() += 1;
+                add(what, 1);
             }
             let kind = c.client.spec.kind;
             if matches!(kind, "leaked-password" | "new-password" | "rotation-worker") {
@@ -152,15 +150,11 @@ impl World {
                     (_, true) => "rotation worker admitted",
                     _ => "rotation worker not admitted",
                 };
-                *self.coverage.entry(what).or_default() += 1;
+                add(what, 1);
             }
         }
         if self.broker.log.locked_refusals > 0 {
-            *self.coverage.entry("broker refused 405").or_default() +=
-                self.broker.log.locked_refusals;
-        }
-        if self.sc.net.events {
-            self.count("event mode");
+            add("broker refused 405", self.broker.log.locked_refusals);
         }
         let summary = format!(
             "{} clients, {} publishes, {} deliveries, {} upstream dials; faults: {}",
