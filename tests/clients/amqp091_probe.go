@@ -130,6 +130,37 @@ func directReplyTo(conn *amqp.Connection, queue string) (result, error) {
 	return result{"request": string(request.Body), "reply": string(reply.Body), "generated": generated}, nil
 }
 
+// ctag is the consumer tag of the consumer_cancelled scenario.
+const ctag = "probe-ctag"
+
+// consumerCancelled: a consumer receives a message; a second connection deletes its queue;
+// amqp091-go reports the broker's cancel on NotifyCancel and closes the deliveries.
+func consumerCancelled(conn, other *amqp.Connection, queue string) (result, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := ch.QueueDeclare(queue, false, false, false, false, nil); err != nil {
+		return nil, err
+	}
+	cancels := ch.NotifyCancel(make(chan string, 1))
+	deliveries, err := ch.Consume(queue, ctag, true, false, false, false, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Publish("", queue, false, false, amqp.Publishing{Body: []byte("hello")}); err != nil {
+		return nil, err
+	}
+	delivery := <-deliveries
+	if _, err := onNewChannel(other, func(och *amqp.Channel) error {
+		_, err := och.QueueDelete(queue, false, false, false)
+		return err
+	})(); err != nil {
+		return nil, err
+	}
+	return result{"delivered": string(delivery.Body), "cancelled": <-cancels}, nil
+}
+
 func run(host, port, user, password, vhost, scenario, queue string) (result, error) {
 	switch scenario {
 	case "wrong_password", "unknown_vhost":
@@ -212,6 +243,23 @@ func run(host, port, user, password, vhost, scenario, queue string) (result, err
 				_, err := ch.Consume(replyTo, "", false, false, false, false, nil)
 				return err
 			})),
+		}
+		return r, conn.Close()
+	case "consumer_cancelled":
+		conn, err := connect(host, port, user, password, vhost)
+		if err != nil {
+			return nil, err
+		}
+		other, err := connect(host, port, user, password, vhost)
+		if err != nil {
+			return nil, err
+		}
+		r := result{
+			"consume": step(func() (result, error) { return consumerCancelled(conn, other, queue) }),
+			"after":   step(func() (result, error) { return publishGet(conn, queue) }),
+		}
+		if err := other.Close(); err != nil {
+			return nil, err
 		}
 		return r, conn.Close()
 	}

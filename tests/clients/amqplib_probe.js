@@ -63,6 +63,24 @@ async function directReplyTo(conn, queue) {
   return result;
 }
 
+// The consumer tag of the consumer_cancelled scenario.
+const CTAG = 'probe-ctag';
+
+// A consumer receives a message; a second connection deletes its queue; amqplib calls the
+// consumer with null when the broker cancels it.
+async function consumerCancelled(conn, other, queue) {
+  const ch = await channel(conn);
+  await ch.assertQueue(queue, {durable: false});
+  let delivered, cancelled;
+  const got = new Promise((resolve) => { delivered = resolve; });
+  const gone = new Promise((resolve) => { cancelled = resolve; });
+  await ch.consume(queue, (msg) => (msg === null ? cancelled(CTAG) : delivered(msg.content.toString())), {noAck: true, consumerTag: CTAG});
+  ch.sendToQueue(queue, Buffer.from('hello'));
+  const body = await got;
+  await (await channel(other)).deleteQueue(queue);
+  return {delivered: body, cancelled: await gone};
+}
+
 async function replyToWithoutConsumer(conn, queue) {
   const ch = await channel(conn);
   ch.sendToQueue(queue, Buffer.from('ping'), {replyTo: 'amq.rabbitmq.reply-to'});
@@ -116,6 +134,17 @@ async function run(host, port, user, password, vhost, scenario, queue) {
         no_consumer: await step(() => replyToWithoutConsumer(conn, queue)),
         acking: await step(async () => void (await (await channel(conn)).consume('amq.rabbitmq.reply-to', () => {}, {noAck: false}))),
       };
+      await conn.close();
+      return result;
+    }
+    case 'consumer_cancelled': {
+      const conn = await open();
+      const other = await open();
+      const result = {
+        consume: await step(() => consumerCancelled(conn, other, queue)),
+        after: await step(() => publishGet(conn, queue)),
+      };
+      await other.close();
       await conn.close();
       return result;
     }

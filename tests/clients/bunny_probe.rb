@@ -2,6 +2,7 @@
 # bunny reported. See tests/clients/README.md for the arguments, the scenarios and the output.
 require "bunny"
 require "json"
+require "timeout"
 
 # What bunny reported: its exception class, and the reply code and text it carries.
 def outcome_of(e)
@@ -39,6 +40,26 @@ def publish_get(conn, queue)
   { body: body }
 end
 
+# The consumer tag of the consumer_cancelled scenario.
+CTAG = "probe-ctag"
+
+# A consumer receives a message; a second connection deletes its queue; bunny calls the
+# consumer's on_cancellation block when the broker cancels it.
+def consumer_cancelled(conn, other, queue)
+  ch = conn.create_channel
+  q = ch.queue(queue)
+  delivered = Queue.new
+  cancelled = Queue.new
+  consumer = Bunny::Consumer.new(ch, q, CTAG, true)
+  consumer.on_delivery { |_info, _props, body| delivered << body }
+  consumer.on_cancellation { |frame| cancelled << frame.consumer_tag }
+  q.subscribe_with(consumer)
+  ch.default_exchange.publish("hello", routing_key: queue)
+  body = Timeout.timeout(20) { delivered.pop }
+  other.create_channel.queue_delete(queue)
+  { delivered: body, cancelled: Timeout.timeout(20) { cancelled.pop } }
+end
+
 def run(host, port, user, password, vhost, scenario, queue)
   case scenario
   when "wrong_password", "unknown_vhost"
@@ -72,6 +93,16 @@ def run(host, port, user, password, vhost, scenario, queue)
     other.close
     owner_ch.queue_delete(queue)
     owner.close
+    result
+  when "consumer_cancelled"
+    conn = connect(host, port, user, password, vhost)
+    other = connect(host, port, user, password, vhost)
+    result = {
+      consume: step { consumer_cancelled(conn, other, queue) },
+      after: step { publish_get(conn, queue) },
+    }
+    other.close
+    conn.close
     result
   else
     abort "unknown scenario #{scenario.inspect}"

@@ -8,6 +8,9 @@ import sys
 import pika
 import pika.exceptions
 
+# The consumer tag of the consumer_cancelled scenario.
+CTAG = "probe-ctag"
+
 
 def outcome_of(exc):
     """What pika reported: its exception class, and the reply code and text it carries."""
@@ -81,6 +84,23 @@ def direct_reply_to(conn, queue):
     return {"request": body.decode(), "reply": replies[0].decode(), "generated": generated}
 
 
+def consumer_cancelled(conn, other, queue):
+    """A consumer receives a message; a second connection deletes its queue; the library must
+    report the broker's cancel of that consumer."""
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    bodies, cancelled = [], []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    ch.basic_consume(queue, lambda _ch, _m, _p, body: bodies.append(body), consumer_tag=CTAG)
+    ch.basic_publish("", queue, b"hello")
+    while not bodies:
+        conn.process_data_events(time_limit=1)
+    other.channel().queue_delete(queue)
+    while not cancelled:
+        conn.process_data_events(time_limit=1)
+    return {"delivered": bodies[0].decode(), "cancelled": cancelled[0]}
+
+
 def reply_to_without_consumer(conn, queue):
     ch = conn.channel()
     props = pika.BasicProperties(reply_to="amq.rabbitmq.reply-to")
@@ -133,6 +153,16 @@ def main():
                 and None
             ),
         }
+        conn.close()
+        return result
+    if scenario == "consumer_cancelled":
+        conn = connect(host, port, user, password, vhost)
+        other = connect(host, port, user, password, vhost)
+        result = {
+            "consume": step(lambda: consumer_cancelled(conn, other, queue)),
+            "after": step(lambda: publish_get(conn, queue)),
+        }
+        other.close()
         conn.close()
         return result
     raise SystemExit(f"unknown scenario {scenario!r}")

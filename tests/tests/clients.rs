@@ -115,6 +115,10 @@ enum Scenario {
     /// connection, then the two ways to misuse it: publishing with that reply-to without
     /// consuming it, and consuming it with acknowledgements (406 each).
     DirectReplyTo,
+    /// A consumer receives a message; a second connection (same credentials, so through warren
+    /// the same broker connection) deletes its queue; the library reports the broker's
+    /// `basic.cancel` of that consumer; then the first connection publishes and gets again.
+    ConsumerCancelled,
 }
 
 impl Scenario {
@@ -126,6 +130,7 @@ impl Scenario {
             "passive_missing_queue" => Scenario::PassiveMissingQueue,
             "exclusive_locked" => Scenario::ExclusiveLocked,
             "direct_reply_to" => Scenario::DirectReplyTo,
+            "consumer_cancelled" => Scenario::ConsumerCancelled,
             _ => panic!("no scenario {name}"),
         }
     }
@@ -138,6 +143,7 @@ impl Scenario {
             Scenario::PassiveMissingQueue => "passive_missing_queue",
             Scenario::ExclusiveLocked => "exclusive_locked",
             Scenario::DirectReplyTo => "direct_reply_to",
+            Scenario::ConsumerCancelled => "consumer_cancelled",
         }
     }
 
@@ -167,6 +173,13 @@ impl Scenario {
                     && rpc["generated"] == true
                     && refused(&v["no_consumer"], 406)
                     && refused(&v["acking"], 406)
+            }
+            Scenario::ConsumerCancelled => {
+                let consume = &v["consume"];
+                is(consume, "ok")
+                    && consume["delivered"] == "hello"
+                    && consume["cancelled"] == "probe-ctag"
+                    && ok_hello(&v["after"])
             }
         };
         ensure!(
@@ -591,17 +604,18 @@ macro_rules! client_tests {
 client_tests! {
     pika => Client::Pika,
         [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked,
-         direct_reply_to];
+         direct_reply_to, consumer_cancelled];
     aio_pika => Client::AioPika,
         [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked];
     bunny => Client::Bunny,
-        [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked];
+        [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked,
+         consumer_cancelled];
     amqp091_go => Client::Amqp091Go,
         [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked,
-         direct_reply_to];
+         direct_reply_to, consumer_cancelled];
     amqplib => Client::Amqplib,
         [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked,
-         direct_reply_to];
+         direct_reply_to, consumer_cancelled];
     php_amqp => Client::PhpAmqp,
         [publish_get, wrong_password, unknown_vhost, passive_missing_queue, exclusive_locked];
     // Each amqp-tools command is a connection of its own: no scenario with a second step on

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use warren_core::frame::{method_frame, Frame, FrameType};
 use warren_core::method::{ids, Method};
-use warren_tests::broker::{queue_counts, TestUser};
+use warren_tests::broker::{delete_queue, queue_counts, TestUser};
 use warren_tests::client::{assert_same_bytes, pattern};
 use warren_tests::lapin_ops::LIMIT;
 use warren_tests::process::{free_port, prepare_binary, Process};
@@ -133,6 +133,7 @@ async fn messages_up_to_max_message_size_reach_readers_of_any_frame_max() -> Res
                     .then_some(()))
             })
             .await?;
+            delete_queue("/", &queue).await?;
             eprintln!(
                 "{mib} MiB: published with frame_max {publisher_fm} in {published:?}, {read:?} \
                  (ack {ack}) with frame_max {reader_fm} in {read_took:?}; warren peak RSS {} MiB",
@@ -235,6 +236,8 @@ async fn a_reader_that_stops_is_cut_off_its_message_requeued_and_its_neighbour_s
             "the requeued message should be marked redelivered"
         );
         assert_same_bytes(&d.body, &body);
+        delete_queue("/", &queue).await?;
+        delete_queue("/", &neighbour_queue).await?;
         let status = p.stop().await?;
         ensure!(status.success(), "warren exited with {status}");
         Ok(())
