@@ -76,12 +76,6 @@ impl Credentials {
             password: self.password.clone(),
         }
     }
-
-    /// Whether these credentials belong to `account`.
-    #[must_use]
-    pub fn is_of(&self, account: &Account) -> bool {
-        self.user == account.user && self.password == account.password
-    }
 }
 
 impl fmt::Debug for Credentials {

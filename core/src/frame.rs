@@ -227,11 +227,6 @@ impl FrameDecoder {
         }
     }
 
-    /// Changes the limit, as after `Connection.Tune`.
-    pub fn set_max_frame_size(&mut self, max: u32) {
-        self.max_frame_size = max;
-    }
-
     /// The current limit.
     #[must_use]
     pub fn max_frame_size(&self) -> u32 {

@@ -63,11 +63,6 @@ impl Readiness {
         self.draining.store(on, Ordering::Relaxed);
     }
 
-    /// Whether a drain has begun.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
     /// A hub opened (`+1`) or lost (`-1`) its open broker connection.
     pub fn add_upstreams_open(&self, delta: isize) {
         // Two's complement: adding `-1 as usize` wraps to a decrement.

@@ -106,12 +106,6 @@ impl<N: Network> Server<N> {
         self.tls_listener.as_ref().map(|(_, a)| *a)
     }
 
-    /// Where the admin API is served, if enabled.
-    #[must_use]
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_listener.as_ref().map(|(_, a)| *a)
-    }
-
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if enabled.
     #[must_use]
     pub fn metrics_addr(&self) -> Option<SocketAddr> {

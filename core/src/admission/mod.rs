@@ -220,12 +220,6 @@ impl Admission {
         self.conns.len()
     }
 
-    /// Accounts and refusals the credential cache holds.
-    #[must_use]
-    pub fn cached_credentials(&self) -> usize {
-        self.cache.len()
-    }
-
     /// A client connection was accepted at `now`; `connected` is how many client sockets the
     /// driver holds, this one included (its check against `max_clients` happens at `Open`).
     pub fn accept(&mut self, now: Instant, connected: usize) -> ConnId {

@@ -167,18 +167,6 @@ pub fn paused_channel_reply(timeout: Duration) -> Reply {
 }
 
 impl Hub {
-    /// Whether the hub is paused by an operator.
-    #[must_use]
-    pub fn is_paused(&self) -> bool {
-        self.paused
-    }
-
-    /// Whether admission detached the hub (the admin API's drain).
-    #[must_use]
-    pub fn is_detached(&self) -> bool {
-        self.detached.is_some()
-    }
-
     /// The client whose id number (as printed, `c<number>`) is `number`.
     #[must_use]
     pub fn find_client(&self, number: u32) -> Option<ClientId> {

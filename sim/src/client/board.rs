@@ -65,13 +65,4 @@ impl Board {
             .find(|(_, n, _, t)| n == name && *t <= at)
             .map(|(_, _, c, t)| (*c, *t))
     }
-
-    /// The slot holding `name`, if any.
-    #[must_use]
-    pub fn slot_of(&self, name: &str) -> Option<u32> {
-        self.slots
-            .iter()
-            .position(|s| s.as_deref() == Some(name))
-            .map(|i| i as u32)
-    }
 }

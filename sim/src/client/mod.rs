@@ -259,12 +259,6 @@ impl FakeClient {
         self.reading && self.stalled_until.is_none()
     }
 
-    /// Whether it was told `Connection.Blocked` and not yet `Unblocked`.
-    #[must_use]
-    pub fn is_blocked(&self) -> bool {
-        self.blocked
-    }
-
     /// A short description of what it is waiting for, for hang reports.
     #[must_use]
     pub fn waiting_for(&self) -> String {

@@ -34,7 +34,7 @@
 
 use crate::broker::{Broker, ConnId};
 use crate::check::{Invariant, Observer};
-use crate::client::{Board, End, FakeClient};
+use crate::client::{Board, FakeClient};
 use crate::scenario::Scenario;
 use crate::slow::{Pacer, SlowDriver};
 use crate::trace::{stamp, Trace};
@@ -503,14 +503,6 @@ impl World {
         let now = self.now;
         self.admission.handle(now, input);
         self.admission_outputs();
-    }
-
-    /// Whether the client `cid` has ended.
-    #[must_use]
-    pub fn client_end(&self, cid: u32) -> Option<End> {
-        self.clients
-            .get(cid as usize - 1)
-            .and_then(|c| c.client.end.clone().map(|(_, e)| e))
     }
 }
 

@@ -272,12 +272,6 @@ impl Broker {
         self.out.clear();
     }
 
-    /// Open connections (any phase).
-    #[must_use]
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Channels open across all connections.
     #[must_use]
     pub fn channel_count(&self) -> usize {
@@ -372,12 +366,6 @@ impl Broker {
         self.dispatch_all(now);
         self.flush();
         std::mem::take(&mut self.event_sends)
-    }
-
-    /// Messages waiting in queues, for the final report.
-    #[must_use]
-    pub fn ready_messages(&self) -> usize {
-        self.queues.values().map(|q| q.msgs.len()).sum()
     }
 
     /// The origins of the messages waiting in queues (a message a client was cut off with
@@ -482,12 +470,6 @@ impl Broker {
             self.tell_blocked(now, id);
         }
         self.flush();
-    }
-
-    /// Whether a resource alarm is on.
-    #[must_use]
-    pub fn is_blocked(&self) -> bool {
-        self.blocked.is_some()
     }
 
     fn tell_blocked(&mut self, now: Instant, id: ConnId) {

@@ -262,12 +262,6 @@ impl UpstreamChecker {
         }
     }
 
-    /// Whether the protocol header has arrived.
-    #[must_use]
-    pub fn header_received(&self) -> bool {
-        self.conn != Conn::Header
-    }
-
     /// The limits warren accepted in `tune-ok`, once it has sent it.
     #[must_use]
     pub fn negotiated(&self) -> Option<Tune> {
@@ -283,12 +277,6 @@ impl UpstreamChecker {
     /// The channel numbers in use with their state, in order.
     pub fn channels(&self) -> impl Iterator<Item = (u16, ChannelState)> + '_ {
         self.channels.iter().map(|(ch, c)| (*ch, c.state))
-    }
-
-    /// The consumer tags live on channel `ch`, as far as the broker knows.
-    #[must_use]
-    pub fn consumer_tags(&self, ch: u16) -> &[Vec<u8>] {
-        self.channels.get(&ch).map_or(&[], |c| &c.tags[..])
     }
 
     /// Bytes warren wrote to the connection, in any chunking. Returns the frames completed by
