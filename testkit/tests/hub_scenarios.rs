@@ -1678,3 +1678,64 @@ fn a_reload_without_recycling_empties_the_pool() {
         ["ch1 channel.close 200 \"pool shrunk by a reload\""]
     );
 }
+
+/// What RabbitMQ closes a connection with when an open passes its user's channel limit
+/// (`rabbitmqctl set_user_limits guest '{"max-channels": 2}'`).
+const USER_CHANNEL_LIMIT: &str = "NOT_ALLOWED - number of channels opened for user 'guest' has \
+                                  reached the maximum allowed user limit of (2)";
+
+/// B7: a user's channel limit. RabbitMQ closes the connection whose open passes it; through
+/// warren that connection is shared, so the hub learns the limit from the first such close and
+/// from then on refuses the client that would pass it with the same close, keeping the
+/// broker connection and the other clients on it. After five minutes it trusts the broker
+/// again (the limit may have been raised).
+#[test]
+fn a_users_channel_limit_is_learnt_and_then_kept_per_client() {
+    // No heartbeats, so that the scenario can let five minutes pass in one step.
+    let no_heartbeats = Tune {
+        heartbeat: 0,
+        ..RABBITMQ_TUNE
+    };
+    let w = World::new(HubConfig {
+        recycling: false,
+        upstream_heartbeat: 0,
+        ..HubConfig::default()
+    });
+    let (mut w, c1, u) = with_channel_tuned(w, 1, no_heartbeats);
+    let c2 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c2));
+    // The user's other connections hold channels too: c1's second open passes the limit.
+    w.client_sends(c1, &[channel_open(2)]);
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[close(0, 530, USER_CHANNEL_LIMIT)]);
+    assert_eq!(close_code(&w.take(Peer::C(c1))[0]), Some(530));
+    w.advance(Duration::from_secs(1));
+    let u2 = w.accept_dial_with(no_heartbeats);
+    let c3 = w.join(hello(131_072, 0));
+    w.open_on(c2, 1, u2);
+    w.open_on(c3, 1, u2);
+    // At the limit: c2's next open is refused as RabbitMQ refuses it, by warren.
+    w.client_sends(c2, &[channel_open(2)]);
+    let got = w.take(Peer::C(c2));
+    let refusal = close_reply(&got[0]).expect("c2 is closed");
+    assert_eq!(
+        (refusal.code, refusal.text.as_str()),
+        (530, USER_CHANNEL_LIMIT)
+    );
+    assert_eq!((refusal.class_id, refusal.method_id), (0, 0));
+    assert_eq!(
+        w.take_first_method(Peer::U(u2)),
+        Some(ids::CHANNEL_CLOSE),
+        "only c2's channel 1 is closed upstream, no channel is opened"
+    );
+    w.broker_sends(u2, &[close_ok(1)]);
+    // c3 and the broker connection stay; c3's channel works.
+    w.broker_sends(u2, &[deliver(2, 1), header(2, 3), body(2, b"hi!")]);
+    assert_eq!(w.take(Peer::C(c3)).last().unwrap().payload(), b"hi!");
+    assert_eq!(w.hub.upstream_count(), 1);
+    // Five minutes on, an open past the learnt limit goes to the broker again.
+    w.advance(Duration::from_secs(301));
+    w.client_sends(c3, &[channel_open(2)]);
+    assert_eq!(w.take_first_method(Peer::U(u2)), Some(ids::CHANNEL_OPEN));
+    assert_snapshot!(w.trace());
+}

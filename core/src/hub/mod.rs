@@ -30,6 +30,7 @@ mod interface;
 pub(crate) mod liveness;
 pub mod slow;
 mod upstream;
+mod user_limit;
 
 pub use backoff::BackoffConfig;
 pub use control::{
@@ -132,6 +133,8 @@ pub struct Hub {
     pool: Vec<UpRef>,
     pool_timer: Option<Instant>,
     reconnect: Reconnect,
+    /// The user's channel limit, once the broker enforced it on this hub (B7).
+    channel_limit: Option<user_limit::ChannelLimit>,
     /// Which broker node answered last.
     nodes: Nodes,
     drain: Option<Instant>,
@@ -191,6 +194,7 @@ impl Hub {
             pool: Vec::new(),
             pool_timer: None,
             reconnect: Reconnect::default(),
+            channel_limit: None,
             nodes,
             drain: None,
             drain_started: None,

@@ -409,7 +409,9 @@ impl Hub {
             (false, Method::ConnectionCloseOk) => self.remove_upstream(id),
             (_, Method::ConnectionClose(close)) => {
                 self.send_upstream(now, id, encode::close_ok(0));
-                self.upstream_gone(now, id, close.reply());
+                let reply = close.reply();
+                self.learn_channel_limit(now, &reply);
+                self.upstream_gone(now, id, reply);
             }
             (true, Method::Blocked { reason }) => {
                 let Some(u) = self.upstream_mut(id) else {
@@ -722,6 +724,7 @@ impl Hub {
             }
         }
         for (up, names) in by_upstream {
+            let at_limit = self.at_channel_limit(now).is_some();
             let Some(u) = self.upstream_mut(up).filter(|u| u.is_open()) else {
                 // The connection is closing or gone, and its exclusive queues with it.
                 for q in &names {
@@ -729,7 +732,13 @@ impl Hub {
                 }
                 continue;
             };
-            let r = match u.table.allocate(Slot::Housekeeping) {
+            // At the user's channel limit, a new channel would cost the connection.
+            let fresh = if at_limit {
+                None
+            } else {
+                u.table.allocate(Slot::Housekeeping)
+            };
+            let r = match fresh {
                 Some(ch) => {
                     u.idle_since = None;
                     self.send_upstream(now, up, encode::channel_open(ch));
@@ -842,15 +851,16 @@ impl Hub {
     }
 
     /// A pooled channel for client `id`: one on its home upstream; none while its home has
-    /// room for a new one (a channel elsewhere could not reach its exclusive queues); else
-    /// the most recently pooled.
-    pub(super) fn take_pooled_for(&mut self, id: ClientId) -> Option<UpRef> {
+    /// room for a new one (a channel elsewhere could not reach its exclusive queues) and the
+    /// user's channel limit allows one; else the most recently pooled.
+    pub(super) fn take_pooled_for(&mut self, now: Instant, id: ClientId) -> Option<UpRef> {
         let home = self.home(id);
+        let new_one_at_home = home
+            .is_some_and(|h| self.upstream(h).is_some_and(|u| u.table.has_room()))
+            && self.at_channel_limit(now).is_none();
         let r = match home.and_then(|h| self.take_pooled_on(h)) {
             Some(r) => r,
-            None if home.is_some_and(|h| self.upstream(h).is_some_and(|u| u.table.has_room())) => {
-                return None
-            }
+            None if new_one_at_home => return None,
             None => {
                 let r = self.pool.pop()?;
                 self.schedule_pool();

@@ -39,7 +39,7 @@ impl Hub {
     /// Serves a client's `Channel.Open`: from the pool, on an upstream with room, or once one
     /// has room.
     pub(in crate::hub) fn serve_open(&mut self, now: Instant, id: ClientId, ch: u16) {
-        if let Some(r) = self.take_pooled_for(id) {
+        if let Some(r) = self.take_pooled_for(now, id) {
             if let Some(chan) = self.client_mut(id).and_then(|c| c.channels.get_mut(&ch)) {
                 chan.shortcut = Shortcut::Recycled;
             }
@@ -58,8 +58,14 @@ impl Hub {
         }
     }
 
-    /// Allocates an upstream number on `up` and sends `Channel.Open` for client channel `ch`.
+    /// Allocates an upstream number on `up` and sends `Channel.Open` for client channel `ch`;
+    /// an open past the user's channel limit instead closes the client with the broker's own
+    /// close, as RabbitMQ closes the connection that asks for it.
     pub(in crate::hub) fn open_on(&mut self, now: Instant, id: ClientId, ch: u16, up: UpstreamId) {
+        if let Some(reply) = self.at_channel_limit(now) {
+            self.stats.channel_refusals += 1;
+            return self.close_client(now, id, reply);
+        }
         let Some(u) = self.upstream_mut(up) else {
             return;
         };
