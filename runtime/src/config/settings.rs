@@ -195,8 +195,8 @@ settings! {
     #[arg(value_name = "DURATION", help_heading = "Channel recycling")]
     #[serde(default, deserialize_with = "text")]
     pool_idle_timeout: humantime::Duration,
-    /// Exchange types beyond direct, fanout, topic and headers that clients may declare (comma-separated; a list in the file).
-    #[arg(value_name = "TYPE,...", help_heading = "Channel recycling")]
+    /// Exchange types of the broker's plugins (e.g. x-delayed-message) that clients may declare, comma-separated (a list in the file); warren refuses other types than these and the four built-in ones itself (503), since RabbitMQ closes the whole connection on an unknown type.
+    #[arg(value_name = "TYPE,...", help_heading = "Upstreams")]
     extra_exchange_types: Names,
 
     /// Time clients get to finish after SIGTERM/SIGINT before they are closed.
