@@ -4,12 +4,16 @@
 //! pass the limit itself, with the broker's close, and its neighbours keep their connection.
 
 use anyhow::{bail, ensure, Result};
+use std::time::Duration;
 use warren_core::method::{encode, ids};
 use warren_tests::broker::rabbitmqctl;
 use warren_tests::client::lapin_connect;
 use warren_tests::lapin_ops::{lapin_declare, lapin_round_trip, the_upstream_of};
 use warren_tests::raw::{as_close, Closed, RawClient, RawOptions};
-use warren_tests::{broker_addr, unique, TestUser, Warren};
+use warren_tests::{broker_addr, unique, within, TestUser, Warren};
+
+/// An upper bound for the test, so that a hang fails with a message.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 /// The user's channel limit in this test.
 const MAX_CHANNELS: u16 = 2;
@@ -21,8 +25,10 @@ async fn open_until_closed(addr: std::net::SocketAddr, opts: &RawOptions) -> Res
         c.send(&[encode::channel_open(ch)]).await?;
         let answer = c.recv().await?;
         if let Some(closed) = as_close(&answer)? {
-            // Answered, as a client does: until then RabbitMQ still counts the channels.
-            c.send(&[encode::close_ok(closed.channel)]).await?;
+            if closed.channel == 0 {
+                // Answered, as a client does: until then RabbitMQ still counts the channels.
+                c.finish_close().await?;
+            }
             return Ok(closed);
         }
         ensure!(
@@ -38,6 +44,11 @@ async fn open_until_closed(addr: std::net::SocketAddr, opts: &RawOptions) -> Res
 /// same text, no cause) and its neighbour on the same broker connection is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_past_its_users_channel_limit_is_refused_alone() -> Result<()> {
+    within(TEST_LIMIT, "the test", refused_alone()).await?
+}
+
+/// The body of [`a_client_past_its_users_channel_limit_is_refused_alone`].
+async fn refused_alone() -> Result<()> {
     let user = TestUser::create("warren-user-limit").await?;
     let limits = format!("{{\"max-channels\": {MAX_CHANNELS}}}");
     rabbitmqctl(&["set_user_limits", &user.name, &limits]).await?;

@@ -467,10 +467,12 @@ pub fn m(ch: u16, id: MethodId, args: impl FnOnce(&mut Writer<'_>)) -> Bytes {
     method_frame(ch, id, args)
 }
 
+/// A client's `Channel.Open` on `ch`.
 pub fn channel_open(ch: u16) -> Bytes {
     encode::channel_open(ch)
 }
 
+/// The broker's `Channel.OpenOk` on `ch`.
 pub fn channel_open_ok(ch: u16) -> Bytes {
     encode::channel_open_ok(ch)
 }
@@ -488,10 +490,12 @@ pub fn close(ch: u16, code: u16, text: &str) -> Bytes {
     )
 }
 
+/// A `Channel.CloseOk` on `ch`, or a `Connection.CloseOk` on channel 0.
 pub fn close_ok(ch: u16) -> Bytes {
     encode::close_ok(ch)
 }
 
+/// A `basic.publish` to `exchange` with routing key `rk`, not immediate.
 pub fn publish(ch: u16, exchange: &str, mandatory: bool) -> Bytes {
     m(ch, ids::BASIC_PUBLISH, |w| {
         w.u16(0)
@@ -509,10 +513,12 @@ pub fn header(ch: u16, size: u64) -> Bytes {
     Frame::new(FrameType::Header, ch, &payload).freeze()
 }
 
+/// A body frame carrying `data`.
 pub fn body(ch: u16, data: &[u8]) -> Bytes {
     Frame::new(FrameType::Body, ch, data).freeze()
 }
 
+/// The broker's `basic.deliver` to consumer `ctag` with delivery tag `tag`.
 pub fn deliver(ch: u16, tag: u64) -> Bytes {
     m(ch, ids::BASIC_DELIVER, |w| {
         w.shortstr(b"ctag")
@@ -611,12 +617,14 @@ pub fn queue_delete_ok(ch: u16) -> Bytes {
     })
 }
 
+/// The broker's `queue.declare-ok` for `name`, with no messages or consumers.
 pub fn queue_declare_ok(ch: u16, name: &str) -> Bytes {
     m(ch, ids::QUEUE_DECLARE_OK, |w| {
         w.shortstr(name.as_bytes()).u32(0).u32(0);
     })
 }
 
+/// A `channel.flow-ok` that reports the flow active.
 pub fn flow_ok(ch: u16) -> Bytes {
     encode::flow(ch, true, true)
 }

@@ -100,6 +100,7 @@ pub enum Build {
     BigMethod = 23,
 }
 
+/// How many [`Build`] kinds there are: a build byte is read modulo this.
 pub(super) const BUILD_KINDS: u8 = 24;
 
 /// Writes `hub_client` inputs operation by operation, for seed corpora and tests.
