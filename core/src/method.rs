@@ -539,6 +539,17 @@ pub mod encode {
         })
     }
 
+    /// `exchange.declare` of `exchange` with type `kind`, nothing else set: how a hub asks
+    /// the broker whether it knows a type (`hub::exchange_types`).
+    #[must_use]
+    pub fn exchange_declare(channel: u16, exchange: &[u8], kind: &[u8]) -> Bytes {
+        method_frame(channel, ids::EXCHANGE_DECLARE, |w| {
+            w.u16(0).shortstr(exchange).shortstr(kind);
+            w.bit(false).bit(false).bit(false).bit(false).bit(false);
+            table(w, &FieldTable::default());
+        })
+    }
+
     fn table(w: &mut Writer<'_>, t: &FieldTable) {
         let mut buf = BytesMut::new();
         t.encode(&mut buf);

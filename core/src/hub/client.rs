@@ -298,6 +298,9 @@ enum Verdict {
     Fatal(Reply),
     /// Close only this channel with this reply (channel-level error, RabbitMQ style).
     CloseChannel(Reply),
+    /// Keep the frame, unchecked, until the broker says whether it knows an exchange type;
+    /// `Some` names the type of the declare that asks (see `exchange_types`).
+    Park(Option<Vec<u8>>),
 }
 
 fn unexpected(detail: impl std::fmt::Display) -> Reply {
@@ -378,6 +381,7 @@ impl Hub {
             .reschedule(super::Timer::Client(id), timer, None);
         self.waiting_opens.retain(|(c, _)| *c != id);
         self.forget_held_open(id, None);
+        self.types.forget(id);
         self.clients.remove(id.index());
         self.out.push_back(Output::CloseClient { client: id });
         // The last client leaving may let an idle upstream go.
@@ -395,6 +399,7 @@ impl Hub {
         let channels = std::mem::take(&mut c.channels);
         let exclusive = std::mem::take(&mut c.exclusive);
         c.buffered = 0;
+        self.types.forget(id);
         // Locked until their delete goes out (below, or when a channel frees up).
         for (up, q) in &exclusive {
             self.count_client_queue(*up, false);

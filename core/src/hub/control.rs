@@ -229,6 +229,7 @@ impl Hub {
                 id: u.id,
                 node: u.node,
                 phase: match u.phase {
+                    _ if u.probe.is_some() => "probing",
                     UpPhase::Connecting(_) => "connecting",
                     UpPhase::Open if u.retiring.is_some() => "retiring",
                     UpPhase::Open => "open",

@@ -126,8 +126,9 @@ pub struct HubConfig {
     pub upstream_idle_timeout: Duration,
     /// How long a peer has to answer a `Connection.Close` with `CloseOk`.
     pub close_timeout: Duration,
-    /// Exchange types beyond the four built-in ones that clients may declare (plugins).
-    /// RabbitMQ answers an unknown type with a connection error, so warren checks first.
+    /// Exchange types beyond the four built-in ones that clients may declare without the
+    /// hub asking the broker first (plugins). RabbitMQ answers an unknown type with a
+    /// connection error, so any other type is checked on a connection of the hub's own.
     pub extra_exchange_types: Vec<String>,
     /// Prefix of the upstream `connection_name`, e.g. `warren@host`.
     pub upstream_name: String,

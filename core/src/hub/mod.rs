@@ -26,6 +26,7 @@ mod backoff;
 mod channels;
 mod client;
 mod control;
+mod exchange_types;
 mod interface;
 pub(crate) mod liveness;
 pub mod slow;
@@ -135,6 +136,8 @@ pub struct Hub {
     reconnect: Reconnect,
     /// The user's channel limit, once the broker enforced it on this hub (B7).
     channel_limit: Option<user_limit::ChannelLimit>,
+    /// Exchange types learnt from the broker, and the frames waiting for the next answer.
+    types: exchange_types::ExchangeTypes,
     /// Which broker node answered last.
     nodes: Nodes,
     drain: Option<Instant>,
@@ -195,6 +198,7 @@ impl Hub {
             pool_timer: None,
             reconnect: Reconnect::default(),
             channel_limit: None,
+            types: exchange_types::ExchangeTypes::default(),
             nodes,
             drain: None,
             drain_started: None,

@@ -5,6 +5,7 @@
 
 use super::channels::{ChannelTable, Slot};
 use super::client::Phase;
+use super::exchange_types::Probe;
 use super::liveness::{Beat, Liveness};
 use super::{ClientId, Holder, Hub, HubEvent, Output, Peer, UpRef, UpstreamId};
 use crate::content::rechunk_body;
@@ -55,6 +56,9 @@ pub(crate) struct Upstream {
     /// when this connection closes, so it must not close under them for idleness, a drain's
     /// early close or a retirement while their clients are here.
     pub(crate) client_queues: u32,
+    /// Set on a connection that only asks the broker about an exchange type: it takes no
+    /// client and counts neither as open nor as connecting.
+    pub(crate) probe: Option<Box<Probe>>,
 }
 
 impl Upstream {
@@ -77,15 +81,33 @@ impl Upstream {
             retiring: None,
             since: now,
             client_queues: 0,
+            probe: None,
         }
     }
 
+    /// Whether it is open for client channels.
     pub(crate) fn is_open(&self) -> bool {
-        matches!(self.phase, UpPhase::Open)
+        matches!(self.phase, UpPhase::Open) && self.probe.is_none()
     }
 
+    /// Whether it is logging in to serve clients.
     pub(crate) fn is_connecting(&self) -> bool {
-        matches!(self.phase, UpPhase::Connecting(_))
+        matches!(self.phase, UpPhase::Connecting(_)) && self.probe.is_none()
+    }
+
+    /// Ends the login once the broker sent `OpenOk`: the negotiated limits and heartbeats
+    /// take over. Returns false if it was not logging in.
+    pub(crate) fn finish_login(&mut self, now: Instant) -> bool {
+        let UpPhase::Connecting(login) = std::mem::replace(&mut self.phase, UpPhase::Open) else {
+            return false;
+        };
+        let (tune, liveness) = login.into_open();
+        self.tune = tune;
+        self.table = ChannelTable::new(tune.channel_max);
+        self.liveness = liveness;
+        self.idle_since = Some(now);
+        self.since = now;
+        true
     }
 
     /// The heartbeat bookkeeping in effect: the login's until the connection is open.
@@ -108,7 +130,10 @@ impl Hub {
     /// one kept for a hub that still has clients), or as soon as it serves no client while
     /// draining (but the one kept while clients remain, for the channels they still open).
     fn upstream_close_at(&self, u: &Upstream) -> Option<Instant> {
-        if let Some(drain) = self.drain {
+        if u.probe.is_some() {
+            // It closes once the broker answers, or gives up at its own deadline.
+            None
+        } else if let Some(drain) = self.drain {
             (!u.serves_clients() && !self.keeps_last_upstream(u.id))
                 .then_some(self.drain_started.unwrap_or(drain))
         } else if let Some(at) = u.retiring {
@@ -129,10 +154,14 @@ impl Hub {
         match &u.phase {
             UpPhase::Connecting(login) => login.deadline(),
             UpPhase::Closing { until } => Some(*until),
-            UpPhase::Open => match (u.liveness.deadline(), self.upstream_close_at(u)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            UpPhase::Open => {
+                let answer = u.probe.as_ref().and_then(|p| p.deadline());
+                let close = self.upstream_close_at(u);
+                [u.liveness.deadline(), close, answer]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
         }
     }
 
@@ -154,6 +183,12 @@ impl Hub {
                 return;
             }
             UpPhase::Open => {}
+        }
+        if let Some(p) = &u.probe {
+            if p.deadline().is_some_and(|at| now >= at) {
+                let reply = Reply::new(reply::CONNECTION_FORCED, "the broker did not answer");
+                return self.probe_failed(now, id, reply);
+            }
         }
         match u.liveness.check(now) {
             Beat::Dead => {
@@ -191,6 +226,9 @@ impl Hub {
         }
         match step.event {
             LoginEvent::Nothing | LoginEvent::Accepted => self.schedule_upstream(id),
+            LoginEvent::Opened if self.upstream(id).is_some_and(|u| u.probe.is_some()) => {
+                self.probe_opened(now, id);
+            }
             LoginEvent::Opened => self.upstream_opened(now, id),
             LoginEvent::Failed(reply) => self.upstream_failed(now, id, reply),
         }
@@ -210,7 +248,7 @@ impl Hub {
     }
 
     /// Forgets an upstream and tells the driver to close its socket.
-    fn remove_upstream(&mut self, id: UpstreamId) {
+    pub(super) fn remove_upstream(&mut self, id: UpstreamId) {
         let Some(u) = self.upstream(id) else { return };
         let timer = u.timer_at;
         let fencing = u.table.iter().filter(|(_, s)| *s == Slot::Fencing).count();
@@ -274,8 +312,10 @@ impl Hub {
     /// A dial or handshake failed: waiting clients are refused (B2, B11) and a reconnect is
     /// scheduled if anyone still needs the broker.
     pub(super) fn upstream_failed(&mut self, now: Instant, id: UpstreamId, reply: Reply) {
-        if self.upstream(id).is_none() {
-            return;
+        match self.upstream(id) {
+            None => return,
+            Some(u) if u.probe.is_some() => return self.probe_failed(now, id, reply),
+            Some(_) => {}
         }
         tracing::debug!(upstream = %id, code = reply.code, text = %reply.text, "upstream failed");
         let node = self.upstream(id).and_then(|u| u.node);
@@ -320,6 +360,9 @@ impl Hub {
     /// reply (B11); other clients keep their connection.
     pub(super) fn upstream_lost(&mut self, now: Instant, id: UpstreamId, reply: Reply) {
         let Some(u) = self.upstream(id) else { return };
+        if u.probe.is_some() {
+            return self.probe_failed(now, id, reply);
+        }
         tracing::debug!(upstream = %id, code = reply.code, text = %reply.text, "upstream lost");
         let node = u.node;
         let mut affected: BTreeSet<ClientId> = u
@@ -380,6 +423,10 @@ impl Hub {
         }
         if frame.kind() == FrameType::Heartbeat {
             return true;
+        }
+        if self.upstream(id).is_some_and(|u| u.probe.is_some()) {
+            self.probe_frame(now, id, &frame);
+            return self.upstream(id).is_some();
         }
         if frame.channel() == 0 {
             self.upstream_connection_frame(now, id, &frame);
@@ -465,15 +512,10 @@ impl Hub {
         let Some(u) = self.upstream_mut(id) else {
             return;
         };
-        let UpPhase::Connecting(login) = std::mem::replace(&mut u.phase, UpPhase::Open) else {
+        if !u.finish_login(now) {
             return;
-        };
-        let (tune, liveness) = login.into_open();
-        u.tune = tune;
-        u.table = ChannelTable::new(tune.channel_max);
-        u.liveness = liveness;
-        u.idle_since = Some(now);
-        u.since = now;
+        }
+        let tune = u.tune;
         self.last_proof = Some(now);
         self.stats.upstream_connects += 1;
         self.reconnect.failures = 0;

@@ -195,7 +195,7 @@ settings! {
     #[arg(value_name = "DURATION", help_heading = "Channel recycling")]
     #[serde(default, deserialize_with = "text")]
     pool_idle_timeout: humantime::Duration,
-    /// Exchange types of the broker's plugins (e.g. x-delayed-message) that clients may declare, comma-separated (a list in the file); warren refuses other types than these and the four built-in ones itself (503), since RabbitMQ closes the whole connection on an unknown type.
+    /// Exchange types of the broker's plugins (e.g. x-delayed-message) that clients may declare without warren asking the broker first, comma-separated (a list in the file). RabbitMQ closes the whole connection on an unknown type, so before a declare of any other type than these and the four built-in ones goes to a shared connection, warren asks the broker on a short connection of its own, and remembers the answer for five minutes.
     #[arg(value_name = "TYPE,...", help_heading = "Upstreams")]
     extra_exchange_types: Names,
 

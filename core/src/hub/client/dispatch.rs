@@ -27,10 +27,23 @@ impl Hub {
         c.counters.frames_in += 1;
         c.counters.bytes_in += frame.wire_len() as u64;
         c.counters.last_activity = now;
-        let closing = matches!(c.phase, Phase::Closing { .. });
         self.stats.client_frames += 1;
         self.stats.client_bytes += frame.wire_len() as u64;
-        if closing {
+        self.take_client_frame(now, id, frame)
+    }
+
+    /// Checks one client frame and carries out the verdict: a frame that just arrived, or
+    /// one that was parked (see `exchange_types`). Returns false once the client is closed.
+    pub(in crate::hub) fn take_client_frame(
+        &mut self,
+        now: Instant,
+        id: ClientId,
+        frame: Frame,
+    ) -> bool {
+        let Some(c) = self.client(id) else {
+            return false;
+        };
+        if matches!(c.phase, Phase::Closing { .. }) {
             return self.frame_while_closing(now, id, &frame);
         }
         let verdict = if frame.channel() == 0 {
@@ -88,6 +101,10 @@ impl Hub {
             }
             Verdict::CloseChannel(r) => {
                 self.close_channel_from_proxy(now, id, frame.channel(), r);
+                true
+            }
+            Verdict::Park(asks) => {
+                self.park(now, id, frame, asks);
                 true
             }
         }
@@ -151,6 +168,9 @@ impl Hub {
         let Some(chan) = c.channels.get(&ch) else {
             return self.frame_on_unopened_channel(now, id, frame);
         };
+        if self.types.is_parked(id, ch) {
+            return Verdict::Park(None);
+        }
         match chan.state {
             ChanState::Closed(_) => return self.frame_on_closed_channel(now, id, frame),
             // The client asked to close; nothing it sends now matters.

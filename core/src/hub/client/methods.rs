@@ -9,6 +9,7 @@ use super::{
     Verdict,
 };
 use crate::frame::Frame;
+use crate::hub::exchange_types::TypeCheck;
 use crate::hub::{ClientId, Hub};
 use crate::method::{encode, ids, Method, MethodId};
 use crate::reply::{self, Reply};
@@ -25,7 +26,13 @@ impl Hub {
         if let Some(r) = self.locked_queue(id, mid, frame) {
             return Verdict::CloseChannel(r);
         }
-        let extra_types = &self.config.extra_exchange_types;
+        let type_check = match &m {
+            Method::ExchangeDeclare {
+                kind,
+                passive: false,
+            } => self.exchange_type(now, kind),
+            _ => TypeCheck::Known,
+        };
         let Some(chan) = self
             .clients
             .get_mut(id.index())
@@ -60,9 +67,13 @@ impl Hub {
             | Method::Consume { .. }
             | Method::Cancel { .. }
             | Method::Recover { .. } => chan.basic_method(m),
-            Method::ExchangeDeclare { .. } | Method::QueueDeclare { .. } => {
-                chan.declare_method(m, extra_types)
-            }
+            // RabbitMQ closes the whole connection on a type it does not know (B7).
+            Method::ExchangeDeclare { kind, .. } => match type_check {
+                TypeCheck::Known => Verdict::Forward,
+                TypeCheck::Unknown(r) => Verdict::Fatal(r),
+                TypeCheck::Ask => Verdict::Park(Some(kind)),
+            },
+            Method::QueueDeclare { .. } => chan.queue_declare(m),
             Method::QueueDelete { queue, nowait } => self.queue_delete(id, ch, queue, nowait),
             _ => chan.other_method(mid),
         }
@@ -184,17 +195,10 @@ impl ClientChannel {
         Verdict::Forward
     }
 
-    /// `exchange.declare` (of a type the broker knows) and `queue.declare` (which sets the
-    /// channel's shortcut, and whose reply must be seen if the queue is exclusive, B5).
-    fn declare_method(&mut self, m: Method, extra_types: &[String]) -> Verdict {
+    /// `queue.declare`, which sets the channel's shortcut, and whose reply must be seen if
+    /// the queue is exclusive (B5).
+    fn queue_declare(&mut self, m: Method) -> Verdict {
         match m {
-            Method::ExchangeDeclare {
-                kind,
-                passive: false,
-            } if !known_exchange_type(&kind, extra_types) => Verdict::Fatal(Reply::new(
-                reply::COMMAND_INVALID,
-                format!("unknown exchange type '{}'", String::from_utf8_lossy(&kind)),
-            )),
             Method::QueueDeclare {
                 queue,
                 exclusive,
@@ -255,9 +259,4 @@ fn is_clean(mid: MethodId) -> bool {
             | ids::BASIC_PUBLISH
             | ids::CHANNEL_CLOSE
     )
-}
-/// Exchange types RabbitMQ ships, plus configured plugin types.
-fn known_exchange_type(kind: &[u8], extra: &[String]) -> bool {
-    matches!(kind, b"direct" | b"fanout" | b"topic" | b"headers")
-        || extra.iter().any(|t| t.as_bytes() == kind)
 }
