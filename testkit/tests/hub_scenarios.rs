@@ -775,10 +775,6 @@ fn bad_client_input_gets_the_spec_reply_code() {
             })],
         ),
         (
-            "unknown exchange type",
-            vec![exchange_declare(1, "x", "x-nope")],
-        ),
-        (
             "consumer tag reused on a channel",
             vec![consume(b"t"), consume(b"t")],
         ),

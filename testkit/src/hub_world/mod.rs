@@ -276,6 +276,11 @@ impl World {
         self.input(&format!("{u} connected"), input);
     }
 
+    /// The upstream the hub asked to dial last, if it has not connected yet.
+    pub fn pending_dial(&self) -> Option<UpstreamId> {
+        self.dials.last().copied()
+    }
+
     /// Dials the pending upstream and lets the broker accept with RabbitMQ's defaults.
     pub fn accept_dial(&mut self) -> UpstreamId {
         self.accept_dial_with(RABBITMQ_TUNE)
@@ -557,17 +562,7 @@ fn declare_queue(ch: u16, name: &str, passive: bool, exclusive: bool) -> Bytes {
 /// `exchange.declare` of type `kind` (not passive, durable, auto-delete or internal, waiting
 /// for the reply, no arguments).
 pub fn exchange_declare(ch: u16, name: &str, kind: &str) -> Bytes {
-    m(ch, ids::EXCHANGE_DECLARE, |w| {
-        w.u16(0)
-            .shortstr(name.as_bytes())
-            .shortstr(kind.as_bytes())
-            .bit(false)
-            .bit(false)
-            .bit(false)
-            .bit(false)
-            .bit(false)
-            .u32(0);
-    })
+    encode::exchange_declare(ch, name.as_bytes(), kind.as_bytes())
 }
 
 /// `basic.consume` from `queue` (not no-local or exclusive, no arguments); an empty `tag`

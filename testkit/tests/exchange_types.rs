@@ -1,0 +1,198 @@
+//! Exchange types warren does not know (B7): the hub asks the broker on a probe connection
+//! of its own before a client's declare reaches the shared one, and parks the client's
+//! channel meanwhile. Driven through [`warren_testkit::hub_world`] like `hub_scenarios.rs`.
+
+use insta::assert_snapshot;
+use std::time::Duration;
+use warren_core::frame::Frame;
+use warren_core::hub::{ClientId, HubConfig, UpstreamId};
+use warren_core::method::{encode, ids, Close, MethodId, Tune};
+use warren_testkit::hub_world::*;
+
+/// RabbitMQ's answer to a probe for a type it knows: the default exchange is not declarable.
+const DEFAULT_EXCHANGE: &str = "ACCESS_REFUSED - operation not permitted on the default exchange";
+
+/// RabbitMQ's close of a connection that declared an exchange of a type it does not know.
+const UNKNOWN_TYPE: &str = "COMMAND_INVALID - unknown exchange type 'x-nope'";
+
+/// A close as RabbitMQ sends it in answer to an `exchange.declare`.
+fn declare_refused(ch: u16, code: u16, text: &str) -> bytes::Bytes {
+    let close = Close {
+        code,
+        text: text.into(),
+        class_id: 40,
+        method_id: 10,
+    };
+    encode::close(ch, &close)
+}
+
+/// The methods among `frames`, in order.
+fn methods(frames: &[Frame]) -> Vec<MethodId> {
+    frames.iter().filter_map(Frame::method_id).collect()
+}
+
+/// `queue.bind` of queue `q` to exchange `x`.
+fn queue_bind(ch: u16, q: &str, x: &str) -> bytes::Bytes {
+    m(ch, ids::QUEUE_BIND, |w| {
+        w.u16(0)
+            .shortstr(q.as_bytes())
+            .shortstr(x.as_bytes())
+            .shortstr(b"1")
+            .bit(false)
+            .u32(0);
+    })
+}
+
+/// Two clients with channel 1 on the same upstream, without recycling or heartbeats (so
+/// that a scenario can let minutes pass in one step).
+fn neighbours() -> (World, ClientId, ClientId, UpstreamId) {
+    let w = World::new(HubConfig {
+        recycling: false,
+        upstream_heartbeat: 0,
+        ..HubConfig::default()
+    });
+    let no_heartbeats = Tune {
+        heartbeat: 0,
+        ..RABBITMQ_TUNE
+    };
+    let (mut w, c1, u) = with_channel_tuned(w, 1, no_heartbeats);
+    let c2 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c2));
+    w.open_on(c2, 1, u);
+    w.take(Peer::U(u));
+    (w, c1, c2, u)
+}
+
+/// A plugin's type: the client's declare and the bind behind it wait for the probe, the
+/// neighbour's traffic does not, and once the broker says it knows the type they go on in
+/// order; a later declare of it goes straight on.
+#[test]
+fn a_plugin_type_is_asked_of_the_broker_then_forwarded_in_order() {
+    let (mut w, c1, c2, u) = neighbours();
+    w.client_sends(
+        c1,
+        &[
+            exchange_declare(1, "hash", "x-consistent-hash"),
+            queue_bind(1, "q", "hash"),
+        ],
+    );
+    assert!(
+        w.take(Peer::U(u)).is_empty(),
+        "nothing reaches the shared connection"
+    );
+    let probe = w.accept_dial();
+    assert_eq!(
+        methods(&w.take(Peer::U(probe))),
+        [
+            ids::CONNECTION_START_OK,
+            ids::CONNECTION_TUNE_OK,
+            ids::CONNECTION_OPEN,
+            ids::CHANNEL_OPEN,
+            ids::EXCHANGE_DECLARE
+        ]
+    );
+    w.client_sends(c2, &[publish(1, "", false), header(1, 1), body(1, b"x")]);
+    assert_eq!(w.take(Peer::U(u)).len(), 3, "the neighbour is not held up");
+    w.broker_sends(
+        probe,
+        &[
+            channel_open_ok(1),
+            declare_refused(1, 403, DEFAULT_EXCHANGE),
+        ],
+    );
+    assert_eq!(
+        methods(&w.take(Peer::U(probe))),
+        [ids::CHANNEL_CLOSE_OK, ids::CONNECTION_CLOSE]
+    );
+    w.broker_sends(probe, &[close_ok(0)]);
+    assert_eq!(
+        methods(&w.take(Peer::U(u))),
+        [ids::EXCHANGE_DECLARE, ids::QUEUE_BIND]
+    );
+    assert_eq!(w.hub.upstream_count(), 1, "the probe is gone");
+    w.client_sends(c2, &[exchange_declare(1, "hash2", "x-consistent-hash")]);
+    assert_eq!(w.take_first_method(Peer::U(u)), Some(ids::EXCHANGE_DECLARE));
+    assert_eq!(
+        w.hub.upstream_count(),
+        1,
+        "a learnt type is not asked again"
+    );
+    assert!(w.take(Peer::C(c1)).is_empty() && w.take(Peer::C(c2)).is_empty());
+    assert_snapshot!(w.trace());
+}
+
+/// A type the broker does not know: the probe's connection takes the broker's 503, the
+/// client gets that close as RabbitMQ would send it, the neighbour and the shared connection
+/// see nothing; the answer is kept for five minutes, then asked again.
+#[test]
+fn an_unknown_type_closes_only_the_client_that_declared_it() {
+    let (mut w, c1, c2, u) = neighbours();
+    w.client_sends(c1, &[exchange_declare(1, "x", "x-nope")]);
+    let probe = w.accept_dial();
+    w.take(Peer::U(probe));
+    w.broker_sends(
+        probe,
+        &[channel_open_ok(1), declare_refused(0, 503, UNKNOWN_TYPE)],
+    );
+    assert_eq!(methods(&w.take(Peer::U(probe))), [ids::CONNECTION_CLOSE_OK]);
+    let got = w.take(Peer::C(c1));
+    let refusal = close_reply(&got[0]).expect("c1 is closed");
+    assert_eq!(
+        (
+            refusal.code,
+            refusal.text.as_str(),
+            refusal.class_id,
+            refusal.method_id
+        ),
+        (503, UNKNOWN_TYPE, 40, 10)
+    );
+    assert!(w
+        .take(Peer::U(u))
+        .iter()
+        .all(|f| f.method_id() == Some(ids::CHANNEL_CLOSE)));
+    w.client_sends(c2, &[exchange_declare(1, "x", "x-nope")]);
+    let got = w.take(Peer::C(c2));
+    assert_eq!(
+        close_reply(&got[0]).map(|c| c.text),
+        Some(UNKNOWN_TYPE.into())
+    );
+    assert_eq!(
+        w.hub.upstream_count(),
+        1,
+        "a learnt answer is not asked again"
+    );
+
+    // Five minutes on, the broker is asked again (a plugin may have been enabled).
+    w.advance(Duration::from_secs(301));
+    let c3 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c3));
+    w.open_on(c3, 1, u);
+    w.client_sends(c3, &[exchange_declare(1, "x", "x-nope")]);
+    assert_eq!(w.hub.upstream_count(), 2, "a new probe is dialled");
+    assert_snapshot!(w.trace());
+}
+
+/// A probe that cannot reach the broker closes the client whose declare waited on it, and
+/// only that client; one that left meanwhile is simply forgotten.
+#[test]
+fn a_probe_without_an_answer_closes_the_waiting_client() {
+    let (mut w, c1, c2, u) = neighbours();
+    w.client_sends(c1, &[exchange_declare(1, "x", "x-other")]);
+    w.client_sends(c2, &[exchange_declare(1, "y", "x-other")]);
+    w.client_drops(c2);
+    let probe = w.pending_dial().expect("a probe is dialled");
+    w.upstream_closed("probe", probe, "connection refused");
+    let got = w.take(Peer::C(c1));
+    let refusal = close_reply(&got[0]).expect("c1 is closed");
+    assert_eq!(refusal.code, 320);
+    assert!(
+        refusal.text.contains("exchange type 'x-other'"),
+        "{}",
+        refusal.text
+    );
+    assert!(w
+        .take(Peer::U(u))
+        .iter()
+        .all(|f| f.method_id() == Some(ids::CHANNEL_CLOSE)));
+    assert_snapshot!(w.trace());
+}
