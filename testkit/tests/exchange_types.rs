@@ -196,3 +196,27 @@ fn a_probe_without_an_answer_closes_the_waiting_client() {
         .all(|f| f.method_id() == Some(ids::CHANNEL_CLOSE)));
     assert_snapshot!(w.trace());
 }
+
+/// One probe at a time: a declare of a second type waits for the first probe to end, then
+/// asks on a probe of its own.
+#[test]
+fn probes_run_one_at_a_time() {
+    let (mut w, c1, c2, u) = neighbours();
+    w.client_sends(c1, &[exchange_declare(1, "a", "x-a")]);
+    w.client_sends(c2, &[exchange_declare(1, "b", "x-b")]);
+    assert_eq!(w.hub.upstream_count(), 2, "one probe, for x-a");
+    let first = w.accept_dial();
+    w.take(Peer::U(first));
+    w.broker_sends(
+        first,
+        &[
+            channel_open_ok(1),
+            declare_refused(1, 403, DEFAULT_EXCHANGE),
+        ],
+    );
+    assert_eq!(w.take_first_method(Peer::U(u)), Some(ids::EXCHANGE_DECLARE));
+    let second = w.pending_dial().expect("x-b is asked next");
+    assert_ne!(first, second);
+    assert!(w.take(Peer::C(c2)).is_empty(), "c2 still waits");
+    assert_snapshot!(w.trace());
+}

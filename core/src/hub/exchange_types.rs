@@ -108,15 +108,13 @@ impl Hub {
     }
 
     /// Parks a client frame until a probe answers; `asks` names the type of a declare that
-    /// needs one, which is started unless one for that type already runs.
+    /// needs one. One probe runs at a time: a client declaring many made-up types costs the
+    /// broker one connection at a time, not one each, and is closed at the first answer.
+    /// The declares of other types park again when it ends, and the first of them asks next.
     pub(super) fn park(&mut self, now: Instant, id: ClientId, frame: Frame, asks: Option<Vec<u8>>) {
         self.types.parked.push((id, frame));
         let Some(kind) = asks else { return };
-        let probing = self
-            .upstreams
-            .iter()
-            .any(|(_, u)| u.probe.as_ref().is_some_and(|p| p.kind == kind));
-        if !probing {
+        if !self.upstreams.iter().any(|(_, u)| u.probe.is_some()) {
             tracing::debug!(kind = %String::from_utf8_lossy(&kind), "asking the broker about an exchange type");
             let nodes = self.nodes.order();
             let up = self.dial_nodes(now, nodes);
@@ -180,7 +178,7 @@ impl Hub {
         let Some(p) = self.upstream_mut(id).and_then(|u| u.probe.take()) else {
             return;
         };
-        tracing::debug!(kind = %String::from_utf8_lossy(&p.kind), known = refusal.is_none(), "learnt an exchange type");
+        tracing::info!(kind = %String::from_utf8_lossy(&p.kind), known = refusal.is_none(), "learnt an exchange type");
         self.types
             .learnt
             .retain(|l| l.kind != p.kind && now < l.until);
@@ -202,7 +200,7 @@ impl Hub {
         else {
             return;
         };
-        tracing::debug!(kind = %String::from_utf8_lossy(&kind), code = why.code, text = %why.text, "exchange type probe failed");
+        tracing::warn!(kind = %String::from_utf8_lossy(&kind), code = why.code, text = %why.text, "exchange type probe failed");
         self.remove_upstream(id);
         let reply = Reply::new(
             reply::CONNECTION_FORCED,
