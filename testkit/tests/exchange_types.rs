@@ -46,10 +46,15 @@ fn queue_bind(ch: u16, q: &str, x: &str) -> bytes::Bytes {
 /// Two clients with channel 1 on the same upstream, without recycling or heartbeats (so
 /// that a scenario can let minutes pass in one step).
 fn neighbours() -> (World, ClientId, ClientId, UpstreamId) {
+    neighbours_in(HubConfig::default())
+}
+
+/// [`neighbours`] in a hub with `config`, recycling and heartbeats turned off.
+fn neighbours_in(config: HubConfig) -> (World, ClientId, ClientId, UpstreamId) {
     let w = World::new(HubConfig {
         recycling: false,
         upstream_heartbeat: 0,
-        ..HubConfig::default()
+        ..config
     });
     let no_heartbeats = Tune {
         heartbeat: 0,
@@ -219,4 +224,35 @@ fn probes_run_one_at_a_time() {
     assert_ne!(first, second);
     assert!(w.take(Peer::C(c2)).is_empty(), "c2 still waits");
     assert_snapshot!(w.trace());
+}
+
+/// Parked frames count against the client's buffer bound: a client that keeps publishing
+/// behind a parked declare is closed (506) once past it, and its frames are dropped.
+#[test]
+fn parked_frames_are_bounded_like_unfinished_publishes() {
+    let (mut w, c1, c2, u) = neighbours_in(HubConfig {
+        client_buffer_limit: 256,
+        ..HubConfig::default()
+    });
+    w.client_sends(c1, &[exchange_declare(1, "a", "x-a")]);
+    let publish_frames = [publish(1, "a", false), header(1, 100), body(1, &[7; 100])];
+    w.client_sends(c1, &publish_frames);
+    assert!(w.take(Peer::C(c1)).is_empty(), "within the bound, c1 waits");
+    w.client_sends(c1, &publish_frames);
+    let got = w.take(Peer::C(c1));
+    assert_eq!(close_reply(&got[0]).map(|c| c.code), Some(506));
+    let probe = w.accept_dial();
+    w.take(Peer::U(probe));
+    w.broker_sends(
+        probe,
+        &[
+            channel_open_ok(1),
+            declare_refused(1, 403, DEFAULT_EXCHANGE),
+        ],
+    );
+    assert!(
+        (w.take(Peer::U(u)).iter()).all(|f| f.method_id() == Some(ids::CHANNEL_CLOSE)),
+        "nothing of c1's reaches the broker"
+    );
+    assert!(w.take(Peer::C(c2)).is_empty());
 }

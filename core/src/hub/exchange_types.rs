@@ -111,9 +111,28 @@ impl Hub {
     /// needs one. One probe runs at a time: a client declaring many made-up types costs the
     /// broker one connection at a time, not one each, and is closed at the first answer.
     /// The declares of other types park again when it ends, and the first of them asks next.
-    pub(super) fn park(&mut self, now: Instant, id: ClientId, frame: Frame, asks: Option<Vec<u8>>) {
+    /// Parked frames count against the client's buffer bound like unfinished publishes (B8);
+    /// `Err` is the reply that closes a client past it.
+    pub(super) fn park(
+        &mut self,
+        now: Instant,
+        id: ClientId,
+        frame: Frame,
+        asks: Option<Vec<u8>>,
+    ) -> Result<(), Reply> {
+        let limit = self.config.client_buffer_limit;
+        let Some(c) = self.client_mut(id) else {
+            return Ok(());
+        };
+        c.buffered += frame.wire_len();
+        if c.buffered > limit {
+            return Err(Reply::new(
+                reply::RESOURCE_ERROR,
+                format!("more than {limit} bytes held while warren asks the broker about an exchange type"),
+            ));
+        }
         self.types.parked.push((id, frame));
-        let Some(kind) = asks else { return };
+        let Some(kind) = asks else { return Ok(()) };
         if !self.upstreams.iter().any(|(_, u)| u.probe.is_some()) {
             tracing::debug!(kind = %String::from_utf8_lossy(&kind), "asking the broker about an exchange type");
             let nodes = self.nodes.order();
@@ -122,6 +141,7 @@ impl Hub {
                 u.probe = Some(Box::new(Probe { kind, until: None }));
             }
         }
+        Ok(())
     }
 
     /// A probe's login went through: it declares the default exchange with its type.
@@ -228,6 +248,9 @@ impl Hub {
     /// is still unknown park again.
     fn replay_parked(&mut self, now: Instant) {
         for (id, frame) in std::mem::take(&mut self.types.parked) {
+            if let Some(c) = self.client_mut(id) {
+                c.buffered = c.buffered.saturating_sub(frame.wire_len());
+            }
             self.take_client_frame(now, id, frame);
         }
     }

@@ -82,13 +82,10 @@ impl Hub {
                 self.forward_client_frame(now, id, frame);
                 true
             }
-            Verdict::Hold => match self.hold_publish_frame(now, id, frame) {
-                Ok(()) => true,
-                Err(r) => {
-                    self.close_client(now, id, r);
-                    false
-                }
-            },
+            Verdict::Hold => {
+                let kept = self.hold_publish_frame(now, id, frame);
+                self.kept_within_bound(now, id, kept)
+            }
             Verdict::Done => self.client(id).is_some(),
             Verdict::Fatal(mut r) => {
                 if let Some(m) = frame.method_id() {
@@ -104,8 +101,20 @@ impl Hub {
                 true
             }
             Verdict::Park(asks) => {
-                self.park(now, id, frame, asks);
-                true
+                let kept = self.park(now, id, frame, asks);
+                self.kept_within_bound(now, id, kept)
+            }
+        }
+    }
+
+    /// A frame kept for later (a publish's piece, a parked frame): a client past its buffer
+    /// bound is closed. Returns false once it is.
+    fn kept_within_bound(&mut self, now: Instant, id: ClientId, kept: Result<(), Reply>) -> bool {
+        match kept {
+            Ok(()) => true,
+            Err(r) => {
+                self.close_client(now, id, r);
+                false
             }
         }
     }
