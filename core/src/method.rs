@@ -194,6 +194,9 @@ pub enum Method {
         exclusive: bool,
         /// No `declare-ok` expected.
         nowait: bool,
+        /// The `x-queue-type` argument, if it is a string: some methods on a stream or a
+        /// quorum queue are connection errors in RabbitMQ.
+        queue_type: Option<String>,
     },
     /// `queue.declare-ok`: the (possibly server-chosen) name.
     QueueDeclareOk {
@@ -218,13 +221,31 @@ pub enum Method {
     Qos {
         /// Prefetch window in bytes; RabbitMQ refuses non-zero with a connection error.
         prefetch_size: u32,
+        /// Prefetch window in messages.
+        prefetch_count: u16,
+        /// For the whole channel rather than each new consumer.
+        global: bool,
     },
     /// `basic.consume`
     Consume {
+        /// Queue name, empty for the channel's last declared queue.
+        queue: Vec<u8>,
         /// Consumer tag, empty for a server-generated one.
         tag: Vec<u8>,
+        /// Deliveries need no acknowledgement.
+        no_ack: bool,
         /// No `consume-ok` expected.
         nowait: bool,
+    },
+    /// `basic.get`
+    Get {
+        /// Queue name, empty for the channel's last declared queue.
+        queue: Vec<u8>,
+    },
+    /// `queue.purge`
+    Purge {
+        /// Queue name, empty for the channel's last declared queue.
+        queue: Vec<u8>,
     },
     /// `basic.consume-ok`
     ConsumeOk {
@@ -340,11 +361,13 @@ pub fn decode(payload: &[u8]) -> Result<Method, WireError> {
             let exclusive = r.bit()?;
             let _auto_delete = r.bit()?;
             let nowait = r.bit()?;
+            let queue_type = FieldTable::decode(r.table()?)?.get_str("x-queue-type");
             Method::QueueDeclare {
                 queue,
                 passive,
                 exclusive,
                 nowait,
+                queue_type,
             }
         }
         ids::QUEUE_DECLARE_OK => Method::QueueDeclareOk {
@@ -371,17 +394,30 @@ pub fn decode(payload: &[u8]) -> Result<Method, WireError> {
         }
         ids::BASIC_QOS => Method::Qos {
             prefetch_size: r.u32()?,
+            prefetch_count: r.u16()?,
+            global: r.bit()?,
         },
         ids::BASIC_CONSUME => {
             r.u16()?;
-            r.shortstr()?;
+            let queue = r.shortstr()?.to_vec();
             let tag = r.shortstr()?.to_vec();
             let _no_local = r.bit()?;
-            let _no_ack = r.bit()?;
+            let no_ack = r.bit()?;
             let _exclusive = r.bit()?;
             Method::Consume {
+                queue,
                 tag,
+                no_ack,
                 nowait: r.bit()?,
+            }
+        }
+        ids::BASIC_GET | ids::QUEUE_PURGE => {
+            r.u16()?;
+            let queue = r.shortstr()?.to_vec();
+            if id == ids::BASIC_GET {
+                Method::Get { queue }
+            } else {
+                Method::Purge { queue }
             }
         }
         ids::BASIC_CONSUME_OK => Method::ConsumeOk {

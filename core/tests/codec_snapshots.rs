@@ -176,6 +176,35 @@ fn decode_of_hand_built_client_and_broker_methods() {
             ),
         ),
         (
+            "queue_declare_stream",
+            p(
+                ids::QUEUE_DECLARE,
+                Args::new()
+                    .u16(0)
+                    .short(b"events")
+                    .bit(false)
+                    .bit(true)
+                    .bit(false)
+                    .bit(false)
+                    .bit(false)
+                    .table(&FieldTable::default().with("x-queue-type", longstr("stream"))),
+            ),
+        ),
+        (
+            "basic_get",
+            p(
+                ids::BASIC_GET,
+                Args::new().u16(0).short(b"events").bit(true),
+            ),
+        ),
+        (
+            "queue_purge",
+            p(
+                ids::QUEUE_PURGE,
+                Args::new().u16(0).short(b"events").bit(false),
+            ),
+        ),
+        (
             "queue_declare_ok",
             p(
                 ids::QUEUE_DECLARE_OK,
@@ -213,6 +242,10 @@ fn decode_of_hand_built_client_and_broker_methods() {
         (
             "basic_qos",
             p(ids::BASIC_QOS, Args::new().u32(0).u16(1000).bit(false)),
+        ),
+        (
+            "basic_qos_global",
+            p(ids::BASIC_QOS, Args::new().u32(0).u16(10).bit(true)),
         ),
         (
             "basic_consume",

@@ -5,8 +5,8 @@
 use insta::assert_snapshot;
 use std::time::Duration;
 use warren_core::frame::Frame;
-use warren_core::hub::{ClientId, HubConfig, UpstreamId};
-use warren_core::method::{encode, ids, Close, MethodId, Tune};
+use warren_core::hub::HubConfig;
+use warren_core::method::{encode, ids, Close, MethodId};
 use warren_testkit::hub_world::*;
 
 /// RabbitMQ's answer to a probe for a type it knows: the default exchange is not declarable.
@@ -43,37 +43,12 @@ fn queue_bind(ch: u16, q: &str, x: &str) -> bytes::Bytes {
     })
 }
 
-/// Two clients with channel 1 on the same upstream, without recycling or heartbeats (so
-/// that a scenario can let minutes pass in one step).
-fn neighbours() -> (World, ClientId, ClientId, UpstreamId) {
-    neighbours_in(HubConfig::default())
-}
-
-/// [`neighbours`] in a hub with `config`, recycling and heartbeats turned off.
-fn neighbours_in(config: HubConfig) -> (World, ClientId, ClientId, UpstreamId) {
-    let w = World::new(HubConfig {
-        recycling: false,
-        upstream_heartbeat: 0,
-        ..config
-    });
-    let no_heartbeats = Tune {
-        heartbeat: 0,
-        ..RABBITMQ_TUNE
-    };
-    let (mut w, c1, u) = with_channel_tuned(w, 1, no_heartbeats);
-    let c2 = w.join(hello(131_072, 0));
-    w.take(Peer::C(c2));
-    w.open_on(c2, 1, u);
-    w.take(Peer::U(u));
-    (w, c1, c2, u)
-}
-
 /// A plugin's type: the client's declare and the bind behind it wait for the probe, the
 /// neighbour's traffic does not, and once the broker says it knows the type they go on in
 /// order; a later declare of it goes straight on.
 #[test]
 fn a_plugin_type_is_asked_of_the_broker_then_forwarded_in_order() {
-    let (mut w, c1, c2, u) = neighbours();
+    let (mut w, c1, c2, u) = neighbours(HubConfig::default());
     w.client_sends(
         c1,
         &[
@@ -131,7 +106,7 @@ fn a_plugin_type_is_asked_of_the_broker_then_forwarded_in_order() {
 /// see nothing; the answer is kept for five minutes, then asked again.
 #[test]
 fn an_unknown_type_closes_only_the_client_that_declared_it() {
-    let (mut w, c1, c2, u) = neighbours();
+    let (mut w, c1, c2, u) = neighbours(HubConfig::default());
     w.client_sends(c1, &[exchange_declare(1, "x", "x-nope")]);
     let probe = w.accept_dial();
     w.take(Peer::U(probe));
@@ -181,7 +156,7 @@ fn an_unknown_type_closes_only_the_client_that_declared_it() {
 /// only that client; one that left meanwhile is simply forgotten.
 #[test]
 fn a_probe_without_an_answer_closes_the_waiting_client() {
-    let (mut w, c1, c2, u) = neighbours();
+    let (mut w, c1, c2, u) = neighbours(HubConfig::default());
     w.client_sends(c1, &[exchange_declare(1, "x", "x-other")]);
     w.client_sends(c2, &[exchange_declare(1, "y", "x-other")]);
     w.client_drops(c2);
@@ -206,7 +181,7 @@ fn a_probe_without_an_answer_closes_the_waiting_client() {
 /// asks on a probe of its own.
 #[test]
 fn probes_run_one_at_a_time() {
-    let (mut w, c1, c2, u) = neighbours();
+    let (mut w, c1, c2, u) = neighbours(HubConfig::default());
     w.client_sends(c1, &[exchange_declare(1, "a", "x-a")]);
     w.client_sends(c2, &[exchange_declare(1, "b", "x-b")]);
     assert_eq!(w.hub.upstream_count(), 2, "one probe, for x-a");
@@ -230,7 +205,7 @@ fn probes_run_one_at_a_time() {
 /// behind a parked declare is closed (506) once past it, and its frames are dropped.
 #[test]
 fn parked_frames_are_bounded_like_unfinished_publishes() {
-    let (mut w, c1, c2, u) = neighbours_in(HubConfig {
+    let (mut w, c1, c2, u) = neighbours(HubConfig {
         client_buffer_limit: 256,
         ..HubConfig::default()
     });

@@ -1687,17 +1687,12 @@ const USER_CHANNEL_LIMIT: &str = "NOT_ALLOWED - number of channels opened for us
 /// again (the limit may have been raised).
 #[test]
 fn a_users_channel_limit_is_learnt_and_then_kept_per_client() {
-    // No heartbeats, so that the scenario can let five minutes pass in one step.
-    let no_heartbeats = Tune {
-        heartbeat: 0,
-        ..RABBITMQ_TUNE
-    };
     let w = World::new(HubConfig {
         recycling: false,
         upstream_heartbeat: 0,
         ..HubConfig::default()
     });
-    let (mut w, c1, u) = with_channel_tuned(w, 1, no_heartbeats);
+    let (mut w, c1, u) = with_channel_tuned(w, 1, NO_HEARTBEATS);
     let c2 = w.join(hello(131_072, 0));
     w.take(Peer::C(c2));
     // The user's other connections hold channels too: c1's second open passes the limit.
@@ -1706,7 +1701,7 @@ fn a_users_channel_limit_is_learnt_and_then_kept_per_client() {
     w.broker_sends(u, &[close(0, 530, USER_CHANNEL_LIMIT)]);
     assert_eq!(close_code(&w.take(Peer::C(c1))[0]), Some(530));
     w.advance(Duration::from_secs(1));
-    let u2 = w.accept_dial_with(no_heartbeats);
+    let u2 = w.accept_dial_with(NO_HEARTBEATS);
     let c3 = w.join(hello(131_072, 0));
     w.open_on(c2, 1, u2);
     w.open_on(c3, 1, u2);

@@ -19,6 +19,7 @@ mod methods;
 
 use super::channels::Slot;
 use super::liveness::Liveness;
+use super::queue_types::QueueType;
 use super::{ClientId, Holder, Hub, HubEvent, Output, UpRef, UpstreamId};
 use crate::frame::Frame;
 use crate::handshake::{refusal, ClientCapabilities, ClientHello};
@@ -131,11 +132,21 @@ impl Client {
 pub(crate) enum Declare {
     /// Nothing to remember.
     Plain,
+    /// Not exclusive, with an `x-queue-type` whose rules matter: the reply confirms the
+    /// queue's type (see `queue_types`).
+    Typed(QueueType),
     /// Exclusive: the name in the reply is deleted when the client leaves (B5).
     Exclusive,
     /// Exclusive and sent by the client with nowait: warren asked for the reply to learn the
     /// queue's name, and does not forward it.
     ExclusiveUnasked,
+}
+
+impl Declare {
+    /// Whether its reply names a queue this client owns (B5).
+    pub(crate) fn is_exclusive(&self) -> bool {
+        matches!(self, Declare::Exclusive | Declare::ExclusiveUnasked)
+    }
 }
 
 /// A `queue.delete` whose `delete-ok` is on its way.
@@ -222,7 +233,7 @@ pub(crate) struct ClientChannel {
     /// Whether the channel's whole history is in the clean list of B6.
     pub(crate) recyclable: bool,
     /// What RabbitMQ's empty-name queue shortcut names on this channel.
-    shortcut: Shortcut,
+    pub(crate) shortcut: Shortcut,
     /// The `queue.declare`s awaiting their `declare-ok`, in order.
     declares: VecDeque<Declare>,
     /// The `queue.delete`s awaiting their `delete-ok`, in order. A channel error discards
@@ -236,6 +247,9 @@ pub(crate) struct ClientChannel {
     consumers: Vec<Vec<u8>>,
     /// A `tx.commit` is in flight; RabbitMQ closes the connection on any method meanwhile.
     committing: bool,
+    /// The last `basic.qos` set a global prefetch limit: RabbitMQ closes the connection on
+    /// a consume from a quorum queue meanwhile.
+    pub(crate) global_qos: bool,
 }
 
 /// The life of a client channel.

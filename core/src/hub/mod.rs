@@ -29,6 +29,7 @@ mod control;
 mod exchange_types;
 mod interface;
 pub(crate) mod liveness;
+mod queue_types;
 pub mod slow;
 mod upstream;
 mod user_limit;
@@ -138,6 +139,8 @@ pub struct Hub {
     channel_limit: Option<user_limit::ChannelLimit>,
     /// Exchange types learnt from the broker, and the frames waiting for the next answer.
     types: exchange_types::ExchangeTypes,
+    /// Stream and quorum queues seen, whose misuse RabbitMQ answers with a connection error.
+    queue_types: queue_types::QueueTypes,
     /// Which broker node answered last.
     nodes: Nodes,
     drain: Option<Instant>,
@@ -199,6 +202,7 @@ impl Hub {
             reconnect: Reconnect::default(),
             channel_limit: None,
             types: exchange_types::ExchangeTypes::default(),
+            queue_types: queue_types::QueueTypes::default(),
             nodes,
             drain: None,
             drain_started: None,

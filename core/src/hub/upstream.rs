@@ -458,6 +458,7 @@ impl Hub {
                 self.send_upstream(now, id, encode::close_ok(0));
                 let reply = close.reply();
                 self.learn_channel_limit(now, &reply);
+                self.learn_queue_type_from(now, &reply);
                 self.upstream_gone(now, id, reply);
             }
             (true, Method::Blocked { reason }) => {
@@ -573,7 +574,7 @@ impl Hub {
                     // Replies to what the client sent before its Close still matter, e.g.
                     // the name of an exclusive queue to delete when it leaves.
                     let forward = match method::decode(frame.payload()) {
-                        Ok(m) => self.note_reply(client, cch, id, &m, mid),
+                        Ok(m) => self.note_reply(now, client, cch, id, &m, mid),
                         Err(_) => true,
                     };
                     if forward {
@@ -647,7 +648,7 @@ impl Hub {
         let Ok(m) = method::decode(frame.payload()) else {
             return self.forward_to_client(now, client, cch, frame);
         };
-        if !self.note_reply(client, cch, r.up, &m, mid) {
+        if !self.note_reply(now, client, cch, r.up, &m, mid) {
             return;
         }
         let notify = self

@@ -109,6 +109,12 @@ pub const RABBITMQ_TUNE: Tune = Tune {
     heartbeat: 60,
 };
 
+/// [`RABBITMQ_TUNE`] without heartbeats, so that a scenario can let minutes pass in one step.
+pub const NO_HEARTBEATS: Tune = Tune {
+    heartbeat: 0,
+    ..RABBITMQ_TUNE
+};
+
 /// guest/guest on vhost `/`: the credentials of every client and hub in these worlds.
 pub fn creds() -> Credentials {
     Credentials {
@@ -440,6 +446,22 @@ pub fn with_channel_tuned(mut w: World, ch: u16, tune: Tune) -> (World, ClientId
     let u = w.accept_dial_with(tune);
     w.open_on(c, ch, u);
     (w, c, u)
+}
+
+/// Two admitted clients with channel 1 on the same upstream, in a hub with `config` but
+/// without recycling or heartbeats: the world, the clients and the upstream.
+pub fn neighbours(config: HubConfig) -> (World, ClientId, ClientId, UpstreamId) {
+    let w = World::new(HubConfig {
+        recycling: false,
+        upstream_heartbeat: 0,
+        ..config
+    });
+    let (mut w, c1, u) = with_channel_tuned(w, 1, NO_HEARTBEATS);
+    let c2 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c2));
+    w.open_on(c2, 1, u);
+    w.take(Peer::U(u));
+    (w, c1, c2, u)
 }
 
 /// The first whole frame of bytes a world built itself, if they hold one.

@@ -763,7 +763,7 @@ impl UpstreamChecker {
             Method::Publish {
                 immediate: true, ..
             } => broken(Rule::PublishImmediate, "basic.publish immediate=true"),
-            Method::Qos { prefetch_size } if prefetch_size != 0 => broken(
+            Method::Qos { prefetch_size, .. } if prefetch_size != 0 => broken(
                 Rule::QosPrefetchSize,
                 &format!("basic.qos prefetch_size={prefetch_size}"),
             ),
@@ -784,7 +784,7 @@ impl UpstreamChecker {
                     ),
                 )
             }
-            Method::Consume { tag, nowait } => {
+            Method::Consume { tag, nowait, .. } => {
                 if !tag.is_empty() && chan.tags.contains(&tag) {
                     return broken(
                         Rule::ConsumerTagReuse,

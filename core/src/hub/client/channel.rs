@@ -229,6 +229,7 @@ impl Hub {
     /// to the client (not when warren asked for it itself).
     pub(in crate::hub) fn note_reply(
         &mut self,
+        now: Instant,
         id: ClientId,
         ch: u16,
         up: UpstreamId,
@@ -248,6 +249,7 @@ impl Hub {
                     self.own_exclusive(id, up, queue.clone());
                     return false;
                 }
+                Some(Declare::Typed(kind)) => self.queue_types.learn(now, queue.clone(), kind),
                 _ => {}
             },
             // Every consume-ok answers one consume; only a broker-chosen tag is news.

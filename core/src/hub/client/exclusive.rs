@@ -21,7 +21,7 @@ impl Hub {
         owner: ClientId,
         declares: VecDeque<Declare>,
     ) {
-        if declares.iter().any(|d| *d != Declare::Plain) {
+        if declares.iter().any(Declare::is_exclusive) {
             self.orphan_declares.push((r, owner, declares));
         }
     }
@@ -38,11 +38,8 @@ impl Hub {
         };
         let (_, owner, declares) = &mut self.orphan_declares[i];
         let owner = *owner;
-        let exclusive = matches!(
-            declares.pop_front(),
-            Some(Declare::Exclusive | Declare::ExclusiveUnasked)
-        );
-        if declares.iter().all(|d| *d == Declare::Plain) {
+        let exclusive = declares.pop_front().is_some_and(|d| d.is_exclusive());
+        if !declares.iter().any(Declare::is_exclusive) {
             self.orphan_declares.swap_remove(i);
         }
         if !exclusive {

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::frame::Frame;
 use crate::hub::exchange_types::TypeCheck;
+use crate::hub::queue_types::QueueType;
 use crate::hub::{ClientId, Hub};
 use crate::method::{encode, ids, Method, MethodId};
 use crate::reply::{self, Reply};
@@ -25,6 +26,9 @@ impl Hub {
         };
         if let Some(r) = self.locked_queue(id, mid, frame) {
             return Verdict::CloseChannel(r);
+        }
+        if let Some(r) = self.queue_type_refusal(now, id, ch, mid, &m) {
+            return Verdict::Fatal(r);
         }
         let type_check = match &m {
             Method::ExchangeDeclare {
@@ -157,11 +161,20 @@ impl ClientChannel {
                 });
                 Verdict::Hold
             }
-            Method::Qos { prefetch_size } if prefetch_size != 0 => Verdict::Fatal(Reply::new(
+            Method::Qos { prefetch_size, .. } if prefetch_size != 0 => Verdict::Fatal(Reply::new(
                 reply::NOT_IMPLEMENTED,
                 format!("prefetch_size!=0 ({prefetch_size})"),
             )),
-            Method::Consume { tag, nowait } => self.consume(tag, nowait),
+            Method::Qos {
+                prefetch_count,
+                global,
+                ..
+            } => {
+                // Any basic.qos replaces the channel's global limit (RabbitMQ 3.10).
+                self.global_qos = global && prefetch_count > 0;
+                Verdict::Forward
+            }
+            Method::Consume { tag, nowait, .. } => self.consume(tag, nowait),
             Method::Cancel { tag } => {
                 self.consumers.retain(|t| *t != tag);
                 Verdict::Forward
@@ -196,7 +209,7 @@ impl ClientChannel {
     }
 
     /// `queue.declare`, which sets the channel's shortcut, and whose reply must be seen if
-    /// the queue is exclusive (B5).
+    /// the queue is exclusive (B5) or of a type whose rules matter (`queue_types`).
     fn queue_declare(&mut self, m: Method) -> Verdict {
         match m {
             Method::QueueDeclare {
@@ -204,6 +217,7 @@ impl ClientChannel {
                 exclusive,
                 nowait,
                 passive,
+                queue_type,
             } => {
                 self.shortcut = if queue.is_empty() {
                     Shortcut::Broker
@@ -217,7 +231,9 @@ impl ClientChannel {
                 match (exclusive, nowait) {
                     (false, true) => Verdict::Forward,
                     (false, false) => {
-                        self.declares.push_back(Declare::Plain);
+                        let typed = QueueType::named(queue_type.as_deref()).filter(|_| !passive);
+                        self.declares
+                            .push_back(typed.map_or(Declare::Plain, Declare::Typed));
                         Verdict::Forward
                     }
                     (true, false) => {

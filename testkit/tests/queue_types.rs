@@ -1,0 +1,192 @@
+//! Stream and quorum queues (B7): the methods RabbitMQ 3.10 answers with a connection error
+//! on them close only the client that sends them, once the hub knows the queue's type.
+//! Driven through [`warren_testkit::hub_world`] like `hub_scenarios.rs`.
+
+use bytes::Bytes;
+use insta::assert_snapshot;
+use std::time::Duration;
+use warren_core::hub::{ClientId, HubConfig, UpstreamId};
+use warren_core::method::{ids, Close};
+use warren_core::table::{longstr, FieldTable};
+use warren_testkit::hub_world::*;
+
+/// `queue.declare` of a durable queue with `x-queue-type` set to `kind`.
+fn typed_declare(ch: u16, name: &str, kind: &str) -> Bytes {
+    let args = FieldTable::default().with("x-queue-type", longstr(kind));
+    m(ch, ids::QUEUE_DECLARE, |w| {
+        w.u16(0)
+            .shortstr(name.as_bytes())
+            .bit(false)
+            .bit(true)
+            .bit(false)
+            .bit(false)
+            .bit(false);
+        let mut raw = bytes::BytesMut::new();
+        args.encode(&mut raw);
+        w.raw(&raw);
+    })
+}
+
+/// `basic.qos` with a prefetch count, for the channel (`global`) or each consumer.
+fn qos(ch: u16, count: u16, global: bool) -> Bytes {
+    m(ch, ids::BASIC_QOS, |w| {
+        w.u32(0).u16(count).bit(global);
+    })
+}
+
+/// The close client `c` got, which must be its first frame.
+fn closed(w: &mut World, c: ClientId) -> Close {
+    let got = w.take(Peer::C(c));
+    close_reply(got.first().expect("a frame")).expect("a close")
+}
+
+/// A client `c1` that declared stream `s` and quorum queue `q` (the broker confirmed both)
+/// and a neighbour `c2` on the same upstream, without heartbeats.
+fn declared() -> (World, ClientId, ClientId, UpstreamId) {
+    let (mut w, c1, c2, u) = neighbours(HubConfig::default());
+    w.client_sends(
+        c1,
+        &[
+            typed_declare(1, "s", "stream"),
+            typed_declare(1, "q", "quorum"),
+        ],
+    );
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[queue_declare_ok(1, "s"), queue_declare_ok(1, "q")]);
+    w.take(Peer::C(c1));
+    (w, c1, c2, u)
+}
+
+/// What RabbitMQ 3.10 says, for each misuse: checked against the broker in
+/// `tests/tests/protocol_errors.rs`.
+const GET: &str =
+    "NOT_IMPLEMENTED - basic.get not supported by stream queues queue 's' in vhost '/'";
+const NO_ACK: &str = "NOT_IMPLEMENTED - automatic acknowledgement not supported by stream \
+                      queues queue 's' in vhost '/'";
+const PURGE: &str =
+    "NOT_IMPLEMENTED - queue.purge not supported by stream queues queue 's' in vhost '/'";
+const GLOBAL_QOS: &str = "NOT_IMPLEMENTED - queue 'q' in vhost '/' does not support global qos";
+
+/// Each misuse closes the client that sends it with RabbitMQ's close; nothing reaches the
+/// broker connection, and the neighbour's channel carries on. What is allowed goes through.
+#[test]
+fn misuses_of_known_streams_and_quorum_queues_close_only_their_client() {
+    let cases = [
+        ("get", vec![basic_get(1, "s", false)], GET, (60, 70)),
+        (
+            "consume without acks",
+            vec![consume(1, b"s", b"t", true, false)],
+            NO_ACK,
+            (60, 20),
+        ),
+        ("purge", vec![queue_purge(1, "s")], PURGE, (50, 30)),
+        (
+            "consume under a global qos",
+            vec![qos(1, 10, true), consume(1, b"q", b"t", false, false)],
+            GLOBAL_QOS,
+            (60, 20),
+        ),
+        (
+            "the channel's last queue, by the empty name",
+            vec![typed_declare(1, "s", "stream"), basic_get(1, "", false)],
+            GET,
+            (60, 70),
+        ),
+    ];
+    for (name, frames, text, cause) in cases {
+        let (mut w, _, c2, u) = declared();
+        let c3 = w.join(hello(131_072, 0));
+        w.take(Peer::C(c3));
+        w.open_on(c3, 1, u);
+        w.client_sends(c3, &frames);
+        let close = closed(&mut w, c3);
+        assert_eq!(
+            (
+                close.code,
+                close.text.as_str(),
+                (close.class_id, close.method_id)
+            ),
+            (540, text, cause),
+            "{name}"
+        );
+        let upstream = w.take(Peer::U(u));
+        let ids_sent: Vec<_> = upstream.iter().filter_map(|f| f.method_id()).collect();
+        assert!(
+            !ids_sent
+                .iter()
+                .any(|m| [ids::BASIC_GET, ids::BASIC_CONSUME, ids::QUEUE_PURGE].contains(m)),
+            "{name}: {ids_sent:?}"
+        );
+        w.client_sends(c2, &[basic_get(1, "q", false)]);
+        assert_eq!(
+            w.take_first_method(Peer::U(u)),
+            Some(ids::BASIC_GET),
+            "{name}"
+        );
+    }
+}
+
+/// What these queues take goes on: acknowledged consumes of a stream, a get from and a
+/// consume on a quorum queue after a later per-consumer qos replaced the global one.
+#[test]
+fn what_streams_and_quorum_queues_take_goes_through() {
+    let (mut w, c1, _, u) = declared();
+    let allowed = [
+        vec![qos(1, 10, false), consume(1, b"s", b"a", false, false)],
+        vec![basic_get(1, "q", false), queue_purge(1, "q")],
+        vec![
+            qos(1, 10, true),
+            qos(1, 5, false),
+            consume(1, b"q", b"b", false, false),
+        ],
+        vec![
+            qos(1, 10, true),
+            qos(1, 0, true),
+            consume(1, b"q", b"c", true, false),
+        ],
+    ];
+    for frames in allowed {
+        w.client_sends(c1, &frames);
+        assert_eq!(w.take(Peer::U(u)).len(), frames.len());
+        assert!(w.take(Peer::C(c1)).is_empty());
+    }
+}
+
+/// A declare the broker refused teaches nothing; a stream the hub never saw declared is
+/// learnt from the broker's own close, which costs that broker connection once; what is
+/// learnt is kept five minutes.
+#[test]
+fn queue_types_are_learnt_from_confirmed_declares_and_from_the_brokers_close() {
+    let (mut w, c1, c2, u) = declared();
+    // Refused (the queue exists with another type): nothing is learnt about "x".
+    w.client_sends(c1, &[typed_declare(1, "x", "stream")]);
+    w.broker_sends(
+        u,
+        &[close(1, 406, "PRECONDITION_FAILED - inequivalent arg")],
+    );
+    w.client_sends(c1, &[close_ok(1)]);
+    w.take(Peer::U(u));
+    w.client_sends(c2, &[basic_get(1, "x", false)]);
+    assert_eq!(w.take_first_method(Peer::U(u)), Some(ids::BASIC_GET));
+    // "y" was declared elsewhere: the first get costs the broker connection, then the hub
+    // knows, for five minutes.
+    let text = "NOT_IMPLEMENTED - basic.get not supported by stream queues queue 'y' in vhost '/'";
+    w.client_sends(c2, &[basic_get(1, "y", false)]);
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[close(0, 540, text)]);
+    assert_eq!(closed(&mut w, c2).text, text);
+    w.advance(Duration::from_secs(2));
+    let c3 = w.join(hello(131_072, 0));
+    let u2 = w.accept_dial_with(NO_HEARTBEATS);
+    w.take(Peer::C(c3));
+    w.open_on(c3, 1, u2);
+    w.client_sends(c3, &[basic_get(1, "y", false)]);
+    assert_eq!(closed(&mut w, c3).text, text);
+    w.advance(Duration::from_secs(300));
+    let c4 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c4));
+    w.open_on(c4, 1, u2);
+    w.client_sends(c4, &[basic_get(1, "y", false)]);
+    assert_eq!(w.take_first_method(Peer::U(u2)), Some(ids::BASIC_GET));
+    assert_snapshot!(w.trace());
+}
