@@ -247,6 +247,16 @@ pub enum Method {
         /// Queue name, empty for the channel's last declared queue.
         queue: Vec<u8>,
     },
+    /// `basic.ack`, `basic.nack` or `basic.reject`: deliveries settled by a client (or, from
+    /// the broker, publishes confirmed).
+    Settle {
+        /// The delivery tag.
+        tag: u64,
+        /// Every tag up to this one (all so far if it is 0); never set on a reject.
+        multiple: bool,
+        /// An ack, rather than a nack or a reject.
+        ack: bool,
+    },
     /// `basic.consume-ok`
     ConsumeOk {
         /// The consumer tag in effect.
@@ -411,6 +421,11 @@ pub fn decode(payload: &[u8]) -> Result<Method, WireError> {
                 nowait: r.bit()?,
             }
         }
+        ids::BASIC_ACK | ids::BASIC_NACK | ids::BASIC_REJECT => Method::Settle {
+            tag: r.u64()?,
+            multiple: id != ids::BASIC_REJECT && r.bit()?,
+            ack: id == ids::BASIC_ACK,
+        },
         ids::BASIC_GET | ids::QUEUE_PURGE => {
             r.u16()?;
             let queue = r.shortstr()?.to_vec();

@@ -190,3 +190,126 @@ fn queue_types_are_learnt_from_confirmed_declares_and_from_the_brokers_close() {
     assert_eq!(w.take_first_method(Peer::U(u2)), Some(ids::BASIC_GET));
     assert_snapshot!(w.trace());
 }
+
+/// The broker's `basic.deliver` of delivery `tag` to consumer `consumer`.
+fn deliver_to(ch: u16, consumer: &[u8], tag: u64) -> Bytes {
+    m(ch, ids::BASIC_DELIVER, |w| {
+        w.shortstr(consumer)
+            .u64(tag)
+            .bit(false)
+            .shortstr(b"")
+            .shortstr(b"q");
+    })
+}
+
+/// `basic.nack` (`multiple`, requeue), `basic.reject` (requeue) or `basic.ack` of `tag`.
+fn settle(ch: u16, id: warren_core::method::MethodId, tag: u64, multiple: bool) -> Bytes {
+    m(ch, id, |w| {
+        w.u64(tag);
+        if id != ids::BASIC_REJECT {
+            w.bit(multiple);
+        }
+        if id != ids::BASIC_ACK {
+            w.bit(true);
+        }
+    })
+}
+
+/// A client of [`declared`]'s world consuming stream `s` (its tag left to the broker, who
+/// names it `amq.ctag-s`) and classic queue `c` on channel 1, with delivery 1 from the
+/// stream and 2 from the classic queue out: the world, the client and the upstream.
+fn consuming_a_stream() -> (World, ClientId, UpstreamId) {
+    let (mut w, _, _, u) = declared();
+    let c = w.join(hello(131_072, 0));
+    w.take(Peer::C(c));
+    let uch = w.open_on(c, 1, u);
+    w.client_sends(
+        c,
+        &[
+            qos(1, 10, false),
+            consume(1, b"s", b"", false, false),
+            consume(1, b"c", b"classic", false, false),
+        ],
+    );
+    let consume_ok = |tag: &[u8]| {
+        m(uch, ids::BASIC_CONSUME_OK, |w| {
+            w.shortstr(tag);
+        })
+    };
+    w.broker_sends(u, &[consume_ok(b"amq.ctag-s"), consume_ok(b"classic")]);
+    w.broker_sends(
+        u,
+        &[
+            deliver_to(uch, b"amq.ctag-s", 1),
+            header(uch, 1),
+            body(uch, b"s"),
+            deliver_to(uch, b"classic", 2),
+            header(uch, 1),
+            body(uch, b"c"),
+        ],
+    );
+    w.take(Peer::C(c));
+    w.take(Peer::U(u));
+    (w, c, u)
+}
+
+/// A stream's deliveries are acked, not nacked: a nack or a reject that reaches one closes
+/// the client with RabbitMQ's 540, a recover while one is out with its 541; the classic
+/// queue's delivery on the same channel can be nacked, and once the stream's is acked a
+/// nack of everything goes through.
+#[test]
+fn a_streams_deliveries_can_only_be_acked() {
+    let nack_text = "NOT_IMPLEMENTED - basic.nack and basic.reject not supported by stream \
+                     queues queue 's' in vhost '/'";
+    let refused = [
+        (
+            settle(1, ids::BASIC_NACK, 1, false),
+            nack_text,
+            ids::BASIC_NACK,
+        ),
+        (
+            settle(1, ids::BASIC_REJECT, 1, false),
+            nack_text,
+            ids::BASIC_REJECT,
+        ),
+        (
+            settle(1, ids::BASIC_NACK, 0, true),
+            nack_text,
+            ids::BASIC_NACK,
+        ),
+        (
+            m(1, ids::BASIC_RECOVER, |w| {
+                w.bit(true);
+            }),
+            "INTERNAL_ERROR",
+            ids::BASIC_RECOVER,
+        ),
+    ];
+    for (frame, text, cause) in refused {
+        let (mut w, c, u) = consuming_a_stream();
+        w.client_sends(c, &[settle(1, ids::BASIC_NACK, 2, false), frame]);
+        assert_eq!(
+            w.take_first_method(Peer::U(u)),
+            Some(ids::BASIC_NACK),
+            "{text}"
+        );
+        let close = closed(&mut w, c);
+        assert_eq!(
+            (close.text.as_str(), (close.class_id, close.method_id)),
+            (text, (cause.class, cause.method))
+        );
+    }
+    let (mut w, c, u) = consuming_a_stream();
+    w.client_sends(
+        c,
+        &[
+            settle(1, ids::BASIC_ACK, 1, false),
+            settle(1, ids::BASIC_NACK, 0, true),
+            m(1, ids::BASIC_RECOVER, |w| {
+                w.bit(true);
+            }),
+        ],
+    );
+    assert_eq!(w.take(Peer::U(u)).len(), 3);
+    assert!(w.take(Peer::C(c)).is_empty());
+}

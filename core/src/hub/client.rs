@@ -19,7 +19,7 @@ mod methods;
 
 use super::channels::Slot;
 use super::liveness::Liveness;
-use super::queue_types::QueueType;
+use super::queue_types::{QueueType, StreamDeliveries};
 use super::{ClientId, Holder, Hub, HubEvent, Output, UpRef, UpstreamId};
 use crate::frame::Frame;
 use crate::handshake::{refusal, ClientCapabilities, ClientHello};
@@ -240,8 +240,8 @@ pub(crate) struct ClientChannel {
     /// the deletes behind it: an exclusive queue stays the client's, and is deleted when it
     /// leaves (B5).
     deletes: VecDeque<Delete>,
-    /// For each `basic.consume` awaiting its `consume-ok`: was the tag left to the broker?
-    consumes: VecDeque<bool>,
+    /// The `basic.consume`s awaiting their `consume-ok`, in order.
+    consumes: VecDeque<PendingConsume>,
     /// Consumer tags in use on this channel, as the broker will see them when it processes
     /// the client's next method: RabbitMQ closes the *connection* on a reused tag.
     consumers: Vec<Vec<u8>>,
@@ -250,6 +250,17 @@ pub(crate) struct ClientChannel {
     /// The last `basic.qos` set a global prefetch limit: RabbitMQ closes the connection on
     /// a consume from a quorum queue meanwhile.
     pub(crate) global_qos: bool,
+    /// Its consumers on streams and their deliveries not settled yet (`queue_types`).
+    pub(crate) streams: Option<Box<StreamDeliveries>>,
+}
+
+/// A `basic.consume` whose `consume-ok` is on its way.
+#[derive(Debug)]
+pub(crate) struct PendingConsume {
+    /// The tag was left to the broker: the reply names it.
+    broker_tag: bool,
+    /// The stream it reads, if it is a known one and its tag is the broker's to name.
+    stream: Option<Vec<u8>>,
 }
 
 /// The life of a client channel.

@@ -2,7 +2,9 @@
 //! them with a connection error (540), which through warren would close a shared broker
 //! connection and every client on it:
 //!
-//! - on a stream: `basic.get`, a `basic.consume` without acknowledgements, `queue.purge`;
+//! - on a stream: `basic.get`, a `basic.consume` without acknowledgements, `queue.purge`,
+//!   and a `basic.nack` or `basic.reject` of its delivery (`basic.recover` while one is out
+//!   is a 541: the broker's channel crashes);
 //! - on a quorum queue: a `basic.consume` on a channel whose last `basic.qos` set a global
 //!   prefetch limit.
 //!
@@ -17,6 +19,7 @@ use super::client::Shortcut;
 use super::{ClientId, Hub};
 use crate::method::{Method, MethodId};
 use crate::reply::{self, Reply};
+use crate::wire::Reader;
 use std::time::{Duration, Instant};
 
 /// How long what the hub learnt about a queue is trusted: the queue may be deleted and
@@ -82,15 +85,18 @@ enum Misuse {
     NoAckConsume,
     /// `queue.purge` on a stream.
     Purge,
+    /// `basic.nack` or `basic.reject` of a stream's delivery.
+    Settle,
     /// `basic.consume` on a quorum queue, under a global prefetch limit.
     GlobalQosConsume,
 }
 
 impl Misuse {
-    const ALL: [Misuse; 4] = [
+    const ALL: [Misuse; 5] = [
         Misuse::Get,
         Misuse::NoAckConsume,
         Misuse::Purge,
+        Misuse::Settle,
         Misuse::GlobalQosConsume,
     ];
 
@@ -112,6 +118,10 @@ impl Misuse {
                 "",
             ),
             Misuse::Purge => ("queue.purge not supported by stream queues ", ""),
+            Misuse::Settle => (
+                "basic.nack and basic.reject not supported by stream queues ",
+                "",
+            ),
             Misuse::GlobalQosConsume => ("", " does not support global qos"),
         }
     }
@@ -138,6 +148,18 @@ impl Hub {
         }
     }
 
+    /// The queue a method on client `id`'s channel `ch` names as `queue`: an empty name is
+    /// the channel's last declared queue, if the hub knows it.
+    fn resolved_queue<'a>(&'a self, id: ClientId, ch: u16, queue: &'a [u8]) -> Option<&'a [u8]> {
+        if !queue.is_empty() {
+            return Some(queue);
+        }
+        match &self.client(id)?.channels.get(&ch)?.shortcut {
+            Shortcut::Named(last) => Some(last),
+            _ => None,
+        }
+    }
+
     /// RabbitMQ's connection error for method `m` on client `id`'s channel `ch`, if `m`
     /// names a queue whose type forbids it there.
     pub(super) fn queue_type_refusal(
@@ -155,11 +177,7 @@ impl Hub {
             }
             _ => return None,
         };
-        let queue = match (queue.is_empty(), &chan.shortcut) {
-            (false, _) => queue.as_slice(),
-            (true, Shortcut::Named(last)) => last.as_slice(),
-            (true, _) => return None,
-        };
+        let queue = self.resolved_queue(id, ch, queue)?;
         let misuse = match (self.queue_types.of(now, queue)?, m) {
             (QueueType::Stream, Method::Get { .. }) => Misuse::Get,
             (QueueType::Stream, Method::Purge { .. }) => Misuse::Purge,
@@ -169,12 +187,145 @@ impl Hub {
             }
             _ => return None,
         };
+        Some(self.misuse_reply(misuse, queue, mid))
+    }
+
+    /// RabbitMQ's close for `misuse` of `queue` by method `mid`.
+    fn misuse_reply(&self, misuse: Misuse, queue: &[u8], mid: MethodId) -> Reply {
         let (before, after) = misuse.text();
         let text = format!(
             "{before}queue '{}' in vhost '{}'{after}",
             String::from_utf8_lossy(queue),
             self.credentials.vhost
         );
-        Some(Reply::new(reply::NOT_IMPLEMENTED, text).caused_by(mid))
+        Reply::new(reply::NOT_IMPLEMENTED, text).caused_by(mid)
+    }
+}
+
+/// A channel's consumers on known streams and their deliveries the client has not settled:
+/// RabbitMQ closes the connection on a nack or a reject of such a delivery (540) and on a
+/// recover while one is out (541, its channel crashes).
+#[derive(Debug, Default)]
+pub(crate) struct StreamDeliveries {
+    /// Stream names, indexed by the entries below.
+    streams: Vec<Vec<u8>>,
+    /// Consumer tag and stream of each consumer on a stream.
+    consumers: Vec<(Vec<u8>, usize)>,
+    /// Delivery tag and stream of each delivery not settled yet, in tag order.
+    unsettled: Vec<(u64, usize)>,
+}
+
+impl StreamDeliveries {
+    /// A consumer with this tag reads `stream`.
+    pub(crate) fn consumer(&mut self, tag: Vec<u8>, stream: Vec<u8>) {
+        let at = match self.streams.iter().position(|s| *s == stream) {
+            Some(i) => i,
+            None => {
+                self.streams.push(stream);
+                self.streams.len() - 1
+            }
+        };
+        self.consumers.push((tag, at));
+    }
+
+    /// The consumer with this tag is gone; its deliveries stay out until settled.
+    pub(crate) fn cancelled(&mut self, tag: &[u8]) {
+        self.consumers.retain(|(t, _)| t != tag);
+    }
+
+    /// The broker delivered `delivery` to the consumer `consumer` (if it reads a stream).
+    fn delivered(&mut self, consumer: &[u8], delivery: u64) {
+        if let Some((_, at)) = self.consumers.iter().find(|(t, _)| t == consumer) {
+            self.unsettled.push((delivery, *at));
+        }
+    }
+
+    /// The client settled `tag` (or every tag up to it).
+    pub(crate) fn settled(&mut self, tag: u64, multiple: bool) {
+        self.unsettled.retain(|(t, _)| !covers(tag, multiple, *t));
+    }
+
+    /// The stream of the first unsettled delivery a nack or reject of `tag` would settle.
+    pub(crate) fn covered(&self, tag: u64, multiple: bool) -> Option<&[u8]> {
+        let (_, at) = self
+            .unsettled
+            .iter()
+            .find(|(t, _)| covers(tag, multiple, *t))?;
+        Some(&self.streams[*at])
+    }
+
+    /// Whether a delivery from a stream is out.
+    pub(crate) fn any_unsettled(&self) -> bool {
+        !self.unsettled.is_empty()
+    }
+}
+
+/// Whether settling `tag` (with `multiple`) settles delivery `delivery`.
+fn covers(tag: u64, multiple: bool, delivery: u64) -> bool {
+    if multiple {
+        tag == 0 || delivery <= tag
+    } else {
+        delivery == tag
+    }
+}
+
+impl Hub {
+    /// The stream a `basic.consume` on client `id`'s channel `ch` reads, if it is a known one.
+    pub(super) fn consumed_stream(
+        &self,
+        now: Instant,
+        id: ClientId,
+        ch: u16,
+        m: &Method,
+    ) -> Option<Vec<u8>> {
+        let Method::Consume { queue, .. } = m else {
+            return None;
+        };
+        let queue = self.resolved_queue(id, ch, queue)?;
+        (self.queue_types.of(now, queue) == Some(QueueType::Stream)).then(|| queue.to_vec())
+    }
+
+    /// RabbitMQ's close for a settle or recover on client `id`'s channel `ch` that reaches a
+    /// stream's delivery.
+    pub(super) fn stream_settle_refusal(
+        &self,
+        id: ClientId,
+        ch: u16,
+        mid: MethodId,
+        m: &Method,
+    ) -> Option<Reply> {
+        let chan = self.client(id)?.channels.get(&ch)?;
+        let streams = chan.streams.as_deref()?;
+        match m {
+            Method::Settle {
+                tag,
+                multiple,
+                ack: false,
+            } => {
+                let stream = streams.covered(*tag, *multiple)?;
+                Some(self.misuse_reply(Misuse::Settle, stream, mid))
+            }
+            Method::Recover { .. } if streams.any_unsettled() => {
+                Some(Reply::verbatim(reply::INTERNAL_ERROR, "INTERNAL_ERROR").caused_by(mid))
+            }
+            _ => None,
+        }
+    }
+
+    /// Notes a `basic.deliver` the broker sends to client `id`'s channel `ch`, if that
+    /// channel consumes from a stream.
+    pub(super) fn note_stream_delivery(&mut self, id: ClientId, ch: u16, payload: &[u8]) {
+        let Some(streams) = self
+            .client_mut(id)
+            .and_then(|c| c.channels.get_mut(&ch))
+            .and_then(|chan| chan.streams.as_deref_mut())
+        else {
+            return;
+        };
+        // consumer-tag, then delivery-tag, after the class and method ids.
+        let mut r = Reader::new(payload.get(4..).unwrap_or_default());
+        if let (Ok(consumer), Ok(delivery)) = (r.shortstr(), r.u64()) {
+            streams.delivered(consumer, delivery);
+        }
     }
 }

@@ -638,6 +638,9 @@ impl Hub {
         match mid {
             ids::BASIC_DELIVER | ids::BASIC_GET_OK | ids::BASIC_RETURN => {
                 self.stats.deliveries += 1;
+                if mid == ids::BASIC_DELIVER {
+                    self.note_stream_delivery(client, cch, frame.payload());
+                }
                 return self.forward_to_client(now, client, cch, frame);
             }
             ids::CHANNEL_CLOSE => {

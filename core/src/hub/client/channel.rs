@@ -253,13 +253,25 @@ impl Hub {
                 _ => {}
             },
             // Every consume-ok answers one consume; only a broker-chosen tag is news.
-            Method::ConsumeOk { tag }
-                if chan.consumes.pop_front() == Some(true) && !chan.consumers.contains(tag) =>
-            {
-                chan.consumers.push(tag.clone());
+            Method::ConsumeOk { tag } => {
+                let Some(pending) = chan.consumes.pop_front() else {
+                    return true;
+                };
+                if pending.broker_tag && !chan.consumers.contains(tag) {
+                    chan.consumers.push(tag.clone());
+                }
+                if let Some(stream) = pending.stream {
+                    let streams = chan.streams.get_or_insert_with(Box::default);
+                    streams.consumer(tag.clone(), stream);
+                }
             }
             // The broker cancelled a consumer (queue deleted, ...): the tag is free again.
-            Method::Cancel { tag } => chan.consumers.retain(|t| t != tag),
+            Method::Cancel { tag } => {
+                chan.consumers.retain(|t| t != tag);
+                if let Some(streams) = chan.streams.as_deref_mut() {
+                    streams.cancelled(tag);
+                }
+            }
             _ if mid == ids::TX_COMMIT_OK => chan.committing = false,
             _ if mid == ids::QUEUE_DELETE_OK => {
                 if let Some(Delete::Exclusive { queue, asked }) = chan.deletes.pop_front() {

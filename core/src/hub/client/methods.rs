@@ -5,8 +5,8 @@
 
 use super::exclusive::{as_broker_reads, uses_queue_shortcut};
 use super::{
-    checked_method, unimplemented_method, ClientChannel, Declare, Delete, PendingPublish, Shortcut,
-    Verdict,
+    checked_method, unimplemented_method, ClientChannel, Declare, Delete, PendingConsume,
+    PendingPublish, Shortcut, Verdict,
 };
 use crate::frame::Frame;
 use crate::hub::exchange_types::TypeCheck;
@@ -27,9 +27,12 @@ impl Hub {
         if let Some(r) = self.locked_queue(id, mid, frame) {
             return Verdict::CloseChannel(r);
         }
-        if let Some(r) = self.queue_type_refusal(now, id, ch, mid, &m) {
+        if let Some(r) = (self.queue_type_refusal(now, id, ch, mid, &m))
+            .or_else(|| self.stream_settle_refusal(id, ch, mid, &m))
+        {
             return Verdict::Fatal(r);
         }
+        let stream = self.consumed_stream(now, id, ch, &m);
         let type_check = match &m {
             Method::ExchangeDeclare {
                 kind,
@@ -70,7 +73,13 @@ impl Hub {
             | Method::Qos { .. }
             | Method::Consume { .. }
             | Method::Cancel { .. }
-            | Method::Recover { .. } => chan.basic_method(m),
+            | Method::Recover { .. } => chan.basic_method(m, stream),
+            Method::Settle { tag, multiple, .. } => {
+                if let Some(streams) = chan.streams.as_deref_mut() {
+                    streams.settled(tag, multiple);
+                }
+                Verdict::Forward
+            }
             // RabbitMQ closes the whole connection on a type it does not know (B7).
             Method::ExchangeDeclare { kind, .. } => match type_check {
                 TypeCheck::Known => Verdict::Forward,
@@ -145,7 +154,8 @@ impl ClientChannel {
     }
 
     /// `basic.publish`, `basic.qos`, `basic.consume`, `basic.cancel`, `basic.recover`.
-    fn basic_method(&mut self, m: Method) -> Verdict {
+    /// `stream` is the stream a consume reads, if it is a known one.
+    fn basic_method(&mut self, m: Method, stream: Option<Vec<u8>>) -> Verdict {
         match m {
             Method::Publish {
                 immediate: true, ..
@@ -174,9 +184,12 @@ impl ClientChannel {
                 self.global_qos = global && prefetch_count > 0;
                 Verdict::Forward
             }
-            Method::Consume { tag, nowait, .. } => self.consume(tag, nowait),
+            Method::Consume { tag, nowait, .. } => self.consume(tag, nowait, stream),
             Method::Cancel { tag } => {
                 self.consumers.retain(|t| *t != tag);
+                if let Some(streams) = self.streams.as_deref_mut() {
+                    streams.cancelled(&tag);
+                }
                 Verdict::Forward
             }
             Method::Recover { requeue: false } => {
@@ -187,7 +200,9 @@ impl ClientChannel {
     }
 
     /// `basic.consume`: RabbitMQ closes the connection on a tag in use on the channel.
-    fn consume(&mut self, tag: Vec<u8>, nowait: bool) -> Verdict {
+    /// A consume of a known stream is remembered with its tag, or once the broker names it
+    /// (`queue_types`).
+    fn consume(&mut self, tag: Vec<u8>, nowait: bool, stream: Option<Vec<u8>>) -> Verdict {
         if !tag.is_empty() && self.consumers.contains(&tag) {
             return Verdict::Fatal(Reply::new(
                 reply::NOT_ALLOWED,
@@ -199,10 +214,20 @@ impl ClientChannel {
         }
         // A server-named consumer's tag is learnt from its consume-ok; with nowait it is
         // never learnt, and cannot collide with a client-chosen one.
+        let broker_tag = tag.is_empty();
+        let stream = match stream {
+            Some(s) if !broker_tag => {
+                let streams = self.streams.get_or_insert_with(Box::default);
+                streams.consumer(tag.clone(), s);
+                None
+            }
+            s => s,
+        };
         if !nowait {
-            self.consumes.push_back(tag.is_empty());
+            self.consumes
+                .push_back(PendingConsume { broker_tag, stream });
         }
-        if !tag.is_empty() {
+        if !broker_tag {
             self.consumers.push(tag);
         }
         Verdict::Forward
