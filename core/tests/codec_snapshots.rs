@@ -283,8 +283,12 @@ fn decode_of_hand_built_client_and_broker_methods() {
             p(ids::BASIC_RECOVER_ASYNC, Args::new().bit(false)),
         ),
         (
-            "basic_ack_is_opaque",
+            "basic_ack",
             p(ids::BASIC_ACK, Args::new().u64(42).bit(true)),
+        ),
+        (
+            "basic_reject",
+            p(ids::BASIC_REJECT, Args::new().u64(7).bit(true)),
         ),
         (
             "confirm_select_is_opaque",
