@@ -17,10 +17,14 @@
 # certificate for localhost/127.0.0.1 and a client certificate, made with openssl into
 # $WARREN_TLS_DIR (default /var/lib/rabbitmq/warren-tls, readable by the tests), and
 # /etc/rabbitmq/rabbitmq.conf with the plain listener on 5672 and the TLS one on 5671
-# (verify_peer, a client certificate optional). It enables the event exchange plugin
-# (rabbitmq_event_exchange, shipped with the broker), through which warren hears of changed
-# passwords, deleted users and revoked permissions. A running node is restarted only when that
-# configuration or the certificates changed (or it runs without the TLS listener).
+# (verify_peer, a client certificate optional). It enables two plugins shipped with the broker,
+# in /etc/rabbitmq/enabled_plugins (read when the node starts): the event exchange
+# (rabbitmq_event_exchange), through which warren hears of changed passwords, deleted users and
+# revoked permissions, and the consistent-hash exchange (rabbitmq_consistent_hash_exchange),
+# whose type x-consistent-hash the tests of exchange types (tests/tests/exchange_types.rs)
+# declare through warren, which must learn from the broker that it knows that type. A running
+# node is restarted only when that configuration or the certificates changed (or it runs
+# without the TLS listener).
 #
 # Every step that fails says what failed and what to do: nothing exits silently.
 #
@@ -40,7 +44,9 @@ DIST_PORT=25672
 TLS_DIR="${WARREN_TLS_DIR:-/var/lib/rabbitmq/warren-tls}"
 RABBITMQ_CONF=/etc/rabbitmq/rabbitmq.conf
 ENABLED_PLUGINS=/etc/rabbitmq/enabled_plugins
-PLUGINS='[rabbitmq_event_exchange].'
+# The plugins the node runs (see above), written as rabbitmq-plugins writes the file (sorted),
+# so that a node whose plugins were enabled by hand is not restarted for a reordered list.
+PLUGINS='[rabbitmq_consistent_hash_exchange,rabbitmq_event_exchange].'
 # Certificates are remade when they expire within this many seconds.
 CERT_MIN_VALIDITY=$((30 * 24 * 3600))
 
