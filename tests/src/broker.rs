@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -218,6 +219,19 @@ pub async fn queue_counts(vhost: &str, name: &str) -> Result<Option<QueueCounts>
             ready: num(r, "messages_ready"),
             unacked: num(r, "messages_unacknowledged"),
         }))
+}
+
+/// The exchanges of `vhost`, by name, with their types.
+pub async fn exchanges(vhost: &str) -> Result<BTreeMap<String, String>> {
+    let rows = list(&["list_exchanges", "-p", vhost, "name", "type"]).await?;
+    let text = |row: &Value, k: &str| row.get(k).and_then(Value::as_str).map(str::to_owned);
+    rows.iter()
+        .map(|row| {
+            text(row, "name")
+                .zip(text(row, "type"))
+                .ok_or_else(|| anyhow!("list_exchanges row without a name or type: {row}"))
+        })
+        .collect()
 }
 
 /// Deletes queue `name` in `vhost` if it exists (cleanup after a test).

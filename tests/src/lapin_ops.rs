@@ -87,3 +87,18 @@ pub async fn the_upstream_of(user: &TestUser) -> Result<BrokerConnection> {
     );
     Ok(ups.into_iter().next().expect("one"))
 }
+
+/// Fails unless warren still holds exactly one broker connection for `user` and it is
+/// `before`: RabbitMQ closing the shared connection would make warren dial a new one, so a
+/// client's misstep that reached the broker shows as a replaced connection.
+pub async fn assert_upstream_kept(user: &TestUser, before: &BrokerConnection) -> Result<()> {
+    let now = the_upstream_of(user).await?;
+    ensure!(
+        now.name == before.name,
+        "warren's broker connection for {} was replaced: {} before, {} now",
+        user.name,
+        before.name,
+        now.name
+    );
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! The tests under `tests/tests/` run a real warren in-process ([`Warren`]) in front of the
 //! real RabbitMQ on `127.0.0.1:5672` (started by `scripts/rabbitmq.sh`) and drive it with real
 //! client libraries (lapin and amqprs, see [`client`]). They inspect the broker's side of things
-//! with `rabbitmqctl` ([`broker`]).
+//! with `rabbitmqctl` ([`broker`]) and its event exchange ([`events`]).
 //!
 //! Rules the tests follow:
 //! - every test is independent: its own [`Warren`], its own queue names ([`names::unique`]) and,
@@ -21,6 +21,7 @@
 pub mod broker;
 pub mod client;
 pub mod cluster;
+pub mod events;
 pub mod faulty_net;
 pub mod http;
 pub mod metrics;

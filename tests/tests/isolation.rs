@@ -22,11 +22,13 @@ use warren_core::method::{ids, Method};
 use warren_runtime::config::Config;
 use warren_tests::broker::{self, BrokerConnection};
 use warren_tests::client;
+use warren_tests::events::WarrenConnections;
 use warren_tests::lapin_ops::{
-    bounded, lapin_declare, lapin_get, lapin_publish, lapin_round_trip, the_upstream_of, LIMIT,
+    assert_upstream_kept, bounded, lapin_declare, lapin_get, lapin_publish, lapin_round_trip,
+    the_upstream_of, LIMIT,
 };
 use warren_tests::metrics::metric;
-use warren_tests::raw::{build, decode_method, describe, RawClient, RawOptions};
+use warren_tests::raw::{build, close_for, decode_method, describe, RawClient, RawOptions};
 use warren_tests::{unique, wait_until, within, TestUser, Warren};
 
 /// One test's world: its user, its warren, the canary and the upstream they share.
@@ -110,14 +112,9 @@ impl Scene {
             self.canary.status().connected(),
             "the canary's connection was closed after {after}"
         );
-        let now = the_upstream_of(&self.user).await?;
-        ensure!(
-            now.name == self.upstream.name,
-            "after {after}, warren's broker connection was replaced: {} before, {} now",
-            self.upstream.name,
-            now.name
-        );
-        Ok(())
+        assert_upstream_kept(&self.user, &self.upstream)
+            .await
+            .with_context(|| format!("after {after}"))
     }
 
     /// The sum of metric `name` over samples of this scene's user that carry `labels`.
@@ -338,16 +335,65 @@ async fn qos_prefetch_size_gets_540_and_only_its_sender_is_closed() -> Result<()
     .await
 }
 
-/// `exchange.declare` of an unknown type: RabbitMQ's 503 stays with the sender.
+/// `exchange.declare` of a type the broker does not know, with a `queue.declare` pipelined
+/// behind it: warren asks the broker about the type on a connection of its own (B7) and
+/// closes the sender with RabbitMQ's own close, the very one RabbitMQ sends a client of its
+/// own (503, its text, naming `exchange.declare`), dropping the `queue.declare` as RabbitMQ
+/// does. A second sender of that type gets the same from what the hub learnt, without a
+/// second question. Neither the exchange nor the queues exist afterwards, warren's one
+/// question to the broker opened and closed one connection, and the canary and the upstream
+/// are unharmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_exchange_type_gets_503_and_only_its_sender_is_closed() -> Result<()> {
-    let exchange = unique("iso-x");
-    bad_input(
-        "exchange-type",
-        move |_| vec![build::exchange_declare(1, &exchange, "x-no-such-type")],
-        503,
-        "unknown exchange type 'x-no-such-type'",
-    )
+async fn unknown_exchange_type_gets_rabbitmqs_503_and_only_its_sender_is_closed() -> Result<()> {
+    bounded(async {
+        let mut scene = Scene::start("exchange-type").await?;
+        let probes = WarrenConnections::watch(&scene.user.name).await?;
+        let kind = unique("x-no-such-type");
+        let exchange = unique("iso-x");
+        let opts = scene.raw_options();
+        let mut queues = Vec::new();
+        let mut send = |addr| {
+            let queue = unique("iso-x-q");
+            let frames = [
+                build::exchange_declare(1, &exchange, &kind),
+                build::queue_declare(1, &queue, false),
+            ];
+            queues.push(queue);
+            let opts = &opts;
+            async move { close_for(addr, opts, &frames).await }
+        };
+        let direct = send(warren_tests::broker_addr()).await?;
+        let want = format!("COMMAND_INVALID - unknown exchange type '{kind}'");
+        ensure!(
+            (
+                direct.channel,
+                direct.code,
+                direct.text.as_str(),
+                direct.cause
+            ) == (0, 503, want.as_str(), (40, 10)),
+            "RabbitMQ itself answered {direct:?}"
+        );
+        for sender in ["the first sender", "a second sender"] {
+            let through = send(scene.warren.addr()).await?;
+            ensure!(
+                through == direct,
+                "{sender} through warren got {through:?}; RabbitMQ sends {direct:?}"
+            );
+        }
+        for queue in &queues {
+            ensure!(
+                broker::queue_counts("/", queue).await?.is_none(),
+                "queue {queue}, declared behind the refused declare, exists"
+            );
+        }
+        ensure!(
+            !broker::exchanges("/").await?.contains_key(&exchange),
+            "exchange {exchange} of the unknown type exists"
+        );
+        probes.wait_for_closed(1, &scene.upstream.name).await?;
+        scene.assert_unharmed("an unknown exchange type").await?;
+        scene.finish().await
+    })
     .await
 }
 

@@ -92,8 +92,7 @@ pub fn queue_declare(ch: u16, name: &str, exclusive: bool) -> Bytes {
 /// `exchange.declare` of `name` with type `kind`.
 #[must_use]
 pub fn exchange_declare(ch: u16, name: &str, kind: &str) -> Bytes {
-    let mut table = BytesMut::new();
-    FieldTable::default().encode(&mut table);
+    let table = no_arguments();
     method_frame(ch, ids::EXCHANGE_DECLARE, |w| {
         w.u16(0)
             .shortstr(name.as_bytes())
@@ -107,6 +106,32 @@ pub fn exchange_declare(ch: u16, name: &str, kind: &str) -> Bytes {
     })
 }
 
+/// `queue.bind` of `queue` to `exchange` with `routing_key`, no arguments.
+#[must_use]
+pub fn queue_bind(ch: u16, queue: &str, exchange: &str, routing_key: &str) -> Bytes {
+    let table = no_arguments();
+    method_frame(ch, ids::QUEUE_BIND, |w| {
+        w.u16(0)
+            .shortstr(queue.as_bytes())
+            .shortstr(exchange.as_bytes())
+            .shortstr(routing_key.as_bytes())
+            .bit(false) // nowait
+            .raw(&table);
+    })
+}
+
+/// `channel.close` with reply 200, naming no method.
+#[must_use]
+pub fn channel_close(ch: u16) -> Bytes {
+    let c = method::Close {
+        code: 200,
+        text: "done".into(),
+        class_id: 0,
+        method_id: 0,
+    };
+    encode::close(ch, &c)
+}
+
 /// `basic.qos`.
 #[must_use]
 pub fn qos(ch: u16, prefetch_size: u32, prefetch_count: u16) -> Bytes {
@@ -118,8 +143,7 @@ pub fn qos(ch: u16, prefetch_size: u32, prefetch_count: u16) -> Bytes {
 /// `basic.consume` of `queue` with consumer tag `tag`.
 #[must_use]
 pub fn consume(ch: u16, queue: &str, tag: &str, no_ack: bool) -> Bytes {
-    let mut table = BytesMut::new();
-    FieldTable::default().encode(&mut table);
+    let table = no_arguments();
     method_frame(ch, ids::BASIC_CONSUME, |w| {
         w.u16(0)
             .shortstr(queue.as_bytes())
@@ -188,4 +212,11 @@ pub fn frame_header_only(kind: u8, ch: u16, size: u32) -> Bytes {
     v.extend_from_slice(&ch.to_be_bytes());
     v.extend_from_slice(&size.to_be_bytes());
     Bytes::from(v)
+}
+
+/// An empty field table, encoded: the arguments of a method sent without any.
+fn no_arguments() -> BytesMut {
+    let mut table = BytesMut::new();
+    FieldTable::default().encode(&mut table);
+    table
 }

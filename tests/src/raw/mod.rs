@@ -506,6 +506,20 @@ impl RawClient {
     /// Closes the connection the polite way: `Connection.Close 200`, then `CloseOk`, then
     /// the socket's end.
     pub async fn close(mut self) -> Result<()> {
+        self.say_goodbye().await?;
+        self.expect_eof(RECV_LIMIT).await.map(drop)
+    }
+
+    /// Closes the connection as the spec has the side that sent `Connection.Close` do: once
+    /// its `CloseOk` came, the client closes the socket. For RabbitMQ itself, which waits
+    /// up to 30 s for the client to do so, where warren closes its side at once (what
+    /// [`RawClient::close`] waits for).
+    pub async fn hang_up(mut self) -> Result<()> {
+        self.say_goodbye().await
+    }
+
+    /// Sends `Connection.Close 200` and waits for its `CloseOk`.
+    async fn say_goodbye(&mut self) -> Result<()> {
         let bye = method::Close {
             code: 200,
             text: "bye".into(),
@@ -525,7 +539,7 @@ impl RawClient {
                 bail!("the server closed the connection instead: {}", describe(&f));
             }
         }
-        self.expect_eof(RECV_LIMIT).await.map(drop)
+        Ok(())
     }
 
     /// Kills the connection: the socket is reset (`SO_LINGER` 0), as when a process dies,
@@ -572,13 +586,7 @@ impl RawClient {
 
     /// Closes channel `ch` (reply 200) and waits for its `CloseOk`.
     pub async fn close_channel(&mut self, ch: u16) -> Result<()> {
-        let c = method::Close {
-            code: 200,
-            text: "done".into(),
-            class_id: 0,
-            method_id: 0,
-        };
-        self.send(&[encode::close(ch, &c)]).await?;
+        self.send(&[build::channel_close(ch)]).await?;
         self.expect_method(ch, ids::CHANNEL_CLOSE_OK)
             .await
             .map(drop)
@@ -733,6 +741,20 @@ pub fn as_close(f: &Frame) -> Result<Option<Closed>> {
     }
 }
 
+/// The close that `frames` bring back from the server at `addr`, sent on a fresh connection
+/// with channel 1 open (a `Connection.Close` is answered and the socket's end awaited): how a
+/// test compares RabbitMQ's answer to some input with warren's.
+pub async fn close_for(addr: SocketAddr, opts: &RawOptions, frames: &[Bytes]) -> Result<Closed> {
+    let mut client = RawClient::connect(addr, opts).await?;
+    client.open_channel(1).await?;
+    client.send(frames).await?;
+    let closed = client.expect_close().await?;
+    if closed.channel == 0 {
+        client.finish_close().await?;
+    }
+    Ok(closed)
+}
+
 /// The `(delivery_tag, multiple)` of a `basic.ack` the broker sent in confirm mode.
 pub fn as_confirm_ack(f: &Frame) -> Result<Option<(u64, bool)>> {
     if f.method_id() != Some(ids::BASIC_ACK) {
@@ -792,6 +814,8 @@ mod tests {
             build::publish(1, "x", "rk", true, false),
             build::queue_declare(1, "q", true),
             build::exchange_declare(1, "x", "direct"),
+            build::queue_bind(1, "q", "x", "rk"),
+            build::channel_close(1),
             build::qos(1, 0, 10),
             build::consume(1, "q", "t", false),
             build::get(1, "q", true),
