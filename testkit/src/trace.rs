@@ -180,15 +180,18 @@ fn method_detail(id: method::MethodId, payload: &[u8]) -> String {
             let code = r.u16().ok()?;
             Some(format!(" {code}"))
         })(),
-        ids::BASIC_PUBLISH => (|| {
+        // A reserved short, two short strings and a flag: the exchange, the routing key and
+        // `mandatory` of a publish; the name, the type and `passive` of a declare.
+        ids::BASIC_PUBLISH | ids::EXCHANGE_DECLARE => (|| {
             r.u16().ok()?;
-            let ex = lossy(r.shortstr().ok()?);
-            let rk = lossy(r.shortstr().ok()?);
-            let mandatory = r.bit().ok()?;
-            Some(format!(
-                " {ex:?} {rk:?}{}",
-                if mandatory { " mandatory" } else { "" }
-            ))
+            let first = lossy(r.shortstr().ok()?);
+            let second = lossy(r.shortstr().ok()?);
+            let flag = match (r.bit().ok()?, id == ids::BASIC_PUBLISH) {
+                (false, _) => "",
+                (true, true) => " mandatory",
+                (true, false) => " passive",
+            };
+            Some(format!(" {first:?} {second:?}{flag}"))
         })(),
         ids::BASIC_GET => (|| {
             r.u16().ok()?;

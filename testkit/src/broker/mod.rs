@@ -22,7 +22,10 @@
 //! warren promises (B7) that nothing a client sends can do that to the shared connection,
 //! so any violation is a failed run. Channel errors (404 on a missing exchange, 405 on a
 //! locked queue, 406 on an unknown delivery tag) are normal behaviour and close only the
-//! channel.
+//! channel. So is the one connection error a client's frame may cause where it shares
+//! nothing: an `exchange.declare` of a type the broker does not know on a connection with no
+//! other channel, which is how warren asks the broker about a type (B7); the broker closes
+//! that connection with RabbitMQ's 503 without logging a violation.
 //!
 //! It also checks what it receives: per (client, channel) publish order, body integrity, and
 //! that publishes from two different client channels never share an upstream channel without
@@ -110,7 +113,8 @@ pub struct BrokerConfig {
     /// `handshake_timeout`, 10 s by default) before the broker drops it.
     pub handshake_timeout: Duration,
     /// Exchange types from plugins (e.g. `x-delayed-message`), accepted besides the four
-    /// built-in ones.
+    /// built-in ones; a non-passive declare of any other type closes the connection with
+    /// 503, as in RabbitMQ.
     pub plugin_exchange_types: Vec<String>,
 }
 
@@ -189,6 +193,10 @@ pub struct BrokerLog {
     /// Methods the broker itself refused with 405 RESOURCE_LOCKED (another connection's
     /// exclusive queue).
     pub locked_refusals: u64,
+    /// Non-passive declares of the default exchange, `(of a type the broker knows, of one it
+    /// does not)`: RabbitMQ refuses each (403 on the channel, or 503 on the connection) and
+    /// creates nothing, which is how warren asks the broker about a type (B7). For coverage.
+    pub default_exchange_declares: (u64, u64),
     /// Events published to `amq.rabbitmq.event`: when, routing key, and how many queues
     /// they were routed to.
     pub events: Vec<(Instant, String, usize)>,
@@ -270,6 +278,13 @@ impl Broker {
         self.pending.clear();
         self.closing.clear();
         self.out.clear();
+    }
+
+    /// What it accepts and offers: a world that checks warren on its own side of the wire
+    /// holds it to the same broker (its plugins' exchange types, above all).
+    #[must_use]
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
     }
 
     /// Channels open across all connections.

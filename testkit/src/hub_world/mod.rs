@@ -584,7 +584,23 @@ fn declare_queue(ch: u16, name: &str, passive: bool, exclusive: bool) -> Bytes {
 /// `exchange.declare` of type `kind` (not passive, durable, auto-delete or internal, waiting
 /// for the reply, no arguments).
 pub fn exchange_declare(ch: u16, name: &str, kind: &str) -> Bytes {
-    encode::exchange_declare(ch, name.as_bytes(), kind.as_bytes())
+    exchange_declare_with(ch, name, kind, false)
+}
+
+/// [`exchange_declare`], with `nowait` set or not: a client that does not wait for the
+/// reply sends what follows on the channel at once.
+pub fn exchange_declare_with(ch: u16, name: &str, kind: &str, nowait: bool) -> Bytes {
+    m(ch, ids::EXCHANGE_DECLARE, |w| {
+        w.u16(0)
+            .shortstr(name.as_bytes())
+            .shortstr(kind.as_bytes())
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .bit(nowait)
+            .u32(0);
+    })
 }
 
 /// `basic.consume` from `queue` (not no-local or exclusive, no arguments); an empty `tag`

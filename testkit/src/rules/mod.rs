@@ -63,7 +63,11 @@ pub enum Rule {
     QosPrefetchSize,
     /// `basic.recover` or `basic.recover-async` with requeue=false (540).
     RecoverNoRequeue,
-    /// A non-passive `exchange.declare` of a type the broker does not know (503).
+    /// A non-passive `exchange.declare` of a type the broker does not know (503) on a
+    /// connection that carries another channel. RabbitMQ closes the whole connection for it,
+    /// taking the neighbours' channels along. On a connection with no other channel it
+    /// closes nothing but the asker's own: that is how warren asks the broker whether it
+    /// knows a type (a probe connection of its own, B7), and is no violation.
     ExchangeType,
     /// `basic.consume` with a tag that a consumer on the channel already has (530).
     ConsumerTagReuse,
@@ -219,7 +223,8 @@ pub struct UpstreamChecker {
     offered: Option<Tune>,
     tune: Option<Tune>,
     channels: BTreeMap<u16, Chan>,
-    extra_types: Vec<String>,
+    /// The exchange types the broker knows besides RabbitMQ's four (its plugins').
+    plugin_types: Vec<String>,
     /// Whether frames that crossed the broker's `close` on the wire are discarded, as
     /// RabbitMQ discards them, rather than reported (see [`UpstreamChecker::at_broker`]).
     in_flight: bool,
@@ -238,15 +243,20 @@ impl UpstreamChecker {
     /// A checker where warren has seen every broker frame before it writes (the fuzz
     /// target's world, with no wire in between): a frame after the broker's `close` on its
     /// channel or connection is a violation, since warren knew better.
+    ///
+    /// `plugin_exchange_types` are the types the *broker* knows besides the four (not those
+    /// warren is configured to trust): warren may learn a plugin's type from the broker and
+    /// then rightly forward declares of it, and a type warren trusts that the broker does not
+    /// know closes the connection all the same.
     #[must_use]
-    pub fn new(extra_exchange_types: &[String]) -> Self {
+    pub fn new(plugin_exchange_types: &[String]) -> Self {
         UpstreamChecker {
             conn: Conn::Header,
             buf: BytesMut::new(),
             offered: None,
             tune: None,
             channels: BTreeMap::new(),
-            extra_types: extra_exchange_types.to_vec(),
+            plugin_types: plugin_exchange_types.to_vec(),
             in_flight: false,
         }
     }
@@ -254,11 +264,12 @@ impl UpstreamChecker {
     /// A checker inside a broker, at the far end of a wire: frames warren sent before the
     /// broker's `channel.close` or `connection.close` reached it are discarded, as RabbitMQ
     /// discards them (only the `close` and `close-ok` of the closing side are read).
+    /// `plugin_exchange_types` as for [`UpstreamChecker::new`].
     #[must_use]
-    pub fn at_broker(extra_exchange_types: &[String]) -> Self {
+    pub fn at_broker(plugin_exchange_types: &[String]) -> Self {
         UpstreamChecker {
             in_flight: true,
-            ..UpstreamChecker::new(extra_exchange_types)
+            ..UpstreamChecker::new(plugin_exchange_types)
         }
     }
 
@@ -632,6 +643,9 @@ impl UpstreamChecker {
                 format!("channel {ch} exceeds the negotiated channel_max {max}"),
             ));
         }
+        // Channels other than this frame's (once it is known to be in use): what a
+        // connection error would close besides the channel that caused it.
+        let neighbours = self.channels.len().saturating_sub(1);
         let Some(chan) = self.channels.get_mut(&ch) else {
             if f.method_id() == Some(ids::CHANNEL_OPEN) {
                 client_method(f)?;
@@ -773,17 +787,13 @@ impl UpstreamChecker {
             Method::ExchangeDeclare {
                 kind,
                 passive: false,
-            } if !matches!(&kind[..], b"direct" | b"fanout" | b"topic" | b"headers")
-                && !self.extra_types.iter().any(|t| t.as_bytes() == kind) =>
-            {
-                broken(
-                    Rule::ExchangeType,
-                    &format!(
-                        "exchange.declare of unknown type {:?}",
-                        String::from_utf8_lossy(&kind)
-                    ),
-                )
-            }
+            } if neighbours > 0 && !known_exchange_type(&kind, &self.plugin_types) => broken(
+                Rule::ExchangeType,
+                &format!(
+                    "exchange.declare of unknown type {:?}, whose connection error would close {neighbours} other channel(s)",
+                    String::from_utf8_lossy(&kind)
+                ),
+            ),
             Method::Consume { tag, nowait, .. } => {
                 if !tag.is_empty() && chan.tags.contains(&tag) {
                     return broken(
@@ -814,6 +824,15 @@ impl UpstreamChecker {
             }
         }
     }
+}
+
+/// Whether a broker whose plugins add `plugin_types` knows the exchange type `kind`:
+/// RabbitMQ's four, or a plugin's. Both the checker and the fake broker judge a declare by
+/// it, so that what the checker lets through the broker answers as RabbitMQ would.
+#[must_use]
+pub fn known_exchange_type(kind: &[u8], plugin_types: &[String]) -> bool {
+    matches!(kind, b"direct" | b"fanout" | b"topic" | b"headers")
+        || plugin_types.iter().any(|t| t.as_bytes() == kind)
 }
 
 /// Splits and checks a method a client sends: known, client-sendable, arguments exactly of

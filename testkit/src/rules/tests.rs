@@ -229,7 +229,6 @@ fn refused_arguments_are_reported() {
             }),
             Rule::RecoverNoRequeue,
         ),
-        (exchange_declare(1, "x", "bogus"), Rule::ExchangeType),
         (
             method_frame(1, ids::CONNECTION_UPDATE_SECRET, |w| {
                 w.longstr(b"t").shortstr(b"r");
@@ -242,10 +241,61 @@ fn refused_arguments_are_reported() {
         let mut c = open();
         assert_eq!(rule(&mut c, &bytes), want, "{want:?}");
     }
-    // Plugin types and passive declares are fine.
+}
+
+/// An `exchange.declare` of a type the broker does not know closes the whole connection:
+/// a violation beside a neighbour's channel in any state (opening, open, closing), which
+/// would go with it; alone on its connection (how warren asks the broker about a type, B7)
+/// it costs no one else anything. Types the broker knows, its plugins' included, and
+/// passive declares are fine beside neighbours.
+#[test]
+fn an_unknown_exchange_type_is_a_violation_beside_other_channels_only() {
+    let declare = exchange_declare(1, "x", "bogus");
+    for state in [
+        ChannelState::Opening,
+        ChannelState::Open,
+        ChannelState::Closing,
+    ] {
+        assert_eq!(rule(&mut beside(state), &declare), Rule::ExchangeType);
+    }
+    // The probe's connection: channel 1 opened and the default exchange declared in one
+    // write, then the broker's 503 and warren's close-ok. At the broker too.
+    for mut c in [running(), at_broker(running())] {
+        let probe = [encode::channel_open(1), exchange_declare(1, "", "bogus")];
+        assert_eq!(c.from_warren(&probe.concat()).unwrap().len(), 2);
+        c.from_broker(&frame(&close(0)));
+        c.from_warren(&encode::close_ok(0)).unwrap();
+    }
+    // Alone, but after a neighbour came and went: nothing is left to close.
+    let mut c = beside(ChannelState::Closing);
+    c.from_broker(&frame(&encode::close_ok(2)));
+    c.from_warren(&declare).unwrap();
+    // What the broker knows is fine anywhere: the four, its plugins' types, any passive one.
+    let passive = method_frame(1, ids::EXCHANGE_DECLARE, |w| {
+        w.u16(0).shortstr(b"x").shortstr(b"bogus").bit(true);
+        w.bit(false).bit(false).bit(false).bit(false).u32(0);
+    });
+    for fine in [
+        exchange_declare(1, "x", "topic"),
+        exchange_declare(1, "x", "x-delayed-message"),
+        passive,
+    ] {
+        beside(ChannelState::Open).from_warren(&fine).unwrap();
+    }
+}
+
+/// A checker with channel 1 open and channel 2 in `state`: opening, open or closing.
+fn beside(state: ChannelState) -> UpstreamChecker {
     let mut c = open();
-    c.from_warren(&exchange_declare(1, "x", "x-delayed-message"))
-        .unwrap();
+    c.from_warren(&encode::channel_open(2)).unwrap();
+    if state != ChannelState::Opening {
+        c.from_broker(&frame(&encode::channel_open_ok(2)));
+    }
+    if state == ChannelState::Closing {
+        c.from_warren(&close(2)).unwrap();
+    }
+    assert_eq!(c.channels().nth(1), Some((2, state)));
+    c
 }
 
 #[test]
@@ -316,12 +366,16 @@ fn nothing_after_connection_close() {
     );
 }
 
-#[test]
-fn frames_that_crossed_the_brokers_close_are_discarded_at_the_broker() {
-    let at_broker = |c: UpstreamChecker| UpstreamChecker {
+/// The same checker, as a broker holds it (see [`UpstreamChecker::at_broker`]).
+fn at_broker(c: UpstreamChecker) -> UpstreamChecker {
+    UpstreamChecker {
         in_flight: true,
         ..c
-    };
+    }
+}
+
+#[test]
+fn frames_that_crossed_the_brokers_close_are_discarded_at_the_broker() {
     // A channel: what warren sent before it saw the broker's close is dropped unread; its
     // own close crossing the broker's passes, and so does the close-ok that ends it.
     let mut c = at_broker(open());

@@ -1,17 +1,25 @@
-//! The fake RabbitMQ reads a queue name as RabbitMQ 3.10 does (each case checked against it
-//! with pika): the empty name stands for the queue the channel declared last, and a declare,
-//! a bind and a delete drop CR and LF from the name. warren's exclusive-queue locks (B5) rest
-//! on the same reading, so the simulation and the fuzz target must see it.
+//! The fake RabbitMQ answers as RabbitMQ 3.10 does where warren's promises rest on the
+//! answer (each case checked against it with pika).
+//!
+//! It reads a queue name as RabbitMQ does: the empty name stands for the queue the channel
+//! declared last, and a declare, a bind and a delete drop CR and LF from the name. warren's
+//! exclusive-queue locks (B5) rest on the same reading, so the simulation and the fuzz
+//! target must see it.
+//!
+//! It judges an `exchange.declare` in RabbitMQ's order: the type first (an unknown one closes
+//! the connection with 503), then the default exchange (403 on the channel). warren asks the
+//! broker about a type it does not know by that order (B7), so the simulation and the fuzz
+//! target must see it too.
 
 use bytes::{Bytes, BytesMut};
 use std::time::Instant;
-use warren_core::frame::{FrameDecoder, PROTOCOL_HEADER};
+use warren_core::frame::{Frame, FrameDecoder, PROTOCOL_HEADER};
 use warren_core::method::{encode, ids, StartOk, Tune};
 use warren_core::table::FieldTable;
 use warren_testkit::broker::{Broker, BrokerConfig, BrokerOutput, ConnId};
 use warren_testkit::hub_world::{
-    basic_get, body, channel_open, header, m, queue_declare, queue_declare_passive, queue_delete,
-    queue_purge, RABBITMQ_TUNE,
+    basic_get, body, channel_open, close_ok, close_reply, exchange_declare, header, m,
+    queue_declare, queue_declare_passive, queue_delete, queue_purge, RABBITMQ_TUNE,
 };
 use warren_testkit::trace::describe;
 
@@ -24,8 +32,12 @@ struct Session {
 
 impl Session {
     fn open() -> Self {
+        Session::open_with(BrokerConfig::default())
+    }
+
+    fn open_with(config: BrokerConfig) -> Self {
         let now = Instant::now();
-        let mut broker = Broker::new(BrokerConfig::default());
+        let mut broker = Broker::new(config);
         let conn = broker.accept(now);
         let tune = Tune {
             heartbeat: 0,
@@ -51,6 +63,11 @@ impl Session {
 
     /// What the broker answers to `frames`, one line per frame.
     fn send(&mut self, frames: &[Bytes]) -> Vec<String> {
+        self.answers(frames).iter().map(describe).collect()
+    }
+
+    /// What the broker answers to `frames`.
+    fn answers(&mut self, frames: &[Bytes]) -> Vec<Frame> {
         for f in frames {
             self.broker.handle_bytes(self.now, self.conn, f);
         }
@@ -61,9 +78,7 @@ impl Session {
             }
         }
         let decoder = FrameDecoder::new(u32::MAX);
-        std::iter::from_fn(|| decoder.decode(&mut out).ok().flatten())
-            .map(|f| describe(&f))
-            .collect()
+        std::iter::from_fn(|| decoder.decode(&mut out).ok().flatten()).collect()
     }
 }
 
@@ -130,4 +145,55 @@ fn a_bind_by_the_shortcut_routes_by_the_queue_name() {
     let got = s.send(&[bind, publish, header(1, 1), body(1, b"x"), get]);
     assert!(got[0].contains("queue.bind-ok"), "{got:?}");
     assert!(got[1].contains("basic.get-ok"), "routed to q: {got:?}");
+}
+
+/// The type is checked before the name: an unknown type closes the connection with 503 even
+/// for the default exchange, a known one (a plugin's too) gets the default exchange's 403 on
+/// the channel only, both naming `exchange.declare` (40, 10) as the cause. Alone on its
+/// connection, as warren's probe is, the unknown type breaks no rule: no neighbour's channel
+/// goes with the connection.
+#[test]
+fn an_exchange_type_is_checked_before_the_name() {
+    let mut s = Session::open_with(BrokerConfig {
+        plugin_exchange_types: vec!["x-consistent-hash".into()],
+        ..BrokerConfig::default()
+    });
+    s.send(&[channel_open(1)]);
+    let cause = |f: &Frame| close_reply(f).map(|c| (c.class_id, c.method_id));
+    let got = s.answers(&[exchange_declare(1, "", "x-consistent-hash")]);
+    assert_eq!(
+        got.iter().map(describe).collect::<Vec<_>>(),
+        [
+            r#"ch1 channel.close 403 "ACCESS_REFUSED - operation not permitted on the default exchange""#
+        ]
+    );
+    assert_eq!(cause(&got[0]), Some((40, 10)));
+    s.send(&[close_ok(1), channel_open(1)]);
+    let got = s.send(&[
+        exchange_declare(1, "hash", "x-consistent-hash"),
+        exchange_declare(1, "fan", "fanout"),
+    ]);
+    assert!(
+        got.iter().all(|l| l.contains("exchange.declare-ok")),
+        "{got:?}"
+    );
+    let got = s.answers(&[exchange_declare(1, "", "x-nonsense")]);
+    assert_eq!(
+        got.iter().map(describe).collect::<Vec<_>>(),
+        [r#"ch0 connection.close 503 "COMMAND_INVALID - unknown exchange type 'x-nonsense'""#]
+    );
+    assert_eq!(cause(&got[0]), Some((40, 10)));
+    assert_eq!(s.broker.log.violations, []);
+}
+
+/// Beside another channel, the same declare would close that channel too: a violation of
+/// the rules, logged, and the connection closed with 503 as RabbitMQ closes it.
+#[test]
+fn an_unknown_exchange_type_beside_another_channel_is_a_violation() {
+    let mut s = Session::open();
+    s.send(&[channel_open(1), channel_open(2)]);
+    let got = s.send(&[exchange_declare(2, "ex", "x-consistent-hash")]);
+    assert!(got[0].starts_with("ch0 connection.close 503"), "{got:?}");
+    let codes: Vec<u16> = s.broker.log.violations.iter().map(|v| v.code).collect();
+    assert_eq!(codes, [503], "{:?}", s.broker.log.violations);
 }
