@@ -843,6 +843,37 @@ fn hub_client_seeds() -> Seeds {
             .fold(opened([0; 4]), |i, &(kind, args)| i.build(0, 0, kind, args));
         s.add(name, built.settle());
     }
+    // Exchange types warren must ask the broker about (B7), on a probe connection of its own.
+    // `ExchangeDeclare` arguments: the type (5 "bogus", 8 "x-consistent-hash", which only the
+    // broker knows), then flags (0x20: exchange "x"; 0x02: nowait).
+    s.add(
+        "exchange-type-learnt-from-the-broker",
+        opened([0; 4])
+            .build(0, 0, Build::ExchangeDeclare, &[8, 0x20])
+            .op(HubOp::Join, &[])
+            .raw(1, &encode::channel_open(1))
+            .settle()
+            .build(1, 0, Build::ExchangeDeclare, &[8, 0x20])
+            .settle(),
+    );
+    s.add(
+        "exchange-types-asked-together-with-pipelined-publishes",
+        opened([0; 4])
+            .op(HubOp::Join, &[])
+            .raw(1, &encode::channel_open(1))
+            .settle()
+            .build(0, 0, Build::ExchangeDeclare, &[5, 0x22])
+            .build(0, 0, Build::Publish, &[0, 3, 0])
+            .build(1, 0, Build::ExchangeDeclare, &[8, 0x22])
+            .build(1, 0, Build::Publish, &[0, 3, 0])
+            .settle(),
+    );
+    s.add(
+        "exchange-type-probe-unanswered",
+        opened([0; 4])
+            .build(0, 0, Build::ExchangeDeclare, &[8, 0x20])
+            .op(HubOp::Advance, &[7]),
+    );
     for (name, ch, which) in [
         ("connection-close", 192u8, 0u8),
         ("connection-close-ok-unasked", 192, 1),
@@ -1229,6 +1260,23 @@ fn hub_seeds_reach_what_they_are_named_for() {
     closed_with("publish-immediate", 540);
     closed_with("qos-prefetch-size", 540);
     closed_with("exchange-unknown-type", 503);
+    closed_with(
+        "exchange-types-asked-together-with-pipelined-publishes",
+        503,
+    );
+    closed_with("exchange-type-probe-unanswered", 320);
+    let asked = |n: &str, kind: &str| {
+        let probe = format!(r#"<- ch1 exchange.declare "" "{kind}""#);
+        let trace = warren_testkit::fuzz::hub_client_trace(seeds.named(n));
+        (trace.iter()).filter(|l| l.ends_with(&probe)).count()
+    };
+    assert_eq!(
+        asked("exchange-type-learnt-from-the-broker", "x-consistent-hash"),
+        1
+    );
+    let together = "exchange-types-asked-together-with-pipelined-publishes";
+    assert_eq!(asked(together, "x-consistent-hash"), 1);
+    assert_eq!(asked(together, "bogus"), 1);
     closed_with("client-frame-too-large", 501);
     closed_with("tx-commit-then-publish", 504);
     closed_with("unfinished-publish-over-buffer-limit", 506);

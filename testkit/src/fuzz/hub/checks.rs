@@ -165,7 +165,7 @@ impl World {
         } else if self.canary.up == Some((up, ch)) {
             "the canary's channel"
         } else {
-            "a fuzzed client's channel or a channel warren manages (fence, pool, housekeeping)"
+            "a fuzzed client's channel or a channel warren manages (fence, pool, housekeeping, probe)"
         }
     }
 

@@ -13,7 +13,8 @@ pub(super) struct Link {
     pub(super) id: UpstreamId,
     pub(super) conn: ConnId,
     /// Holds warren to RabbitMQ's rules as warren sees the broker: strict, because every
-    /// broker frame it reads reached warren before what warren writes next.
+    /// broker frame it reads reached warren before what warren writes next. It knows the
+    /// broker's exchange types, not warren's: warren may learn a plugin's type by asking.
     pub(super) check: UpstreamChecker,
     /// Cuts what the broker writes into frames.
     rx: FrameReader,
@@ -40,7 +41,7 @@ impl World {
             self.links.push(Link {
                 id: up,
                 conn,
-                check: UpstreamChecker::new(&self.config.extra_exchange_types),
+                check: UpstreamChecker::new(&self.broker.config().plugin_exchange_types),
                 rx: FrameReader::default(),
                 held: VecDeque::new(),
                 ready: Vec::new(),

@@ -49,7 +49,10 @@ use warren_core::method::{encode, ids, MethodId, Tune};
 /// well-behaved *canary* client; and up to four *fuzzed* clients. The canary joins first,
 /// opens its channel 1, declares its exclusive queue and consumes from it; it then publishes
 /// to that queue and receives deliveries whenever the input asks, and once more at the end. Fuzzed clients join after it and everything they send is decided
-/// by the input.
+/// by the input. The broker has two plugins' exchange types, one of which warren is not told
+/// of: a declare of that type or of one nobody knows makes warren dial a *probe*, a
+/// connection that only asks the broker about the type (B7). It is an upstream like the
+/// others: accepted at once, its answers held like any reply, its bytes checked alike.
 ///
 /// # The input
 ///
@@ -141,16 +144,24 @@ const QUEUES: [&[u8]; 8] = [
     b"canary-q\n",
 ];
 const TAGS: [&[u8]; 4] = [b"", b"t1", b"t2", b"amq.ctag-1"];
-const EXCHANGE_TYPES: [&[u8]; 8] = [
+/// Exchange types a fuzzed client declares: RabbitMQ's four; a plugin's that warren is told
+/// of (`x-delayed-message`); types nobody knows, which warren asks the broker about on a
+/// connection of its own and then refuses with the broker's 503 (B7); and a plugin's that
+/// only the broker knows (`x-consistent-hash`), which warren must learn from it and forward.
+/// The last comes last so that the inputs written before it kept their meaning.
+const EXCHANGE_TYPES: [&[u8]; 9] = [
     b"direct",
     b"fanout",
     b"topic",
     b"headers",
-    b"x-delayed-message",
+    PLUGIN_TYPES[0].as_bytes(),
     b"bogus",
     b"",
     b"DIRECT",
+    PLUGIN_TYPES[1].as_bytes(),
 ];
+/// The broker's plugin types: the one warren is told of, and one it must ask about.
+const PLUGIN_TYPES: [&str; 2] = ["x-delayed-message", "x-consistent-hash"];
 const ACCESS_REQUEST: MethodId = MethodId::new(30, 10);
 const EMPTY_TABLE: [u8; 4] = [0; 4];
 
@@ -247,7 +258,7 @@ impl World {
             },
             recycling: hub_byte & 1 == 0,
             pool_size: [64, 1, 2, 0][two(hub_byte, 2)],
-            extra_exchange_types: vec!["x-delayed-message".into()],
+            extra_exchange_types: vec![PLUGIN_TYPES[0].into()],
             upstream_name: "warren-fuzz".into(),
             ..HubConfig::default()
         };
@@ -255,7 +266,7 @@ impl World {
             channel_max: [0, 2047, 2, 3, 5, 8, 1, 64][usize::from(broker_byte & 7)],
             frame_max: [131_072, 4096, 0, 8192][two(broker_byte, 3)],
             heartbeat: [60, 5, 0, 600][two(broker_byte, 5)],
-            plugin_exchange_types: hub_config.extra_exchange_types.clone(),
+            plugin_exchange_types: PLUGIN_TYPES.map(String::from).to_vec(),
             ..BrokerConfig::default()
         };
         let template = hello_with(
