@@ -478,3 +478,43 @@ fn the_clients_own_queue_gone_while_it_is_connected_is_caught() {
         })
     });
 }
+
+// ----- exchange types (B7) -------------------------------------------------------------------
+
+/// A proxy that trusts an exchange type the broker does not know — here warren told of
+/// [`UNKNOWN_EXCHANGE_TYPE`] in `extra_exchange_types`, as if it took every type for known —
+/// forwards a client's declare of it onto the broker connection it shares with a neighbour,
+/// and RabbitMQ's 503 closes the neighbour's channel with it. The reformulated rule
+/// (an unknown type is a violation beside another channel) catches it; the same scene
+/// without the misplaced trust is clean, the client closed with the broker's 503 from the
+/// probe.
+#[test]
+fn an_unknown_exchange_type_forwarded_onto_a_shared_connection_is_caught() {
+    use warren_sim::client::{Misbehaviour, UNKNOWN_EXCHANGE_TYPE};
+    let name = "unknown exchange type on a shared connection";
+    check_caught(name, &[Invariant::BrokerProtocol], 0..8, |seed| {
+        let ms = Duration::from_millis;
+        let mut sc = Scenario::empty(seed);
+        sc.hub.max_upstreams = 1;
+        sc.net.upstream_latency = ms(1 + seed % 4);
+        sc.net.client_latency = ms(1 + seed % 3);
+        let mut neighbour = Step::consumer(0, false, false);
+        neighbour.extend([Step::Sleep(ms(3000)), Step::CloseConnection]);
+        let misbehaving = vec![
+            Step::Open(1),
+            Step::Misbehave(Misbehaviour::UnknownExchangeType),
+            Step::CloseConnection,
+        ];
+        sc.clients = vec![
+            ClientSpec::guest("consumer", Duration::ZERO, neighbour),
+            ClientSpec::guest("misbehaving", ms(300 + 97 * seed % 700), misbehaving),
+        ];
+        untampered_is_clean(&sc);
+        sc.hub.extra_exchange_types = vec![UNKNOWN_EXCHANGE_TYPE.into()];
+        let options = RunOptions {
+            trace: true,
+            ..RunOptions::default()
+        };
+        (run(sc, options), 1)
+    });
+}

@@ -309,11 +309,15 @@ impl Observer {
                         format!("was closed with an invalid code {code} {text:?}"),
                     );
                 } else if let Some(m) = misbehaved {
-                    let expect = m.expected_code();
-                    if expect != code && code != reply::CONNECTION_FORCED {
+                    if !m.closed_as_expected(code, text) {
+                        let expect = m.expected_code();
+                        let words = m.expected_text().map(|t| format!(" {t:?}"));
                         bad(
                             self,
-                            format!("misbehaved ({m:?}) and was closed with {code} {text:?}, expected {expect:?}"),
+                            format!(
+                                "misbehaved ({m:?}) and was closed with {code} {text:?}, expected {expect}{}",
+                                words.unwrap_or_default()
+                            ),
                         );
                     }
                 } else if wrong_password || revoked {

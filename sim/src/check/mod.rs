@@ -11,6 +11,7 @@
 //! This file holds the invariants, the violations, and the [`Observer`] as it watches the run;
 //! `end` holds the checks made once the run stopped.
 
+use crate::broker::BrokerLog;
 use crate::client::FakeClient;
 use crate::plan::Fault;
 use crate::scenario::Scenario;
@@ -23,6 +24,20 @@ use warren_core::hub::BackoffConfig;
 use warren_core::reply;
 
 mod end;
+
+/// What the broker's log shows that no check judges, for the coverage counts of both
+/// layers: its own refusals of another connection's exclusive queue (405), and the questions
+/// about exchange types warren asked it (B7), by the answer. Zero counts are left out.
+pub fn broker_coverage(log: &BrokerLog) -> impl Iterator<Item = (&'static str, u64)> {
+    let (known, unknown) = log.default_exchange_declares;
+    [
+        ("broker refused 405", log.locked_refusals),
+        ("probe answered: type known", known),
+        ("probe answered: type unknown", unknown),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+}
 
 /// Which promise a violation breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

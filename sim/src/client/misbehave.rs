@@ -41,7 +41,8 @@ pub enum Misbehaviour {
     ServerOnlyMethod,
     /// `basic.publish` with immediate=true (540).
     PublishImmediate,
-    /// `exchange.declare` of an unknown type (503).
+    /// `exchange.declare` of a type the broker does not know ([`UNKNOWN_EXCHANGE_TYPE`]):
+    /// warren asks the broker and closes the client with the broker's own 503.
     UnknownExchangeType,
     /// `basic.qos` with prefetch_size != 0 (540).
     QosPrefetchSize,
@@ -55,6 +56,10 @@ pub enum Misbehaviour {
     /// `channel.flow active=false` (540, as RabbitMQ closes the connection).
     FlowInactive,
 }
+
+/// The exchange type a [`Misbehaviour::UnknownExchangeType`] client declares: no broker of
+/// the simulation knows it, and no warren is told of it.
+pub const UNKNOWN_EXCHANGE_TYPE: &str = "x-nonsense";
 
 impl Misbehaviour {
     /// Every kind, for drawing one at random.
@@ -99,6 +104,24 @@ impl Misbehaviour {
             ConnectionMethodAfterOpen => reply::CHANNEL_ERROR,
             ChannelAboveMax | ConsumerTagReuse => reply::NOT_ALLOWED,
         }
+    }
+
+    /// The close text warren must use, where it is not warren's to choose: the broker's own
+    /// words for a type only the broker could judge (B7), as RabbitMQ closes a connection of
+    /// the client's own.
+    #[must_use]
+    pub fn expected_text(self) -> Option<String> {
+        (self == Misbehaviour::UnknownExchangeType)
+            .then(|| format!("COMMAND_INVALID - unknown exchange type '{UNKNOWN_EXCHANGE_TYPE}'"))
+    }
+
+    /// Whether a close with `code` and `text` is warren's right answer: the expected code
+    /// (with the expected text, if any), or 320 when warren could not judge (the broker went
+    /// away, a drain).
+    #[must_use]
+    pub fn closed_as_expected(self, code: u16, text: &str) -> bool {
+        code == reply::CONNECTION_FORCED
+            || (code == self.expected_code() && self.expected_text().is_none_or(|t| t == text))
     }
 }
 
@@ -152,7 +175,7 @@ impl FakeClient {
             })),
             PublishImmediate => b.extend_from_slice(&publish(1, "", "x", false, true)),
             UnknownExchangeType => {
-                b.extend_from_slice(&exchange_declare(1, "ex-bad", "x-nonsense"));
+                b.extend_from_slice(&exchange_declare(1, "ex-bad", UNKNOWN_EXCHANGE_TYPE));
             }
             QosPrefetchSize => b.extend_from_slice(&method_frame(1, ids::BASIC_QOS, |w| {
                 w.u32(4096).u16(1).bit(false);

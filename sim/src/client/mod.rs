@@ -39,7 +39,7 @@ mod state;
 
 pub use board::Board;
 pub use intrusion::{Intrusion, IntrusionOutcome};
-pub use misbehave::Misbehaviour;
+pub use misbehave::{Misbehaviour, UNKNOWN_EXCHANGE_TYPE};
 pub use spec::{ClientSpec, Opening, Step, Target};
 
 /// How long a client waits for `Connection.OpenOk` before giving up (client libraries
@@ -493,5 +493,5 @@ pub fn publish(ch: u16, exchange: &str, rk: &str, mandatory: bool, immediate: bo
 /// The content header, `basic.consume`, `exchange.declare` and `queue.declare` frames are the
 /// test kit's (the same bytes the hub scenarios send).
 pub use warren_testkit::hub_world::{
-    consume, exchange_declare, header, queue_declare, queue_declare_passive,
+    consume, exchange_declare, exchange_declare_with, header, queue_declare, queue_declare_passive,
 };

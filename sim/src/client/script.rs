@@ -3,7 +3,7 @@
 
 use super::state::{ChState, Chan, Phase, Reply, Wait};
 use super::{
-    consume, exchange_declare, header, publish, queue_declare, queue_declare_passive, Board,
+    consume, exchange_declare_with, header, publish, queue_declare, queue_declare_passive, Board,
     ClientOut, End, FakeClient, Step, Target,
 };
 use crate::tag::{Origin, NO_QUEUE, TAG_LEN};
@@ -247,9 +247,22 @@ impl FakeClient {
                 self.send(now, bad);
                 self.wait = Wait::Forever;
             }
-            Step::ExchangeDeclare { ch, name, kind } => {
-                let frame = exchange_declare(ch, &name, &kind);
-                self.request(now, ch, Reply::ExchangeDeclareOk, frame);
+            Step::ExchangeDeclare {
+                ch,
+                name,
+                kind,
+                nowait,
+            } => {
+                let frame = exchange_declare_with(ch, &name, &kind, nowait);
+                if !nowait {
+                    self.request(now, ch, Reply::ExchangeDeclareOk, frame);
+                } else if self
+                    .chans
+                    .get(&ch)
+                    .is_some_and(|c| c.state == ChState::Open)
+                {
+                    self.send(now, frame);
+                }
             }
             Step::Bind {
                 ch,

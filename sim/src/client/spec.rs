@@ -93,6 +93,9 @@ pub enum Step {
         name: String,
         /// `direct`, `fanout`, ...
         kind: String,
+        /// Go on at once instead of waiting for `declare-ok` (which the broker then does not
+        /// send): what follows on the channel is pipelined behind the declare.
+        nowait: bool,
     },
     /// `queue.bind` of the queue in a board slot to an exchange.
     Bind {

@@ -197,6 +197,7 @@ pub fn runtime_config(sc: &Scenario, drain_timeout: Duration) -> Config {
         credentials_ttl: sc.net.credentials_ttl,
         events: sc.net.events.then(|| credentials("guest", "guest", "/")),
         drain_timeout,
+        extra_exchange_types: hub.extra_exchange_types.clone(),
         ..Config::default()
     }
 }

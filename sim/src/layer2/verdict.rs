@@ -142,10 +142,10 @@ impl Verdict {
                 .any(|st| matches!(st, Step::StopReading | Step::Stall(_)));
             let ok = match end {
                 End::Finished | End::Left => !wrong_login,
-                End::Closed(code, _) => {
+                End::Closed(code, text) => {
                     let code = *code;
                     if let Some(m) = misbehaved {
-                        m.expected_code() == code || code == reply::CONNECTION_FORCED
+                        m.closed_as_expected(code, text)
                     } else if wrong_login || revoked {
                         matches!(
                             code,
@@ -385,11 +385,8 @@ impl Verdict {
             }
         }
         let routed = b.log.events.iter().filter(|(_, _, n)| *n > 0).count() as u64;
-        let locked = b.log.locked_refusals;
-        for (what, n) in [
-            ("broker refused 405", locked),
-            ("password change event routed to a feed", routed),
-        ] {
+        let routed = ("password change event routed to a feed", routed);
+        for (what, n) in crate::check::broker_coverage(&b.log).chain([routed]) {
             if n > 0 {
                 *self.coverage.entry(what).or_default() += n;
             }

@@ -2,7 +2,7 @@
 //! scenario (publishers, consumers, getters, fanouts, churners, clients that misstep on
 //! purpose) and the helpers every script uses (board slots, message sizes, endings).
 
-use super::{ms, pick, DYNAMIC, NAMED};
+use super::{ms, pick, DYNAMIC, NAMED, PLUGIN_EXCHANGE_TYPE};
 use crate::client::{ClientSpec, Opening, Step, Target};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -298,6 +298,7 @@ impl Builder<'_> {
                     ch: 1,
                     name: exchange.clone(),
                     kind: "fanout".into(),
+                    nowait: false,
                 },
                 Step::declare(1, slot, true),
                 Step::Bind {
@@ -318,6 +319,7 @@ impl Builder<'_> {
                 ch: 2,
                 name: exchange.clone(),
                 kind: "fanout".into(),
+                nowait: false,
             },
         ];
         for _ in 0..self.rng.random_range(1..=10) {
@@ -331,6 +333,38 @@ impl Builder<'_> {
         }
         p.push(Step::CloseConnection);
         self.spec("fanout-publisher", start + Duration::from_millis(500), p);
+    }
+
+    /// Declares an exchange of the broker plugin's type ([`PLUGIN_EXCHANGE_TYPE`]) on its
+    /// channel 1, which warren may not know (B7), and must get its `declare-ok` all the same;
+    /// then publishes on both its channels to the queue in a named slot. With `nowait` it
+    /// does not wait for the answer: its publishes on channel 1 follow the declare at once
+    /// and wait with it while warren asks the broker, and must still reach the broker, in
+    /// order (the broker's order check) and confirmed (with `confirm`, else the client hangs),
+    /// while those on channel 2 go on meanwhile.
+    pub(super) fn plugin_user(&mut self, start: Duration) {
+        let slot = self.named_slot();
+        let nowait = self.rng.random_bool(0.5);
+        let confirm = self.rng.random_bool(0.5);
+        let mut s = vec![Step::Open(1), Step::Open(2), Step::declare(2, slot, false)];
+        if confirm {
+            s.push(Step::Confirm(1));
+        }
+        s.push(Step::ExchangeDeclare {
+            ch: 1,
+            name: "hashed".into(),
+            kind: PLUGIN_EXCHANGE_TYPE.into(),
+            nowait,
+        });
+        for _ in 0..self.rng.random_range(1..=4) {
+            let (size, other) = (self.size(), self.size());
+            s.extend([Step::publish(2, slot, other), Step::publish(1, slot, size)]);
+        }
+        if confirm {
+            s.push(Step::WaitConfirms(1));
+        }
+        self.ending(&mut s, 1);
+        self.spec("plugin-exchange", start, s);
     }
 
     /// Drops its socket in the middle of a publish (B8: nothing half-sent goes upstream).

@@ -9,7 +9,7 @@
 //! `fault_clients` (the clients a fault brings along).
 
 use crate::broker::BrokerConfig;
-use crate::client::{ClientSpec, Step};
+use crate::client::{ClientSpec, Misbehaviour, Step};
 use crate::plan::{Fault, FaultPlan, FaultProfile};
 use crate::slow::ReadPace;
 use builder::Builder;
@@ -105,6 +105,11 @@ pub const ROTATED_USER: &str = "bob";
 pub const OLD_PASSWORD: &str = "bob-old";
 /// Its password after the change.
 pub const NEW_PASSWORD: &str = "bob-new";
+
+/// The exchange type of a broker plugin that some scenarios' brokers have (RabbitMQ's
+/// `rabbitmq_consistent_hash_exchange`), and that warren is seldom told of: it must learn it
+/// from the broker (B7).
+pub const PLUGIN_EXCHANGE_TYPE: &str = "x-consistent-hash";
 
 impl Scenario {
     /// A small quiet scenario with sane defaults and no clients, for hand-written tests.
@@ -208,7 +213,46 @@ impl Scenario {
         s.credential_faults();
         s.large_delivery_faults();
         s.own_queue_on_another_channel();
+        s.plugin_exchange_type();
         s
+    }
+
+    /// A broker plugin's exchange type (B7), drawn from a fifth stream of the seed so that
+    /// adding it left the rest of every seed's scenario as it was. In some scenarios the
+    /// broker knows [`PLUGIN_EXCHANGE_TYPE`] and a few clients declare it at about the same
+    /// time; warren is mostly not told of it (`extra_exchange_types`), so the first of them
+    /// makes it ask the broker on a connection of its own while the others wait for the
+    /// same answer. Now and then a client declares a type nobody knows among them
+    /// ([`Misbehaviour::UnknownExchangeType`](crate::client::Misbehaviour)), so that two
+    /// questions are out together.
+    fn plugin_exchange_type(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x706c_7567_696e_2b2b);
+        if !rng.random_bool(0.4) {
+            return;
+        }
+        self.broker.plugin_exchange_types = vec![PLUGIN_EXCHANGE_TYPE.into()];
+        if rng.random_bool(0.2) {
+            self.hub.extra_exchange_types = vec![PLUGIN_EXCHANGE_TYPE.into()];
+        }
+        let mut b = Builder {
+            rng: &mut rng,
+            clients: Vec::new(),
+            next_dynamic: NAMED + DYNAMIC,
+        };
+        let at = ms(b.rng, 0, 15_000);
+        for _ in 0..b.rng.random_range(1..=3) {
+            let start = at + ms(b.rng, 0, 100);
+            b.plugin_user(start);
+        }
+        if b.rng.random_bool(0.3) {
+            let start = at + ms(b.rng, 0, 100);
+            let fault = Fault::Misbehaving {
+                kind: Misbehaviour::UnknownExchangeType,
+            };
+            b.fault_clients(start, &fault);
+            self.plan = std::mem::take(&mut self.plan).with(start, fault);
+        }
+        self.clients.extend(b.clients);
     }
 
     /// `user`'s password on the broker as the scenario starts (empty for an unknown user):

@@ -79,17 +79,25 @@ impl World {
                 self.next_up += 1;
                 let uid = self.next_up;
                 self.hubs[i].ups.insert(upstream, uid);
-                self.ups.insert(
-                    uid,
-                    UpSlot::new(
-                        Owner::Hub {
-                            hub: hid,
-                            id: upstream,
-                        },
-                        frame_max,
-                    ),
-                );
-                self.line(format!("w dials u{uid} (hub h{hid})"));
+                let owner = Owner::Hub {
+                    hub: hid,
+                    id: upstream,
+                };
+                let mut slot = UpSlot::new(owner, frame_max);
+                // A probe only asks the broker about an exchange type (B7), and the hub's
+                // snapshot says so; the trace names it, so that its short life reads right.
+                slot.probe = (self.hubs[i].hub.snapshot().upstreams.iter())
+                    .any(|u| u.id == upstream && u.phase == "probing");
+                let probe = slot.probe;
+                self.ups.insert(uid, slot);
+                if probe {
+                    self.count("probe dialled");
+                    self.line(format!(
+                        "w dials u{uid} (hub h{hid}) to ask the broker about an exchange type"
+                    ));
+                } else {
+                    self.line(format!("w dials u{uid} (hub h{hid})"));
+                }
                 self.obs.dialed(now, hid, uid);
                 // SYN and SYN-ACK.
                 let at = now + self.sc.net.upstream_latency * 2;

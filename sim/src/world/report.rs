@@ -153,8 +153,8 @@ impl World {
                 add(what, 1);
             }
         }
-        if self.broker.log.locked_refusals > 0 {
-            add("broker refused 405", self.broker.log.locked_refusals);
+        for (what, n) in crate::check::broker_coverage(&self.broker.log) {
+            add(what, n);
         }
         let summary = format!(
             "{} clients, {} publishes, {} deliveries, {} upstream dials; faults: {}",

@@ -70,6 +70,9 @@ pub(super) struct UpSlot {
     pub(super) conn: Option<ConnId>,
     pub(super) buf: BytesMut,
     pub(super) decoder: FrameDecoder,
+    /// A hub's probe: it only asks the broker about an exchange type (B7) and serves no
+    /// client, so it is no upstream the hub could fall back on.
+    pub(super) probe: bool,
 }
 
 impl UpSlot {
@@ -83,6 +86,7 @@ impl UpSlot {
             conn: None,
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(frame_max),
+            probe: false,
         }
     }
 }

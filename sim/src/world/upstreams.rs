@@ -80,7 +80,8 @@ impl World {
         }
     }
 
-    /// Upstreams of a hub other than `except` that are dialling or connected.
+    /// Upstreams of a hub other than `except` that are dialling or connected, its probes
+    /// aside: they serve no client, so the hub cannot fall back on them.
     pub(super) fn live_upstreams(&self, hid: u32, except: Option<u32>) -> usize {
         self.ups
             .iter()
@@ -88,6 +89,7 @@ impl World {
                 matches!(u.owner, Owner::Hub { hub, .. } if hub == hid)
                     && Some(**uid) != except
                     && u.state != UpState::Gone
+                    && !u.probe
             })
             .count()
     }
