@@ -127,7 +127,8 @@ pub struct UpstreamSnapshot {
     pub id: UpstreamId,
     /// The index of the broker node in the upstream list, once connected.
     pub node: Option<usize>,
-    /// `connecting`, `open`, `retiring` (after a re-dial) or `closing`.
+    /// `connecting`, `open`, `retiring` (after a re-dial), `closing`, or `probing` (asking the
+    /// broker about an exchange type).
     pub phase: &'static str,
     /// Upstream channel numbers in use (any state but free).
     pub channels: usize,

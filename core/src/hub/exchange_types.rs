@@ -15,7 +15,9 @@
 //! Types listed in `extra_exchange_types` are trusted without asking. What a probe learnt is
 //! trusted for [`TYPE_MEMORY`], then asked again, since an operator may enable or disable a
 //! plugin. A probe that gets no answer (the broker is unreachable, the login is refused, the
-//! answer does not come in time) closes the clients whose declare waited on it.
+//! answer does not come in time) closes the clients whose declare waited on it. A probe is
+//! never dialled during the reconnect backoff (B11): a hub in backoff has no open upstream,
+//! so no client has an open channel to declare on.
 
 use super::{ClientId, Hub, UpstreamId};
 use crate::frame::{Frame, FrameType};
@@ -133,13 +135,14 @@ impl Hub {
         }
         self.types.parked.push((id, frame));
         let Some(kind) = asks else { return Ok(()) };
-        if !self.upstreams.iter().any(|(_, u)| u.probe.is_some()) {
-            tracing::debug!(kind = %String::from_utf8_lossy(&kind), "asking the broker about an exchange type");
-            let nodes = self.nodes.order();
-            let up = self.dial_nodes(now, nodes);
-            if let Some(u) = self.upstream_mut(up) {
-                u.probe = Some(Box::new(Probe { kind, until: None }));
-            }
+        if self.upstreams.iter().any(|(_, u)| u.probe.is_some()) {
+            return Ok(());
+        }
+        tracing::debug!(kind = %String::from_utf8_lossy(&kind), "asking the broker about an exchange type");
+        let nodes = self.nodes.order();
+        let up = self.dial_nodes(now, nodes);
+        if let Some(u) = self.upstream_mut(up) {
+            u.probe = Some(Box::new(Probe { kind, until: None }));
         }
         Ok(())
     }
@@ -222,24 +225,13 @@ impl Hub {
         };
         tracing::warn!(kind = %String::from_utf8_lossy(&kind), code = why.code, text = %why.text, "exchange type probe failed");
         self.remove_upstream(id);
-        let reply = Reply::new(
-            reply::CONNECTION_FORCED,
-            format!(
-                "could not ask the broker about exchange type '{}': {}",
-                String::from_utf8_lossy(&kind),
-                why.detail()
-            ),
-        );
+        let reply = unasked(&kind, &why);
         let waiting: BTreeSet<ClientId> = (self.types.parked.iter())
             .filter(|(_, f)| declares_type(f, &kind))
             .map(|(c, _)| *c)
             .collect();
         for c in waiting {
-            self.close_client(
-                now,
-                c,
-                reply.clone().caused_by(method::ids::EXCHANGE_DECLARE),
-            );
+            self.close_client(now, c, reply.clone());
         }
         self.replay_parked(now);
     }
@@ -254,6 +246,19 @@ impl Hub {
             self.take_client_frame(now, id, frame);
         }
     }
+}
+
+/// The close of a client whose declare of type `kind` could not be asked about, and why.
+fn unasked(kind: &[u8], why: &Reply) -> Reply {
+    Reply::new(
+        reply::CONNECTION_FORCED,
+        format!(
+            "could not ask the broker about exchange type '{}': {}",
+            String::from_utf8_lossy(kind),
+            why.detail()
+        ),
+    )
+    .caused_by(method::ids::EXCHANGE_DECLARE)
 }
 
 /// Whether `frame` is an `exchange.declare` of type `kind`.

@@ -186,6 +186,9 @@ impl Hub {
         }
         if let Some(p) = &u.probe {
             if p.deadline().is_some_and(|at| now >= at) {
+                // Still connected: the probe says goodbye before its socket closes.
+                let bye = Close::from(&Reply::verbatim(reply::REPLY_SUCCESS, "no answer"));
+                self.send_upstream(now, id, encode::close(0, &bye));
                 let reply = Reply::new(reply::CONNECTION_FORCED, "the broker did not answer");
                 return self.probe_failed(now, id, reply);
             }

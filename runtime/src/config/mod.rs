@@ -129,7 +129,8 @@ pub struct Config {
     /// Threads that run connections and hubs; 0 picks half the CPUs (at least one), leaving
     /// the rest to the broker and applications that usually share the machine.
     pub worker_threads: usize,
-    /// Exchange types beyond direct/fanout/topic/headers that clients may declare.
+    /// Exchange types beyond direct/fanout/topic/headers that clients may declare without
+    /// the hub asking the broker first (see `core::hub::exchange_types`).
     pub extra_exchange_types: Vec<String>,
     /// `tracing` filter, e.g. `info` or `warren=debug`.
     pub log_level: String,
