@@ -11,6 +11,10 @@
 //!
 //! The misbehaving clients are raw clients ([`warren_tests::raw`]), which can send what lapin
 //! and amqprs never would.
+//!
+//! Why one file of about a thousand lines: it is a catalogue of cases that each read alone,
+//! all built on the one [`Scene`] above; splitting it would mean copying the scene or moving
+//! it into the library for this file's sake.
 
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
