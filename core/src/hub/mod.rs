@@ -19,8 +19,11 @@
 //! `interface` is the contract a driver matches on (ids, configuration, inputs, outputs,
 //! events, counters). This file holds the `Hub` itself, its timers, reconnects and drain;
 //! `client` (with `client/`) the client side, `upstream` the broker side, `channels` the
-//! channel table of one upstream, `control` the operator's hold, `liveness`, `slow` and
-//! `backoff` the rules they share.
+//! channel table of one upstream, `pool` the recycled channels, `control` the operator's
+//! hold. What the hub learns from the broker, because AMQP does not say it, has a file each:
+//! `user_limit` (a user's channel limit), `exchange_types` (plugin exchange types, asked on
+//! probe connections) and `queue_types` (streams and quorum queues). `liveness`, `slow` and
+//! `backoff` are the rules they share.
 
 mod backoff;
 mod channels;
@@ -29,6 +32,7 @@ mod control;
 mod exchange_types;
 mod interface;
 pub(crate) mod liveness;
+mod pool;
 mod queue_types;
 pub mod slow;
 mod upstream;
