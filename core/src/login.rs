@@ -11,8 +11,8 @@
 
 use crate::credentials::Secret;
 use crate::frame::{Frame, FrameType, FRAME_MIN_SIZE, HEARTBEAT, PROTOCOL_HEADER};
+use crate::hub::interface::HubConfig;
 use crate::hub::liveness::{Beat, Liveness};
-use crate::hub::HubConfig;
 use crate::method::{self, encode, Method, StartOk, Tune};
 use crate::reply::{self, Reply};
 use crate::table::{longstr, FieldTable, FieldValue};

@@ -233,7 +233,7 @@ pub(crate) struct ClientChannel {
     /// Whether the channel's whole history is in the clean list of B6.
     pub(crate) recyclable: bool,
     /// What RabbitMQ's empty-name queue shortcut names on this channel.
-    pub(crate) shortcut: Shortcut,
+    shortcut: Shortcut,
     /// The `queue.declare`s awaiting their `declare-ok`, in order.
     declares: VecDeque<Declare>,
     /// The `queue.delete`s awaiting their `delete-ok`, in order. A channel error discards
@@ -261,6 +261,18 @@ pub(crate) struct PendingConsume {
     broker_tag: bool,
     /// The stream it reads, if it is a known one and its tag is the broker's to name.
     stream: Option<Vec<u8>>,
+}
+
+impl ClientChannel {
+    /// The queue a method on this channel names as `queue`: an empty name is the channel's
+    /// last declared queue, if warren knows its name.
+    pub(crate) fn queue_named<'a>(&'a self, queue: &'a [u8]) -> Option<&'a [u8]> {
+        match (&self.shortcut, queue.is_empty()) {
+            (_, false) => Some(queue),
+            (Shortcut::Named(last), true) => Some(last),
+            _ => None,
+        }
+    }
 }
 
 /// The life of a client channel.

@@ -3,7 +3,7 @@
 //! the counters it keeps. The hub's state and rules are in the parent module; this file is
 //! the contract both drivers (the runtime and the simulation) match on.
 
-use super::BackoffConfig;
+use super::backoff::BackoffConfig;
 use crate::frame::{Frame, FrameError};
 use crate::nodes::NodeOrder;
 use crate::reply::Reply;

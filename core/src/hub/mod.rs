@@ -30,7 +30,7 @@ mod channels;
 mod client;
 mod control;
 mod exchange_types;
-mod interface;
+pub(crate) mod interface;
 pub(crate) mod liveness;
 mod pool;
 mod queue_types;

@@ -15,7 +15,6 @@
 //! sends, and the shared connection stays up. A queue declared elsewhere and never misused
 //! through this hub is not known: its first misuse still costs a broker connection.
 
-use super::client::Shortcut;
 use super::{ClientId, Hub};
 use crate::method::{Method, MethodId};
 use crate::reply::{self, Reply};
@@ -148,16 +147,10 @@ impl Hub {
         }
     }
 
-    /// The queue a method on client `id`'s channel `ch` names as `queue`: an empty name is
-    /// the channel's last declared queue, if the hub knows it.
+    /// The queue a method on client `id`'s channel `ch` names as `queue` (see
+    /// `ClientChannel::queue_named`).
     fn resolved_queue<'a>(&'a self, id: ClientId, ch: u16, queue: &'a [u8]) -> Option<&'a [u8]> {
-        if !queue.is_empty() {
-            return Some(queue);
-        }
-        match &self.client(id)?.channels.get(&ch)?.shortcut {
-            Shortcut::Named(last) => Some(last),
-            _ => None,
-        }
+        self.client(id)?.channels.get(&ch)?.queue_named(queue)
     }
 
     /// RabbitMQ's connection error for method `m` on client `id`'s channel `ch`, if `m`
