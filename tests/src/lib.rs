@@ -61,4 +61,5 @@ pub fn init_tracing() {
 }
 pub mod lapin_ops;
 pub mod raw;
+pub mod tenant;
 pub mod tls;

@@ -23,14 +23,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use warren_core::frame::FrameType;
 use warren_core::method::{encode, ids, MethodId};
-use warren_tests::broker::{self, BrokerConnection, TestVhost};
-use warren_tests::client::{amqp_url, lapin_connect};
+use warren_tests::broker::{self, BrokerConnection};
+use warren_tests::client::lapin_connect;
 use warren_tests::events::WarrenConnections;
 use warren_tests::lapin_ops::{
     assert_upstream_kept, bounded, lapin_declare, lapin_get, the_upstream_of,
 };
 use warren_tests::raw::{as_close, build, RawClient, RawOptions};
-use warren_tests::{broker_addr, unique, TestUser, Warren};
+use warren_tests::tenant::Tenant;
+use warren_tests::{broker_addr, unique, Warren};
 
 /// The consistent-hash exchange's type: a plugin's, so warren has to ask the broker about it.
 const HASH: &str = "x-consistent-hash";
@@ -39,12 +40,11 @@ const HASH: &str = "x-consistent-hash";
 /// queue bound gets every message.
 const WEIGHT: &str = "1";
 
-/// One test's world: its vhost, its user, a default warren, a neighbour (a lapin client of
+/// One test's world: its vhost and user, a default warren, a neighbour (a lapin client of
 /// the user through warren, which keeps the hub's broker connection open throughout), and a
 /// watch on the broker connections warren opens for the user.
 struct World {
-    vhost: TestVhost,
-    user: TestUser,
+    tenant: Tenant,
     warren: Warren,
     neighbour: lapin::Connection,
     /// The hub's broker connection, as it was before the test's declares.
@@ -58,20 +58,16 @@ impl World {
     /// A fresh vhost and user (named after `prefix`), a default warren, the neighbour
     /// connected through it, and the watch begun once the hub's broker connection is up.
     async fn start(prefix: &str) -> Result<World> {
-        let vhost = TestVhost::create(prefix).await?;
-        let user = TestUser::create(prefix).await?;
-        user.grant(&vhost.name).await?;
+        let tenant = Tenant::create(prefix).await?;
         let warren = Warren::start()?;
-        let url = amqp_url(warren.addr(), &user.name, &user.password, &vhost.name);
-        let neighbour = lapin_connect(&url)
+        let neighbour = lapin_connect(&tenant.url(warren.addr()))
             .await
             .context("connecting the neighbour")?;
-        let upstream = the_upstream_of(&user).await?;
-        let conns = WarrenConnections::watch(&user.name).await?;
-        let exchanges = broker::exchanges(&vhost.name).await?;
+        let upstream = the_upstream_of(&tenant.user).await?;
+        let conns = WarrenConnections::watch(&tenant.user.name).await?;
+        let exchanges = broker::exchanges(&tenant.vhost.name).await?;
         Ok(World {
-            vhost,
-            user,
+            tenant,
             warren,
             neighbour,
             upstream,
@@ -82,18 +78,7 @@ impl World {
 
     /// A lapin client of the test's user and vhost, connected to `addr`.
     async fn lapin(&self, addr: SocketAddr) -> Result<lapin::Connection> {
-        lapin_connect(&amqp_url(
-            addr,
-            &self.user.name,
-            &self.user.password,
-            &self.vhost.name,
-        ))
-        .await
-    }
-
-    /// Raw-client options for the test's user and vhost.
-    fn raw_options(&self) -> RawOptions {
-        RawOptions::new(&self.user.name, &self.user.password, &self.vhost.name)
+        lapin_connect(&self.tenant.url(addr)).await
     }
 
     /// Final checks: the vhost's exchanges are those from before and the consistent-hash
@@ -103,7 +88,7 @@ impl World {
     async fn finish(self, declared: &[String], probes: usize) -> Result<()> {
         let mut want = self.exchanges.clone();
         want.extend(declared.iter().map(|x| (x.clone(), HASH.to_owned())));
-        let got = broker::exchanges(&self.vhost.name).await?;
+        let got = broker::exchanges(&self.tenant.vhost.name).await?;
         ensure!(
             got == want,
             "the vhost's exchanges are not those from before and the declared ones:\n  \
@@ -112,7 +97,7 @@ impl World {
         self.conns
             .wait_for_closed(probes, &self.upstream.name)
             .await?;
-        assert_upstream_kept(&self.user, &self.upstream).await?;
+        assert_upstream_kept(&self.tenant.user, &self.upstream).await?;
         ensure!(
             self.neighbour.status().connected(),
             "the neighbour was disconnected"
@@ -277,7 +262,7 @@ async fn transcript(addr: SocketAddr, opts: &RawOptions, frames: &[Bytes]) -> Re
 async fn frames_pipelined_behind_a_new_types_declare_keep_their_order() -> Result<()> {
     bounded(async {
         let world = World::start("warren-xt-pipe").await?;
-        let opts = world.raw_options();
+        let opts = world.tenant.raw_options();
         let mut declared = Vec::new();
         let mut answers = Vec::new();
         for addr in [broker_addr(), world.warren.addr()] {

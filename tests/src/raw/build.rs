@@ -75,6 +75,20 @@ pub fn publish_frames(
 #[must_use]
 pub fn queue_declare(ch: u16, name: &str, exclusive: bool) -> Bytes {
     let args = FieldTable::default().with("x-expires", FieldValue::I32(600_000));
+    declare_with(ch, name, exclusive, &args)
+}
+
+/// `queue.declare` of durable queue `name` with `x-queue-type` `kind` ("stream", "quorum"),
+/// as pika and lapin clients declare them. No `x-expires`: streams refuse it, so a test
+/// deletes these queues itself (or with its vhost).
+#[must_use]
+pub fn typed_queue_declare(ch: u16, name: &str, kind: &str) -> Bytes {
+    let args = FieldTable::default().with("x-queue-type", longstr(kind));
+    declare_with(ch, name, false, &args)
+}
+
+/// `queue.declare` of `name` (durable unless exclusive) with arguments `args`.
+fn declare_with(ch: u16, name: &str, exclusive: bool, args: &FieldTable) -> Bytes {
     let mut table = BytesMut::new();
     args.encode(&mut table);
     method_frame(ch, ids::QUEUE_DECLARE, |w| {
@@ -86,6 +100,14 @@ pub fn queue_declare(ch: u16, name: &str, exclusive: bool) -> Bytes {
             .bit(false) // auto-delete
             .bit(false) // nowait
             .raw(&table);
+    })
+}
+
+/// `queue.purge` of `queue`.
+#[must_use]
+pub fn purge(ch: u16, queue: &str) -> Bytes {
+    method_frame(ch, ids::QUEUE_PURGE, |w| {
+        w.u16(0).shortstr(queue.as_bytes()).bit(false); // nowait
     })
 }
 
@@ -132,11 +154,23 @@ pub fn channel_close(ch: u16) -> Bytes {
     encode::close(ch, &c)
 }
 
-/// `basic.qos`.
+/// `basic.qos` for each consumer of the channel (global=false).
 #[must_use]
 pub fn qos(ch: u16, prefetch_size: u32, prefetch_count: u16) -> Bytes {
+    qos_with(ch, prefetch_size, prefetch_count, false)
+}
+
+/// `basic.qos` with global=true: RabbitMQ 3.10 takes it as a limit shared by the channel's
+/// consumers, which quorum queues do not support.
+#[must_use]
+pub fn global_qos(ch: u16, prefetch_count: u16) -> Bytes {
+    qos_with(ch, 0, prefetch_count, true)
+}
+
+/// `basic.qos` with every field chosen.
+fn qos_with(ch: u16, prefetch_size: u32, prefetch_count: u16, global: bool) -> Bytes {
     method_frame(ch, ids::BASIC_QOS, |w| {
-        w.u32(prefetch_size).u16(prefetch_count).bit(false);
+        w.u32(prefetch_size).u16(prefetch_count).bit(global);
     })
 }
 
@@ -169,6 +203,22 @@ pub fn get(ch: u16, queue: &str, no_ack: bool) -> Bytes {
 pub fn ack(ch: u16, delivery_tag: u64, multiple: bool) -> Bytes {
     method_frame(ch, ids::BASIC_ACK, |w| {
         w.u64(delivery_tag).bit(multiple);
+    })
+}
+
+/// `basic.nack` of `delivery_tag` (every tag up to it with `multiple`), requeueing.
+#[must_use]
+pub fn nack(ch: u16, delivery_tag: u64, multiple: bool) -> Bytes {
+    method_frame(ch, ids::BASIC_NACK, |w| {
+        w.u64(delivery_tag).bit(multiple).bit(true); // requeue
+    })
+}
+
+/// `basic.reject` of `delivery_tag`, requeueing.
+#[must_use]
+pub fn reject(ch: u16, delivery_tag: u64) -> Bytes {
+    method_frame(ch, ids::BASIC_REJECT, |w| {
+        w.u64(delivery_tag).bit(true); // requeue
     })
 }
 

@@ -477,6 +477,17 @@ impl RawClient {
         }
     }
 
+    /// The next close, as [`RawClient::expect_close`]; a `Connection.Close` is answered and
+    /// the socket's end awaited, so that RabbitMQ (which waits for the `CloseOk`) has let the
+    /// connection go when this returns.
+    pub async fn take_close(&mut self) -> Result<Closed> {
+        let closed = self.expect_close().await?;
+        if closed.channel == 0 {
+            self.finish_close().await?;
+        }
+        Ok(closed)
+    }
+
     /// Reads (and drops) frames until the server closes the socket, at most `limit`.
     /// Returns the frames that came before the end.
     pub async fn expect_eof(&mut self, limit: Duration) -> Result<Vec<Frame>> {
@@ -595,8 +606,24 @@ impl RawClient {
     /// Declares queue `name` on `ch` (expiring after 10 minutes unused, so a failed run
     /// leaves nothing behind) and returns its name as the server gave it.
     pub async fn declare_queue(&mut self, ch: u16, name: &str, exclusive: bool) -> Result<String> {
-        self.send(&[build::queue_declare(ch, name, exclusive)])
-            .await?;
+        self.declared(ch, build::queue_declare(ch, name, exclusive))
+            .await
+    }
+
+    /// Declares durable queue `name` with `x-queue-type` `kind` on `ch` and waits for its
+    /// `declare-ok`, as a pika or lapin client does before it uses the queue (warren learns
+    /// the type from that `declare-ok`).
+    pub async fn declare_typed_queue(&mut self, ch: u16, name: &str, kind: &str) -> Result<()> {
+        self.declared(ch, build::typed_queue_declare(ch, name, kind))
+            .await
+            .with_context(|| format!("declaring {kind} queue {name}"))
+            .map(drop)
+    }
+
+    /// Sends `declare` (a `queue.declare` on `ch`) and returns the queue's name as its
+    /// `declare-ok` gives it.
+    async fn declared(&mut self, ch: u16, declare: Bytes) -> Result<String> {
+        self.send(&[declare]).await?;
         let f = self.expect_method(ch, ids::QUEUE_DECLARE_OK).await?;
         match decode_method(&f)? {
             Method::QueueDeclareOk { queue } => Ok(String::from_utf8_lossy(&queue).into_owned()),
@@ -748,11 +775,7 @@ pub async fn close_for(addr: SocketAddr, opts: &RawOptions, frames: &[Bytes]) ->
     let mut client = RawClient::connect(addr, opts).await?;
     client.open_channel(1).await?;
     client.send(frames).await?;
-    let closed = client.expect_close().await?;
-    if closed.channel == 0 {
-        client.finish_close().await?;
-    }
-    Ok(closed)
+    client.take_close().await
 }
 
 /// The `(delivery_tag, multiple)` of a `basic.ack` the broker sent in confirm mode.
@@ -821,6 +844,11 @@ mod tests {
             build::get(1, "q", true),
             build::ack(1, 7, true),
             build::recover(1, true),
+            build::typed_queue_declare(1, "s", "stream"),
+            build::purge(1, "q"),
+            build::global_qos(1, 10),
+            build::nack(1, 7, true),
+            build::reject(1, 7),
             build::confirm_select(1),
             build::flow(1, false),
         ];
