@@ -19,16 +19,10 @@
 //!   only its client.
 //! - What streams and quorum queues do take goes through warren untouched.
 //!
-//! Left out, because warren's close differs from RabbitMQ 3.10's (core is not changed here):
-//! - `basic.recover` while a stream's delivery is out: RabbitMQ's channel crashes and it
-//!   sends `Connection.Close` 541 "INTERNAL_ERROR" naming no method (class 0, method 0);
-//!   warren sends 541 "INTERNAL_ERROR" naming `basic.recover` (60, 110). The neighbour and
-//!   the broker connection are unharmed through warren; only the cause differs.
-//! - a no_ack `basic.consume` of a stream on a channel that set no prefetch (no `basic.qos`):
-//!   RabbitMQ checks the prefetch first and closes only the channel, `Channel.Close` 406
-//!   "PRECONDITION_FAILED - consumer prefetch count is not set for 'queue 'Q' in vhost
-//!   'V''" (60, 20), and the connection lives on; warren closes the whole client connection
-//!   with the 540 of automatic acknowledgement (60, 20). The case below sets a prefetch.
+//! - Two answers depend on more than the type: a no_ack consume of a stream on a channel
+//!   without a per-consumer prefetch is RabbitMQ's 406 on the channel (it checks the prefetch
+//!   first), which warren leaves to the broker; `basic.recover` while a stream's delivery is
+//!   out is its 541 "INTERNAL_ERROR" naming no method (the broker's channel crashes).
 //!
 //! Every test has a vhost of its own (so the texts, which name it, are the test's, and its
 //! queues go with it) and a user of its own (so the hub and its broker connection are the
@@ -159,9 +153,11 @@ impl World {
 enum Misuse {
     /// `basic.get` on a stream.
     Get,
-    /// `basic.consume` with no_ack on a stream, after a per-consumer `basic.qos` (without
-    /// one RabbitMQ answers with a channel error first: see the module documentation).
+    /// `basic.consume` with no_ack on a stream, after a per-consumer `basic.qos`.
     NoAckConsume,
+    /// The same without a `basic.qos`: RabbitMQ checks the prefetch first and closes only
+    /// the channel (406), which warren leaves to the broker.
+    NoAckConsumeWithoutPrefetch,
     /// `queue.purge` of a stream.
     Purge,
     /// `basic.nack` of a delivery from a stream consumer.
@@ -173,6 +169,9 @@ enum Misuse {
     MultipleNack,
     /// `basic.consume` on a quorum queue after a `basic.qos` with global=true.
     GlobalQosConsume,
+    /// `basic.recover` while a delivery from a stream consumer is unsettled: RabbitMQ's
+    /// channel crashes (541, naming no method).
+    Recover,
 }
 
 impl Misuse {
@@ -188,6 +187,24 @@ impl Misuse {
     fn rabbitmq_close(self, queue: &str, vhost: &str) -> Closed {
         let named = format!("queue '{queue}' in vhost '{vhost}'");
         let (text, cause) = match self {
+            Misuse::Recover => {
+                return Closed {
+                    channel: 0,
+                    code: 541,
+                    text: "INTERNAL_ERROR".into(),
+                    cause: (0, 0),
+                }
+            }
+            Misuse::NoAckConsumeWithoutPrefetch => {
+                return Closed {
+                    channel: 1,
+                    code: 406,
+                    text: format!(
+                        "PRECONDITION_FAILED - consumer prefetch count is not set for '{named}'"
+                    ),
+                    cause: (60, 20),
+                }
+            }
             Misuse::Get => (
                 format!("basic.get not supported by stream queues {named}"),
                 ids::BASIC_GET,
@@ -233,7 +250,12 @@ impl Misuse {
                 c.qos(1, 10).await?;
                 vec![build::consume(1, typed, "no-ack", true)]
             }
+            Misuse::NoAckConsumeWithoutPrefetch => vec![build::consume(1, typed, "no-ack", true)],
             Misuse::Purge => vec![build::purge(1, typed)],
+            Misuse::Recover => {
+                stream_delivery(c, typed).await?;
+                vec![build::recover(1, true)]
+            }
             Misuse::Nack => vec![build::nack(1, stream_delivery(c, typed).await?, false)],
             Misuse::Reject => vec![build::reject(1, stream_delivery(c, typed).await?)],
             Misuse::MultipleNack => {
@@ -342,6 +364,22 @@ async fn rejecting_a_streams_delivery_closes_only_its_client_as_rabbitmq_does() 
 async fn a_multiple_nack_reaching_a_streams_delivery_closes_only_its_client_as_rabbitmq_does(
 ) -> Result<()> {
     closes_only_its_client_as_rabbitmq_does("warren-qt-multi", Misuse::MultipleNack).await
+}
+
+/// `basic.consume` with no_ack on a stream on a channel without a prefetch: RabbitMQ's 406 on
+/// that channel, through warren too (the broker answers it), and the neighbour is unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_ack_consume_of_a_stream_without_a_prefetch_closes_its_channel_as_rabbitmq_does(
+) -> Result<()> {
+    closes_only_its_client_as_rabbitmq_does("warren-qt-noqos", Misuse::NoAckConsumeWithoutPrefetch)
+        .await
+}
+
+/// `basic.recover` with a stream's delivery out: RabbitMQ's 541, its client alone closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recover_with_a_streams_delivery_out_closes_only_its_client_as_rabbitmq_does(
+) -> Result<()> {
+    closes_only_its_client_as_rabbitmq_does("warren-qt-recover", Misuse::Recover).await
 }
 
 /// `basic.consume` on a quorum queue under a global prefetch: 540, its client alone closed.

@@ -250,6 +250,9 @@ pub(crate) struct ClientChannel {
     /// The last `basic.qos` set a global prefetch limit: RabbitMQ closes the connection on
     /// a consume from a quorum queue meanwhile.
     pub(crate) global_qos: bool,
+    /// The last per-consumer `basic.qos` set a prefetch: RabbitMQ refuses a stream consumer
+    /// without one (406) before it looks at anything else.
+    pub(crate) consumer_prefetch: bool,
     /// Its consumers on streams and their deliveries not settled yet (`queue_types`).
     pub(crate) streams: Option<Box<StreamDeliveries>>,
 }

@@ -174,7 +174,9 @@ impl Hub {
         let misuse = match (self.queue_types.of(now, queue)?, m) {
             (QueueType::Stream, Method::Get { .. }) => Misuse::Get,
             (QueueType::Stream, Method::Purge { .. }) => Misuse::Purge,
-            (QueueType::Stream, Method::Consume { no_ack: true, .. }) => Misuse::NoAckConsume,
+            (QueueType::Stream, Method::Consume { no_ack: true, .. }) if chan.consumer_prefetch => {
+                Misuse::NoAckConsume
+            }
             (QueueType::Quorum, Method::Consume { .. }) if chan.global_qos => {
                 Misuse::GlobalQosConsume
             }
@@ -299,7 +301,8 @@ impl Hub {
                 Some(self.misuse_reply(Misuse::Settle, stream, mid))
             }
             Method::Recover { .. } if streams.any_unsettled() => {
-                Some(Reply::verbatim(reply::INTERNAL_ERROR, "INTERNAL_ERROR").caused_by(mid))
+                // The broker's channel crashes: its close names no method.
+                Some(Reply::verbatim(reply::INTERNAL_ERROR, "INTERNAL_ERROR"))
             }
             _ => None,
         }

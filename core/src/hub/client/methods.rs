@@ -30,7 +30,9 @@ impl Hub {
         if let Some(r) = (self.queue_type_refusal(now, id, ch, mid, &m))
             .or_else(|| self.stream_settle_refusal(id, ch, mid, &m))
         {
-            return Verdict::Fatal(r);
+            // RabbitMQ's close as it is, cause included (its 541 names none).
+            self.close_client(now, id, r);
+            return Verdict::Done;
         }
         let stream = self.consumed_stream(now, id, ch, &m);
         let type_check = match &m {
@@ -180,8 +182,12 @@ impl ClientChannel {
                 global,
                 ..
             } => {
-                // Any basic.qos replaces the channel's global limit (RabbitMQ 3.10).
+                // RabbitMQ 3.10: any basic.qos replaces the channel's global limit; a
+                // per-consumer one also sets the prefetch new consumers get.
                 self.global_qos = global && prefetch_count > 0;
+                if !global {
+                    self.consumer_prefetch = prefetch_count > 0;
+                }
                 Verdict::Forward
             }
             Method::Consume { tag, nowait, .. } => self.consume(tag, nowait, stream),
