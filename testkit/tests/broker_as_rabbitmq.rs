@@ -10,6 +10,10 @@
 //! the connection with 503), then the default exchange (403 on the channel). warren asks the
 //! broker about a type it does not know by that order (B7), so the simulation and the fuzz
 //! target must see it too.
+//!
+//! It knows stream and quorum queues (`x-queue-type`) as far as RabbitMQ 3.10 closes a
+//! *connection* for their misuse (B7): warren learns types from the confirmed declares and
+//! the broker's own close texts, so these must be RabbitMQ's, in RabbitMQ's order.
 
 use bytes::{Bytes, BytesMut};
 use std::time::Instant;
@@ -18,8 +22,8 @@ use warren_core::method::{encode, ids, StartOk, Tune};
 use warren_core::table::FieldTable;
 use warren_testkit::broker::{Broker, BrokerConfig, BrokerOutput, ConnId};
 use warren_testkit::hub_world::{
-    basic_get, body, channel_open, close_ok, close_reply, exchange_declare, header, m,
-    queue_declare, queue_declare_passive, queue_delete, queue_purge, RABBITMQ_TUNE,
+    basic_get, body, channel_open, close_ok, close_reply, exchange_declare, header, m, qos,
+    queue_declare, queue_declare_passive, queue_delete, queue_purge, typed_declare, RABBITMQ_TUNE,
 };
 use warren_testkit::trace::describe;
 
@@ -196,4 +200,273 @@ fn an_unknown_exchange_type_beside_another_channel_is_a_violation() {
     assert!(got[0].starts_with("ch0 connection.close 503"), "{got:?}");
     let codes: Vec<u16> = s.broker.log.violations.iter().map(|v| v.code).collect();
     assert_eq!(codes, [503], "{:?}", s.broker.log.violations);
+}
+
+// ----- stream and quorum queues (B7) ---------------------------------------------------------
+
+/// `queue.declare` of `name` with `x-queue-type` `kind` and the given durable, exclusive and
+/// auto-delete flags.
+fn declare_with(
+    ch: u16,
+    name: &str,
+    kind: &str,
+    durable: bool,
+    exclusive: bool,
+    auto: bool,
+) -> Bytes {
+    let mut raw = typed_declare(ch, name, kind).to_vec();
+    let flags = 7 + 4 + 2 + 1 + name.len();
+    raw[flags] = u8::from(durable) << 1 | u8::from(exclusive) << 2 | u8::from(auto) << 3;
+    raw.into()
+}
+
+/// A whole publish of `text` to queue `rk` by the default exchange.
+fn publish(ch: u16, rk: &str, text: &[u8]) -> Vec<Bytes> {
+    let method = m(ch, ids::BASIC_PUBLISH, |w| {
+        w.u16(0)
+            .shortstr(b"")
+            .shortstr(rk.as_bytes())
+            .bit(false)
+            .bit(false);
+    });
+    vec![method, header(ch, text.len() as u64), body(ch, text)]
+}
+
+/// `basic.consume` of `queue` with tag `tag`, acks, and `x-stream-offset` `offset`.
+fn stream_consume(ch: u16, queue: &str, tag: &str, offset: &str) -> Bytes {
+    let args = FieldTable::default().with("x-stream-offset", warren_core::table::longstr(offset));
+    let mut raw = BytesMut::new();
+    args.encode(&mut raw);
+    m(ch, ids::BASIC_CONSUME, |w| {
+        w.u16(0)
+            .shortstr(queue.as_bytes())
+            .shortstr(tag.as_bytes())
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .raw(&raw);
+    })
+}
+
+/// `basic.nack`, `basic.reject` or `basic.ack` (by `mid`) of delivery `tag`.
+fn settle(ch: u16, mid: warren_core::method::MethodId, tag: u64) -> Bytes {
+    m(ch, mid, |w| {
+        w.u64(tag);
+        if mid != ids::BASIC_REJECT {
+            w.bit(false);
+        }
+        if mid != ids::BASIC_ACK {
+            w.bit(true);
+        }
+    })
+}
+
+#[test]
+fn stream_and_quorum_declares_refuse_what_rabbitmq_refuses_in_its_order() {
+    let mut s = Session::open();
+    s.send(&[channel_open(1)]);
+    let cases = [
+        (
+            declare_with(1, "s", "stream", false, true, true),
+            "auto-delete",
+        ),
+        (
+            declare_with(1, "s", "stream", false, true, false),
+            "exclusive-owner",
+        ),
+        (
+            declare_with(1, "qq", "quorum", false, false, false),
+            "non-durable",
+        ),
+    ];
+    for (declare, property) in cases {
+        let got = s.send(&[declare]);
+        let q = if property == "non-durable" { "qq" } else { "s" };
+        assert_eq!(
+            got,
+            [format!(
+                r#"ch1 channel.close 406 "PRECONDITION_FAILED - invalid property '{property}' for queue '{q}' in vhost '/'""#
+            )]
+        );
+        s.send(&[close_ok(1), channel_open(1)]);
+    }
+    let got = s.send(&[
+        typed_declare(1, "s", "stream"),
+        typed_declare(1, "s", "stream"),
+    ]);
+    assert!(
+        got.iter().all(|l| l.contains("queue.declare-ok")),
+        "{got:?}"
+    );
+    let got = s.send(&[typed_declare(1, "s", "quorum")]);
+    assert_eq!(
+        got,
+        [
+            r#"ch1 channel.close 406 "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 's' in vhost '/': received the value 'quorum' of type 'longstr' but current is the value 'stream' of type 'longstr'""#
+        ]
+    );
+    assert_eq!(s.broker.log.violations, []);
+}
+
+/// Alone on its connection, each misuse closes the connection with RabbitMQ's code and text
+/// (what warren learns a queue's type from), and is no violation.
+#[test]
+fn misuses_close_the_connection_with_rabbitmqs_words() {
+    let stream = |tail: &[Bytes]| {
+        let mut s = Session::open();
+        s.send(&[
+            channel_open(1),
+            typed_declare(1, "s", "stream"),
+            typed_declare(1, "qq", "quorum"),
+        ]);
+        s.send(&publish(1, "s", b"one"));
+        let got = s.send(tail);
+        assert_eq!(s.broker.log.violations, []);
+        (
+            got.last().cloned().unwrap_or_default(),
+            s.broker.log.queue_type_closes.len(),
+        )
+    };
+    let closed = |text: &str| {
+        (
+            format!(r#"ch0 connection.close 540 "NOT_IMPLEMENTED - {text}""#),
+            1,
+        )
+    };
+    assert_eq!(
+        stream(&[basic_get(1, "s", false)]),
+        closed("basic.get not supported by stream queues queue 's' in vhost '/'")
+    );
+    assert_eq!(
+        stream(&[queue_purge(1, "s")]),
+        closed("queue.purge not supported by stream queues queue 's' in vhost '/'")
+    );
+    let no_ack = warren_testkit::hub_world::consume(1, b"s", b"t", true, false);
+    assert_eq!(
+        stream(&[qos(1, 10, false), no_ack]),
+        closed("automatic acknowledgement not supported by stream queues queue 's' in vhost '/'")
+    );
+    let global = warren_testkit::hub_world::consume(1, b"qq", b"t", false, false);
+    assert_eq!(
+        stream(&[qos(1, 10, true), global]),
+        closed("queue 'qq' in vhost '/' does not support global qos")
+    );
+    let read = [qos(1, 10, false), stream_consume(1, "s", "t", "first")];
+    for mid in [ids::BASIC_NACK, ids::BASIC_REJECT] {
+        let tail = [read.as_slice(), &[settle(1, mid, 1)]].concat();
+        assert_eq!(
+            stream(&tail),
+            closed(
+                "basic.nack and basic.reject not supported by stream queues queue 's' in vhost '/'"
+            )
+        );
+    }
+    let recover = m(1, ids::BASIC_RECOVER, |w| {
+        w.bit(true);
+    });
+    let tail = [read.as_slice(), &[recover]].concat();
+    assert_eq!(
+        stream(&tail),
+        (r#"ch0 connection.close 541 "INTERNAL_ERROR""#.to_owned(), 1)
+    );
+    // A stream consumer needs a prefetch: a channel error.
+    let got = stream(&[stream_consume(1, "s", "t", "first")]);
+    assert_eq!(
+        got,
+        (r#"ch1 channel.close 406 "PRECONDITION_FAILED - consumer prefetch count is not set for 'queue 's' in vhost '/''""#.to_owned(), 0)
+    );
+}
+
+/// A stream keeps its messages: each consumer reads from its offset, and acks remove
+/// nothing. A quorum queue under a per-consumer prefetch serves consumers and gets.
+#[test]
+fn a_stream_keeps_its_messages_for_every_consumer() {
+    let mut s = Session::open();
+    s.send(&[
+        channel_open(1),
+        typed_declare(1, "s", "stream"),
+        qos(1, 10, false),
+    ]);
+    s.send(&[publish(1, "s", b"one"), publish(1, "s", b"two")].concat());
+    let delivered = |got: &[String]| got.iter().filter(|l| l.contains("basic.deliver")).count();
+    let got = s.send(&[stream_consume(1, "s", "a", "first")]);
+    assert_eq!(delivered(&got), 2, "{got:?}");
+    s.send(&[settle(1, ids::BASIC_ACK, 1), settle(1, ids::BASIC_ACK, 2)]);
+    assert_eq!(
+        delivered(&s.send(&[stream_consume(1, "s", "b", "last")])),
+        1
+    );
+    assert_eq!(
+        delivered(&s.send(&[stream_consume(1, "s", "c", "next")])),
+        0
+    );
+    let got = s.send(&publish(1, "s", b"three"));
+    assert_eq!(delivered(&got), 3, "{got:?}");
+    assert_eq!(s.broker.queued_origins().len(), 0);
+    s.send(&[
+        channel_open(2),
+        typed_declare(2, "qq", "quorum"),
+        qos(2, 10, true),
+        qos(2, 1, false),
+    ]);
+    s.send(&publish(2, "qq", b"q"));
+    let got = s.send(&[basic_get(2, "qq", false)]);
+    assert!(got[0].contains("basic.get-ok"), "{got:?}");
+    let consume = warren_testkit::hub_world::consume(2, b"qq", b"t", false, false);
+    assert!(s.send(&[consume])[0].contains("basic.consume-ok"));
+    assert_eq!(s.broker.log.violations, []);
+}
+
+/// Beside another channel, a misuse of a queue whose confirmed declare warren saw on this
+/// connection is a violation; of a queue declared on another connection it is not (warren
+/// could not know), and the broker closes the connection as RabbitMQ does all the same.
+#[test]
+fn a_misuse_beside_another_channel_is_a_violation_only_if_warren_knew() {
+    let mut s = Session::open();
+    s.send(&[
+        channel_open(1),
+        channel_open(2),
+        typed_declare(1, "s", "stream"),
+    ]);
+    let got = s.send(&[basic_get(2, "s", false)]);
+    assert!(got[0].starts_with("ch0 connection.close 540"), "{got:?}");
+    assert_eq!(
+        s.broker.log.violations.len(),
+        1,
+        "{:?}",
+        s.broker.log.violations
+    );
+    let other = s.broker.accept(s.now);
+    let mut s2 = Session {
+        broker: s.broker,
+        conn: other,
+        now: s.now,
+    };
+    let start_ok = encode::start_ok(&StartOk {
+        client_properties: FieldTable::default(),
+        mechanism: "PLAIN".into(),
+        response: b"\0guest\0guest".to_vec(),
+        locale: "en_US".into(),
+    });
+    let tune = Tune {
+        heartbeat: 0,
+        ..RABBITMQ_TUNE
+    };
+    s2.send(&[
+        Bytes::from_static(PROTOCOL_HEADER),
+        start_ok,
+        encode::tune(tune, true),
+        encode::open("/"),
+    ]);
+    s2.send(&[channel_open(1), channel_open(2)]);
+    let got = s2.send(&[basic_get(2, "s", false)]);
+    assert_eq!(
+        got,
+        [
+            r#"ch0 connection.close 540 "NOT_IMPLEMENTED - basic.get not supported by stream queues queue 's' in vhost '/'""#
+        ]
+    );
+    assert_eq!(s2.broker.log.violations.len(), 1);
+    assert_eq!(s2.broker.log.queue_type_closes.len(), 1);
 }

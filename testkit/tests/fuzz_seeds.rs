@@ -868,6 +868,63 @@ fn hub_client_seeds() -> Seeds {
             .build(1, 0, Build::Publish, &[0, 3, 0])
             .settle(),
     );
+    // Stream and quorum queues (B7). `TypedDeclare` flags: 0x20 names "q" (+1 quorum, +4
+    // non-durable); each misuse then comes from a second client on the same upstream, which
+    // warren must close alone with RabbitMQ's close, the type learnt from the first's
+    // confirmed declare.
+    let typed = |flags: u8| {
+        opened([0; 4])
+            .build(0, 0, Build::TypedDeclare, &[flags, 0])
+            .op(HubOp::Join, &[])
+            .raw(1, &encode::channel_open(1))
+            .settle()
+    };
+    s.add(
+        "stream-get",
+        typed(0x20).build(1, 0, Build::Get, &[0x20]).settle(),
+    );
+    s.add(
+        "stream-purge",
+        typed(0x20).build(1, 0, Build::QueueOther, &[0x20]).settle(),
+    );
+    s.add(
+        "stream-consume-without-acks",
+        typed(0x20)
+            .build(1, 0, Build::Qos, &[0, 10])
+            .build(1, 0, Build::StreamConsume, &[0x51])
+            .settle(),
+    );
+    s.add(
+        "quorum-consume-under-global-qos",
+        typed(0x21)
+            .build(1, 0, Build::Qos, &[4, 10])
+            .build(1, 0, Build::Consume, &[0x40])
+            .settle(),
+    );
+    s.add(
+        "stream-declared-non-durable",
+        opened([0; 4])
+            .build(0, 0, Build::TypedDeclare, &[0x24, 0])
+            .settle(),
+    );
+    // A stream consumer with acks reads a message the broker delivers, then nacks it, or
+    // recovers while it is out.
+    let reading = || {
+        typed(0x20)
+            .build(1, 0, Build::Qos, &[0, 10])
+            .build(1, 0, Build::StreamConsume, &[0x50])
+            .settle()
+            .op(HubOp::Broker, &[0, 2, 0, 2])
+            .settle()
+    };
+    s.add(
+        "stream-nack-of-a-delivery",
+        reading().build(1, 0, Build::Ack, &[1, 1]).settle(),
+    );
+    s.add(
+        "stream-recover-while-a-delivery-is-out",
+        reading().build(1, 0, Build::Recover, &[2]).settle(),
+    );
     s.add(
         "exchange-type-probe-unanswered",
         opened([0; 4])
@@ -1265,6 +1322,23 @@ fn hub_seeds_reach_what_they_are_named_for() {
         503,
     );
     closed_with("exchange-type-probe-unanswered", 320);
+    for n in [
+        "stream-get",
+        "stream-purge",
+        "stream-consume-without-acks",
+        "quorum-consume-under-global-qos",
+        "stream-nack-of-a-delivery",
+    ] {
+        closed_with(n, 540);
+    }
+    closed_with("stream-recover-while-a-delivery-is-out", 541);
+    let refused =
+        warren_testkit::fuzz::hub_client_trace(seeds.named("stream-declared-non-durable"));
+    assert!(
+        refused.iter().any(|l| l.contains("channel.close 406")
+            && l.contains("invalid property 'non-durable' for queue 'q'")),
+        "{refused:#?}"
+    );
     let asked = |n: &str, kind: &str| {
         let probe = format!(r#"<- ch1 exchange.declare "" "{kind}""#);
         let trace = warren_testkit::fuzz::hub_client_trace(seeds.named(n));

@@ -7,32 +7,7 @@ use insta::assert_snapshot;
 use std::time::Duration;
 use warren_core::hub::{ClientId, HubConfig, UpstreamId};
 use warren_core::method::{ids, Close};
-use warren_core::table::{longstr, FieldTable};
 use warren_testkit::hub_world::*;
-
-/// `queue.declare` of a durable queue with `x-queue-type` set to `kind`.
-fn typed_declare(ch: u16, name: &str, kind: &str) -> Bytes {
-    let args = FieldTable::default().with("x-queue-type", longstr(kind));
-    m(ch, ids::QUEUE_DECLARE, |w| {
-        w.u16(0)
-            .shortstr(name.as_bytes())
-            .bit(false)
-            .bit(true)
-            .bit(false)
-            .bit(false)
-            .bit(false);
-        let mut raw = bytes::BytesMut::new();
-        args.encode(&mut raw);
-        w.raw(&raw);
-    })
-}
-
-/// `basic.qos` with a prefetch count, for the channel (`global`) or each consumer.
-fn qos(ch: u16, count: u16, global: bool) -> Bytes {
-    m(ch, ids::BASIC_QOS, |w| {
-        w.u32(0).u16(count).bit(global);
-    })
-}
 
 /// The close client `c` got, which must be its first frame.
 fn closed(w: &mut World, c: ClientId) -> Close {

@@ -3,10 +3,12 @@
 
 use super::state::{ChannelError, Consumer, Pending};
 use super::{lossy, Broker, ConnId};
+use crate::rules::queue_types::{Misuse, QueueKind};
 use bytes::BytesMut;
 use std::time::Instant;
 use warren_core::method::{ids, MethodId};
 use warren_core::reply;
+use warren_core::table::FieldTable;
 use warren_core::wire::Reader;
 
 impl Broker {
@@ -23,7 +25,11 @@ impl Broker {
             ids::BASIC_QOS => {
                 let _size = rd!(r.u32()); // zero: the checker refuses any other
                 let count = rd!(r.u16());
-                self.chan(id, ch).prefetch = count;
+                let global = rd!(r.bit());
+                let chan = self.chan(id, ch);
+                chan.prefetch = count;
+                // Any basic.qos replaces the channel's global limit.
+                chan.global_qos = global && count > 0;
                 self.send_method(now, id, ch, ids::BASIC_QOS_OK, |_| {});
             }
             ids::BASIC_CONSUME => {
@@ -34,7 +40,28 @@ impl Broker {
                 let no_ack = rd!(r.bit());
                 let _exclusive = rd!(r.bit());
                 let nowait = rd!(r.bit());
+                let args = FieldTable::decode(rd!(r.table())).unwrap_or_default();
                 self.check_queue(id, &queue, mid)?;
+                let offset = match self.kind_of(&queue) {
+                    Some(QueueKind::Stream) if no_ack => {
+                        self.misuse_close(now, id, Misuse::NoAckConsume, &queue, mid);
+                        return Ok(());
+                    }
+                    Some(QueueKind::Stream) if self.chan(id, ch).prefetch == 0 => {
+                        let text = format!(
+                            "consumer prefetch count is not set for 'queue '{queue}' in vhost '/''"
+                        );
+                        return Err(ChannelError(reply::PRECONDITION_FAILED, text, mid));
+                    }
+                    Some(QueueKind::Stream) => {
+                        Some(Self::stream_offset(&self.queues[&queue], &args))
+                    }
+                    Some(QueueKind::Quorum) if self.chan(id, ch).global_qos => {
+                        self.misuse_close(now, id, Misuse::GlobalQosConsume, &queue, mid);
+                        return Ok(());
+                    }
+                    _ => None,
+                };
                 if tag.is_empty() {
                     let c = self.conns.get_mut(&id).expect("open");
                     c.next_ctag += 1;
@@ -50,6 +77,7 @@ impl Broker {
                         ch,
                         tag: tag.clone(),
                         no_ack,
+                        offset,
                     });
                 if !nowait {
                     self.send_method(now, id, ch, ids::BASIC_CONSUME_OK, |w| {
@@ -89,6 +117,9 @@ impl Broker {
                 let queue = self.queue_arg(id, ch, rd!(r.shortstr()), mid)?;
                 let no_ack = rd!(r.bit());
                 self.check_queue(id, &queue, mid)?;
+                if self.stream_refuses(now, id, &queue, mid) {
+                    return Ok(());
+                }
                 let q = self.queues.get_mut(&queue).expect("checked");
                 match q.msgs.pop_front() {
                     Some(msg) => {
@@ -146,6 +177,13 @@ impl Broker {
                         mid,
                     ));
                 }
+                if mid != ids::BASIC_ACK {
+                    if let Some(stream) = self.stream_among(id, ch, &tags) {
+                        self.misuse_close(now, id, Misuse::Settle, &stream, mid);
+                        return Ok(());
+                    }
+                }
+                let chan = self.chan(id, ch);
                 let mut back = Vec::new();
                 for t in tags {
                     if let Some(x) = chan.unacked.remove(&t) {
@@ -153,23 +191,16 @@ impl Broker {
                     }
                 }
                 if requeue {
-                    for (qname, mut msg) in back.into_iter().rev() {
-                        if let Some(q) = self.queues.get_mut(&qname) {
-                            msg.redelivered = true;
-                            q.msgs.push_front(msg);
-                        }
-                    }
+                    self.requeue(back.into_iter());
                 }
             }
             ids::BASIC_RECOVER_ASYNC | ids::BASIC_RECOVER => {
                 // requeue=true: the checker refuses requeue=false, as RabbitMQ does.
-                let unacked = std::mem::take(&mut self.chan(id, ch).unacked);
-                for (_, (qname, mut msg)) in unacked.into_iter().rev() {
-                    if let Some(q) = self.queues.get_mut(&qname) {
-                        msg.redelivered = true;
-                        q.msgs.push_front(msg);
-                    }
+                if self.recover_refused(now, id, ch, mid) {
+                    return Ok(());
                 }
+                let unacked = std::mem::take(&mut self.chan(id, ch).unacked);
+                self.requeue(unacked.into_values());
                 if mid == ids::BASIC_RECOVER {
                     self.send_method(now, id, ch, MethodId::new(60, 111), |_| {});
                 }

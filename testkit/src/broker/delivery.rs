@@ -2,10 +2,11 @@
 //! channel shared without a fence), routed, returned or confirmed; ready messages are
 //! delivered round-robin to consumers with room, as header and body frames.
 
-use super::state::{ChanState, Msg, Pending, Phase};
+use super::state::{ChanState, Consumer, Msg, Pending, Phase};
 use super::tag::Origin;
 use super::{Broker, ConnId};
 use crate::frames::content_header;
+use crate::rules::queue_types::QueueKind;
 use bytes::{Bytes, BytesMut};
 use std::time::Instant;
 use warren_core::frame::{method_frame, Frame, FrameType};
@@ -159,7 +160,8 @@ impl Broker {
         self.send(now, id, data.freeze());
     }
 
-    /// Hands ready messages to consumers with room, round-robin, queues in name order.
+    /// Hands ready messages to consumers with room, round-robin, queues in name order; a
+    /// stream's to each of its consumers from their own offsets.
     pub(super) fn dispatch_all(&mut self, now: Instant) {
         let names: Vec<String> = self
             .queues
@@ -168,50 +170,65 @@ impl Broker {
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
+            if self.kind_of(&name) == Some(QueueKind::Stream) {
+                self.dispatch_stream(now, &name);
+                continue;
+            }
             while let Some(q) = self.queues.get(&name) {
                 if q.msgs.is_empty() || q.consumers.is_empty() {
                     break;
                 }
                 let n = q.consumers.len();
                 let start = q.next % n;
-                let pick = (0..n).map(|i| (start + i) % n).find(|&i| {
-                    let c = &q.consumers[i];
-                    self.conns
-                        .get(&c.conn)
-                        .filter(|x| x.phase == Phase::Running)
-                        .and_then(|x| x.channels.get(&c.ch))
-                        .is_some_and(|chan| {
-                            chan.state == ChanState::Open
-                                && (c.no_ack
-                                    || chan.prefetch == 0
-                                    || chan.unacked.len() < usize::from(chan.prefetch))
-                        })
-                });
+                let pick = (0..n)
+                    .map(|i| (start + i) % n)
+                    .find(|&i| self.has_room(&q.consumers[i]));
                 let Some(i) = pick else { break };
                 let q = self.queues.get_mut(&name).expect("present");
                 q.next = i + 1;
                 let c = q.consumers[i].clone();
                 let msg = q.msgs.pop_front().expect("non-empty");
-                let chan = self.chan(c.conn, c.ch);
-                chan.next_dtag += 1;
-                let dtag = chan.next_dtag;
-                if !c.no_ack {
-                    chan.unacked.insert(dtag, (name.clone(), msg.clone()));
-                }
-                self.send_method(now, c.conn, c.ch, ids::BASIC_DELIVER, |w| {
-                    w.shortstr(&c.tag)
-                        .u64(dtag)
-                        .bit(msg.redelivered)
-                        .shortstr(msg.exchange.as_bytes())
-                        .shortstr(msg.rk.as_bytes());
-                });
-                self.send_content(now, c.conn, c.ch, &msg.body, msg.headers.as_ref());
-                if msg.headers.is_some() {
-                    self.event_sends.push(c.conn);
-                } else {
-                    self.log.deliveries += 1;
-                }
+                self.deliver(now, &name, &c, msg);
             }
+        }
+    }
+
+    /// Whether consumer `c` may be handed a message: its channel is open on a running
+    /// connection, and within its prefetch unless it needs no acks.
+    pub(super) fn has_room(&self, c: &Consumer) -> bool {
+        self.conns
+            .get(&c.conn)
+            .filter(|x| x.phase == Phase::Running)
+            .and_then(|x| x.channels.get(&c.ch))
+            .is_some_and(|chan| {
+                chan.state == ChanState::Open
+                    && (c.no_ack
+                        || chan.prefetch == 0
+                        || chan.unacked.len() < usize::from(chan.prefetch))
+            })
+    }
+
+    /// Delivers `msg` from queue `name` to consumer `c`, unacked until settled unless it
+    /// needs no acks.
+    pub(super) fn deliver(&mut self, now: Instant, name: &str, c: &Consumer, msg: Msg) {
+        let chan = self.chan(c.conn, c.ch);
+        chan.next_dtag += 1;
+        let dtag = chan.next_dtag;
+        if !c.no_ack {
+            chan.unacked.insert(dtag, (name.to_owned(), msg.clone()));
+        }
+        self.send_method(now, c.conn, c.ch, ids::BASIC_DELIVER, |w| {
+            w.shortstr(&c.tag)
+                .u64(dtag)
+                .bit(msg.redelivered)
+                .shortstr(msg.exchange.as_bytes())
+                .shortstr(msg.rk.as_bytes());
+        });
+        self.send_content(now, c.conn, c.ch, &msg.body, msg.headers.as_ref());
+        if msg.headers.is_some() {
+            self.event_sends.push(c.conn);
+        } else {
+            self.log.deliveries += 1;
         }
     }
 }

@@ -72,6 +72,7 @@ mod exchange;
 mod operator;
 mod queue;
 mod state;
+mod stream;
 pub mod tag;
 
 /// RabbitMQ's event exchange (`rabbitmq_event_exchange` plugin), where it publishes what
@@ -200,6 +201,10 @@ pub struct BrokerLog {
     /// Events published to `amq.rabbitmq.event`: when, routing key, and how many queues
     /// they were routed to.
     pub events: Vec<(Instant, String, usize)>,
+    /// Connections RabbitMQ closes for a method a stream or quorum queue refuses (B7), which
+    /// the connection's checker let through (alone on its connection, or of a queue whose
+    /// type warren could not know): when, which connection, and the close text.
+    pub queue_type_closes: Vec<(Instant, ConnId, String)>,
 }
 
 /// The fake broker. Drive it like the core machines: one `handle_*`/`accept` call, then
@@ -428,6 +433,7 @@ impl Broker {
             return;
         };
         c.last_rx = now;
+        c.check.at(now);
         c.check.feed(data);
         self.process(now, conn);
         self.flush_confirms(now, conn);
@@ -534,6 +540,7 @@ impl Broker {
     fn send(&mut self, now: Instant, conn: ConnId, data: Bytes) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.last_tx = now;
+            c.check.at(now);
             c.check.from_broker_bytes(&data);
         }
         self.pending
@@ -593,12 +600,7 @@ impl Broker {
         for (_, q) in self.queues.iter_mut() {
             q.consumers.retain(|c| !(c.conn == conn && c.ch == ch));
         }
-        for (_, (qname, mut msg)) in chan.unacked.into_iter().rev() {
-            if let Some(q) = self.queues.get_mut(&qname) {
-                msg.redelivered = true;
-                q.msgs.push_front(msg);
-            }
-        }
+        self.requeue(chan.unacked.into_values());
     }
 
     fn delete_queue(&mut self, now: Option<Instant>, name: &str) -> usize {
@@ -653,6 +655,11 @@ impl Broker {
             class_id: cause.class,
             method_id: cause.method,
         };
+        self.close_conn_with(now, id, close);
+    }
+
+    /// Closes connection `id` with `close`, whose text is exactly RabbitMQ's.
+    fn close_conn_with(&mut self, now: Instant, id: ConnId, close: Close) {
         self.send(now, id, encode::close(0, &close));
         let until = now + self.config.close_timeout;
         if let Some(c) = self.conns.get_mut(&id) {
@@ -693,12 +700,7 @@ impl Broker {
                 q.consumers
                     .retain(|c| !(c.conn == id && c.ch == ch && consumers.contains(&c.tag)));
             }
-            for (_, (qname, mut msg)) in unacked.into_iter().rev() {
-                if let Some(q) = self.queues.get_mut(&qname) {
-                    msg.redelivered = true;
-                    q.msgs.push_front(msg);
-                }
-            }
+            self.requeue(unacked.into_values());
         }
     }
 

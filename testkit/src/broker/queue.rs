@@ -1,12 +1,15 @@
-//! The queue class: `queue.declare` (exclusive and server-named queues), bind, unbind,
-//! purge and delete, with RabbitMQ's 404 for a missing queue and 405 for another
-//! connection's exclusive one.
+//! The queue class: `queue.declare` (exclusive and server-named queues, streams and quorum
+//! queues by `x-queue-type`), bind, unbind, purge and delete, with RabbitMQ's 404 for a
+//! missing queue and 405 for another connection's exclusive one.
 
 use super::state::{ChannelError, Queue};
+use super::stream::DeclareProps;
 use super::{locked_text, lossy, Broker, ConnId};
+use crate::rules::queue_types::QueueKind;
 use std::time::Instant;
 use warren_core::method::{ids, MethodId};
 use warren_core::reply;
+use warren_core::table::FieldTable;
 use warren_core::wire::Reader;
 
 impl Broker {
@@ -24,10 +27,17 @@ impl Broker {
                 rd!(r.u16());
                 let mut name = self.queue_arg(id, ch, rd!(r.shortstr()), mid)?;
                 let passive = rd!(r.bit());
-                let _durable = rd!(r.bit());
+                let durable = rd!(r.bit());
                 let exclusive = rd!(r.bit());
-                let _auto_delete = rd!(r.bit());
+                let auto_delete = rd!(r.bit());
                 let nowait = rd!(r.bit());
+                let args = FieldTable::decode(rd!(r.table())).unwrap_or_default();
+                let props = DeclareProps {
+                    durable,
+                    exclusive,
+                    auto_delete,
+                    type_arg: args.get_str("x-queue-type"),
+                };
                 if !passive && name.starts_with("amq.") {
                     return Err(ChannelError(
                         reply::ACCESS_REFUSED,
@@ -44,7 +54,7 @@ impl Broker {
                             mid,
                         ));
                     }
-                    Some(_) => {}
+                    Some(_) if passive => {}
                     None if passive => {
                         return Err(ChannelError(
                             reply::NOT_FOUND,
@@ -52,15 +62,26 @@ impl Broker {
                             mid,
                         ))
                     }
+                    Some(_) => {
+                        if let Some(e) = self.typed_declare_refusal(&name, &props, mid) {
+                            return Err(e);
+                        }
+                    }
                     None => {
                         if name.is_empty() {
                             self.next_queue += 1;
                             name = format!("amq.gen-{}", self.next_queue);
                         }
+                        if let Some(e) = self.typed_declare_refusal(&name, &props, mid) {
+                            return Err(e);
+                        }
+                        let kind = props.type_arg.as_deref().and_then(QueueKind::named);
                         self.queues.insert(
                             name.clone(),
                             Queue {
                                 exclusive: exclusive.then_some(id),
+                                kind,
+                                type_arg: props.type_arg,
                                 ..Queue::default()
                             },
                         );
@@ -109,6 +130,9 @@ impl Broker {
                 let queue = self.queue_arg(id, ch, rd!(r.shortstr()), mid)?;
                 let nowait = rd!(r.bit());
                 self.check_queue(id, &queue, mid)?;
+                if self.stream_refuses(now, id, &queue, mid) {
+                    return Ok(());
+                }
                 if self
                     .queues
                     .get(&queue)

@@ -2,6 +2,7 @@
 //! by every part of the broker, so they live apart from the code that changes them.
 
 use super::ConnId;
+use crate::rules::queue_types::QueueKind;
 use crate::rules::UpstreamChecker;
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
@@ -65,6 +66,8 @@ pub(super) struct Chan {
     pub(super) next_dtag: u64,
     pub(super) unacked: BTreeMap<u64, (String, Msg)>,
     pub(super) prefetch: u16,
+    /// The last `basic.qos` set a global prefetch limit: a quorum queue refuses consumers.
+    pub(super) global_qos: bool,
     pub(super) consumers: Vec<Vec<u8>>,
     /// The client channel whose publishes this upstream channel carries since the last
     /// open or fence.
@@ -85,6 +88,7 @@ impl Chan {
             next_dtag: 0,
             unacked: BTreeMap::new(),
             prefetch: 0,
+            global_qos: false,
             consumers: Vec::new(),
             owner: None,
             last_declared: String::new(),
@@ -108,6 +112,8 @@ pub(super) struct Consumer {
     pub(super) ch: u16,
     pub(super) tag: Vec<u8>,
     pub(super) no_ack: bool,
+    /// A stream's consumer: the offset of the next message it reads.
+    pub(super) offset: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +122,11 @@ pub(super) struct Queue {
     pub(super) consumers: Vec<Consumer>,
     pub(super) next: usize,
     pub(super) exclusive: Option<ConnId>,
+    /// A stream or a quorum queue (`None`: classic).
+    pub(super) kind: Option<QueueKind>,
+    /// The `x-queue-type` it was declared with, which a later declare must repeat if it
+    /// gives one.
+    pub(super) type_arg: Option<String>,
 }
 
 #[derive(Debug)]

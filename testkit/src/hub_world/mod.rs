@@ -567,6 +567,33 @@ pub fn queue_declare_passive(ch: u16, name: &str) -> Bytes {
     declare_queue(ch, name, true, false)
 }
 
+/// `queue.declare` of a durable queue with `x-queue-type` set to `kind` (`stream`,
+/// `quorum`): how a client declares a queue whose misuse RabbitMQ answers with a connection
+/// error (B7), and how warren learns its type from the `declare-ok`.
+pub fn typed_declare(ch: u16, name: &str, kind: &str) -> Bytes {
+    let args = FieldTable::default().with("x-queue-type", warren_core::table::longstr(kind));
+    let mut raw = BytesMut::new();
+    args.encode(&mut raw);
+    m(ch, ids::QUEUE_DECLARE, |w| {
+        w.u16(0)
+            .shortstr(name.as_bytes())
+            .bit(false)
+            .bit(true)
+            .bit(false)
+            .bit(false)
+            .bit(false)
+            .raw(&raw);
+    })
+}
+
+/// `basic.qos` with a prefetch count, for the channel (`global`) or each consumer: a stream
+/// consumer needs one, and a global one bars consumers of quorum queues (B7).
+pub fn qos(ch: u16, count: u16, global: bool) -> Bytes {
+    m(ch, ids::BASIC_QOS, |w| {
+        w.u32(0).u16(count).bit(global);
+    })
+}
+
 /// `queue.declare` with the given passive and exclusive flags, the others off, no arguments.
 fn declare_queue(ch: u16, name: &str, passive: bool, exclusive: bool) -> Bytes {
     m(ch, ids::QUEUE_DECLARE, |w| {

@@ -6,14 +6,18 @@
 
 use crate::trace::describe;
 use bytes::BytesMut;
+use queue_types::{Misuse, QueueKind, TypeMemory};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::time::Instant;
 use warren_core::content::parse_header;
 use warren_core::frame::{
     Frame, FrameDecoder, FrameError, FrameType, FRAME_MIN_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER,
 };
 use warren_core::method::{self, ids, Method, MethodId, Tune};
+use warren_core::wire::Reader;
 
+pub mod queue_types;
 #[cfg(test)]
 mod tests;
 
@@ -69,6 +73,18 @@ pub enum Rule {
     /// closes nothing but the asker's own: that is how warren asks the broker whether it
     /// knows a type (a probe connection of its own, B7), and is no violation.
     ExchangeType,
+    /// A method RabbitMQ refuses on a stream or quorum queue with a connection error
+    /// ([`Misuse`]: 540, or 541 for a recover) on a connection that carries another channel,
+    /// naming a queue whose type warren could know: a typed `queue.declare` of it got its
+    /// `declare-ok` on this connection less than [`queue_types::TYPE_MEMORY`] before (for a
+    /// nack, reject or recover: before the stream's consumer was set up). warren promises
+    /// (B7) to close only the misusing client then. A queue whose type warren had no way to
+    /// know (declared elsewhere, or long ago) is no violation, nor is a misuse alone on its
+    /// connection. At the broker ([`UpstreamChecker::at_broker`]) a `declare-ok` counts from
+    /// the moment the broker sent it, before warren read it: a misuse pipelined behind its
+    /// own declare would be judged as if warren knew, so simulated clients misuse a queue
+    /// only after their `declare-ok` came back.
+    QueueType,
     /// `basic.consume` with a tag that a consumer on the channel already has (530).
     ConsumerTagReuse,
     /// A method other than `channel.close` while a `tx.commit` is in flight (503).
@@ -99,6 +115,7 @@ impl Rule {
             Rule::FlowInactive
             | Rule::PublishImmediate
             | Rule::QosPrefetchSize
+            | Rule::QueueType
             | Rule::RecoverNoRequeue => NOT_IMPLEMENTED,
         }
     }
@@ -190,8 +207,20 @@ struct Chan {
     committing: bool,
     /// Consumer tags live at the broker, in the order warren's frames reached it.
     tags: Vec<Vec<u8>>,
-    /// For each `basic.consume` awaiting `consume-ok`: whether the broker names the consumer.
-    consumes: VecDeque<bool>,
+    /// For each `basic.consume` awaiting `consume-ok`: whether the broker names the
+    /// consumer, and the stream it reads if its type was known.
+    consumes: VecDeque<(bool, Option<Vec<u8>>)>,
+    /// For each `queue.declare` awaiting `declare-ok`: the type it declares, if it is a
+    /// non-passive declare of a stream or quorum queue (the reply confirms it).
+    declares: VecDeque<Option<QueueKind>>,
+    /// The queue the empty name stands for, when warren's last declare named it.
+    last_queue: Option<Vec<u8>>,
+    /// The last `basic.qos` set a global prefetch limit.
+    global_qos: bool,
+    /// Consumers of streams whose type was known: tag and stream.
+    stream_consumers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Their deliveries warren has not settled: delivery tag and stream.
+    unsettled: Vec<(u64, Vec<u8>)>,
 }
 
 impl Chan {
@@ -202,7 +231,81 @@ impl Chan {
             committing: false,
             tags: Vec::new(),
             consumes: VecDeque::new(),
+            declares: VecDeque::new(),
+            last_queue: None,
+            global_qos: false,
+            stream_consumers: Vec::new(),
+            unsettled: Vec::new(),
         }
+    }
+
+    /// The queue a method names: an empty name is the channel's last declared one.
+    fn resolved(&self, queue: &[u8]) -> Option<Vec<u8>> {
+        if queue.is_empty() {
+            self.last_queue.clone()
+        } else {
+            Some(queue.to_vec())
+        }
+    }
+
+    /// What RabbitMQ would refuse of method `m` because of a queue's type, with the queue,
+    /// judged by the types in `types` at `now`; and the stream a consume reads, if known.
+    fn misuse(
+        &self,
+        m: &Method,
+        types: &TypeMemory,
+        now: Option<Instant>,
+    ) -> (Option<Misused>, Option<Vec<u8>>) {
+        let typed = |queue: &[u8]| {
+            let q = self.resolved(queue)?;
+            types.of(&q, now).map(|k| (k, q))
+        };
+        let misuse = match m {
+            Method::Get { queue } | Method::Purge { queue } => match typed(queue) {
+                Some((QueueKind::Stream, q)) => {
+                    let what = if matches!(m, Method::Get { .. }) {
+                        Misuse::Get
+                    } else {
+                        Misuse::Purge
+                    };
+                    Some((what, q))
+                }
+                _ => None,
+            },
+            Method::Consume { queue, no_ack, .. } => match typed(queue) {
+                Some((QueueKind::Stream, q)) if *no_ack => Some((Misuse::NoAckConsume, q)),
+                Some((QueueKind::Stream, q)) => return (None, Some(q)),
+                Some((QueueKind::Quorum, q)) if self.global_qos => {
+                    Some((Misuse::GlobalQosConsume, q))
+                }
+                _ => None,
+            },
+            Method::Settle {
+                tag,
+                multiple,
+                ack: false,
+            } => (self.unsettled.iter())
+                .find(|(d, _)| covers(*tag, *multiple, *d))
+                .map(|(_, s)| (Misuse::Settle, s.clone())),
+            Method::Recover { .. } => {
+                (self.unsettled.first()).map(|(_, s)| (Misuse::Recover, s.clone()))
+            }
+            _ => None,
+        };
+        (misuse, None)
+    }
+}
+
+/// A misuse RabbitMQ would close the connection for, and the queue it names.
+type Misused = (Misuse, Vec<u8>);
+
+/// Whether settling `tag` (with `multiple`) settles delivery `delivery`, as RabbitMQ reads
+/// it: `multiple` with tag 0 settles everything.
+fn covers(tag: u64, multiple: bool, delivery: u64) -> bool {
+    if multiple {
+        tag == 0 || delivery <= tag
+    } else {
+        delivery == tag
     }
 }
 
@@ -228,6 +331,11 @@ pub struct UpstreamChecker {
     /// Whether frames that crossed the broker's `close` on the wire are discarded, as
     /// RabbitMQ discards them, rather than reported (see [`UpstreamChecker::at_broker`]).
     in_flight: bool,
+    /// Stream and quorum queues whose typed declares the broker confirmed on this
+    /// connection, and when ([`Rule::QueueType`]).
+    types: TypeMemory,
+    /// The time of what is read next ([`UpstreamChecker::at`]); `None` until told.
+    clock: Option<Instant>,
 }
 
 /// What [`UpstreamChecker::next`] read.
@@ -258,6 +366,8 @@ impl UpstreamChecker {
             channels: BTreeMap::new(),
             plugin_types: plugin_exchange_types.to_vec(),
             in_flight: false,
+            types: TypeMemory::default(),
+            clock: None,
         }
     }
 
@@ -271,6 +381,13 @@ impl UpstreamChecker {
             in_flight: true,
             ..UpstreamChecker::new(plugin_exchange_types)
         }
+    }
+
+    /// Sets the time of the frames read and written next: what warren learnt about a
+    /// queue's type fades after [`queue_types::TYPE_MEMORY`], as warren's own memory does.
+    /// A checker never told the time remembers for ever.
+    pub fn at(&mut self, now: Instant) {
+        self.clock = Some(now);
     }
 
     /// The limits warren accepted in `tune-ok`, once it has sent it.
@@ -464,18 +581,39 @@ impl UpstreamChecker {
             ids::BASIC_CONSUME_OK => {
                 // Only a consume that left the tag to the broker learns it here; a client's
                 // own tag was live from the moment the consume arrived.
-                let server_named = chan.consumes.pop_front() == Some(true);
-                let learnt = match method::decode(f.payload()) {
-                    Ok(Method::ConsumeOk { tag }) if server_named => Some(tag),
-                    _ => None,
+                let (server_named, stream) = chan.consumes.pop_front().unwrap_or_default();
+                let Ok(Method::ConsumeOk { tag }) = method::decode(f.payload()) else {
+                    return;
                 };
-                if let Some(tag) = learnt.filter(|t| !chan.tags.contains(t)) {
+                if let Some(stream) = stream.filter(|_| server_named) {
+                    chan.stream_consumers.push((tag.clone(), stream));
+                }
+                if server_named && !chan.tags.contains(&tag) {
                     chan.tags.push(tag);
+                }
+            }
+            ids::QUEUE_DECLARE_OK => {
+                let kind = chan.declares.pop_front().flatten();
+                if let (Some(kind), Ok(Method::QueueDeclareOk { queue })) =
+                    (kind, method::decode(f.payload()))
+                {
+                    self.types.learn(queue, kind, self.clock);
+                }
+            }
+            ids::BASIC_DELIVER if !chan.stream_consumers.is_empty() => {
+                // consumer-tag, then delivery-tag, after the class and method ids.
+                let mut r = Reader::new(f.payload().get(4..).unwrap_or_default());
+                if let (Ok(consumer), Ok(delivery)) = (r.shortstr(), r.u64()) {
+                    let stream = (chan.stream_consumers.iter()).find(|(t, _)| t == consumer);
+                    if let Some((_, stream)) = stream {
+                        chan.unsettled.push((delivery, stream.clone()));
+                    }
                 }
             }
             ids::BASIC_CANCEL => {
                 if let Ok(Method::Cancel { tag }) = method::decode(f.payload()) {
                     chan.tags.retain(|t| *t != tag);
+                    chan.stream_consumers.retain(|(t, _)| *t != tag);
                 }
             }
             _ => {}
@@ -761,6 +899,16 @@ impl UpstreamChecker {
         let broken = |rule: Rule, what: &str| -> Result<(), Violation> {
             Err(violation(rule, ch, what.to_owned()))
         };
+        let (misuse, stream) = chan.misuse(&m, &self.types, self.clock);
+        if let Some((misuse, queue)) = misuse.filter(|_| neighbours > 0) {
+            return broken(
+                Rule::QueueType,
+                &format!(
+                    "{mid} is {misuse:?} of {:?}, whose type warren knew, and its connection error would close {neighbours} other channel(s)",
+                    String::from_utf8_lossy(&queue)
+                ),
+            );
+        }
         match m {
             Method::ChannelOpen => broken(Rule::SecondOpen, "second channel.open"),
             Method::ChannelClose(_) => {
@@ -805,15 +953,45 @@ impl UpstreamChecker {
                     );
                 }
                 if !nowait {
-                    chan.consumes.push_back(tag.is_empty());
+                    chan.consumes.push_back((tag.is_empty(), stream.clone()));
                 }
                 if !tag.is_empty() {
+                    if let Some(stream) = stream {
+                        chan.stream_consumers.push((tag.clone(), stream));
+                    }
                     chan.tags.push(tag);
                 }
                 Ok(())
             }
             Method::Cancel { tag } => {
                 chan.tags.retain(|t| *t != tag);
+                chan.stream_consumers.retain(|(t, _)| *t != tag);
+                Ok(())
+            }
+            Method::QueueDeclare {
+                queue,
+                passive,
+                nowait,
+                queue_type,
+                ..
+            } => {
+                chan.last_queue = (!queue.is_empty()).then_some(queue);
+                if !nowait {
+                    let kind = queue_type.as_deref().and_then(QueueKind::named);
+                    chan.declares.push_back(kind.filter(|_| !passive));
+                }
+                Ok(())
+            }
+            Method::Qos {
+                prefetch_count,
+                global,
+                ..
+            } => {
+                chan.global_qos = global && prefetch_count > 0;
+                Ok(())
+            }
+            Method::Settle { tag, multiple, .. } => {
+                chan.unsettled.retain(|(d, _)| !covers(tag, multiple, *d));
                 Ok(())
             }
             _ => {

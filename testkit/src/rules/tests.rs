@@ -426,3 +426,139 @@ fn each_rule_names_the_code_rabbitmq_closes_with() {
     assert_eq!(Rule::PublishImmediate.reply_code(), 540);
     assert_eq!(Rule::ChannelMax.reply_code(), 530);
 }
+
+// ----- queue types (B7) ----------------------------------------------------------------------
+
+use crate::hub_world::{basic_get, qos, queue_declare_ok, queue_purge, typed_declare};
+use std::time::{Duration, Instant};
+
+/// A checker with channel 1 open and channel 2 open beside it (`neighbour`) or not, where
+/// warren declared stream `s` and quorum queue `qq` on channel 1 at `t0` and the broker
+/// confirmed both.
+fn typed(neighbour: bool, t0: Instant) -> UpstreamChecker {
+    let mut c = if neighbour {
+        beside(ChannelState::Open)
+    } else {
+        open()
+    };
+    c.at(t0);
+    let declares = [
+        typed_declare(1, "s", "stream"),
+        typed_declare(1, "qq", "quorum"),
+    ];
+    c.from_warren(&declares.concat()).unwrap();
+    c.from_broker(&frame(&queue_declare_ok(1, "s")));
+    c.from_broker(&frame(&queue_declare_ok(1, "qq")));
+    c
+}
+
+/// `basic.nack` of delivery `tag`.
+fn nack(ch: u16, tag: u64) -> Bytes {
+    method_frame(ch, ids::BASIC_NACK, |w| {
+        w.u64(tag).bit(false).bit(true);
+    })
+}
+
+/// A stream's deliveries, as the broker sends them to consumer `ctag` (hub_world's name).
+fn stream_consumer(neighbour: bool, t0: Instant) -> UpstreamChecker {
+    let mut c = typed(neighbour, t0);
+    let ok = [
+        qos(1, 10, false),
+        crate::hub_world::consume(1, b"s", b"ctag", false, false),
+    ];
+    c.from_warren(&ok.concat()).unwrap();
+    c.from_broker(&frame(&crate::hub_world::deliver(1, 1)));
+    c.from_broker(&frame(&crate::hub_world::deliver(1, 2)));
+    c
+}
+
+#[test]
+fn a_misuse_of_a_known_queue_type_beside_a_neighbour_is_reported() {
+    let t0 = Instant::now();
+    let misuses = [
+        vec![basic_get(1, "s", false)],
+        vec![queue_purge(1, "s")],
+        vec![crate::hub_world::consume(1, b"s", b"t", true, false)],
+        vec![
+            qos(1, 5, true),
+            crate::hub_world::consume(1, b"qq", b"", false, false),
+        ],
+        // The empty name is the channel's last declared queue.
+        vec![typed_declare(1, "s", "stream"), basic_get(1, "", false)],
+    ];
+    for frames in &misuses {
+        let mut c = typed(true, t0);
+        c.at(t0 + Duration::from_secs(299));
+        assert_eq!(
+            rule(&mut c, &frames.concat()),
+            Rule::QueueType,
+            "{frames:?}"
+        );
+    }
+    for bad in [nack(1, 2), reject(1, 1), recover(1)] {
+        let mut c = stream_consumer(true, t0);
+        assert_eq!(rule(&mut c, &bad), Rule::QueueType);
+    }
+}
+
+#[test]
+fn a_misuse_warren_could_not_know_of_or_alone_on_its_connection_is_no_violation() {
+    let t0 = Instant::now();
+    let get = basic_get(1, "s", false);
+    // Alone on its connection: the broker's close costs no one else anything.
+    typed(false, t0).from_warren(&get).unwrap();
+    // Five minutes later warren may have forgotten.
+    let mut c = typed(true, t0);
+    c.at(t0 + Duration::from_secs(300));
+    c.from_warren(&get).unwrap();
+    // A declare without its declare-ok yet, a passive one, one with nowait: nothing confirmed.
+    let unconfirmed = |declare: Bytes| {
+        let mut c = beside(ChannelState::Open);
+        c.from_warren(&declare).unwrap();
+        c.from_warren(&get).unwrap();
+    };
+    unconfirmed(typed_declare(1, "s", "stream"));
+    let mut raw = typed_declare(1, "s", "stream").to_vec();
+    let flags = 7 + 4 + 2 + 2; // frame header, method ids, ticket, the name "s"
+    raw[flags] = 0b1_0010; // durable and nowait
+    unconfirmed(raw.into());
+    // Declared elsewhere: the checker knows nothing, nor does warren.
+    beside(ChannelState::Open).from_warren(&get).unwrap();
+}
+
+#[test]
+fn what_a_queue_type_allows_passes() {
+    let t0 = Instant::now();
+    let mut c = typed(true, t0);
+    // A global qos replaced by a per-consumer one, then a consume of the quorum queue; a
+    // get from it; a stream consumer with acks.
+    let fine = [
+        qos(1, 5, true),
+        qos(1, 5, false),
+        crate::hub_world::consume(1, b"qq", b"", false, false),
+        basic_get(1, "qq", false),
+        crate::hub_world::consume(1, b"s", b"ctag", false, false),
+    ];
+    c.from_warren(&fine.concat()).unwrap();
+    // Acks of a stream's deliveries are fine, and once settled a nack reaches nothing.
+    let mut c = stream_consumer(true, t0);
+    let ack = method_frame(1, ids::BASIC_ACK, |w| {
+        w.u64(2).bit(true);
+    });
+    c.from_warren(&[ack.to_vec(), nack(1, 1).to_vec(), recover(1).to_vec()].concat())
+        .unwrap();
+}
+
+/// `basic.reject` of delivery `tag`.
+fn reject(ch: u16, tag: u64) -> Bytes {
+    method_frame(ch, ids::BASIC_REJECT, |w| {
+        w.u64(tag).bit(false);
+    })
+}
+
+/// `basic.recover` with requeue.
+fn recover(ch: u16) -> Bytes {
+    method_frame(ch, ids::BASIC_RECOVER, |w| {
+        w.bit(true);
+    })
+}

@@ -32,6 +32,13 @@ pub(super) fn publish_method(ch: u16, flags: u8) -> Vec<u8> {
     })
 }
 
+/// An encoded arguments table with one entry.
+fn table_with(key: &str, value: FieldValue) -> BytesMut {
+    let mut table = BytesMut::new();
+    FieldTable::default().with(key, value).encode(&mut table);
+    table
+}
+
 /// Frames a fuzzed client sends, described by the next input bytes (see [`Build`]).
 pub(super) fn build(
     src: &mut Src<'_>,
@@ -309,14 +316,50 @@ pub(super) fn build(
                 }
             })
         }
+        24 => {
+            let (f, more) = (src.byte(), src.byte());
+            let kind = match (more & 2 != 0, f & 1 != 0) {
+                (true, _) => "classic",
+                (false, true) => "quorum",
+                (false, false) => "stream",
+            };
+            let args = table_with("x-queue-type", FieldValue::LongStr(kind.into()));
+            m(ch, ids::QUEUE_DECLARE, |w| {
+                w.u16(0)
+                    .shortstr(name(f >> 5))
+                    .bit(f & 2 != 0)
+                    .bit(f & 4 == 0)
+                    .bit(f & 8 != 0)
+                    .bit(f & 16 != 0)
+                    .bit(more & 1 != 0)
+                    .raw(&args);
+            })
+        }
+        25 => {
+            let f = src.byte();
+            let offset = match (f >> 2) % 4 {
+                0 => FieldValue::LongStr(b"first".to_vec()),
+                1 => FieldValue::LongStr(b"last".to_vec()),
+                2 => FieldValue::LongStr(b"next".to_vec()),
+                _ => FieldValue::I64(1),
+            };
+            let args = table_with("x-stream-offset", offset);
+            m(ch, ids::BASIC_CONSUME, |w| {
+                w.u16(0)
+                    .shortstr(name(f >> 6))
+                    .shortstr(pick(&TAGS, f >> 4))
+                    .bit(false)
+                    .bit(f & 1 != 0)
+                    .bit(false)
+                    .bit(f & 2 != 0)
+                    .raw(&args);
+            })
+        }
         _ => {
             let pad = pick(&[200usize, 4080, 8180, 131_000], src.byte());
             let pad = pad.min(*budget);
             *budget -= pad;
-            let mut table = BytesMut::new();
-            FieldTable::default()
-                .with("x-pad", FieldValue::LongStr(vec![b'p'; pad]))
-                .encode(&mut table);
+            let table = table_with("x-pad", FieldValue::LongStr(vec![b'p'; pad]));
             m(ch, ids::QUEUE_DECLARE, |w| {
                 w.u16(0)
                     .shortstr(b"big")

@@ -125,6 +125,7 @@ impl World {
         if self.links[i].gone {
             self.fail(format!("bytes for {up} after its socket closed"));
         }
+        self.links[i].check.at(self.now);
         let frames = match self.links[i].check.from_warren(data) {
             Ok(frames) => frames,
             Err(v) => self.fail(format!(

@@ -98,10 +98,17 @@ pub enum Build {
     /// `size`: a `queue.declare` whose arguments table makes the frame a few hundred bytes,
     /// just over 4 KiB, 8 KiB or 128 KiB.
     BigMethod = 23,
+    /// `flags` (bit 0 quorum, else stream; passive, non-durable, exclusive, auto-delete;
+    /// bits 5-7 name), `more` (bit 0 nowait; bit 1 `x-queue-type: classic` instead): a
+    /// `queue.declare` with `x-queue-type`, whose confirmed type warren learns (B7).
+    TypedDeclare = 24,
+    /// `flags` (no-ack; nowait; bits 2-3 `x-stream-offset` first, last, next, 1; bits 4-5
+    /// tag; bits 6-7 queue): a `basic.consume` with a stream offset.
+    StreamConsume = 25,
 }
 
 /// How many [`Build`] kinds there are: a build byte is read modulo this.
-pub(super) const BUILD_KINDS: u8 = 24;
+pub(super) const BUILD_KINDS: u8 = 26;
 
 /// Writes `hub_client` inputs operation by operation, for seed corpora and tests.
 #[derive(Debug, Clone)]

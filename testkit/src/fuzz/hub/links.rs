@@ -155,6 +155,7 @@ impl World {
             }
             any = true;
             self.links[i].last_read = self.now;
+            self.links[i].check.at(self.now);
             let mut batch: SmallVec<[Frame; 8]> = SmallVec::new();
             for f in frames {
                 self.links[i].check.from_broker(&f);

@@ -1,0 +1,117 @@
+//! Stream and quorum queues (B7): the methods RabbitMQ 3.10 answers with a *connection*
+//! error on a queue of one of these types, with its exact codes and texts. One list for the
+//! fake broker, which answers them as RabbitMQ does, and for the [`UpstreamChecker`]
+//! (`super::UpstreamChecker`), which holds warren to never forwarding one it could have
+//! refused itself onto a shared connection.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use warren_core::reply;
+
+/// How long warren trusts what it learnt about a queue's type (core's `TYPE_MEMORY`): after
+/// that it may rightly forget, and a misuse it forwards is no longer its fault.
+pub const TYPE_MEMORY: Duration = Duration::from_secs(300);
+
+/// The queue types whose rules differ from a classic queue's in a way that closes a
+/// connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// `x-queue-type: stream`: keeps its messages; refuses get, purge, no-ack consumers,
+    /// nack, reject and recover of its deliveries.
+    Stream,
+    /// `x-queue-type: quorum`: refuses a consumer under a global prefetch limit.
+    Quorum,
+}
+
+impl QueueKind {
+    /// The type an `x-queue-type` argument names, if it is one of these (anything else is
+    /// read as a classic queue).
+    #[must_use]
+    pub fn named(arg: &str) -> Option<QueueKind> {
+        match arg {
+            "stream" => Some(QueueKind::Stream),
+            "quorum" => Some(QueueKind::Quorum),
+            _ => None,
+        }
+    }
+
+    /// The `x-queue-type` value that declares it.
+    #[must_use]
+    pub fn arg(self) -> &'static str {
+        match self {
+            QueueKind::Stream => "stream",
+            QueueKind::Quorum => "quorum",
+        }
+    }
+}
+
+/// A method RabbitMQ answers with a connection error because of a queue's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misuse {
+    /// `basic.get` on a stream (540).
+    Get,
+    /// `basic.consume` with `no_ack` on a stream (540).
+    NoAckConsume,
+    /// `queue.purge` on a stream (540).
+    Purge,
+    /// `basic.nack` or `basic.reject` reaching a delivery from a stream (540).
+    Settle,
+    /// `basic.recover` while a delivery from a stream is unsettled (541: the channel
+    /// crashes, and the connection with it).
+    Recover,
+    /// `basic.consume` on a quorum queue while the channel's last `basic.qos` set a global
+    /// prefetch limit (540).
+    GlobalQosConsume,
+}
+
+impl Misuse {
+    /// The reply code of RabbitMQ's `connection.close`.
+    #[must_use]
+    pub fn code(self) -> u16 {
+        match self {
+            Misuse::Recover => reply::INTERNAL_ERROR,
+            _ => reply::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// RabbitMQ's whole close text for this misuse of `queue` in `vhost`.
+    #[must_use]
+    pub fn close_text(self, queue: &str, vhost: &str) -> String {
+        let q = format!("queue '{queue}' in vhost '{vhost}'");
+        let detail = match self {
+            Misuse::Get => format!("basic.get not supported by stream queues {q}"),
+            Misuse::NoAckConsume => {
+                format!("automatic acknowledgement not supported by stream queues {q}")
+            }
+            Misuse::Purge => format!("queue.purge not supported by stream queues {q}"),
+            Misuse::Settle => {
+                format!("basic.nack and basic.reject not supported by stream queues {q}")
+            }
+            Misuse::Recover => return "INTERNAL_ERROR".to_owned(),
+            Misuse::GlobalQosConsume => format!("{q} does not support global qos"),
+        };
+        format!("{} - {detail}", reply::code_name(self.code()))
+    }
+}
+
+/// Queue types learnt from a conversation, each until [`TYPE_MEMORY`] after it was last
+/// confirmed: what warren could know at a given moment.
+#[derive(Debug, Default)]
+pub(crate) struct TypeMemory(BTreeMap<Vec<u8>, (QueueKind, Option<Instant>)>);
+
+impl TypeMemory {
+    /// `queue` was confirmed to be of type `kind` at `at` (`None`: a checker without a
+    /// clock, whose memory does not fade).
+    pub(crate) fn learn(&mut self, queue: Vec<u8>, kind: QueueKind, at: Option<Instant>) {
+        self.0.insert(queue, (kind, at));
+    }
+
+    /// The type of `queue` if it was confirmed less than [`TYPE_MEMORY`] before `now`.
+    pub(crate) fn of(&self, queue: &[u8], now: Option<Instant>) -> Option<QueueKind> {
+        let (kind, at) = self.0.get(queue)?;
+        match (at, now) {
+            (Some(at), Some(now)) if now >= *at + TYPE_MEMORY => None,
+            _ => Some(*kind),
+        }
+    }
+}
