@@ -6,7 +6,7 @@
 
 use crate::trace::describe;
 use bytes::BytesMut;
-use queue_types::{Misuse, QueueKind, TypeMemory};
+use queue_types::{covers, QueueKind, TypeMemory};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Instant;
@@ -237,75 +237,6 @@ impl Chan {
             stream_consumers: Vec::new(),
             unsettled: Vec::new(),
         }
-    }
-
-    /// The queue a method names: an empty name is the channel's last declared one.
-    fn resolved(&self, queue: &[u8]) -> Option<Vec<u8>> {
-        if queue.is_empty() {
-            self.last_queue.clone()
-        } else {
-            Some(queue.to_vec())
-        }
-    }
-
-    /// What RabbitMQ would refuse of method `m` because of a queue's type, with the queue,
-    /// judged by the types in `types` at `now`; and the stream a consume reads, if known.
-    fn misuse(
-        &self,
-        m: &Method,
-        types: &TypeMemory,
-        now: Option<Instant>,
-    ) -> (Option<Misused>, Option<Vec<u8>>) {
-        let typed = |queue: &[u8]| {
-            let q = self.resolved(queue)?;
-            types.of(&q, now).map(|k| (k, q))
-        };
-        let misuse = match m {
-            Method::Get { queue } | Method::Purge { queue } => match typed(queue) {
-                Some((QueueKind::Stream, q)) => {
-                    let what = if matches!(m, Method::Get { .. }) {
-                        Misuse::Get
-                    } else {
-                        Misuse::Purge
-                    };
-                    Some((what, q))
-                }
-                _ => None,
-            },
-            Method::Consume { queue, no_ack, .. } => match typed(queue) {
-                Some((QueueKind::Stream, q)) if *no_ack => Some((Misuse::NoAckConsume, q)),
-                Some((QueueKind::Stream, q)) => return (None, Some(q)),
-                Some((QueueKind::Quorum, q)) if self.global_qos => {
-                    Some((Misuse::GlobalQosConsume, q))
-                }
-                _ => None,
-            },
-            Method::Settle {
-                tag,
-                multiple,
-                ack: false,
-            } => (self.unsettled.iter())
-                .find(|(d, _)| covers(*tag, *multiple, *d))
-                .map(|(_, s)| (Misuse::Settle, s.clone())),
-            Method::Recover { .. } => {
-                (self.unsettled.first()).map(|(_, s)| (Misuse::Recover, s.clone()))
-            }
-            _ => None,
-        };
-        (misuse, None)
-    }
-}
-
-/// A misuse RabbitMQ would close the connection for, and the queue it names.
-type Misused = (Misuse, Vec<u8>);
-
-/// Whether settling `tag` (with `multiple`) settles delivery `delivery`, as RabbitMQ reads
-/// it: `multiple` with tag 0 settles everything.
-fn covers(tag: u64, multiple: bool, delivery: u64) -> bool {
-    if multiple {
-        tag == 0 || delivery <= tag
-    } else {
-        delivery == tag
     }
 }
 

@@ -4,8 +4,10 @@
 //! (`super::UpstreamChecker`), which holds warren to never forwarding one it could have
 //! refused itself onto a shared connection.
 
+use super::Chan;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use warren_core::method::Method;
 use warren_core::reply;
 
 /// How long warren trusts what it learnt about a queue's type (core's `TYPE_MEMORY`): after
@@ -113,5 +115,77 @@ impl TypeMemory {
             (Some(at), Some(now)) if now >= *at + TYPE_MEMORY => None,
             _ => Some(*kind),
         }
+    }
+}
+
+/// What the checker reads of a channel's methods for [`Rule::QueueType`](super::Rule).
+impl Chan {
+    /// The queue a method names: an empty name is the channel's last declared one.
+    pub(super) fn resolved(&self, queue: &[u8]) -> Option<Vec<u8>> {
+        if queue.is_empty() {
+            self.last_queue.clone()
+        } else {
+            Some(queue.to_vec())
+        }
+    }
+
+    /// What RabbitMQ would refuse of method `m` because of a queue's type, with the queue,
+    /// judged by the types in `types` at `now`; and the stream a consume reads, if known.
+    pub(super) fn misuse(
+        &self,
+        m: &Method,
+        types: &TypeMemory,
+        now: Option<Instant>,
+    ) -> (Option<Misused>, Option<Vec<u8>>) {
+        let typed = |queue: &[u8]| {
+            let q = self.resolved(queue)?;
+            types.of(&q, now).map(|k| (k, q))
+        };
+        let misuse = match m {
+            Method::Get { queue } | Method::Purge { queue } => match typed(queue) {
+                Some((QueueKind::Stream, q)) => {
+                    let what = if matches!(m, Method::Get { .. }) {
+                        Misuse::Get
+                    } else {
+                        Misuse::Purge
+                    };
+                    Some((what, q))
+                }
+                _ => None,
+            },
+            Method::Consume { queue, no_ack, .. } => match typed(queue) {
+                Some((QueueKind::Stream, q)) if *no_ack => Some((Misuse::NoAckConsume, q)),
+                Some((QueueKind::Stream, q)) => return (None, Some(q)),
+                Some((QueueKind::Quorum, q)) if self.global_qos => {
+                    Some((Misuse::GlobalQosConsume, q))
+                }
+                _ => None,
+            },
+            Method::Settle {
+                tag,
+                multiple,
+                ack: false,
+            } => (self.unsettled.iter())
+                .find(|(d, _)| covers(*tag, *multiple, *d))
+                .map(|(_, s)| (Misuse::Settle, s.clone())),
+            Method::Recover { .. } => {
+                (self.unsettled.first()).map(|(_, s)| (Misuse::Recover, s.clone()))
+            }
+            _ => None,
+        };
+        (misuse, None)
+    }
+}
+
+/// A misuse RabbitMQ would close the connection for, and the queue it names.
+pub(super) type Misused = (Misuse, Vec<u8>);
+
+/// Whether settling `tag` (with `multiple`) settles delivery `delivery`, as RabbitMQ reads
+/// it: `multiple` with tag 0 settles everything.
+pub(super) fn covers(tag: u64, multiple: bool, delivery: u64) -> bool {
+    if multiple {
+        tag == 0 || delivery <= tag
+    } else {
+        delivery == tag
     }
 }
