@@ -481,6 +481,24 @@ fn the_clients_own_queue_gone_while_it_is_connected_is_caught() {
 
 // ----- exchange types (B7) -------------------------------------------------------------------
 
+/// A scene where a client of kind `kind` running `script` shares warren's one broker
+/// connection with a consumer that stays three seconds: what the client costs the
+/// connection, the consumer would lose.
+fn beside_a_consumer(seed: u64, kind: &'static str, script: Vec<Step>) -> Scenario {
+    let ms = Duration::from_millis;
+    let mut sc = Scenario::empty(seed);
+    sc.hub.max_upstreams = 1;
+    sc.net.upstream_latency = ms(1 + seed % 4);
+    sc.net.client_latency = ms(1 + seed % 3);
+    let mut neighbour = Step::consumer(0, false, false);
+    neighbour.extend([Step::Sleep(ms(3000)), Step::CloseConnection]);
+    sc.clients = vec![
+        ClientSpec::guest("consumer", Duration::ZERO, neighbour),
+        ClientSpec::guest(kind, ms(300 + 97 * seed % 700), script),
+    ];
+    sc
+}
+
 /// A proxy that trusts an exchange type the broker does not know — here warren told of
 /// [`UNKNOWN_EXCHANGE_TYPE`] in `extra_exchange_types`, as if it took every type for known —
 /// forwards a client's declare of it onto the broker connection it shares with a neighbour,
@@ -493,22 +511,12 @@ fn an_unknown_exchange_type_forwarded_onto_a_shared_connection_is_caught() {
     use warren_sim::client::{Misbehaviour, UNKNOWN_EXCHANGE_TYPE};
     let name = "unknown exchange type on a shared connection";
     check_caught(name, &[Invariant::BrokerProtocol], 0..8, |seed| {
-        let ms = Duration::from_millis;
-        let mut sc = Scenario::empty(seed);
-        sc.hub.max_upstreams = 1;
-        sc.net.upstream_latency = ms(1 + seed % 4);
-        sc.net.client_latency = ms(1 + seed % 3);
-        let mut neighbour = Step::consumer(0, false, false);
-        neighbour.extend([Step::Sleep(ms(3000)), Step::CloseConnection]);
         let misbehaving = vec![
             Step::Open(1),
             Step::Misbehave(Misbehaviour::UnknownExchangeType),
             Step::CloseConnection,
         ];
-        sc.clients = vec![
-            ClientSpec::guest("consumer", Duration::ZERO, neighbour),
-            ClientSpec::guest("misbehaving", ms(300 + 97 * seed % 700), misbehaving),
-        ];
+        let mut sc = beside_a_consumer(seed, "misbehaving", misbehaving);
         untampered_is_clean(&sc);
         sc.hub.extra_exchange_types = vec![UNKNOWN_EXCHANGE_TYPE.into()];
         let options = RunOptions {
@@ -516,5 +524,41 @@ fn an_unknown_exchange_type_forwarded_onto_a_shared_connection_is_caught() {
             ..RunOptions::default()
         };
         (run(sc, options), 1)
+    });
+}
+
+// ----- stream and quorum queues (B7) ---------------------------------------------------------
+
+/// A proxy that forwards a misuse of a stream whose type it learnt: here a client declared
+/// the stream (warren saw the declare-ok on the connection it shares with a neighbour), and
+/// the tampering turns its next forwarded method, its `basic.qos`, into a `basic.get` of the
+/// stream, as a proxy that forgot the type would forward the client's get. RabbitMQ closes
+/// the shared connection with 540, and the rule (a known type's misuse beside another
+/// channel) reports it; the same scene untampered is clean.
+#[test]
+fn a_stream_misuse_forwarded_onto_a_shared_connection_is_caught() {
+    use warren_sim::client::STREAM_QUEUE;
+    use warren_testkit::hub_world::basic_get;
+    use warren_testkit::rules::queue_types::QueueKind;
+    let name = "stream misuse on a shared connection";
+    check_caught(name, &[Invariant::BrokerProtocol], 0..8, |seed| {
+        let kind = QueueKind::Stream;
+        let stream_user = vec![
+            Step::Open(1),
+            Step::TypedDeclare { ch: 1, kind },
+            Step::Qos(1, 10),
+            Step::TypedConsume { ch: 1, kind },
+            Step::Sleep(Duration::from_millis(500)),
+            Step::CloseConnection,
+        ];
+        let sc = beside_a_consumer(seed, "stream-user", stream_user);
+        untampered_is_clean(&sc);
+        tampered(sc, |out| match out {
+            Output::ToUpstream { data, .. } if is_method(data, ids::BASIC_QOS) => {
+                *data = basic_get(channel(data), STREAM_QUEUE, false);
+                Some(true)
+            }
+            _ => None,
+        })
     });
 }

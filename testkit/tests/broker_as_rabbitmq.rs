@@ -40,8 +40,11 @@ impl Session {
     }
 
     fn open_with(config: BrokerConfig) -> Self {
-        let now = Instant::now();
-        let mut broker = Broker::new(config);
+        Session::join(Broker::new(config), Instant::now())
+    }
+
+    /// A new connection to `broker` at `now`, past its handshake.
+    fn join(mut broker: Broker, now: Instant) -> Self {
         let conn = broker.accept(now);
         let tune = Tune {
             heartbeat: 0,
@@ -437,28 +440,7 @@ fn a_misuse_beside_another_channel_is_a_violation_only_if_warren_knew() {
         "{:?}",
         s.broker.log.violations
     );
-    let other = s.broker.accept(s.now);
-    let mut s2 = Session {
-        broker: s.broker,
-        conn: other,
-        now: s.now,
-    };
-    let start_ok = encode::start_ok(&StartOk {
-        client_properties: FieldTable::default(),
-        mechanism: "PLAIN".into(),
-        response: b"\0guest\0guest".to_vec(),
-        locale: "en_US".into(),
-    });
-    let tune = Tune {
-        heartbeat: 0,
-        ..RABBITMQ_TUNE
-    };
-    s2.send(&[
-        Bytes::from_static(PROTOCOL_HEADER),
-        start_ok,
-        encode::tune(tune, true),
-        encode::open("/"),
-    ]);
+    let mut s2 = Session::join(s.broker, s.now);
     s2.send(&[channel_open(1), channel_open(2)]);
     let got = s2.send(&[basic_get(2, "s", false)]);
     assert_eq!(

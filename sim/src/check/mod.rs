@@ -12,7 +12,7 @@
 //! `end` holds the checks made once the run stopped.
 
 use crate::broker::BrokerLog;
-use crate::client::FakeClient;
+use crate::client::{End, FakeClient};
 use crate::plan::Fault;
 use crate::scenario::Scenario;
 use crate::slow::SlowObs;
@@ -26,17 +26,51 @@ use warren_core::reply;
 mod end;
 
 /// What the broker's log shows that no check judges, for the coverage counts of both
-/// layers: its own refusals of another connection's exclusive queue (405), and the questions
-/// about exchange types warren asked it (B7), by the answer. Zero counts are left out.
+/// layers: its own refusals of another connection's exclusive queue (405), the questions
+/// about exchange types warren asked it (B7), by the answer, and the connections it closed
+/// for a misuse of a stream or quorum queue that reached it (B7; the checks judge whether
+/// warren should have refused it). Zero counts are left out.
 pub fn broker_coverage(log: &BrokerLog) -> impl Iterator<Item = (&'static str, u64)> {
     let (known, unknown) = log.default_exchange_declares;
     [
         ("broker refused 405", log.locked_refusals),
         ("probe answered: type known", known),
         ("probe answered: type unknown", unknown),
+        (
+            "broker closed a connection for a queue-type misuse",
+            log.queue_type_closes.len() as u64,
+        ),
     ]
     .into_iter()
     .filter(|(_, n)| *n > 0)
+}
+
+/// How a client of a stream or quorum queue (B7) ended, for the coverage counts of both
+/// layers: a queue-type misuse closed with RabbitMQ's close (warren knew the type), with 320
+/// (warren could not judge), or otherwise (which the checks report); a well-behaved
+/// stream or quorum user's end.
+#[must_use]
+pub fn queue_type_coverage(c: &FakeClient) -> Option<&'static str> {
+    let end = c.end.as_ref().map(|(_, e)| e);
+    if let Some(m) = c.misbehaviour().filter(|m| m.queue_misuse().is_some()) {
+        return Some(match end {
+            Some(End::Closed(code, text)) if m.closed_as_expected(*code, text) => {
+                if *code == reply::CONNECTION_FORCED {
+                    "queue-type misuse: closed 320"
+                } else {
+                    "queue-type misuse: closed alone with RabbitMQ's close"
+                }
+            }
+            _ => "queue-type misuse: other end",
+        });
+    }
+    match (c.spec.kind, end) {
+        ("stream-user" | "quorum-user", Some(End::Finished | End::Left)) => {
+            Some("stream/quorum user finished")
+        }
+        ("stream-user" | "quorum-user", _) => Some("stream/quorum user cut short"),
+        _ => None,
+    }
 }
 
 /// Which promise a violation breaks.

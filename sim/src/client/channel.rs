@@ -208,6 +208,10 @@ impl FakeClient {
                         let no_ack = chan.no_ack;
                         chan.consumers.push((tag, slot, no_ack));
                     }
+                    Reply::TypedConsumeOk => {
+                        let tag = r.shortstr().unwrap_or_default().to_vec();
+                        chan.consumers.push((tag, NO_QUEUE, false));
+                    }
                     Reply::SelectOk => chan.confirm = true,
                     _ => {}
                 }

@@ -1,12 +1,14 @@
 //! Misbehaviour: the protocol violations a client commits on purpose, the bytes that commit
 //! them, and the reply code warren must close it with.
 
-use super::state::Chan;
+use super::state::{Chan, Reply};
 use super::{consume, exchange_declare, header, publish, queue_declare, FakeClient};
 use bytes::{Bytes, BytesMut};
 use warren_core::frame::{method_frame, Frame, FrameType, FRAME_END};
 use warren_core::method::{encode, ids, MethodId};
 use warren_core::reply;
+use warren_testkit::hub_world::{basic_get, qos, queue_purge};
+use warren_testkit::rules::queue_types::{Misuse, QueueKind};
 
 /// A protocol violation a misbehaving client commits on purpose, and the reply code warren
 /// must close it with.
@@ -55,6 +57,29 @@ pub enum Misbehaviour {
     ConsumerTagReuse,
     /// `channel.flow active=false` (540, as RabbitMQ closes the connection).
     FlowInactive,
+    /// `basic.get` on [`STREAM_QUEUE`], after declaring it (540 and RabbitMQ's text, B7).
+    StreamGet,
+    /// `basic.consume` without acks on [`STREAM_QUEUE`], after declaring it (540).
+    StreamNoAckConsume,
+    /// `queue.purge` of [`STREAM_QUEUE`], after declaring it (540).
+    StreamPurge,
+    /// A global `basic.qos`, then `basic.consume` on [`QUORUM_QUEUE`], after declaring it
+    /// (540).
+    QuorumGlobalQosConsume,
+}
+
+/// The stream the simulation's stream clients declare (B7).
+pub const STREAM_QUEUE: &str = "sim-stream";
+/// The quorum queue the simulation's quorum clients declare (B7).
+pub const QUORUM_QUEUE: &str = "sim-quorum";
+
+/// The queue of type `kind` the simulation's clients declare.
+#[must_use]
+pub fn typed_queue(kind: QueueKind) -> &'static str {
+    match kind {
+        QueueKind::Stream => STREAM_QUEUE,
+        QueueKind::Quorum => QUORUM_QUEUE,
+    }
 }
 
 /// The exchange type a [`Misbehaviour::UnknownExchangeType`] client declares: no broker of
@@ -62,6 +87,30 @@ pub enum Misbehaviour {
 pub const UNKNOWN_EXCHANGE_TYPE: &str = "x-nonsense";
 
 impl Misbehaviour {
+    /// The misuses of a stream or quorum queue that RabbitMQ closes the connection for, which
+    /// a client commits after declaring the queue so that warren knows its type (B7). Kept
+    /// out of [`Misbehaviour::ALL`] so that the scenarios drawn from it kept their meaning.
+    pub const QUEUE_TYPE: [Misbehaviour; 4] = [
+        Misbehaviour::StreamGet,
+        Misbehaviour::StreamNoAckConsume,
+        Misbehaviour::StreamPurge,
+        Misbehaviour::QuorumGlobalQosConsume,
+    ];
+
+    /// The queue-type misuse this is, with the type of the queue it needs declared first.
+    #[must_use]
+    pub fn queue_misuse(self) -> Option<(Misuse, QueueKind)> {
+        match self {
+            Misbehaviour::StreamGet => Some((Misuse::Get, QueueKind::Stream)),
+            Misbehaviour::StreamNoAckConsume => Some((Misuse::NoAckConsume, QueueKind::Stream)),
+            Misbehaviour::StreamPurge => Some((Misuse::Purge, QueueKind::Stream)),
+            Misbehaviour::QuorumGlobalQosConsume => {
+                Some((Misuse::GlobalQosConsume, QueueKind::Quorum))
+            }
+            _ => None,
+        }
+    }
+
     /// Every kind, for drawing one at random.
     pub const ALL: [Misbehaviour; 20] = [
         Misbehaviour::FrameOnUnopenedChannel,
@@ -100,6 +149,9 @@ impl Misbehaviour {
             UnknownMethod | PublishImmediate | QosPrefetchSize | FlowInactive => {
                 reply::NOT_IMPLEMENTED
             }
+            StreamGet | StreamNoAckConsume | StreamPurge | QuorumGlobalQosConsume => {
+                reply::NOT_IMPLEMENTED
+            }
             ServerOnlyMethod | UnknownExchangeType => reply::COMMAND_INVALID,
             ConnectionMethodAfterOpen => reply::CHANNEL_ERROR,
             ChannelAboveMax | ConsumerTagReuse => reply::NOT_ALLOWED,
@@ -107,10 +159,13 @@ impl Misbehaviour {
     }
 
     /// The close text warren must use, where it is not warren's to choose: the broker's own
-    /// words for a type only the broker could judge (B7), as RabbitMQ closes a connection of
-    /// the client's own.
+    /// words for a type only the broker could judge, and RabbitMQ's for a misuse of a stream
+    /// or quorum queue (B7), as RabbitMQ closes a connection of the client's own.
     #[must_use]
     pub fn expected_text(self) -> Option<String> {
+        if let Some((misuse, kind)) = self.queue_misuse() {
+            return Some(misuse.close_text(typed_queue(kind), "/"));
+        }
         (self == Misbehaviour::UnknownExchangeType)
             .then(|| format!("COMMAND_INVALID - unknown exchange type '{UNKNOWN_EXCHANGE_TYPE}'"))
     }
@@ -204,6 +259,19 @@ impl FakeClient {
                 }
             }
             FlowInactive => b.extend_from_slice(&encode::flow(1, false, false)),
+            StreamGet => b.extend_from_slice(&basic_get(1, STREAM_QUEUE, false)),
+            StreamNoAckConsume => {
+                b.extend_from_slice(&consume(1, STREAM_QUEUE.as_bytes(), b"", true, false));
+            }
+            StreamPurge => b.extend_from_slice(&queue_purge(1, STREAM_QUEUE)),
+            QuorumGlobalQosConsume => {
+                // Its qos-ok comes back before the close: the channel expects it.
+                if let Some(c) = self.chans.get_mut(&1) {
+                    c.expect = Some(Reply::QosOk);
+                }
+                b.extend_from_slice(&qos(1, 10, true));
+                b.extend_from_slice(&consume(1, QUORUM_QUEUE.as_bytes(), b"", false, false));
+            }
         }
         b.freeze()
     }

@@ -39,7 +39,7 @@ mod state;
 
 pub use board::Board;
 pub use intrusion::{Intrusion, IntrusionOutcome};
-pub use misbehave::{Misbehaviour, UNKNOWN_EXCHANGE_TYPE};
+pub use misbehave::{typed_queue, Misbehaviour, QUORUM_QUEUE, STREAM_QUEUE, UNKNOWN_EXCHANGE_TYPE};
 pub use spec::{ClientSpec, Opening, Step, Target};
 
 /// How long a client waits for `Connection.OpenOk` before giving up (client libraries

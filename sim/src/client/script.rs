@@ -2,6 +2,7 @@
 //! for its reply, and leaves politely when a step can no longer finish.
 
 use super::state::{ChState, Chan, Phase, Reply, Wait};
+use super::typed_queue;
 use super::{
     consume, exchange_declare_with, header, publish, queue_declare, queue_declare_passive, Board,
     ClientOut, End, FakeClient, Step, Target,
@@ -12,6 +13,7 @@ use std::time::Instant;
 use warren_core::frame::{method_frame, Frame, FrameType};
 use warren_core::method::{encode, ids, Close};
 use warren_core::reply;
+use warren_testkit::hub_world::typed_declare;
 
 impl FakeClient {
     /// Gives up the script after a step became impossible: close the connection politely.
@@ -323,6 +325,14 @@ impl FakeClient {
                 }
                 self.out.push_back(ClientOut::Close);
                 self.finish(now, End::Left);
+            }
+            Step::TypedDeclare { ch, kind } => {
+                let frame = typed_declare(ch, typed_queue(kind), kind.arg());
+                self.request(now, ch, Reply::TypedDeclareOk, frame);
+            }
+            Step::TypedConsume { ch, kind } => {
+                let frame = consume(ch, typed_queue(kind).as_bytes(), b"", false, false);
+                self.request(now, ch, Reply::TypedConsumeOk, frame);
             }
             Step::UpdateSecret => {
                 self.send(

@@ -3,6 +3,7 @@
 
 use super::{Intrusion, Misbehaviour};
 use std::time::Duration;
+use warren_testkit::rules::queue_types::QueueKind;
 
 /// Where a publish goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +125,25 @@ pub enum Step {
     /// Sends a publish's method, header and part of its body, then drops the socket: warren
     /// must not forward the half message (B8).
     PartialPublishAndDrop(u16),
+    /// `queue.declare` of the stream or quorum queue of type `kind` ([`typed_queue`]),
+    /// durable as RabbitMQ requires, waiting for its `declare-ok`: warren learns the type
+    /// from it (B7).
+    ///
+    /// [`typed_queue`]: super::typed_queue
+    TypedDeclare {
+        /// Channel.
+        ch: u16,
+        /// Stream or quorum.
+        kind: QueueKind,
+    },
+    /// `basic.consume` with acks of the queue of type `kind`, waiting for its `consume-ok`
+    /// (a stream's consumer needs a [`Step::Qos`] first).
+    TypedConsume {
+        /// Channel.
+        ch: u16,
+        /// Stream or quorum.
+        kind: QueueKind,
+    },
     /// `connection.update-secret` (warren answers it itself), wait for the ok.
     UpdateSecret,
     /// `connection.close`, wait for `close-ok`.

@@ -33,6 +33,10 @@ pub(super) enum Reply {
     ExchangeDeclareOk,
     BindOk,
     RecoverOk,
+    /// The `declare-ok` of a stream or quorum queue.
+    TypedDeclareOk,
+    /// The `consume-ok` of a consumer of a stream or quorum queue.
+    TypedConsumeOk,
     /// An intrusion on the queue in a board slot: success, or a `Channel.Close`.
     Intrusion(Intrusion, u32),
 }
@@ -53,6 +57,8 @@ impl Reply {
             Reply::ExchangeDeclareOk => mid == ids::EXCHANGE_DECLARE_OK,
             Reply::BindOk => mid == MethodId::new(50, 21),
             Reply::RecoverOk => mid == MethodId::new(60, 111),
+            Reply::TypedDeclareOk => mid == ids::QUEUE_DECLARE_OK,
+            Reply::TypedConsumeOk => mid == ids::BASIC_CONSUME_OK,
             Reply::Intrusion(op, _) => op.answered_by(mid),
         }
     }

@@ -375,6 +375,9 @@ impl Verdict {
                     "new password not admitted"
                 });
             }
+            if let Some(what) = crate::check::queue_type_coverage(&r.client) {
+                self.count(what);
+            }
             for i in &r.client.intrusions {
                 self.count(match i.refused {
                     Some(405) => "intrusion refused 405",

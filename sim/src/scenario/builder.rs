@@ -7,6 +7,7 @@ use crate::client::{ClientSpec, Opening, Step, Target};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::time::Duration;
+use warren_testkit::rules::queue_types::QueueKind;
 
 /// Builds client scripts from a random generator.
 pub(super) struct Builder<'a> {
@@ -365,6 +366,36 @@ impl Builder<'_> {
         }
         self.ending(&mut s, 1);
         self.spec("plugin-exchange", start, s);
+    }
+
+    /// Declares the simulation's stream or quorum queue as RabbitMQ requires (durable, with
+    /// `x-queue-type`), sets a per-consumer prefetch (which a stream's consumer needs) and
+    /// consumes it with acks for a while: warren learns the type and must forward all of
+    /// it (B7).
+    pub(super) fn typed_user(&mut self, start: Duration) {
+        let kind = if self.rng.random_bool(0.5) {
+            QueueKind::Stream
+        } else {
+            QueueKind::Quorum
+        };
+        let mut s = vec![
+            Step::Open(1),
+            Step::TypedDeclare { ch: 1, kind },
+            Step::Qos(1, self.rng.random_range(1..=20)),
+            Step::TypedConsume { ch: 1, kind },
+            Step::Sleep(Duration::from_millis(self.rng.random_range(0..2000))),
+            Step::Cancel(1),
+        ];
+        self.ending(&mut s, 1);
+        self.spec(
+            if kind == QueueKind::Stream {
+                "stream-user"
+            } else {
+                "quorum-user"
+            },
+            start,
+            s,
+        );
     }
 
     /// Drops its socket in the middle of a publish (B8: nothing half-sent goes upstream).

@@ -51,6 +51,12 @@ impl Builder<'_> {
                 if kind == Misbehaviour::ConsumerTagReuse {
                     s.push(Step::declare(1, 0, false));
                 }
+                if let Some((_, queue_kind)) = kind.queue_misuse() {
+                    s.push(Step::TypedDeclare {
+                        ch: 1,
+                        kind: queue_kind,
+                    });
+                }
                 s.push(Step::Misbehave(kind));
                 s.push(Step::CloseConnection);
                 self.spec("misbehaving", at, s);

@@ -139,6 +139,9 @@ impl World {
                 };
                 add(what, 1);
             }
+            if let Some(what) = crate::check::queue_type_coverage(&c.client) {
+                add(what, 1);
+            }
             let kind = c.client.spec.kind;
             if matches!(kind, "leaked-password" | "new-password" | "rotation-worker") {
                 let admitted = c.client.opened_at.is_some();
