@@ -373,12 +373,16 @@ fn misuses_close_the_connection_with_rabbitmqs_words() {
         stream(&tail),
         (r#"ch0 connection.close 541 "INTERNAL_ERROR""#.to_owned(), 1)
     );
-    // A stream consumer needs a prefetch: a channel error.
-    let got = stream(&[stream_consume(1, "s", "t", "first")]);
-    assert_eq!(
-        got,
-        (r#"ch1 channel.close 406 "PRECONDITION_FAILED - consumer prefetch count is not set for 'queue 's' in vhost '/''""#.to_owned(), 0)
+    // A stream consumer needs a per-consumer prefetch, checked before its acks (a global
+    // one does not count): a channel error.
+    let no_prefetch = (
+        r#"ch1 channel.close 406 "PRECONDITION_FAILED - consumer prefetch count is not set for 'queue 's' in vhost '/''""#.to_owned(),
+        0,
     );
+    assert_eq!(stream(&[stream_consume(1, "s", "t", "first")]), no_prefetch);
+    let no_ack = warren_testkit::hub_world::consume(1, b"s", b"t", true, false);
+    assert_eq!(stream(std::slice::from_ref(&no_ack)), no_prefetch);
+    assert_eq!(stream(&[qos(1, 10, true), no_ack]), no_prefetch);
 }
 
 /// A stream keeps its messages: each consumer reads from its offset, and acks remove

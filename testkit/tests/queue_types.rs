@@ -281,3 +281,25 @@ fn a_streams_deliveries_can_only_be_acked() {
     assert_eq!(w.take(Peer::U(u)).len(), 3);
     assert!(w.take(Peer::C(c)).is_empty());
 }
+
+/// A delete through the hub forgets the queue's type (a queue of that name declared later
+/// may be classic); a typed declare whose declare-ok comes after its client left still
+/// teaches the type.
+#[test]
+fn a_delete_forgets_a_type_and_a_late_declare_ok_still_teaches_it() {
+    let (mut w, c1, c2, u) = declared();
+    w.client_sends(c1, &[queue_delete(1, "s", false)]);
+    w.take(Peer::U(u));
+    w.client_sends(c2, &[basic_get(1, "s", false)]);
+    assert_eq!(w.take_first_method(Peer::U(u)), Some(ids::BASIC_GET));
+
+    let c3 = w.join(hello(131_072, 0));
+    w.take(Peer::C(c3));
+    let uch = w.open_on(c3, 1, u);
+    w.client_sends(c3, &[typed_declare(1, "late", "stream")]);
+    w.client_drops(c3);
+    w.take(Peer::U(u));
+    w.broker_sends(u, &[queue_declare_ok(uch, "late")]);
+    w.client_sends(c2, &[queue_purge(1, "late")]);
+    assert_eq!(closed(&mut w, c2).code, 540);
+}

@@ -147,6 +147,12 @@ impl Declare {
     pub(crate) fn is_exclusive(&self) -> bool {
         matches!(self, Declare::Exclusive | Declare::ExclusiveUnasked)
     }
+
+    /// Whether its reply teaches the hub anything (an owner or a type), even after the
+    /// channel was closed under its client.
+    pub(crate) fn matters(&self) -> bool {
+        *self != Declare::Plain
+    }
 }
 
 /// A `queue.delete` whose `delete-ok` is on its way.

@@ -11,8 +11,8 @@
 //! AMQP cannot ask a queue's type, so the hub learns it: from a client's `queue.declare` with
 //! `x-queue-type` once the broker's `declare-ok` confirms it, and from the broker's own 540
 //! when a queue it did not know about costs a connection once. For the next five minutes
-//! (renewed by each declare) such a method closes that client alone, with the close RabbitMQ
-//! sends, and the shared connection stays up. A queue declared elsewhere and never misused
+//! (renewed by each declare, ended by a delete through the hub) such a method closes that
+//! client alone, with the close RabbitMQ sends, and the shared connection stays up. A queue declared elsewhere and never misused
 //! through this hub is not known: its first misuse still costs a broker connection.
 
 use super::{ClientId, Hub};
@@ -66,6 +66,11 @@ impl QueueTypes {
             kind,
             until: now + TYPE_MEMORY,
         });
+    }
+
+    /// Forgets what was learnt about `queue` (it is being deleted).
+    pub(super) fn forget(&mut self, queue: &[u8]) {
+        self.0.retain(|k| k.queue != queue);
     }
 
     /// The type of `queue`, if known now.

@@ -261,6 +261,12 @@ impl FakeClient {
             FlowInactive => b.extend_from_slice(&encode::flow(1, false, false)),
             StreamGet => b.extend_from_slice(&basic_get(1, STREAM_QUEUE, false)),
             StreamNoAckConsume => {
+                // Under a per-consumer prefetch: without one RabbitMQ refuses any stream
+                // consumer on the channel first (406). Its qos-ok comes back before the close.
+                if let Some(c) = self.chans.get_mut(&1) {
+                    c.expect = Some(Reply::QosOk);
+                }
+                b.extend_from_slice(&qos(1, 10, false));
                 b.extend_from_slice(&consume(1, STREAM_QUEUE.as_bytes(), b"", true, false));
             }
             StreamPurge => b.extend_from_slice(&queue_purge(1, STREAM_QUEUE)),

@@ -28,7 +28,11 @@ impl Broker {
                 let global = rd!(r.bit());
                 let chan = self.chan(id, ch);
                 chan.prefetch = count;
-                // Any basic.qos replaces the channel's global limit.
+                // Any basic.qos replaces the channel's global limit; only a per-consumer one
+                // sets the prefetch a stream consumer needs (a global one leaves it).
+                if !global {
+                    chan.consumer_prefetch = count > 0;
+                }
                 chan.global_qos = global && count > 0;
                 self.send_method(now, id, ch, ids::BASIC_QOS_OK, |_| {});
             }
@@ -43,15 +47,16 @@ impl Broker {
                 let args = FieldTable::decode(rd!(r.table())).unwrap_or_default();
                 self.check_queue(id, &queue, mid)?;
                 let offset = match self.kind_of(&queue) {
-                    Some(QueueKind::Stream) if no_ack => {
-                        self.misuse_close(now, id, Misuse::NoAckConsume, &queue, mid);
-                        return Ok(());
-                    }
-                    Some(QueueKind::Stream) if self.chan(id, ch).prefetch == 0 => {
+                    // RabbitMQ 3.10 checks the per-consumer prefetch before the acks.
+                    Some(QueueKind::Stream) if !self.chan(id, ch).consumer_prefetch => {
                         let text = format!(
                             "consumer prefetch count is not set for 'queue '{queue}' in vhost '/''"
                         );
                         return Err(ChannelError(reply::PRECONDITION_FAILED, text, mid));
+                    }
+                    Some(QueueKind::Stream) if no_ack => {
+                        self.misuse_close(now, id, Misuse::NoAckConsume, &queue, mid);
+                        return Ok(());
                     }
                     Some(QueueKind::Stream) => {
                         Some(Self::stream_offset(&self.queues[&queue], &args))

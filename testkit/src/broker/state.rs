@@ -66,6 +66,8 @@ pub(super) struct Chan {
     pub(super) next_dtag: u64,
     pub(super) unacked: BTreeMap<u64, (String, Msg)>,
     pub(super) prefetch: u16,
+    /// The last per-consumer `basic.qos` set a prefetch: a stream refuses consumers without.
+    pub(super) consumer_prefetch: bool,
     /// The last `basic.qos` set a global prefetch limit: a quorum queue refuses consumers.
     pub(super) global_qos: bool,
     pub(super) consumers: Vec<Vec<u8>>,
@@ -88,6 +90,7 @@ impl Chan {
             next_dtag: 0,
             unacked: BTreeMap::new(),
             prefetch: 0,
+            consumer_prefetch: false,
             global_qos: false,
             consumers: Vec::new(),
             owner: None,

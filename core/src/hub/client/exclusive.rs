@@ -14,21 +14,21 @@ use std::time::Instant;
 
 impl Hub {
     /// Remembers the declares still in flight on upstream channel `r`, which is being closed
-    /// under client `owner`, if any of them is exclusive.
+    /// under client `owner`, if any of them is exclusive or teaches a queue's type.
     pub(super) fn await_orphan_declares(
         &mut self,
         r: UpRef,
         owner: ClientId,
         declares: VecDeque<Declare>,
     ) {
-        if declares.iter().any(Declare::is_exclusive) {
+        if declares.iter().any(Declare::matters) {
             self.orphan_declares.push((r, owner, declares));
         }
     }
 
     /// A declare-ok arrived on a channel closed under its client: an exclusive queue it
     /// names belongs to that client, deleted when it leaves, or at once if it is leaving or
-    /// gone (its queues were released already).
+    /// gone (its queues were released already); a typed one's type is learnt all the same.
     pub(in crate::hub) fn orphan_declare_ok(&mut self, now: Instant, r: UpRef, m: &Method) {
         let Method::QueueDeclareOk { queue } = m else {
             return;
@@ -38,11 +38,14 @@ impl Hub {
         };
         let (_, owner, declares) = &mut self.orphan_declares[i];
         let owner = *owner;
-        let exclusive = declares.pop_front().is_some_and(|d| d.is_exclusive());
-        if !declares.iter().any(Declare::is_exclusive) {
+        let declare = declares.pop_front();
+        if !declares.iter().any(Declare::matters) {
             self.orphan_declares.swap_remove(i);
         }
-        if !exclusive {
+        if let Some(Declare::Typed(kind)) = declare {
+            self.queue_types.learn(now, queue.clone(), kind);
+        }
+        if !declare.is_some_and(|d| d.is_exclusive()) {
             return;
         }
         match self

@@ -112,6 +112,12 @@ impl Hub {
         if owned {
             chan.recyclable = false;
         }
+        // A queue of the same name declared later may be of another type: what the hub
+        // learnt goes (if the delete fails, a misuse teaches it again).
+        self.queue_types.forget(&queue);
+        let Some(chan) = self.client_mut(id).and_then(|c| c.channels.get_mut(&ch)) else {
+            return Verdict::Forward;
+        };
         match (owned, nowait) {
             (true, _) => {
                 let asked = !nowait;
