@@ -74,7 +74,7 @@ pub enum Rule {
     /// knows a type (a probe connection of its own, B7), and is no violation.
     ExchangeType,
     /// A method RabbitMQ refuses on a stream or quorum queue with a connection error
-    /// ([`Misuse`]: 540, or 541 for a recover) on a connection that carries another channel,
+    /// ([`Misuse`](queue_types::Misuse): 540, or 541 for a recover) on a connection that carries another channel,
     /// naming a queue whose type warren could know: a typed `queue.declare` of it got its
     /// `declare-ok` on this connection less than [`queue_types::TYPE_MEMORY`] before (for a
     /// nack, reject or recover: before the stream's consumer was set up). warren promises

@@ -1,6 +1,6 @@
 //! Stream and quorum queues (B7): the methods RabbitMQ 3.10 answers with a *connection*
 //! error on a queue of one of these types, with its exact codes and texts. One list for the
-//! fake broker, which answers them as RabbitMQ does, and for the [`UpstreamChecker`]
+//! fake broker, which answers them as RabbitMQ does, and for the [`UpstreamChecker`](super::UpstreamChecker)
 //! (`super::UpstreamChecker`), which holds warren to never forwarding one it could have
 //! refused itself onto a shared connection.
 
