@@ -168,13 +168,14 @@ impl Hub {
         mid: MethodId,
         m: &Method,
     ) -> Option<Reply> {
-        let chan = self.client(id)?.channels.get(&ch)?;
+        // The method first: most (publishes, acks) name no queue and cost no lookup.
         let queue = match m {
             Method::Get { queue } | Method::Purge { queue } | Method::Consume { queue, .. } => {
                 queue
             }
             _ => return None,
         };
+        let chan = self.client(id)?.channels.get(&ch)?;
         let queue = self.resolved_queue(id, ch, queue)?;
         let misuse = match (self.queue_types.of(now, queue)?, m) {
             (QueueType::Stream, Method::Get { .. }) => Misuse::Get,
@@ -294,6 +295,12 @@ impl Hub {
         mid: MethodId,
         m: &Method,
     ) -> Option<Reply> {
+        if !matches!(
+            m,
+            Method::Settle { ack: false, .. } | Method::Recover { .. }
+        ) {
+            return None;
+        }
         let chan = self.client(id)?.channels.get(&ch)?;
         let streams = chan.streams.as_deref()?;
         match m {
