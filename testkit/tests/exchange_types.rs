@@ -6,7 +6,7 @@ use insta::assert_snapshot;
 use std::time::Duration;
 use warren_core::frame::Frame;
 use warren_core::hub::HubConfig;
-use warren_core::method::{encode, ids, Close, MethodId};
+use warren_core::method::{self, encode, ids, Close, Method, MethodId};
 use warren_testkit::hub_world::*;
 
 /// RabbitMQ's answer to a probe for a type it knows: the default exchange is not declarable.
@@ -61,8 +61,9 @@ fn a_plugin_type_is_asked_of_the_broker_then_forwarded_in_order() {
         "nothing reaches the shared connection"
     );
     let probe = w.accept_dial();
+    let asked = w.take(Peer::U(probe));
     assert_eq!(
-        methods(&w.take(Peer::U(probe))),
+        methods(&asked),
         [
             ids::CONNECTION_START_OK,
             ids::CONNECTION_TUNE_OK,
@@ -70,6 +71,15 @@ fn a_plugin_type_is_asked_of_the_broker_then_forwarded_in_order() {
             ids::CHANNEL_OPEN,
             ids::EXCHANGE_DECLARE
         ]
+    );
+    // The broker's operators see what the connection is for.
+    let Ok(Method::StartOk(start_ok)) = method::decode(asked[0].payload()) else {
+        panic!("a start-ok");
+    };
+    let name = start_ok.client_properties.get_str("connection_name");
+    assert!(
+        name.is_some_and(|n| n.ends_with("(asking about an exchange type)")),
+        "the probe's connection name"
     );
     w.client_sends(c2, &[publish(1, "", false), header(1, 1), body(1, b"x")]);
     assert_eq!(w.take(Peer::U(u)).len(), 3, "the neighbour is not held up");

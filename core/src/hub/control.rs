@@ -404,7 +404,7 @@ impl Hub {
                 .nodes
                 .spread_order(self.upstreams.iter().map(|(_, u)| u.node.unwrap_or(u.aim))),
         };
-        let id = self.dial_nodes(now, nodes);
+        let id = self.dial_nodes(now, nodes, "");
         self.redialling = Some(id);
         self.event(HubEvent::Redialling { upstream: id });
     }

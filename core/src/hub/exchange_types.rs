@@ -140,7 +140,7 @@ impl Hub {
         }
         tracing::debug!(kind = %String::from_utf8_lossy(&kind), "asking the broker about an exchange type");
         let nodes = self.nodes.order();
-        let up = self.dial_nodes(now, nodes);
+        let up = self.dial_nodes(now, nodes, "asking about an exchange type");
         if let Some(u) = self.upstream_mut(up) {
             u.probe = Some(Box::new(Probe { kind, until: None }));
         }

@@ -624,17 +624,23 @@ impl Hub {
                 .nodes
                 .spread_order(self.upstreams.iter().map(|(_, u)| u.node.unwrap_or(u.aim))),
         };
-        self.dial_nodes(now, nodes)
+        self.dial_nodes(now, nodes, "")
     }
 
-    /// Opens a new upstream connection that tries `nodes` in this order.
-    fn dial_nodes(&mut self, now: Instant, nodes: NodeOrder) -> UpstreamId {
+    /// Opens a new upstream connection that tries `nodes` in this order; `purpose`, if not
+    /// empty, ends its connection name, for the broker's operators.
+    fn dial_nodes(&mut self, now: Instant, nodes: NodeOrder, purpose: &str) -> UpstreamId {
         let id = UpstreamId {
             idx: self.upstreams.vacant_key() as u32,
             gen: self.gen(),
         };
         let c = &self.credentials;
         let name = format!("{} {}@{} {id}", self.config.upstream_name, c.user, c.vhost);
+        let name = if purpose.is_empty() {
+            name
+        } else {
+            format!("{name} ({purpose})")
+        };
         let login = Login::new(
             now,
             &self.config,
