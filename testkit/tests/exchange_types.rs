@@ -125,8 +125,7 @@ fn an_unknown_type_closes_only_the_client_that_declared_it() {
         &[channel_open_ok(1), declare_refused(0, 503, UNKNOWN_TYPE)],
     );
     assert_eq!(methods(&w.take(Peer::U(probe))), [ids::CONNECTION_CLOSE_OK]);
-    let got = w.take(Peer::C(c1));
-    let refusal = close_reply(&got[0]).expect("c1 is closed");
+    let refusal = w.take_close(c1);
     assert_eq!(
         (
             refusal.code,
@@ -141,11 +140,7 @@ fn an_unknown_type_closes_only_the_client_that_declared_it() {
         .iter()
         .all(|f| f.method_id() == Some(ids::CHANNEL_CLOSE)));
     w.client_sends(c2, &[exchange_declare(1, "x", "x-nope")]);
-    let got = w.take(Peer::C(c2));
-    assert_eq!(
-        close_reply(&got[0]).map(|c| c.text),
-        Some(UNKNOWN_TYPE.into())
-    );
+    assert_eq!(w.take_close(c2).text, UNKNOWN_TYPE);
     assert_eq!(
         w.hub.upstream_count(),
         1,
@@ -172,8 +167,7 @@ fn a_probe_without_an_answer_closes_the_waiting_client() {
     w.client_drops(c2);
     let probe = w.pending_dial().expect("a probe is dialled");
     w.upstream_closed("probe", probe, "connection refused");
-    let got = w.take(Peer::C(c1));
-    let refusal = close_reply(&got[0]).expect("c1 is closed");
+    let refusal = w.take_close(c1);
     assert_eq!(refusal.code, 320);
     assert!(
         refusal.text.contains("exchange type 'x-other'"),
@@ -224,8 +218,7 @@ fn parked_frames_are_bounded_like_unfinished_publishes() {
     w.client_sends(c1, &publish_frames);
     assert!(w.take(Peer::C(c1)).is_empty(), "within the bound, c1 waits");
     w.client_sends(c1, &publish_frames);
-    let got = w.take(Peer::C(c1));
-    assert_eq!(close_reply(&got[0]).map(|c| c.code), Some(506));
+    assert_eq!(w.take_close(c1).code, 506);
     let probe = w.accept_dial();
     w.take(Peer::U(probe));
     w.broker_sends(
@@ -240,4 +233,37 @@ fn parked_frames_are_bounded_like_unfinished_publishes() {
         "nothing of c1's reaches the broker"
     );
     assert!(w.take(Peer::C(c2)).is_empty());
+}
+
+/// A probe whose broker never answers, or answers what no RabbitMQ would, gives up: the
+/// waiting client is closed with 320 and why, and an overdue probe says goodbye (close 200)
+/// before its socket closes.
+#[test]
+fn a_probe_that_gets_no_answer_or_a_strange_one_gives_up() {
+    let (mut w, c1, c2, _) = neighbours(HubConfig::default());
+    w.client_sends(c1, &[exchange_declare(1, "x", "x-silent")]);
+    let probe = w.accept_dial();
+    w.take(Peer::U(probe));
+    w.advance(HubConfig::default().connect_timeout);
+    let refusal = w.take_close(c1);
+    assert_eq!(refusal.code, 320);
+    assert!(
+        refusal.text.ends_with("the broker did not answer"),
+        "{}",
+        refusal.text
+    );
+    let bye = w.take(Peer::U(probe));
+    assert_eq!(close_reply(&bye[0]).map(|c| c.code), Some(200));
+
+    w.client_sends(c2, &[exchange_declare(1, "y", "x-strange")]);
+    let probe = w.accept_dial();
+    w.take(Peer::U(probe));
+    w.broker_sends(probe, &[queue_declare_ok(1, "what")]);
+    let refusal = w.take_close(c2);
+    assert_eq!(refusal.code, 320);
+    assert!(
+        refusal.text.ends_with("unexpected answer to a probe"),
+        "{}",
+        refusal.text
+    );
 }

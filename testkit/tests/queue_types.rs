@@ -6,14 +6,8 @@ use bytes::Bytes;
 use insta::assert_snapshot;
 use std::time::Duration;
 use warren_core::hub::{ClientId, HubConfig, UpstreamId};
-use warren_core::method::{ids, Close};
+use warren_core::method::ids;
 use warren_testkit::hub_world::*;
-
-/// The close client `c` got, which must be its first frame.
-fn closed(w: &mut World, c: ClientId) -> Close {
-    let got = w.take(Peer::C(c));
-    close_reply(got.first().expect("a frame")).expect("a close")
-}
 
 /// A client `c1` that declared stream `s` and quorum queue `q` (the broker confirmed both)
 /// and a neighbour `c2` on the same upstream, without heartbeats.
@@ -74,7 +68,7 @@ fn misuses_of_known_streams_and_quorum_queues_close_only_their_client() {
         w.take(Peer::C(c3));
         w.open_on(c3, 1, u);
         w.client_sends(c3, &frames);
-        let close = closed(&mut w, c3);
+        let close = w.take_close(c3);
         assert_eq!(
             (
                 close.code,
@@ -153,14 +147,14 @@ fn queue_types_are_learnt_from_confirmed_declares_and_from_the_brokers_close() {
     w.client_sends(c2, &[basic_get(1, "y", false)]);
     w.take(Peer::U(u));
     w.broker_sends(u, &[close(0, 540, text)]);
-    assert_eq!(closed(&mut w, c2).text, text);
+    assert_eq!(w.take_close(c2).text, text);
     w.advance(Duration::from_secs(2));
     let c3 = w.join(hello(131_072, 0));
     let u2 = w.accept_dial_with(NO_HEARTBEATS);
     w.take(Peer::C(c3));
     w.open_on(c3, 1, u2);
     w.client_sends(c3, &[basic_get(1, "y", false)]);
-    assert_eq!(closed(&mut w, c3).text, text);
+    assert_eq!(w.take_close(c3).text, text);
     w.advance(Duration::from_secs(300));
     let c4 = w.join(hello(131_072, 0));
     w.take(Peer::C(c4));
@@ -261,7 +255,7 @@ fn a_streams_deliveries_can_only_be_acked() {
             Some(ids::BASIC_NACK),
             "{text}"
         );
-        let close = closed(&mut w, c);
+        let close = w.take_close(c);
         assert_eq!(
             (close.text.as_str(), (close.class_id, close.method_id)),
             (text, cause)
@@ -301,5 +295,5 @@ fn a_delete_forgets_a_type_and_a_late_declare_ok_still_teaches_it() {
     w.take(Peer::U(u));
     w.broker_sends(u, &[queue_declare_ok(uch, "late")]);
     w.client_sends(c2, &[queue_purge(1, "late")]);
-    assert_eq!(closed(&mut w, c2).code, 540);
+    assert_eq!(w.take_close(c2).code, 540);
 }

@@ -402,6 +402,17 @@ impl World {
         self.take(p).first().and_then(Frame::method_id)
     }
 
+    /// Takes what client `c` received so far, which must start with a close, and gives it.
+    pub fn take_close(&mut self, c: ClientId) -> Close {
+        let got = self.take(Peer::C(c));
+        got.first().and_then(close_reply).unwrap_or_else(|| {
+            panic!(
+                "{c} was not closed: {:?}",
+                got.iter().map(describe).collect::<Vec<_>>()
+            )
+        })
+    }
+
     /// Opens channel `ch` of client `c` on upstream `u` and lets the broker confirm it;
     /// returns the upstream channel number.
     pub fn open_on(&mut self, c: ClientId, ch: u16, u: UpstreamId) -> u16 {
