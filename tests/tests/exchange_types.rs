@@ -167,9 +167,13 @@ async fn a_plugins_exchange_type_is_declared_and_routes_as_on_rabbitmq() -> Resu
         ] {
             let conn = world.lapin(addr).await?;
             let exchange = unique("xt-hash");
-            declare_and_route(&conn.create_channel().await?, &exchange)
+            // The channel is closed before its connection: one dropped instead closes itself
+            // in the background, and lapin fails the connection's close when the two cross.
+            let ch = conn.create_channel().await?;
+            declare_and_route(&ch, &exchange)
                 .await
                 .with_context(|| format!("through {who}"))?;
+            ch.close(200, "bye".into()).await?;
             declared.push(exchange);
             clients.push(conn);
         }
