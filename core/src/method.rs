@@ -6,7 +6,7 @@
 //! ([`validate_args`]) so that a malformed argument list never reaches the shared broker
 //! connection, where RabbitMQ would answer with a connection-level error.
 
-use crate::table::FieldTable;
+use crate::table::{FieldTable, FieldValue};
 use crate::wire::{Reader, WireError, Writer};
 use bytes::{Bytes, BytesMut};
 
@@ -236,6 +236,9 @@ pub enum Method {
         no_ack: bool,
         /// No `consume-ok` expected.
         nowait: bool,
+        /// The `x-stream-offset` argument: RabbitMQ's channel crashes on some values of it
+        /// for a stream, taking the connection with it.
+        stream_offset: Option<FieldValue>,
     },
     /// `basic.get`
     Get {
@@ -414,11 +417,14 @@ pub fn decode(payload: &[u8]) -> Result<Method, WireError> {
             let _no_local = r.bit()?;
             let no_ack = r.bit()?;
             let _exclusive = r.bit()?;
+            let nowait = r.bit()?;
+            let stream_offset = FieldTable::decode(r.table()?)?.take("x-stream-offset");
             Method::Consume {
                 queue,
                 tag,
                 no_ack,
-                nowait: r.bit()?,
+                nowait,
+                stream_offset,
             }
         }
         ids::BASIC_ACK | ids::BASIC_NACK | ids::BASIC_REJECT => Method::Settle {

@@ -72,6 +72,12 @@ impl FieldTable {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// The value stored under `key`, taken out of the table.
+    #[must_use]
+    pub fn take(self, key: &str) -> Option<FieldValue> {
+        self.0.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
     /// A string value (long string or byte array), decoded lossily as UTF-8.
     #[must_use]
     pub fn get_str(&self, key: &str) -> Option<String> {

@@ -894,6 +894,28 @@ fn hub_client_seeds() -> Seeds {
             .build(1, 0, Build::StreamConsume, &[0x51])
             .settle(),
     );
+    // `StreamConsume` flags 0x58: from the word "bogus", 0x5c: from true; no offsets.
+    s.add(
+        "stream-consume-from-a-word",
+        typed(0x20)
+            .build(1, 0, Build::StreamConsume, &[0x58])
+            .settle(),
+    );
+    s.add(
+        "stream-consume-from-a-boolean",
+        typed(0x20)
+            .build(1, 0, Build::Qos, &[0, 10])
+            .build(1, 0, Build::StreamConsume, &[0x5c])
+            .settle(),
+    );
+    s.add(
+        "stream-consume-under-global-qos",
+        typed(0x20)
+            .build(1, 0, Build::Qos, &[0, 10])
+            .build(1, 0, Build::Qos, &[4, 10])
+            .build(1, 0, Build::StreamConsume, &[0x50])
+            .settle(),
+    );
     s.add(
         "quorum-consume-under-global-qos",
         typed(0x21)

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use insta::assert_snapshot;
 use std::time::Duration;
 use warren_core::hub::{ClientId, HubConfig, UpstreamId};
-use warren_core::method::ids;
+use warren_core::method::{ids, Close};
 use warren_testkit::hub_world::*;
 
 /// A client `c1` that declared stream `s` and quorum queue `q` (the broker confirmed both)
@@ -24,6 +24,15 @@ fn declared() -> (World, ClientId, ClientId, UpstreamId) {
     w.broker_sends(u, &[queue_declare_ok(1, "s"), queue_declare_ok(1, "q")]);
     w.take(Peer::C(c1));
     (w, c1, c2, u)
+}
+
+/// A close's code, text and cause (class and method).
+fn said(close: &Close) -> (u16, &str, (u16, u16)) {
+    (
+        close.code,
+        close.text.as_str(),
+        (close.class_id, close.method_id),
+    )
 }
 
 /// What RabbitMQ 3.10 says, for each misuse: checked against the broker in
@@ -68,16 +77,7 @@ fn misuses_of_known_streams_and_quorum_queues_close_only_their_client() {
         w.take(Peer::C(c3));
         w.open_on(c3, 1, u);
         w.client_sends(c3, &frames);
-        let close = w.take_close(c3);
-        assert_eq!(
-            (
-                close.code,
-                close.text.as_str(),
-                (close.class_id, close.method_id)
-            ),
-            (540, text, cause),
-            "{name}"
-        );
+        assert_eq!(said(&w.take_close(c3)), (540, text, cause), "{name}");
         let upstream = w.take(Peer::U(u));
         let ids_sent: Vec<_> = upstream.iter().filter_map(|f| f.method_id()).collect();
         assert!(
@@ -92,6 +92,93 @@ fn misuses_of_known_streams_and_quorum_queues_close_only_their_client() {
             Some(ids::BASIC_GET),
             "{name}"
         );
+    }
+}
+
+/// A stream consume whose `x-stream-offset` is no offset crashes RabbitMQ's channel (541,
+/// naming no method): a string that does not start with a digit at once, any other such
+/// value after the consume's other checks, so the prefetch's 406 (the broker's to send) and
+/// the no-ack or global-qos 540 come first. Offsets RabbitMQ takes, and ages it refuses on
+/// the channel, go to the broker.
+#[test]
+fn a_stream_consume_from_no_offset_closes_only_its_client_as_rabbitmq_does() {
+    use warren_core::table::{longstr, FieldValue};
+    const CRASH: (u16, &str, (u16, u16)) = (541, "INTERNAL_ERROR", (0, 0));
+    let per_consumer = || qos(1, 10, false);
+    let bogus = || offset_consume(1, b"s", b"t", longstr("bogus"));
+    let boolean = || offset_consume(1, b"s", b"t", FieldValue::Bool(true));
+    let global = (
+        540,
+        "NOT_IMPLEMENTED - queue 's' in vhost '/' does not support global qos",
+    );
+    let refused = [
+        ("a word, without a prefetch", vec![bogus()], CRASH),
+        (
+            "an empty string",
+            vec![offset_consume(1, b"s", b"t", longstr(""))],
+            CRASH,
+        ),
+        (
+            "a boolean, under a prefetch",
+            vec![per_consumer(), boolean()],
+            CRASH,
+        ),
+        (
+            "a table, under a prefetch",
+            vec![
+                per_consumer(),
+                offset_consume(1, b"s", b"t", FieldValue::Table(Default::default())),
+            ],
+            CRASH,
+        ),
+        (
+            "a boolean under a global qos too",
+            vec![per_consumer(), qos(1, 10, true), boolean()],
+            (global.0, global.1, (60, 20)),
+        ),
+        (
+            "the first offset under a global qos too",
+            vec![
+                per_consumer(),
+                qos(1, 10, true),
+                offset_consume(1, b"s", b"t", longstr("first")),
+            ],
+            (global.0, global.1, (60, 20)),
+        ),
+    ];
+    for (name, frames, (code, text, cause)) in refused {
+        let (mut w, c1, c2, u) = declared();
+        w.client_sends(c1, &frames);
+        assert_eq!(said(&w.take_close(c1)), (code, text, cause), "{name}");
+        let upstream = w.take(Peer::U(u));
+        assert!(
+            !(upstream.iter()).any(|f| f.method_id() == Some(ids::BASIC_CONSUME)),
+            "{name}: the consume reached the broker"
+        );
+        w.client_sends(c2, &[basic_get(1, "q", false)]);
+        assert_eq!(
+            w.take_first_method(Peer::U(u)),
+            Some(ids::BASIC_GET),
+            "{name}"
+        );
+    }
+    let forwarded = [
+        // Without a per-consumer prefetch: the broker's 406 on the channel.
+        vec![boolean()],
+        vec![per_consumer(), offset_consume(1, b"s", b"t", longstr("7D"))],
+        vec![
+            per_consumer(),
+            offset_consume(1, b"s", b"t", FieldValue::I64(3)),
+        ],
+        // Ages RabbitMQ refuses on the channel (406): zero, and a unit it does not know.
+        vec![per_consumer(), offset_consume(1, b"s", b"t", longstr("0s"))],
+        vec![per_consumer(), offset_consume(1, b"s", b"t", longstr("1d"))],
+    ];
+    for frames in forwarded {
+        let (mut w, c1, _, u) = declared();
+        w.client_sends(c1, &frames);
+        assert_eq!(w.take(Peer::U(u)).len(), frames.len(), "{frames:?}");
+        assert!(w.take(Peer::C(c1)).is_empty());
     }
 }
 

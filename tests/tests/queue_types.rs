@@ -2,8 +2,10 @@
 //!
 //! RabbitMQ answers some methods with a *connection* error that depends on the queue's type:
 //! on a stream `basic.get`, a `basic.consume` without acknowledgements, `queue.purge`, a
-//! `basic.nack` or `basic.reject` of one of its deliveries (540) and a `basic.recover` while
-//! one is out (541); on a quorum queue a `basic.consume` under a global prefetch (540).
+//! `basic.nack` or `basic.reject` of one of its deliveries (540), a `basic.recover` while
+//! one is out and a `basic.consume` from an `x-stream-offset` that is no offset (541: its
+//! channel crashes); on a quorum queue, or a stream, a `basic.consume` under a global
+//! prefetch (540).
 //! Through warren that error would close the shared broker connection and every client on
 //! it. warren's hub learns queue types (`core/src/hub/queue_types.rs`) and closes only the
 //! misusing client, with the close RabbitMQ would send it.
@@ -38,13 +40,14 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use std::net::SocketAddr;
 use warren_core::method::ids;
+use warren_core::table::{self, longstr, FieldValue};
 use warren_tests::broker::{self, BrokerConnection};
 use warren_tests::client::lapin_connect;
 use warren_tests::lapin_ops::{
     assert_upstream_kept, bounded, lapin_declare, lapin_publish, lapin_round_trip, the_upstream_of,
     LIMIT,
 };
-use warren_tests::raw::{build, close_for, Closed, RawClient, RawOptions};
+use warren_tests::raw::{as_close, build, close_for, Closed, RawClient, RawOptions};
 use warren_tests::tenant::Tenant;
 use warren_tests::{broker_addr, unique, wait_until, within, Warren, GUEST};
 
@@ -172,6 +175,9 @@ enum Misuse {
     /// `basic.recover` while a delivery from a stream consumer is unsettled: RabbitMQ's
     /// channel crashes (541, naming no method).
     Recover,
+    /// `basic.consume` of a stream under a per-consumer prefetch and then a global one
+    /// (540).
+    StreamGlobalQosConsume,
 }
 
 impl Misuse {
@@ -225,7 +231,7 @@ impl Misuse {
                 format!("basic.nack and basic.reject not supported by stream queues {named}"),
                 ids::BASIC_REJECT,
             ),
-            Misuse::GlobalQosConsume => (
+            Misuse::GlobalQosConsume | Misuse::StreamGlobalQosConsume => (
                 format!("{named} does not support global qos"),
                 ids::BASIC_CONSUME,
             ),
@@ -267,6 +273,12 @@ impl Misuse {
                 vec![build::nack(1, last, true)]
             }
             Misuse::GlobalQosConsume => {
+                c.send(&[build::global_qos(1, 10)]).await?;
+                c.expect_method(1, ids::BASIC_QOS_OK).await?;
+                vec![build::consume(1, typed, "under-global-qos", false)]
+            }
+            Misuse::StreamGlobalQosConsume => {
+                c.qos(1, 10).await?;
                 c.send(&[build::global_qos(1, 10)]).await?;
                 c.expect_method(1, ids::BASIC_QOS_OK).await?;
                 vec![build::consume(1, typed, "under-global-qos", false)]
@@ -386,6 +398,111 @@ async fn a_recover_with_a_streams_delivery_out_closes_only_its_client_as_rabbitm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_consume_under_global_qos_closes_only_its_client_as_rabbitmq_does() -> Result<()> {
     closes_only_its_client_as_rabbitmq_does("warren-qt-global", Misuse::GlobalQosConsume).await
+}
+
+/// `basic.consume` of a stream under a per-consumer and then a global prefetch: 540, its
+/// client alone closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_consume_under_global_qos_closes_only_its_client_as_rabbitmq_does() -> Result<()> {
+    closes_only_its_client_as_rabbitmq_does("warren-qt-sglobal", Misuse::StreamGlobalQosConsume)
+        .await
+}
+
+/// What a fresh raw client at `addr` gets for a consume of `stream` from `offset`
+/// (`x-stream-offset`), under a per-consumer prefetch if `prefetch`: its `consume-ok`, or
+/// the close of its channel or connection.
+async fn offset_outcome(
+    addr: SocketAddr,
+    opts: &RawOptions,
+    stream: &str,
+    prefetch: bool,
+    offset: &FieldValue,
+) -> Result<String> {
+    let mut c = RawClient::connect(addr, opts).await?;
+    c.open_channel(1).await?;
+    if prefetch {
+        c.qos(1, 10).await?;
+    }
+    let args = table::FieldTable::default().with("x-stream-offset", offset.clone());
+    c.send(&[build::consume_with(1, stream, "offset", false, &args)])
+        .await?;
+    let f = c.recv().await?;
+    let outcome = match as_close(&f)? {
+        Some(closed) if closed.channel == 0 => {
+            c.finish_close().await?;
+            return Ok(format!("{closed:?}"));
+        }
+        Some(closed) => format!("{closed:?}"),
+        None => format!("{:?}", f.method_id()),
+    };
+    c.hang_up().await?;
+    Ok(outcome)
+}
+
+/// A stream consumed from an `x-stream-offset` of each kind RabbitMQ reads differently: an
+/// offset it takes (a name, a number, a timestamp, an age), an age it refuses on the channel
+/// (406), a string that does not start with a digit (its check crashes: 541, before the
+/// prefetch is looked at) and a value of another type (its reader crashes: 541, after the
+/// prefetch's 406). Each gets through warren what it gets from RabbitMQ, and the crashes
+/// close only their client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_offsets_are_answered_as_rabbitmq_does() -> Result<()> {
+    use FieldValue as V;
+    bounded(async {
+        let mut world = World::start("warren-qt-offset").await?;
+        let opts = world.tenant.raw_options();
+        let stream = unique("qt-offset-stream");
+        let mut owner = RawClient::connect(world.warren.addr(), &opts).await?;
+        owner.open_channel(1).await?;
+        owner.declare_typed_queue(1, &stream, "stream").await?;
+        let offsets = [
+            longstr("first"),
+            V::Bytes(b"last".to_vec()),
+            V::I64(-1),
+            V::I8(3),
+            V::Timestamp(1_600_000_000),
+            longstr("7D"),
+            longstr("1s\nand more"),
+            longstr("0s"),
+            longstr("12abc"),
+            longstr("bogus"),
+            longstr(""),
+            longstr(" 1s"),
+            V::Bool(true),
+            V::Decimal(1, 15),
+            V::F64(1.5),
+            V::Table(table::FieldTable::default()),
+            V::Array(vec![V::I32(1)]),
+            V::Void,
+            V::Bytes(b"bogus".to_vec()),
+        ];
+        let mut crashes = 0;
+        for prefetch in [true, false] {
+            for offset in &offsets {
+                let what = format!("{offset:?}, prefetch {prefetch}");
+                let direct = offset_outcome(broker_addr(), &opts, &stream, prefetch, offset)
+                    .await
+                    .with_context(|| format!("{what}, straight to RabbitMQ"))?;
+                let through = offset_outcome(world.warren.addr(), &opts, &stream, prefetch, offset)
+                    .await
+                    .with_context(|| format!("{what}, through warren"))?;
+                ensure!(
+                    through == direct,
+                    "{what}: through warren {through}; RabbitMQ answers {direct}"
+                );
+                crashes += usize::from(direct.contains("INTERNAL_ERROR"));
+                world.assert_unharmed(&what).await?;
+            }
+        }
+        // The cases RabbitMQ's reading divides: what crashes with a prefetch and without.
+        ensure!(
+            crashes == 13,
+            "{crashes} crashes, not 13: has RabbitMQ changed?"
+        );
+        owner.hang_up().await?;
+        world.finish(&[&stream]).await
+    })
+    .await
 }
 
 // ----- learning a type from the broker's close -------------------------------------------------

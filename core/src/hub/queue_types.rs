@@ -3,10 +3,12 @@
 //! connection and every client on it:
 //!
 //! - on a stream: `basic.get`, a `basic.consume` without acknowledgements, `queue.purge`,
-//!   and a `basic.nack` or `basic.reject` of its delivery (`basic.recover` while one is out
-//!   is a 541: the broker's channel crashes);
-//! - on a quorum queue: a `basic.consume` on a channel whose last `basic.qos` set a global
-//!   prefetch limit.
+//!   and a `basic.nack` or `basic.reject` of its delivery; a 541 (the broker's channel
+//!   crashes) for `basic.recover` while one is out and for a `basic.consume` whose
+//!   `x-stream-offset` is no offset (a string not starting with a digit, a boolean, a
+//!   table...);
+//! - on a stream or a quorum queue: a `basic.consume` on a channel whose last `basic.qos`
+//!   set a global prefetch limit.
 //!
 //! AMQP cannot ask a queue's type, so the hub learns it: from a client's `queue.declare` with
 //! `x-queue-type` once the broker's `declare-ok` confirms it, and from the broker's own 540
@@ -18,6 +20,7 @@
 use super::{ClientId, Hub};
 use crate::method::{Method, MethodId};
 use crate::reply::{self, Reply};
+use crate::table::FieldValue;
 use crate::wire::Reader;
 use std::time::{Duration, Instant};
 
@@ -180,8 +183,26 @@ impl Hub {
         let misuse = match (self.queue_types.of(now, queue)?, m) {
             (QueueType::Stream, Method::Get { .. }) => Misuse::Get,
             (QueueType::Stream, Method::Purge { .. }) => Misuse::Purge,
-            (QueueType::Stream, Method::Consume { no_ack: true, .. }) if chan.consumer_prefetch => {
-                Misuse::NoAckConsume
+            (
+                QueueType::Stream,
+                Method::Consume {
+                    no_ack,
+                    stream_offset,
+                    ..
+                },
+            ) => {
+                // RabbitMQ's order: the arguments' check, the prefetch (406), acks, a
+                // global limit, then the stream's reader.
+                let offset = StreamOffset::of(stream_offset.as_ref());
+                match offset {
+                    StreamOffset::CrashesCheck => return Some(channel_crash()),
+                    StreamOffset::Refused => return None,
+                    _ if !chan.consumer_prefetch => return None,
+                    _ if *no_ack => Misuse::NoAckConsume,
+                    _ if chan.global_qos => Misuse::GlobalQosConsume,
+                    StreamOffset::CrashesReader => return Some(channel_crash()),
+                    StreamOffset::Taken => return None,
+                }
             }
             (QueueType::Quorum, Method::Consume { .. }) if chan.global_qos => {
                 Misuse::GlobalQosConsume
@@ -201,6 +222,65 @@ impl Hub {
         );
         Reply::new(reply::NOT_IMPLEMENTED, text).caused_by(mid)
     }
+}
+
+/// RabbitMQ's close when one of its channels crashes: 541, naming no method.
+fn channel_crash() -> Reply {
+    Reply::verbatim(reply::INTERNAL_ERROR, "INTERNAL_ERROR")
+}
+
+/// What RabbitMQ 3.10 makes of a stream consumer's `x-stream-offset`. Its argument check
+/// reads a long string as `first`, `last`, `next` or an age ("7D": a number above zero and
+/// one of its units) and crashes on one that does not start with a digit; the stream's
+/// reader later takes what the check let through, and crashes on what is not an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamOffset {
+    /// Where the consumer starts reading (also: none given, from the next message).
+    Taken,
+    /// Refused on the channel (406), which the broker can do itself.
+    Refused,
+    /// The argument check crashes, before any other check of the consume.
+    CrashesCheck,
+    /// The reader crashes, after the consume's other checks.
+    CrashesReader,
+}
+
+impl StreamOffset {
+    /// How RabbitMQ reads `offset`.
+    fn of(offset: Option<&FieldValue>) -> StreamOffset {
+        use FieldValue as V;
+        match offset {
+            None | Some(V::Timestamp(_)) => StreamOffset::Taken,
+            Some(V::LongStr(s) | V::Bytes(s)) if is_named_offset(s) => StreamOffset::Taken,
+            Some(V::LongStr(s)) => StreamOffset::of_age(s),
+            Some(V::I8(_) | V::U8(_) | V::I16(_) | V::U16(_) | V::I32(_) | V::U32(_))
+            | Some(V::I64(_)) => StreamOffset::Taken,
+            Some(_) => StreamOffset::CrashesReader,
+        }
+    }
+
+    /// An age: leading digits, then a unit up to the first line break (RabbitMQ matches it
+    /// with `(^[0-9]*)(.*)`).
+    fn of_age(s: &[u8]) -> StreamOffset {
+        let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return StreamOffset::CrashesCheck;
+        }
+        let rest = &s[digits..];
+        let unit = rest.split(|b| *b == b'\n').next().unwrap_or_default();
+        let above_zero = s[..digits].iter().any(|b| *b != b'0');
+        let known_unit = matches!(unit, b"Y" | b"M" | b"D" | b"h" | b"m" | b"s");
+        if above_zero && known_unit {
+            StreamOffset::Taken
+        } else {
+            StreamOffset::Refused
+        }
+    }
+}
+
+/// Whether `s` names an offset: taken whatever its field type.
+fn is_named_offset(s: &[u8]) -> bool {
+    matches!(s, b"first" | b"last" | b"next")
 }
 
 /// A channel's consumers on known streams and their deliveries the client has not settled:
@@ -312,10 +392,7 @@ impl Hub {
                 let stream = streams.covered(*tag, *multiple)?;
                 Some(self.misuse_reply(Misuse::Settle, stream, mid))
             }
-            Method::Recover { .. } if streams.any_unsettled() => {
-                // The broker's channel crashes: its close names no method.
-                Some(Reply::verbatim(reply::INTERNAL_ERROR, "INTERNAL_ERROR"))
-            }
+            Method::Recover { .. } if streams.any_unsettled() => Some(channel_crash()),
             _ => None,
         }
     }

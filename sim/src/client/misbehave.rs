@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 use warren_core::frame::{method_frame, Frame, FrameType, FRAME_END};
 use warren_core::method::{encode, ids, MethodId};
 use warren_core::reply;
-use warren_testkit::hub_world::{basic_get, qos, queue_purge};
+use warren_core::table::{longstr, FieldValue};
+use warren_testkit::hub_world::{basic_get, offset_consume, qos, queue_purge};
 use warren_testkit::rules::queue_types::{Misuse, QueueKind};
 
 /// A protocol violation a misbehaving client commits on purpose, and the reply code warren
@@ -66,6 +67,15 @@ pub enum Misbehaviour {
     /// A global `basic.qos`, then `basic.consume` on [`QUORUM_QUEUE`], after declaring it
     /// (540).
     QuorumGlobalQosConsume,
+    /// A global `basic.qos`, then `basic.consume` on [`STREAM_QUEUE`], after declaring it
+    /// and setting a per-consumer prefetch (540).
+    StreamGlobalQosConsume,
+    /// `basic.consume` of [`STREAM_QUEUE`] from `x-stream-offset` "bogus", after declaring
+    /// it (541: RabbitMQ's channel crashes checking it, before it looks for a prefetch).
+    StreamWordOffset,
+    /// `basic.consume` of [`STREAM_QUEUE`] from `x-stream-offset` true, after declaring it
+    /// and setting a per-consumer prefetch (541: the stream's reader crashes).
+    StreamBooleanOffset,
 }
 
 /// The stream the simulation's stream clients declare (B7).
@@ -90,11 +100,14 @@ impl Misbehaviour {
     /// The misuses of a stream or quorum queue that RabbitMQ closes the connection for, which
     /// a client commits after declaring the queue so that warren knows its type (B7). Kept
     /// out of [`Misbehaviour::ALL`] so that the scenarios drawn from it kept their meaning.
-    pub const QUEUE_TYPE: [Misbehaviour; 4] = [
+    pub const QUEUE_TYPE: [Misbehaviour; 7] = [
         Misbehaviour::StreamGet,
         Misbehaviour::StreamNoAckConsume,
         Misbehaviour::StreamPurge,
         Misbehaviour::QuorumGlobalQosConsume,
+        Misbehaviour::StreamGlobalQosConsume,
+        Misbehaviour::StreamWordOffset,
+        Misbehaviour::StreamBooleanOffset,
     ];
 
     /// The queue-type misuse this is, with the type of the queue it needs declared first.
@@ -107,8 +120,24 @@ impl Misbehaviour {
             Misbehaviour::QuorumGlobalQosConsume => {
                 Some((Misuse::GlobalQosConsume, QueueKind::Quorum))
             }
+            Misbehaviour::StreamGlobalQosConsume => {
+                Some((Misuse::GlobalQosConsume, QueueKind::Stream))
+            }
+            Misbehaviour::StreamWordOffset | Misbehaviour::StreamBooleanOffset => {
+                Some((Misuse::NoOffset, QueueKind::Stream))
+            }
             _ => None,
         }
+    }
+
+    /// Whether its client sets a per-consumer prefetch before it misbehaves: a stream's
+    /// consumer without one gets a 406 on the channel before the misuse is looked at.
+    #[must_use]
+    pub fn needs_consumer_prefetch(self) -> bool {
+        matches!(
+            self,
+            Misbehaviour::StreamGlobalQosConsume | Misbehaviour::StreamBooleanOffset
+        )
     }
 
     /// Every kind, for drawing one at random.
@@ -149,9 +178,12 @@ impl Misbehaviour {
             UnknownMethod | PublishImmediate | QosPrefetchSize | FlowInactive => {
                 reply::NOT_IMPLEMENTED
             }
-            StreamGet | StreamNoAckConsume | StreamPurge | QuorumGlobalQosConsume => {
-                reply::NOT_IMPLEMENTED
-            }
+            StreamGet
+            | StreamNoAckConsume
+            | StreamPurge
+            | QuorumGlobalQosConsume
+            | StreamGlobalQosConsume => reply::NOT_IMPLEMENTED,
+            StreamWordOffset | StreamBooleanOffset => reply::INTERNAL_ERROR,
             ServerOnlyMethod | UnknownExchangeType => reply::COMMAND_INVALID,
             ConnectionMethodAfterOpen => reply::CHANNEL_ERROR,
             ChannelAboveMax | ConsumerTagReuse => reply::NOT_ALLOWED,
@@ -277,6 +309,23 @@ impl FakeClient {
                 }
                 b.extend_from_slice(&qos(1, 10, true));
                 b.extend_from_slice(&consume(1, QUORUM_QUEUE.as_bytes(), b"", false, false));
+            }
+            StreamGlobalQosConsume => {
+                // After the per-consumer prefetch of its script; the qos-ok comes back before
+                // the close.
+                if let Some(c) = self.chans.get_mut(&1) {
+                    c.expect = Some(Reply::QosOk);
+                }
+                b.extend_from_slice(&qos(1, 10, true));
+                b.extend_from_slice(&consume(1, STREAM_QUEUE.as_bytes(), b"", false, false));
+            }
+            StreamWordOffset => {
+                let word = longstr("bogus");
+                b.extend_from_slice(&offset_consume(1, STREAM_QUEUE.as_bytes(), b"", word));
+            }
+            StreamBooleanOffset => {
+                let yes = FieldValue::Bool(true);
+                b.extend_from_slice(&offset_consume(1, STREAM_QUEUE.as_bytes(), b"", yes));
             }
         }
         b.freeze()

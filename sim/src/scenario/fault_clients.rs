@@ -57,6 +57,9 @@ impl Builder<'_> {
                         kind: queue_kind,
                     });
                 }
+                if kind.needs_consumer_prefetch() {
+                    s.push(Step::Qos(1, 10));
+                }
                 s.push(Step::Misbehave(kind));
                 s.push(Step::CloseConnection);
                 self.spec("misbehaving", at, s);

@@ -3,7 +3,7 @@
 
 use super::state::{ChannelError, Consumer, Pending};
 use super::{lossy, Broker, ConnId};
-use crate::rules::queue_types::{Misuse, QueueKind};
+use crate::rules::queue_types::{Misuse, QueueKind, StreamConsume};
 use bytes::BytesMut;
 use std::time::Instant;
 use warren_core::method::{ids, MethodId};
@@ -46,22 +46,28 @@ impl Broker {
                 let nowait = rd!(r.bit());
                 let args = FieldTable::decode(rd!(r.table())).unwrap_or_default();
                 self.check_queue(id, &queue, mid)?;
+                let chan = self.chan(id, ch);
+                let (prefetch, global_qos) = (chan.consumer_prefetch, chan.global_qos);
                 let offset = match self.kind_of(&queue) {
-                    // RabbitMQ 3.10 checks the per-consumer prefetch before the acks.
-                    Some(QueueKind::Stream) if !self.chan(id, ch).consumer_prefetch => {
-                        let text = format!(
-                            "consumer prefetch count is not set for 'queue '{queue}' in vhost '/''"
-                        );
-                        return Err(ChannelError(reply::PRECONDITION_FAILED, text, mid));
-                    }
-                    Some(QueueKind::Stream) if no_ack => {
-                        self.misuse_close(now, id, Misuse::NoAckConsume, &queue, mid);
-                        return Ok(());
-                    }
                     Some(QueueKind::Stream) => {
-                        Some(Self::stream_offset(&self.queues[&queue], &args))
+                        let offset = args.get("x-stream-offset");
+                        match StreamConsume::of(offset, no_ack, prefetch, global_qos) {
+                            StreamConsume::NoPrefetch => {
+                                let text = format!(
+                                    "consumer prefetch count is not set for 'queue '{queue}' in vhost '/''"
+                                );
+                                return Err(ChannelError(reply::PRECONDITION_FAILED, text, mid));
+                            }
+                            StreamConsume::Refused(misuse) => {
+                                self.misuse_close(now, id, misuse, &queue, mid);
+                                return Ok(());
+                            }
+                            StreamConsume::Reads => {
+                                Some(Self::stream_offset(&self.queues[&queue], &args))
+                            }
+                        }
                     }
-                    Some(QueueKind::Quorum) if self.chan(id, ch).global_qos => {
+                    Some(QueueKind::Quorum) if global_qos => {
                         self.misuse_close(now, id, Misuse::GlobalQosConsume, &queue, mid);
                         return Ok(());
                     }

@@ -86,11 +86,13 @@ impl Broker {
         queue: &str,
         mid: MethodId,
     ) {
+        // A crashed channel's close (541) names no method.
+        let crashed = misuse.code() == reply::INTERNAL_ERROR;
         let close = Close {
             code: misuse.code(),
             text: misuse.close_text(queue, "/"),
-            class_id: mid.class,
-            method_id: mid.method,
+            class_id: if crashed { 0 } else { mid.class },
+            method_id: if crashed { 0 } else { mid.method },
         };
         self.log
             .queue_type_closes

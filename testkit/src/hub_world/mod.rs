@@ -25,7 +25,7 @@ use warren_core::hub::{self, ClientId, Hub, HubConfig, HubEvent, Input, Output, 
 use warren_core::login::Login;
 use warren_core::method::{self, encode, ids, Close, ConnectionStart, Method, MethodId, Tune};
 use warren_core::nodes::NodeOrder;
-use warren_core::table::FieldTable;
+use warren_core::table::{FieldTable, FieldValue};
 use warren_core::wire::Writer;
 
 /// An arbitrary origin for virtual time: worlds count from here, and nothing depends on its
@@ -644,6 +644,26 @@ pub fn exchange_declare_with(ch: u16, name: &str, kind: &str, nowait: bool) -> B
 /// `basic.consume` from `queue` (not no-local or exclusive, no arguments); an empty `tag`
 /// leaves the consumer tag to the broker.
 pub fn consume(ch: u16, queue: &[u8], tag: &[u8], no_ack: bool, nowait: bool) -> Bytes {
+    consume_with(ch, queue, tag, (no_ack, nowait), &FieldTable::default())
+}
+
+/// `basic.consume` of `queue` with acks and the `x-stream-offset` argument `offset`: what
+/// RabbitMQ's channel crashes on when it is no offset (B7).
+pub fn offset_consume(ch: u16, queue: &[u8], tag: &[u8], offset: FieldValue) -> Bytes {
+    let args = FieldTable::default().with("x-stream-offset", offset);
+    consume_with(ch, queue, tag, (false, false), &args)
+}
+
+/// `basic.consume` with its `no_ack` and `nowait` flags and arguments `args`.
+fn consume_with(
+    ch: u16,
+    queue: &[u8],
+    tag: &[u8],
+    (no_ack, nowait): (bool, bool),
+    args: &FieldTable,
+) -> Bytes {
+    let mut raw = BytesMut::new();
+    args.encode(&mut raw);
     m(ch, ids::BASIC_CONSUME, |w| {
         w.u16(0)
             .shortstr(queue)
@@ -652,7 +672,7 @@ pub fn consume(ch: u16, queue: &[u8], tag: &[u8], no_ack: bool, nowait: bool) ->
             .bit(no_ack)
             .bit(false)
             .bit(nowait)
-            .u32(0);
+            .raw(&raw);
     })
 }
 

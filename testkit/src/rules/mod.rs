@@ -217,6 +217,8 @@ struct Chan {
     last_queue: Option<Vec<u8>>,
     /// The last `basic.qos` set a global prefetch limit.
     global_qos: bool,
+    /// The last per-consumer `basic.qos` set a prefetch, which a stream's consumer needs.
+    consumer_prefetch: bool,
     /// Consumers of streams whose type was known: tag and stream.
     stream_consumers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Their deliveries warren has not settled: delivery tag and stream.
@@ -234,6 +236,7 @@ impl Chan {
             declares: VecDeque::new(),
             last_queue: None,
             global_qos: false,
+            consumer_prefetch: false,
             stream_consumers: Vec::new(),
             unsettled: Vec::new(),
         }
@@ -919,6 +922,9 @@ impl UpstreamChecker {
                 ..
             } => {
                 chan.global_qos = global && prefetch_count > 0;
+                if !global {
+                    chan.consumer_prefetch = prefetch_count > 0;
+                }
                 Ok(())
             }
             Method::Settle { tag, multiple, .. } => {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use warren_core::method::Method;
 use warren_core::reply;
+use warren_core::table::FieldValue;
 
 /// How long warren trusts what it learnt about a queue's type (core's `TYPE_MEMORY`): after
 /// that it may rightly forget, and a misuse it forwards is no longer its fault.
@@ -61,9 +62,12 @@ pub enum Misuse {
     /// `basic.recover` while a delivery from a stream is unsettled (541: the channel
     /// crashes, and the connection with it).
     Recover,
-    /// `basic.consume` on a quorum queue while the channel's last `basic.qos` set a global
-    /// prefetch limit (540).
+    /// `basic.consume` on a quorum queue, or on a stream under a per-consumer prefetch,
+    /// while the channel's last `basic.qos` set a global prefetch limit (540).
     GlobalQosConsume,
+    /// `basic.consume` of a stream whose `x-stream-offset` is no offset (541: the channel
+    /// crashes).
+    NoOffset,
 }
 
 impl Misuse {
@@ -71,7 +75,7 @@ impl Misuse {
     #[must_use]
     pub fn code(self) -> u16 {
         match self {
-            Misuse::Recover => reply::INTERNAL_ERROR,
+            Misuse::Recover | Misuse::NoOffset => reply::INTERNAL_ERROR,
             _ => reply::NOT_IMPLEMENTED,
         }
     }
@@ -89,10 +93,62 @@ impl Misuse {
             Misuse::Settle => {
                 format!("basic.nack and basic.reject not supported by stream queues {q}")
             }
-            Misuse::Recover => return "INTERNAL_ERROR".to_owned(),
+            Misuse::Recover | Misuse::NoOffset => return "INTERNAL_ERROR".to_owned(),
             Misuse::GlobalQosConsume => format!("{q} does not support global qos"),
         };
         format!("{} - {detail}", reply::code_name(self.code()))
+    }
+}
+
+/// What RabbitMQ 3.10 answers a `basic.consume` of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamConsume {
+    /// The consumer reads the stream.
+    Reads,
+    /// No per-consumer prefetch: 406 on the channel.
+    NoPrefetch,
+    /// A connection error.
+    Refused(Misuse),
+}
+
+impl StreamConsume {
+    /// RabbitMQ's answer to a consume with `offset` as its `x-stream-offset`, `no_ack`, on a
+    /// channel with or without a per-consumer prefetch and a global limit, checked in its
+    /// order: the argument (a string that is no offset and does not start with a digit
+    /// crashes the channel), the prefetch, acks, the global limit, and last the stream's
+    /// reader (which crashes on a value that is no offset, such as a boolean or a table).
+    #[must_use]
+    pub fn of(
+        offset: Option<&FieldValue>,
+        no_ack: bool,
+        consumer_prefetch: bool,
+        global_qos: bool,
+    ) -> StreamConsume {
+        use FieldValue as V;
+        let named = |s: &[u8]| matches!(s, b"first" | b"last" | b"next");
+        let crashes_reader = match offset {
+            None | Some(V::Timestamp(_)) => false,
+            Some(V::LongStr(s) | V::Bytes(s)) if named(s) => false,
+            Some(V::LongStr(s)) if !s.first().is_some_and(u8::is_ascii_digit) => {
+                return StreamConsume::Refused(Misuse::NoOffset);
+            }
+            // An age: the check refuses some on the channel, which this broker never sees.
+            Some(V::LongStr(_)) => false,
+            Some(V::I8(_) | V::U8(_) | V::I16(_) | V::U16(_) | V::I32(_) | V::U32(_)) => false,
+            Some(V::I64(_)) => false,
+            Some(_) => true,
+        };
+        if !consumer_prefetch {
+            StreamConsume::NoPrefetch
+        } else if no_ack {
+            StreamConsume::Refused(Misuse::NoAckConsume)
+        } else if global_qos {
+            StreamConsume::Refused(Misuse::GlobalQosConsume)
+        } else if crashes_reader {
+            StreamConsume::Refused(Misuse::NoOffset)
+        } else {
+            StreamConsume::Reads
+        }
     }
 }
 
@@ -153,9 +209,25 @@ impl Chan {
                 }
                 _ => None,
             },
-            Method::Consume { queue, no_ack, .. } => match typed(queue) {
-                Some((QueueKind::Stream, q)) if *no_ack => Some((Misuse::NoAckConsume, q)),
-                Some((QueueKind::Stream, q)) => return (None, Some(q)),
+            Method::Consume {
+                queue,
+                no_ack,
+                stream_offset,
+                ..
+            } => match typed(queue) {
+                Some((QueueKind::Stream, q)) => {
+                    let offset = stream_offset.as_ref();
+                    match StreamConsume::of(
+                        offset,
+                        *no_ack,
+                        self.consumer_prefetch,
+                        self.global_qos,
+                    ) {
+                        StreamConsume::Refused(misuse) => Some((misuse, q)),
+                        StreamConsume::Reads => return (None, Some(q)),
+                        StreamConsume::NoPrefetch => None,
+                    }
+                }
                 Some((QueueKind::Quorum, q)) if self.global_qos => {
                     Some((Misuse::GlobalQosConsume, q))
                 }

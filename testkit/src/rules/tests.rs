@@ -2,13 +2,13 @@
 //! crossed the broker's close on the wire is discarded instead.
 
 use super::*;
-use crate::hub_world::{connection_start, exchange_declare, header, parse_frame};
+use crate::hub_world::{connection_start, exchange_declare, header, offset_consume, parse_frame};
 use bytes::{Bytes, BytesMut};
 use warren_core::frame::PROTOCOL_HEADER;
 use warren_core::frame::{method_frame, HEARTBEAT};
 use warren_core::method::encode;
 use warren_core::method::StartOk;
-use warren_core::table::FieldTable;
+use warren_core::table::{longstr, FieldTable, FieldValue};
 use warren_core::wire::Writer;
 
 fn checker() -> UpstreamChecker {
@@ -478,10 +478,25 @@ fn a_misuse_of_a_known_queue_type_beside_a_neighbour_is_reported() {
     let misuses = [
         vec![basic_get(1, "s", false)],
         vec![queue_purge(1, "s")],
-        vec![crate::hub_world::consume(1, b"s", b"t", true, false)],
+        vec![
+            qos(1, 5, false),
+            crate::hub_world::consume(1, b"s", b"t", true, false),
+        ],
         vec![
             qos(1, 5, true),
             crate::hub_world::consume(1, b"qq", b"", false, false),
+        ],
+        vec![
+            qos(1, 5, false),
+            qos(1, 5, true),
+            crate::hub_world::consume(1, b"s", b"", false, false),
+        ],
+        // Offsets that crash RabbitMQ's channel: a word at once, a boolean after the
+        // prefetch is checked.
+        vec![offset_consume(1, b"s", b"", longstr("bogus"))],
+        vec![
+            qos(1, 5, false),
+            offset_consume(1, b"s", b"", FieldValue::Bool(true)),
         ],
         // The empty name is the channel's last declared queue.
         vec![typed_declare(1, "s", "stream"), basic_get(1, "", false)],
@@ -507,6 +522,14 @@ fn a_misuse_warren_could_not_know_of_or_alone_on_its_connection_is_no_violation(
     let get = basic_get(1, "s", false);
     // Alone on its connection: the broker's close costs no one else anything.
     typed(false, t0).from_warren(&get).unwrap();
+    // Without a per-consumer prefetch RabbitMQ answers a stream consumer on its channel
+    // (406) before it looks at acks or at an offset's type.
+    for consume in [
+        crate::hub_world::consume(1, b"s", b"t", true, false),
+        offset_consume(1, b"s", b"t", FieldValue::Bool(true)),
+    ] {
+        typed(true, t0).from_warren(&consume).unwrap();
+    }
     // Five minutes later warren may have forgotten.
     let mut c = typed(true, t0);
     c.at(t0 + Duration::from_secs(300));

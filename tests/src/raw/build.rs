@@ -177,7 +177,15 @@ fn qos_with(ch: u16, prefetch_size: u32, prefetch_count: u16, global: bool) -> B
 /// `basic.consume` of `queue` with consumer tag `tag`.
 #[must_use]
 pub fn consume(ch: u16, queue: &str, tag: &str, no_ack: bool) -> Bytes {
-    let table = no_arguments();
+    consume_with(ch, queue, tag, no_ack, &FieldTable::default())
+}
+
+/// `basic.consume` of `queue` with consumer tag `tag` and arguments `args` (such as a
+/// stream's `x-stream-offset`).
+#[must_use]
+pub fn consume_with(ch: u16, queue: &str, tag: &str, no_ack: bool, args: &FieldTable) -> Bytes {
+    let mut table = BytesMut::new();
+    args.encode(&mut table);
     method_frame(ch, ids::BASIC_CONSUME, |w| {
         w.u16(0)
             .shortstr(queue.as_bytes())

@@ -102,8 +102,9 @@ pub enum Build {
     /// bits 5-7 name), `more` (bit 0 nowait; bit 1 `x-queue-type: classic` instead): a
     /// `queue.declare` with `x-queue-type`, whose confirmed type warren learns (B7).
     TypedDeclare = 24,
-    /// `flags` (no-ack; nowait; bits 2-3 `x-stream-offset` first, last, next, 1; bits 4-5
-    /// tag; bits 6-7 queue): a `basic.consume` with a stream offset.
+    /// `flags` (no-ack; nowait; bits 2-3 `x-stream-offset` first, 1, "bogus", true; bits
+    /// 4-5 tag; bits 6-7 queue): a `basic.consume` with a stream offset, or with one that
+    /// is none.
     StreamConsume = 25,
 }
 
