@@ -50,6 +50,17 @@ struct OpenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    user: String,
+    vhost: String,
+    /// One of [`PROBE_ANSWERS`].
+    answer: &'static str,
+}
+
+/// The answers a probe of an exchange type gets, in the order of `HubSeries::probes`.
+const PROBE_ANSWERS: [&str; 3] = ["known", "unknown", "failed"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseLabels {
     user: String,
     vhost: String,
@@ -116,6 +127,7 @@ struct PerHub {
     upstream_losses: Family<HubLabels, Counter>,
     heartbeat_misses: Family<HubLabels, Counter>,
     slow_clients: Family<HubLabels, Counter>,
+    type_probes: Family<ProbeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -209,6 +221,11 @@ impl Metrics {
             p.slow_clients.clone(),
         );
         r.register(
+            "exchange_type_probes",
+            "Broker connections that asked whether the broker knows an exchange type, by answer (known, unknown, failed)",
+            p.type_probes.clone(),
+        );
+        r.register(
             "refused_connections",
             "Client connections refused before reaching a hub, by reason",
             refused.clone(),
@@ -300,6 +317,13 @@ impl Metrics {
             upstream_losses: p.upstream_losses.get_or_create_owned(&labels),
             heartbeat_misses: p.heartbeat_misses.get_or_create_owned(&labels),
             slow_clients: p.slow_clients.get_or_create_owned(&labels),
+            probes: PROBE_ANSWERS.map(|answer| {
+                p.type_probes.get_or_create_owned(&ProbeLabels {
+                    user: labels.user.clone(),
+                    vhost: labels.vhost.clone(),
+                    answer,
+                })
+            }),
             families: p.clone(),
             labels,
         }))
@@ -393,6 +417,8 @@ struct HubSeries {
     upstream_losses: Counter,
     heartbeat_misses: Counter,
     slow_clients: Counter,
+    /// By [`PROBE_ANSWERS`].
+    probes: [Counter; 3],
     /// For close codes (labels made as they come) and for removing the series.
     families: PerHub,
 }
@@ -423,6 +449,9 @@ impl HubMetrics {
         add(&s.upstream_losses, |h| h.upstream_losses);
         add(&s.heartbeat_misses, |h| h.heartbeat_misses);
         add(&s.slow_clients, |h| h.slow_clients);
+        add(&s.probes[0], |h| h.probes_known);
+        add(&s.probes[1], |h| h.probes_unknown);
+        add(&s.probes[2], |h| h.probes_failed);
         for (&code, &n) in &cur.client_closes {
             let grew = n.saturating_sub(prev.client_closes.get(&code).copied().unwrap_or(0));
             if grew > 0 {
@@ -523,6 +552,13 @@ impl PerHub {
                 source,
             });
         }
+        for answer in PROBE_ANSWERS {
+            self.type_probes.remove(&ProbeLabels {
+                user: user.clone(),
+                vhost: vhost.clone(),
+                answer,
+            });
+        }
         for &code in close_codes {
             self.client_closes.remove(&CloseLabels {
                 user: user.clone(),
@@ -563,6 +599,9 @@ mod tests {
             slow_clients: scale,
             client_closes: [(320, scale), (505, 2 * scale)].into_iter().collect(),
             channel_refusals: scale,
+            probes_known: 2 * scale,
+            probes_unknown: scale,
+            probes_failed: 3 * scale,
         }
     }
 

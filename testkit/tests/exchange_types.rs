@@ -31,6 +31,12 @@ fn methods(frames: &[Frame]) -> Vec<MethodId> {
     frames.iter().filter_map(Frame::method_id).collect()
 }
 
+/// The hub's probes so far by answer, as its metrics count them: known, unknown, failed.
+fn probes(w: &World) -> (u64, u64, u64) {
+    let s = w.hub.stats();
+    (s.probes_known, s.probes_unknown, s.probes_failed)
+}
+
 /// `queue.bind` of queue `q` to exchange `x`.
 fn queue_bind(ch: u16, q: &str, x: &str) -> bytes::Bytes {
     m(ch, ids::QUEUE_BIND, |w| {
@@ -146,6 +152,7 @@ fn an_unknown_type_closes_only_the_client_that_declared_it() {
         1,
         "a learnt answer is not asked again"
     );
+    assert_eq!(probes(&w), (0, 1, 0));
 
     // Five minutes on, the broker is asked again (a plugin may have been enabled).
     w.advance(Duration::from_secs(301));
@@ -168,6 +175,7 @@ fn a_probe_without_an_answer_closes_the_waiting_client() {
     let probe = w.pending_dial().expect("a probe is dialled");
     w.upstream_closed("probe", probe, "connection refused");
     let refusal = w.take_close(c1);
+    assert_eq!(probes(&w), (0, 0, 1));
     assert_eq!(refusal.code, 320);
     assert!(
         refusal.text.contains("exchange type 'x-other'"),
@@ -199,6 +207,7 @@ fn probes_run_one_at_a_time() {
         ],
     );
     assert_eq!(w.take_first_method(Peer::U(u)), Some(ids::EXCHANGE_DECLARE));
+    assert_eq!(probes(&w), (1, 0, 0));
     let second = w.pending_dial().expect("x-b is asked next");
     assert_ne!(first, second);
     assert!(w.take(Peer::C(c2)).is_empty(), "c2 still waits");

@@ -27,11 +27,12 @@ use warren_tests::broker::{self, BrokerConnection};
 use warren_tests::client::lapin_connect;
 use warren_tests::events::WarrenConnections;
 use warren_tests::lapin_ops::{
-    assert_upstream_kept, bounded, lapin_declare, lapin_get, the_upstream_of,
+    assert_upstream_kept, bounded, lapin_declare, lapin_get, the_upstream_of, LIMIT,
 };
+use warren_tests::metrics::metric;
 use warren_tests::raw::{as_close, build, RawClient, RawOptions};
 use warren_tests::tenant::Tenant;
-use warren_tests::{broker_addr, unique, Warren};
+use warren_tests::{broker_addr, unique, wait_until, Warren};
 
 /// The consistent-hash exchange's type: a plugin's, so warren has to ask the broker about it.
 const HASH: &str = "x-consistent-hash";
@@ -83,8 +84,8 @@ impl World {
 
     /// Final checks: the vhost's exchanges are those from before and the consistent-hash
     /// exchanges in `declared`; warren opened and closed `probes` broker connections
-    /// meanwhile and still has its one broker connection from the start; the neighbour is
-    /// still connected.
+    /// meanwhile, counted them in its metrics as answered "known", and still has its one
+    /// broker connection from the start; the neighbour is still connected.
     async fn finish(self, declared: &[String], probes: usize) -> Result<()> {
         let mut want = self.exchanges.clone();
         want.extend(declared.iter().map(|x| (x.clone(), HASH.to_owned())));
@@ -97,6 +98,15 @@ impl World {
         self.conns
             .wait_for_closed(probes, &self.upstream.name)
             .await?;
+        let labels = [
+            ("user", self.tenant.user.name.as_str()),
+            ("answer", "known"),
+        ];
+        wait_until(LIMIT, "warren to count its probes", || async {
+            let n = metric(&self.warren, "warren_exchange_type_probes_total", &labels).await?;
+            Ok((n == probes as f64).then_some(()))
+        })
+        .await?;
         assert_upstream_kept(&self.tenant.user, &self.upstream).await?;
         ensure!(
             self.neighbour.status().connected(),

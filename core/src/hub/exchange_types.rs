@@ -202,6 +202,11 @@ impl Hub {
             return;
         };
         tracing::info!(kind = %String::from_utf8_lossy(&p.kind), known = refusal.is_none(), "learnt an exchange type");
+        if refusal.is_none() {
+            self.stats.probes_known += 1;
+        } else {
+            self.stats.probes_unknown += 1;
+        }
         self.types
             .learnt
             .retain(|l| l.kind != p.kind && now < l.until);
@@ -224,6 +229,7 @@ impl Hub {
             return;
         };
         tracing::warn!(kind = %String::from_utf8_lossy(&kind), code = why.code, text = %why.text, "exchange type probe failed");
+        self.stats.probes_failed += 1;
         self.remove_upstream(id);
         let reply = unasked(&kind, &why);
         let waiting: BTreeSet<ClientId> = (self.types.parked.iter())

@@ -432,4 +432,11 @@ pub struct HubStats {
     /// Client `Channel.Open`s refused (506: no upstream has room or can be reached, or a
     /// pause outlasted `pause_timeout`).
     pub channel_refusals: u64,
+    /// Exchange types the broker was asked about and knows (B7): each asking costs a
+    /// broker connection of its own.
+    pub probes_known: u64,
+    /// Exchange types the broker was asked about and does not know.
+    pub probes_unknown: u64,
+    /// Probes that ended without an answer (the clients waiting on them got 320).
+    pub probes_failed: u64,
 }
