@@ -658,6 +658,24 @@ fn drain_serves_a_late_joiner_while_an_upstream_is_open() {
     assert_eq!(close_code(&got[0]), Some(320), "no upstream to serve it");
 }
 
+/// A `tx.commit` on a channel that is not transactional: RabbitMQ refuses it at once with a
+/// 406 on the channel, so what the client sends behind it is no method "while processing
+/// 'tx.commit'" (the broker drops it on the closing channel): warren forwards both and
+/// closes nothing itself.
+#[test]
+fn a_commit_on_a_channel_that_is_not_transactional_holds_nothing() {
+    let (mut w, c, u) = with_channel(no_recycling(), 1);
+    w.take(Peer::U(u));
+    w.client_sends(c, &[m(1, ids::TX_COMMIT, |_| {}), qos(1, 10, false)]);
+    assert!(w.take(Peer::C(c)).is_empty());
+    let sent: Vec<_> = w
+        .take(Peer::U(u))
+        .iter()
+        .filter_map(|f| f.method_id())
+        .collect();
+    assert_eq!(sent, [ids::TX_COMMIT, ids::BASIC_QOS]);
+}
+
 /// B7: every kind of bad client input closes that client (or only its channel) with the
 /// reply code, text and cause RabbitMQ 3.10 answers it with (compared with it frame by frame;
 /// the spec names other codes for some), and nothing harmful reaches the shared upstream.
@@ -787,6 +805,10 @@ fn bad_client_input_gets_the_spec_reply_code() {
             ],
         ),
         ("channel.close-ok on an open channel", vec![close_ok(1)]),
+        (
+            "connection.close-ok when nothing was closed",
+            vec![close_ok(0)],
+        ),
         (
             "message larger than max_message_size",
             vec![publish(1, "", false), header(1, 1 << 40)],

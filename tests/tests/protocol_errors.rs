@@ -93,6 +93,16 @@ fn cases() -> Vec<(&'static str, Vec<Bytes>)> {
             "channel.close-ok on an open channel",
             vec![m(1, 20, 41, b"")],
         ),
+        (
+            "connection.close-ok when nothing was closed",
+            vec![encode::close_ok(0)],
+        ),
+        // A commit on a channel that is not transactional is refused at once (406 on the
+        // channel): the method behind it is no method while a commit is processed.
+        (
+            "tx.commit on a channel that is not transactional, and a method behind it",
+            vec![m(1, 90, 20, b""), build::qos(1, 0, 10)],
+        ),
         ("channel.flow active=false", vec![build::flow(1, false)]),
         ("a body without a method", vec![build::body(1, b"abc")]),
         ("a header without a method", vec![build::header(1, 3)]),

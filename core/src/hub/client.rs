@@ -251,6 +251,8 @@ pub(crate) struct ClientChannel {
     /// Consumer tags in use on this channel, as the broker will see them when it processes
     /// the client's next method: RabbitMQ closes the *connection* on a reused tag.
     consumers: Vec<Vec<u8>>,
+    /// A `tx.select` was sent: the channel is transactional (or, if the broker refused, gone).
+    transactional: bool,
     /// A `tx.commit` is in flight; RabbitMQ closes the connection on any method meanwhile.
     committing: bool,
     /// The last `basic.qos` set a global prefetch limit: RabbitMQ closes the connection on

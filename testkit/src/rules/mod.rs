@@ -203,7 +203,9 @@ enum Content {
 struct Chan {
     state: ChannelState,
     content: Content,
-    /// A `tx.commit` whose `commit-ok` has not come back.
+    /// A `tx.select` went to the broker: a `tx.commit` is then processed, not refused at once.
+    transactional: bool,
+    /// A `tx.commit` on a transactional channel whose `commit-ok` has not come back.
     committing: bool,
     /// Consumer tags live at the broker, in the order warren's frames reached it.
     tags: Vec<Vec<u8>>,
@@ -230,6 +232,7 @@ impl Chan {
         Chan {
             state,
             content: Content::None,
+            transactional: false,
             committing: false,
             tags: Vec::new(),
             consumes: VecDeque::new(),
@@ -932,8 +935,10 @@ impl UpstreamChecker {
                 Ok(())
             }
             _ => {
-                if mid == ids::TX_COMMIT {
-                    chan.committing = true;
+                match mid {
+                    ids::TX_SELECT => chan.transactional = true,
+                    ids::TX_COMMIT => chan.committing = chan.transactional,
+                    _ => {}
                 }
                 Ok(())
             }

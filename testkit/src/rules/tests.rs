@@ -328,11 +328,24 @@ fn consumer_tags_follow_the_broker() {
 
 #[test]
 fn methods_during_a_commit_are_reported() {
-    let mut c = open();
+    let transactional = || {
+        let mut c = open();
+        c.from_warren(&method_frame(1, ids::TX_SELECT, |_| {}))
+            .unwrap();
+        c.from_broker(&frame(&method_frame(1, MethodId::new(90, 11), |_| {})));
+        c
+    };
+    let mut c = transactional();
     c.from_warren(&method_frame(1, ids::TX_COMMIT, |_| {}))
         .unwrap();
     assert_eq!(rule(&mut c, &publish(1, false)), Rule::DuringCommit);
+    // On a channel that is not transactional RabbitMQ refuses the commit at once (406 on
+    // the channel): what follows it is no violation.
     let mut c = open();
+    c.from_warren(&method_frame(1, ids::TX_COMMIT, |_| {}))
+        .unwrap();
+    c.from_warren(&publish(1, false)).unwrap();
+    let mut c = transactional();
     c.from_warren(&method_frame(1, ids::TX_COMMIT, |_| {}))
         .unwrap();
     c.from_broker(&frame(&method_frame(1, ids::TX_COMMIT_OK, |_| {})));

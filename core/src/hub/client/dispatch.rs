@@ -126,12 +126,9 @@ impl Hub {
             FrameType::Method => {}
             _ => return Verdict::Fatal(misplaced_frame(frame)),
         }
-        // Once open, RabbitMQ takes only these on channel 0 (an unknown method is 540 below).
-        let running = [
-            ids::CONNECTION_CLOSE,
-            ids::CONNECTION_CLOSE_OK,
-            ids::CONNECTION_UPDATE_SECRET,
-        ];
+        // Once open, RabbitMQ takes only these on channel 0 (an unknown method is 540 below);
+        // a `close-ok` is one only while warren closes the client (`frame_while_closing`).
+        let running = [ids::CONNECTION_CLOSE, ids::CONNECTION_UPDATE_SECRET];
         if frame
             .method_id()
             .is_some_and(|mid| method::spec(mid).is_some() && !running.contains(&mid))
@@ -153,8 +150,6 @@ impl Hub {
                 self.remove_client(id);
                 Verdict::Done
             }
-            // A late answer to nothing: harmless.
-            Method::ConnectionCloseOk => Verdict::Done,
             _ if mid == ids::CONNECTION_UPDATE_SECRET => {
                 // The shared upstream stays authenticated as it is; the client's new secret
                 // only matters for its next connection, which is checked then.

@@ -287,10 +287,13 @@ impl ClientChannel {
         }
     }
 
-    /// Every other method is forwarded; a `tx.commit` holds the channel until its reply.
+    /// Every other method is forwarded; a `tx.commit` on a transactional channel holds it
+    /// until its reply (on any other, RabbitMQ answers at once: 406, not transactional).
     fn other_method(&mut self, mid: MethodId) -> Verdict {
-        if mid == ids::TX_COMMIT {
-            self.committing = true;
+        match mid {
+            ids::TX_SELECT => self.transactional = true,
+            ids::TX_COMMIT => self.committing = self.transactional,
+            _ => {}
         }
         Verdict::Forward
     }
