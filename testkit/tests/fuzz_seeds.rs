@@ -717,6 +717,7 @@ fn hub_client_seeds() -> Seeds {
         "tx-commit-then-publish",
         opened([0; 4])
             .build(0, 0, Build::Tx, &[0])
+            .build(0, 0, Build::Publish, &[0, 2, 0])
             .build(0, 0, Build::Tx, &[1])
             .build(0, 0, Build::PublishMethod, &[0]),
     );

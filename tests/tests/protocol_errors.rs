@@ -11,10 +11,10 @@
 //! server methods that carry content such as `basic.deliver` (it waits for their content),
 //! and a bad frame type or end octet (same code; its text quotes Erlang terms).
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use warren_core::frame::{method_frame, Frame, FrameType};
-use warren_core::method::{encode, MethodId, Tune};
+use warren_core::method::{encode, ids, MethodId, Tune};
 use warren_tests::lapin_ops::bounded;
 use warren_tests::raw::{build, close_for, RawClient, RawOptions};
 use warren_tests::{broker_addr, TestUser, Warren};
@@ -96,6 +96,23 @@ fn cases() -> Vec<(&'static str, Vec<Bytes>)> {
         (
             "connection.close-ok when nothing was closed",
             vec![encode::close_ok(0)],
+        ),
+        // A commit of a publish that reached a queue holds the channel until the queue took
+        // it: a method written right behind it closes the connection.
+        (
+            "a method behind a tx.commit of a publish",
+            [
+                vec![
+                    method_frame(1, MethodId::new(90, 10), |_| {}),
+                    build::queue_declare(1, "warren-pe-tx-queue", false),
+                ],
+                build::publish_frames(1, "", "warren-pe-tx-queue", b"in the tx", false, 4096),
+                vec![
+                    method_frame(1, MethodId::new(90, 20), |_| {}),
+                    build::qos(1, 0, 10),
+                ],
+            ]
+            .concat(),
         ),
         // A commit on a channel that is not transactional is refused at once (406 on the
         // channel): the method behind it is no method while a commit is processed.
@@ -253,6 +270,34 @@ async fn an_oversize_message_gets_rabbitmqs_406() -> Result<()> {
             "RabbitMQ {from_rabbitmq:?}\nwarren   {from_warren:?}"
         );
         ensure!(from_warren.code == 406, "{from_warren:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// RabbitMQ answers a `tx.commit` with nothing published in it at once, so a method written
+/// right behind it is taken; only a commit of publishes holds the channel, and a method
+/// meanwhile closes the connection (504, in the cases above). Directly and through warren
+/// the client gets both replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_of_nothing_holds_nothing_as_on_rabbitmq() -> Result<()> {
+    bounded(async {
+        let (_user, opts, warren) = own_user_and_warren("warren-pe-tx").await?;
+        let tx = |method: u16| method_frame(1, MethodId::new(90, method), |_| {});
+        for (who, addr) in [("RabbitMQ", broker_addr()), ("warren", warren.addr())] {
+            let mut c = RawClient::connect(addr, &opts).await?;
+            c.open_channel(1).await?;
+            c.send(&[tx(10)]).await?;
+            c.expect_method(1, MethodId::new(90, 11)).await?;
+            c.send(&[tx(20), build::qos(1, 0, 10)]).await?;
+            c.expect_method(1, ids::TX_COMMIT_OK)
+                .await
+                .with_context(|| format!("the commit's reply from {who}"))?;
+            c.expect_method(1, ids::BASIC_QOS_OK)
+                .await
+                .with_context(|| format!("the reply to the method behind it from {who}"))?;
+            c.hang_up().await?;
+        }
         Ok(())
     })
     .await

@@ -23,7 +23,7 @@ use super::queue_types::{QueueType, StreamDeliveries};
 use super::{ClientId, Holder, Hub, HubEvent, Output, UpRef, UpstreamId};
 use crate::frame::Frame;
 use crate::handshake::{refusal, ClientCapabilities, ClientHello};
-use crate::method::{self, encode, Close, Method, MethodId};
+use crate::method::{self, encode, ids, Close, Method, MethodId};
 use crate::reply::{self, Reply};
 use crate::wire::WireError;
 use std::collections::VecDeque;
@@ -230,6 +230,36 @@ impl IntoIterator for ChannelMap {
     }
 }
 
+/// A channel's transaction (`tx.*`), as far as RabbitMQ's answers depend on it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Tx {
+    /// No `tx.select`: RabbitMQ refuses a commit at once (406 on the channel).
+    #[default]
+    None,
+    /// Transactional; whether it published since the last commit or rollback.
+    Open {
+        /// A publish is in the transaction.
+        published: bool,
+    },
+    /// A commit with publishes in it awaits its `commit-ok`: RabbitMQ's channel waits for the
+    /// queues to take them and closes the connection on any method meanwhile (504). A commit
+    /// with none is answered at once.
+    Committing,
+}
+
+impl Tx {
+    /// The transaction after the client's method `mid` (a publish, a `tx.*`).
+    fn after(self, mid: MethodId) -> Tx {
+        match (self, mid) {
+            (Tx::None, ids::TX_SELECT) => Tx::Open { published: false },
+            (Tx::Open { .. }, ids::BASIC_PUBLISH) => Tx::Open { published: true },
+            (Tx::Open { published: true }, ids::TX_COMMIT) => Tx::Committing,
+            (Tx::Open { .. }, ids::TX_COMMIT | ids::TX_ROLLBACK) => Tx::Open { published: false },
+            (tx, _) => tx,
+        }
+    }
+}
+
 /// One channel of a client.
 #[derive(Debug, Default)]
 pub(crate) struct ClientChannel {
@@ -251,10 +281,8 @@ pub(crate) struct ClientChannel {
     /// Consumer tags in use on this channel, as the broker will see them when it processes
     /// the client's next method: RabbitMQ closes the *connection* on a reused tag.
     consumers: Vec<Vec<u8>>,
-    /// A `tx.select` was sent: the channel is transactional (or, if the broker refused, gone).
-    transactional: bool,
-    /// A `tx.commit` is in flight; RabbitMQ closes the connection on any method meanwhile.
-    committing: bool,
+    /// Its transaction, as RabbitMQ's channel sees it.
+    tx: Tx,
     /// The last `basic.qos` set a global prefetch limit: RabbitMQ closes the connection on
     /// a consume from a quorum queue meanwhile.
     pub(crate) global_qos: bool,

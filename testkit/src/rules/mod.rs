@@ -203,9 +203,11 @@ enum Content {
 struct Chan {
     state: ChannelState,
     content: Content,
-    /// A `tx.select` went to the broker: a `tx.commit` is then processed, not refused at once.
-    transactional: bool,
-    /// A `tx.commit` on a transactional channel whose `commit-ok` has not come back.
+    /// After a `tx.select`: whether a publish went to the broker since the last commit or
+    /// rollback. RabbitMQ refuses a commit without `tx.select` at once, and answers one
+    /// without publishes at once.
+    tx_published: Option<bool>,
+    /// A `tx.commit` of publishes whose `commit-ok` has not come back.
     committing: bool,
     /// Consumer tags live at the broker, in the order warren's frames reached it.
     tags: Vec<Vec<u8>>,
@@ -232,7 +234,7 @@ impl Chan {
         Chan {
             state,
             content: Content::None,
-            transactional: false,
+            tx_published: None,
             committing: false,
             tags: Vec::new(),
             consumes: VecDeque::new(),
@@ -936,8 +938,12 @@ impl UpstreamChecker {
             }
             _ => {
                 match mid {
-                    ids::TX_SELECT => chan.transactional = true,
-                    ids::TX_COMMIT => chan.committing = chan.transactional,
+                    ids::TX_SELECT => chan.tx_published = chan.tx_published.or(Some(false)),
+                    ids::BASIC_PUBLISH => chan.tx_published = chan.tx_published.map(|_| true),
+                    ids::TX_COMMIT | ids::TX_ROLLBACK => {
+                        chan.committing = mid == ids::TX_COMMIT && chan.tx_published == Some(true);
+                        chan.tx_published = chan.tx_published.map(|_| false);
+                    }
                     _ => {}
                 }
                 Ok(())

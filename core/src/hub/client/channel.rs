@@ -3,7 +3,7 @@
 //! broker, with the upstream number quarantined until the client acknowledges (B4); and the
 //! broker's replies on a client channel that warren keeps track of.
 
-use super::{ChanState, ClientChannel, Declare, Delete, Shortcut};
+use super::{ChanState, ClientChannel, Declare, Delete, Shortcut, Tx};
 use crate::frame::Frame;
 use crate::hub::channels::Slot;
 use crate::hub::{ClientId, Hub, UpRef, UpstreamId};
@@ -272,7 +272,9 @@ impl Hub {
                     streams.cancelled(tag);
                 }
             }
-            _ if mid == ids::TX_COMMIT_OK => chan.committing = false,
+            _ if mid == ids::TX_COMMIT_OK && chan.tx == Tx::Committing => {
+                chan.tx = Tx::Open { published: false };
+            }
             _ if mid == ids::QUEUE_DELETE_OK => {
                 if let Some(Delete::Exclusive { queue, asked }) = chan.deletes.pop_front() {
                     self.forget_exclusive(id, &queue);

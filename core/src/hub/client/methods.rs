@@ -6,7 +6,7 @@
 use super::exclusive::{as_broker_reads, uses_queue_shortcut};
 use super::{
     checked_method, unimplemented_method, ClientChannel, Declare, Delete, PendingConsume,
-    PendingPublish, Shortcut, Verdict,
+    PendingPublish, Shortcut, Tx, Verdict,
 };
 use crate::frame::Frame;
 use crate::hub::exchange_types::TypeCheck;
@@ -138,7 +138,7 @@ impl ClientChannel {
     /// shortcut among them), and what any method does to the channel's recyclability (B6).
     /// `Err` holds the verdict on a method that goes no further.
     fn admit_method(&mut self, mid: MethodId, payload: &[u8]) -> Result<(), Verdict> {
-        if self.committing && mid != ids::CHANNEL_CLOSE {
+        if self.tx == Tx::Committing && mid != ids::CHANNEL_CLOSE {
             return Err(Verdict::Fatal(Reply::new(
                 reply::CHANNEL_ERROR,
                 "unexpected command while processing 'tx.commit'",
@@ -172,6 +172,7 @@ impl ClientChannel {
                 if mandatory {
                     self.recyclable = false;
                 }
+                self.tx = self.tx.after(ids::BASIC_PUBLISH);
                 self.publish = Some(PendingPublish {
                     frames: Vec::with_capacity(3),
                     remaining: None,
@@ -287,14 +288,10 @@ impl ClientChannel {
         }
     }
 
-    /// Every other method is forwarded; a `tx.commit` on a transactional channel holds it
-    /// until its reply (on any other, RabbitMQ answers at once: 406, not transactional).
+    /// Every other method is forwarded; a `tx.commit` of publishes holds the channel until
+    /// its reply ([`Tx`]).
     fn other_method(&mut self, mid: MethodId) -> Verdict {
-        match mid {
-            ids::TX_SELECT => self.transactional = true,
-            ids::TX_COMMIT => self.committing = self.transactional,
-            _ => {}
-        }
+        self.tx = self.tx.after(mid);
         Verdict::Forward
     }
 }
