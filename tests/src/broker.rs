@@ -63,25 +63,29 @@ pub async fn rabbitmqctl(args: &[&str]) -> Result<String> {
 
 /// The rows of a `rabbitmqctl list_*` command (`args`: the command, its options and the
 /// columns), read with the JSON formatter.
+pub async fn list(args: &[&str]) -> Result<Vec<Value>> {
+    let mut args = args.to_vec();
+    args.extend(["--formatter", "json"]);
+    parse_rows(args[0], &listing(&args).await?)
+}
+
+/// The output of `rabbitmqctl -q ARGS`, a `list_*` command.
 ///
 /// A listing asks each channel or connection process for its row; one that crashes while
 /// asked (other tests crash broker channels on purpose: a stream consumer from no offset,
 /// a recover of a stream's delivery) fails the whole command with a `badrpc`. Listing
 /// changes nothing, so such a failure is retried, a few times.
-pub async fn list(args: &[&str]) -> Result<Vec<Value>> {
-    let mut args = args.to_vec();
-    args.extend(["--formatter", "json"]);
+pub async fn listing(args: &[&str]) -> Result<String> {
     let mut attempts = 0;
-    let out = loop {
+    loop {
         attempts += 1;
-        match rabbitmqctl(&args).await {
+        match rabbitmqctl(args).await {
             Err(e) if attempts < 4 && format!("{e:#}").contains("badrpc") => {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-            result => break result?,
+            result => return result,
         }
-    };
-    parse_rows(args[0], &out)
+    }
 }
 
 /// A JSON formatter's output: no rows when empty.
@@ -263,7 +267,7 @@ pub async fn delete_queue(vhost: &str, name: &str) -> Result<()> {
 /// `rabbitmqctl close_connection` takes the connection's Erlang pid, so it is looked up first;
 /// the JSON formatter prints pids in a form the command does not take, the table form it does.
 pub async fn close_connection(name: &str, reason: &str) -> Result<()> {
-    let out = rabbitmqctl(&["list_connections", "--no-table-headers", "pid", "name"]).await?;
+    let out = listing(&["list_connections", "--no-table-headers", "pid", "name"]).await?;
     let pid = out
         .lines()
         .filter_map(|l| l.split_once('\t'))

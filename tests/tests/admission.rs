@@ -18,7 +18,7 @@ use warren_core::frame::{FrameDecoder, PROTOCOL_HEADER};
 use warren_core::method::{self, encode, Method, StartOk};
 use warren_core::table::{longstr, FieldTable as WireTable, FieldValue};
 use warren_runtime::config::Config;
-use warren_tests::broker::{rabbitmqctl, TestUser};
+use warren_tests::broker::{self, rabbitmqctl, TestUser};
 use warren_tests::client::{self, amqp_url};
 use warren_tests::lapin_ops::{bounded, lapin_declare, lapin_round_trip, LIMIT};
 use warren_tests::raw::{RawClient, RawOptions};
@@ -557,7 +557,7 @@ async fn own_exclusive_queue_from_a_later_channel(
     // Dirty, so that its close frees the number instead of pooling the channel.
     neighbour.qos(1, 1).await?;
     neighbour.close_channel(1).await?;
-    let connections = rabbitmqctl(&["list_connections", "user"])
+    let connections = broker::listing(&["list_connections", "user"])
         .await?
         .lines()
         .filter(|l| l.trim() == user.name)
